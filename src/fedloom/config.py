@@ -1,0 +1,274 @@
+"""Every setting of a run, validated by pydantic before any work starts.
+
+A config is a TOML file (see ``examples/``) whose sections mirror the classes below;
+``--set section.key=value`` overrides single values. Unknown keys, wrong types and
+out-of-range values raise ``ConfigError`` naming the field and the offending value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedloom.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Section):
+    """FedProx Synthetic(alpha, beta) generator settings (Li et al., 2020)."""
+
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    num_features: int = Field(60, ge=1)
+    num_classes: int = Field(10, ge=2)
+
+
+class DataConfig(_Section):
+    source: Literal["digits", "synthetic", "file"] = "digits"
+    path: Path | None = None
+    label_column: str | int = -1
+    group_column: str | int | None = None
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    standardize: bool = True
+    client_holdout: float = Field(0.0, ge=0, lt=1)
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> DataConfig:
+        if self.source == "file" and self.path is None:
+            raise ValueError("data.source = 'file' needs data.path")
+        return self
+
+
+class PartitionConfig(_Section):
+    method: Literal["iid", "dirichlet", "shards", "natural"] = "dirichlet"
+    num_clients: int = Field(100, ge=0)
+    alpha: float = Field(0.5, gt=0)
+    classes_per_client: int = Field(2, ge=1)
+    min_size: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _clients_needed(self) -> PartitionConfig:
+        if self.method != "natural" and self.num_clients < 1:
+            raise ValueError(f"partition.num_clients must be >= 1 for {self.method!r}")
+        return self
+
+
+class ModelConfig(_Section):
+    kind: Literal["mlp", "logistic"] = "mlp"
+    hidden: tuple[Annotated[int, Field(ge=1)], ...] = (32,)
+
+
+class ClientConfig(_Section):
+    local_epochs: int = Field(5, ge=1)
+    local_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    prox_mu: float = Field(0.0, ge=0)
+
+
+class FedAvgConfig(_Section):
+    name: Literal["fedavg"] = "fedavg"
+    lr: float = Field(1.0, gt=0)
+
+
+class FedAvgMConfig(_Section):
+    name: Literal["fedavgm"]
+    lr: float = Field(1.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+
+
+class _AdaptiveConfig(_Section):
+    lr: float = Field(0.01, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+
+
+class FedAdagradConfig(_AdaptiveConfig):
+    name: Literal["fedadagrad"]
+    lr: float = Field(0.1, gt=0)
+    beta1: float = Field(0.0, ge=0, lt=1)
+
+
+class FedAdamConfig(_AdaptiveConfig):
+    name: Literal["fedadam"]
+    beta2: float = Field(0.99, ge=0, lt=1)
+
+
+class FedYogiConfig(_AdaptiveConfig):
+    name: Literal["fedyogi"]
+    beta2: float = Field(0.99, ge=0, lt=1)
+
+
+OptimizerConfig = Annotated[
+    FedAvgConfig | FedAvgMConfig | FedAdagradConfig | FedAdamConfig | FedYogiConfig,
+    Field(discriminator="name"),
+]
+
+
+class ServerConfig(_Section):
+    clients_per_round: int = Field(10, ge=1)
+    optimizer: OptimizerConfig = FedAvgConfig()
+
+
+class EvaluationConfig(_Section):
+    every: int = Field(1, ge=1, description="centralized test-set evaluation every N rounds")
+    federated_every: int = Field(0, ge=0, description="client hold-out evaluation (0 = off)")
+    batch_size: int = Field(1024, ge=1)
+
+
+class StoppingConfig(_Section):
+    metric: Literal["accuracy", "loss"] = "accuracy"
+    target: float | None = None
+    patience: int | None = Field(None, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+    smoothing: float = Field(0.0, ge=0, lt=1)
+    plateau_window: int | None = Field(None, ge=2)
+    plateau_tolerance: float = Field(1e-3, gt=0)
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(5, ge=0, description="checkpoint every N rounds (0 = only at the end)")
+    keep: int = Field(3, ge=1)
+
+
+class RunConfig(_Section):
+    """The whole experiment."""
+
+    name: str = Field("digits-fedavg", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = Field(0, ge=0)
+    rounds: int = Field(50, ge=1)
+    output_dir: Path = Path("runs")
+    threads: int = Field(1, ge=0, description="torch threads (0 = torch's default)")
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    model: ModelConfig = ModelConfig()
+    client: ClientConfig = ClientConfig()
+    server: ServerConfig = ServerConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    stopping: StoppingConfig = StoppingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    @model_validator(mode="after")
+    def _cohort_fits(self) -> RunConfig:
+        n = self.partition.num_clients
+        k = self.server.clients_per_round
+        if n and k > n:
+            raise ValueError(
+                f"server.clients_per_round = {k} exceeds partition.num_clients = {n}"
+            )
+        return self
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+        lines.append(f"  {loc or '<root>'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    """Validate a config dictionary; raise ``ConfigError`` naming each bad field."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as TOML, else strings)."""
+    out = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not _KEY.match(key):
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. server.clients_per_round=20")
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[leaf] = _parse_value(raw.strip())
+    return out
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """The built-in default, or a TOML file, with ``--set`` overrides applied."""
+    data = read_toml(path) if path is not None else {}
+    source = str(path) if path is not None else "built-in default"
+    return parse_config(apply_overrides(data, overrides or []), source)
+
+
+def to_toml(config: RunConfig) -> str:
+    """Serialize a resolved config to TOML (round-trips through ``load_config``)."""
+    return _dump_table(config.model_dump(mode="json", exclude_none=True), [])
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} to TOML")
+
+
+def _dump_table(table: dict[str, Any], prefix: list[str]) -> str:
+    scalars = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    out = ""
+    if prefix:
+        out += f"\n[{'.'.join(prefix)}]\n"
+    out += "\n".join(scalars) + ("\n" if scalars else "")
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out += _dump_table(v, [*prefix, k])
+    return out

@@ -1,0 +1,1 @@
+"""Round orchestration on the server."""

@@ -1,0 +1,241 @@
+"""Run a complete federated experiment in one process, with checkpoints and resume.
+
+``Simulation`` wires the core together from a ``RunConfig``: data and partition, the
+model (one reused object), the sans-IO ``SyncServer``, an executor, evaluation and
+the run directory. Every ``checkpoint.every`` rounds it saves the server state; a
+resumed run rebuilds everything from the saved config and seed, loads the newest
+checkpoint and continues to the same final model an uninterrupted run reaches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedloom.client.trainer import TorchTrainer, evaluate_model
+from fedloom.config import RunConfig
+from fedloom.data.federated import FederatedData, build_federated_data
+from fedloom.errors import CheckpointError
+from fedloom.models import build_model
+from fedloom.optim import make_server_optimizer
+from fedloom.params import module_vector
+from fedloom.records import RoundResult, TrainPlan
+from fedloom.runs import RunDirectory
+from fedloom.server.convergence import ConvergenceMonitor, StopDecision
+from fedloom.server.sync import SyncServer
+from fedloom.sim.executor import SequentialExecutor
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    path: Path
+    rounds: int
+    stop_reason: str
+    stop_detail: str
+    accuracy: float
+    loss: float
+    best_accuracy: float
+    best_round: int
+    wall_s: float
+
+
+def plan_from_config(config: RunConfig) -> TrainPlan:
+    c = config.client
+    return TrainPlan(
+        local_epochs=c.local_epochs,
+        local_steps=c.local_steps,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        momentum=c.momentum,
+        nesterov=c.nesterov,
+        weight_decay=c.weight_decay,
+        prox_mu=c.prox_mu,
+    )
+
+
+def monitor_from_config(config: RunConfig) -> ConvergenceMonitor:
+    s = config.stopping
+    return ConvergenceMonitor(
+        metric=s.metric,
+        mode="max" if s.metric == "accuracy" else "min",
+        patience=s.patience,
+        min_delta=s.min_delta,
+        target=s.target,
+        smoothing=s.smoothing,
+        plateau_window=s.plateau_window,
+        plateau_tolerance=s.plateau_tolerance,
+    )
+
+
+class Simulation:
+    """One experiment bound to its run directory."""
+
+    def __init__(self, config: RunConfig, run: RunDirectory) -> None:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.config = config
+        self.run_dir = run
+        self.data: FederatedData = build_federated_data(config.data, config.partition, config.seed)
+        model = build_model(config.model, self.data.num_features, self.data.num_classes, config.seed)
+        self.trainer = TorchTrainer(model)
+        opt = config.server.optimizer.model_dump()
+        self.server = SyncServer(
+            params=module_vector(model),
+            num_clients=self.data.train.num_clients,
+            clients_per_round=config.server.clients_per_round,
+            plan=plan_from_config(config),
+            optimizer=make_server_optimizer(opt.pop("name"), **opt),
+            monitor=monitor_from_config(config),
+            seed=config.seed,
+        )
+        self.executor = SequentialExecutor(self.trainer, self.data.train)
+        self.test_tensors = (torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y))
+        self.stopped: StopDecision | None = None
+
+    # construction ------------------------------------------------------------
+    @classmethod
+    def start(cls, config: RunConfig) -> Simulation:
+        """A new run in a fresh directory, with the initial model evaluated as round 0."""
+        sim = cls(config, RunDirectory.create(config))
+        sim.run_dir.append(
+            {
+                "event": "start",
+                "round": 0,
+                "clients": sim.data.train.num_clients,
+                "params": sim.server.dim,
+                **sim.evaluate(federated=sim.data.holdout is not None),
+            }
+        )
+        return sim
+
+    @classmethod
+    def resume(cls, path: Path) -> Simulation:
+        """Continue the run in ``path`` from its newest checkpoint."""
+        run = RunDirectory.open(path)
+        sim = cls(run.load_config(), run)
+        found = run.latest_checkpoint()
+        if found is None:
+            raise CheckpointError(f"run {str(path)!r} has no checkpoint to resume from")
+        ckpt_path, state = found
+        sim.server.load_state_dict(state)
+        stop = state["meta"].get("stopped")
+        sim.stopped = StopDecision(**stop) if stop else None
+        run.truncate_records(sim.server.round)
+        run.append({"event": "resume", "round": sim.server.round, "checkpoint": ckpt_path.name})
+        return sim
+
+    # running -----------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.stopped is not None or self.server.round >= self.config.rounds
+
+    def run(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
+        """Run rounds until the configured count or a stop decision."""
+        started = time.perf_counter()
+        while not self.finished:
+            record = self.step()
+            if on_round is not None:
+                on_round(record)
+        if not any(r.get("event") == "stop" for r in self.run_dir.records()):
+            reason = self.stopped or StopDecision(
+                "max_rounds", self.server.round, f"completed {self.config.rounds} rounds"
+            )
+            self.run_dir.append(
+                {"event": "stop", "round": self.server.round, **_stop_fields(reason)}
+            )
+        return self.summary(time.perf_counter() - started)
+
+    def step(self) -> dict[str, Any]:
+        """One synchronous round: dispatch, train, aggregate, evaluate, record."""
+        t0 = time.perf_counter()
+        dispatches = self.server.begin_round()
+        for update in self.executor.run(self.server.params, dispatches):
+            self.server.receive(update)
+        result = self.server.close_round()
+        rnd = result.round
+        ev = self.config.evaluation
+        metrics: dict[str, Any] = {}
+        last = rnd >= self.config.rounds
+        if rnd % ev.every == 0 or last:
+            fed = self.data.holdout is not None and (
+                last or (ev.federated_every and rnd % ev.federated_every == 0)
+            )
+            metrics = self.evaluate(federated=bool(fed))
+            self.stopped = self.server.observe(metrics)
+        record = _round_record(result, metrics, time.perf_counter() - t0)
+        self.run_dir.append(record)
+        every = self.config.checkpoint.every
+        if (every and rnd % every == 0) or self.finished:
+            self._checkpoint(self.stopped)
+        return record
+
+    def _checkpoint(self, stop: StopDecision | None) -> None:
+        state = self.server.state_dict()
+        state["meta"]["stopped"] = stop.__dict__ if stop else None
+        self.run_dir.save_checkpoint(self.server.round, state, self.config.checkpoint.keep)
+
+    def evaluate(self, federated: bool = False) -> dict[str, float]:
+        """Central test-set metrics and, if asked, the clients' hold-out metrics."""
+        self.trainer.flat.load(self.server.params)
+        bs = self.config.evaluation.batch_size
+        loss, correct = evaluate_model(self.trainer.model, *self.test_tensors, batch_size=bs)
+        out = {"accuracy": float(correct.mean()), "loss": float(loss.mean())}
+        holdout = self.data.holdout
+        if federated and holdout is not None:
+            x, y = torch.from_numpy(holdout.x), torch.from_numpy(holdout.y)
+            h_loss, h_correct = evaluate_model(self.trainer.model, x, y, batch_size=bs)
+            sizes = holdout.sizes()
+            has = sizes > 0
+            starts = holdout.offsets[:-1][has]
+            per_client = np.add.reduceat(h_correct.astype(np.float64), starts) / sizes[has]
+            out |= {
+                "fed_accuracy": float(h_correct.mean()),
+                "fed_loss": float(h_loss.mean()),
+                "fed_accuracy_p10": float(np.percentile(per_client, 10)),
+                "fed_clients": int(has.sum()),
+            }
+        return out
+
+    def summary(self, wall_s: float) -> RunSummary:
+        rounds = [r for r in self.run_dir.records() if "accuracy" in r]
+        last = rounds[-1] if rounds else {}
+        best = max(rounds, key=lambda r: r["accuracy"]) if rounds else {}
+        stop = next((r for r in self.run_dir.records() if r.get("event") == "stop"), {})
+        return RunSummary(
+            path=self.run_dir.path,
+            rounds=self.server.round,
+            stop_reason=stop.get("reason", "unknown"),
+            stop_detail=stop.get("detail", ""),
+            accuracy=last.get("accuracy", math.nan),
+            loss=last.get("loss", math.nan),
+            best_accuracy=best.get("accuracy", math.nan),
+            best_round=best.get("round", 0),
+            wall_s=wall_s,
+        )
+
+
+def _stop_fields(decision: StopDecision) -> dict[str, Any]:
+    return {"reason": decision.reason, "detail": decision.detail, "stop_round": decision.round}
+
+
+def _round_record(result: RoundResult, metrics: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    return {
+        "event": "round",
+        "round": result.round,
+        "selected": len(result.selected),
+        "completed": len(result.completed),
+        "failed": len(result.failed),
+        "rejected": result.rejected,
+        "num_examples": result.num_examples,
+        "train_loss": result.train_loss,
+        "update_norm": result.update_norm,
+        "wall_s": wall_s,
+        **metrics,
+    }
