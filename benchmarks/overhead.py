@@ -87,7 +87,8 @@ class PlainLoop:
             x, y, n = self.x[lo:hi], self.y[lo:hi], hi - lo
             model = copy.deepcopy(self.model)
             opt = torch.optim.SGD(model.parameters(), lr=0.05)
-            perm = np.random.default_rng(client_seed(self.seed, self.round, int(cid))).permutation(n)
+            rng = np.random.default_rng(client_seed(self.seed, self.round, int(cid)))
+            perm = rng.permutation(n)
             for idx in np.array_split(perm, -(-n // 32)):
                 index = torch.from_numpy(idx)
                 opt.zero_grad()

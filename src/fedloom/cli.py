@@ -57,6 +57,35 @@ def run(
         raise typer.Exit(2) from None
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Prepare client data.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("export")
+def data_export(
+    out: Annotated[Path, typer.Argument(help="folder to write, one sub-folder per client")],
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="TOML config whose data and partition to export"),
+    ] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="override one setting")] = [],  # noqa: B006
+) -> None:
+    """Write a config's client partition as per-client folders (for real client processes)."""
+    from fedloom.config import load_config
+
+    try:
+        cfg = load_config(config, set_)
+        from fedloom.data.federated import build_federated_data
+        from fedloom.data.storage import write_partition
+
+        data = build_federated_data(cfg.data, cfg.partition, cfg.seed)
+        write_partition(out, data.train, data.holdout)
+    except FedloomError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    console.print(f"wrote {data.train.num_clients} client folders to [bold]{out}[/]")
+
+
 def _run_with_progress(sim) -> None:  # noqa: ANN001 - Simulation imported lazily
     from fedloom.report import summary_rows, write_plots
 
@@ -70,7 +99,9 @@ def _run_with_progress(sim) -> None:  # noqa: ANN001 - Simulation imported lazil
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("rounds", total=total, completed=sim.server.round, acc="-", loss="-")
+        task = progress.add_task(
+            "rounds", total=total, completed=sim.server.round, acc="-", loss="-"
+        )
 
         def on_round(record: dict) -> None:
             fields = {}

@@ -19,7 +19,7 @@ from fedloom.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SyntheticConfig(_Section):
@@ -76,6 +76,12 @@ class ClientConfig(_Section):
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
     prox_mu: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> ClientConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("client.nesterov = true needs client.momentum > 0")
+        return self
 
 
 class FedAvgConfig(_Section):
@@ -138,6 +144,12 @@ class StoppingConfig(_Section):
     plateau_window: int | None = Field(None, ge=2)
     plateau_tolerance: float = Field(1e-3, gt=0)
 
+    @model_validator(mode="after")
+    def _target_in_range(self) -> StoppingConfig:
+        if self.metric == "accuracy" and self.target is not None and not 0 < self.target <= 1:
+            raise ValueError(f"stopping.target = {self.target} is not an accuracy in (0, 1]")
+        return self
+
 
 class CheckpointConfig(_Section):
     every: int = Field(5, ge=0, description="checkpoint every N rounds (0 = only at the end)")
@@ -163,6 +175,13 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _cohort_fits(self) -> RunConfig:
+        if self.partition.method == "natural" and not (
+            self.data.source == "synthetic" or self.data.group_column is not None
+        ):
+            raise ValueError(
+                "partition.method = 'natural' needs per-sample client ids: "
+                "data.source = 'synthetic', or a file with data.group_column"
+            )
         n = self.partition.num_clients
         k = self.server.clients_per_round
         if n and k > n:
@@ -210,7 +229,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not _KEY.match(key):
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. server.clients_per_round=20")
+            raise ConfigError(
+                f"--set {item!r}: expected key=value, e.g. server.clients_per_round=20"
+            )
         *parents, leaf = key.split(".")
         node = out
         for part in parents:

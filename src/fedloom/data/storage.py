@@ -16,15 +16,13 @@ last: a directory without a manifest is an incomplete write.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
+from fedloom.atomic import atomic_write
 from fedloom.data.arrays import ArrayDataset, ClientPartition
 from fedloom.errors import DataError
 
@@ -39,21 +37,8 @@ def client_dir(root: Path, i: int) -> Path:
     return root / f"client-{i:06d}"
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` via a temp file in the same directory and an atomic rename."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_npz(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    _atomic_write(path, lambda fh: np.savez(fh, x=x, y=y))
+    atomic_write(path, lambda fh: np.savez(fh, x=x, y=y), fsync=False)
 
 
 def write_partition(
@@ -86,7 +71,7 @@ def write_partition(
         "has_holdout": holdout is not None,
     }
     text = json.dumps(manifest, indent=2).encode()
-    _atomic_write(root / MANIFEST, lambda fh: fh.write(text))
+    atomic_write(root / MANIFEST, lambda fh: fh.write(text), fsync=False)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -82,8 +82,12 @@ class Simulation:
             torch.set_num_threads(config.threads)
         self.config = config
         self.run_dir = run
-        self.data: FederatedData = build_federated_data(config.data, config.partition, config.seed)
-        model = build_model(config.model, self.data.num_features, self.data.num_classes, config.seed)
+        self.data: FederatedData = build_federated_data(
+            config.data, config.partition, config.seed
+        )
+        model = build_model(
+            config.model, self.data.num_features, self.data.num_classes, config.seed
+        )
         self.trainer = TorchTrainer(model)
         opt = config.server.optimizer.model_dump()
         self.server = SyncServer(

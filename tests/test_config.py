@@ -1,0 +1,91 @@
+"""Every kind of bad config fails before any work, naming the field and the value."""
+
+from pathlib import Path
+
+import pytest
+
+from fedloom.config import RunConfig, apply_overrides, load_config, to_toml
+from fedloom.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_is_the_documented_experiment():
+    cfg = load_config()
+    assert cfg.data.source == "digits"
+    assert cfg.partition.method == "dirichlet" and cfg.partition.alpha == 0.5
+    assert cfg.partition.num_clients == 100 and cfg.server.clients_per_round == 10
+    assert cfg.server.optimizer.name == "fedavg"
+    assert cfg.model.kind == "mlp"
+
+
+def test_toml_round_trip(tmp_path):
+    cfg = load_config(None, ["server.optimizer.name=\"fedadam\"", "stopping.target=0.9"])
+    again = load_config(write(tmp_path, to_toml(cfg)))
+    assert again == cfg
+
+
+def test_examples_are_valid():
+    examples = sorted(Path(__file__).parents[1].joinpath("examples").glob("*.toml"))
+    assert examples, "no example configs shipped"
+    for path in examples:
+        assert isinstance(load_config(path), RunConfig)
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("[server]\nclients_per_rund = 3\n", ["server.clients_per_rund", "unknown setting"]),
+        ("bogus = 1\n", ["bogus", "unknown setting"]),
+        ("rounds = \"many\"\n", ["rounds", "'many'"]),
+        ("rounds = 0\n", ["rounds", "greater than or equal to 1", "0"]),
+        ("[client]\nlr = -0.1\n", ["client.lr", "-0.1"]),
+        ("[data]\ntest_fraction = 1.5\n", ["data.test_fraction", "1.5"]),
+        ("[partition]\nmethod = \"random\"\n", ["partition.method", "'random'"]),
+        ("[server.optimizer]\nname = \"sgd\"\n", ["server.optimizer", "'sgd'"]),
+        ("[server.optimizer]\nname = \"fedadam\"\nbeta2 = 1.0\n", ["beta2", "1.0"]),
+        ("[server.optimizer]\nname = \"fedavg\"\nbeta2 = 0.9\n", ["beta2", "unknown setting"]),
+        ("[server]\nclients_per_round = 500\n", ["clients_per_round = 500", "num_clients = 100"]),
+        ("[data]\nsource = \"file\"\n", ["data.path"]),
+        ("name = \"../escape\"\n", ["name", "../escape"]),
+        ("[client]\nlr = inf\n", ["client.lr", "inf"]),
+        ("[client]\nlr = nan\n", ["client.lr", "nan"]),
+        ("[client]\nnesterov = true\n", ["client.nesterov", "momentum"]),
+        ("[stopping]\ntarget = 1.5\n", ["stopping.target", "1.5"]),
+        ("[partition]\nmethod = \"natural\"\n", ["natural", "group_column"]),
+    ],
+)
+def test_bad_config_names_field_and_value(tmp_path, text, needles):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+
+
+def test_missing_file_and_invalid_toml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "rounds = = 3\n"))
+
+
+def test_overrides_parse_toml_values_and_nest():
+    data = apply_overrides({}, ["rounds=7", "model.hidden=[16, 8]", "name=abc", "stopping.target=0.5"])
+    assert data == {
+        "rounds": 7,
+        "model": {"hidden": [16, 8]},
+        "name": "abc",
+        "stopping": {"target": 0.5},
+    }
+    assert load_config(None, ["rounds=7"]).rounds == 7
+
+
+@pytest.mark.parametrize("item", ["rounds", "=3", "a..b=1", "rounds.x=1"])
+def test_bad_overrides(item):
+    with pytest.raises(ConfigError, match="--set"):
+        load_config(None, ["rounds=5", item]) if item == "rounds.x=1" else apply_overrides({}, [item])
