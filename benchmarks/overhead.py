@@ -46,7 +46,7 @@ def make_sim(clients: int, per_round: int, rounds: int, out: Path, name: str) ->
             "seed=0",
             f"rounds={rounds}",
             "threads=1",
-            "partition.method=\"dirichlet\"",
+            'partition.method="dirichlet"',
             "partition.alpha=0.5",
             f"partition.num_clients={clients}",
             f"server.clients_per_round={per_round}",
@@ -89,7 +89,7 @@ class PlainLoop:
             opt = torch.optim.SGD(model.parameters(), lr=0.05)
             rng = np.random.default_rng(client_seed(self.seed, self.round, int(cid)))
             perm = rng.permutation(n)
-            for idx in np.array_split(perm, -(-n // 32)):
+            for idx in np.split(perm, np.arange(32, n, 32)):
                 index = torch.from_numpy(idx)
                 opt.zero_grad()
                 F.cross_entropy(model(x[index]), y[index]).backward()
@@ -155,16 +155,21 @@ def main() -> None:
                 "plain_acc": round(runs[0]["plain_acc"], 4),
             }
     print(f"threads=1 repeats={repeats} (median wall time of the timed rounds)")
-    print(f"{'cfg':<4}{'clients/round/rounds':<22}{'fedloom s':>10}{'plain s':>10}"
-          f"{'ratio':>8}{'fed acc':>9}{'plain acc':>10}")
+    print(
+        f"{'cfg':<4}{'clients/round/rounds':<22}{'fedloom s':>10}{'plain s':>10}"
+        f"{'ratio':>8}{'fed acc':>9}{'plain acc':>10}"
+    )
     for label, r in results.items():
         spec = f"{r['clients']}/{r['per_round']}/{r['rounds']}"
-        print(f"{label:<4}{spec:<22}{r['fedloom_s']:>10.3f}{r['plain_s']:>10.3f}"
-              f"{r['ratio']:>8.3f}{r['fedloom_acc']:>9.4f}{r['plain_acc']:>10.4f}")
+        print(
+            f"{label:<4}{spec:<22}{r['fedloom_s']:>10.3f}{r['plain_s']:>10.3f}"
+            f"{r['ratio']:>8.3f}{r['fedloom_acc']:>9.4f}{r['plain_acc']:>10.4f}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"threads": 1, "repeats": repeats, "configs": results},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"threads": 1, "repeats": repeats, "configs": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -38,16 +38,21 @@ def test_run_prints_summary_and_writes_plots(tmp_path):
 def test_run_example_config_with_override(tmp_path):
     result = runner.invoke(
         app,
-        ["run", "examples/digits_iid.toml", "--set", f'output_dir="{tmp_path}"', "--set", "rounds=2"],
+        [
+            "run",
+            "examples/digits_iid.toml",
+            "--set",
+            f'output_dir="{tmp_path}"',
+            "--set",
+            "rounds=2",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "digits-iid" / "config.toml").read_text().count("rounds = 2") == 1
 
 
 def test_resume_from_cli(tmp_path):
-    first = runner.invoke(
-        app, ["run", "--set", f'output_dir="{tmp_path}"', "--set", "rounds=2"]
-    )
+    first = runner.invoke(app, ["run", "--set", f'output_dir="{tmp_path}"', "--set", "rounds=2"])
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, ["run", "--resume", run_dir_of(first.output)])
     assert again.exit_code == 0, again.output
@@ -76,8 +81,15 @@ def test_data_export_writes_client_folders(tmp_path):
 
     result = runner.invoke(
         app,
-        ["data", "export", str(tmp_path / "clients"), "--set", "partition.num_clients=7",
-         "--set", "server.clients_per_round=5"],
+        [
+            "data",
+            "export",
+            str(tmp_path / "clients"),
+            "--set",
+            "partition.num_clients=7",
+            "--set",
+            "server.clients_per_round=5",
+        ],
     )
     assert result.exit_code == 0, result.output
     train, holdout = read_partition(tmp_path / "clients")

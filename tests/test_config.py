@@ -24,7 +24,7 @@ def test_default_config_is_the_documented_experiment():
 
 
 def test_toml_round_trip(tmp_path):
-    cfg = load_config(None, ["server.optimizer.name=\"fedadam\"", "stopping.target=0.9"])
+    cfg = load_config(None, ['server.optimizer.name="fedadam"', "stopping.target=0.9"])
     again = load_config(write(tmp_path, to_toml(cfg)))
     assert again == cfg
 
@@ -41,22 +41,22 @@ def test_examples_are_valid():
     [
         ("[server]\nclients_per_rund = 3\n", ["server.clients_per_rund", "unknown setting"]),
         ("bogus = 1\n", ["bogus", "unknown setting"]),
-        ("rounds = \"many\"\n", ["rounds", "'many'"]),
+        ('rounds = "many"\n', ["rounds", "'many'"]),
         ("rounds = 0\n", ["rounds", "greater than or equal to 1", "0"]),
         ("[client]\nlr = -0.1\n", ["client.lr", "-0.1"]),
         ("[data]\ntest_fraction = 1.5\n", ["data.test_fraction", "1.5"]),
-        ("[partition]\nmethod = \"random\"\n", ["partition.method", "'random'"]),
-        ("[server.optimizer]\nname = \"sgd\"\n", ["server.optimizer", "'sgd'"]),
-        ("[server.optimizer]\nname = \"fedadam\"\nbeta2 = 1.0\n", ["beta2", "1.0"]),
-        ("[server.optimizer]\nname = \"fedavg\"\nbeta2 = 0.9\n", ["beta2", "unknown setting"]),
+        ('[partition]\nmethod = "random"\n', ["partition.method", "'random'"]),
+        ('[server.optimizer]\nname = "sgd"\n', ["server.optimizer", "'sgd'"]),
+        ('[server.optimizer]\nname = "fedadam"\nbeta2 = 1.0\n', ["beta2", "1.0"]),
+        ('[server.optimizer]\nname = "fedavg"\nbeta2 = 0.9\n', ["beta2", "unknown setting"]),
         ("[server]\nclients_per_round = 500\n", ["clients_per_round = 500", "num_clients = 100"]),
-        ("[data]\nsource = \"file\"\n", ["data.path"]),
-        ("name = \"../escape\"\n", ["name", "../escape"]),
+        ('[data]\nsource = "file"\n', ["data.path"]),
+        ('name = "../escape"\n', ["name", "../escape"]),
         ("[client]\nlr = inf\n", ["client.lr", "inf"]),
         ("[client]\nlr = nan\n", ["client.lr", "nan"]),
         ("[client]\nnesterov = true\n", ["client.nesterov", "momentum"]),
         ("[stopping]\ntarget = 1.5\n", ["stopping.target", "1.5"]),
-        ("[partition]\nmethod = \"natural\"\n", ["natural", "group_column"]),
+        ('[partition]\nmethod = "natural"\n', ["natural", "group_column"]),
     ],
 )
 def test_bad_config_names_field_and_value(tmp_path, text, needles):
@@ -75,7 +75,9 @@ def test_missing_file_and_invalid_toml(tmp_path):
 
 
 def test_overrides_parse_toml_values_and_nest():
-    data = apply_overrides({}, ["rounds=7", "model.hidden=[16, 8]", "name=abc", "stopping.target=0.5"])
+    data = apply_overrides(
+        {}, ["rounds=7", "model.hidden=[16, 8]", "name=abc", "stopping.target=0.5"]
+    )
     assert data == {
         "rounds": 7,
         "model": {"hidden": [16, 8]},
@@ -88,4 +90,6 @@ def test_overrides_parse_toml_values_and_nest():
 @pytest.mark.parametrize("item", ["rounds", "=3", "a..b=1", "rounds.x=1"])
 def test_bad_overrides(item):
     with pytest.raises(ConfigError, match="--set"):
-        load_config(None, ["rounds=5", item]) if item == "rounds.x=1" else apply_overrides({}, [item])
+        load_config(None, ["rounds=5", item]) if item == "rounds.x=1" else apply_overrides(
+            {}, [item]
+        )

@@ -6,10 +6,28 @@ import sys
 import fedloom
 
 EXPECTED = {
-    "ArrayDataset", "CheckpointError", "ClientPartition", "ConfigError", "ConvergenceMonitor",
-    "DataError", "Dispatch", "FedloomError", "FlatModule", "ParamLayout", "RoundResult",
-    "RunConfig", "RunDirectory", "Simulation", "SyncServer", "TorchTrainer", "TrainPlan",
-    "Update", "UpdateRejected", "load_config", "make_server_optimizer", "partition",
+    "ArrayDataset",
+    "CheckpointError",
+    "ClientPartition",
+    "ConfigError",
+    "ConvergenceMonitor",
+    "DataError",
+    "Dispatch",
+    "FedloomError",
+    "FlatModule",
+    "ParamLayout",
+    "RoundResult",
+    "RunConfig",
+    "RunDirectory",
+    "Simulation",
+    "SyncServer",
+    "TorchTrainer",
+    "TrainPlan",
+    "Update",
+    "UpdateRejected",
+    "load_config",
+    "make_server_optimizer",
+    "partition",
     "weighted_mean",
 }
 
@@ -30,6 +48,8 @@ def test_every_public_name_resolves():
 
 
 def test_import_is_light():
-    code = "import sys, fedloom, fedloom.cli; print('torch' in sys.modules, 'sklearn' in sys.modules)"
+    code = (
+        "import sys, fedloom, fedloom.cli; print('torch' in sys.modules, 'sklearn' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"

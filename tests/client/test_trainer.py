@@ -121,12 +121,6 @@ def test_no_examples_raises(n: int) -> None:
         batch_schedule(n, TrainPlan(), 0)
 
 
-@pytest.mark.xfail(
-    reason="batch_schedule uses np.array_split, which balances batch sizes ([4, 3, 3] for "
-    "n=10, B=4; [17, 16] for n=33, B=32) instead of full batches with a smaller last one "
-    "as its docstring says",
-    strict=True,
-)
 @pytest.mark.parametrize(("n", "batch_size"), [(10, 4), (33, 32)])
 def test_batches_are_full_except_the_last(n: int, batch_size: int) -> None:
     sizes = [len(b) for b in batch_schedule(n, TrainPlan(batch_size=batch_size), 0)]

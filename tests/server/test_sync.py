@@ -326,11 +326,6 @@ def test_numpy_integer_example_count_is_accepted() -> None:
     assert server.close_round().num_examples == 4
 
 
-@pytest.mark.xfail(
-    reason="SyncServer._validate checks isinstance(num_examples, int | np.integer), which "
-    "accepts bool (True counts as 1 example); other validators in fedloom exclude bool",
-    strict=True,
-)
 def test_bool_example_count_is_rejected() -> None:
     server = make_server()
     d = server.begin_round()

@@ -66,10 +66,10 @@ def test_run_directory_contents(tmp_path):
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    full = Simulation.start(config(tmp_path / "a", "server.optimizer.name=\"fedadam\""))
+    full = Simulation.start(config(tmp_path / "a", 'server.optimizer.name="fedadam"'))
     full.run()
 
-    crashed = Simulation.start(config(tmp_path / "b", "server.optimizer.name=\"fedadam\""))
+    crashed = Simulation.start(config(tmp_path / "b", 'server.optimizer.name="fedadam"'))
     for _ in range(5):  # checkpoint at round 3; rounds 4-5 are lost in the "crash"
         crashed.step()
     path = crashed.run_dir.path

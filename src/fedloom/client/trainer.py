@@ -37,9 +37,9 @@ def batch_schedule(num_examples: int, plan: TrainPlan, seed: int) -> list[np.nda
     per_epoch = math.ceil(num_examples / plan.batch_size)
     steps = plan.local_steps if plan.local_steps is not None else plan.local_epochs * per_epoch
     batches: list[np.ndarray] = []
+    cuts = np.arange(plan.batch_size, num_examples, plan.batch_size)
     while len(batches) < steps:
-        perm = rng.permutation(num_examples)
-        batches.extend(np.array_split(perm, per_epoch))
+        batches.extend(np.split(rng.permutation(num_examples), cuts))
     return batches[:steps]
 
 

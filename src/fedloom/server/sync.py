@@ -35,9 +35,13 @@ def client_seed(run_seed: int, round: int, client_id: int) -> int:
 class _OpenRound:
     round: int
     selected: tuple[int, ...]
+    matrix: np.ndarray  # [K, d]: row i holds the delta of selected[i] once it arrives
     updates: dict[int, Update] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
     rejected: int = 0
+
+    def __post_init__(self) -> None:
+        self.row = {c: i for i, c in enumerate(self.selected)}
 
     @property
     def pending(self) -> set[int]:
@@ -90,28 +94,35 @@ class SyncServer:
         k = min(self.clients_per_round, len(ids))
         rnd = self.round + 1
         cohort = self.selector.select(ids, k, rnd, self.rng)
-        self._open = _OpenRound(rnd, tuple(int(c) for c in cohort))
+        selected = tuple(int(c) for c in cohort)
+        self._open = _OpenRound(rnd, selected, np.empty((len(selected), self.dim), np.float32))
         return [
             Dispatch(c, rnd, self.round, self.plan, client_seed(self.seed, rnd, c))
             for c in self._open.selected
         ]
 
     def receive(self, update: Update) -> None:
-        """Accept one client's update, or raise ``UpdateRejected`` and change nothing."""
+        """Accept one client's update, or raise ``UpdateRejected`` and change nothing.
+
+        The delta is copied into the round's cohort matrix, so the caller may reuse its
+        buffer afterwards.
+        """
         try:
             self._validate(update)
         except UpdateRejected:
             if self._open is not None:
                 self._open.rejected += 1
             raise
-        assert self._open is not None
-        self._open.updates[update.client_id] = update
+        rnd = self._open
+        assert rnd is not None
+        rnd.matrix[rnd.row[update.client_id]] = update.delta
+        rnd.updates[update.client_id] = update
 
     def _validate(self, u: Update) -> None:
         cid = u.client_id
         if self._open is None:
             raise UpdateRejected(cid, "no round is open")
-        if cid not in self._open.selected:
+        if cid not in self._open.row:
             raise UpdateRejected(cid, f"client was not selected for round {self._open.round}")
         if cid in self._open.updates:
             raise UpdateRejected(cid, f"duplicate update for round {self._open.round}")
@@ -132,7 +143,8 @@ class SyncServer:
         if not np.isfinite(delta).all():
             bad = int(np.count_nonzero(~np.isfinite(delta)))
             raise UpdateRejected(cid, f"delta contains {bad} NaN/inf values")
-        if not isinstance(u.num_examples, int | np.integer) or u.num_examples < 1:
+        count = u.num_examples
+        if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
             raise UpdateRejected(cid, f"num_examples = {u.num_examples!r}, expected an int >= 1")
 
     def fail(self, client_id: int, reason: str) -> None:
@@ -152,11 +164,12 @@ class SyncServer:
         rnd = self._open
         for cid in sorted(rnd.pending):
             rnd.failed[cid] = "no answer before the round closed"
-        ids = sorted(rnd.updates)
+        ids = [c for c in rnd.selected if c in rnd.updates]
         norm, loss, examples = 0.0, float("nan"), 0
         if ids:
             ups = [rnd.updates[c] for c in ids]
-            matrix = np.stack([u.delta for u in ups])
+            full = len(ids) == len(rnd.selected)
+            matrix = rnd.matrix if full else rnd.matrix[[rnd.row[c] for c in ids]]
             weights = np.array([u.num_examples for u in ups], dtype=np.float64)
             delta = weighted_mean(matrix, weights)
             self.params, self.opt_state = self.optimizer.step(self.params, delta, self.opt_state)
