@@ -149,3 +149,33 @@ def test_metrics_are_json_lines(tmp_path):
     sim.run()
     for line in sim.run_dir.metrics_path.read_text().splitlines():
         assert isinstance(json.loads(line), dict)
+
+
+def test_users_own_csv_with_natural_partition(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 600
+    x = rng.normal(size=(n, 5))
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    site = rng.integers(0, 6, size=n)
+    rows = ["f0,f1,f2,f3,f4,label,site"]
+    rows += [",".join(f"{v:.5f}" for v in x[i]) + f",{'yes' if y[i] else 'no'},s{site[i]}"
+             for i in range(n)]
+    path = tmp_path / "mine.csv"
+    path.write_text("\n".join(rows) + "\n")
+    cfg = load_config(
+        None,
+        [
+            f'output_dir="{tmp_path}"',
+            "rounds=10",
+            'data.source="file"',
+            f'data.path="{path}"',
+            'data.label_column="label"',
+            'data.group_column="site"',
+            'partition.method="natural"',
+            "partition.num_clients=0",
+            "server.clients_per_round=3",
+        ],
+    )
+    sim = Simulation.start(cfg)
+    assert sim.data.train.num_clients == 6 and sim.data.num_features == 5
+    assert sim.run().accuracy > 0.85
