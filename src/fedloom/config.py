@@ -71,9 +71,15 @@ class ClientConfig(_Section):
     local_epochs: int = Field(5, ge=1)
     local_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD only")
     nesterov: bool = False
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.999,
+    )
+    eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     prox_mu: float = Field(0.0, ge=0)
 
@@ -81,6 +87,8 @@ class ClientConfig(_Section):
     def _nesterov_needs_momentum(self) -> ClientConfig:
         if self.nesterov and self.momentum == 0:
             raise ValueError("client.nesterov = true needs client.momentum > 0")
+        if self.optimizer == "adam" and self.momentum:
+            raise ValueError("client.momentum applies to sgd; adam uses client.betas")
         return self
 
 
@@ -151,6 +159,14 @@ class StoppingConfig(_Section):
         return self
 
 
+class SimulationConfig(_Section):
+    executor: Literal["auto", "sequential", "vectorized"] = Field(
+        "auto", description="auto: vectorized when the model allows it, else sequential"
+    )
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|auto)$")
+    memory_budget_mb: float = Field(512.0, gt=0, description="vectorized executor chunk budget")
+
+
 class CheckpointConfig(_Section):
     every: int = Field(5, ge=0, description="checkpoint every N rounds (0 = only at the end)")
     keep: int = Field(3, ge=1)
@@ -171,6 +187,7 @@ class RunConfig(_Section):
     server: ServerConfig = ServerConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     stopping: StoppingConfig = StoppingConfig()
+    simulation: SimulationConfig = SimulationConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
 
     @model_validator(mode="after")
@@ -185,9 +202,7 @@ class RunConfig(_Section):
         n = self.partition.num_clients
         k = self.server.clients_per_round
         if n and k > n:
-            raise ValueError(
-                f"server.clients_per_round = {k} exceeds partition.num_clients = {n}"
-            )
+            raise ValueError(f"server.clients_per_round = {k} exceeds partition.num_clients = {n}")
         return self
 
 

@@ -7,6 +7,7 @@ string keys shared by convention.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -18,9 +19,12 @@ class TrainPlan:
     local_epochs: int = 1
     local_steps: int | None = None
     batch_size: int = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.0
     nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     weight_decay: float = 0.0
     prox_mu: float = 0.0
 

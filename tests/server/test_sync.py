@@ -76,7 +76,7 @@ def test_client_seed_is_deterministic_and_distinct() -> None:
     assert client_seed(0, 1, 2) == client_seed(0, 1, 2)
     seeds = {client_seed(s, r, c) for s in range(2) for r in range(1, 4) for c in range(5)}
     assert len(seeds) == 2 * 3 * 5
-    assert all(isinstance(s, int) and 0 <= s < 2**32 for s in seeds)
+    assert all(isinstance(s, int) and 0 <= s < 2**63 for s in seeds)
 
 
 def test_begin_round_with_available_subset() -> None:

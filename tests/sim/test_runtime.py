@@ -158,8 +158,10 @@ def test_users_own_csv_with_natural_partition(tmp_path):
     y = (x[:, 0] + x[:, 1] > 0).astype(int)
     site = rng.integers(0, 6, size=n)
     rows = ["f0,f1,f2,f3,f4,label,site"]
-    rows += [",".join(f"{v:.5f}" for v in x[i]) + f",{'yes' if y[i] else 'no'},s{site[i]}"
-             for i in range(n)]
+    rows += [
+        ",".join(f"{v:.5f}" for v in x[i]) + f",{'yes' if y[i] else 'no'},s{site[i]}"
+        for i in range(n)
+    ]
     path = tmp_path / "mine.csv"
     path.write_text("\n".join(rows) + "\n")
     cfg = load_config(

@@ -12,35 +12,15 @@ Heterogeneous Networks" (FedProx), MLSys 2020.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedloom.errors import FedloomError
+from fedloom.client import local_optim
+from fedloom.client.schedule import batch_schedule
 from fedloom.params import FlatModule
 from fedloom.records import ClientMetrics, TrainPlan
-
-
-def batch_schedule(num_examples: int, plan: TrainPlan, seed: int) -> list[np.ndarray]:
-    """The mini-batches (index arrays) a client visits, reproducible from ``seed``.
-
-    Each epoch is a fresh permutation cut into ``ceil(n / batch_size)`` batches, the
-    last one possibly smaller. With ``plan.local_steps`` set, epochs repeat until that
-    many steps are taken (the last epoch may be cut short).
-    """
-    if num_examples < 1:
-        raise FedloomError("a client needs at least one example to train")
-    rng = np.random.default_rng(seed)
-    per_epoch = math.ceil(num_examples / plan.batch_size)
-    steps = plan.local_steps if plan.local_steps is not None else plan.local_epochs * per_epoch
-    batches: list[np.ndarray] = []
-    cuts = np.arange(plan.batch_size, num_examples, plan.batch_size)
-    while len(batches) < steps:
-        batches.extend(np.split(rng.permutation(num_examples), cuts))
-    return batches[:steps]
 
 
 class TorchTrainer:
@@ -49,8 +29,6 @@ class TorchTrainer:
     def __init__(self, model: nn.Module) -> None:
         self.flat = FlatModule(model)
         self.model = model
-        self._anchor = torch.empty_like(self.flat.params)
-        self._momentum = torch.zeros_like(self.flat.params)
 
     @property
     def dim(self) -> int:
@@ -69,11 +47,9 @@ class TorchTrainer:
         params, grads = self.flat.params, self.flat.grads
         params.copy_(global_params)
         batches = batch_schedule(len(y), plan, seed)
-        use_anchor = plan.prox_mu > 0
-        if use_anchor:
-            self._anchor.copy_(global_params)
-        if plan.momentum:
-            self._momentum.zero_()
+        stacked, stacked_grads = params.view(1, -1), grads.view(1, -1)
+        state = local_optim.init_state(plan, stacked)
+        anchor = global_params if plan.prox_mu else None
         loss_sum = torch.zeros(())
         self.model.train()
         for idx in batches:
@@ -83,24 +59,11 @@ class TorchTrainer:
             loss.backward()
             with torch.no_grad():
                 loss_sum += loss.detach()
-                self._step(plan, use_anchor)
+            local_optim.step(plan, stacked, stacked_grads, state, anchor=anchor)
         torch.sub(params, global_params, out=out)
         steps = len(batches)
         seen = sum(len(b) for b in batches)
-        return ClientMetrics(
-            train_loss=float(loss_sum) / steps, steps=steps, epochs=seen / len(y)
-        )
-
-    def _step(self, plan: TrainPlan, use_anchor: bool) -> None:
-        params, g = self.flat.params, self.flat.grads
-        if plan.weight_decay:
-            g.add_(params, alpha=plan.weight_decay)
-        if use_anchor:
-            g.add_(params - self._anchor, alpha=plan.prox_mu)
-        if plan.momentum:
-            buf = self._momentum.mul_(plan.momentum).add_(g)
-            g = g.add_(buf, alpha=plan.momentum) if plan.nesterov else buf
-        params.add_(g, alpha=-plan.lr)
+        return ClientMetrics(train_loss=float(loss_sum) / steps, steps=steps, epochs=seen / len(y))
 
 
 @torch.inference_mode()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedloom.aggregation import weighted_mean
+from fedloom.client.schedule import client_seeds
 from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.optim import ServerOptimizer
 from fedloom.records import Dispatch, RoundResult, TrainPlan, Update
@@ -28,7 +29,7 @@ from fedloom.server.selection import Selector, UniformSelector
 
 def client_seed(run_seed: int, round: int, client_id: int) -> int:
     """The seed of one client's local work in one round (independent of executor and order)."""
-    return int(np.random.SeedSequence([run_seed, round, client_id]).generate_state(1)[0])
+    return int(client_seeds(run_seed, round, np.array([client_id]))[0])
 
 
 @dataclass
@@ -96,9 +97,10 @@ class SyncServer:
         cohort = self.selector.select(ids, k, rnd, self.rng)
         selected = tuple(int(c) for c in cohort)
         self._open = _OpenRound(rnd, selected, np.empty((len(selected), self.dim), np.float32))
+        seeds = client_seeds(self.seed, rnd, np.asarray(selected, dtype=np.int64))
         return [
-            Dispatch(c, rnd, self.round, self.plan, client_seed(self.seed, rnd, c))
-            for c in self._open.selected
+            Dispatch(c, rnd, self.round, self.plan, int(seed))
+            for c, seed in zip(selected, seeds, strict=True)
         ]
 
     def receive(self, update: Update) -> None:

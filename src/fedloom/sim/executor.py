@@ -1,41 +1,96 @@
 """Executors train a round's dispatched clients inside one process.
 
-The sequential executor runs every client through one reused ``TorchTrainer`` and
-writes each delta straight into a preallocated ``[K, d]`` cohort matrix.
+Two implementations with one interface, ``train_cohort``: the sequential executor runs
+clients one after another through one reused ``TorchTrainer``; the vectorized executor
+(``sim/vectorized.py``) trains the whole cohort at once. ``run`` turns dispatches into
+``Update`` records for the server, grouping clients that share a training plan.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from fedloom.client.trainer import TorchTrainer
 from fedloom.data.arrays import ClientPartition
-from fedloom.records import Dispatch, Update
+from fedloom.records import ClientMetrics, Dispatch, TrainPlan, Update
+
+
+@dataclass(frozen=True)
+class CohortResult:
+    """What a cohort's local training produced, one row per client."""
+
+    deltas: np.ndarray  # float32 [K, d]: local minus global
+    num_examples: np.ndarray  # int64 [K]
+    train_loss: np.ndarray  # float64 [K]: mean loss over the client's steps
+    steps: np.ndarray  # int64 [K]
+
+
+class Executor(Protocol):
+    name: str
+
+    def train_cohort(
+        self, global_params: np.ndarray, client_ids: np.ndarray, seeds: np.ndarray, plan: TrainPlan
+    ) -> CohortResult: ...
+
+
+def run_dispatches(
+    executor: Executor, global_params: np.ndarray, dispatches: Sequence[Dispatch]
+) -> list[Update]:
+    """Train every dispatched client and wrap the results as ``Update`` records."""
+    groups: dict[TrainPlan, list[Dispatch]] = defaultdict(list)
+    for d in dispatches:
+        groups[d.plan].append(d)
+    updates: list[Update] = []
+    for plan, group in groups.items():
+        ids = np.array([d.client_id for d in group], dtype=np.int64)
+        seeds = np.array([d.seed for d in group], dtype=np.int64)
+        res = executor.train_cohort(global_params, ids, seeds, plan)
+        for k, d in enumerate(group):
+            steps = int(res.steps[k])
+            n = int(res.num_examples[k])
+            seen = _examples_seen(n, steps, plan)
+            metrics = ClientMetrics(float(res.train_loss[k]), steps, seen / n)
+            updates.append(Update(d.client_id, d.round, d.version, res.deltas[k], n, metrics))
+    return updates
+
+
+def _examples_seen(n: int, steps: int, plan: TrainPlan) -> int:
+    per_epoch = -(-n // plan.batch_size)
+    full, rest = divmod(steps, per_epoch)
+    return full * n + min(rest * plan.batch_size, n)
 
 
 class SequentialExecutor:
     """Trains the cohort one client after another with a single model object."""
+
+    name = "sequential"
 
     def __init__(self, trainer: TorchTrainer, data: ClientPartition) -> None:
         self.trainer = trainer
         self.data = data
         self._x = torch.from_numpy(data.x)
         self._y = torch.from_numpy(data.y)
-        self._offsets = data.offsets
 
-    def run(self, global_params: np.ndarray, dispatches: Sequence[Dispatch]) -> list[Update]:
+    def train_cohort(
+        self, global_params: np.ndarray, client_ids: np.ndarray, seeds: np.ndarray, plan: TrainPlan
+    ) -> CohortResult:
         g = torch.from_numpy(global_params)
-        deltas = torch.empty((len(dispatches), self.trainer.dim), dtype=torch.float32)
-        updates = []
-        for row, d in enumerate(dispatches):
-            lo, hi = int(self._offsets[d.client_id]), int(self._offsets[d.client_id + 1])
-            metrics = self.trainer.train(
-                g, self._x[lo:hi], self._y[lo:hi], d.plan, d.seed, out=deltas[row]
+        k = len(client_ids)
+        deltas = torch.empty((k, self.trainer.dim), dtype=torch.float32)
+        sizes = np.empty(k, np.int64)
+        losses = np.empty(k, np.float64)
+        steps = np.empty(k, np.int64)
+        offsets = self.data.offsets
+        for row, (cid, seed) in enumerate(zip(client_ids, seeds, strict=True)):
+            lo, hi = int(offsets[cid]), int(offsets[cid + 1])
+            m: ClientMetrics = self.trainer.train(
+                g, self._x[lo:hi], self._y[lo:hi], plan, int(seed), out=deltas[row]
             )
-            updates.append(
-                Update(d.client_id, d.round, d.version, deltas[row].numpy(), hi - lo, metrics)
-            )
-        return updates
+            sizes[row], losses[row], steps[row] = hi - lo, m.train_loss, m.steps
+        return CohortResult(deltas.numpy(), sizes, losses, steps)

@@ -9,6 +9,8 @@ checkpoint and continues to the same final model an uninterrupted run reaches.
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -22,7 +24,7 @@ import torch
 from fedloom.client.trainer import TorchTrainer, evaluate_model
 from fedloom.config import RunConfig
 from fedloom.data.federated import FederatedData, build_federated_data
-from fedloom.errors import CheckpointError
+from fedloom.errors import CheckpointError, ConfigError
 from fedloom.models import build_model
 from fedloom.optim import make_server_optimizer
 from fedloom.params import module_vector
@@ -30,7 +32,10 @@ from fedloom.records import RoundResult, TrainPlan
 from fedloom.runs import RunDirectory
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.sync import SyncServer
-from fedloom.sim.executor import SequentialExecutor
+from fedloom.sim.executor import Executor, SequentialExecutor, run_dispatches
+from fedloom.sim.vectorized import VectorizedExecutor, unsupported_reason
+
+log = logging.getLogger("fedloom")
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,46 @@ def plan_from_config(config: RunConfig) -> TrainPlan:
         local_epochs=c.local_epochs,
         local_steps=c.local_steps,
         batch_size=c.batch_size,
+        optimizer=c.optimizer,
         lr=c.lr,
         momentum=c.momentum,
         nesterov=c.nesterov,
+        betas=c.betas,
+        eps=c.eps,
         weight_decay=c.weight_decay,
         prox_mu=c.prox_mu,
     )
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"simulation.device = {name!r} but no CUDA device is available")
+    return name
+
+
+def make_executor(
+    config: RunConfig, trainer: TorchTrainer, data: FederatedData
+) -> tuple[Executor, str]:
+    """The configured executor and a note saying why it was chosen."""
+    sim = config.simulation
+    reason = unsupported_reason(trainer.model)
+    if sim.executor == "sequential":
+        return SequentialExecutor(trainer, data.train), "requested in config"
+    if reason is not None:
+        if sim.executor == "vectorized":
+            raise ConfigError(f"simulation.executor = 'vectorized' is impossible: {reason}")
+        log.warning("falling back to the sequential executor: %s", reason)
+        return SequentialExecutor(trainer, data.train), f"fallback: {reason}"
+    device = resolve_device(sim.device)
+    vec = VectorizedExecutor(
+        copy.deepcopy(trainer.model),
+        data.train,
+        device=device,
+        memory_budget_mb=sim.memory_budget_mb,
+    )
+    return vec, f"{vec.backend} gradients on {device}"
 
 
 def monitor_from_config(config: RunConfig) -> ConvergenceMonitor:
@@ -82,13 +121,12 @@ class Simulation:
             torch.set_num_threads(config.threads)
         self.config = config
         self.run_dir = run
-        self.data: FederatedData = build_federated_data(
-            config.data, config.partition, config.seed
-        )
+        self.data: FederatedData = build_federated_data(config.data, config.partition, config.seed)
         model = build_model(
             config.model, self.data.num_features, self.data.num_classes, config.seed
         )
         self.trainer = TorchTrainer(model)
+        self.executor, self.executor_note = make_executor(config, self.trainer, self.data)
         opt = config.server.optimizer.model_dump()
         self.server = SyncServer(
             params=module_vector(model),
@@ -99,7 +137,6 @@ class Simulation:
             monitor=monitor_from_config(config),
             seed=config.seed,
         )
-        self.executor = SequentialExecutor(self.trainer, self.data.train)
         self.test_tensors = (torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y))
         self.stopped: StopDecision | None = None
 
@@ -114,6 +151,8 @@ class Simulation:
                 "round": 0,
                 "clients": sim.data.train.num_clients,
                 "params": sim.server.dim,
+                "executor": sim.executor.name,
+                "executor_note": sim.executor_note,
                 **sim.evaluate(federated=sim.data.holdout is not None),
             }
         )
@@ -160,7 +199,7 @@ class Simulation:
         """One synchronous round: dispatch, train, aggregate, evaluate, record."""
         t0 = time.perf_counter()
         dispatches = self.server.begin_round()
-        for update in self.executor.run(self.server.params, dispatches):
+        for update in run_dispatches(self.executor, self.server.params, dispatches):
             self.server.receive(update)
         result = self.server.close_round()
         rnd = result.round

@@ -1,0 +1,133 @@
+"""Per-client gradients of a whole cohort of MLPs with batched matrix products.
+
+For the common small-model case (an ``nn.Sequential`` of ``Linear`` layers with ReLU
+or Tanh between them, trained with cross-entropy) the forward and backward passes of
+K clients are a handful of ``baddbmm``/``bmm`` calls on ``[K, B, width]`` tensors. That
+is faster than ``vmap(grad(...))`` for such models and avoids the several seconds that
+``torch.func`` spends importing its compiler stack on first use. Other models use the
+``torch.func`` path in ``vectorized.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedloom.params import ParamLayout
+
+_ACTIVATIONS = (nn.ReLU, nn.Tanh)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    w_off: int
+    b_off: int | None
+    out_f: int
+    in_f: int
+    act: str | None  # activation applied after this layer: "relu", "tanh" or None
+
+
+def mlp_layers(model: nn.Module) -> list[_Layer] | None:
+    """The layer plan of a Linear/ReLU/Tanh ``nn.Sequential``, or None if not such a model."""
+    if not isinstance(model, nn.Sequential) or len(model) == 0:
+        return None
+    layout = ParamLayout.from_module(model)
+    offsets = {s.name: s.offset for s in layout}
+    layers: list[_Layer] = []
+    for name, mod in model.named_children():
+        if isinstance(mod, nn.Linear):
+            b = f"{name}.bias"
+            layers.append(
+                _Layer(
+                    offsets[f"{name}.weight"],
+                    offsets.get(b),
+                    mod.out_features,
+                    mod.in_features,
+                    None,
+                )
+            )
+        elif isinstance(mod, _ACTIVATIONS) and layers and layers[-1].act is None:
+            act = "relu" if isinstance(mod, nn.ReLU) else "tanh"
+            last = layers[-1]
+            layers[-1] = _Layer(last.w_off, last.b_off, last.out_f, last.in_f, act)
+        else:
+            return None
+    if not layers or layers[-1].act is not None:
+        return None
+    return layers
+
+
+GradFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
+]
+
+
+def make_grad_fn(layers: list[_Layer], dim: int) -> GradFn:
+    """``f(params [K, d], x [K, B, F], y [K, B], mask [K, B]) -> (grads [K, d], loss [K])``.
+
+    The loss of client k is the mean cross-entropy over its unmasked samples, exactly
+    what ``F.cross_entropy`` computes on the unpadded batch.
+    """
+
+    def weight(p: torch.Tensor, layer: _Layer) -> torch.Tensor:
+        k = p.shape[0]
+        return p[:, layer.w_off : layer.w_off + layer.out_f * layer.in_f].view(
+            k, layer.out_f, layer.in_f
+        )
+
+    def bias(p: torch.Tensor, layer: _Layer) -> torch.Tensor:
+        assert layer.b_off is not None
+        return p[:, layer.b_off : layer.b_off + layer.out_f]
+
+    @torch.no_grad()
+    def grad_fn(
+        params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        k = params.shape[0]
+        inputs, pre = [], []
+        h = x
+        for layer in layers:
+            w = weight(params, layer)
+            inputs.append(h)
+            if layer.b_off is None:
+                z = torch.bmm(h, w.transpose(1, 2))
+            else:
+                z = torch.baddbmm(bias(params, layer).unsqueeze(1), h, w.transpose(1, 2))
+            pre.append(z)
+            if layer.act == "relu":
+                h = torch.relu(z)
+            elif layer.act == "tanh":
+                h = torch.tanh(z)
+            else:
+                h = z
+        logp = torch.log_softmax(h, dim=2)
+        count = mask.sum(1).clamp(min=1.0)
+        nll = -logp.gather(2, y.unsqueeze(2)).squeeze(2)
+        loss = (nll * mask).sum(1) / count
+        # d loss / d logits = (softmax - onehot) * mask / count
+        dz = logp.exp_()
+        dz.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(dz[:, :, :1]))
+        dz.mul_((mask / count.unsqueeze(1)).unsqueeze(2))
+        grads = torch.empty((k, dim), dtype=params.dtype, device=params.device)
+        for i in range(len(layers) - 1, -1, -1):
+            layer = layers[i]
+            weight(grads, layer).copy_(torch.bmm(dz.transpose(1, 2), inputs[i]))
+            if layer.b_off is not None:
+                bias(grads, layer).copy_(dz.sum(1))
+            if i == 0:
+                break
+            dh = torch.bmm(dz, weight(params, layer))
+            prev = layers[i - 1]
+            if prev.act == "relu":
+                dz = dh.mul_(pre[i - 1] > 0)
+            elif prev.act == "tanh":
+                t = inputs[i]  # tanh output of the previous layer
+                dz = dh.mul_(1 - t * t)
+            else:
+                dz = dh
+        return grads, loss
+
+    return grad_fn
