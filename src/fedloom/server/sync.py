@@ -14,17 +14,21 @@ Decentralized Data", AISTATS 2017 (FedAvg weighted by example counts).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedloom.aggregation import weighted_mean
+from fedloom.aggregation import weighted_sum
 from fedloom.client.schedule import client_seeds
 from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.optim import ServerOptimizer
 from fedloom.records import Dispatch, RoundResult, TrainPlan, Update
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.selection import Selector, UniformSelector
+
+
+Combine = Callable[[np.ndarray], np.ndarray]
 
 
 def client_seed(run_seed: int, round: int, client_id: int) -> int:
@@ -155,39 +159,52 @@ class SyncServer:
             raise FedloomError(f"client {client_id} has no pending work to fail")
         self._open.failed[client_id] = reason
 
-    def close_round(self) -> RoundResult:
+    def close_round(self, combine: Combine | None = None) -> RoundResult:
         """Aggregate whoever answered, step the server optimizer and advance the version.
 
-        Clients still pending are recorded as failed; a round with no update leaves the
-        model unchanged.
+        Clients that neither answered nor failed are recorded as failed; a round with no
+        update leaves the model unchanged.
+
+        ``combine`` serves runtimes that shard one cohort over several processes, each
+        of which receives only its own clients' updates: the server packs its partial
+        FedAvg sums (``sum w*delta``, per-client example counts and losses, rejections)
+        into one float64 vector, ``combine`` adds these vectors across processes (one
+        all-reduce), and every process applies the same aggregate.
         """
         if self._open is None:
             raise FedloomError("no round is open")
         rnd = self._open
-        for cid in sorted(rnd.pending):
-            rnd.failed[cid] = "no answer before the round closed"
-        ids = [c for c in rnd.selected if c in rnd.updates]
-        norm, loss, examples = 0.0, float("nan"), 0
-        if ids:
-            ups = [rnd.updates[c] for c in ids]
-            full = len(ids) == len(rnd.selected)
-            matrix = rnd.matrix if full else rnd.matrix[[rnd.row[c] for c in ids]]
-            weights = np.array([u.num_examples for u in ups], dtype=np.float64)
-            delta = weighted_mean(matrix, weights)
+        k, d = len(rnd.selected), self.dim
+        packed = np.zeros(d + 2 * k + 1, dtype=np.float64)
+        if rnd.updates:  # in selection order, so arrival order cannot change the sum
+            ups = sorted(rnd.updates.values(), key=lambda u: rnd.row[u.client_id])
+            rows = np.array([rnd.row[u.client_id] for u in ups], dtype=np.int64)
+            w = np.array([u.num_examples for u in ups], dtype=np.float64)
+            packed[:d] = weighted_sum(rnd.matrix[rows], w)
+            packed[d + rows] = w
+            packed[d + k + rows] = w * np.array([u.metrics.train_loss for u in ups])
+        packed[-1] = rnd.rejected
+        if combine is not None:
+            packed = np.asarray(combine(packed), dtype=np.float64)
+        counts = packed[d : d + k]
+        done = counts > 0
+        total = float(counts.sum())
+        norm, loss = 0.0, float("nan")
+        if total > 0:
+            delta = (packed[:d] / total).astype(np.float32)
             self.params, self.opt_state = self.optimizer.step(self.params, delta, self.opt_state)
             norm = float(np.linalg.norm(delta))
-            losses = np.array([u.metrics.train_loss for u in ups])
-            loss = float(np.average(losses, weights=weights))
-            examples = int(weights.sum())
+            loss = float(packed[d + k : d + 2 * k].sum() / total)
+        completed = tuple(c for c, ok in zip(rnd.selected, done, strict=True) if ok)
         self.round = rnd.round
         self._open = None
         return RoundResult(
             round=rnd.round,
             selected=rnd.selected,
-            completed=tuple(ids),
-            failed=tuple(sorted(rnd.failed)),
-            rejected=rnd.rejected,
-            num_examples=examples,
+            completed=completed,
+            failed=tuple(sorted(set(rnd.selected) - set(completed))),
+            rejected=int(packed[-1]),
+            num_examples=int(total),
             train_loss=loss,
             update_norm=norm,
         )

@@ -220,7 +220,9 @@ class IntervalTrace:
                 f"shape {offsets.shape} and period shape {period.shape}"
             )
         counts = np.diff(offsets)
-        self._check_client(counts % 2 == 0, counts, "number of boundaries must be even")
+        self._check_client(
+            (counts >= 0) & (counts % 2 == 0), counts, "number of boundaries must be even, >= 0"
+        )
         self._check_client(
             ~np.isnan(period) & (period > 0), period, "period must be > 0 (inf = no repeat)"
         )
@@ -293,57 +295,59 @@ class IntervalTrace:
         seg = self.bounds[self.offsets[client] : self.offsets[client + 1]].tolist()
         return list(zip(seg[::2], seg[1::2], strict=True))
 
+    def _segments(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """First boundary index and boundary count of each client in ``c``, and the flat
+        positions of all their boundaries (the CSR gather)."""
+        starts = self.offsets[c]
+        counts = self.offsets[c + 1] - starts
+        pos = np.arange(counts.sum()) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        return starts, counts, pos
+
     def _local(self, clients: np.ndarray, t: float) -> tuple[np.ndarray, ...]:
-        """Per-client cycle start and time within the cycle, and the flat CSR gather."""
+        """Per client: period, start of the current cycle, first boundary index, boundary
+        count, and how many of its boundaries lie at or before ``t`` within the cycle."""
         c = np.asarray(clients, dtype=np.int64)
         per = self.period[c]
         repeats = np.isfinite(per)
         cycle = np.zeros(len(c))
         cycle[repeats] = np.floor(t / per[repeats]) * per[repeats]
-        local = t - cycle
-        starts = self.offsets[c]
-        counts = self.offsets[c + 1] - starts
+        starts, counts, pos = self._segments(c)
         owner = np.repeat(np.arange(len(c)), counts)
-        pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        pos += np.repeat(starts, counts)
-        # number of boundaries <= local time: odd means inside an interval
-        passed = np.bincount(
-            owner, weights=self.bounds[pos] <= local[owner], minlength=len(c)
-        ).astype(np.int64)
-        return per, cycle, local, starts, counts, passed
+        # odd count: inside an interval
+        inside = self.bounds[pos] <= (t - cycle)[owner]
+        passed = np.bincount(owner, weights=inside, minlength=len(c)).astype(np.int64)
+        return per, cycle, starts, counts, passed
 
     def available(self, clients: np.ndarray, t: float) -> np.ndarray:
         *_, passed = self._local(clients, t)
         return passed % 2 == 1
 
     def next_change(self, clients: np.ndarray, t: float) -> np.ndarray:
-        per, cycle, _, starts, counts, passed = self._local(clients, t)
+        per, cycle, starts, counts, passed = self._local(clients, t)
         b = self.bounds
         out = np.full(len(per), np.inf)
+        if not len(b):
+            return out
+        repeats = np.isfinite(per)
         # a boundary later in this cycle
         later = passed < counts
-        nxt = b[np.minimum(starts + passed, len(b) - 1)] if len(b) else np.zeros(len(per))
+        nxt = b[np.minimum(starts + passed, len(b) - 1)]
         out[later] = cycle[later] + nxt[later]
         # past the last boundary of a repeating client: its first start in the next cycle
-        wrap = ~later & (counts > 0) & np.isfinite(per)
+        wrap = ~later & (counts > 0) & repeats
         out[wrap] = cycle[wrap] + per[wrap] + b[starts[wrap]]
         # an interval ending at the period that continues into one starting at 0 next cycle
         # is not a flip: the flip is the first end of the next cycle (never if online always)
-        if len(b):
-            first = b[np.minimum(starts, len(b) - 1)]
-            joined = later & np.isfinite(per) & (nxt == per) & (first == 0)
-            always = joined & (counts == 2)
-            cont = joined & ~always
-            out[cont] = cycle[cont] + per[cont] + b[starts[cont] + 1]
-            out[always] = np.inf
+        joined = later & repeats & (nxt == per) & (b[np.minimum(starts, len(b) - 1)] == 0)
+        always = joined & (counts == 2)
+        cont = joined & ~always
+        out[cont] = cycle[cont] + per[cont] + b[starts[cont] + 1]
+        out[always] = np.inf
         return out
 
     def subset(self, idx: np.ndarray) -> IntervalTrace:
         idx = np.asarray(idx, dtype=np.int64)
-        starts = self.offsets[idx]
-        counts = self.offsets[idx + 1] - starts
-        pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        pos += np.repeat(starts, counts)
+        _, counts, pos = self._segments(idx)
         offsets = np.concatenate([[0], np.cumsum(counts)])
         return IntervalTrace(self.bounds[pos], offsets, self.period[idx])
 

@@ -28,7 +28,11 @@ from fedloom.sim.devices import Direction, Population
 
 @dataclass(frozen=True, eq=False)
 class LinkChange:
-    """From ``time`` on, multiply the base bandwidth of ``clients`` (``None`` = all)."""
+    """From ``time`` on, multiply the base bandwidth of ``clients`` (``None`` = all).
+
+    A change sets both directions' factors (1.0 restores the base rate); it does not
+    compound with earlier changes.
+    """
 
     time: float
     clients: np.ndarray | None
@@ -36,7 +40,12 @@ class LinkChange:
     down_factor: float
 
     def factor(self, direction: Direction) -> float:
-        return self.up_factor if direction == "up" else self.down_factor
+        """The factor this change sets for ``direction`` ("up" or "down")."""
+        if direction == "up":
+            return self.up_factor
+        if direction == "down":
+            return self.down_factor
+        raise ConfigError(f"direction must be 'up' or 'down', got {direction!r}")
 
 
 class NetworkConditions:
@@ -145,6 +154,10 @@ def bandwidth_drop(
     direction: Direction | Literal["both"] = "both",
 ) -> list[LinkChange]:
     """Bandwidth of ``clients`` multiplied by ``factor`` from ``time`` (until ``until``)."""
+    if direction not in ("up", "down", "both"):
+        raise ConfigError(
+            f"bandwidth_drop: direction must be 'up', 'down' or 'both', got {direction!r}"
+        )
     up = factor if direction in ("up", "both") else 1.0
     down = factor if direction in ("down", "both") else 1.0
     changes = [LinkChange(time, clients, up, down)]
