@@ -36,22 +36,34 @@ def run(
         typer.Option(help="continue the run in this directory from its last checkpoint"),
     ] = None,
 ) -> None:
-    """Run a simulated federated experiment (or resume one)."""
+    """Run a simulated federated experiment (or resume one).
+
+    Under ``torchrun --nproc_per_node=N -m fedloom run ...`` the cohort of every round is
+    sharded over the N processes; rank 0 shows progress and writes the run directory.
+    """
     from fedloom.config import load_config
 
     try:
         if resume is not None:
             if config is not None or set_:
                 raise FedloomError("--resume takes the run's saved config; drop CONFIG and --set")
-            from fedloom.sim import Simulation
+            from fedloom.runs import RunDirectory
 
-            sim = Simulation.resume(resume)
+            cfg = RunDirectory.open(resume).load_config()
         else:
             cfg = load_config(config, set_)
-            from fedloom.sim import Simulation
+        from fedloom.distributed.runtime import shard_from_env, shutdown
+        from fedloom.sim import Simulation
 
-            sim = Simulation.start(cfg)
-        _run_with_progress(sim)
+        shard = shard_from_env(cfg.distributed.mode)
+        try:
+            sim = Simulation.resume(resume, shard) if resume else Simulation.start(cfg, shard)
+            if shard is None or shard.is_writer:
+                _run_with_progress(sim)
+            else:
+                sim.run()
+        finally:
+            shutdown()
     except FedloomError as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None

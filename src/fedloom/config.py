@@ -135,6 +135,45 @@ OptimizerConfig = Annotated[
 class ServerConfig(_Section):
     clients_per_round: int = Field(10, ge=1)
     optimizer: OptimizerConfig = FedAvgConfig()
+    deadline_s: float | None = Field(None, gt=0, description="round deadline, virtual seconds")
+
+
+class DevicesConfig(_Section):
+    """The simulated devices: identical, tiered, lognormal, or from a trace file."""
+
+    kind: Literal["uniform", "tiered", "lognormal", "trace"] = "uniform"
+    trace: Path | None = None
+    availability: Literal["always", "diurnal"] = "always"
+    compute_ms_per_sample: float = Field(5.0, gt=0, description="uniform; lognormal median")
+    up_kbps: float = Field(10_000.0, gt=0, description="uniform; lognormal median")
+    down_kbps: float = Field(50_000.0, gt=0, description="uniform; lognormal median")
+    latency_ms: float = Field(50.0, ge=0)
+    failure_prob: float = Field(0.0, ge=0, lt=1, description="uniform and lognormal")
+    compute_scale: float = Field(1.0, gt=0, description="multiplies every compute time")
+
+    @model_validator(mode="after")
+    def _trace_path(self) -> DevicesConfig:
+        if (self.kind == "trace") != (self.trace is not None):
+            raise ValueError("devices.trace is required with devices.kind = 'trace', and only then")
+        return self
+
+
+class LinkChangeConfig(_Section):
+    """A bandwidth drop (``kind = "drop"``) or a flapping link (``kind = "flap"``)."""
+
+    kind: Literal["drop", "flap"]
+    clients: Literal["all"] | list[Annotated[int, Field(ge=0)]] = "all"
+    time: float = Field(0.0, ge=0, description="drop: start; flap: first outage")
+    until: float | None = Field(None, gt=0, description="drop: end (none = for good)")
+    factor: float = Field(0.1, ge=0, description="drop: bandwidth multiplier")
+    direction: Literal["both", "up", "down"] = "both"
+    period: float = Field(60.0, gt=0, description="flap: seconds between outages")
+    down_for: float = Field(10.0, gt=0, description="flap: outage length")
+    count: int = Field(1, ge=0, description="flap: number of outages")
+
+
+class NetworkConfig(_Section):
+    changes: tuple[LinkChangeConfig, ...] = ()
 
 
 class EvaluationConfig(_Section):
@@ -167,6 +206,12 @@ class SimulationConfig(_Section):
     memory_budget_mb: float = Field(512.0, gt=0, description="vectorized executor chunk budget")
 
 
+class DistributedConfig(_Section):
+    mode: Literal["allreduce", "gather"] = Field(
+        "allreduce", description="how torchrun processes combine updates"
+    )
+
+
 class CheckpointConfig(_Section):
     every: int = Field(5, ge=0, description="checkpoint every N rounds (0 = only at the end)")
     keep: int = Field(3, ge=1)
@@ -185,9 +230,12 @@ class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     client: ClientConfig = ClientConfig()
     server: ServerConfig = ServerConfig()
+    devices: DevicesConfig = DevicesConfig()
+    network: NetworkConfig = NetworkConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     stopping: StoppingConfig = StoppingConfig()
     simulation: SimulationConfig = SimulationConfig()
+    distributed: DistributedConfig = DistributedConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
 
     @model_validator(mode="after")

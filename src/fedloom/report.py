@@ -34,13 +34,29 @@ def write_plots(run: RunDirectory) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        path = run.report_dir / f"{metric}.png"
-        tmp = path.with_name(f".{path.stem}.tmp.png")
-        fig.savefig(tmp)
-        plt.close(fig)
-        tmp.replace(path)
-        written.append(path)
+        written.append(_save(fig, run.report_dir / f"{metric}.png"))
+    timed = [r for r in records if "virtual_time" in r]
+    if timed:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        hours = [r["virtual_time"] / 3600 for r in timed]
+        ax.plot(hours, [r["accuracy"] for r in timed], marker="o", ms=3)
+        ax.set_xlabel("virtual time (hours)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{run.path.name}: time to accuracy")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(_save(fig, run.report_dir / "accuracy_vs_time.png"))
     return written
+
+
+def _save(fig, path: Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
 
 
 def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
@@ -60,6 +76,19 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
         if "fed_accuracy" in evals[-1]:
             rows.append(("client hold-out accuracy", f"{evals[-1]['fed_accuracy']:.4f}"))
             rows.append(("  10th percentile client", f"{evals[-1]['fed_accuracy_p10']:.4f}"))
+    if rounds and "virtual_time" in rounds[-1]:
+        rows.append(("virtual time", _duration(rounds[-1]["virtual_time"])))
+        target = run.load_config().stopping.target
+        if target is not None and run.load_config().stopping.metric == "accuracy":
+            tta = time_to_accuracy(records, target)
+            shown = _duration(tta) if tta is not None else "not reached"
+            rows.append((f"virtual time to accuracy {target}", shown))
+        dropped: dict[str, int] = {}
+        for r in rounds:
+            for reason, n in r.get("dropped", {}).items():
+                dropped[reason] = dropped.get(reason, 0) + n
+        if dropped:
+            rows.append(("dropped clients", ", ".join(f"{n} {k}" for k, n in dropped.items())))
     if rounds:
         wall = sum(r["wall_s"] for r in rounds)
         rows.append(("training wall time", f"{wall:.2f} s ({wall / len(rounds):.3f} s/round)"))
@@ -68,3 +97,19 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
     if stop:
         rows.append(("stopped", f"{stop['reason']}: {stop['detail']}"))
     return [(k, v if not (isinstance(v, float) and math.isnan(v)) else "n/a") for k, v in rows]
+
+
+def time_to_accuracy(records: list[dict[str, Any]], target: float) -> float | None:
+    """Virtual seconds until the test accuracy first reached ``target`` (None if never)."""
+    for r in records:
+        if r.get("event") == "round" and r.get("accuracy", -1.0) >= target:
+            return float(r["virtual_time"])
+    return None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"

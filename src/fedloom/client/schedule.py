@@ -55,6 +55,15 @@ def steps_for(sizes: np.ndarray, plan: TrainPlan) -> np.ndarray:
     return plan.local_epochs * -(-sizes // plan.batch_size)
 
 
+def examples_seen(sizes: np.ndarray, plan: TrainPlan) -> np.ndarray:
+    """Training samples each client processes under ``plan`` (its compute work)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    steps = steps_for(sizes, plan)
+    per_epoch = -(-sizes // plan.batch_size)
+    full, rest = np.divmod(steps, per_epoch)
+    return full * sizes + np.minimum(rest * plan.batch_size, sizes)
+
+
 @dataclass(frozen=True)
 class CohortSchedule:
     """Batches of K clients over S steps: ``index[k, s, b]`` is a row of client k's data.

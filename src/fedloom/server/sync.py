@@ -27,7 +27,6 @@ from fedloom.records import Dispatch, RoundResult, TrainPlan, Update
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.selection import Selector, UniformSelector
 
-
 Combine = Callable[[np.ndarray], np.ndarray]
 
 

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from fedloom.client.schedule import examples_seen
 from fedloom.client.trainer import TorchTrainer
 from fedloom.data.arrays import ClientPartition
 from fedloom.records import ClientMetrics, Dispatch, TrainPlan, Update
@@ -51,19 +52,12 @@ def run_dispatches(
         ids = np.array([d.client_id for d in group], dtype=np.int64)
         seeds = np.array([d.seed for d in group], dtype=np.int64)
         res = executor.train_cohort(global_params, ids, seeds, plan)
+        seen = examples_seen(res.num_examples, plan)
         for k, d in enumerate(group):
-            steps = int(res.steps[k])
             n = int(res.num_examples[k])
-            seen = _examples_seen(n, steps, plan)
-            metrics = ClientMetrics(float(res.train_loss[k]), steps, seen / n)
+            metrics = ClientMetrics(float(res.train_loss[k]), int(res.steps[k]), seen[k] / n)
             updates.append(Update(d.client_id, d.round, d.version, res.deltas[k], n, metrics))
     return updates
-
-
-def _examples_seen(n: int, steps: int, plan: TrainPlan) -> int:
-    per_epoch = -(-n // plan.batch_size)
-    full, rest = divmod(steps, per_epoch)
-    return full * n + min(rest * plan.batch_size, n)
 
 
 class SequentialExecutor:

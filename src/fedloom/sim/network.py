@@ -76,24 +76,34 @@ class NetworkConditions:
             sorted(changes, key=lambda ch: ch.time)  # stable: ties keep the given order
         )
 
-    def factor_at(self, clients: np.ndarray, t: float, direction: Direction) -> np.ndarray:
-        """Bandwidth factor of each client in effect at time ``t``."""
+    def factor_at(
+        self, clients: np.ndarray, t: float | np.ndarray, direction: Direction
+    ) -> np.ndarray:
+        """Bandwidth factor of each client in effect at time ``t`` (one per client, or shared)."""
         clients = np.asarray(clients, dtype=np.int64)
+        t = np.broadcast_to(np.asarray(t, dtype=np.float64), clients.shape)
         factor = np.ones(len(clients))
         for ch in self.changes:
-            if ch.time > t:
+            if ch.time > t.max(initial=-np.inf):
                 break
-            factor[self._affected(ch, clients)] = ch.factor(direction)
+            factor[self._affected(ch, clients) & (ch.time <= t)] = ch.factor(direction)
         return factor
 
     def transfer_end(
-        self, clients: np.ndarray, start: float, nbytes: np.ndarray | int, direction: Direction
+        self,
+        clients: np.ndarray,
+        start: float | np.ndarray,
+        nbytes: np.ndarray | int,
+        direction: Direction,
     ) -> np.ndarray:
         """Exact finish time of each client's transfer of ``nbytes`` started at ``start``.
 
-        ``inf`` for a transfer whose link stays down before it completes.
+        ``start`` is one time for all, or one per client. ``inf`` for a transfer whose
+        link stays down before it completes.
         """
         clients = np.asarray(clients, dtype=np.int64)
+        start = np.broadcast_to(np.asarray(start, dtype=np.float64), clients.shape)
+        first = start.min(initial=np.inf)
         rate = self.population.throughput_bytes_per_s(clients, direction)
         t0 = start + self.population.latency_ms[clients] / 1e3
         remaining = np.broadcast_to(np.asarray(nbytes, dtype=np.float64), clients.shape).copy()
@@ -108,7 +118,7 @@ class NetworkConditions:
         factor = self.factor_at(clients, start, direction)
         sending = np.ones(len(clients), dtype=bool)
         for ch in self.changes:
-            if ch.time <= start:
+            if ch.time <= first:
                 continue
             mask = sending & (t < ch.time)
             self._progress(mask, t, ch.time, rate, factor, remaining, end, sending)
