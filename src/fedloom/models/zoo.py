@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from fedloom.config import ModelConfig
+if TYPE_CHECKING:
+    from fedloom.config import ModelConfig
 
 
 class MLP(nn.Sequential):

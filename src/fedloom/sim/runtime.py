@@ -123,14 +123,24 @@ def monitor_from_config(config: RunConfig) -> ConvergenceMonitor:
 class Simulation:
     """One experiment bound to its run directory."""
 
-    def __init__(self, config: RunConfig, run: RunDirectory, shard: Shard | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        run: RunDirectory,
+        shard: Shard | None = None,
+        data: FederatedData | None = None,
+    ) -> None:
+        """``data`` replaces the configured dataset (for programmatic use; a resumed run
+        rebuilds its data from the config, so pass the same data to ``resume``)."""
         if config.threads:
             torch.set_num_threads(config.threads)
         self.config = config
         self.run_dir = run
         self.shard = shard
         self.writer = shard is None or shard.is_writer
-        self.data: FederatedData = build_federated_data(config.data, config.partition, config.seed)
+        self.data: FederatedData = data or build_federated_data(
+            config.data, config.partition, config.seed
+        )
         model = build_model(
             config.model, self.data.num_features, self.data.num_classes, config.seed
         )
@@ -155,14 +165,16 @@ class Simulation:
 
     # construction ------------------------------------------------------------
     @classmethod
-    def start(cls, config: RunConfig, shard: Shard | None = None) -> Simulation:
+    def start(
+        cls, config: RunConfig, shard: Shard | None = None, data: FederatedData | None = None
+    ) -> Simulation:
         """A new run in a fresh directory, with the initial model evaluated as round 0."""
         if shard is None:
             run = RunDirectory.create(config)
         else:  # rank 0 picks the directory, the others learn its name
             path = RunDirectory.create(config).path if shard.is_writer else None
             run = RunDirectory(shard.broadcast(path))
-        sim = cls(config, run, shard)
+        sim = cls(config, run, shard, data)
         sim._append(
             {
                 "event": "start",
@@ -178,10 +190,12 @@ class Simulation:
         return sim
 
     @classmethod
-    def resume(cls, path: Path, shard: Shard | None = None) -> Simulation:
+    def resume(
+        cls, path: Path, shard: Shard | None = None, data: FederatedData | None = None
+    ) -> Simulation:
         """Continue the run in ``path`` from its newest checkpoint."""
         run = RunDirectory.open(path)
-        sim = cls(run.load_config(), run, shard)
+        sim = cls(run.load_config(), run, shard, data)
         found = run.latest_checkpoint()
         if found is None:
             raise CheckpointError(f"run {str(path)!r} has no checkpoint to resume from")
