@@ -46,7 +46,7 @@ def one(registered: int, cohort: int, rounds: int) -> dict:
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     n = registered * 20
-    x = rng.normal(size=(n, 64)).astype(np.float32)
+    x = rng.standard_normal(size=(n, 64), dtype=np.float32)
     y = rng.integers(0, 10, size=n).astype(np.int64)
     train = ClientPartition(x, y, np.arange(0, n + 1, 20, dtype=np.int64), 10)
     test = ArrayDataset(x[:1000].copy(), y[:1000].copy(), 10)

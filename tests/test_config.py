@@ -93,3 +93,14 @@ def test_bad_overrides(item):
         load_config(None, ["rounds=5", item]) if item == "rounds.x=1" else apply_overrides(
             {}, [item]
         )
+
+
+def test_input_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    sub = tmp_path / "cfgs"
+    sub.mkdir()
+    path = write(sub, '[devices]\nkind = "trace"\ntrace = "traces/t.jsonl"\n')
+    cfg = load_config(path)
+    assert cfg.devices.trace == (sub / "traces" / "t.jsonl").resolve()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ['data.source="file"', 'data.path="mine.csv"'])
+    assert cfg.data.path == (tmp_path / "mine.csv").resolve()

@@ -320,11 +320,30 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
 
 
+# settings that name input files: relative paths in a config file are relative to that file
+_INPUT_PATHS = (("data", "path"), ("devices", "trace"))
+
+
+def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = _deep_copy(data)
+    for section, key in _INPUT_PATHS:
+        value = out.get(section, {}).get(key) if isinstance(out.get(section), dict) else None
+        if isinstance(value, str) and not Path(value).is_absolute():
+            out[section][key] = str((base / value).resolve())
+    return out
+
+
 def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """The built-in default, or a TOML file, with ``--set`` overrides applied."""
-    data = read_toml(path) if path is not None else {}
+    """The built-in default, or a TOML file, with ``--set`` overrides applied.
+
+    Input file paths (``data.path``, ``devices.trace``) become absolute: relative to the
+    config file's folder when written in it, to the working directory when given with
+    ``--set``. The resolved config, saved in the run directory, then works from anywhere.
+    """
+    data = _anchor_paths(read_toml(path), Path(path).parent) if path is not None else {}
     source = str(path) if path is not None else "built-in default"
-    return parse_config(apply_overrides(data, overrides or []), source)
+    data = _anchor_paths(apply_overrides(data, overrides or []), Path.cwd())
+    return parse_config(data, source)
 
 
 def to_toml(config: RunConfig) -> str:

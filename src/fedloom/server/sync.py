@@ -51,6 +51,13 @@ class _OpenRound:
     def pending(self) -> set[int]:
         return set(self.selected) - self.updates.keys() - self.failed.keys()
 
+    def is_pending(self, client_id: int) -> bool:
+        return (
+            client_id in self.row
+            and client_id not in self.updates
+            and (client_id not in self.failed)
+        )
+
 
 class SyncServer:
     """Orchestrates synchronous rounds over ``num_clients`` registered clients."""
@@ -154,7 +161,7 @@ class SyncServer:
 
     def fail(self, client_id: int, reason: str) -> None:
         """Record that a selected client will not answer this round."""
-        if self._open is None or client_id not in self._open.pending:
+        if self._open is None or not self._open.is_pending(client_id):
             raise FedloomError(f"client {client_id} has no pending work to fail")
         self._open.failed[client_id] = reason
 
