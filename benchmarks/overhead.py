@@ -6,10 +6,13 @@ loop deep-copies the global model per client, builds a ``torch.optim.SGD``, visi
 same mini-batches as fedloom (same permutations from the same per-client seeds) and
 averages the state dicts weighted by example counts; both draw the same cohorts.
 
-Both are warmed up, then their rounds are timed alternately (one fedloom round, one
-plain round) on one torch thread. fedloom's timed round is the full ``Simulation.step``:
-dispatch, training, validation of every update, aggregation, the metrics record, and
-(at the last round) evaluation and a checkpoint.
+fedloom runs twice, with its default executor (``auto``: the vectorized one for this
+MLP) and with the sequential one. All three are warmed up, then their rounds are timed
+in turn (a fedloom-vectorized round, a fedloom-sequential round, a plain round) on one
+torch thread. fedloom's timed round is the full ``Simulation.step``: selection, the
+virtual-time round, training, validation of every update, aggregation, the metrics
+record, and (at the last round) evaluation and a checkpoint. ``ratio`` is the default
+(vectorized) fedloom over plain; ``sequential_ratio`` the sequential one over plain.
 
 Usage: ``uv run python benchmarks/overhead.py [--json PATH] [--quick] [--repeats N]``
 """
@@ -28,16 +31,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedloom.client.schedule import batch_schedule
 from fedloom.client.trainer import evaluate_model
 from fedloom.config import load_config
+from fedloom.records import TrainPlan
 from fedloom.runs import RunDirectory
 from fedloom.server.sync import client_seed
 from fedloom.sim import Simulation
 
 CONFIGS = {"a": (10, 10, 20), "b": (100, 10, 30), "c": (1000, 100, 10)}
+PLAN = TrainPlan(local_epochs=1, batch_size=32, lr=0.05)
 
 
-def make_sim(clients: int, per_round: int, rounds: int, out: Path, name: str) -> Simulation:
+def make_sim(
+    clients: int, per_round: int, rounds: int, out: Path, name: str, executor: str = "auto"
+) -> Simulation:
     cfg = load_config(
         None,
         [
@@ -56,6 +64,7 @@ def make_sim(clients: int, per_round: int, rounds: int, out: Path, name: str) ->
             "client.lr=0.05",
             f"evaluation.every={rounds}",
             "checkpoint.every=0",
+            f'simulation.executor="{executor}"',
         ],
     )
     return Simulation(cfg, RunDirectory.create(cfg))
@@ -87,9 +96,8 @@ class PlainLoop:
             x, y, n = self.x[lo:hi], self.y[lo:hi], hi - lo
             model = copy.deepcopy(self.model)
             opt = torch.optim.SGD(model.parameters(), lr=0.05)
-            rng = np.random.default_rng(client_seed(self.seed, self.round, int(cid)))
-            perm = rng.permutation(n)
-            for idx in np.split(perm, np.arange(32, n, 32)):
+            seed = client_seed(self.seed, self.round, int(cid))
+            for idx in batch_schedule(n, PLAN, seed):
                 index = torch.from_numpy(idx)
                 opt.zero_grad()
                 F.cross_entropy(model(x[index]), y[index]).backward()
@@ -106,26 +114,32 @@ class PlainLoop:
 
 
 def bench(label: str, clients: int, per_round: int, rounds: int, out: Path) -> dict:
-    warm = make_sim(clients, per_round, 2, out, f"warm-{label}")
-    warm_plain = PlainLoop(warm)
-    warm.step(), warm_plain.step()
+    for executor in ("auto", "sequential"):
+        warm = make_sim(clients, per_round, 2, out, f"warm-{label}-{executor}", executor)
+        warm.step()
+    PlainLoop(warm).step()
 
-    sim = make_sim(clients, per_round, rounds, out, f"bench-{label}")
-    plain = PlainLoop(sim)
-    fed_t, plain_t = 0.0, 0.0
+    vec = make_sim(clients, per_round, rounds, out, f"bench-{label}", "auto")
+    seq = make_sim(clients, per_round, rounds, out, f"bench-{label}-seq", "sequential")
+    plain = PlainLoop(vec)
+    spent = {"fedloom": 0.0, "sequential": 0.0, "plain": 0.0}
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        sim.step()
-        t1 = time.perf_counter()
-        plain.step()
-        t2 = time.perf_counter()
-        fed_t += t1 - t0
-        plain_t += t2 - t1
+        for name, runner in (
+            ("fedloom", vec.step),
+            ("sequential", seq.step),
+            ("plain", plain.step),
+        ):
+            t0 = time.perf_counter()
+            runner()
+            spent[name] += time.perf_counter() - t0
     return {
-        "fedloom_s": fed_t,
-        "plain_s": plain_t,
-        "fedloom_acc": sim.evaluate()["accuracy"],
-        "plain_acc": plain.accuracy(sim.test_tensors),
+        "fedloom_s": spent["fedloom"],
+        "sequential_s": spent["sequential"],
+        "plain_s": spent["plain"],
+        "executor": vec.executor.name,
+        "fedloom_acc": vec.evaluate()["accuracy"],
+        "sequential_acc": seq.evaluate()["accuracy"],
+        "plain_acc": plain.accuracy(vec.test_tensors),
     }
 
 
@@ -143,27 +157,33 @@ def main() -> None:
             rounds = 2 if args.quick else rounds
             runs = [bench(label, clients, per_round, rounds, Path(tmp)) for _ in range(repeats)]
             fed = statistics.median(r["fedloom_s"] for r in runs)
+            seq = statistics.median(r["sequential_s"] for r in runs)
             plain = statistics.median(r["plain_s"] for r in runs)
             results[label] = {
                 "clients": clients,
                 "per_round": per_round,
                 "rounds": rounds,
+                "executor": runs[0]["executor"],
                 "fedloom_s": round(fed, 4),
                 "plain_s": round(plain, 4),
                 "ratio": round(fed / plain, 3),
                 "fedloom_acc": round(runs[0]["fedloom_acc"], 4),
                 "plain_acc": round(runs[0]["plain_acc"], 4),
+                "sequential_s": round(seq, 4),
+                "sequential_ratio": round(seq / plain, 3),
+                "sequential_acc": round(runs[0]["sequential_acc"], 4),
             }
     print(f"threads=1 repeats={repeats} (median wall time of the timed rounds)")
     print(
-        f"{'cfg':<4}{'clients/round/rounds':<22}{'fedloom s':>10}{'plain s':>10}"
-        f"{'ratio':>8}{'fed acc':>9}{'plain acc':>10}"
+        f"{'cfg':<4}{'clients/round/rounds':<22}{'fedloom s':>10}{'seq s':>8}{'plain s':>9}"
+        f"{'ratio':>7}{'seq ratio':>10}{'fed acc':>9}{'seq acc':>9}{'plain acc':>10}"
     )
     for label, r in results.items():
         spec = f"{r['clients']}/{r['per_round']}/{r['rounds']}"
         print(
-            f"{label:<4}{spec:<22}{r['fedloom_s']:>10.3f}{r['plain_s']:>10.3f}"
-            f"{r['ratio']:>8.3f}{r['fedloom_acc']:>9.4f}{r['plain_acc']:>10.4f}"
+            f"{label:<4}{spec:<22}{r['fedloom_s']:>10.3f}{r['sequential_s']:>8.3f}"
+            f"{r['plain_s']:>9.3f}{r['ratio']:>7.3f}{r['sequential_ratio']:>10.3f}"
+            f"{r['fedloom_acc']:>9.4f}{r['sequential_acc']:>9.4f}{r['plain_acc']:>10.4f}"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

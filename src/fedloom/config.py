@@ -136,6 +136,47 @@ class ServerConfig(_Section):
     clients_per_round: int = Field(10, ge=1)
     optimizer: OptimizerConfig = FedAvgConfig()
     deadline_s: float | None = Field(None, gt=0, description="round deadline, virtual seconds")
+    over_selection: float | Literal["auto"] = Field(
+        1.0, description="dispatch this many times clients_per_round ('auto': 1 / reliability)"
+    )
+    quorum: int | None = Field(None, ge=1, description="fewest updates a round may aggregate")
+    quorum_policy: Literal["skip", "retry"] = "skip"
+    max_retries: int = Field(3, ge=0)
+    accept_partial: bool = Field(
+        False, description="stragglers train only the steps that fit the deadline"
+    )
+
+    @model_validator(mode="after")
+    def _dropout_settings(self) -> ServerConfig:
+        if isinstance(self.over_selection, float) and not 1.0 <= self.over_selection <= 10.0:
+            raise ValueError(f"server.over_selection = {self.over_selection} is not in [1, 10]")
+        if self.quorum is not None and self.quorum > self.clients_per_round:
+            raise ValueError(
+                f"server.quorum = {self.quorum} exceeds server.clients_per_round = "
+                f"{self.clients_per_round}"
+            )
+        if self.accept_partial and self.deadline_s is None:
+            raise ValueError("server.accept_partial = true needs server.deadline_s")
+        return self
+
+
+class SelectionConfig(_Section):
+    """Which clients train each round (see fedloom.server.selection)."""
+
+    strategy: Literal[
+        "uniform", "availability", "data_quality", "reliability", "power_of_choice", "oort"
+    ] = "uniform"
+    max_share: float | None = Field(
+        None, gt=0, le=1, description="fairness guard: cap on the share of rounds per client"
+    )
+    params: dict[str, float | int | bool] = Field(
+        default_factory=dict, description="strategy parameters, e.g. exploration = 0.9"
+    )
+
+
+class RegistryConfig(_Section):
+    reliability_decay: float = Field(0.95, gt=0, le=1)
+    duration_smoothing: float = Field(0.3, gt=0, le=1)
 
 
 class DevicesConfig(_Section):
@@ -230,6 +271,8 @@ class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     client: ClientConfig = ClientConfig()
     server: ServerConfig = ServerConfig()
+    selection: SelectionConfig = SelectionConfig()
+    registry: RegistryConfig = RegistryConfig()
     devices: DevicesConfig = DevicesConfig()
     network: NetworkConfig = NetworkConfig()
     evaluation: EvaluationConfig = EvaluationConfig()

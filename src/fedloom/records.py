@@ -6,7 +6,7 @@ string keys shared by convention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
@@ -38,6 +38,8 @@ class Dispatch:
     version: int
     plan: TrainPlan
     seed: int
+    deadline: float | None = None  # time by which the update must arrive (runtime's clock)
+    max_steps: int | None = None  # partial work: at most this many local steps
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ClientMetrics:
     train_loss: float
     steps: int
     epochs: float
+    train_loss_sq: float = float("nan")  # mean squared batch loss (Oort's statistical utility)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,33 @@ class Update:
     metrics: ClientMetrics
 
 
+@dataclass(frozen=True, eq=False)
+class ClientOutcomes:
+    """Per-client facts of one round's aggregated updates (rows in cohort order)."""
+
+    ids: np.ndarray  # int64 [M]
+    num_examples: np.ndarray  # int64 [M]
+    train_loss: np.ndarray  # float64 [M]
+    train_loss_sq: np.ndarray  # float64 [M]
+    steps: np.ndarray  # int64 [M]
+    contribution: np.ndarray  # float64 [M]: w_i <delta_i, Delta> / (W |Delta|^2), sums to 1
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClientOutcomes):
+            return NotImplemented
+        return all(
+            np.array_equal(getattr(self, f.name), getattr(other, f.name), equal_nan=True)
+            for f in fields(self)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @classmethod
+    def empty(cls) -> ClientOutcomes:
+        z = np.zeros(0)
+        return cls(z.astype(np.int64), z.astype(np.int64), z, z, z.astype(np.int64), z)
+
+
 @dataclass(frozen=True)
 class RoundResult:
     """What happened in one synchronous round, as recorded in ``metrics.jsonl``."""
@@ -73,4 +103,5 @@ class RoundResult:
     num_examples: int
     train_loss: float
     update_norm: float
-    extra: dict[str, float] = field(default_factory=dict)
+    status: str = "aggregated"  # aggregated | empty | skipped (below quorum) | retry
+    clients: ClientOutcomes = field(default_factory=ClientOutcomes.empty)

@@ -92,13 +92,14 @@ def test_begin_round_twice_raises() -> None:
         server.begin_round()
 
 
-def test_version_advances_each_round() -> None:
+def test_version_advances_each_aggregated_round() -> None:
     server = make_server()
     for rnd in (1, 2, 3):
         dispatches = server.begin_round()
         assert {(d.round, d.version) for d in dispatches} == {(rnd, rnd - 1)}
+        server.receive(make_update(dispatches[0], [1, 1, 1, 1]))
         assert server.close_round().round == rnd
-        assert server.round == rnd
+        assert server.round == rnd and server.version == rnd
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -177,9 +178,9 @@ def test_empty_round_leaves_params_unchanged() -> None:
     assert result.num_examples == 0
     assert math.isnan(result.train_loss)
     assert result.update_norm == 0.0
-    # the version still advances
-    assert server.round == 1
-    assert {x.version for x in server.begin_round()} == {1}
+    # the round is over, but the model (its version) did not change
+    assert server.round == 1 and result.status == "empty"
+    assert {x.version for x in server.begin_round()} == {0}
 
 
 def test_fail_requires_pending_work() -> None:
@@ -295,6 +296,7 @@ def test_update_from_failed_client_is_rejected() -> None:
 def test_update_from_previous_round_is_stale() -> None:
     server = make_server()
     d1 = server.begin_round()
+    server.receive(make_update(d1[1], [0, 0, 0, 0]))
     server.close_round()
     d2 = server.begin_round()
     late = make_update(d1[0], [1, 1, 1, 1])

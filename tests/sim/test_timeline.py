@@ -123,9 +123,9 @@ def test_clients_never_online_are_never_selected(tmp_path):
     trained: list[int] = []
     inner = sim.executor.train_cohort
 
-    def recording(g, ids, seeds, plan):
+    def recording(g, ids, seeds, plan, max_steps=None):
         trained.extend(int(i) for i in ids)
-        return inner(g, ids, seeds, plan)
+        return inner(g, ids, seeds, plan, max_steps)
 
     sim.executor.train_cohort = recording
     sim.run()

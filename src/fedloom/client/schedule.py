@@ -47,18 +47,27 @@ def client_seeds(run_seed: int, round: int, client_ids: np.ndarray) -> np.ndarra
     return (splitmix64(base ^ ids) >> np.uint64(1)).astype(np.int64)
 
 
-def steps_for(sizes: np.ndarray, plan: TrainPlan) -> np.ndarray:
-    """Number of local steps of each client under ``plan``."""
+def steps_for(
+    sizes: np.ndarray, plan: TrainPlan, max_steps: np.ndarray | None = None
+) -> np.ndarray:
+    """Number of local steps of each client under ``plan``, capped by ``max_steps``
+    (a straggler that does only the work that fits its deadline)."""
     sizes = np.asarray(sizes, dtype=np.int64)
     if plan.local_steps is not None:
-        return np.full(sizes.shape, plan.local_steps, dtype=np.int64)
-    return plan.local_epochs * -(-sizes // plan.batch_size)
+        steps = np.full(sizes.shape, plan.local_steps, dtype=np.int64)
+    else:
+        steps = plan.local_epochs * -(-sizes // plan.batch_size)
+    if max_steps is not None:
+        steps = np.minimum(steps, np.asarray(max_steps, dtype=np.int64))
+    return steps
 
 
-def examples_seen(sizes: np.ndarray, plan: TrainPlan) -> np.ndarray:
+def examples_seen(
+    sizes: np.ndarray, plan: TrainPlan, max_steps: np.ndarray | None = None
+) -> np.ndarray:
     """Training samples each client processes under ``plan`` (its compute work)."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    steps = steps_for(sizes, plan)
+    steps = steps_for(sizes, plan, max_steps)
     per_epoch = -(-sizes // plan.batch_size)
     full, rest = np.divmod(steps, per_epoch)
     return full * sizes + np.minimum(rest * plan.batch_size, sizes)
@@ -81,7 +90,9 @@ class CohortSchedule:
         return [self.index[k, s][self.mask[k, s]] for s in range(int(self.steps[k]))]
 
 
-def cohort_schedule(sizes: np.ndarray, seeds: np.ndarray, plan: TrainPlan) -> CohortSchedule:
+def cohort_schedule(
+    sizes: np.ndarray, seeds: np.ndarray, plan: TrainPlan, max_steps: np.ndarray | None = None
+) -> CohortSchedule:
     """The mini-batches of every client in a cohort.
 
     Each epoch is a fresh permutation of the client's samples cut into full batches of
@@ -96,14 +107,14 @@ def cohort_schedule(sizes: np.ndarray, seeds: np.ndarray, plan: TrainPlan) -> Co
         bad = int(np.argmin(sizes))
         raise FedloomError(f"client at position {bad} has {sizes[bad]} examples; need >= 1")
     b = plan.batch_size
-    steps = steps_for(sizes, plan)
+    steps = steps_for(sizes, plan, max_steps)
     k, s_max = len(sizes), int(steps.max(initial=0))
     if k == 0 or s_max == 0:
         empty = np.zeros((k, 0, b), dtype=np.int64)
         return CohortSchedule(empty, empty.astype(bool), steps)
     n_max = int(sizes.max())
     per_epoch = -(-sizes // b)
-    epochs = int((-(-steps // per_epoch)).max())
+    epochs = max(1, int((-(-steps // per_epoch)).max()))
     # keys[k, e, i]: a random key per (client, epoch, position); padding sorts last
     pos = np.arange(n_max, dtype=np.uint64)
     ep = np.arange(epochs, dtype=np.uint64)
@@ -124,8 +135,11 @@ def cohort_schedule(sizes: np.ndarray, seeds: np.ndarray, plan: TrainPlan) -> Co
     return CohortSchedule(index, mask, steps)
 
 
-def batch_schedule(num_examples: int, plan: TrainPlan, seed: int) -> list[np.ndarray]:
+def batch_schedule(
+    num_examples: int, plan: TrainPlan, seed: int, max_steps: int | None = None
+) -> list[np.ndarray]:
     """One client's batches (the K = 1 case of ``cohort_schedule``)."""
     if num_examples < 1:
         raise FedloomError("a client needs at least one example to train")
-    return cohort_schedule(np.array([num_examples]), np.array([seed]), plan).batches(0)
+    cap = None if max_steps is None else np.array([max_steps])
+    return cohort_schedule(np.array([num_examples]), np.array([seed]), plan, cap).batches(0)

@@ -42,15 +42,17 @@ class TorchTrainer:
         plan: TrainPlan,
         seed: int,
         out: torch.Tensor,
+        max_steps: int | None = None,
     ) -> ClientMetrics:
         """Train from ``global_params`` and write the delta (local - global) into ``out``."""
         params, grads = self.flat.params, self.flat.grads
         params.copy_(global_params)
-        batches = batch_schedule(len(y), plan, seed)
+        batches = batch_schedule(len(y), plan, seed, max_steps)
         stacked, stacked_grads = params.view(1, -1), grads.view(1, -1)
         state = local_optim.init_state(plan, stacked)
         anchor = global_params if plan.prox_mu else None
         loss_sum = torch.zeros(())
+        loss_sq_sum = torch.zeros(())
         self.model.train()
         for idx in batches:
             index = torch.from_numpy(idx)
@@ -59,11 +61,18 @@ class TorchTrainer:
             loss.backward()
             with torch.no_grad():
                 loss_sum += loss.detach()
+                loss_sq_sum += loss.detach() ** 2
             local_optim.step(plan, stacked, stacked_grads, state, anchor=anchor)
         torch.sub(params, global_params, out=out)
         steps = len(batches)
         seen = sum(len(b) for b in batches)
-        return ClientMetrics(train_loss=float(loss_sum) / steps, steps=steps, epochs=seen / len(y))
+        per_step = 1.0 / steps if steps else float("nan")
+        return ClientMetrics(
+            train_loss=float(loss_sum) * per_step,
+            steps=steps,
+            epochs=seen / len(y),
+            train_loss_sq=float(loss_sq_sum) * per_step,
+        )
 
 
 @torch.inference_mode()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -23,9 +24,10 @@ from fedloom.aggregation import weighted_sum
 from fedloom.client.schedule import client_seeds
 from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.optim import ServerOptimizer
-from fedloom.records import Dispatch, RoundResult, TrainPlan, Update
+from fedloom.records import ClientOutcomes, Dispatch, RoundResult, TrainPlan, Update
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.selection import Selector, UniformSelector
+from fedloom.server.stats import ClientStats
 
 Combine = Callable[[np.ndarray], np.ndarray]
 
@@ -72,7 +74,14 @@ class SyncServer:
         monitor: ConvergenceMonitor,
         seed: int,
         selector: Selector | None = None,
+        quorum: int | None = None,
+        quorum_policy: Literal["skip", "retry"] = "skip",
+        max_retries: int = 3,
     ) -> None:
+        """``quorum``: the fewest aggregated updates a round may apply. A round below it
+        leaves the model unchanged and is either skipped (the round still counts) or,
+        with ``quorum_policy = "retry"``, run again with a new cohort up to
+        ``max_retries`` times before it is skipped."""
         if params.dtype != np.float32 or params.ndim != 1:
             raise FedloomError("global parameters must be a 1-D float32 vector")
         self.params = params.copy()
@@ -85,7 +94,12 @@ class SyncServer:
         self.seed = seed
         self.selector = selector or UniformSelector()
         self.rng = np.random.default_rng(seed)
-        self.round = 0  # completed rounds == version of the global model
+        self.quorum = quorum
+        self.quorum_policy = quorum_policy
+        self.max_retries = max_retries
+        self.round = 0  # closed rounds (aggregated or skipped)
+        self.version = 0  # model updates applied
+        self.retries = 0  # failed attempts of the current round
         self._open: _OpenRound | None = None
 
     @property
@@ -97,19 +111,31 @@ class SyncServer:
         """Clients of the open round that have neither answered nor failed."""
         return self._open.pending if self._open else set()
 
-    def begin_round(self, available: np.ndarray | None = None) -> list[Dispatch]:
-        """Select the cohort of the next round and return one dispatch per client."""
+    def begin_round(
+        self,
+        available: np.ndarray | None = None,
+        stats: ClientStats | None = None,
+        now: float = 0.0,
+        k: int | None = None,
+        deadline: float | None = None,
+    ) -> list[Dispatch]:
+        """Select the next round's cohort and return one dispatch per client.
+
+        ``k`` overrides ``clients_per_round`` (over-selection dispatches more clients than
+        the round needs); ``stats`` and ``now`` inform the selector; ``deadline`` is copied
+        into each dispatch.
+        """
         if self._open is not None:
             raise FedloomError(f"round {self._open.round} is still open")
         ids = np.arange(self.num_clients) if available is None else np.asarray(available)
-        k = min(self.clients_per_round, len(ids))
+        k = min(self.clients_per_round if k is None else k, len(ids))
         rnd = self.round + 1
-        cohort = self.selector.select(ids, k, rnd, self.rng)
+        cohort = self.selector.select(ids, k, rnd, self.rng, stats, now)
         selected = tuple(int(c) for c in cohort)
         self._open = _OpenRound(rnd, selected, np.empty((len(selected), self.dim), np.float32))
         seeds = client_seeds(self.seed, rnd, np.asarray(selected, dtype=np.int64))
         return [
-            Dispatch(c, rnd, self.round, self.plan, int(seed))
+            Dispatch(c, rnd, self.version, self.plan, int(seed), deadline)
             for c, seed in zip(selected, seeds, strict=True)
         ]
 
@@ -140,11 +166,11 @@ class SyncServer:
             raise UpdateRejected(cid, f"duplicate update for round {self._open.round}")
         if cid in self._open.failed:
             raise UpdateRejected(cid, "client was already marked failed this round")
-        if u.round != self._open.round or u.version != self.round:
+        if u.round != self._open.round or u.version != self.version:
             raise UpdateRejected(
                 cid,
                 f"stale update for round {u.round} / model version {u.version}; "
-                f"expected round {self._open.round} / version {self.round}",
+                f"expected round {self._open.round} / version {self.version}",
             )
         delta = u.delta
         if not isinstance(delta, np.ndarray) or delta.shape != (self.dim,):
@@ -169,50 +195,80 @@ class SyncServer:
         """Aggregate whoever answered, step the server optimizer and advance the version.
 
         Clients that neither answered nor failed are recorded as failed; a round with no
-        update leaves the model unchanged.
+        update, or fewer than ``quorum``, leaves the model unchanged.
 
         ``combine`` serves runtimes that shard one cohort over several processes, each
         of which receives only its own clients' updates: the server packs its partial
-        FedAvg sums (``sum w*delta``, per-client example counts and losses, rejections)
-        into one float64 vector, ``combine`` adds these vectors across processes (one
-        all-reduce), and every process applies the same aggregate.
+        FedAvg sums (``sum w*delta``, per-client example counts, losses and steps,
+        rejections) into one float64 vector, ``combine`` adds these vectors across
+        processes (one all-reduce), and every process applies the same aggregate. A
+        second, K-long sum gathers each client's contribution to the aggregate.
         """
         if self._open is None:
             raise FedloomError("no round is open")
         rnd = self._open
         k, d = len(rnd.selected), self.dim
-        packed = np.zeros(d + 2 * k + 1, dtype=np.float64)
-        if rnd.updates:  # in selection order, so arrival order cannot change the sum
-            ups = sorted(rnd.updates.values(), key=lambda u: rnd.row[u.client_id])
-            rows = np.array([rnd.row[u.client_id] for u in ups], dtype=np.int64)
-            w = np.array([u.num_examples for u in ups], dtype=np.float64)
+        ups = sorted(rnd.updates.values(), key=lambda u: rnd.row[u.client_id])
+        rows = np.array([rnd.row[u.client_id] for u in ups], dtype=np.int64)
+        w = np.array([u.num_examples for u in ups], dtype=np.float64)
+        packed = np.zeros(d + 4 * k + 1, dtype=np.float64)
+        if ups:  # in selection order, so arrival order cannot change the sum
             packed[:d] = weighted_sum(rnd.matrix[rows], w)
-            packed[d + rows] = w
-            packed[d + k + rows] = w * np.array([u.metrics.train_loss for u in ups])
+            per_client = packed[d : d + 4 * k].reshape(4, k)
+            per_client[0, rows] = w
+            per_client[1, rows] = w * np.array([u.metrics.train_loss for u in ups])
+            per_client[2, rows] = w * np.array([u.metrics.train_loss_sq for u in ups])
+            per_client[3, rows] = [u.metrics.steps for u in ups]
         packed[-1] = rnd.rejected
         if combine is not None:
             packed = np.asarray(combine(packed), dtype=np.float64)
-        counts = packed[d : d + k]
-        done = counts > 0
+        counts, loss_w, loss_sq_w, steps = packed[d : d + 4 * k].reshape(4, k)
+        done = np.flatnonzero(counts > 0)
         total = float(counts.sum())
+        status = "aggregated"
+        if len(done) == 0:
+            status = "empty"
+        elif self.quorum is not None and len(done) < self.quorum:
+            retry = self.quorum_policy == "retry" and self.retries < self.max_retries
+            status = "retry" if retry else "skipped"
         norm, loss = 0.0, float("nan")
-        if total > 0:
+        contribution = np.zeros(k)
+        if status == "aggregated":
             delta = (packed[:d] / total).astype(np.float32)
             self.params, self.opt_state = self.optimizer.step(self.params, delta, self.opt_state)
+            self.version += 1
             norm = float(np.linalg.norm(delta))
-            loss = float(packed[d + k : d + 2 * k].sum() / total)
-        completed = tuple(c for c, ok in zip(rnd.selected, done, strict=True) if ok)
-        self.round = rnd.round
+            loss = float(loss_w.sum() / total)
+            if norm > 0 and ups:
+                contribution[rows] = w * (rnd.matrix[rows] @ delta) / (total * norm**2)
+            if combine is not None:
+                contribution = np.asarray(combine(contribution), dtype=np.float64)
+        if status == "retry":
+            self.retries += 1
+        else:
+            self.round, self.retries = rnd.round, 0
         self._open = None
+        sel = np.asarray(rnd.selected, dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            clients = ClientOutcomes(
+                ids=sel[done],
+                num_examples=counts[done].astype(np.int64),
+                train_loss=loss_w[done] / counts[done],
+                train_loss_sq=loss_sq_w[done] / counts[done],
+                steps=steps[done].astype(np.int64),
+                contribution=contribution[done],
+            )
         return RoundResult(
             round=rnd.round,
             selected=rnd.selected,
-            completed=completed,
-            failed=tuple(sorted(set(rnd.selected) - set(completed))),
+            completed=tuple(int(c) for c in sel[done]),
+            failed=tuple(sorted(set(rnd.selected) - {int(c) for c in sel[done]})),
             rejected=int(packed[-1]),
             num_examples=int(total),
             train_loss=loss,
             update_norm=norm,
+            status=status,
+            clients=clients,
         )
 
     def observe(self, metrics: dict[str, float]) -> StopDecision | None:
@@ -232,6 +288,7 @@ class SyncServer:
             "arrays": arrays,
             "meta": {
                 "round": self.round,
+                "version": self.version,
                 "rng": copy.deepcopy(self.rng.bit_generator.state),
                 "monitor": self.monitor.state_dict(),
             },
@@ -249,6 +306,8 @@ class SyncServer:
             k.removeprefix("opt."): np.array(v) for k, v in arrays.items() if k.startswith("opt.")
         }
         self.round = int(meta["round"])
+        self.version = int(meta["version"])
+        self.retries = 0
         self.rng.bit_generator.state = meta["rng"]
         self.monitor.load_state_dict(meta["monitor"])
         self._open = None

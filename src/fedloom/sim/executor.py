@@ -29,6 +29,7 @@ class CohortResult:
     deltas: np.ndarray  # float32 [K, d]: local minus global
     num_examples: np.ndarray  # int64 [K]
     train_loss: np.ndarray  # float64 [K]: mean loss over the client's steps
+    train_loss_sq: np.ndarray  # float64 [K]: mean squared batch loss
     steps: np.ndarray  # int64 [K]
 
 
@@ -36,7 +37,12 @@ class Executor(Protocol):
     name: str
 
     def train_cohort(
-        self, global_params: np.ndarray, client_ids: np.ndarray, seeds: np.ndarray, plan: TrainPlan
+        self,
+        global_params: np.ndarray,
+        client_ids: np.ndarray,
+        seeds: np.ndarray,
+        plan: TrainPlan,
+        max_steps: np.ndarray | None = None,
     ) -> CohortResult: ...
 
 
@@ -51,13 +57,27 @@ def run_dispatches(
     for plan, group in groups.items():
         ids = np.array([d.client_id for d in group], dtype=np.int64)
         seeds = np.array([d.seed for d in group], dtype=np.int64)
-        res = executor.train_cohort(global_params, ids, seeds, plan)
-        seen = examples_seen(res.num_examples, plan)
+        caps = [d.max_steps for d in group]
+        max_steps = (
+            None
+            if all(c is None for c in caps)
+            else np.array([NO_CAP if c is None else c for c in caps], dtype=np.int64)
+        )
+        res = executor.train_cohort(global_params, ids, seeds, plan, max_steps)
+        seen = examples_seen(res.num_examples, plan, max_steps)
         for k, d in enumerate(group):
             n = int(res.num_examples[k])
-            metrics = ClientMetrics(float(res.train_loss[k]), int(res.steps[k]), seen[k] / n)
+            metrics = ClientMetrics(
+                float(res.train_loss[k]),
+                int(res.steps[k]),
+                seen[k] / n,
+                float(res.train_loss_sq[k]),
+            )
             updates.append(Update(d.client_id, d.round, d.version, res.deltas[k], n, metrics))
     return updates
+
+
+NO_CAP = np.iinfo(np.int64).max
 
 
 class SequentialExecutor:
@@ -72,19 +92,27 @@ class SequentialExecutor:
         self._y = torch.from_numpy(data.y)
 
     def train_cohort(
-        self, global_params: np.ndarray, client_ids: np.ndarray, seeds: np.ndarray, plan: TrainPlan
+        self,
+        global_params: np.ndarray,
+        client_ids: np.ndarray,
+        seeds: np.ndarray,
+        plan: TrainPlan,
+        max_steps: np.ndarray | None = None,
     ) -> CohortResult:
         g = torch.from_numpy(global_params)
         k = len(client_ids)
         deltas = torch.empty((k, self.trainer.dim), dtype=torch.float32)
         sizes = np.empty(k, np.int64)
         losses = np.empty(k, np.float64)
+        losses_sq = np.empty(k, np.float64)
         steps = np.empty(k, np.int64)
         offsets = self.data.offsets
         for row, (cid, seed) in enumerate(zip(client_ids, seeds, strict=True)):
             lo, hi = int(offsets[cid]), int(offsets[cid + 1])
+            cap = None if max_steps is None else int(max_steps[row])
             m: ClientMetrics = self.trainer.train(
-                g, self._x[lo:hi], self._y[lo:hi], plan, int(seed), out=deltas[row]
+                g, self._x[lo:hi], self._y[lo:hi], plan, int(seed), out=deltas[row], max_steps=cap
             )
-            sizes[row], losses[row], steps[row] = hi - lo, m.train_loss, m.steps
-        return CohortResult(deltas.numpy(), sizes, losses, steps)
+            sizes[row], steps[row] = hi - lo, m.steps
+            losses[row], losses_sq[row] = m.train_loss, m.train_loss_sq
+        return CohortResult(deltas.numpy(), sizes, losses, losses_sq, steps)

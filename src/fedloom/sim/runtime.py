@@ -15,25 +15,29 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedloom.client.schedule import examples_seen
+from fedloom.client.schedule import examples_seen, steps_for
 from fedloom.client.trainer import TorchTrainer, evaluate_model
 from fedloom.config import RunConfig
 from fedloom.data.federated import FederatedData, build_federated_data
-from fedloom.errors import CheckpointError, ConfigError, FedloomError
+from fedloom.errors import CheckpointError, ConfigError, FedloomError, UpdateRejected
 from fedloom.models import build_model
 from fedloom.optim import make_server_optimizer
 from fedloom.params import module_vector
 from fedloom.records import Dispatch, RoundResult, TrainPlan
 from fedloom.runs import RunDirectory
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
+from fedloom.server.registry import ClientRegistry, Completion
+from fedloom.server.selection import make_selector
+from fedloom.server.stats import ClientStats
 from fedloom.server.sync import SyncServer
+from fedloom.sim.devices import Population
 from fedloom.sim.executor import Executor, SequentialExecutor, run_dispatches
 from fedloom.sim.population import build_network, build_population
 from fedloom.sim.shard import Shard
@@ -147,21 +151,50 @@ class Simulation:
         self.trainer = TorchTrainer(model)
         self.executor, self.executor_note = make_executor(config, self.trainer, self.data, shard)
         opt = config.server.optimizer.model_dump()
+        sel, srv = config.selection, config.server
         self.server = SyncServer(
             params=module_vector(model),
             num_clients=self.data.train.num_clients,
-            clients_per_round=config.server.clients_per_round,
+            clients_per_round=srv.clients_per_round,
             plan=plan_from_config(config),
             optimizer=make_server_optimizer(opt.pop("name"), **opt),
             monitor=monitor_from_config(config),
             seed=config.seed,
+            selector=make_selector(sel.strategy, sel.max_share, **sel.params),
+            quorum=srv.quorum,
+            quorum_policy=srv.quorum_policy,
+            max_retries=srv.max_retries,
         )
         self.test_tensors = (torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y))
         population = build_population(config.devices, self.data.train.num_clients, config.seed)
         self.virtual_time = VirtualTime(
             population, build_network(config.network, population), config.seed
         )
+        self.registry = self._open_registry(population)
+        self.attempts = 0  # round attempts, retries included: the registry's round counter
         self.stopped: StopDecision | None = None
+
+    def _open_registry(self, population: Population) -> ClientRegistry:
+        """The client registry in the run directory (each extra rank keeps its own copy)."""
+        name = "clients.sqlite" if self.writer else f"clients.rank{self.shard.rank}.sqlite"
+        cfg = self.config.registry
+        registry = ClientRegistry(
+            self.run_dir.path / name, cfg.reliability_decay, cfg.duration_smoothing
+        )
+        train = self.data.train
+        hist = train.label_histograms().astype(np.float64)
+        p = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+        registry.register(
+            train.sizes(),
+            entropy,
+            tier=population.tier,
+            compute_ms_per_sample=population.compute_ms_per_sample,
+            up_kbps=population.up_kbps,
+            down_kbps=population.down_kbps,
+        )
+        return registry
 
     # construction ------------------------------------------------------------
     @classmethod
@@ -202,6 +235,8 @@ class Simulation:
         ckpt_path, state = found
         sim.server.load_state_dict(state)
         sim.virtual_time.clock.load_state_dict(state["meta"]["clock"])
+        sim.attempts = int(state["meta"]["attempts"])
+        sim.registry.restore(sim.attempts)
         stop = state["meta"].get("stopped")
         sim.stopped = StopDecision(**stop) if stop else None
         if sim.writer:
@@ -231,35 +266,49 @@ class Simulation:
         return self.summary(time.perf_counter() - started)
 
     def step(self) -> dict[str, Any]:
-        """One synchronous round: dispatch, play it in virtual time, train whoever delivers,
+        """One synchronous round: select, play it in virtual time, train whoever delivers,
         aggregate, evaluate, record."""
         t0 = time.perf_counter()
-        vt = self.virtual_time
+        vt, srv = self.virtual_time, self.config.server
         available = vt.available()
         while len(available) == 0:
             if not vt.wait_for_clients():
                 raise FedloomError(f"at virtual time {vt.now:.0f} s no client will ever be online")
             available = vt.available()
-        dispatches = self.server.begin_round(available)
-        outcome = self._play(dispatches)
-        delivered = set(outcome.delivered.tolist())
+        self.registry.observe_availability(vt.now, available)
+        stats = self.registry.stats()
+        need = srv.clients_per_round
+        k = self._cohort_size(need, stats)
+        deadline = None if srv.deadline_s is None else vt.now + srv.deadline_s
+        dispatches = self.server.begin_round(available, stats, vt.now, k=k, deadline=deadline)
+        self.attempts += 1
+        dispatches, outcome = self._play(dispatches, need if k > need else None)
         for cid, reason in outcome.failed.items():
             self.server.fail(cid, reason)
+        for cid in outcome.surplus:
+            self.server.fail(cid, "surplus")
+        delivered = set(outcome.delivered.tolist())
         todo = [d for d in dispatches if d.client_id in delivered]
         shard = self.shard
         mine = todo if shard is None else shard.mine(todo)
         updates = run_dispatches(self.executor, self.server.params, mine)
         if shard is not None and shard.mode == "gather":
             updates = [u for part in shard.gather(updates) for u in part]
+        rejected: dict[int, str] = {}
         for update in updates:
-            self.server.receive(update)
+            try:
+                self.server.receive(update)
+            except UpdateRejected as err:
+                rejected[update.client_id] = err.reason
+                log.warning("%s", err)
         combine = shard.allreduce if shard is not None and shard.mode == "allreduce" else None
         result = self.server.close_round(combine)
+        self._register_round(dispatches, outcome, result, rejected)
         rnd = result.round
         ev = self.config.evaluation
         metrics: dict[str, Any] = {}
         last = rnd >= self.config.rounds
-        if rnd % ev.every == 0 or last:
+        if result.status != "retry" and (rnd % ev.every == 0 or last):
             fed = self.data.holdout is not None and (
                 last or (ev.federated_every and rnd % ev.federated_every == 0)
             )
@@ -267,43 +316,118 @@ class Simulation:
             self.stopped = self.server.observe(metrics)
         record = _round_record(result, metrics, time.perf_counter() - t0)
         record |= {
+            "attempt": self.attempts,
+            "dispatched": len(dispatches),
             "virtual_time": outcome.end,
             "round_virtual_s": outcome.end - outcome.start,
             "events": outcome.events,
             "dropped": _count_reasons(outcome.failed),
+            "surplus": len(outcome.surplus),
+            "partial": sum(d.max_steps is not None for d in todo),
         }
         self._append(record)
         every = self.config.checkpoint.every
-        if (every and rnd % every == 0) or self.finished:
+        if result.status != "retry" and ((every and rnd % every == 0) or self.finished):
             self._checkpoint(self.stopped)
         return record
 
-    def _play(self, dispatches: list[Dispatch]) -> RoundOutcome:
-        """Play the round's timeline: who delivers, who drops, when the round ends."""
+    def _cohort_size(self, need: int, stats: ClientStats) -> int:
+        """How many clients to dispatch so that about ``need`` deliver (over-selection)."""
+        factor = self.config.server.over_selection
+        if factor == "auto":  # 1 / expected completion rate of clients seen so far
+            seen = stats.selected > 0
+            rate = float(stats.reliability[seen].mean()) if seen.any() else 1 / 1.3
+            factor = min(2.0, max(1.0, 1.0 / rate))
+        return math.ceil(need * factor)
+
+    def _play(
+        self, dispatches: list[Dispatch], needed: int | None
+    ) -> tuple[list[Dispatch], RoundOutcome]:
+        """Play the round's timeline: who delivers, who drops, when the round ends.
+
+        With ``server.accept_partial``, a client whose full work would miss the deadline
+        trains only the steps that fit (its dispatch gets ``max_steps``); one that cannot
+        fit a single step is dropped.
+        """
+        vt, srv = self.virtual_time, self.config.server
         ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
         plan = self.server.plan
-        samples = examples_seen(self.data.train.sizes()[ids], plan)
+        sizes = self.data.train.sizes()[ids]
         model_bytes = 4 * self.server.dim
-        return self.virtual_time.play_round(
+        unfit: dict[int, str] = {}
+        if srv.accept_partial and srv.deadline_s is not None and len(ids):
+            full = steps_for(sizes, plan)
+            fit = vt.steps_that_fit(
+                ids, full, examples_seen(sizes, plan), model_bytes, model_bytes, srv.deadline_s
+            )
+            dispatches = [
+                replace(d, max_steps=int(f)) if 0 < f < s else d
+                for d, f, s in zip(dispatches, fit, full, strict=True)
+            ]
+            unfit = {int(c): "cannot finish one step before the deadline" for c in ids[fit == 0]}
+            keep = fit > 0
+            dispatches = [d for d, ok in zip(dispatches, keep, strict=True) if ok]
+            ids, sizes = ids[keep], sizes[keep]
+        caps = np.array([d.max_steps or np.iinfo(np.int64).max for d in dispatches], np.int64)
+        samples = examples_seen(sizes, plan, caps)
+        outcome = vt.play_round(
             self.server.round + 1,
             ids,
             samples,
             model_bytes,
             model_bytes,
-            self.config.server.deadline_s,
+            srv.deadline_s,
+            needed=needed,
+            attempt=self.server.retries,
         )
+        if unfit:
+            outcome = replace(outcome, failed={**unfit, **outcome.failed})
+        return dispatches, outcome
+
+    def _register_round(
+        self,
+        dispatches: list[Dispatch],
+        outcome: RoundOutcome,
+        result: RoundResult,
+        rejected: dict[int, str],
+    ) -> None:
+        """Tell the registry who was asked, who delivered, how fast, and who failed why.
+
+        Surplus clients (over-selected, not needed) count neither as done nor as failed.
+        """
+        arrival = dict(zip(outcome.delivered.tolist(), outcome.arrival.tolist(), strict=True))
+        c = result.clients
+        surplus = set(outcome.surplus)
+        asked = np.array(
+            sorted({d.client_id for d in dispatches} | set(outcome.failed)), dtype=np.int64
+        )
+        asked = asked[~np.isin(asked, list(surplus))] if surplus else asked
+        completion = Completion(
+            ids=c.ids,
+            duration=np.array([arrival[int(i)] - outcome.start for i in c.ids]),
+            loss=c.train_loss,
+            loss_sq=c.train_loss_sq,
+            num_examples=c.num_examples,
+            steps=c.steps,
+            contribution=c.contribution,
+        )
+        failed = {cid: r for cid, r in outcome.failed.items() if cid not in rejected}
+        self.registry.record_round(self.attempts, outcome.end, asked, completion, failed, rejected)
 
     def _append(self, record: dict[str, Any]) -> None:
         if self.writer:
             self.run_dir.append(record)
 
     def _checkpoint(self, stop: StopDecision | None) -> None:
+        keep = self.config.checkpoint.keep
+        self.registry.snapshot(self.attempts, keep)  # every rank keeps its registry copy
         if not self.writer:
             return
         state = self.server.state_dict()
         state["meta"]["stopped"] = stop.__dict__ if stop else None
         state["meta"]["clock"] = self.virtual_time.clock.state_dict()
-        self.run_dir.save_checkpoint(self.server.round, state, self.config.checkpoint.keep)
+        state["meta"]["attempts"] = self.attempts
+        self.run_dir.save_checkpoint(self.server.round, state, keep)
 
     def evaluate(self, federated: bool = False) -> dict[str, float]:
         """Central test-set metrics and, if asked, the clients' hold-out metrics."""
@@ -319,6 +443,10 @@ class Simulation:
             has = sizes > 0
             starts = holdout.offsets[:-1][has]
             per_client = np.add.reduceat(h_correct.astype(np.float64), starts) / sizes[has]
+            per_loss = np.add.reduceat(h_loss.astype(np.float64), starts) / sizes[has]
+            self.registry.record_evaluation(
+                self.attempts, np.flatnonzero(has), per_client, per_loss
+            )
             out |= {
                 "fed_accuracy": float(h_correct.mean()),
                 "fed_loss": float(h_loss.mean()),

@@ -34,6 +34,7 @@ class RoundOutcome:
     delivered: np.ndarray  # client ids whose update arrived, in arrival order
     arrival: np.ndarray  # their arrival times
     failed: dict[int, str] = field(default_factory=dict)  # client id -> reason
+    surplus: tuple[int, ...] = ()  # over-selected clients not needed once enough delivered
     events: int = 0
 
 
@@ -70,6 +71,34 @@ class VirtualTime:
         self.clock.advance_to(nxt)
         return True
 
+    def steps_that_fit(
+        self,
+        clients: np.ndarray,
+        steps: np.ndarray,
+        samples: np.ndarray,
+        down_bytes: int,
+        up_bytes: int,
+        deadline_s: float,
+    ) -> np.ndarray:
+        """How many local steps each client can finish and still upload by the deadline.
+
+        What a device that knows its own speed does with a deadline (FedProx's partial
+        work): it estimates download and upload at its current link rates and trains only
+        as many steps as fit, at least 0 and at most ``steps``.
+
+        References: Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
+        """
+        clients = np.asarray(clients, dtype=np.int64)
+        steps = np.asarray(steps, dtype=np.int64)
+        pop = self.population
+        down = self.network.transfer_end(clients, self.clock.now, down_bytes, "down")
+        up = pop.transfer_time(clients, up_bytes, "up")
+        budget = self.clock.now + deadline_s - down - up
+        per_step = pop.compute_time(clients, np.asarray(samples) / np.maximum(steps, 1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fit = np.floor(np.where(per_step > 0, budget / per_step, np.inf))
+        return np.clip(np.nan_to_num(fit, posinf=np.inf, neginf=0), 0, steps).astype(np.int64)
+
     def play_round(
         self,
         round: int,
@@ -78,12 +107,15 @@ class VirtualTime:
         down_bytes: int,
         up_bytes: np.ndarray | int,
         deadline_s: float | None,
+        needed: int | None = None,
+        attempt: int = 0,
     ) -> RoundOutcome:
         """Schedule every dispatched client's events and play them until the round ends.
 
         ``samples`` is how many training samples each client processes (its compute
-        work); the round ends when every client has delivered or dropped, or at the
-        deadline, whichever comes first.
+        work); the round ends when every client has delivered or dropped, when ``needed``
+        updates have arrived (over-selection: the rest are surplus), or at the deadline,
+        whichever comes first.
         """
         clock, pop = self.clock, self.population
         clients = np.asarray(clients, dtype=np.int64)
@@ -91,7 +123,7 @@ class VirtualTime:
         down_end = self.network.transfer_end(clients, t0, down_bytes, "down")
         train_end = down_end + pop.compute_time(clients, samples)
         up_end = self.network.transfer_end(clients, train_end, up_bytes, "up")
-        rng = np.random.default_rng([self.seed, 6, round])
+        rng = np.random.default_rng([self.seed, 6, round, attempt])
         crashes = rng.random(len(clients)) < pop.failure_prob[clients]
         crash_at = t0 + rng.random(len(clients)) * (up_end - t0)
         offline_at = pop.availability.next_change(clients, t0)
@@ -112,6 +144,8 @@ class VirtualTime:
         pending = set(clients.tolist())
         events = 0
         while pending and len(clock):
+            if needed is not None and len(delivered) >= needed:
+                break
             ev = clock.pop()
             events += 1
             if ev.kind == "deadline":
@@ -126,11 +160,19 @@ class VirtualTime:
             elif ev.kind == "offline":
                 failed[ev.client] = "went offline"
                 pending.discard(ev.client)
+        enough = needed is not None and len(delivered) >= needed
         for c in sorted(pending):
-            failed[c] = "missed the deadline" if deadline_s is not None else "never finished"
+            if not enough:
+                failed[c] = "missed the deadline" if deadline_s is not None else "never finished"
             clock.cancel_client(c)
         clock.cancel(lambda ev: ev.kind == "deadline")
-        end = clock.now
+        surplus = tuple(sorted(pending)) if enough else ()
         return RoundOutcome(
-            t0, end, np.array(delivered, np.int64), np.array(arrival), failed, events
+            t0,
+            clock.now,
+            np.array(delivered, np.int64),
+            np.array(arrival),
+            failed,
+            surplus,
+            events,
         )

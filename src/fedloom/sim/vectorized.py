@@ -102,22 +102,27 @@ class VectorizedExecutor:
         return 4.0 * (self.dim * (4 + slots) + plan.batch_size * (features + 6 * widths))
 
     def train_cohort(
-        self, global_params: np.ndarray, client_ids: np.ndarray, seeds: np.ndarray, plan: TrainPlan
+        self,
+        global_params: np.ndarray,
+        client_ids: np.ndarray,
+        seeds: np.ndarray,
+        plan: TrainPlan,
+        max_steps: np.ndarray | None = None,
     ) -> CohortResult:
         ids = np.asarray(client_ids, dtype=np.int64)
         seeds = np.asarray(seeds, dtype=np.int64)
         k = len(ids)
         sizes = self.sizes[ids]
-        steps = steps_for(sizes, plan)
+        steps = steps_for(sizes, plan, max_steps)
         deltas = np.empty((k, self.dim), dtype=np.float32)
-        losses = np.empty(k, dtype=np.float64)
+        losses = np.empty((k, 2), dtype=np.float64)
         g = torch.from_numpy(np.ascontiguousarray(global_params, dtype=np.float32)).to(self.device)
         chunk = max(1, int(self.memory_budget // self._bytes_per_client(plan)))
         for rows in _buckets(steps, chunk):
-            d, loss = self._train_chunk(g, ids[rows], sizes[rows], seeds[rows], plan)
+            d, loss = self._train_chunk(g, ids[rows], sizes[rows], seeds[rows], steps[rows], plan)
             deltas[rows] = d
             losses[rows] = loss
-        return CohortResult(deltas, sizes, losses, steps)
+        return CohortResult(deltas, sizes, losses[:, 0], losses[:, 1], steps)
 
     def _train_chunk(
         self,
@@ -125,9 +130,11 @@ class VectorizedExecutor:
         ids: np.ndarray,
         sizes: np.ndarray,
         seeds: np.ndarray,
+        steps: np.ndarray,
         plan: TrainPlan,
     ) -> tuple[np.ndarray, np.ndarray]:
-        sched = cohort_schedule(sizes, seeds, plan)
+        """Deltas [K, d] and per-client (mean loss, mean squared loss) [K, 2]."""
+        sched = cohort_schedule(sizes, seeds, plan, max_steps=steps)
         dev = self.device
         index = torch.from_numpy(sched.index + self.offsets[ids][:, None, None]).to(dev)
         mask = torch.from_numpy(sched.mask).to(dev, torch.float32)
@@ -136,16 +143,17 @@ class VectorizedExecutor:
         params = g.expand(k, -1).clone()
         state = local_optim.init_state(plan, params)
         anchor = g if plan.prox_mu else None
-        loss_sum = torch.zeros(k, dtype=torch.float64, device=dev)
+        loss_sum = torch.zeros((k, 2), dtype=torch.float64, device=dev)
         padded = bool((sched.steps != sched.index.shape[1]).any())
         for s in range(sched.index.shape[1]):
             rows = index[:, s]
             grads, loss = self._grad(params, self.x[rows], self.y[rows], mask[:, s])
             active = steps > s if padded else None
             local_optim.step(plan, params, grads, state, anchor=anchor, active=active)
-            loss_sum += loss.double() if active is None else loss.double() * active
+            terms = torch.stack([loss, loss * loss], dim=1).double()
+            loss_sum += terms if active is None else terms * active.unsqueeze(1)
         params.sub_(g)
-        mean_loss = loss_sum / steps.clamp(min=1).double()
+        mean_loss = loss_sum / steps.double().unsqueeze(1)
         return params.cpu().numpy(), mean_loss.cpu().numpy()
 
 
