@@ -98,6 +98,67 @@ def data_export(
     console.print(f"wrote {data.train.num_clients} client folders to [bold]{out}[/]")
 
 
+@app.command()
+def clients(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    top: Annotated[int, typer.Option(help="rows to show, most selected first (0 = all)")] = 20,
+) -> None:
+    """Per-client participation, reliability, speed, loss and contribution of a run."""
+    try:
+        from fedloom.runs import RunDirectory
+        from fedloom.server.registry import ClientRegistry
+
+        run = RunDirectory.open(run_dir)
+        path = run.path / "clients.sqlite"
+        if not path.is_file():
+            raise FedloomError(f"{str(run_dir)!r} has no client registry (clients.sqlite)")
+        with ClientRegistry(path) as registry:
+            rows = registry.summary()
+    except FedloomError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    from fedloom.report import write_client_plots
+
+    shown = sorted(rows, key=lambda r: (-r["selected"], r["id"]))
+    shown = shown[:top] if top else shown
+    table = Table(title=f"clients of {run_dir} ({len(rows)} registered)")
+    for col in (
+        "id",
+        "tier",
+        "examples",
+        "selected",
+        "aggregated",
+        "reliability",
+        "time s",
+        "loss",
+        "hold-out acc",
+        "contribution",
+        "flags",
+    ):
+        table.add_column(col, justify="right" if col != "flags" else "left")
+    for r in shown:
+        table.add_row(
+            str(r["id"]),
+            str(r["tier"]),
+            str(r["data_size"]),
+            str(r["selected"]),
+            str(r["completed"]),
+            f"{r['reliability']:.2f}",
+            _num(r["duration"], 1),
+            _num(r["loss"], 3),
+            _num(r["last_accuracy"], 3),
+            _num(r["mean_contribution"], 3),
+            ",".join(r["flags"]),
+        )
+    console.print(table)
+    for png in write_client_plots(run, rows):
+        console.print(f"plot: {png}")
+
+
+def _num(value: float, digits: int) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"  # NaN -> "-"
+
+
 def _run_with_progress(sim) -> None:  # noqa: ANN001 - Simulation imported lazily
     from fedloom.report import summary_rows, write_plots
 

@@ -59,6 +59,55 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
     return path
 
 
+def write_client_plots(run: RunDirectory, rows: list[dict[str, Any]]) -> list[Path]:
+    """Participation, reliability and speed of every client as PNGs under ``report/``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    run.report_dir.mkdir(parents=True, exist_ok=True)
+    selected = np.array([r["selected"] for r in rows])
+    completed = np.array([r["completed"] for r in rows])
+    reliability = np.array([r["reliability"] for r in rows])
+    duration = np.array([r["duration"] for r in rows], dtype=np.float64)
+    tier = np.array([r["tier"] for r in rows])
+    written = []
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    order = np.argsort(-selected, kind="stable")
+    ax.bar(np.arange(len(rows)), selected[order], width=1.0, label="selected")
+    ax.bar(np.arange(len(rows)), completed[order], width=1.0, label="aggregated")
+    ax.set_xlabel("clients (by times selected)")
+    ax.set_ylabel("rounds")
+    ax.set_title(f"{run.path.name}: participation")
+    ax.legend()
+    fig.tight_layout()
+    written.append(_save(fig, run.report_dir / "clients_participation.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    seen = selected > 0
+    points = ax.scatter(selected[seen], reliability[seen], c=tier[seen], s=12, cmap="viridis")
+    ax.set_xlabel("times selected")
+    ax.set_ylabel("reliability (discounted completion rate)")
+    ax.set_title(f"{run.path.name}: reliability")
+    fig.colorbar(points, ax=ax, label="device tier")
+    fig.tight_layout()
+    written.append(_save(fig, run.report_dir / "clients_reliability.png"))
+
+    known = np.isfinite(duration)
+    if known.any():
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        ax.hist(duration[known], bins=40)
+        ax.set_xlabel("smoothed round-trip time (virtual s)")
+        ax.set_ylabel("clients")
+        ax.set_title(f"{run.path.name}: client speed")
+        fig.tight_layout()
+        written.append(_save(fig, run.report_dir / "clients_speed.png"))
+    return written
+
+
 def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
     """Key facts of a run as (label, value) rows for a table."""
     records = run.records()

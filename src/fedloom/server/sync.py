@@ -291,6 +291,7 @@ class SyncServer:
                 "version": self.version,
                 "rng": copy.deepcopy(self.rng.bit_generator.state),
                 "monitor": self.monitor.state_dict(),
+                "selector": self.selector.state_dict(),
             },
         }
 
@@ -310,4 +311,5 @@ class SyncServer:
         self.retries = 0
         self.rng.bit_generator.state = meta["rng"]
         self.monitor.load_state_dict(meta["monitor"])
+        self.selector.load_state_dict(meta["selector"])
         self._open = None

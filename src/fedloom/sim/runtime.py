@@ -358,7 +358,12 @@ class Simulation:
         if srv.accept_partial and srv.deadline_s is not None and len(ids):
             full = steps_for(sizes, plan)
             fit = vt.steps_that_fit(
-                ids, full, examples_seen(sizes, plan), model_bytes, model_bytes, srv.deadline_s
+                ids,
+                full,
+                np.minimum(sizes, plan.batch_size),
+                model_bytes,
+                model_bytes,
+                srv.deadline_s,
             )
             dispatches = [
                 replace(d, max_steps=int(f)) if 0 < f < s else d
@@ -488,6 +493,7 @@ def _round_record(result: RoundResult, metrics: dict[str, Any], wall_s: float) -
     return {
         "event": "round",
         "round": result.round,
+        "status": result.status,
         "selected": len(result.selected),
         "completed": len(result.completed),
         "failed": len(result.failed),

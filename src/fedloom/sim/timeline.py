@@ -75,7 +75,7 @@ class VirtualTime:
         self,
         clients: np.ndarray,
         steps: np.ndarray,
-        samples: np.ndarray,
+        step_samples: np.ndarray,
         down_bytes: int,
         up_bytes: int,
         deadline_s: float,
@@ -84,7 +84,9 @@ class VirtualTime:
 
         What a device that knows its own speed does with a deadline (FedProx's partial
         work): it estimates download and upload at its current link rates and trains only
-        as many steps as fit, at least 0 and at most ``steps``.
+        as many steps as fit, at least 0 and at most ``steps``. ``step_samples`` is the
+        largest number of samples one step processes (the batch size, or fewer for a
+        small client), so the estimate never overshoots.
 
         References: Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
         """
@@ -94,7 +96,7 @@ class VirtualTime:
         down = self.network.transfer_end(clients, self.clock.now, down_bytes, "down")
         up = pop.transfer_time(clients, up_bytes, "up")
         budget = self.clock.now + deadline_s - down - up
-        per_step = pop.compute_time(clients, np.asarray(samples) / np.maximum(steps, 1))
+        per_step = pop.compute_time(clients, np.asarray(step_samples))
         with np.errstate(divide="ignore", invalid="ignore"):
             fit = np.floor(np.where(per_step > 0, budget / per_step, np.inf))
         return np.clip(np.nan_to_num(fit, posinf=np.inf, neginf=0), 0, steps).astype(np.int64)
