@@ -402,11 +402,7 @@ class Simulation:
         """
         arrival = dict(zip(outcome.delivered.tolist(), outcome.arrival.tolist(), strict=True))
         c = result.clients
-        surplus = set(outcome.surplus)
-        asked = np.array(
-            sorted({d.client_id for d in dispatches} | set(outcome.failed)), dtype=np.int64
-        )
-        asked = asked[~np.isin(asked, list(surplus))] if surplus else asked
+        asked = ({d.client_id for d in dispatches} | set(outcome.failed)) - set(outcome.surplus)
         completion = Completion(
             ids=c.ids,
             duration=np.array([arrival[int(i)] - outcome.start for i in c.ids]),
@@ -416,8 +412,14 @@ class Simulation:
             steps=c.steps,
             contribution=c.contribution,
         )
-        failed = {cid: r for cid, r in outcome.failed.items() if cid not in rejected}
-        self.registry.record_round(self.attempts, outcome.end, asked, completion, failed, rejected)
+        self.registry.record_round(
+            self.attempts,
+            outcome.end,
+            np.array(sorted(asked), dtype=np.int64),
+            completion,
+            outcome.failed,
+            rejected,
+        )
 
     def _append(self, record: dict[str, Any]) -> None:
         if self.writer:
