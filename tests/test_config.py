@@ -29,11 +29,25 @@ def test_toml_round_trip(tmp_path):
     assert again == cfg
 
 
-def test_examples_are_valid():
+def test_examples_are_valid_and_round_trip(tmp_path):
     examples = sorted(Path(__file__).parents[1].joinpath("examples").glob("*.toml"))
     assert examples, "no example configs shipped"
     for path in examples:
-        assert isinstance(load_config(path), RunConfig)
+        cfg = load_config(path)
+        assert isinstance(cfg, RunConfig)
+        assert load_config(write(tmp_path, to_toml(cfg))) == cfg, path.name
+
+
+def test_round_trip_of_tables_in_lists(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            'network.changes=[{kind="flap", clients=[1, 2], time=5, count=2}, {kind="drop"}]',
+            'selection.strategy="oort"',
+            "selection.params={exploration=0.5, alpha=2}",
+        ],
+    )
+    assert load_config(write(tmp_path, to_toml(cfg))) == cfg
 
 
 @pytest.mark.parametrize(
