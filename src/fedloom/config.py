@@ -174,6 +174,43 @@ class SelectionConfig(_Section):
     )
 
 
+class PrivacyConfig(_Section):
+    """User-level differential privacy (see fedloom.privacy)."""
+
+    mode: Literal["off", "central"] = "off"
+    clip_norm: float = Field(1.0, gt=0, description="L2 bound on each client's update")
+    noise_multiplier: float | None = Field(
+        None, ge=0, description="noise stddev / clip norm; or calibrate from target_epsilon"
+    )
+    target_epsilon: float | None = Field(None, gt=0, description="calibrate noise for the run")
+    delta: float | None = Field(None, gt=0, lt=1, description="default: 1 / N^1.1")
+    accountant: Literal["pld", "rdp"] = "pld"
+    sampling: Literal["poisson", "fixed"] = Field(
+        "poisson", description="client sampling; the accountant models the one used"
+    )
+    adaptive_clipping: bool = False
+    target_quantile: float = Field(0.5, gt=0, lt=1)
+    clip_learning_rate: float = Field(0.2, gt=0)
+    count_stddev: float | None = Field(None, gt=0, description="default: clients_per_round / 20")
+    budget_epsilon: float | None = Field(None, gt=0)
+    budget_policy: Literal["refuse", "stop"] = Field(
+        "refuse", description="refuse a run planned beyond budget, or stop when it is reached"
+    )
+    secure_noise: bool = Field(False, description="noise from the OS CSPRNG (slower)")
+
+    @model_validator(mode="after")
+    def _noise_source(self) -> PrivacyConfig:
+        if self.mode == "central":
+            if (self.noise_multiplier is None) == (self.target_epsilon is None):
+                raise ValueError(
+                    "privacy.mode = 'central' needs exactly one of privacy.noise_multiplier "
+                    "and privacy.target_epsilon"
+                )
+            if self.noise_multiplier == 0:
+                raise ValueError("privacy.noise_multiplier = 0 gives no privacy; use mode = 'off'")
+        return self
+
+
 class RegistryConfig(_Section):
     reliability_decay: float = Field(0.95, gt=0, le=1)
     duration_smoothing: float = Field(0.3, gt=0, le=1)
@@ -273,6 +310,7 @@ class RunConfig(_Section):
     server: ServerConfig = ServerConfig()
     selection: SelectionConfig = SelectionConfig()
     registry: RegistryConfig = RegistryConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     devices: DevicesConfig = DevicesConfig()
     network: NetworkConfig = NetworkConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -290,6 +328,17 @@ class RunConfig(_Section):
                 "partition.method = 'natural' needs per-sample client ids: "
                 "data.source = 'synthetic', or a file with data.group_column"
             )
+        if self.privacy.mode == "central":
+            if self.selection.strategy != "uniform":
+                raise ValueError(
+                    "privacy.mode = 'central' needs selection.strategy = 'uniform': the "
+                    f"accountant assumes uniform client sampling, not {self.selection.strategy!r}"
+                )
+            if self.server.over_selection != 1.0:
+                raise ValueError(
+                    "privacy.mode = 'central' needs server.over_selection = 1: the sampling "
+                    "rate the accountant uses is clients_per_round / num_clients"
+                )
         n = self.partition.num_clients
         k = self.server.clients_per_round
         if n and k > n:

@@ -151,6 +151,43 @@ class UniformSelector:
         _check_stateless(self.name, state)
 
 
+class PoissonSelector:
+    """Each available client joins independently with probability ``rate``.
+
+    Poisson sampling is what the tightest privacy accountants assume for amplification
+    by sampling; the cohort size is random (``k`` is ignored). A client that is offline
+    simply cannot join, which only lowers its participation probability.
+
+    References: Zhu & Wang, "Poisson Subsampled Rényi Differential Privacy", ICML 2019;
+    McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018.
+    """
+
+    name = "poisson"
+
+    def __init__(self, rate: float) -> None:
+        if not 0.0 < rate <= 1.0:
+            raise ConfigError(f"poisson.rate = {rate!r}: must be in (0, 1]")
+        self.rate = float(rate)
+
+    def select(
+        self,
+        available: np.ndarray,
+        k: int,
+        round: int,
+        rng: np.random.Generator,
+        stats: ClientStats | None = None,
+        now: float = 0.0,
+    ) -> np.ndarray:
+        available = np.asarray(available, dtype=np.int64)
+        return np.sort(available[rng.random(len(available)) < self.rate])
+
+    def state_dict(self) -> dict:
+        return {"name": self.name}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_stateless(self.name, state)
+
+
 # --------------------------------------------------------------------------- weighted
 
 

@@ -24,6 +24,7 @@ from fedloom.aggregation import weighted_sum
 from fedloom.client.schedule import client_seeds
 from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.optim import ServerOptimizer
+from fedloom.privacy.central import CentralDP
 from fedloom.records import ClientOutcomes, Dispatch, RoundResult, TrainPlan, Update
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.selection import Selector, UniformSelector
@@ -77,11 +78,13 @@ class SyncServer:
         quorum: int | None = None,
         quorum_policy: Literal["skip", "retry"] = "skip",
         max_retries: int = 3,
+        dp: CentralDP | None = None,
     ) -> None:
         """``quorum``: the fewest aggregated updates a round may apply. A round below it
         leaves the model unchanged and is either skipped (the round still counts) or,
         with ``quorum_policy = "retry"``, run again with a new cohort up to
-        ``max_retries`` times before it is skipped."""
+        ``max_retries`` times before it is skipped. ``dp`` turns the aggregation into
+        DP-FedAvg: clipped updates summed with equal weight plus calibrated noise."""
         if params.dtype != np.float32 or params.ndim != 1:
             raise FedloomError("global parameters must be a 1-D float32 vector")
         self.params = params.copy()
@@ -97,6 +100,7 @@ class SyncServer:
         self.quorum = quorum
         self.quorum_policy = quorum_policy
         self.max_retries = max_retries
+        self.dp = dp
         self.round = 0  # closed rounds (aggregated or skipped)
         self.version = 0  # model updates applied
         self.retries = 0  # failed attempts of the current round
@@ -211,8 +215,12 @@ class SyncServer:
         ups = sorted(rnd.updates.values(), key=lambda u: rnd.row[u.client_id])
         rows = np.array([rnd.row[u.client_id] for u in ups], dtype=np.int64)
         w = np.array([u.num_examples for u in ups], dtype=np.float64)
-        packed = np.zeros(d + 4 * k + 1, dtype=np.float64)
-        if ups:  # in selection order, so arrival order cannot change the sum
+        packed = np.zeros(d + 4 * k + 2, dtype=np.float64)
+        if ups and self.dp is not None:  # DP-FedAvg: equal weights of clipped updates
+            clipped, unclipped = self.dp.clip(rnd.matrix[rows])
+            packed[:d] = clipped.sum(axis=0, dtype=np.float64)
+            packed[-2] = unclipped
+        elif ups:  # in selection order, so arrival order cannot change the sum
             packed[:d] = weighted_sum(rnd.matrix[rows], w)
             per_client = packed[d : d + 4 * k].reshape(4, k)
             per_client[0, rows] = w
@@ -226,7 +234,7 @@ class SyncServer:
         done = np.flatnonzero(counts > 0)
         total = float(counts.sum())
         status = "aggregated"
-        if len(done) == 0:
+        if len(done) == 0 and self.dp is None:  # under DP even an empty cohort releases noise
             status = "empty"
         elif self.quorum is not None and len(done) < self.quorum:
             retry = self.quorum_policy == "retry" and self.retries < self.max_retries
@@ -234,12 +242,15 @@ class SyncServer:
         norm, loss = 0.0, float("nan")
         contribution = np.zeros(k)
         if status == "aggregated":
-            delta = (packed[:d] / total).astype(np.float32)
+            if self.dp is not None:
+                delta = self.dp.release(packed[:d], packed[-2], len(done))
+            else:
+                delta = (packed[:d] / total).astype(np.float32)
             self.params, self.opt_state = self.optimizer.step(self.params, delta, self.opt_state)
             self.version += 1
             norm = float(np.linalg.norm(delta))
-            loss = float(loss_w.sum() / total)
-            if norm > 0 and ups:
+            loss = float(loss_w.sum() / total) if total else float("nan")
+            if norm > 0 and ups and self.dp is None:
                 contribution[rows] = w * (rnd.matrix[rows] @ delta) / (total * norm**2)
             if combine is not None:
                 contribution = np.asarray(combine(contribution), dtype=np.float64)
@@ -292,6 +303,7 @@ class SyncServer:
                 "rng": copy.deepcopy(self.rng.bit_generator.state),
                 "monitor": self.monitor.state_dict(),
                 "selector": self.selector.state_dict(),
+                "dp": None if self.dp is None else self.dp.state_dict(),
             },
         }
 
@@ -312,4 +324,6 @@ class SyncServer:
         self.rng.bit_generator.state = meta["rng"]
         self.monitor.load_state_dict(meta["monitor"])
         self.selector.load_state_dict(meta["selector"])
+        if self.dp is not None:
+            self.dp.load_state_dict(meta["dp"])
         self._open = None

@@ -13,6 +13,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,11 +31,13 @@ from fedloom.errors import CheckpointError, ConfigError, FedloomError, UpdateRej
 from fedloom.models import build_model
 from fedloom.optim import make_server_optimizer
 from fedloom.params import module_vector
+from fedloom.privacy.ledger import PrivacyLedger
+from fedloom.privacy.plan import PrivacyPlan
 from fedloom.records import Dispatch, RoundResult, TrainPlan
 from fedloom.runs import RunDirectory
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.registry import ClientRegistry, Completion
-from fedloom.server.selection import make_selector
+from fedloom.server.selection import PoissonSelector, make_selector
 from fedloom.server.stats import ClientStats
 from fedloom.server.sync import SyncServer
 from fedloom.sim.devices import Population
@@ -152,6 +155,13 @@ class Simulation:
         self.executor, self.executor_note = make_executor(config, self.trainer, self.data, shard)
         opt = config.server.optimizer.model_dump()
         sel, srv = config.selection, config.server
+        num_clients = self.data.train.num_clients
+        self.privacy = PrivacyPlan.from_config(config, num_clients)
+        selector = (
+            PoissonSelector(self.privacy.sampling_rate)
+            if self.privacy.enabled and self.privacy.sampling == "poisson"
+            else make_selector(sel.strategy, sel.max_share, **sel.params)
+        )
         self.server = SyncServer(
             params=module_vector(model),
             num_clients=self.data.train.num_clients,
@@ -160,10 +170,11 @@ class Simulation:
             optimizer=make_server_optimizer(opt.pop("name"), **opt),
             monitor=monitor_from_config(config),
             seed=config.seed,
-            selector=make_selector(sel.strategy, sel.max_share, **sel.params),
+            selector=selector,
             quorum=srv.quorum,
             quorum_policy=srv.quorum_policy,
             max_retries=srv.max_retries,
+            dp=self.privacy.mechanism(config.seed),
         )
         self.test_tensors = (torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y))
         population = build_population(config.devices, self.data.train.num_clients, config.seed)
@@ -171,8 +182,13 @@ class Simulation:
             population, build_network(config.network, population), config.seed
         )
         self.registry = self._open_registry(population)
+        self.ledger: PrivacyLedger | None = None
         self.attempts = 0  # round attempts, retries included: the registry's round counter
         self.stopped: StopDecision | None = None
+
+    def _ledger_path(self) -> Path | None:
+        """``privacy.json`` in the run directory (other ranks keep their ledger in memory)."""
+        return self.run_dir.path / "privacy.json" if self.writer else None
 
     def _open_registry(self, population: Population) -> ClientRegistry:
         """The client registry in the run directory (each extra rank keeps its own copy)."""
@@ -207,7 +223,13 @@ class Simulation:
         else:  # rank 0 picks the directory, the others learn its name
             path = RunDirectory.create(config).path if shard.is_writer else None
             run = RunDirectory(shard.broadcast(path))
-        sim = cls(config, run, shard, data)
+        try:
+            sim = cls(config, run, shard, data)
+            sim.ledger = sim.privacy.ledger(sim._ledger_path())
+        except FedloomError:  # refused before any round (e.g. over the privacy budget)
+            if shard is None or shard.is_writer:
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
         sim._append(
             {
                 "event": "start",
@@ -237,6 +259,10 @@ class Simulation:
         sim.virtual_time.clock.load_state_dict(state["meta"]["clock"])
         sim.attempts = int(state["meta"]["attempts"])
         sim.registry.restore(sim.attempts)
+        if sim.privacy.enabled:
+            path = sim._ledger_path()
+            sim.ledger = sim.privacy.ledger(None) if path is None else PrivacyLedger.load(path)
+            sim.ledger.truncate(sim.server.round)
         stop = state["meta"].get("stopped")
         sim.stopped = StopDecision(**stop) if stop else None
         if sim.writer:
@@ -315,6 +341,18 @@ class Simulation:
             metrics = self.evaluate(federated=bool(fed))
             self.stopped = self.server.observe(metrics)
         record = _round_record(result, metrics, time.perf_counter() - t0)
+        if self.ledger is not None and result.status == "aggregated":
+            record["epsilon"] = self.ledger.record(rnd, self.privacy.event())
+            record["clip_norm"] = self.server.dp.clip_norm if self.server.dp else None
+            if self.privacy.budget_policy == "stop" and self.ledger.would_exceed(
+                [self.privacy.event()]
+            ):
+                self.stopped = StopDecision(
+                    "privacy_budget",
+                    rnd,
+                    f"epsilon {record['epsilon']:.4g} spent; one more round would exceed the "
+                    f"budget {self.privacy.budget.epsilon:g}",
+                )
         record |= {
             "attempt": self.attempts,
             "dispatched": len(dispatches),

@@ -1,0 +1,129 @@
+"""A run's privacy settings resolved into numbers: sampling rate, delta, noise multiplier.
+
+When the config gives a target epsilon instead of a noise multiplier, the multiplier is
+calibrated here, before any training, for the run's planned number of rounds and the
+client sampling it actually uses (Poisson, or fixed-size without replacement), so the
+accountant and the sampler agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedloom.config import RunConfig
+from fedloom.errors import ConfigError
+from fedloom.privacy.accounting import MechanismEvent, noise_multiplier_for
+from fedloom.privacy.central import CentralDP
+from fedloom.privacy.ledger import Budget, PrivacyLedger
+from fedloom.privacy.mechanisms import QuantileClipper, split_noise_multiplier
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    enabled: bool
+    sampling: str = "poisson"
+    sampling_rate: float = 1.0
+    population: int = 0
+    delta: float = 0.0
+    noise_multiplier: float = math.inf
+    accountant: str = "pld"
+    rounds: int = 0
+    budget: Budget | None = None
+    budget_policy: str = "refuse"
+    clip_norm: float = 1.0
+    adaptive: bool = False
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    count_stddev: float | None = None
+    secure_noise: bool = False
+    expected_clients: int = 0
+
+    @classmethod
+    def from_config(cls, config: RunConfig, num_clients: int) -> PrivacyPlan:
+        p = config.privacy
+        if p.mode == "off":
+            return cls(enabled=False)
+        k = config.server.clients_per_round
+        q = k / num_clients
+        delta = p.delta if p.delta is not None else 1.0 / num_clients**1.1
+        z = p.noise_multiplier
+        if z is None:
+            assert p.target_epsilon is not None
+            z = noise_multiplier_for(
+                p.target_epsilon,
+                q,
+                config.rounds,
+                delta,
+                accountant=p.accountant,
+                sampling=p.sampling,
+                population=num_clients,
+            )
+        budget = None if p.budget_epsilon is None else Budget(p.budget_epsilon, delta)
+        return cls(
+            enabled=True,
+            sampling=p.sampling,
+            sampling_rate=q,
+            population=num_clients,
+            delta=delta,
+            noise_multiplier=z,
+            accountant=p.accountant,
+            rounds=config.rounds,
+            budget=budget,
+            budget_policy=p.budget_policy,
+            clip_norm=p.clip_norm,
+            adaptive=p.adaptive_clipping,
+            target_quantile=p.target_quantile,
+            clip_learning_rate=p.clip_learning_rate,
+            count_stddev=p.count_stddev,
+            secure_noise=p.secure_noise,
+            expected_clients=k,
+        )
+
+    def event(self, count: int = 1) -> MechanismEvent:
+        """One round's release (``count`` identical rounds) as the accountant sees it."""
+        return MechanismEvent(
+            "gaussian",
+            self.noise_multiplier,
+            self.sampling_rate,
+            count,
+            self.sampling,
+            self.population if self.sampling == "fixed" else None,
+        )
+
+    def mechanism(self, seed: int) -> CentralDP | None:
+        if not self.enabled:
+            return None
+        clipper = None
+        if self.adaptive:
+            clipper = QuantileClipper(
+                self.clip_norm, self.target_quantile, self.clip_learning_rate, self.count_stddev
+            )
+        dp = CentralDP(
+            self.clip_norm,
+            self.noise_multiplier,
+            self.expected_clients,
+            seed,
+            secure=self.secure_noise,
+            clipper=clipper,
+        )
+        if clipper is not None:  # fail now, not in the first round
+            try:
+                split_noise_multiplier(self.noise_multiplier, dp.count_stddev)
+            except ConfigError as err:
+                raise ConfigError(
+                    f"privacy.adaptive_clipping with privacy.count_stddev = "
+                    f"{dp.count_stddev:g} (default clients_per_round / 20) and noise "
+                    f"multiplier {self.noise_multiplier:.4g}: {err}"
+                ) from None
+        return dp
+
+    def ledger(self, path: Path | None) -> PrivacyLedger | None:
+        """The run's ledger; refuses (raises) a plan that cannot fit the budget."""
+        if not self.enabled:
+            return None
+        ledger = PrivacyLedger(path, self.budget, self.accountant, delta=self.delta)
+        if self.budget is not None and self.budget_policy == "refuse":
+            ledger.check_plan([self.event(self.rounds)])
+        return ledger

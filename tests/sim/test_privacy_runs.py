@@ -1,0 +1,119 @@
+"""Central DP inside simulated runs: accounting, budgets, resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedloom.config import load_config
+from fedloom.errors import ConfigError
+from fedloom.privacy import PrivacyBudgetExceeded, epsilon
+from fedloom.sim import Simulation
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def dp_config(tmp_path, *extra):
+    return load_config(
+        None,
+        [
+            f'output_dir="{tmp_path}"',
+            "rounds=6",
+            "partition.num_clients=50",
+            "server.clients_per_round=10",
+            'privacy.mode="central"',
+            'privacy.accountant="rdp"',  # fast enough for tests; pld is the default
+            "checkpoint.every=2",
+            *extra,
+        ],
+    )
+
+
+def test_dp_run_records_epsilon_and_ledger(tmp_path):
+    sim = Simulation.start(dp_config(tmp_path, "privacy.noise_multiplier=1.0"))
+    sim.run()
+    rounds = [r for r in sim.run_dir.records() if r["event"] == "round"]
+    eps = [r["epsilon"] for r in rounds]
+    assert eps == sorted(eps) and eps[0] > 0
+    delta = 1 / 50**1.1
+    assert eps[-1] == pytest.approx(epsilon(1.0, 10 / 50, 6, delta, accountant="rdp"), rel=1e-6)
+    ledger = json.loads((sim.run_dir.path / "privacy.json").read_text())
+    assert [e["round"] for e in ledger["events"]] == list(range(1, 7))
+    assert ledger["delta"] == pytest.approx(delta)
+
+
+def test_target_epsilon_is_met(tmp_path):
+    sim = Simulation.start(dp_config(tmp_path, "privacy.target_epsilon=3"))
+    sim.run()
+    final = [r for r in sim.run_dir.records() if r["event"] == "round"][-1]["epsilon"]
+    assert 2.9 < final <= 3.0
+
+
+def test_plan_beyond_budget_is_refused_before_any_work(tmp_path):
+    cfg = dp_config(tmp_path, "privacy.noise_multiplier=0.5", "privacy.budget_epsilon=1")
+    with pytest.raises(PrivacyBudgetExceeded, match="budget"):
+        Simulation.start(cfg)
+    assert not any(tmp_path.iterdir()), "no run directory is left behind"
+
+
+def test_run_stops_when_the_budget_is_reached(tmp_path):
+    cfg = dp_config(
+        tmp_path,
+        "rounds=50",
+        "privacy.noise_multiplier=0.8",
+        "privacy.budget_epsilon=4",
+        'privacy.budget_policy="stop"',
+    )
+    sim = Simulation.start(cfg)
+    summary = sim.run()
+    assert summary.stop_reason == "privacy_budget" and summary.rounds < 50
+    spent = json.loads((sim.run_dir.path / "privacy.json").read_text())["epsilon"]
+    assert spent <= 4
+    assert Simulation.resume(sim.run_dir.path).finished
+
+
+def test_resume_with_adaptive_clipping_equals_uninterrupted(tmp_path):
+    extra = (
+        "privacy.noise_multiplier=1.0",
+        "privacy.adaptive_clipping=true",
+        "privacy.clip_norm=0.1",
+        "privacy.count_stddev=2",
+    )
+    full = Simulation.start(dp_config(tmp_path / "a", *extra))
+    full.run()
+    clips = [r["clip_norm"] for r in full.run_dir.records() if r["event"] == "round"]
+    assert len(set(clips)) > 1, "the clip norm adapts"
+    crashed = Simulation.start(dp_config(tmp_path / "b", *extra))
+    for _ in range(3):
+        crashed.step()
+    resumed = Simulation.resume(crashed.run_dir.path)
+    resumed.run()
+    assert np.array_equal(resumed.server.params, full.server.params)
+    a = json.loads((full.run_dir.path / "privacy.json").read_text())
+    b = json.loads((resumed.run_dir.path / "privacy.json").read_text())
+    assert a["events"] == b["events"]
+
+
+def test_infeasible_noise_split_fails_before_training(tmp_path):
+    cfg = dp_config(tmp_path, "privacy.noise_multiplier=1.0", "privacy.adaptive_clipping=true")
+    with pytest.raises(ConfigError, match="privacy.count_stddev"):
+        Simulation.start(cfg)
+
+
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        (["privacy.target_epsilon=-1"], "privacy.target_epsilon"),
+        (["privacy.target_epsilon=2", "privacy.delta=1.5"], "privacy.delta"),
+        (["privacy.target_epsilon=2", "privacy.delta=0"], "privacy.delta"),
+        (["privacy.noise_multiplier=0"], "noise_multiplier = 0"),
+        ([], "exactly one of"),
+    ],
+)
+def test_bad_privacy_settings(settings, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, ['privacy.mode="central"', *settings])
