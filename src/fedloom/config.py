@@ -177,7 +177,10 @@ class SelectionConfig(_Section):
 class PrivacyConfig(_Section):
     """User-level differential privacy (see fedloom.privacy)."""
 
-    mode: Literal["off", "central"] = "off"
+    mode: Literal["off", "central", "local"] = "off"
+    local_epsilon: float | None = Field(
+        None, gt=0, description="local mode: each upload is (local_epsilon, delta)-LDP"
+    )
     clip_norm: float = Field(1.0, gt=0, description="L2 bound on each client's update")
     noise_multiplier: float | None = Field(
         None, ge=0, description="noise stddev / clip norm; or calibrate from target_epsilon"
@@ -200,6 +203,14 @@ class PrivacyConfig(_Section):
 
     @model_validator(mode="after")
     def _noise_source(self) -> PrivacyConfig:
+        if self.mode == "local":
+            if self.local_epsilon is None:
+                raise ValueError("privacy.mode = 'local' needs privacy.local_epsilon")
+            if self.noise_multiplier is not None or self.target_epsilon is not None:
+                raise ValueError(
+                    "privacy.mode = 'local' calibrates noise from privacy.local_epsilon; drop "
+                    "privacy.noise_multiplier and privacy.target_epsilon"
+                )
         if self.mode == "central":
             if (self.noise_multiplier is None) == (self.target_epsilon is None):
                 raise ValueError(
@@ -328,15 +339,15 @@ class RunConfig(_Section):
                 "partition.method = 'natural' needs per-sample client ids: "
                 "data.source = 'synthetic', or a file with data.group_column"
             )
-        if self.privacy.mode == "central":
+        if self.privacy.mode != "off":
             if self.selection.strategy != "uniform":
                 raise ValueError(
-                    "privacy.mode = 'central' needs selection.strategy = 'uniform': the "
+                    "privacy.mode = 'central' or 'local' needs selection.strategy = 'uniform': the "
                     f"accountant assumes uniform client sampling, not {self.selection.strategy!r}"
                 )
             if self.server.over_selection != 1.0:
                 raise ValueError(
-                    "privacy.mode = 'central' needs server.over_selection = 1: the sampling "
+                    "differential privacy needs server.over_selection = 1: the sampling "
                     "rate the accountant uses is clients_per_round / num_clients"
                 )
         n = self.partition.num_clients

@@ -117,3 +117,33 @@ def test_infeasible_noise_split_fails_before_training(tmp_path):
 def test_bad_privacy_settings(settings, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(None, ['privacy.mode="central"', *settings])
+
+
+def test_local_dp_noises_every_upload(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            f'output_dir="{tmp_path}"',
+            "rounds=4",
+            "partition.num_clients=50",
+            "server.clients_per_round=10",
+            'privacy.mode="local"',
+            "privacy.local_epsilon=8",
+            "privacy.clip_norm=0.5",
+            'privacy.accountant="rdp"',
+        ],
+    )
+    sim = Simulation.start(cfg)
+    seen = []
+    receive = sim.server.receive
+
+    def spy(update):
+        seen.append(np.linalg.norm(update.delta))
+        receive(update)
+
+    sim.server.receive = spy
+    sim.run()
+    # clipped to 0.5, then noise of sigma ~ analytic_gaussian_sigma(8, delta, 1.0) per coordinate
+    assert min(seen) > 0.5 * 3, "noise dominates the clipped update in 2410 dimensions"
+    eps = [r["epsilon"] for r in sim.run_dir.records() if r["event"] == "round"]
+    assert eps == sorted(eps) and eps[-1] > 0

@@ -12,17 +12,28 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError
 from fedloom.privacy.accounting import MechanismEvent, noise_multiplier_for
+from fedloom.privacy.calibration import analytic_gaussian_sigma
 from fedloom.privacy.central import CentralDP
 from fedloom.privacy.ledger import Budget, PrivacyLedger
-from fedloom.privacy.mechanisms import QuantileClipper, split_noise_multiplier
+from fedloom.privacy.mechanisms import (
+    GeneratorNoise,
+    QuantileClipper,
+    SecureNoise,
+    local_gaussian,
+    split_noise_multiplier,
+)
 
 
 @dataclass(frozen=True)
 class PrivacyPlan:
     enabled: bool
+    local: bool = False
+    local_epsilon: float = 0.0
     sampling: str = "poisson"
     sampling_rate: float = 1.0
     population: int = 0
@@ -49,7 +60,12 @@ class PrivacyPlan:
         q = k / num_clients
         delta = p.delta if p.delta is not None else 1.0 / num_clients**1.1
         z = p.noise_multiplier
-        if z is None:
+        if p.mode == "local":
+            assert p.local_epsilon is not None
+            # each upload is (local_epsilon, delta)-LDP under replace-one (sensitivity 2C);
+            # the ledger accounts the run's user-level add/remove guarantee: z = sigma / C
+            z = analytic_gaussian_sigma(p.local_epsilon, delta, 2 * p.clip_norm) / p.clip_norm
+        elif z is None:
             assert p.target_epsilon is not None
             z = noise_multiplier_for(
                 p.target_epsilon,
@@ -63,6 +79,8 @@ class PrivacyPlan:
         budget = None if p.budget_epsilon is None else Budget(p.budget_epsilon, delta)
         return cls(
             enabled=True,
+            local=p.mode == "local",
+            local_epsilon=p.local_epsilon or 0.0,
             sampling=p.sampling,
             sampling_rate=q,
             population=num_clients,
@@ -93,7 +111,8 @@ class PrivacyPlan:
         )
 
     def mechanism(self, seed: int) -> CentralDP | None:
-        if not self.enabled:
+        """The server's DP-FedAvg release (None without central DP)."""
+        if not self.enabled or self.local:
             return None
         clipper = None
         if self.adaptive:
@@ -118,6 +137,21 @@ class PrivacyPlan:
                     f"multiplier {self.noise_multiplier:.4g}: {err}"
                 ) from None
         return dp
+
+    def privatize_locally(
+        self, delta: np.ndarray, seed: int, attempt: int, client: int
+    ) -> np.ndarray:
+        """One client's upload clipped and noised on the client (local DP).
+
+        Simulated noise is seeded per (attempt, client), so it does not depend on which
+        process or executor trained the client.
+        """
+        noise = (
+            SecureNoise()
+            if self.secure_noise
+            else GeneratorNoise(np.random.default_rng([seed, 9, attempt, client]))
+        )
+        return local_gaussian(delta, self.clip_norm, self.local_epsilon, self.delta, noise)
 
     def ledger(self, path: Path | None) -> PrivacyLedger | None:
         """The run's ledger; refuses (raises) a plan that cannot fit the budget."""

@@ -318,6 +318,16 @@ class Simulation:
         shard = self.shard
         mine = todo if shard is None else shard.mine(todo)
         updates = run_dispatches(self.executor, self.server.params, mine)
+        if self.privacy.local:
+            updates = [
+                replace(
+                    u,
+                    delta=self.privacy.privatize_locally(
+                        u.delta, self.config.seed, self.attempts, u.client_id
+                    ),
+                )
+                for u in updates
+            ]
         if shard is not None and shard.mode == "gather":
             updates = [u for part in shard.gather(updates) for u in part]
         rejected: dict[int, str] = {}
