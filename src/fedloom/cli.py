@@ -155,6 +155,87 @@ def clients(
         console.print(f"plot: {png}")
 
 
+privacy_app = typer.Typer(no_args_is_help=True, help="Differential privacy tools.")
+app.add_typer(privacy_app, name="privacy")
+
+
+@privacy_app.command("sweep")
+def privacy_sweep(
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Argument(help="TOML config; omit for the built-in experiment"),
+    ] = None,
+    epsilons: Annotated[
+        str, typer.Option(help="comma-separated target epsilons; inf = no DP")
+    ] = "0.5,1,2,4,8,inf",
+    set_: Annotated[list[str], typer.Option("--set", help="override one setting")] = [],  # noqa: B006
+) -> None:
+    """Run the experiment at each privacy budget (noise calibrated for each) and plot
+    accuracy against epsilon: the privacy-utility trade-off."""
+    import json
+    import math
+
+    from fedloom.config import load_config, parse_config
+    from fedloom.report import write_sweep_plot
+    from fedloom.sim import Simulation
+
+    try:
+        targets = [float(e) for e in epsilons.split(",")]
+        if any(not (e > 0) for e in targets):
+            raise FedloomError(f"--epsilons {epsilons!r}: every epsilon must be > 0 (or inf)")
+        base = load_config(config, set_)
+        rows = []
+        for eps in targets:
+            data = base.model_dump(mode="json", exclude_none=True)
+            data["name"] = f"{base.name}-eps{eps:g}"
+            privacy = data.setdefault("privacy", {})
+            privacy.pop("noise_multiplier", None)
+            privacy.pop("local_epsilon", None)
+            if math.isinf(eps):
+                privacy["mode"] = "off"
+                privacy.pop("target_epsilon", None)
+            else:
+                privacy["mode"] = "central"
+                privacy["target_epsilon"] = eps
+            sim = Simulation.start(parse_config(data, f"sweep epsilon {eps:g}"))
+            console.print(f"epsilon {eps:g}: run directory {sim.run_dir.path}")
+            summary = sim.run()
+            rows.append(
+                {
+                    "epsilon": eps,
+                    "accuracy": summary.accuracy,
+                    "best_accuracy": summary.best_accuracy,
+                    "noise_multiplier": sim.privacy.noise_multiplier
+                    if sim.privacy.enabled
+                    else 0.0,
+                    "spent_epsilon": sim.ledger.epsilon() if sim.ledger else math.inf,
+                    "run": str(sim.run_dir.path),
+                }
+            )
+    except FedloomError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    out = Path(base.output_dir) / f"{base.name}-sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    from fedloom.atomic import atomic_write_text
+
+    atomic_write_text(out / "sweep.json", json.dumps({"rows": rows}, indent=2, default=str))
+    table = Table(title="privacy-utility trade-off")
+    for col in ("target epsilon", "noise multiplier", "spent epsilon", "final accuracy", "best"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            f"{r['epsilon']:g}",
+            f"{r['noise_multiplier']:.4g}",
+            f"{r['spent_epsilon']:.4g}",
+            f"{r['accuracy']:.4f}",
+            f"{r['best_accuracy']:.4f}",
+        )
+    console.print(table)
+    console.print(f"table: {out / 'sweep.json'}")
+    console.print(f"plot: {write_sweep_plot(out, rows)}")
+
+
 def _num(value: float, digits: int) -> str:
     return "-" if value != value else f"{value:.{digits}f}"  # NaN -> "-"
 

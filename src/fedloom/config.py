@@ -200,6 +200,9 @@ class PrivacyConfig(_Section):
         "refuse", description="refuse a run planned beyond budget, or stop when it is reached"
     )
     secure_noise: bool = Field(False, description="noise from the OS CSPRNG (slower)")
+    audit_canaries: int = Field(
+        0, ge=0, description="central mode: canary clients for a one-run empirical audit"
+    )
 
     @model_validator(mode="after")
     def _noise_source(self) -> PrivacyConfig:
@@ -219,6 +222,10 @@ class PrivacyConfig(_Section):
                 )
             if self.noise_multiplier == 0:
                 raise ValueError("privacy.noise_multiplier = 0 gives no privacy; use mode = 'off'")
+        if self.audit_canaries and (self.mode != "central" or self.adaptive_clipping):
+            raise ValueError(
+                "privacy.audit_canaries needs privacy.mode = 'central' with a fixed clip norm"
+            )
         return self
 
 

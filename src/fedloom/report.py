@@ -108,6 +108,35 @@ def write_client_plots(run: RunDirectory, rows: list[dict[str, Any]]) -> list[Pa
     return written
 
 
+def write_sweep_plot(folder: Path, rows: list[dict[str, Any]]) -> Path:
+    """Final test accuracy against the privacy budget epsilon (no DP drawn as a line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    private = [r for r in rows if math.isfinite(r["epsilon"])]
+    if private:
+        ax.plot(
+            [r["epsilon"] for r in private],
+            [r["accuracy"] for r in private],
+            marker="o",
+            label="central DP (DP-FedAvg)",
+        )
+        ax.set_xscale("log")
+    for r in rows:
+        if not math.isfinite(r["epsilon"]):
+            ax.axhline(r["accuracy"], color="gray", linestyle="--", label="no DP")
+    ax.set_xlabel("epsilon")
+    ax.set_ylabel("final test accuracy")
+    ax.set_title("privacy-utility trade-off")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, folder / "accuracy_vs_epsilon.png")
+
+
 def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
     """Key facts of a run as (label, value) rows for a table."""
     records = run.records()
@@ -143,6 +172,19 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
         rows.append(("training wall time", f"{wall:.2f} s ({wall / len(rounds):.3f} s/round)"))
         rejected = sum(r["rejected"] for r in rounds)
         rows.append(("rejected updates", str(rejected)))
+    privacy = [r for r in rounds if "epsilon" in r]
+    if privacy:
+        rows.append(("privacy spent (epsilon)", f"{privacy[-1]['epsilon']:.4g}"))
+    found = next((r for r in records if r.get("event") == "audit"), None)
+    if found is not None:
+        rows.append(
+            (
+                "empirical epsilon lower bound",
+                f"{found['epsilon_lower']:.3g} at delta {found['delta']:.2g} (accountant: "
+                f"{found['accountant_epsilon']:.3g}; {found['correct']}/{found['guesses']} "
+                f"canary guesses right, {found['confidence']:.0%} confidence)",
+            )
+        )
     if stop:
         rows.append(("stopped", f"{stop['reason']}: {stop['detail']}"))
     return [(k, v if not (isinstance(v, float) and math.isnan(v)) else "n/a") for k, v in rows]

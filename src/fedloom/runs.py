@@ -105,7 +105,7 @@ class RunDirectory:
     def truncate_records(self, last_round: int) -> None:
         """Keep only records up to ``last_round`` (atomic rewrite)."""
         kept = [r for r in self.records() if int(r.get("round", 0)) <= last_round]
-        kept = [r for r in kept if r.get("event") != "stop"]
+        kept = [r for r in kept if r.get("event") not in ("stop", "audit")]
         text = "".join(json.dumps(r, default=_json_default) + "\n" for r in kept)
         atomic_write_text(self.metrics_path, text)
 

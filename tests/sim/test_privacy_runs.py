@@ -147,3 +147,28 @@ def test_local_dp_noises_every_upload(tmp_path):
     assert min(seen) > 0.5 * 3, "noise dominates the clipped update in 2410 dimensions"
     eps = [r["epsilon"] for r in sim.run_dir.records() if r["event"] == "round"]
     assert eps == sorted(eps) and eps[-1] > 0
+
+
+@pytest.mark.parametrize("z", [0.05, 2.0])
+def test_canary_audit_bound_is_valid_and_sensitive(tmp_path, z):
+    cfg = load_config(
+        None,
+        [
+            f'output_dir="{tmp_path}"',
+            "rounds=30",
+            "partition.num_clients=100",
+            "server.clients_per_round=50",
+            "evaluation.every=30",
+            'privacy.mode="central"',
+            f"privacy.noise_multiplier={z}",
+            "privacy.audit_canaries=400",
+            "client.lr=0.001",  # small training steps: the canaries dominate the model change
+            'privacy.accountant="rdp"',
+        ],
+    )
+    sim = Simulation.start(cfg)
+    sim.run()
+    found = next(r for r in sim.run_dir.records() if r["event"] == "audit")
+    assert found["epsilon_lower"] <= found["accountant_epsilon"]
+    if z < 1:  # almost no noise: the canaries are memorized and the audit sees it
+        assert found["epsilon_lower"] > 1.0

@@ -1,9 +1,10 @@
-"""Differential privacy: accounting, calibration of noise scales, and the run's ledger.
+"""Differential privacy: accounting, noise calibration, mechanisms, the run's ledger, audits.
 
 Importing this package is cheap: dp-accounting and scipy are imported inside the functions
 that need them.
 
-References: see ``accounting``, ``calibration`` and ``ledger``.
+References: see ``accounting``, ``calibration``, ``mechanisms``, ``central``, ``ledger``
+and ``audit``.
 """
 
 from fedloom.privacy.accounting import (
@@ -14,17 +15,21 @@ from fedloom.privacy.accounting import (
     epsilon,
     noise_multiplier_for,
 )
+from fedloom.privacy.audit import AuditResult, audit, epsilon_lower_bound
 from fedloom.privacy.calibration import analytic_gaussian_sigma, gaussian_delta, laplace_scale
 from fedloom.privacy.ledger import Budget, PrivacyBudgetExceeded, PrivacyLedger
 
 __all__ = [
     "Accountant",
+    "AuditResult",
     "Budget",
     "MechanismEvent",
     "PrivacyBudgetExceeded",
     "PrivacyLedger",
     "Sampling",
     "analytic_gaussian_sigma",
+    "audit",
+    "epsilon_lower_bound",
     "compose_epsilon",
     "epsilon",
     "gaussian_delta",

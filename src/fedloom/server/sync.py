@@ -101,6 +101,7 @@ class SyncServer:
         self.quorum_policy = quorum_policy
         self.max_retries = max_retries
         self.dp = dp
+        self._canary_sum: np.ndarray | None = None
         self.round = 0  # closed rounds (aggregated or skipped)
         self.version = 0  # model updates applied
         self.retries = 0  # failed attempts of the current round
@@ -189,6 +190,16 @@ class SyncServer:
         if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
             raise UpdateRejected(cid, f"num_examples = {u.num_examples!r}, expected an int >= 1")
 
+    def add_canaries(self, clipped_sum: np.ndarray) -> None:
+        """Add audit canaries' (already clipped) updates to this round's DP sum.
+
+        Canary clients exist only to measure privacy empirically: their updates are
+        fixed random directions that go through the same noisy release as real ones.
+        """
+        if self.dp is None or self._open is None:
+            raise FedloomError("canaries need central DP and an open round")
+        self._canary_sum = np.asarray(clipped_sum, dtype=np.float64)
+
     def fail(self, client_id: int, reason: str) -> None:
         """Record that a selected client will not answer this round."""
         if self._open is None or not self._open.is_pending(client_id):
@@ -230,6 +241,9 @@ class SyncServer:
         packed[-1] = rnd.rejected
         if combine is not None:
             packed = np.asarray(combine(packed), dtype=np.float64)
+        if self._canary_sum is not None:  # identical on every rank: added after combining
+            packed[:d] += self._canary_sum
+            self._canary_sum = None
         counts, loss_w, loss_sq_w, steps = packed[d : d + 4 * k].reshape(4, k)
         done = np.flatnonzero(counts > 0)
         total = float(counts.sum())

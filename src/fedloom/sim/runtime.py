@@ -31,6 +31,8 @@ from fedloom.errors import CheckpointError, ConfigError, FedloomError, UpdateRej
 from fedloom.models import build_model
 from fedloom.optim import make_server_optimizer
 from fedloom.params import module_vector
+from fedloom.privacy.accounting import compose_epsilon
+from fedloom.privacy.audit import AuditResult, audit, canary_directions, canary_scores
 from fedloom.privacy.ledger import PrivacyLedger
 from fedloom.privacy.plan import PrivacyPlan
 from fedloom.records import Dispatch, RoundResult, TrainPlan
@@ -183,8 +185,44 @@ class Simulation:
         )
         self.registry = self._open_registry(population)
         self.ledger: PrivacyLedger | None = None
+        self.initial_params = self.server.params.copy()
+        self.canaries = self._make_canaries(config)
         self.attempts = 0  # round attempts, retries included: the registry's round counter
         self.stopped: StopDecision | None = None
+
+    def _make_canaries(self, config: RunConfig) -> tuple[np.ndarray, np.ndarray] | None:
+        """Audit canaries: random directions at the clip norm, each included w.p. 1/2."""
+        m = config.privacy.audit_canaries
+        if not m:
+            return None
+        directions = canary_directions(m, self.server.dim, np.random.default_rng([config.seed, 10]))
+        included = np.random.default_rng([config.seed, 11]).random(m) < 0.5
+        return directions, included
+
+    def _inject_canaries(self) -> None:
+        """Included canaries join this round like any client: w.p. the sampling rate."""
+        assert self.canaries is not None
+        directions, included = self.canaries
+        draw = np.random.default_rng([self.config.seed, 12, self.attempts]).random(len(included))
+        joins = included & (draw < self.privacy.sampling_rate)
+        clip = self.privacy.clip_norm
+        self.server.add_canaries(clip * directions[joins].sum(axis=0, dtype=np.float64))
+
+    def audit(self) -> tuple[AuditResult, float, float] | None:
+        """The one-run empirical lower bound on epsilon from the canaries (None without),
+        the delta it is stated at, and the accountant's epsilon at that same delta.
+
+        Steinke et al.'s bound charges 2·m·delta for m canaries, so it is evaluated at
+        ``delta_a = min(delta, 0.01 / m)``; the accountant's epsilon at ``delta_a`` is what
+        it must never exceed.
+        """
+        if self.canaries is None or self.ledger is None:
+            return None
+        directions, included = self.canaries
+        scores = canary_scores(self.initial_params, self.server.params, directions)
+        delta_a = min(self.privacy.delta, 0.01 / len(included))
+        found = audit(scores, included, delta=delta_a)
+        return found, delta_a, compose_epsilon(self.ledger.events, delta_a, self.privacy.accountant)
 
     def _ledger_path(self) -> Path | None:
         """``privacy.json`` in the run directory (other ranks keep their ledger in memory)."""
@@ -287,6 +325,22 @@ class Simulation:
                 "max_rounds", self.server.round, f"completed {self.config.rounds} rounds"
             )
             self._append({"event": "stop", "round": self.server.round, **_stop_fields(reason)})
+            audited = self.audit()
+            if audited is not None:
+                found, delta_a, accountant_eps = audited
+                self._append(
+                    {
+                        "event": "audit",
+                        "round": self.server.round,
+                        "epsilon_lower": found.epsilon_lower,
+                        "delta": delta_a,
+                        "accountant_epsilon": accountant_eps,
+                        "confidence": found.confidence,
+                        "canaries": found.num_canaries,
+                        "guesses": found.num_guesses,
+                        "correct": found.num_correct,
+                    }
+                )
         if self.shard is not None:  # every rank returns after rank 0 finished writing
             self.shard.broadcast(None)
         return self.summary(time.perf_counter() - started)
@@ -338,6 +392,8 @@ class Simulation:
                 rejected[update.client_id] = err.reason
                 log.warning("%s", err)
         combine = shard.allreduce if shard is not None and shard.mode == "allreduce" else None
+        if self.canaries is not None:
+            self._inject_canaries()
         result = self.server.close_round(combine)
         self._register_round(dispatches, outcome, result, rejected)
         rnd = result.round
