@@ -95,3 +95,45 @@ def test_data_export_writes_client_folders(tmp_path):
     train, holdout = read_partition(tmp_path / "clients")
     assert train.num_clients == 7 and holdout is None
     assert train.sizes().sum() == 1797 - round(0.2 * 1797)  # the 80% training split
+
+
+def test_privacy_sweep_writes_table_and_plot(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "privacy",
+            "sweep",
+            "--epsilons",
+            "2,inf",
+            "--set",
+            f'output_dir="{tmp_path}"',
+            "--set",
+            "rounds=3",
+            "--set",
+            "partition.num_clients=40",
+            "--set",
+            'privacy.accountant="rdp"',
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    sweep = tmp_path / "digits-fedavg-sweep"
+    rows = __import__("json").loads((sweep / "sweep.json").read_text())["rows"]
+    assert [r["epsilon"] for r in rows] == [2.0, float("inf")]
+    assert rows[0]["spent_epsilon"] <= 2.0 and rows[0]["noise_multiplier"] > 0
+    assert (sweep / "accuracy_vs_epsilon.png").stat().st_size > 1000
+
+
+def test_privacy_sweep_rejects_bad_epsilons():
+    result = runner.invoke(app, ["privacy", "sweep", "--epsilons", "1,-2"])
+    assert result.exit_code == 2 and "--epsilons" in result.output
+
+
+def test_clients_command(tmp_path):
+    first = runner.invoke(app, ["run", "--set", f'output_dir="{tmp_path}"', "--set", "rounds=2"])
+    assert first.exit_code == 0, first.output
+    result = runner.invoke(app, ["clients", run_dir_of(first.output), "--top", "5"])
+    assert result.exit_code == 0, result.output
+    assert "reliability" in result.output
+    assert (tmp_path / "digits-fedavg" / "report" / "clients_participation.png").exists()
+    missing = runner.invoke(app, ["clients", str(tmp_path)])
+    assert missing.exit_code == 2 and "no config.toml" in missing.output
