@@ -137,3 +137,34 @@ def test_clients_command(tmp_path):
     assert (tmp_path / "digits-fedavg" / "report" / "clients_participation.png").exists()
     missing = runner.invoke(app, ["clients", str(tmp_path)])
     assert missing.exit_code == 2 and "no config.toml" in missing.output
+
+
+def test_privacy_plan_ranks_candidates(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "privacy",
+            "plan",
+            "--epsilon",
+            "4",
+            "--clients-per-round",
+            "5,10",
+            "--rounds",
+            "3",
+            "--clip-norms",
+            "0.5",
+            "--set",
+            f'output_dir="{tmp_path}"',
+            "--set",
+            "partition.num_clients=40",
+            "--set",
+            'privacy.accountant="rdp"',
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    plan = __import__("json").loads((tmp_path / "digits-fedavg-plan" / "plan.json").read_text())
+    accuracies = [r["accuracy"] for r in plan["rows"]]
+    assert len(accuracies) == 2 and accuracies == sorted(accuracies, reverse=True)
+    assert "recommended:" in result.output
+    bad = runner.invoke(app, ["privacy", "plan", "--rounds", "ten"])
+    assert bad.exit_code == 2 and "ten" in bad.output

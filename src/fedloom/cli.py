@@ -236,6 +236,104 @@ def privacy_sweep(
     console.print(f"plot: {write_sweep_plot(out, rows)}")
 
 
+@privacy_app.command("plan")
+def privacy_plan(
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Argument(help="TOML config; omit for the built-in experiment"),
+    ] = None,
+    epsilon: Annotated[float, typer.Option(help="the fixed privacy budget")] = 4.0,
+    clients_per_round: Annotated[str, typer.Option(help="candidates, comma-separated")] = "",
+    rounds: Annotated[str, typer.Option(help="candidates, comma-separated")] = "",
+    clip_norms: Annotated[str, typer.Option(help="candidates, comma-separated")] = "0.1,0.5,1",
+    set_: Annotated[list[str], typer.Option("--set", help="override one setting")] = [],  # noqa: B006
+) -> None:
+    """Search clients per round, rounds and clip norm for the best accuracy at a fixed
+    epsilon: each candidate's noise is calibrated to the budget and the experiment is run."""
+    import itertools
+    import json
+
+    from fedloom.atomic import atomic_write_text
+    from fedloom.config import load_config, parse_config
+    from fedloom.sim import Simulation
+
+    try:
+        if not epsilon > 0:
+            raise FedloomError(f"--epsilon {epsilon!r}: must be > 0")
+        base = load_config(config, set_)
+        grid = {
+            "clients_per_round": _grid(clients_per_round, int, base.server.clients_per_round),
+            "rounds": _grid(rounds, int, base.rounds),
+            "clip_norm": _grid(clip_norms, float, base.privacy.clip_norm),
+        }
+        rows = []
+        for k, r, c in itertools.product(*grid.values()):
+            data = base.model_dump(mode="json", exclude_none=True)
+            data["name"] = f"{base.name}-plan-k{k}-r{r}-c{c:g}"
+            data["rounds"] = r
+            data.setdefault("server", {})["clients_per_round"] = k
+            privacy = data.setdefault("privacy", {})
+            privacy.pop("noise_multiplier", None)
+            privacy.update(mode="central", target_epsilon=epsilon, clip_norm=c)
+            try:
+                sim = Simulation.start(parse_config(data, f"plan k={k} rounds={r} clip={c:g}"))
+            except FedloomError as err:  # e.g. a cohort larger than the population
+                console.print(f"skipped k={k} rounds={r} clip={c:g}: {err}")
+                continue
+            summary = sim.run()
+            rows.append(
+                {
+                    "clients_per_round": k,
+                    "rounds": r,
+                    "clip_norm": c,
+                    "noise_multiplier": sim.privacy.noise_multiplier,
+                    "accuracy": summary.accuracy,
+                    "run": str(sim.run_dir.path),
+                }
+            )
+            console.print(f"k={k} rounds={r} clip={c:g}: accuracy {summary.accuracy:.4f}")
+        if not rows:
+            raise FedloomError("no candidate configuration could run")
+    except FedloomError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    rows.sort(key=lambda row: -row["accuracy"])
+    out = Path(base.output_dir) / f"{base.name}-plan"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "plan.json", json.dumps({"epsilon": epsilon, "rows": rows}, indent=2))
+    table = Table(title=f"settings at epsilon {epsilon:g}, best first")
+    for col in ("clients/round", "rounds", "clip norm", "noise multiplier", "accuracy"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["clients_per_round"]),
+            str(row["rounds"]),
+            f"{row['clip_norm']:g}",
+            f"{row['noise_multiplier']:.4g}",
+            f"{row['accuracy']:.4f}",
+        )
+    console.print(table)
+    best = rows[0]
+    console.print(
+        "recommended: "
+        f"--set server.clients_per_round={best['clients_per_round']} "
+        f"--set rounds={best['rounds']} --set privacy.clip_norm={best['clip_norm']:g} "
+        f"--set privacy.mode='\"central\"' --set privacy.target_epsilon={epsilon:g}"
+    )
+    console.print(f"table: {out / 'plan.json'}")
+
+
+def _grid(text: str, kind: type, default: float) -> list:
+    """Comma-separated candidates (the config's value when empty)."""
+    try:
+        values = [kind(v) for v in text.split(",")] if text else [default]
+    except ValueError:
+        raise FedloomError(f"cannot read {text!r} as comma-separated numbers") from None
+    if any(v <= 0 for v in values):
+        raise FedloomError(f"{text!r}: every candidate must be > 0")
+    return values
+
+
 def _num(value: float, digits: int) -> str:
     return "-" if value != value else f"{value:.{digits}f}"  # NaN -> "-"
 
