@@ -69,6 +69,7 @@ def test_round_trip_of_tables_in_lists(tmp_path):
         ("[client]\nlr = inf\n", ["client.lr", "inf"]),
         ("[client]\nlr = nan\n", ["client.lr", "nan"]),
         ("[client]\nnesterov = true\n", ["client.nesterov", "momentum"]),
+        ("[client]\ndp_sgd_noise_multiplier = 1.0\n", ["dp_sgd_clip_norm"]),
         ("[stopping]\ntarget = 1.5\n", ["stopping.target", "1.5"]),
         ('[partition]\nmethod = "natural"\n', ["natural", "group_column"]),
     ],

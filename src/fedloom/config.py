@@ -82,6 +82,10 @@ class ClientConfig(_Section):
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     prox_mu: float = Field(0.0, ge=0)
+    dp_sgd_clip_norm: float | None = Field(
+        None, gt=0, description="sample-level DP-SGD: clip each per-sample gradient"
+    )
+    dp_sgd_noise_multiplier: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> ClientConfig:
@@ -89,6 +93,8 @@ class ClientConfig(_Section):
             raise ValueError("client.nesterov = true needs client.momentum > 0")
         if self.optimizer == "adam" and self.momentum:
             raise ValueError("client.momentum applies to sgd; adam uses client.betas")
+        if self.dp_sgd_noise_multiplier and self.dp_sgd_clip_norm is None:
+            raise ValueError("client.dp_sgd_noise_multiplier needs client.dp_sgd_clip_norm")
         return self
 
 

@@ -27,6 +27,8 @@ class TrainPlan:
     eps: float = 1e-8
     weight_decay: float = 0.0
     prox_mu: float = 0.0
+    dp_sgd_clip: float | None = None  # sample-level DP-SGD: per-sample gradient L2 bound
+    dp_sgd_noise: float = 0.0  # DP-SGD noise multiplier (noise stddev / dp_sgd_clip)
 
 
 @dataclass(frozen=True)

@@ -157,3 +157,28 @@ def test_explicit_vectorized_with_impossible_device(tmp_path):
     cfg = load_config(None, [f'output_dir="{tmp_path}"', 'simulation.device="cuda"'])
     with pytest.raises(ConfigError, match="simulation.device"):
         Simulation.start(cfg)
+
+
+DP_PLANS = [
+    TrainPlan(local_epochs=2, batch_size=4, lr=0.1, dp_sgd_clip=0.5),
+    TrainPlan(
+        local_epochs=2, batch_size=4, lr=0.1, dp_sgd_clip=0.5, dp_sgd_noise=1.0, momentum=0.5
+    ),
+]
+
+
+@pytest.mark.parametrize("plan", DP_PLANS, ids=["clip-only", "clip-and-noise"])
+@pytest.mark.parametrize("model_kind", ["mlp", "general"])
+def test_dp_sgd_is_the_same_in_both_executors(plan, model_kind):
+    model = MLP(6, [8, 5], 4) if model_kind == "mlp" else TwoTower()
+    seq, vec, ex = both(model, population([3, 7, 12, 20, 5]), plan)
+    assert ex.backend == ("bmm" if model_kind == "mlp" else "vmap")
+    assert np.abs(seq.deltas - vec.deltas).max() < 1e-5
+    assert np.abs(seq.deltas).max() > 1e-4
+
+
+def test_dp_sgd_bounds_each_step():
+    # without noise every step moves the model by at most lr * clip (mean of clipped grads)
+    plan = TrainPlan(local_steps=3, batch_size=4, lr=0.1, dp_sgd_clip=0.01)
+    _, vec, _ = both(MLP(6, [8], 4), population([8, 8, 8]), plan)
+    assert np.linalg.norm(vec.deltas, axis=1).max() <= 3 * 0.1 * 0.01 + 1e-7

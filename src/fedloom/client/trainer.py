@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedloom.client import local_optim
+from fedloom.client.dp_sgd import step_noise
 from fedloom.client.schedule import batch_schedule
 from fedloom.params import FlatModule
+from fedloom.privacy.mechanisms import per_sample_clip
 from fedloom.records import ClientMetrics, TrainPlan
 
 
@@ -29,6 +31,7 @@ class TorchTrainer:
     def __init__(self, model: nn.Module) -> None:
         self.flat = FlatModule(model)
         self.model = model
+        self._per_sample = None  # torch.func per-sample gradients, built on first DP-SGD use
 
     @property
     def dim(self) -> int:
@@ -54,11 +57,14 @@ class TorchTrainer:
         loss_sum = torch.zeros(())
         loss_sq_sum = torch.zeros(())
         self.model.train()
-        for idx in batches:
+        for step, idx in enumerate(batches):
             index = torch.from_numpy(idx)
             grads.zero_()
-            loss = F.cross_entropy(self.model(x[index]), y[index])
-            loss.backward()
+            if plan.dp_sgd_clip is None:
+                loss = F.cross_entropy(self.model(x[index]), y[index])
+                loss.backward()
+            else:
+                loss = self._dp_sgd_gradient(x[index], y[index], plan, seed, step)
             with torch.no_grad():
                 loss_sum += loss.detach()
                 loss_sq_sum += loss.detach() ** 2
@@ -73,6 +79,38 @@ class TorchTrainer:
             epochs=seen / len(y),
             train_loss_sq=float(loss_sq_sum) * per_step,
         )
+
+    def _dp_sgd_gradient(
+        self, x: torch.Tensor, y: torch.Tensor, plan: TrainPlan, seed: int, step: int
+    ) -> torch.Tensor:
+        """Write one DP-SGD gradient into the flat gradient buffer; return the batch loss.
+
+        Per-sample gradients come from ``torch.func`` (vmap over samples of grad), are
+        clipped to ``plan.dp_sgd_clip``, summed, noised and divided by the batch size.
+        """
+        if self._per_sample is None:
+            self._per_sample = self._per_sample_fn()
+        clip = plan.dp_sgd_clip
+        assert clip is not None
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        per = self._per_sample(params, x, y)
+        flat = torch.cat([per[s.name].reshape(len(y), -1) for s in self.flat.layout], dim=1)
+        total = per_sample_clip(flat, clip).sum(0)
+        if plan.dp_sgd_noise:
+            noise = torch.from_numpy(step_noise(np.array([seed]), step, self.dim)[0])
+            total.add_(noise, alpha=plan.dp_sgd_noise * clip)
+        self.flat.grads.copy_(total / len(y))
+        with torch.no_grad():
+            return F.cross_entropy(self.model(x), y)
+
+    def _per_sample_fn(self):  # noqa: ANN202 - a torch.func transform
+        from torch.func import functional_call, grad, vmap
+
+        def loss_one(params: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+            logits = functional_call(self.model, params, (xi.unsqueeze(0),))
+            return F.cross_entropy(logits, yi.unsqueeze(0))
+
+        return vmap(grad(loss_one), in_dims=(None, 0, 0))
 
 
 @torch.inference_mode()

@@ -63,13 +63,19 @@ def mlp_layers(model: nn.Module) -> list[_Layer] | None:
 GradFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
 ]
+DpGradFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
+    tuple[torch.Tensor, torch.Tensor],
+]
 
 
-def make_grad_fn(layers: list[_Layer], dim: int) -> GradFn:
-    """``f(params [K, d], x [K, B, F], y [K, B], mask [K, B]) -> (grads [K, d], loss [K])``.
+def make_grad_fns(layers: list[_Layer], dim: int) -> tuple[GradFn, DpGradFn]:
+    """Two batched gradient functions for a cohort of MLPs.
 
-    The loss of client k is the mean cross-entropy over its unmasked samples, exactly
-    what ``F.cross_entropy`` computes on the unpadded batch.
+    ``grad_fn(params [K, d], x [K, B, F], y [K, B], mask [K, B]) -> (grads [K, d], loss [K])``:
+    the loss of client k is the mean cross-entropy over its unmasked samples, exactly what
+    ``F.cross_entropy`` computes on the unpadded batch. ``dp_grad_fn(..., clip)`` returns
+    instead the sum of per-sample gradients each clipped to ``clip`` (DP-SGD).
     """
 
     def weight(p: torch.Tensor, layer: _Layer) -> torch.Tensor:
@@ -130,4 +136,63 @@ def make_grad_fn(layers: list[_Layer], dim: int) -> GradFn:
                 dz = dh
         return grads, loss
 
-    return grad_fn
+    @torch.no_grad()
+    def dp_grad_fn(
+        params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, clip: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum over each client's batch of per-sample gradients clipped to ``clip`` ([K, d]),
+        and the mean loss ([K]).
+
+        Per-sample gradients are never materialized: a sample's weight gradient is the
+        outer product of its backpropagated error and its layer input, so its squared norm
+        is the product of their squared norms (ghost clipping), and the clipped sum is one
+        ``bmm`` with the errors rescaled by each sample's clip factor.
+
+        References: Goodfellow, "Efficient Per-Example Gradient Computations", 2015;
+        Li, Tramèr, Liang & Hashimoto, "Large Language Models Can Be Strong Differentially
+        Private Learners", ICLR 2022 (ghost clipping).
+        """
+        k = params.shape[0]
+        inputs, pre = [], []
+        h = x
+        for layer in layers:
+            w = weight(params, layer)
+            inputs.append(h)
+            if layer.b_off is None:
+                z = torch.bmm(h, w.transpose(1, 2))
+            else:
+                z = torch.baddbmm(bias(params, layer).unsqueeze(1), h, w.transpose(1, 2))
+            pre.append(z)
+            h = torch.relu(z) if layer.act == "relu" else torch.tanh(z) if layer.act else z
+        logp = torch.log_softmax(h, dim=2)
+        count = mask.sum(1).clamp(min=1.0)
+        nll = -logp.gather(2, y.unsqueeze(2)).squeeze(2)
+        loss = (nll * mask).sum(1) / count
+        dz = logp.exp_()
+        dz.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(dz[:, :, :1]))
+        dz.mul_(mask.unsqueeze(2))  # per-sample gradients of each sample's own loss
+        errors = [dz]
+        for i in range(len(layers) - 1, 0, -1):
+            dh = torch.bmm(errors[0], weight(params, layers[i]))
+            prev = layers[i - 1]
+            if prev.act == "relu":
+                dh.mul_(pre[i - 1] > 0)
+            elif prev.act == "tanh":
+                dh.mul_(1 - inputs[i] * inputs[i])
+            errors.insert(0, dh)
+        sq = torch.zeros_like(mask)
+        for layer, err, inp in zip(layers, errors, inputs, strict=True):
+            e2 = (err * err).sum(2)
+            sq += e2 * (inp * inp).sum(2)
+            if layer.b_off is not None:
+                sq += e2
+        factor = (clip / sq.sqrt().clamp(min=1e-12)).clamp(max=1.0) * mask
+        grads = torch.empty((k, dim), dtype=params.dtype, device=params.device)
+        for layer, err, inp in zip(layers, errors, inputs, strict=True):
+            scaled = err * factor.unsqueeze(2)
+            weight(grads, layer).copy_(torch.bmm(scaled.transpose(1, 2), inp))
+            if layer.b_off is not None:
+                bias(grads, layer).copy_(scaled.sum(1))
+        return grads, loss
+
+    return grad_fn, dp_grad_fn

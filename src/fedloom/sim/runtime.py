@@ -79,6 +79,8 @@ def plan_from_config(config: RunConfig) -> TrainPlan:
         eps=c.eps,
         weight_decay=c.weight_decay,
         prox_mu=c.prox_mu,
+        dp_sgd_clip=c.dp_sgd_clip_norm,
+        dp_sgd_noise=c.dp_sgd_noise_multiplier,
     )
 
 

@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedloom.client import local_optim
+from fedloom.client.dp_sgd import step_noise
 from fedloom.client.schedule import cohort_schedule, steps_for
 from fedloom.data.arrays import ClientPartition
 from fedloom.params import ParamLayout
+from fedloom.privacy.mechanisms import per_sample_clip
 from fedloom.records import TrainPlan
-from fedloom.sim.batched_mlp import make_grad_fn, mlp_layers
+from fedloom.sim.batched_mlp import make_grad_fns, mlp_layers
 from fedloom.sim.executor import CohortResult
 
 BUCKET_RATIO = 1.25
@@ -71,24 +73,38 @@ class VectorizedExecutor:
         layers = mlp_layers(model)
         if layers is not None:
             self.backend = "bmm"
-            self._grad = make_grad_fn(layers, self.dim)
+            self._grad, self._dp_grad = make_grad_fns(layers, self.dim)
         else:
             self.backend = "vmap"
-            self._grad = self._vmap_grad_fn()
+            self._grad, self._dp_grad = self._vmap_grad_fns()
 
-    def _vmap_grad_fn(self):  # noqa: ANN202 - a torch.func transform
+    def _vmap_grad_fns(self):  # noqa: ANN202 - torch.func transforms
+        """Per-client gradients, and clipped per-sample gradient sums, via torch.func."""
         from torch.func import functional_call, grad, vmap
 
         specs = [(s.name, s.offset, s.numel, s.shape) for s in self.layout]
 
+        def views(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {n: flat[o : o + k].view(shape) for n, o, k, shape in specs}
+
         def loss(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor):
-            params = {n: flat[o : o + k].view(shape) for n, o, k, shape in specs}
-            logits = functional_call(self.model, params, (x,))
+            logits = functional_call(self.model, views(flat), (x,))
             per_example = F.cross_entropy(logits, y, reduction="none")
             value = (per_example * m).sum() / m.sum().clamp(min=1.0)
             return value, value.detach()
 
-        return vmap(grad(loss, has_aux=True))
+        def loss_one(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits = functional_call(self.model, views(flat), (x.unsqueeze(0),))
+            return F.cross_entropy(logits, y.unsqueeze(0))
+
+        batched = vmap(grad(loss, has_aux=True))
+        per_sample = vmap(vmap(grad(loss_one), in_dims=(None, 0, 0)))
+
+        def dp_grad(params, x, y, mask, clip):  # noqa: ANN001, ANN202
+            clipped = per_sample_clip(per_sample(params, x, y), clip) * mask.unsqueeze(2)
+            return clipped.sum(1), batched(params, x, y, mask)[1]
+
+        return batched, dp_grad
 
     @property
     def dim(self) -> int:
@@ -97,6 +113,8 @@ class VectorizedExecutor:
     def _bytes_per_client(self, plan: TrainPlan) -> float:
         """Rough peak memory of one client in a chunk (parameters, state, activations)."""
         slots = 2 if plan.optimizer == "adam" else (1 if plan.momentum else 0)
+        if plan.dp_sgd_clip is not None and self.backend == "vmap":
+            slots += plan.batch_size  # per-sample gradients are materialized
         widths = sum(s.shape[0] for s in self.layout if len(s.shape) >= 1)
         features = self.x.shape[1] if self.x.ndim > 1 else 1
         return 4.0 * (self.dim * (4 + slots) + plan.batch_size * (features + 6 * widths))
@@ -147,7 +165,15 @@ class VectorizedExecutor:
         padded = bool((sched.steps != sched.index.shape[1]).any())
         for s in range(sched.index.shape[1]):
             rows = index[:, s]
-            grads, loss = self._grad(params, self.x[rows], self.y[rows], mask[:, s])
+            if plan.dp_sgd_clip is None:
+                grads, loss = self._grad(params, self.x[rows], self.y[rows], mask[:, s])
+            else:  # DP-SGD: clipped per-sample gradients plus noise, over the batch size
+                clip = plan.dp_sgd_clip
+                grads, loss = self._dp_grad(params, self.x[rows], self.y[rows], mask[:, s], clip)
+                if plan.dp_sgd_noise:
+                    noise = torch.from_numpy(step_noise(seeds, s, self.dim)).to(dev)
+                    grads.add_(noise, alpha=plan.dp_sgd_noise * clip)
+                grads.div_(mask[:, s].sum(1).clamp(min=1.0).unsqueeze(1))
             active = steps > s if padded else None
             local_optim.step(plan, params, grads, state, anchor=anchor, active=active)
             terms = torch.stack([loss, loss * loss], dim=1).double()
