@@ -38,9 +38,15 @@ def write_plots(run: RunDirectory) -> list[Path]:
     timed = [r for r in records if "virtual_time" in r]
     if timed:
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-        hours = [r["virtual_time"] / 3600 for r in timed]
-        ax.plot(hours, [r["accuracy"] for r in timed], marker="o", ms=3)
-        ax.set_xlabel("virtual time (hours)")
+        end = timed[-1]["virtual_time"]
+        unit, scale = ("s", 1.0) if end < 120 else ("min", 60.0) if end < 7200 else ("h", 3600.0)
+        ax.plot(
+            [r["virtual_time"] / scale for r in timed],
+            [r["accuracy"] for r in timed],
+            marker="o",
+            ms=3,
+        )
+        ax.set_xlabel(f"virtual time ({unit})")
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{run.path.name}: time to accuracy")
         ax.grid(alpha=0.3)
