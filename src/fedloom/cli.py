@@ -13,7 +13,7 @@ from rich.table import Table
 from fedloom.errors import FedloomError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
+console = Console(soft_wrap=True)  # never break paths or commands across lines
 
 
 @app.callback()
