@@ -88,71 +88,10 @@ def make_grad_fns(layers: list[_Layer], dim: int) -> tuple[GradFn, DpGradFn]:
         assert layer.b_off is not None
         return p[:, layer.b_off : layer.b_off + layer.out_f]
 
-    @torch.no_grad()
-    def grad_fn(
-        params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        k = params.shape[0]
-        inputs, pre = [], []
-        h = x
-        for layer in layers:
-            w = weight(params, layer)
-            inputs.append(h)
-            if layer.b_off is None:
-                z = torch.bmm(h, w.transpose(1, 2))
-            else:
-                z = torch.baddbmm(bias(params, layer).unsqueeze(1), h, w.transpose(1, 2))
-            pre.append(z)
-            if layer.act == "relu":
-                h = torch.relu(z)
-            elif layer.act == "tanh":
-                h = torch.tanh(z)
-            else:
-                h = z
-        logp = torch.log_softmax(h, dim=2)
-        count = mask.sum(1).clamp(min=1.0)
-        nll = -logp.gather(2, y.unsqueeze(2)).squeeze(2)
-        loss = (nll * mask).sum(1) / count
-        # d loss / d logits = (softmax - onehot) * mask / count
-        dz = logp.exp_()
-        dz.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(dz[:, :, :1]))
-        dz.mul_((mask / count.unsqueeze(1)).unsqueeze(2))
-        grads = torch.empty((k, dim), dtype=params.dtype, device=params.device)
-        for i in range(len(layers) - 1, -1, -1):
-            layer = layers[i]
-            weight(grads, layer).copy_(torch.bmm(dz.transpose(1, 2), inputs[i]))
-            if layer.b_off is not None:
-                bias(grads, layer).copy_(dz.sum(1))
-            if i == 0:
-                break
-            dh = torch.bmm(dz, weight(params, layer))
-            prev = layers[i - 1]
-            if prev.act == "relu":
-                dz = dh.mul_(pre[i - 1] > 0)
-            elif prev.act == "tanh":
-                t = inputs[i]  # tanh output of the previous layer
-                dz = dh.mul_(1 - t * t)
-            else:
-                dz = dh
-        return grads, loss
-
-    @torch.no_grad()
-    def dp_grad_fn(
-        params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, clip: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum over each client's batch of per-sample gradients clipped to ``clip`` ([K, d]),
-        and the mean loss ([K]).
-
-        Per-sample gradients are never materialized: a sample's weight gradient is the
-        outer product of its backpropagated error and its layer input, so its squared norm
-        is the product of their squared norms (ghost clipping), and the clipped sum is one
-        ``bmm`` with the errors rescaled by each sample's clip factor.
-
-        References: Goodfellow, "Efficient Per-Example Gradient Computations", 2015;
-        Li, Tramèr, Liang & Hashimoto, "Large Language Models Can Be Strong Differentially
-        Private Learners", ICLR 2022 (ghost clipping).
-        """
-        k = params.shape[0]
+    def forward(
+        params: torch.Tensor, x: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Each layer's input and pre-activation, and the log-probabilities."""
         inputs, pre = [], []
         h = x
         for layer in layers:
@@ -164,35 +103,85 @@ def make_grad_fns(layers: list[_Layer], dim: int) -> tuple[GradFn, DpGradFn]:
                 z = torch.baddbmm(bias(params, layer).unsqueeze(1), h, w.transpose(1, 2))
             pre.append(z)
             h = torch.relu(z) if layer.act == "relu" else torch.tanh(z) if layer.act else z
-        logp = torch.log_softmax(h, dim=2)
+        return inputs, pre, torch.log_softmax(h, dim=2)
+
+    def output_error(
+        logp: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample d(loss_i)/d(logits) (softmax - onehot, masked), mean loss, count."""
         count = mask.sum(1).clamp(min=1.0)
         nll = -logp.gather(2, y.unsqueeze(2)).squeeze(2)
         loss = (nll * mask).sum(1) / count
-        dz = logp.exp_()
+        dz = logp.exp()
         dz.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(dz[:, :, :1]))
-        dz.mul_(mask.unsqueeze(2))  # per-sample gradients of each sample's own loss
-        errors = [dz]
+        return dz.mul_(mask.unsqueeze(2)), loss, count
+
+    def errors(
+        params: torch.Tensor,
+        dz: torch.Tensor,
+        inputs: list[torch.Tensor],
+        pre: list[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """Backpropagated error at every layer's output, first layer first."""
+        out = [dz]
         for i in range(len(layers) - 1, 0, -1):
-            dh = torch.bmm(errors[0], weight(params, layers[i]))
+            dh = torch.bmm(out[0], weight(params, layers[i]))
             prev = layers[i - 1]
             if prev.act == "relu":
                 dh.mul_(pre[i - 1] > 0)
-            elif prev.act == "tanh":
+            elif prev.act == "tanh":  # inputs[i] is the previous layer's tanh output
                 dh.mul_(1 - inputs[i] * inputs[i])
-            errors.insert(0, dh)
-        sq = torch.zeros_like(mask)
-        for layer, err, inp in zip(layers, errors, inputs, strict=True):
-            e2 = (err * err).sum(2)
-            sq += e2 * (inp * inp).sum(2)
-            if layer.b_off is not None:
-                sq += e2
-        factor = (clip / sq.sqrt().clamp(min=1e-12)).clamp(max=1.0) * mask
-        grads = torch.empty((k, dim), dtype=params.dtype, device=params.device)
-        for layer, err, inp in zip(layers, errors, inputs, strict=True):
-            scaled = err * factor.unsqueeze(2)
+            out.insert(0, dh)
+        return out
+
+    def accumulate(
+        params: torch.Tensor,
+        errs: list[torch.Tensor],
+        inputs: list[torch.Tensor],
+        scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """Sum over the batch of per-sample gradients weighted by ``scale`` [K, B]."""
+        grads = torch.empty((params.shape[0], dim), dtype=params.dtype, device=params.device)
+        for layer, err, inp in zip(layers, errs, inputs, strict=True):
+            scaled = err * scale.unsqueeze(2)
             weight(grads, layer).copy_(torch.bmm(scaled.transpose(1, 2), inp))
             if layer.b_off is not None:
                 bias(grads, layer).copy_(scaled.sum(1))
-        return grads, loss
+        return grads
+
+    @torch.no_grad()
+    def grad_fn(
+        params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, pre, logp = forward(params, x)
+        dz, loss, count = output_error(logp, y, mask)
+        scale = (1.0 / count).unsqueeze(1).expand_as(mask)  # mean over the unmasked samples
+        return accumulate(params, errors(params, dz, inputs, pre), inputs, scale), loss
+
+    @torch.no_grad()
+    def dp_grad_fn(
+        params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, clip: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum over each client's batch of per-sample gradients clipped to ``clip`` ([K, d]),
+        and the mean loss ([K]).
+
+        Per-sample gradients are never materialized: a sample's weight gradient is the
+        outer product of its backpropagated error and its layer input, so its squared norm
+        is the product of their squared norms (ghost clipping), and the clipped sum is one
+        ``bmm`` per layer with the errors rescaled by each sample's clip factor.
+
+        References: Goodfellow, "Efficient Per-Example Gradient Computations", 2015;
+        Li, Tramèr, Liang & Hashimoto, "Large Language Models Can Be Strong Differentially
+        Private Learners", ICLR 2022 (ghost clipping).
+        """
+        inputs, pre, logp = forward(params, x)
+        dz, loss, _ = output_error(logp, y, mask)
+        errs = errors(params, dz, inputs, pre)
+        sq = torch.zeros_like(mask)
+        for layer, err, inp in zip(layers, errs, inputs, strict=True):
+            e2 = (err * err).sum(2)
+            sq += e2 * (inp * inp).sum(2) + (e2 if layer.b_off is not None else 0.0)
+        factor = (clip / sq.sqrt().clamp(min=1e-12)).clamp(max=1.0) * mask
+        return accumulate(params, errs, inputs, factor), loss
 
     return grad_fn, dp_grad_fn
