@@ -178,6 +178,14 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
         rows.append(("training wall time", f"{wall:.2f} s ({wall / len(rounds):.3f} s/round)"))
         rejected = sum(r["rejected"] for r in rounds)
         rows.append(("rejected updates", str(rejected)))
+    start = next((r for r in records if r.get("event") == "start"), {})
+    if start.get("dp_sgd_epsilon") is not None:
+        rows.append(
+            (
+                "DP-SGD sample-level epsilon (planned, worst client)",
+                f"{start['dp_sgd_epsilon']:.4g}",
+            )
+        )
     privacy = [r for r in rounds if "epsilon" in r]
     if privacy:
         rows.append(("privacy spent (epsilon)", f"{privacy[-1]['epsilon']:.4g}"))

@@ -172,3 +172,25 @@ def test_canary_audit_bound_is_valid_and_sensitive(tmp_path, z):
     assert found["epsilon_lower"] <= found["accountant_epsilon"]
     if z < 1:  # almost no noise: the canaries are memorized and the audit sees it
         assert found["epsilon_lower"] > 1.0
+
+
+def test_dp_sgd_run_reports_its_planned_sample_level_epsilon(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            f'output_dir="{tmp_path}"',
+            "rounds=3",
+            "partition.num_clients=20",
+            "server.clients_per_round=5",
+            "client.dp_sgd_clip_norm=1.0",
+            "client.dp_sgd_noise_multiplier=1.1",
+        ],
+    )
+    sim = Simulation.start(cfg)
+    sim.run()
+    start = sim.run_dir.records()[0]
+    sizes = sim.data.train.sizes()
+    n = int(sizes.min())
+    steps = 5 * -(-n // 32) * 3
+    expected = epsilon(1.1, min(1.0, 32 / n), steps, 1 / sizes.sum() ** 1.1, accountant="rdp")
+    assert start["dp_sgd_epsilon"] == pytest.approx(expected)

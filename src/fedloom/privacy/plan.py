@@ -16,7 +16,7 @@ import numpy as np
 
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError
-from fedloom.privacy.accounting import MechanismEvent, noise_multiplier_for
+from fedloom.privacy.accounting import MechanismEvent, epsilon, noise_multiplier_for
 from fedloom.privacy.calibration import analytic_gaussian_sigma
 from fedloom.privacy.central import CentralDP
 from fedloom.privacy.ledger import Budget, PrivacyLedger
@@ -97,6 +97,26 @@ class PrivacyPlan:
             count_stddev=p.count_stddev,
             secure_noise=p.secure_noise,
             expected_clients=k,
+        )
+
+    @staticmethod
+    def dp_sgd_epsilon(config: RunConfig, sizes: np.ndarray, delta: float) -> float | None:
+        """Planned sample-level epsilon of client-side DP-SGD for the worst-off client.
+
+        Conservative: the client is assumed to take part in every round, and its
+        mini-batches (shuffled epochs) are accounted as Poisson samples at rate
+        ``batch_size / n`` of the smallest client, over all its local steps. None when
+        DP-SGD is off or adds no noise.
+        """
+        c = config.client
+        if c.dp_sgd_clip_norm is None or not c.dp_sgd_noise_multiplier:
+            return None
+        n = int(np.min(sizes))
+        per_epoch = -(-n // c.batch_size)
+        steps = c.local_steps if c.local_steps is not None else c.local_epochs * per_epoch
+        rate = min(1.0, c.batch_size / n)
+        return epsilon(
+            c.dp_sgd_noise_multiplier, rate, steps * config.rounds, delta, accountant="rdp"
         )
 
     def event(self, count: int = 1) -> MechanismEvent:

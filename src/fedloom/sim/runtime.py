@@ -279,6 +279,9 @@ class Simulation:
                 "executor": sim.executor.name,
                 "executor_note": sim.executor_note,
                 "processes": shard.world if shard else 1,
+                "dp_sgd_epsilon": PrivacyPlan.dp_sgd_epsilon(
+                    config, sim.data.train.sizes(), 1.0 / sim.data.train.sizes().sum() ** 1.1
+                ),
                 **sim.evaluate(federated=sim.data.holdout is not None),
             }
         )
