@@ -187,6 +187,9 @@ class PrivacyConfig(_Section):
     local_epsilon: float | None = Field(
         None, gt=0, description="local mode: each upload is (local_epsilon, delta)-LDP"
     )
+    local_mechanism: Literal["gaussian", "laplace"] = Field(
+        "gaussian", description="local mode: analytic Gaussian (L2 clip) or Laplace (L1 clip)"
+    )
     clip_norm: float = Field(1.0, gt=0, description="L2 bound on each client's update")
     noise_multiplier: float | None = Field(
         None, ge=0, description="noise stddev / clip norm; or calibrate from target_epsilon"
@@ -219,6 +222,11 @@ class PrivacyConfig(_Section):
                 raise ValueError(
                     "privacy.mode = 'local' calibrates noise from privacy.local_epsilon; drop "
                     "privacy.noise_multiplier and privacy.target_epsilon"
+                )
+            if self.local_mechanism == "laplace" and self.accountant != "pld":
+                raise ValueError(
+                    "privacy.local_mechanism = 'laplace' needs privacy.accountant = 'pld' "
+                    "(RDP has no bound for subsampled Laplace)"
                 )
         if self.mode == "central":
             if (self.noise_multiplier is None) == (self.target_epsilon is None):

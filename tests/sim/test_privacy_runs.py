@@ -194,3 +194,34 @@ def test_dp_sgd_run_reports_its_planned_sample_level_epsilon(tmp_path):
     steps = 5 * -(-n // 32) * 3
     expected = epsilon(1.1, min(1.0, 32 / n), steps, 1 / sizes.sum() ** 1.1, accountant="rdp")
     assert start["dp_sgd_epsilon"] == pytest.approx(expected)
+
+
+def test_local_laplace_runs_and_is_accounted_with_pld(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            f'output_dir="{tmp_path}"',
+            "rounds=2",
+            "partition.num_clients=50",
+            "server.clients_per_round=10",
+            'privacy.mode="local"',
+            'privacy.local_mechanism="laplace"',
+            "privacy.local_epsilon=10",
+        ],
+    )
+    sim = Simulation.start(cfg)
+    sim.run()
+    ledger = json.loads((sim.run_dir.path / "privacy.json").read_text())
+    assert {e["kind"] for e in ledger["events"]} == {"laplace"}
+    assert ledger["events"][0]["noise_multiplier"] == pytest.approx(2 / 10)
+    assert 0 < ledger["epsilon"] < float("inf")
+    with pytest.raises(ConfigError, match="accountant"):
+        load_config(
+            None,
+            [
+                'privacy.mode="local"',
+                'privacy.local_mechanism="laplace"',
+                "privacy.local_epsilon=1",
+                'privacy.accountant="rdp"',
+            ],
+        )

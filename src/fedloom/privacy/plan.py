@@ -25,6 +25,7 @@ from fedloom.privacy.mechanisms import (
     QuantileClipper,
     SecureNoise,
     local_gaussian,
+    local_laplace,
     split_noise_multiplier,
 )
 
@@ -34,6 +35,7 @@ class PrivacyPlan:
     enabled: bool
     local: bool = False
     local_epsilon: float = 0.0
+    mechanism_kind: str = "gaussian"
     sampling: str = "poisson"
     sampling_rate: float = 1.0
     population: int = 0
@@ -62,9 +64,13 @@ class PrivacyPlan:
         z = p.noise_multiplier
         if p.mode == "local":
             assert p.local_epsilon is not None
-            # each upload is (local_epsilon, delta)-LDP under replace-one (sensitivity 2C);
-            # the ledger accounts the run's user-level add/remove guarantee: z = sigma / C
-            z = analytic_gaussian_sigma(p.local_epsilon, delta, 2 * p.clip_norm) / p.clip_norm
+            # each upload is local_epsilon-LDP under replace-one (sensitivity 2C); the ledger
+            # accounts the run's user-level add/remove guarantee (sensitivity C):
+            # Gaussian z = sigma / C, Laplace scale / C = 2 / local_epsilon
+            if p.local_mechanism == "laplace":
+                z = 2.0 / p.local_epsilon
+            else:
+                z = analytic_gaussian_sigma(p.local_epsilon, delta, 2 * p.clip_norm) / p.clip_norm
         elif z is None:
             assert p.target_epsilon is not None
             z = noise_multiplier_for(
@@ -80,6 +86,7 @@ class PrivacyPlan:
         return cls(
             enabled=True,
             local=p.mode == "local",
+            mechanism_kind=p.local_mechanism if p.mode == "local" else "gaussian",
             local_epsilon=p.local_epsilon or 0.0,
             sampling=p.sampling,
             sampling_rate=q,
@@ -122,7 +129,7 @@ class PrivacyPlan:
     def event(self, count: int = 1) -> MechanismEvent:
         """One round's release (``count`` identical rounds) as the accountant sees it."""
         return MechanismEvent(
-            "gaussian",
+            self.mechanism_kind,
             self.noise_multiplier,
             self.sampling_rate,
             count,
@@ -171,6 +178,8 @@ class PrivacyPlan:
             if self.secure_noise
             else GeneratorNoise(np.random.default_rng([seed, 9, attempt, client]))
         )
+        if self.mechanism_kind == "laplace":
+            return local_laplace(delta, self.clip_norm, self.local_epsilon, noise)
         return local_gaussian(delta, self.clip_norm, self.local_epsilon, self.delta, noise)
 
     def ledger(self, path: Path | None) -> PrivacyLedger | None:

@@ -161,6 +161,11 @@ class Simulation:
         sel, srv = config.selection, config.server
         num_clients = self.data.train.num_clients
         self.privacy = PrivacyPlan.from_config(config, num_clients)
+        if shard is not None and self.privacy.secure_noise:
+            raise ConfigError(
+                "privacy.secure_noise under torchrun would give each process different "
+                "noise; run it in one process"
+            )
         selector = (
             PoissonSelector(self.privacy.sampling_rate)
             if self.privacy.enabled and self.privacy.sampling == "poisson"
