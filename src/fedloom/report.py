@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -186,9 +187,16 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
                 f"{start['dp_sgd_epsilon']:.4g}",
             )
         )
-    privacy = [r for r in rounds if "epsilon" in r]
-    if privacy:
-        rows.append(("privacy spent (epsilon)", f"{privacy[-1]['epsilon']:.4g}"))
+    ledger_path = run.path / "privacy.json"
+    if ledger_path.is_file():
+        ledger = json.loads(ledger_path.read_text(encoding="utf-8"))
+        spent = f"{ledger['epsilon']:.4g} at delta {ledger['delta']:.2g}"
+        rows.append(("privacy spent (epsilon)", spent))
+        if ledger.get("budget"):
+            left = max(0.0, ledger["budget"]["epsilon"] - ledger["epsilon"])
+            rows.append(
+                ("privacy budget remaining", f"{left:.4g} of {ledger['budget']['epsilon']:g}")
+            )
     found = next((r for r in records if r.get("event") == "audit"), None)
     if found is not None:
         rows.append(
