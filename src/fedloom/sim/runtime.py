@@ -1,10 +1,13 @@
-"""Run a complete federated experiment in one process, with checkpoints and resume.
+"""Run a complete federated experiment, with checkpoints and resume.
 
 ``Simulation`` wires the core together from a ``RunConfig``: data and partition, the
-model (one reused object), the sans-IO ``SyncServer``, an executor, evaluation and
-the run directory. Every ``checkpoint.every`` rounds it saves the server state; a
-resumed run rebuilds everything from the saved config and seed, loads the newest
-checkpoint and continues to the same final model an uninterrupted run reaches.
+model (one reused object), the sans-IO ``SyncServer`` with its selector and optional
+DP-FedAvg release, an executor (vectorized or sequential), virtual time (devices,
+network, clock), the SQLite client registry, the privacy ledger, evaluation and the run
+directory. Under torchrun a ``Shard`` splits each cohort over processes. Every
+``checkpoint.every`` rounds it saves the server, clock and registry state; a resumed run
+rebuilds everything from the saved config and seed, loads the newest checkpoint and
+continues to the same final model an uninterrupted run reaches.
 """
 
 from __future__ import annotations
