@@ -359,7 +359,7 @@ class ClientRegistry:
             loss=s["loss"].copy(),
             loss_sq=s["loss_sq"].copy(),
             duration=s["duration"].copy(),
-            online_prob=((s["online"] + 1.0) / (s["seen"] + 2.0)).astype(np.float32),
+            online_prob=_online_prob(s["online"], s["seen"]),
             flags=s["flags"].copy(),
         )
 
@@ -665,6 +665,13 @@ def _reason_flags(reason: str) -> int:
         if pattern.search(reason):
             bits |= bit
     return bits
+
+
+def _online_prob(online: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Laplace-smoothed P(online) per hour bin, (online + 1) / (seen + 2), computed in
+    float32 straight from the counts (the registry recomputes it every round)."""
+    prob = np.add(online, 1, dtype=np.float32)
+    return np.divide(prob, np.add(seen, 2, dtype=np.float32), out=prob)
 
 
 def _flag_names(bits: int) -> list[str]:
