@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fedloom.atomic import atomic_write
 from fedloom.runs import RunDirectory
 
 
@@ -59,10 +60,8 @@ def write_plots(run: RunDirectory) -> list[Path]:
 def _save(fig, path: Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png"), fsync=False)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -163,8 +162,9 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
             rows.append(("  10th percentile client", f"{evals[-1]['fed_accuracy_p10']:.4f}"))
     if rounds and "virtual_time" in rounds[-1]:
         rows.append(("virtual time", _duration(rounds[-1]["virtual_time"])))
-        target = run.load_config().stopping.target
-        if target is not None and run.load_config().stopping.metric == "accuracy":
+        stopping = run.load_config().stopping
+        target = stopping.target
+        if target is not None and stopping.metric == "accuracy":
             tta = time_to_accuracy(records, target)
             shown = _duration(tta) if tta is not None else "not reached"
             rows.append((f"virtual time to accuracy {target}", shown))

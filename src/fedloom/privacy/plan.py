@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedloom.client.schedule import steps_for
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError
 from fedloom.privacy.accounting import MechanismEvent, epsilon, noise_multiplier_for
@@ -28,6 +29,7 @@ from fedloom.privacy.mechanisms import (
     local_laplace,
     split_noise_multiplier,
 )
+from fedloom.records import TrainPlan
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,10 @@ class PrivacyPlan:
         if c.dp_sgd_clip_norm is None or not c.dp_sgd_noise_multiplier:
             return None
         n = int(np.min(sizes))
-        per_epoch = -(-n // c.batch_size)
-        steps = c.local_steps if c.local_steps is not None else c.local_epochs * per_epoch
+        plan = TrainPlan(
+            local_epochs=c.local_epochs, local_steps=c.local_steps, batch_size=c.batch_size
+        )
+        steps = int(steps_for(np.array([n]), plan)[0])
         rate = min(1.0, c.batch_size / n)
         return epsilon(
             c.dp_sgd_noise_multiplier, rate, steps * config.rounds, delta, accountant="rdp"

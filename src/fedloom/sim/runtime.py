@@ -46,7 +46,7 @@ from fedloom.server.selection import PoissonSelector, make_selector
 from fedloom.server.stats import ClientStats
 from fedloom.server.sync import SyncServer
 from fedloom.sim.devices import Population
-from fedloom.sim.executor import Executor, SequentialExecutor, run_dispatches
+from fedloom.sim.executor import NO_CAP, Executor, SequentialExecutor, run_dispatches
 from fedloom.sim.population import build_network, build_population
 from fedloom.sim.shard import Shard
 from fedloom.sim.timeline import RoundOutcome, VirtualTime
@@ -490,7 +490,7 @@ class Simulation:
             keep = fit > 0
             dispatches = [d for d, ok in zip(dispatches, keep, strict=True) if ok]
             ids, sizes = ids[keep], sizes[keep]
-        caps = np.array([d.max_steps or np.iinfo(np.int64).max for d in dispatches], np.int64)
+        caps = np.array([d.max_steps or NO_CAP for d in dispatches], np.int64)
         samples = examples_seen(sizes, plan, caps)
         outcome = vt.play_round(
             self.server.round + 1,
