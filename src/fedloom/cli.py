@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +13,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedloom.errors import FedloomError
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Show a ``FedloomError`` as one line naming the problem and exit with status 2."""
+    try:
+        yield
+    except FedloomError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(soft_wrap=True)  # never break paths or commands across lines
@@ -43,7 +56,7 @@ def run(
     """
     from fedloom.config import load_config
 
-    try:
+    with _user_errors():
         if resume is not None:
             if config is not None or set_:
                 raise FedloomError("--resume takes the run's saved config; drop CONFIG and --set")
@@ -64,9 +77,6 @@ def run(
                 sim.run()
         finally:
             shutdown()
-    except FedloomError as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from None
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Prepare client data.")
@@ -85,16 +95,13 @@ def data_export(
     """Write a config's client partition as per-client folders (for real client processes)."""
     from fedloom.config import load_config
 
-    try:
+    with _user_errors():
         cfg = load_config(config, set_)
         from fedloom.data.federated import build_federated_data
         from fedloom.data.storage import write_partition
 
         data = build_federated_data(cfg.data, cfg.partition, cfg.seed)
         write_partition(out, data.train, data.holdout)
-    except FedloomError as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from None
     console.print(f"wrote {data.train.num_clients} client folders to [bold]{out}[/]")
 
 
@@ -104,7 +111,7 @@ def clients(
     top: Annotated[int, typer.Option(help="rows to show, most selected first (0 = all)")] = 20,
 ) -> None:
     """Per-client participation, reliability, speed, loss and contribution of a run."""
-    try:
+    with _user_errors():
         from fedloom.runs import RunDirectory
         from fedloom.server.registry import ClientRegistry
 
@@ -114,9 +121,6 @@ def clients(
             raise FedloomError(f"{str(run_dir)!r} has no client registry (clients.sqlite)")
         with ClientRegistry(path) as registry:
             rows = registry.summary()
-    except FedloomError as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from None
     from fedloom.report import write_client_plots
 
     shown = sorted(rows, key=lambda r: (-r["selected"], r["id"]))
@@ -179,7 +183,7 @@ def privacy_sweep(
     from fedloom.report import write_sweep_plot
     from fedloom.sim import Simulation
 
-    try:
+    with _user_errors():
         targets = [float(e) for e in epsilons.split(",")]
         if any(not (e > 0) for e in targets):
             raise FedloomError(f"--epsilons {epsilons!r}: every epsilon must be > 0 (or inf)")
@@ -212,9 +216,6 @@ def privacy_sweep(
                     "run": str(sim.run_dir.path),
                 }
             )
-    except FedloomError as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from None
     out = Path(base.output_dir) / f"{base.name}-sweep"
     out.mkdir(parents=True, exist_ok=True)
     from fedloom.atomic import atomic_write_text
@@ -257,7 +258,7 @@ def privacy_plan(
     from fedloom.config import load_config, parse_config
     from fedloom.sim import Simulation
 
-    try:
+    with _user_errors():
         if not epsilon > 0:
             raise FedloomError(f"--epsilon {epsilon!r}: must be > 0")
         base = load_config(config, set_)
@@ -294,9 +295,6 @@ def privacy_plan(
             console.print(f"k={k} rounds={r} clip={c:g}: accuracy {summary.accuracy:.4f}")
         if not rows:
             raise FedloomError("no candidate configuration could run")
-    except FedloomError as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from None
     rows.sort(key=lambda row: -row["accuracy"])
     out = Path(base.output_dir) / f"{base.name}-plan"
     out.mkdir(parents=True, exist_ok=True)
