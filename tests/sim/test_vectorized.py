@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fedloom.client.schedule import batch_schedule, client_seeds, cohort_schedule
+from fedloom.client.schedule import (
+    batch_schedule,
+    client_seeds,
+    cohort_schedule,
+    cohort_schedule_tensors,
+    steps_for,
+)
 from fedloom.client.trainer import TorchTrainer
 from fedloom.config import load_config
 from fedloom.data import ClientPartition
@@ -63,6 +69,26 @@ def test_cohort_schedule_matches_each_client_alone(sizes, batch, epochs, local_s
         for a, b in zip(alone, cohort, strict=True):
             assert np.array_equal(a, b)
     assert not sched.index[~sched.mask].any(), "padding points at row 0"
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 70), min_size=1, max_size=8),
+    batch=st.integers(1, 16),
+    epochs=st.integers(1, 3),
+    local_steps=st.one_of(st.none(), st.integers(1, 9)),
+    run_seed=st.integers(0, 2**40),
+)
+def test_torch_schedule_is_bit_identical_to_numpy(sizes, batch, epochs, local_steps, run_seed):
+    """The accelerator path draws exactly the batches of the host path (here on the CPU;
+    benchmarks/gpu_check.sh repeats the check on CUDA)."""
+    plan = TrainPlan(local_epochs=epochs, local_steps=local_steps, batch_size=batch)
+    sizes = np.array(sizes)
+    seeds = client_seeds(run_seed, 7, np.arange(len(sizes)))
+    expected = cohort_schedule(sizes, seeds, plan)
+    index, mask = cohort_schedule_tensors(sizes, seeds, plan, steps_for(sizes, plan), "cpu")
+    assert np.array_equal(index.numpy(), expected.index)
+    assert np.array_equal(mask.numpy(), expected.mask)
 
 
 PLANS = [

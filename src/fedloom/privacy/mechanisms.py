@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
-from scipy.special import ndtri
 
 from fedloom.aggregation.mean import weighted_sum
 from fedloom.errors import CheckpointError, ConfigError, FedloomError
@@ -205,6 +204,8 @@ class SecureNoise:
     def normal(self, size: int, scale: float) -> np.ndarray:
         _check_draw(size, scale)
         sign, v = self._signed_uniform(size)
+        from scipy.special import ndtri  # lazy: the simulator's GPU path needs no scipy
+
         return sign * (scale * ndtri(0.5 * v))
 
     def laplace(self, size: int, scale: float) -> np.ndarray:

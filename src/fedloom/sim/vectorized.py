@@ -25,7 +25,7 @@ from torch import nn
 
 from fedloom.client import local_optim
 from fedloom.client.dp_sgd import step_noise
-from fedloom.client.schedule import cohort_schedule, steps_for
+from fedloom.client.schedule import cohort_schedule, cohort_schedule_tensors, steps_for
 from fedloom.data.arrays import ClientPartition
 from fedloom.params import ParamLayout
 from fedloom.privacy.mechanisms import per_sample_clip
@@ -128,19 +128,60 @@ class VectorizedExecutor:
         max_steps: np.ndarray | None = None,
     ) -> CohortResult:
         ids = np.asarray(client_ids, dtype=np.int64)
+        deltas, losses, steps = self.train_cohort_tensors(
+            global_params, ids, seeds, plan, max_steps
+        )
+        losses = losses.cpu().numpy()
+        return CohortResult(
+            deltas.cpu().numpy(), self.sizes[ids], losses[:, 0], losses[:, 1], steps
+        )
+
+    def train_cohort_tensors(
+        self,
+        global_params: np.ndarray,
+        client_ids: np.ndarray,
+        seeds: np.ndarray,
+        plan: TrainPlan,
+        max_steps: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Deltas ``[K, d]`` and (mean loss, mean squared loss) ``[K, 2]`` left on the
+        executor's device, and the step counts; ``train_cohort`` copies them to the host."""
+        ids = np.asarray(client_ids, dtype=np.int64)
         seeds = np.asarray(seeds, dtype=np.int64)
         k = len(ids)
         sizes = self.sizes[ids]
         steps = steps_for(sizes, plan, max_steps)
-        deltas = np.empty((k, self.dim), dtype=np.float32)
-        losses = np.empty((k, 2), dtype=np.float64)
-        g = torch.from_numpy(np.ascontiguousarray(global_params, dtype=np.float32)).to(self.device)
+        dev = self.device
+        deltas = torch.empty((k, self.dim), dtype=torch.float32, device=dev)
+        losses = torch.empty((k, 2), dtype=torch.float64, device=dev)
+        g = torch.from_numpy(np.ascontiguousarray(global_params, dtype=np.float32)).to(dev)
         chunk = max(1, int(self.memory_budget // self._bytes_per_client(plan)))
         for rows in _buckets(steps, chunk):
             d, loss = self._train_chunk(g, ids[rows], sizes[rows], seeds[rows], steps[rows], plan)
-            deltas[rows] = d
-            losses[rows] = loss
-        return CohortResult(deltas, sizes, losses[:, 0], losses[:, 1], steps)
+            if len(rows) == k:  # one chunk: no copy
+                deltas, losses = d, loss
+            else:
+                at = torch.from_numpy(rows).to(dev)
+                deltas.index_copy_(0, at, d)
+                losses.index_copy_(0, at, loss)
+        return deltas, losses, steps
+
+    def _schedule(
+        self,
+        ids: np.ndarray,
+        sizes: np.ndarray,
+        seeds: np.ndarray,
+        steps: np.ndarray,
+        plan: TrainPlan,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global row indices ``[K, S, B]`` and float mask of the chunk's batches, built
+        where the training runs (numpy on the host, torch on an accelerator)."""
+        offsets = self.offsets[ids][:, None, None]
+        if self.device.type == "cpu":
+            sched = cohort_schedule(sizes, seeds, plan, max_steps=steps)
+            return torch.from_numpy(sched.index + offsets), torch.from_numpy(sched.mask).float()
+        index, mask = cohort_schedule_tensors(sizes, seeds, plan, steps, self.device)
+        return index + torch.from_numpy(offsets).to(self.device), mask.float()
 
     def _train_chunk(
         self,
@@ -150,20 +191,19 @@ class VectorizedExecutor:
         seeds: np.ndarray,
         steps: np.ndarray,
         plan: TrainPlan,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Deltas [K, d] and per-client (mean loss, mean squared loss) [K, 2]."""
-        sched = cohort_schedule(sizes, seeds, plan, max_steps=steps)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deltas [K, d] and per-client (mean loss, mean squared loss) [K, 2] on the device."""
+        index, mask = self._schedule(ids, sizes, seeds, steps, plan)
         dev = self.device
-        index = torch.from_numpy(sched.index + self.offsets[ids][:, None, None]).to(dev)
-        mask = torch.from_numpy(sched.mask).to(dev, torch.float32)
-        steps = torch.from_numpy(sched.steps).to(dev)
+        s_max = int(steps.max(initial=0))
+        padded = bool((steps != s_max).any())
+        steps_t = torch.from_numpy(steps).to(dev)
         k = len(ids)
         params = g.expand(k, -1).clone()
         state = local_optim.init_state(plan, params)
         anchor = g if plan.prox_mu else None
         loss_sum = torch.zeros((k, 2), dtype=torch.float64, device=dev)
-        padded = bool((sched.steps != sched.index.shape[1]).any())
-        for s in range(sched.index.shape[1]):
+        for s in range(s_max):
             rows = index[:, s]
             if plan.dp_sgd_clip is None:
                 grads, loss = self._grad(params, self.x[rows], self.y[rows], mask[:, s])
@@ -174,13 +214,12 @@ class VectorizedExecutor:
                     noise = torch.from_numpy(step_noise(seeds, s, self.dim)).to(dev)
                     grads.add_(noise, alpha=plan.dp_sgd_noise * clip)
                 grads.div_(mask[:, s].sum(1).clamp(min=1.0).unsqueeze(1))
-            active = steps > s if padded else None
+            active = steps_t > s if padded else None
             local_optim.step(plan, params, grads, state, anchor=anchor, active=active)
             terms = torch.stack([loss, loss * loss], dim=1).double()
             loss_sum += terms if active is None else terms * active.unsqueeze(1)
         params.sub_(g)
-        mean_loss = loss_sum / steps.double().unsqueeze(1)
-        return params.cpu().numpy(), mean_loss.cpu().numpy()
+        return params, loss_sum / steps_t.double().unsqueeze(1)
 
 
 def _buckets(steps: np.ndarray, chunk: int) -> list[np.ndarray]:
