@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedloom.errors import FedloomError
+from fedloom.transport.cli_certs import certs_app
 
 
 @contextmanager
@@ -78,6 +79,124 @@ def run(
         finally:
             shutdown()
 
+
+@app.command()
+def server(
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Argument(help="TOML config of the run; omit for the built-in experiment"),
+    ] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="override one setting")] = [],  # noqa: B006
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 50051,
+    certs: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="folder from `fedloom certs` (ca.pem, server.pem, server.key)"),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="plaintext and unauthenticated clients: local experiments only")
+    ] = False,
+    min_clients: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="online clients needed to start a round (default: the cohort size)"),
+    ] = None,
+    max_transfers: Annotated[int, typer.Option(help="concurrent model transfers")] = 16,
+    client_timeout: Annotated[
+        float, typer.Option(help="seconds of silence after which a client counts as gone")
+    ] = 10.0,
+    resume: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="continue the run in this directory from its last checkpoint"),
+    ] = None,
+) -> None:
+    """Serve a federated run to client processes over gRPC (mTLS unless --insecure)."""
+    import logging
+
+    from fedloom.config import load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with _user_errors():
+        from fedloom.transport.server import DeploymentServer, ServerOptions, open_simulation
+
+        if resume is not None and (config is not None or set_):
+            raise FedloomError("--resume takes the run's saved config; drop CONFIG and --set")
+        options = ServerOptions(
+            host=host,
+            port=port,
+            certs=certs,
+            insecure=insecure,
+            min_clients=min_clients,
+            max_transfers=max_transfers,
+            client_timeout_s=client_timeout,
+        )
+        if insecure:
+            console.print(
+                "[bold yellow]warning:[/] serving without TLS; clients are not authenticated"
+            )
+        sim = open_simulation(None if resume else load_config(config, set_), resume)
+        deployment = DeploymentServer(sim, options)
+        bound = deployment.start()
+        console.print(f"run directory: [bold]{sim.run_dir.path}[/]")
+        console.print(f"listening on {host}:{bound}")
+        try:
+            deployment.run()
+        finally:
+            deployment.stop()
+    from fedloom.report import summary_rows
+
+    table = Table(title="summary", show_header=False)
+    for key, value in summary_rows(sim.run_dir):
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command()
+def client(
+    server: Annotated[str, typer.Option(help="server address HOST:PORT")],
+    data: Annotated[Path, typer.Option(help="this client's folder from `fedloom data export`")],
+    certs: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="folder holding ca.pem and this client's NAME.pem / NAME.key"),
+    ] = None,
+    name: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="client name (default: the data folder's name, e.g. client-000003)"),
+    ] = None,
+    insecure: Annotated[bool, typer.Option(help="plaintext: local experiments only")] = False,
+    max_upload_kbps: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="cap on the upload rate"),
+    ] = None,
+    patience: Annotated[
+        float, typer.Option(help="give up after the server is unreachable this many seconds")
+    ] = 120.0,
+) -> None:
+    """Join a federated run as one client process and train until the server is done."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with _user_errors():
+        from fedloom.transport.client import DeploymentClient, RetryPolicy
+
+        if insecure:
+            console.print("[bold yellow]warning:[/] connecting without TLS")
+        worker = DeploymentClient(
+            server,
+            data,
+            name=name,
+            certs=certs,
+            insecure=insecure,
+            max_upload_kbps=max_upload_kbps,
+            retry=RetryPolicy(patience_s=patience),
+        )
+        stats = worker.run()
+    console.print(
+        f"done: {stats.rounds} rounds trained, {stats.retries} retries, "
+        f"{stats.duplicates} duplicate uploads acknowledged, {stats.refused} tasks refused"
+    )
+
+
+app.add_typer(certs_app, name="certs")
 
 data_app = typer.Typer(no_args_is_help=True, help="Prepare client data.")
 app.add_typer(data_app, name="data")

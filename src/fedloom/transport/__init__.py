@@ -1,0 +1,1 @@
+"""Deployment transport: federated rounds over gRPC with mutual TLS."""

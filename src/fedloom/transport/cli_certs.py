@@ -1,0 +1,73 @@
+"""``fedloom certs``: make the CA and the server's and clients' certificates for mutual TLS.
+
+``fedloom.transport.certs`` (and with it cryptography and grpc) is imported inside the
+commands, so the rest of the command line starts without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fedloom.errors import FedloomError
+
+certs_app = typer.Typer(
+    no_args_is_help=True,
+    help="Certificates for mutual TLS: one CA, then one certificate per server and client.",
+)
+console = Console(soft_wrap=True)  # never break paths across lines
+
+_DIR_HELP = "folder holding the CA and the issued certificates"
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Show a ``FedloomError`` as one line naming the problem and exit with status 2."""
+    try:
+        yield
+    except FedloomError as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
+        raise typer.Exit(2) from None
+
+
+@certs_app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help=_DIR_HELP)] = Path("certs"),
+    force: Annotated[bool, typer.Option(help="replace an existing CA")] = False,
+) -> None:
+    """Create the certificate authority (ca.pem, ca.key) in DIR."""
+    from fedloom.transport.certs import init_ca
+
+    with _user_errors():
+        cert = init_ca(directory, force=force)
+    console.print(f"wrote CA certificate {escape(str(cert))}")
+    console.print(f"wrote CA key {escape(str(directory / 'ca.key'))} (keep it secret)")
+
+
+@certs_app.command()
+def issue(
+    name: Annotated[str, typer.Argument(help="common name: 'server' or e.g. 'client-000003'")],
+    directory: Annotated[Path, typer.Option("--dir", help=_DIR_HELP)] = Path("certs"),
+    server: Annotated[bool, typer.Option("--server", help="issue a server certificate")] = False,
+    host: Annotated[
+        list[str],
+        typer.Option(help="IP or DNS name the server is reached at (repeatable; --server only)"),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    force: Annotated[bool, typer.Option(help="replace an existing certificate")] = False,
+) -> None:
+    """Issue NAME.pem and NAME.key, signed by the CA in DIR."""
+    from fedloom.transport.certs import DEFAULT_HOSTS, CertError, issue
+
+    with _user_errors():
+        if host and not server:
+            raise CertError(f"--host {host[0]} names a server address; add --server")
+        kind = "server" if server else "client"
+        cert, key = issue(directory, name, kind=kind, hosts=host or DEFAULT_HOSTS, force=force)
+    console.print(f"wrote {kind} certificate {escape(str(cert))}")
+    console.print(f"wrote {kind} key {escape(str(key))} (keep it secret)")

@@ -1,0 +1,328 @@
+"""The deployment client: one process per device, training what the server asks for.
+
+It joins, then loops: long-poll for a task, download the model (an exact delta when it
+holds an older version), train it with the same ``TorchTrainer`` and seed the simulator
+uses, and stream the update back. Every call is retried on transient failures
+(unavailable server, reset connection, timeout) with exponential backoff and full jitter,
+so a client rides out network faults and server restarts by itself. Uploads are
+idempotent on the server (client, task, version), so retrying one after a lost reply
+never applies it twice. A heartbeat thread reports liveness and training progress.
+
+References: Brooker, "Exponential Backoff And Jitter", AWS Architecture Blog, 2015.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import numpy as np
+import torch
+
+from fedloom.errors import FedloomError
+from fedloom.records import ClientMetrics, TrainPlan
+from fedloom.transport import fedloom_pb2 as pb
+from fedloom.transport import fedloom_pb2_grpc as rpc
+from fedloom.transport import wire
+from fedloom.transport.server import METADATA_CLIENT
+
+log = logging.getLogger("fedloom.client")
+T = TypeVar("T")
+
+TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+class ServerGone(FedloomError):
+    """The server stayed unreachable for longer than the client's patience."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; give up after ``patience_s`` of failures."""
+
+    base_s: float = 0.2
+    cap_s: float = 5.0
+    patience_s: float = 120.0
+    call_timeout_s: float = 60.0
+
+    def delays(self, rng: random.Random) -> Iterator[float]:
+        attempt = 0
+        while True:
+            yield rng.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
+            attempt += 1
+
+
+@dataclass
+class ClientStats:
+    rounds: int = 0
+    retries: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class RateLimiter:
+    """Caps the upload rate: a token bucket over the chunks sent."""
+
+    def __init__(self, kbps: float | None) -> None:
+        self.bytes_per_s = None if kbps is None else kbps * 1000 / 8
+        self._next = time.monotonic()
+
+    def take(self, nbytes: int) -> None:
+        if self.bytes_per_s is None:
+            return
+        now = time.monotonic()
+        start = max(self._next, now)  # this chunk's turn
+        self._next = start + nbytes / self.bytes_per_s
+        time.sleep(start - now)
+
+
+class DeploymentClient:
+    """A client process's connection, data and trainer."""
+
+    def __init__(
+        self,
+        target: str,
+        data_dir: Path,
+        *,
+        name: str | None = None,
+        certs: Path | None = None,
+        insecure: bool = False,
+        max_upload_kbps: float | None = None,
+        retry: RetryPolicy | None = None,
+        seed: int | None = None,
+        threads: int = 1,
+    ) -> None:
+        """``threads``: torch threads for local training (small models train fastest on
+        one; several client processes on one machine must not oversubscribe it)."""
+        from fedloom.data.storage import read_client
+
+        torch.set_num_threads(threads)
+        train, _ = read_client(data_dir)
+        self.x = torch.from_numpy(train.x)
+        self.y = torch.from_numpy(train.y)
+        self.name = name or Path(data_dir).name
+        self.retry = retry or RetryPolicy()
+        self.rng = random.Random(seed)
+        self.limiter = RateLimiter(max_upload_kbps)
+        self.stats = ClientStats()
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if insecure:
+            log.warning("connecting WITHOUT TLS to %s as %s", target, self.name)
+            self.channel = grpc.insecure_channel(target, options=wire.channel_options())
+            self._metadata = ((METADATA_CLIENT, self.name),)
+        else:
+            from fedloom.transport.certs import channel_credentials, load_identity
+
+            if certs is None:
+                raise FedloomError("certs is required unless insecure is set (mTLS is default)")
+            identity = load_identity(certs, self.name)
+            self.channel = grpc.secure_channel(
+                target, channel_credentials(identity), options=wire.channel_options()
+            )
+        self.stub = rpc.FedloomStub(self.channel)
+        self.held: tuple[int, np.ndarray] | None = None  # (version, params)
+        self._task_id = ""
+        self._progress = (0, 0)
+        self._stop = threading.Event()
+        self.trainer = None
+
+    # calls with retries ---------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` retried on transient gRPC failures until ``patience_s`` runs out."""
+        started = time.monotonic()
+        delays = self.retry.delays(self.rng)
+        while True:
+            try:
+                return fn()
+            except grpc.RpcError as err:
+                code = err.code() if hasattr(err, "code") else None
+                if code not in TRANSIENT:
+                    raise
+                if time.monotonic() - started > self.retry.patience_s:
+                    raise ServerGone(
+                        f"{what}: server unreachable for {self.retry.patience_s:.0f} s "
+                        f"({code.name if code else 'error'}: {err.details()})"
+                    ) from None
+                self.stats.retries += 1
+                delay = next(delays)
+                log.info("%s failed (%s); retrying in %.2f s", what, code, delay)
+                time.sleep(delay)
+
+    # the loop -------------------------------------------------------------------
+    def run(self) -> ClientStats:
+        """Serve the server until it says the run is done."""
+        reply = self._call(
+            "join",
+            lambda: self.stub.Join(
+                pb.JoinRequest(num_examples=len(self.y), device="cpu"),
+                metadata=self._metadata,
+                timeout=self.retry.call_timeout_s,
+            ),
+        )
+        self._setup(reply)
+        beat = threading.Thread(target=self._heartbeats, args=(reply.heartbeat_s,), daemon=True)
+        beat.start()
+        try:
+            while True:
+                task = self._call(
+                    "get task",
+                    lambda: self.stub.GetTask(
+                        pb.TaskRequest(wait_s=10.0),
+                        metadata=self._metadata,
+                        timeout=self.retry.call_timeout_s,
+                    ),
+                )
+                if task.kind == pb.Task.DONE:
+                    return self.stats
+                log.debug("task %s (%s)", task.task_id, pb.Task.Kind.Name(task.kind))
+                if task.kind == pb.Task.WAIT:
+                    time.sleep(min(task.retry_after_s, 1.0) * self.rng.random())
+                    continue
+                self._work(task)
+        finally:
+            self._stop.set()
+            self.channel.close()
+
+    def _setup(self, reply: pb.JoinReply) -> None:
+        from fedloom.client.trainer import TorchTrainer
+        from fedloom.config import ModelConfig
+        from fedloom.models import build_model
+
+        spec = json.loads(reply.model_json)
+        model = build_model(
+            ModelConfig(**spec["model"]), spec["num_features"], spec["num_classes"], spec["seed"]
+        )
+        self.trainer = TorchTrainer(model)
+        if self.trainer.dim != reply.dim:
+            raise FedloomError(f"model has {self.trainer.dim} parameters, server {reply.dim}")
+        self.dim = int(reply.dim)
+
+    def _heartbeats(self, every: float) -> None:
+        while not self._stop.wait(every):
+            step, steps = self._progress
+            try:
+                self.stub.Heartbeat(
+                    pb.HeartbeatRequest(task_id=self._task_id, step=step, steps=steps),
+                    metadata=self._metadata,
+                    timeout=max(every, 1.0) * 3,
+                )
+            except grpc.RpcError as err:
+                log.debug("heartbeat failed: %s", err.code())
+
+    def _work(self, task: pb.Task) -> None:
+        """Download, train, upload; a refused step abandons this task (the server moved on)."""
+        try:
+            params = self._call("download", lambda: self._download(task.version))
+            delta, metrics, train_s = self._train(task, params)
+            reply = self._call("upload", lambda: self._upload(task, delta, metrics, train_s))
+        except grpc.RpcError as err:
+            self.stats.refused += 1
+            log.warning("task %s refused by the server: %s", task.task_id, err.details())
+            return
+        self.stats.rounds += 1
+        self.stats.duplicates += int(reply.duplicate)
+        log.info(
+            "task %s: trained %d steps in %.2f s, update %s",
+            task.task_id,
+            metrics.steps,
+            train_s,
+            "already applied (retry)" if reply.duplicate else "applied",
+        )
+
+    def _download(self, version: int) -> np.ndarray:
+        base = self.held[0] if self.held is not None else -1
+        if self.held is not None and base == version:
+            return self.held[1]
+        stream = self.stub.Download(
+            pb.DownloadRequest(version=version, base_version=base),
+            metadata=self._metadata,
+            timeout=self.retry.call_timeout_s,
+        )
+        header, parts, size = None, [], 0
+        for chunk in stream:
+            if header is None:
+                header = chunk.header
+            size += len(chunk.data)
+            if size > header.payload_bytes:
+                raise wire.WireError("model download exceeds its declared size")
+            parts.append(chunk.data)
+        if header is None:
+            raise wire.WireError("empty model download")
+        payload = b"".join(parts)
+        if header.encoding == "xor-zlib":
+            assert self.held is not None and header.base_version == self.held[0]
+            params = wire.apply_xor_delta(payload, self.held[1])
+        else:
+            params = wire.from_bytes(payload, self.dim, "model")
+        if wire.digest(wire.to_bytes(params)) != header.sha256:
+            raise wire.WireError(f"model version {version} fails its sha256 check")
+        self.stats.bytes_down += len(payload)
+        self.held = (version, params)
+        return params
+
+    def _train(self, task: pb.Task, params: np.ndarray) -> tuple[np.ndarray, ClientMetrics, float]:
+        spec = json.loads(task.plan_json)
+        plan = TrainPlan(**{**spec, "betas": tuple(spec["betas"])})
+        self._task_id = task.task_id
+        out = torch.empty(self.dim, dtype=torch.float32)
+        started = time.perf_counter()
+        metrics = self.trainer.train(
+            torch.from_numpy(params.copy()),
+            self.x,
+            self.y,
+            plan,
+            int(task.seed),
+            out=out,
+            max_steps=int(task.max_steps) or None,
+        )
+        self._progress = (metrics.steps, metrics.steps)
+        return out.numpy(), metrics, time.perf_counter() - started
+
+    def _upload(
+        self, task: pb.Task, delta: np.ndarray, metrics: ClientMetrics, train_s: float
+    ) -> pb.UploadReply:
+        payload = wire.to_bytes(delta)
+        header = pb.UploadHeader(
+            task_id=task.task_id,
+            round=task.round,
+            version=task.version,
+            num_examples=len(self.y),
+            dim=self.dim,
+            dtype="float32",
+            payload_bytes=len(payload),
+            sha256=wire.digest(payload),
+            train_loss=metrics.train_loss,
+            train_loss_sq=metrics.train_loss_sq,
+            steps=metrics.steps,
+            epochs=metrics.epochs,
+            train_s=train_s,
+        )
+
+        def messages() -> Iterator[pb.UploadChunk]:
+            for i, piece in enumerate(wire.chunks(payload)):
+                self.limiter.take(len(piece))
+                yield pb.UploadChunk(header=header if i == 0 else None, data=piece)
+
+        reply = self.stub.Upload(
+            messages(), metadata=self._metadata, timeout=self.retry.call_timeout_s
+        )
+        self.stats.bytes_up += len(payload)
+        return reply

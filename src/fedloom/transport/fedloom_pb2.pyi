@@ -1,0 +1,165 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JoinRequest(_message.Message):
+    __slots__ = ("num_examples", "device")
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    num_examples: int
+    device: str
+    def __init__(self, num_examples: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+
+class JoinReply(_message.Message):
+    __slots__ = ("client_id", "dim", "run", "heartbeat_s", "chunk_bytes", "version", "model_json")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    dim: int
+    run: str
+    heartbeat_s: float
+    chunk_bytes: int
+    version: int
+    model_json: str
+    def __init__(self, client_id: _Optional[int] = ..., dim: _Optional[int] = ..., run: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., chunk_bytes: _Optional[int] = ..., version: _Optional[int] = ..., model_json: _Optional[str] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("task_id", "step", "steps")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    step: int
+    steps: int
+    def __init__(self, task_id: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
+
+class HeartbeatReply(_message.Message):
+    __slots__ = ("task_open",)
+    TASK_OPEN_FIELD_NUMBER: _ClassVar[int]
+    task_open: bool
+    def __init__(self, task_open: _Optional[bool] = ...) -> None: ...
+
+class TaskRequest(_message.Message):
+    __slots__ = ("wait_s",)
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    wait_s: float
+    def __init__(self, wait_s: _Optional[float] = ...) -> None: ...
+
+class Task(_message.Message):
+    __slots__ = ("kind", "task_id", "round", "version", "seed", "plan_json", "deadline_unix", "max_steps", "retry_after_s")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        WAIT: _ClassVar[Task.Kind]
+        TRAIN: _ClassVar[Task.Kind]
+        DONE: _ClassVar[Task.Kind]
+    WAIT: Task.Kind
+    TRAIN: Task.Kind
+    DONE: Task.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    kind: Task.Kind
+    task_id: str
+    round: int
+    version: int
+    seed: int
+    plan_json: str
+    deadline_unix: float
+    max_steps: int
+    retry_after_s: float
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., seed: _Optional[int] = ..., plan_json: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., max_steps: _Optional[int] = ..., retry_after_s: _Optional[float] = ...) -> None: ...
+
+class DownloadRequest(_message.Message):
+    __slots__ = ("version", "base_version")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    base_version: int
+    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ...) -> None: ...
+
+class DownloadHeader(_message.Message):
+    __slots__ = ("version", "base_version", "encoding", "payload_bytes", "dim", "sha256")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    base_version: int
+    encoding: str
+    payload_bytes: int
+    dim: int
+    sha256: bytes
+    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., encoding: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., dim: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+
+class DownloadChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: DownloadHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[DownloadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadHeader(_message.Message):
+    __slots__ = ("task_id", "round", "version", "num_examples", "dim", "dtype", "payload_bytes", "sha256", "train_loss", "train_loss_sq", "steps", "epochs", "train_s")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_LOSS_SQ_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_S_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    round: int
+    version: int
+    num_examples: int
+    dim: int
+    dtype: str
+    payload_bytes: int
+    sha256: bytes
+    train_loss: float
+    train_loss_sq: float
+    steps: int
+    epochs: float
+    train_s: float
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., num_examples: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., train_loss: _Optional[float] = ..., train_loss_sq: _Optional[float] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., train_s: _Optional[float] = ...) -> None: ...
+
+class UploadChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadReply(_message.Message):
+    __slots__ = ("accepted", "duplicate", "reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    duplicate: bool
+    reason: str
+    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,562 @@
+"""The deployment server: the simulator's round logic, driven by real clients over gRPC.
+
+``DeploymentServer`` wraps a ``Simulation`` (same config, run directory, ``SyncServer``,
+selection, registry, privacy ledger, evaluation and checkpoints) and replaces its
+virtual timeline with the network: a round's cohort is drawn from the clients that are
+online now (seen within ``client_timeout_s``), each selected client fetches its task by
+long-polling ``GetTask``, downloads the model in chunks (as an exact delta when it
+holds an older version), trains, and streams its update back. A round closes when every
+selected client has answered or failed (disconnected, past the deadline, not needed
+after over-selection), and is then aggregated, evaluated, recorded and checkpointed
+exactly as in simulation.
+
+Robustness: uploads are keyed by (client, task, version), so a retried upload is
+applied once and acknowledged as a duplicate; every malformed, oversized, non-finite,
+stale or unauthenticated message is refused with a gRPC status naming the problem on
+that client's stream, logged and counted, while the server keeps serving everyone else.
+A killed server restarted with ``resume`` continues from its last checkpoint and
+registry; clients reconnect by themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+
+from fedloom.config import RunConfig
+from fedloom.errors import ConfigError, FedloomError, UpdateRejected
+from fedloom.records import ClientMetrics, Dispatch, RoundResult, Update
+from fedloom.server.convergence import StopDecision
+from fedloom.server.registry import Completion
+from fedloom.sim.runtime import Simulation, _round_record
+from fedloom.transport import fedloom_pb2 as pb
+from fedloom.transport import fedloom_pb2_grpc as rpc
+from fedloom.transport import wire
+
+log = logging.getLogger("fedloom.server")
+
+CLIENT_NAME = re.compile(r"^client-(\d{1,9})$")
+METADATA_CLIENT = "x-fedloom-client"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How the deployment server listens and paces rounds (the run itself is the config)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0: any free port (see DeploymentServer.port)
+    certs: Path | None = None  # folder from `fedloom certs` holding ca.pem, server.pem/.key
+    insecure: bool = False  # plaintext, clients named by metadata: local experiments only
+    min_clients: int | None = None  # online clients needed to start a round (default: cohort)
+    heartbeat_s: float = 1.0
+    client_timeout_s: float = 10.0  # silence after which a client counts as disconnected
+    max_transfers: int = 16  # concurrent model downloads + update uploads
+    chunk_bytes: int = wire.CHUNK_BYTES
+    max_workers: int = 256
+    keep_versions: int = 4  # model versions kept for delta downloads
+    linger_s: float = 5.0  # after the last round, keep answering "done" this long
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_s", "client_timeout_s", "linger_s"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} = {getattr(self, name)!r} must be >= 0")
+        for name in ("max_transfers", "chunk_bytes", "max_workers", "keep_versions"):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"{name} = {getattr(self, name)!r} must be >= 1")
+        if not self.insecure and self.certs is None:
+            raise ConfigError("certs is required unless insecure is set (mTLS is the default)")
+
+
+class TransferScheduler:
+    """At most ``slots`` transfers at once; waiting ones go earliest deadline first."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: list[tuple[float, int]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self.max_waiting = 0
+
+    @contextmanager
+    def slot(self, deadline: float | None) -> Iterator[None]:
+        ticket = (float("inf") if deadline is None else deadline, next(self._order))
+        with self._cond:
+            heapq.heappush(self._waiting, ticket)
+            self.max_waiting = max(self.max_waiting, len(self._waiting))
+            while not (self._free > 0 and self._waiting[0] == ticket):
+                self._cond.wait()
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += 1
+                self._cond.notify_all()
+
+
+@dataclass
+class _Peer:
+    last_seen: float
+    progress: tuple[int, int] = (0, 0)  # (step, steps) of the current task
+
+
+@dataclass
+class _Round:
+    task_id: str
+    started: float
+    dispatches: dict[int, Dispatch]
+    needed: int
+    arrival: dict[int, float] = dataclasses.field(default_factory=dict)
+    applied: dict[int, bytes] = dataclasses.field(default_factory=dict)  # client -> sha256
+    rejected: dict[int, str] = dataclasses.field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class DeploymentServer(rpc.FedloomServicer):
+    """Serves one run (new or resumed) to client processes until it finishes."""
+
+    def __init__(self, sim: Simulation, options: ServerOptions) -> None:
+        self.sim = sim
+        self.options = options
+        self.num_clients = sim.data.train.num_clients
+        self.min_clients = options.min_clients or sim.config.server.clients_per_round
+        self._cond = threading.Condition()
+        self._peers: dict[int, _Peer] = {}
+        self._round: _Round | None = None
+        self._models: dict[int, np.ndarray] = {sim.server.version: sim.server.params.copy()}
+        self._scheduler = TransferScheduler(options.max_transfers)
+        self.refused: Counter[str] = Counter()  # refused messages by kind, whole run
+        self._done = threading.Event()
+        self._stop = threading.Event()
+        self._grpc: grpc.Server | None = None
+        self.port = 0
+        model = sim.config.model.model_dump(mode="json")
+        self._model_json = json.dumps(
+            {
+                "model": model,
+                "num_features": sim.data.num_features,
+                "num_classes": sim.data.num_classes,
+                "seed": sim.config.seed,
+            }
+        )
+
+    # lifecycle ----------------------------------------------------------------
+    def start(self) -> int:
+        """Bind and start answering clients; returns the bound port. ``run`` plays rounds."""
+        from fedloom.transport.certs import load_identity, server_credentials
+
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.options.max_workers),
+            options=wire.channel_options(),
+        )
+        rpc.add_FedloomServicer_to_server(self, server)
+        address = f"{self.options.host}:{self.options.port}"
+        if self.options.insecure:
+            log.warning("serving WITHOUT TLS on %s: clients are not authenticated", address)
+            self.port = server.add_insecure_port(address)
+        else:
+            assert self.options.certs is not None
+            creds = server_credentials(load_identity(self.options.certs, "server"))
+            self.port = server.add_secure_port(address, creds)
+        if self.port == 0:
+            raise FedloomError(f"cannot listen on {address}")
+        server.start()
+        self._grpc = server
+        return self.port
+
+    def run(self) -> None:
+        """Play rounds until the run finishes, in the calling thread (the one that built
+        the simulation: its SQLite registry belongs to it), then linger so that polling
+        clients learn the run is done."""
+        try:
+            while not self.sim.finished and not self._stop.is_set():
+                self._play_round()
+            if not self._stop.is_set():
+                self.sim.run()  # no rounds are left: writes the stop (and audit) records
+            with self._cond:
+                self._cond.notify_all()
+            self._stop.wait(self.options.linger_s)
+        finally:
+            self._done.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._grpc is not None:
+            self._grpc.stop(grace=1.0).wait()
+
+    # rounds -------------------------------------------------------------------
+    def _online(self, now: float) -> list[int]:
+        limit = now - self.options.client_timeout_s
+        return sorted(c for c, p in self._peers.items() if p.last_seen >= limit)
+
+    def _play_round(self) -> None:
+        sim, srv = self.sim, self.sim.server
+        cfg = sim.config.server
+        with self._cond:
+            while len(self._online(time.time())) < self.min_clients:
+                if self._stop.is_set():
+                    return
+                self._cond.wait(0.5)
+            now = time.time()
+            available = np.array(self._online(now), dtype=np.int64)
+            sim.registry.observe_availability(now, available)
+            stats = sim.registry.stats()
+            need = cfg.clients_per_round
+            k = sim._cohort_size(need, stats)
+            deadline = None if cfg.deadline_s is None else now + cfg.deadline_s
+            dispatches = srv.begin_round(available, stats, now, k=k, deadline=deadline)
+            sim.attempts += 1
+            rnd = _Round(
+                f"{dispatches[0].round}.{sim.attempts}" if dispatches else "",
+                now,
+                {d.client_id: d for d in dispatches},
+                need,
+            )
+            self._round = rnd
+            self._cond.notify_all()
+            failed = self._await_cohort(rnd, deadline)
+            result = srv.close_round()
+            self._round = None
+            if result.status == "aggregated":
+                self._models[srv.version] = srv.params.copy()
+                for old in sorted(self._models)[: -self.options.keep_versions]:
+                    del self._models[old]
+            self._cond.notify_all()
+        self._finish_round(rnd, result, failed, time.time())
+
+    def _await_cohort(self, rnd: _Round, deadline: float | None) -> dict[int, str]:
+        """Wait (holding the condition) until no selected client is pending; fail the
+        silent ones, the late ones and, once enough delivered, the surplus."""
+        srv = self.sim.server
+        failed: dict[int, str] = {}
+
+        def fail(cid: int, reason: str) -> None:
+            srv.fail(cid, reason)
+            failed[cid] = reason
+
+        while srv.pending and not self._stop.is_set():
+            now = time.time()
+            silent = now - self.options.client_timeout_s
+            for cid in sorted(srv.pending):
+                peer = self._peers.get(cid)
+                if peer is None or peer.last_seen < silent:
+                    fail(cid, "disconnected")
+            if len(rnd.applied) >= rnd.needed < len(rnd.dispatches):
+                for cid in sorted(srv.pending):
+                    fail(cid, "surplus")
+            if deadline is not None and now >= deadline:
+                for cid in sorted(srv.pending):
+                    fail(cid, "deadline")
+            if srv.pending:
+                self._cond.wait(0.2)
+        for cid in sorted(srv.pending):  # stopping
+            fail(cid, "server stopping")
+        return failed
+
+    def _finish_round(
+        self, rnd: _Round, result: RoundResult, failed: dict[int, str], now: float
+    ) -> None:
+        """Registry, evaluation, privacy ledger, records and checkpoint, as in simulation."""
+        sim = self.sim
+        c = result.clients
+        surplus = {cid for cid, why in failed.items() if why == "surplus"}
+        asked = np.array(sorted(set(rnd.dispatches) - surplus), dtype=np.int64)
+        sim.registry.record_round(
+            sim.attempts,
+            now,
+            asked,
+            Completion(
+                ids=c.ids,
+                duration=np.array([rnd.arrival[int(i)] - rnd.started for i in c.ids]),
+                loss=c.train_loss,
+                loss_sq=c.train_loss_sq,
+                num_examples=c.num_examples,
+                steps=c.steps,
+                contribution=c.contribution,
+            ),
+            {cid: why for cid, why in failed.items() if cid not in surplus},
+            rnd.rejected,
+        )
+        metrics: dict[str, Any] = {}
+        ev, r = sim.config.evaluation, result.round
+        if result.status != "retry" and (r % ev.every == 0 or r >= sim.config.rounds):
+            metrics = sim.evaluate()
+            sim.stopped = sim.server.observe(metrics)
+        record = _round_record(result, metrics, now - rnd.started)
+        if sim.ledger is not None and result.status == "aggregated":
+            record["epsilon"] = sim.ledger.record(r, sim.privacy.event())
+            if sim.privacy.budget_policy == "stop" and sim.ledger.would_exceed(
+                [sim.privacy.event()]
+            ):
+                sim.stopped = StopDecision(
+                    "privacy_budget", r, "one more round would exceed the privacy budget"
+                )
+        record |= {
+            "attempt": sim.attempts,
+            "dispatched": len(rnd.dispatches),
+            "dropped": dict(Counter(why for cid, why in failed.items() if cid not in surplus)),
+            "surplus": len(surplus),
+            "bytes_up": rnd.bytes_up,
+            "bytes_down": rnd.bytes_down,
+            "refused_messages": dict(self.refused),
+        }
+        sim._append(record)
+        every = sim.config.checkpoint.every
+        if result.status != "retry" and ((every and r % every == 0) or sim.finished):
+            sim._checkpoint(sim.stopped)
+        log.info(
+            "round %d %s: %d/%d updates, accuracy %s",
+            r,
+            result.status,
+            len(result.completed),
+            len(rnd.dispatches),
+            metrics.get("accuracy", "-"),
+        )
+
+    # identity and refusals ----------------------------------------------------
+    def _refuse(
+        self, context: grpc.ServicerContext, code: grpc.StatusCode, kind: str, message: str
+    ) -> NoReturn:
+        self.refused[kind] += 1
+        log.warning("refused (%s): %s", kind, message)
+        context.abort(code, message)
+        raise AssertionError("unreachable")  # context.abort raises
+
+    def _client(self, context: grpc.ServicerContext) -> int:
+        """The calling client's id, from its certificate (or metadata when insecure)."""
+        if self.options.insecure:
+            name = dict(context.invocation_metadata()).get(METADATA_CLIENT)
+        else:
+            from fedloom.transport.certs import peer_name
+
+            name = peer_name(context.auth_context())
+        match = CLIENT_NAME.match(name or "")
+        if match is None or int(match.group(1)) >= self.num_clients:
+            self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "unknown_client",
+                f"unknown client {name!r}: expected client-N with N < {self.num_clients}",
+            )
+        cid = int(match.group(1))
+        with self._cond:
+            peer = self._peers.setdefault(cid, _Peer(time.time()))
+            peer.last_seen = time.time()
+        return cid
+
+    # RPCs ---------------------------------------------------------------------
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        cid = self._client(context)
+        with self._cond:
+            self._cond.notify_all()  # a round may be waiting for clients
+        log.info("client %d joined (%s)", cid, request.device or "unknown device")
+        return pb.JoinReply(
+            client_id=cid,
+            dim=self.sim.server.dim,
+            run=self.sim.run_dir.path.name,
+            heartbeat_s=self.options.heartbeat_s,
+            chunk_bytes=self.options.chunk_bytes,
+            version=self.sim.server.version,
+            model_json=self._model_json,
+        )
+
+    def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.HeartbeatReply:
+        cid = self._client(context)
+        with self._cond:
+            rnd = self._round
+            open_ = rnd is not None and request.task_id == rnd.task_id and cid in rnd.dispatches
+            if open_:
+                self._peers[cid].progress = (int(request.step), int(request.steps))
+        return pb.HeartbeatReply(task_open=open_)
+
+    def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.Task:
+        cid = self._client(context)
+        wait = min(max(float(request.wait_s), 0.0), 30.0)
+        until = time.time() + wait
+        with self._cond:
+            while True:
+                if self._done.is_set() or (self.sim.finished and self._round is None):
+                    return pb.Task(kind=pb.Task.DONE)
+                rnd = self._round
+                srv = self.sim.server
+                if rnd is not None and cid in rnd.dispatches and cid in srv.pending:
+                    return self._task(rnd, rnd.dispatches[cid])
+                left = until - time.time()
+                if left <= 0 or self._stop.is_set() or not context.is_active():
+                    return pb.Task(kind=pb.Task.WAIT, retry_after_s=self.options.heartbeat_s)
+                self._cond.wait(min(left, 1.0))
+                self._peers[cid].last_seen = time.time()
+
+    @staticmethod
+    def _task(rnd: _Round, d: Dispatch) -> pb.Task:
+        return pb.Task(
+            kind=pb.Task.TRAIN,
+            task_id=rnd.task_id,
+            round=d.round,
+            version=d.version,
+            seed=d.seed,
+            plan_json=json.dumps(dataclasses.asdict(d.plan)),
+            deadline_unix=d.deadline or 0.0,
+            max_steps=d.max_steps or 0,
+        )
+
+    def Download(
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadChunk]:
+        cid = self._client(context)
+        with self._cond:
+            model = self._models.get(int(request.version))
+            base = self._models.get(int(request.base_version))
+            rnd = self._round
+            deadline = rnd.dispatches[cid].deadline if rnd and cid in rnd.dispatches else None
+        if model is None:
+            self._refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "stale_version",
+                f"model version {request.version} is not available "
+                f"(current {self.sim.server.version})",
+            )
+        raw = wire.to_bytes(model)
+        if base is not None and int(request.base_version) != int(request.version):
+            payload, encoding = wire.xor_delta(model, base), "xor-zlib"
+            base_version = int(request.base_version)
+        else:
+            payload, encoding, base_version = raw, "raw", -1
+        header = pb.DownloadHeader(
+            version=int(request.version),
+            base_version=base_version,
+            encoding=encoding,
+            payload_bytes=len(payload),
+            dim=model.shape[0],
+            sha256=wire.digest(raw),
+        )
+        with self._scheduler.slot(deadline):
+            for i, piece in enumerate(wire.chunks(payload, self.options.chunk_bytes)):
+                yield pb.DownloadChunk(header=header if i == 0 else None, data=piece)
+        with self._cond:
+            if self._round is rnd and rnd is not None:
+                rnd.bytes_down += len(payload)
+
+    def Upload(
+        self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
+    ) -> pb.UploadReply:
+        cid = self._client(context)
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            self._refuse(context, invalid, "malformed", "upload must start with a header")
+        h = first.header
+        dim = self.sim.server.dim
+        if h.dim != dim or h.dtype != "float32" or h.payload_bytes != 4 * dim:
+            self._refuse(
+                context,
+                invalid,
+                "wrong_shape",
+                f"update of dim {h.dim}, dtype {h.dtype!r}, {h.payload_bytes} bytes; expected "
+                f"dim {dim}, 'float32', {4 * dim} bytes",
+            )
+        with self._cond:
+            rnd = self._round
+            known = rnd is not None and h.task_id == rnd.task_id and cid in rnd.dispatches
+            deadline = rnd.dispatches[cid].deadline if known and rnd else None
+        if not known:
+            self._refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "stale_task",
+                f"task {h.task_id!r} is not open for client-{cid}",
+            )
+        parts, size = [first.data], len(first.data)
+        with self._scheduler.slot(deadline):
+            for chunk in request_iterator:
+                size += len(chunk.data)
+                if size > h.payload_bytes:
+                    self._refuse(
+                        context,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "oversized",
+                        f"upload exceeds its declared {h.payload_bytes} bytes",
+                    )
+                parts.append(chunk.data)
+        payload = b"".join(parts)
+        if len(payload) != h.payload_bytes or wire.digest(payload) != h.sha256:
+            self._refuse(
+                context, invalid, "corrupt", "upload is truncated or fails its sha256 check"
+            )
+        return self._apply(cid, h, payload, context)
+
+    def _apply(
+        self, cid: int, h: pb.UploadHeader, payload: bytes, context: grpc.ServicerContext
+    ) -> pb.UploadReply:
+        update = Update(
+            cid,
+            int(h.round),
+            int(h.version),
+            wire.from_bytes(payload, self.sim.server.dim, "update"),
+            int(h.num_examples),
+            ClientMetrics(float(h.train_loss), int(h.steps), float(h.epochs), h.train_loss_sq),
+        )
+        with self._cond:
+            rnd = self._round
+            if rnd is None or rnd.task_id != h.task_id:
+                code, kind, why = grpc.StatusCode.FAILED_PRECONDITION, "stale_task", "round closed"
+            elif cid in rnd.applied:
+                if rnd.applied[cid] == h.sha256:
+                    return pb.UploadReply(accepted=True, duplicate=True)
+                code, kind = grpc.StatusCode.ALREADY_EXISTS, "replay"
+                why = f"a different update from client-{cid} was already applied this round"
+            else:
+                try:
+                    self.sim.server.receive(update)
+                except UpdateRejected as err:
+                    rnd.rejected[cid] = err.reason
+                    code, kind = grpc.StatusCode.INVALID_ARGUMENT, _reason_kind(err.reason)
+                    why = str(err)
+                else:
+                    rnd.applied[cid] = h.sha256
+                    rnd.arrival[cid] = time.time()
+                    rnd.bytes_up += len(payload)
+                    self._cond.notify_all()
+                    return pb.UploadReply(accepted=True)
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            why = f"update for task {h.task_id!r} from client-{cid} is stale: {why}"
+        self._refuse(context, code, kind, why)
+
+
+def _reason_kind(reason: str) -> str:
+    """A short counter name for a ``SyncServer`` rejection reason."""
+    for key, kind in (("NaN", "nonfinite"), ("shape", "wrong_shape"), ("stale", "stale_version")):
+        if key in reason:
+            return kind
+    return "rejected"
+
+
+def open_simulation(config: RunConfig, resume: Path | None) -> Simulation:
+    """A new run for ``config``, or the run in ``resume`` continued from its checkpoint."""
+    if resume is not None:
+        return Simulation.resume(resume)
+    return Simulation.start(config)
