@@ -143,6 +143,8 @@ class DeploymentServer(rpc.FedloomServicer):
         self._peers: dict[int, _Peer] = {}
         self._round: _Round | None = None
         self._models: dict[int, np.ndarray] = {sim.server.version: sim.server.params.copy()}
+        self._closed: dict[int, bytes] = {}  # the last closed round's applied uploads
+        self._closed_task = ""
         self._scheduler = TransferScheduler(options.max_transfers)
         self.refused: Counter[str] = Counter()  # refused messages by kind, whole run
         self._done = threading.Event()
@@ -238,6 +240,7 @@ class DeploymentServer(rpc.FedloomServicer):
             failed = self._await_cohort(rnd, deadline)
             result = srv.close_round()
             self._round = None
+            self._closed, self._closed_task = rnd.applied, rnd.task_id
             if result.status == "aggregated":
                 self._models[srv.version] = srv.params.copy()
                 for old in sorted(self._models)[: -self.options.keep_versions]:
@@ -254,6 +257,8 @@ class DeploymentServer(rpc.FedloomServicer):
         def fail(cid: int, reason: str) -> None:
             srv.fail(cid, reason)
             failed[cid] = reason
+            if reason != "surplus":
+                log.info("client %d dropped from round %d: %s", cid, srv.round + 1, reason)
 
         while srv.pending and not self._stop.is_set():
             now = time.time()
@@ -296,7 +301,12 @@ class DeploymentServer(rpc.FedloomServicer):
                 contribution=c.contribution,
             ),
             {cid: why for cid, why in failed.items() if cid not in surplus},
-            rnd.rejected,
+            # a client may retry after a refusal: only a refusal it never made good counts
+            {
+                cid: why
+                for cid, why in rnd.rejected.items()
+                if cid not in failed and cid not in rnd.applied
+            },
         )
         metrics: dict[str, Any] = {}
         ev, r = sim.config.evaluation, result.round
@@ -483,6 +493,7 @@ class DeploymentServer(rpc.FedloomServicer):
             rnd = self._round
             known = rnd is not None and h.task_id == rnd.task_id and cid in rnd.dispatches
             deadline = rnd.dispatches[cid].deadline if known and rnd else None
+            known |= h.task_id == self._closed_task and cid in self._closed  # a late retry
         if not known:
             self._refuse(
                 context,
@@ -522,13 +533,20 @@ class DeploymentServer(rpc.FedloomServicer):
         )
         with self._cond:
             rnd = self._round
-            if rnd is None or rnd.task_id != h.task_id:
-                code, kind, why = grpc.StatusCode.FAILED_PRECONDITION, "stale_task", "round closed"
-            elif cid in rnd.applied:
-                if rnd.applied[cid] == h.sha256:
+            current = rnd is not None and rnd.task_id == h.task_id
+            # a retry may arrive after its round closed: remember the last round's uploads
+            applied: dict[int, bytes] = {}
+            if current and rnd is not None:
+                applied = rnd.applied
+            elif h.task_id == self._closed_task:
+                applied = self._closed
+            if cid in applied:
+                if applied[cid] == h.sha256:
                     return pb.UploadReply(accepted=True, duplicate=True)
                 code, kind = grpc.StatusCode.ALREADY_EXISTS, "replay"
-                why = f"a different update from client-{cid} was already applied this round"
+                why = f"a different update from client-{cid} was already applied to this task"
+            elif not current or rnd is None:
+                code, kind, why = grpc.StatusCode.FAILED_PRECONDITION, "stale_task", "round closed"
             else:
                 try:
                     self.sim.server.receive(update)

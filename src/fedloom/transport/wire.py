@@ -76,12 +76,16 @@ def apply_xor_delta(payload: bytes, base: np.ndarray) -> np.ndarray:
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
-    """gRPC options for both ends: message limits and keepalive that detects dead peers."""
+    """gRPC options for both ends: message limits, and keepalive pings every 5 s that
+    find a dead or black-holed connection within about 10 s (the server must accept
+    pings that often, or it closes the connection for "too many pings")."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", 5_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
     ]
