@@ -53,7 +53,10 @@ def test_mtls_run_matches_the_simulator(deployment: Deployment) -> None:
     rounds = rounds_of(d)
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert all(r["status"] == "aggregated" and r["completed"] == d.clients for r in rounds)
-    assert all(r["bytes_up"] == 4 * d.clients * d.final_params().size for r in rounds)
+    raw = 4 * d.clients * d.final_params().size
+    assert all(r["bytes_up"] == raw for r in rounds)
+    assert rounds[0]["bytes_down"] == raw  # nothing held yet: the whole model
+    assert all(0 < r["bytes_down"] < raw for r in rounds[1:])  # exact deltas, compressed
     assert_matches_simulator(d)
 
 

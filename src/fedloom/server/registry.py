@@ -63,6 +63,8 @@ _STATE: dict[str, tuple[type, float, bool]] = {
     "online": (np.uint32, 0, True),
     "flags": (np.int32, 0, False),
     "last_accuracy": (np.float64, math.nan, False),
+    "measured_up_kbps": (np.float64, math.nan, False),  # from real transfers (deployment)
+    "measured_down_kbps": (np.float64, math.nan, False),
 }
 
 _STATIC = ("data_size", "label_entropy", "tier", "compute_ms_per_sample", "up_kbps", "down_kbps")
@@ -548,6 +550,19 @@ class ClientRegistry:
             ) from exc
         self._state["last_accuracy"][cids] = acc
 
+    def record_bandwidth(
+        self, client_ids: np.ndarray, up_kbps: np.ndarray, down_kbps: np.ndarray
+    ) -> None:
+        """Learn clients' link speeds from measured transfers (NaN: not measured), as an
+        exponential moving average with the registry's ``duration_smoothing``."""
+        ids = self._ids("client_ids", client_ids)
+        k = self.duration_smoothing
+        for name, value in (("measured_up_kbps", up_kbps), ("measured_down_kbps", down_kbps)):
+            new = _vector(name, value, len(ids), ids=ids, allow_nan=True, minimum=0)
+            old = self._state[name][ids]
+            blended = np.where(np.isnan(old), new, (1 - k) * old + k * new)
+            self._state[name][ids] = np.where(np.isnan(new), old, blended)
+
     def snapshot(self, round: int, keep: int = 3) -> None:
         """Persist the whole working state as of ``round`` (the last recorded round) and
         drop all but the newest ``keep`` snapshots, in one transaction."""
@@ -633,6 +648,8 @@ class ClientRegistry:
             "last_round": s["last_round"].tolist(),
             "last_seen": s["last_seen"].tolist(),
             "duration": s["duration"].tolist(),
+            "measured_up_kbps": s["measured_up_kbps"].tolist(),
+            "measured_down_kbps": s["measured_down_kbps"].tolist(),
             "loss": s["loss"].tolist(),
             "last_accuracy": s["last_accuracy"].tolist(),
             "mean_contribution": contribution.tolist(),

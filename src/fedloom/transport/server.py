@@ -127,6 +127,8 @@ class _Round:
     arrival: dict[int, float] = dataclasses.field(default_factory=dict)
     applied: dict[int, bytes] = dataclasses.field(default_factory=dict)  # client -> sha256
     rejected: dict[int, str] = dataclasses.field(default_factory=dict)
+    up_kbps: dict[int, float] = dataclasses.field(default_factory=dict)  # measured transfers
+    down_kbps: dict[int, float] = dataclasses.field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -308,6 +310,12 @@ class DeploymentServer(rpc.FedloomServicer):
                 if cid not in failed and cid not in rnd.applied
             },
         )
+        measured = np.array(sorted(rnd.up_kbps.keys() | rnd.down_kbps.keys()), dtype=np.int64)
+        sim.registry.record_bandwidth(
+            measured,
+            np.array([rnd.up_kbps.get(int(c), np.nan) for c in measured]),
+            np.array([rnd.down_kbps.get(int(c), np.nan) for c in measured]),
+        )
         metrics: dict[str, Any] = {}
         ev, r = sim.config.evaluation, result.round
         if result.status != "retry" and (r % ev.every == 0 or r >= sim.config.rounds):
@@ -465,11 +473,16 @@ class DeploymentServer(rpc.FedloomServicer):
             sha256=wire.digest(raw),
         )
         with self._scheduler.slot(deadline):
+            started = time.perf_counter()
             for i, piece in enumerate(wire.chunks(payload, self.options.chunk_bytes)):
                 yield pb.DownloadChunk(header=header if i == 0 else None, data=piece)
+            # the first chunk only fills buffers: time the rest
+            first = min(len(payload), self.options.chunk_bytes)
+            kbps = _kbps(len(payload) - first, time.perf_counter() - started)
         with self._cond:
             if self._round is rnd and rnd is not None:
                 rnd.bytes_down += len(payload)
+                rnd.down_kbps[cid] = kbps
 
     def Upload(
         self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
@@ -503,6 +516,7 @@ class DeploymentServer(rpc.FedloomServicer):
             )
         parts, size = [first.data], len(first.data)
         with self._scheduler.slot(deadline):
+            started = time.perf_counter()
             for chunk in request_iterator:
                 size += len(chunk.data)
                 if size > h.payload_bytes:
@@ -513,15 +527,21 @@ class DeploymentServer(rpc.FedloomServicer):
                         f"upload exceeds its declared {h.payload_bytes} bytes",
                     )
                 parts.append(chunk.data)
+            kbps = _kbps(size - len(first.data), time.perf_counter() - started)
         payload = b"".join(parts)
         if len(payload) != h.payload_bytes or wire.digest(payload) != h.sha256:
             self._refuse(
                 context, invalid, "corrupt", "upload is truncated or fails its sha256 check"
             )
-        return self._apply(cid, h, payload, context)
+        return self._apply(cid, h, payload, context, kbps)
 
     def _apply(
-        self, cid: int, h: pb.UploadHeader, payload: bytes, context: grpc.ServicerContext
+        self,
+        cid: int,
+        h: pb.UploadHeader,
+        payload: bytes,
+        context: grpc.ServicerContext,
+        kbps: float,
     ) -> pb.UploadReply:
         update = Update(
             cid,
@@ -558,11 +578,17 @@ class DeploymentServer(rpc.FedloomServicer):
                     rnd.applied[cid] = h.sha256
                     rnd.arrival[cid] = time.time()
                     rnd.bytes_up += len(payload)
+                    rnd.up_kbps[cid] = kbps
                     self._cond.notify_all()
                     return pb.UploadReply(accepted=True)
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             why = f"update for task {h.task_id!r} from client-{cid} is stale: {why}"
         self._refuse(context, code, kind, why)
+
+
+def _kbps(nbytes: int, seconds: float) -> float:
+    """A transfer's rate in kbit/s; NaN when nothing was timed (a one-chunk payload)."""
+    return nbytes * 8 / 1000 / seconds if nbytes > 0 and seconds > 0 else float("nan")
 
 
 def _reason_kind(reason: str) -> str:

@@ -1,0 +1,101 @@
+"""Payload encoding, exact model deltas, transfer scheduling and the upload rate cap."""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedloom.transport import wire
+from fedloom.transport.client import RateLimiter, RetryPolicy
+from fedloom.transport.server import TransferScheduler
+
+
+@settings(max_examples=40, deadline=None)
+@given(dim=st.integers(1, 3000), seed=st.integers(0, 2**32 - 1), scale=st.floats(1e-6, 1.0))
+def test_xor_delta_rebuilds_the_new_model_bit_for_bit(dim: int, seed: int, scale: float) -> None:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=dim).astype(np.float32)
+    new = (base + scale * rng.normal(size=dim)).astype(np.float32)
+    new[rng.random(dim) < 0.1] = np.nan  # any bit pattern survives
+    rebuilt = wire.apply_xor_delta(wire.xor_delta(new, base), base)
+    assert rebuilt.tobytes() == new.tobytes()
+
+
+def test_a_small_change_compresses_well() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=100_000).astype(np.float32)
+    new = (base + 1e-3 * rng.normal(size=base.size)).astype(np.float32)
+    assert len(wire.xor_delta(new, base)) < 0.8 * 4 * base.size
+
+
+def test_bad_deltas_and_payloads_are_refused() -> None:
+    base = np.zeros(10, dtype=np.float32)
+    with pytest.raises(wire.WireError, match="does not decompress"):
+        wire.apply_xor_delta(b"not zlib", base)
+    with pytest.raises(wire.WireError, match="wrong size"):
+        wire.apply_xor_delta(zlib.compress(b"\0" * 44), base)  # one value too many
+    bomb = zlib.compress(b"\0" * (1 << 24))  # inflates far past the model size
+    with pytest.raises(wire.WireError, match="wrong size"):
+        wire.apply_xor_delta(bomb, base)
+    with pytest.raises(wire.WireError, match="expected 40"):
+        wire.from_bytes(b"\0" * 36, 10, "update")
+
+
+def test_chunks_cover_the_payload_in_order() -> None:
+    data = bytes(range(256)) * 41
+    pieces = list(wire.chunks(data, 1000))
+    assert b"".join(pieces) == data and max(map(len, pieces)) == 1000
+    assert list(wire.chunks(b"", 10)) == [b""]
+
+
+def test_transfer_scheduler_bounds_concurrency_and_serves_earliest_deadline_first() -> None:
+    scheduler = TransferScheduler(slots=1)
+    order: list[float] = []
+    gate = threading.Event()
+
+    def hold() -> None:
+        with scheduler.slot(None):
+            gate.wait(10)
+
+    def transfer(deadline: float) -> None:
+        with scheduler.slot(deadline):
+            order.append(deadline)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    while scheduler._free:  # the holder has the only slot
+        time.sleep(0.01)
+    waiters = [threading.Thread(target=transfer, args=(d,)) for d in (30.0, 10.0, 20.0)]
+    for w in waiters:
+        w.start()
+    while len(scheduler._waiting) < 3:
+        time.sleep(0.01)
+    gate.set()
+    for t in (holder, *waiters):
+        t.join(10)
+    assert order == [10.0, 20.0, 30.0]
+
+
+def test_rate_limiter_spaces_chunks_by_their_size() -> None:
+    limiter = RateLimiter(kbps=800)  # 100 kB/s
+    start = time.monotonic()
+    for _ in range(4):
+        limiter.take(10_000)
+    assert time.monotonic() - start >= 0.3 * 0.95  # the first chunk goes at once
+    RateLimiter(None).take(10**9)  # no cap: returns at once
+
+
+def test_backoff_grows_to_its_cap_with_full_jitter() -> None:
+    import random
+
+    policy = RetryPolicy(base_s=0.1, cap_s=1.0)
+    delays = policy.delays(random.Random(0))
+    values = [next(delays) for _ in range(50)]
+    assert all(0 <= v <= 1.0 for v in values)
+    assert max(values[:2]) <= 0.2 and max(values[10:]) > 0.5
