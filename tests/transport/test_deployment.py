@@ -61,7 +61,7 @@ def test_mtls_run_matches_the_simulator(deployment: Deployment) -> None:
 
 
 def test_a_killed_client_is_dropped_and_the_round_goes_on(tmp_path: Path) -> None:
-    d = Deployment(tmp_path, rounds=5, epochs=40)  # rounds long enough to kill one mid-way
+    d = Deployment(tmp_path, rounds=4, epochs=25)  # rounds long enough to kill one mid-way
     try:
         d.start_server("--min-clients", "4")
         clients = [d.start_client(i) for i in range(d.clients)]
@@ -71,7 +71,7 @@ def test_a_killed_client_is_dropped_and_the_round_goes_on(tmp_path: Path) -> Non
     finally:
         d.close()
     rounds = rounds_of(d)
-    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert all(r["status"] == "aggregated" for r in rounds)
     # every dispatched client either delivered or was dropped, never silently lost
     assert all(r["completed"] + sum(r["dropped"].values()) == r["dispatched"] for r in rounds)

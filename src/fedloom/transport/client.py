@@ -13,6 +13,7 @@ References: Brooker, "Exponential Backoff And Jitter", AWS Architecture Blog, 20
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -199,6 +200,7 @@ class DeploymentClient:
                 self._work(task)
         finally:
             self._stop.set()
+            beat.join()  # no heartbeat may start on a closed channel
             self.channel.close()
 
     def _setup(self, reply: pb.JoinReply) -> None:
@@ -256,25 +258,38 @@ class DeploymentClient:
             metadata=self._metadata,
             timeout=self.retry.call_timeout_s,
         )
-        header, parts, size = None, [], 0
+        header, buffer, size = None, np.empty(0, np.uint8), 0
+        hasher = hashlib.sha256()
         for chunk in stream:
+            data = chunk.data  # each read of a bytes field copies it
             if header is None:
                 header = chunk.header
-            size += len(chunk.data)
-            if size > header.payload_bytes:
+                if header.payload_bytes > 4 * self.dim + (1 << 20):  # zlib's worst case
+                    raise wire.WireError(f"model download declares {header.payload_bytes} bytes")
+                buffer = np.empty(header.payload_bytes, np.uint8)  # no zero-filling
+            if size + len(data) > header.payload_bytes:
                 raise wire.WireError("model download exceeds its declared size")
-            parts.append(chunk.data)
-        if header is None:
-            raise wire.WireError("empty model download")
-        payload = b"".join(parts)
+            buffer[size : size + len(data)] = np.frombuffer(data, np.uint8)
+            size += len(data)
+            if header.encoding == "raw":  # hash while the next chunk arrives
+                hasher.update(data)
+        if header is None or size != header.payload_bytes:
+            raise wire.WireError(f"model download of version {version} is truncated")
         if header.encoding == "xor-zlib":
-            assert self.held is not None and header.base_version == self.held[0]
-            params = wire.apply_xor_delta(payload, self.held[1])
+            if self.held is None or header.base_version != self.held[0]:
+                raise wire.WireError(
+                    f"model delta against version {header.base_version}, "
+                    f"but this client holds {base}"
+                )
+            params = wire.apply_xor_delta(buffer.data, self.held[1])
+            hasher.update(params.tobytes())
+        elif header.encoding == "raw":
+            params = wire.from_buffer(buffer, self.dim, "model")  # a view: no copy
         else:
-            params = wire.from_bytes(payload, self.dim, "model")
-        if wire.digest(wire.to_bytes(params)) != header.sha256:
+            raise wire.WireError(f"unknown model encoding {header.encoding!r}")
+        if hasher.digest() != header.sha256:
             raise wire.WireError(f"model version {version} fails its sha256 check")
-        self.stats.bytes_down += len(payload)
+        self.stats.bytes_down += size
         self.held = (version, params)
         return params
 

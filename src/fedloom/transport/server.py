@@ -70,7 +70,7 @@ class ServerOptions:
     chunk_bytes: int = wire.CHUNK_BYTES
     max_workers: int = 256
     keep_versions: int = 4  # model versions kept for delta downloads
-    linger_s: float = 5.0  # after the last round, keep answering "done" this long
+    linger_s: float = 2.0  # after the last round, keep answering "done" this long
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_s", "client_timeout_s", "linger_s"):
@@ -145,6 +145,8 @@ class DeploymentServer(rpc.FedloomServicer):
         self._peers: dict[int, _Peer] = {}
         self._round: _Round | None = None
         self._models: dict[int, np.ndarray] = {sim.server.version: sim.server.params.copy()}
+        self._downloads: dict[tuple[int, int], tuple[list[pb.DownloadChunk], int]] = {}
+        self._prepare_lock = threading.Lock()
         self._closed: dict[int, bytes] = {}  # the last closed round's applied uploads
         self._closed_task = ""
         self._scheduler = TransferScheduler(options.max_transfers)
@@ -445,44 +447,62 @@ class DeploymentServer(rpc.FedloomServicer):
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.DownloadChunk]:
         cid = self._client(context)
+        version, base = int(request.version), int(request.base_version)
         with self._cond:
-            model = self._models.get(int(request.version))
-            base = self._models.get(int(request.base_version))
+            known = version in self._models
             rnd = self._round
             deadline = rnd.dispatches[cid].deadline if rnd and cid in rnd.dispatches else None
-        if model is None:
+        if not known:
             self._refuse(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "stale_version",
-                f"model version {request.version} is not available "
-                f"(current {self.sim.server.version})",
+                f"model version {version} is not available (current {self.sim.server.version})",
             )
-        raw = wire.to_bytes(model)
-        if base is not None and int(request.base_version) != int(request.version):
-            payload, encoding = wire.xor_delta(model, base), "xor-zlib"
-            base_version = int(request.base_version)
-        else:
-            payload, encoding, base_version = raw, "raw", -1
-        header = pb.DownloadHeader(
-            version=int(request.version),
-            base_version=base_version,
-            encoding=encoding,
-            payload_bytes=len(payload),
-            dim=model.shape[0],
-            sha256=wire.digest(raw),
-        )
+        messages, payload_bytes = self._prepared(version, base)
         with self._scheduler.slot(deadline):
             started = time.perf_counter()
-            for i, piece in enumerate(wire.chunks(payload, self.options.chunk_bytes)):
-                yield pb.DownloadChunk(header=header if i == 0 else None, data=piece)
+            yield from messages
             # the first chunk only fills buffers: time the rest
-            first = min(len(payload), self.options.chunk_bytes)
-            kbps = _kbps(len(payload) - first, time.perf_counter() - started)
+            first = min(payload_bytes, self.options.chunk_bytes)
+            kbps = _kbps(payload_bytes - first, time.perf_counter() - started)
         with self._cond:
             if self._round is rnd and rnd is not None:
-                rnd.bytes_down += len(payload)
+                rnd.bytes_down += payload_bytes
                 rnd.down_kbps[cid] = kbps
+
+    def _prepared(self, version: int, base: int) -> tuple[list[pb.DownloadChunk], int]:
+        """The chunk messages of model ``version`` (an XOR delta against ``base`` when the
+        server still holds it), built once and shared by every client that asks: encoding,
+        hashing and compressing per request would cost more than sending."""
+        with self._prepare_lock:
+            with self._cond:
+                model = self._models.get(version)
+                old = self._models.get(base) if base != version else None
+                if model is None:
+                    raise FedloomError(f"model version {version} is no longer held")
+                for key in [k for k in self._downloads if k[0] not in self._models]:
+                    del self._downloads[key]
+            key = (version, base if old is not None else -1)
+            if key not in self._downloads:
+                raw = wire.to_bytes(model)
+                payload = raw if old is None else wire.xor_delta(model, old)
+                header = pb.DownloadHeader(
+                    version=version,
+                    base_version=key[1],
+                    encoding="raw" if old is None else "xor-zlib",
+                    payload_bytes=len(payload),
+                    dim=model.shape[0],
+                    sha256=wire.digest(raw),
+                )
+                self._downloads[key] = (
+                    [
+                        pb.DownloadChunk(header=header if i == 0 else None, data=piece)
+                        for i, piece in enumerate(wire.chunks(payload, self.options.chunk_bytes))
+                    ],
+                    len(payload),
+                )
+            return self._downloads[key]
 
     def Upload(
         self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext

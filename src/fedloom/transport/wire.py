@@ -41,6 +41,13 @@ def from_bytes(data: bytes, dim: int, what: str) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
+def from_buffer(data: np.ndarray, dim: int, what: str) -> np.ndarray:
+    """Like ``from_bytes`` but a float32 view of a uint8 buffer the caller hands over."""
+    if data.nbytes != 4 * dim:
+        raise WireError(f"{what} has {data.nbytes} bytes, expected {4 * dim} ({dim} float32)")
+    return data.view("<f4")
+
+
 def digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
@@ -61,7 +68,7 @@ def xor_delta(new: np.ndarray, base: np.ndarray) -> bytes:
     return zlib.compress(bits.tobytes(), level=1)
 
 
-def apply_xor_delta(payload: bytes, base: np.ndarray) -> np.ndarray:
+def apply_xor_delta(payload: bytes | memoryview, base: np.ndarray) -> np.ndarray:
     """The vector ``xor_delta(new, base)`` was made from; refuses oversized output."""
     expected = 4 * base.shape[0]
     inflater = zlib.decompressobj()
