@@ -72,6 +72,36 @@ def test_round_trip_of_tables_in_lists(tmp_path):
         ("[client]\ndp_sgd_noise_multiplier = 1.0\n", ["dp_sgd_clip_norm"]),
         ("[stopping]\ntarget = 1.5\n", ["stopping.target", "1.5"]),
         ('[partition]\nmethod = "natural"\n', ["natural", "group_column"]),
+        ("[secagg]\nbits = 8\n", ["secagg.bits", "8"]),
+        ("[secagg]\nthreshold = 0\n", ["secagg.threshold", "0"]),
+        ("[secagg]\nthreshold = 1.5\n", ["secagg.threshold", "1.5"]),
+        ("[secagg]\nneighbours = 0\n", ["secagg.neighbours", "0"]),
+        ('[secagg]\nneighbours = "some"\n', ["secagg.neighbours", "'some'"]),
+        ("[secagg]\nclip = -1.0\n", ["secagg.clip", "-1.0"]),
+        ('[secagg]\nrounding = "up"\n', ["secagg.rounding", "'up'"]),
+        ("[secagg]\nenable = true\n", ["secagg.enable", "unknown setting"]),
+        (
+            '[privacy]\nmode = "distributed"\nnoise_multiplier = 1.0\naccountant = "rdp"\n',
+            ["privacy.mode = 'distributed' needs secagg.enabled = true"],
+        ),
+        (
+            '[privacy]\nmode = "distributed"\nnoise_multiplier = 1.0\n',
+            ["privacy.accountant = 'rdp'"],
+        ),
+        (
+            '[privacy]\nmode = "distributed"\naccountant = "rdp"\n',
+            ["privacy.mode = 'distributed' needs exactly one of"],
+        ),
+        (
+            '[privacy]\nmode = "distributed"\nnoise_multiplier = 1.0\naccountant = "rdp"\n'
+            "adaptive_clipping = true\n",
+            ["privacy.adaptive_clipping = false"],
+        ),
+        (
+            '[privacy]\nmode = "distributed"\nnoise_multiplier = 1.0\naccountant = "rdp"\n'
+            "[secagg]\nenabled = true\nbits = 64\n",
+            ["secagg.bits = 16 or 32"],
+        ),
     ],
 )
 def test_bad_config_names_field_and_value(tmp_path, text, needles):
@@ -119,3 +149,41 @@ def test_input_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, ['data.source="file"', 'data.path="mine.csv"'])
     assert cfg.data.path == (tmp_path / "mine.csv").resolve()
+
+
+def test_secagg_settings_round_trip(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            "secagg.enabled=true",
+            'secagg.neighbours="all"',
+            "secagg.bits=16",
+            'secagg.rounding="stochastic"',
+            'privacy.mode="distributed"',
+            "privacy.target_epsilon=4",
+            'privacy.accountant="rdp"',
+        ],
+    )
+    assert cfg.secagg.neighbours == "all" and cfg.secagg.bits == 16
+    assert load_config(write(tmp_path, to_toml(cfg))) == cfg
+    assert load_config(None, ["secagg.neighbours=8"]).secagg.neighbours == 8
+    assert load_config().secagg.enabled is False
+
+
+def test_distributed_dp_too_fine_for_its_ring_is_refused_before_training(tmp_path):
+    from fedloom.sim import Simulation
+
+    cfg = load_config(
+        None,
+        [
+            f'output_dir="{tmp_path}"',
+            "secagg.enabled=true",
+            "secagg.bits=16",
+            'privacy.mode="distributed"',
+            "privacy.noise_multiplier=0.00001",
+            'privacy.accountant="rdp"',
+        ],
+    )
+    with pytest.raises(ConfigError, match="secagg.bits = 16 .* below the 1/2"):
+        Simulation.start(cfg)
+    assert not any(tmp_path.iterdir())

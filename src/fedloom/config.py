@@ -181,9 +181,11 @@ class SelectionConfig(_Section):
 
 
 class PrivacyConfig(_Section):
-    """User-level differential privacy (see fedloom.privacy)."""
+    """User-level differential privacy (see fedloom.privacy; distributed: fedloom.secagg)."""
 
-    mode: Literal["off", "central", "local"] = "off"
+    mode: Literal["off", "central", "local", "distributed"] = Field(
+        "off", description="distributed: clients add discrete Gaussian shares under secagg"
+    )
     local_epsilon: float | None = Field(
         None, gt=0, description="local mode: each upload is (local_epsilon, delta)-LDP"
     )
@@ -228,19 +230,49 @@ class PrivacyConfig(_Section):
                     "privacy.local_mechanism = 'laplace' needs privacy.accountant = 'pld' "
                     "(RDP has no bound for subsampled Laplace)"
                 )
-        if self.mode == "central":
+        if self.mode in ("central", "distributed"):
             if (self.noise_multiplier is None) == (self.target_epsilon is None):
                 raise ValueError(
-                    "privacy.mode = 'central' needs exactly one of privacy.noise_multiplier "
+                    f"privacy.mode = {self.mode!r} needs exactly one of privacy.noise_multiplier "
                     "and privacy.target_epsilon"
                 )
             if self.noise_multiplier == 0:
                 raise ValueError("privacy.noise_multiplier = 0 gives no privacy; use mode = 'off'")
+        if self.mode == "distributed":
+            if self.accountant != "rdp":
+                raise ValueError(
+                    "privacy.mode = 'distributed' needs privacy.accountant = 'rdp' (the sum of "
+                    "discrete Gaussians is accounted in Renyi DP)"
+                )
+            if self.sampling != "poisson" or self.adaptive_clipping:
+                raise ValueError(
+                    "privacy.mode = 'distributed' needs privacy.sampling = 'poisson' and a "
+                    "fixed clip norm (privacy.adaptive_clipping = false)"
+                )
         if self.audit_canaries and (self.mode != "central" or self.adaptive_clipping):
             raise ValueError(
                 "privacy.audit_canaries needs privacy.mode = 'central' with a fixed clip norm"
             )
         return self
+
+
+class SecAggConfig(_Section):
+    """Secure aggregation of every round's updates: SecAgg+ (see fedloom.secagg)."""
+
+    enabled: bool = False
+    neighbours: Annotated[int, Field(ge=1)] | Literal["all"] | None = Field(
+        None, description="SecAgg+ degree; none: 4 ceil(log2 n); 'all': complete graph (SecAgg)"
+    )
+    threshold: float = Field(
+        0.5, gt=0, le=1, description="more than this share of a client's share holders survive"
+    )
+    clip: float | None = Field(
+        None, gt=0, description="per-coordinate range of the encoded update (none: see README)"
+    )
+    bits: Literal[16, 32, 64] = Field(32, description="ring Z_(2^bits) of the masked sums")
+    rounding: Literal["nearest", "stochastic"] = Field(
+        "nearest", description="fixed-point rounding; stochastic is unbiased"
+    )
 
 
 class RegistryConfig(_Section):
@@ -343,6 +375,7 @@ class RunConfig(_Section):
     selection: SelectionConfig = SelectionConfig()
     registry: RegistryConfig = RegistryConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    secagg: SecAggConfig = SecAggConfig()
     devices: DevicesConfig = DevicesConfig()
     network: NetworkConfig = NetworkConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -360,11 +393,23 @@ class RunConfig(_Section):
                 "partition.method = 'natural' needs per-sample client ids: "
                 "data.source = 'synthetic', or a file with data.group_column"
             )
+        if self.privacy.mode == "distributed":
+            if not self.secagg.enabled:
+                raise ValueError(
+                    "privacy.mode = 'distributed' needs secagg.enabled = true: the clients' "
+                    "noise shares only protect them inside a secure sum"
+                )
+            if self.secagg.bits == 64:
+                raise ValueError(
+                    "privacy.mode = 'distributed' needs secagg.bits = 16 or 32 (a 64-bit grid "
+                    "is finer than float64 can represent)"
+                )
         if self.privacy.mode != "off":
             if self.selection.strategy != "uniform":
                 raise ValueError(
-                    "privacy.mode = 'central' or 'local' needs selection.strategy = 'uniform': the "
-                    f"accountant assumes uniform client sampling, not {self.selection.strategy!r}"
+                    f"privacy.mode = {self.privacy.mode!r} needs selection.strategy = 'uniform': "
+                    "the accountant assumes uniform client sampling, not "
+                    f"{self.selection.strategy!r}"
                 )
             if self.server.over_selection != 1.0:
                 raise ValueError(

@@ -69,7 +69,7 @@ def test_decrypt_detects_tampering_wrong_key_and_wrong_associated_data() -> None
         encrypt(bytes(16), b"m", b"")
 
 
-@pytest.mark.parametrize(("bits", "dtype"), [(32, np.uint32), (64, np.uint64)])
+@pytest.mark.parametrize(("bits", "dtype"), [(16, np.uint16), (32, np.uint32), (64, np.uint64)])
 def test_prg_is_deterministic_with_length_and_dtype(bits: int, dtype: type) -> None:
     seed = os.urandom(32)
     words = prg(seed, 1000, bits)
@@ -96,7 +96,7 @@ def test_prg_is_roughly_uniform() -> None:
 def test_prg_errors() -> None:
     with pytest.raises(SecAggError, match="seed must be 32 bytes"):
         prg(bytes(16), 4)
-    with pytest.raises(SecAggError, match="bits must be 32 or 64"):
-        prg(bytes(32), 4, 16)
+    with pytest.raises(SecAggError, match="bits must be 16, 32 or 64"):
+        prg(bytes(32), 4, 8)
     with pytest.raises(SecAggError, match="non-negative int"):
         prg(bytes(32), -1)

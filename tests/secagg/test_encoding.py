@@ -10,16 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedloom.secagg import FixedPoint, SecAggError, prg
+from fedloom.secagg import FixedPoint, SecAggError, prg, simulate_encoded
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_decoded_sum_is_within_the_documented_bound(data: st.DataObject) -> None:
-    bits = data.draw(st.sampled_from([32, 64]), label="bits")
+    bits = data.draw(st.sampled_from([16, 32, 64]), label="bits")
     clip = data.draw(st.floats(min_value=1e-3, max_value=1e3), label="clip")
     num_clients = data.draw(st.integers(min_value=1, max_value=200), label="num_clients")
-    fp = FixedPoint(clip, num_clients, bits)
+    rounding = data.draw(st.sampled_from(["nearest", "stochastic"]), label="rounding")
+    fp = FixedPoint(clip, num_clients, bits, rounding)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
     count = data.draw(st.integers(min_value=0, max_value=min(num_clients, 20)), label="count")
     value = st.one_of(
         st.sampled_from([clip, -clip, 0.0, 2 * clip, -1e9]),
@@ -28,7 +30,7 @@ def test_decoded_sum_is_within_the_documented_bound(data: st.DataObject) -> None
     inputs = np.array(
         [data.draw(st.lists(value, min_size=3, max_size=3)) for _ in range(count)]
     ).reshape(count, 3)
-    encoded = [fp.encode(row) for row in inputs]
+    encoded = [fp.encode(row, rng) for row in inputs]
     assert all(e.dtype == fp.dtype for e in encoded)
     total = np.zeros(3, dtype=fp.dtype)
     for e in encoded:
@@ -42,12 +44,15 @@ def test_decoded_sum_is_within_the_documented_bound(data: st.DataObject) -> None
 
 
 def test_scale_is_the_largest_power_of_two_with_headroom() -> None:
-    for clip, num_clients, bits in [(1.0, 10, 32), (1.0, 1, 64), (0.3, 1000, 32), (7.5, 3, 64)]:
+    cases = [(1.0, 10, 32), (1.0, 1, 64), (0.3, 1000, 32), (7.5, 3, 64), (0.1, 10, 16)]
+    for clip, num_clients, bits in cases:
         fp = FixedPoint(clip, num_clients, bits)
         assert math.log2(fp.scale).is_integer()
-        assert clip * num_clients * fp.scale <= 2 ** (bits - 1) - 1
-        assert clip * num_clients * fp.scale * 2 > 2 ** (bits - 1) - 1
+        room = 2 ** (bits - 1) - 1 - num_clients  # each value may round up by one step
+        assert clip * num_clients * fp.scale <= room
+        assert clip * num_clients * fp.scale * 2 > room
         assert fp.error_bound == 0.5 / fp.scale
+        assert FixedPoint(clip, num_clients, bits, "stochastic").error_bound == 1 / fp.scale
 
 
 def test_extremes_and_negatives_wrap_into_the_modulus() -> None:
@@ -62,7 +67,7 @@ def test_extremes_and_negatives_wrap_into_the_modulus() -> None:
     assert full.encode(np.ones((2, 3))).shape == (2, 3)
 
 
-@pytest.mark.parametrize("bits", [32, 64])
+@pytest.mark.parametrize("bits", [16, 32, 64])
 def test_masks_cancel_exactly(bits: int) -> None:
     fp = FixedPoint(2.0, 3, bits)
     rng = np.random.default_rng(0)  # data only; masks come from the AES-CTR PRG
@@ -96,7 +101,9 @@ def test_masks_cancel_exactly(bits: int) -> None:
         ({"clip": "1", "num_clients": 2}, "clip must be a number"),
         ({"clip": 1.0, "num_clients": 0}, "num_clients must be an int >= 1"),
         ({"clip": 1.0, "num_clients": 2.0}, "num_clients must be an int >= 1"),
-        ({"clip": 1.0, "num_clients": 2, "bits": 16}, "bits must be 32 or 64"),
+        ({"clip": 1.0, "num_clients": 2, "bits": 8}, "bits must be 16, 32 or 64"),
+        ({"clip": 1.0, "num_clients": 2, "rounding": "up"}, "rounding must be"),
+        ({"clip": 1.0, "num_clients": 40_000, "bits": 16}, "no room"),
         ({"clip": 5e-324, "num_clients": 1, "bits": 64}, "too small"),
     ],
 )
@@ -118,3 +125,44 @@ def test_encode_and_decode_errors() -> None:
         fp.decode_sum(total, -1)
     with pytest.raises(SecAggError, match="unsigned integer"):
         fp.decode_sum(total.astype(np.int64), 1)
+
+
+def test_extreme_sums_never_wrap_even_when_every_value_rounds_up() -> None:
+    for rounding in ("nearest", "stochastic"):
+        fp = FixedPoint(0.1, 10, 16, rounding)  # 0.1 * scale is not an integer
+        rng = np.random.default_rng(0)
+        for sign in (1.0, -1.0):
+            rows = np.full((10, 50), sign * 0.1)
+            total = np.stack([fp.encode(r, rng) for r in rows]).sum(axis=0, dtype=fp.dtype)
+            decoded = fp.decode_sum(total, 10)
+            assert np.all(np.abs(decoded - sign * 1.0) <= 10 * fp.error_bound)
+
+
+def test_stochastic_rounding_is_unbiased_where_nearest_is_not() -> None:
+    value = 0.3 / FixedPoint(1.0, 4, 16).scale  # 0.3 of one grid step
+    nearest = FixedPoint(1.0, 4, 16)
+    stochastic = FixedPoint(1.0, 4, 16, "stochastic")
+    x = np.full(100_000, value)
+    assert nearest.decode_sum(nearest.encode(x), 1).mean() == 0.0  # always rounds down
+    mean = stochastic.decode_sum(stochastic.encode(x, np.random.default_rng(1)), 1).mean()
+    step = 1 / stochastic.scale  # one draw is 0 or one step: stddev <= step / 2
+    assert abs(mean - value) <= 5 * (step / 2) / np.sqrt(x.size)
+    with pytest.raises(SecAggError, match="needs a numpy Generator"):
+        stochastic.encode(x)
+
+
+def test_a_16_bit_round_halves_the_upload_and_sums_exactly() -> None:
+    rng = np.random.default_rng(2)
+    vectors = rng.uniform(-1, 1, size=(6, 500))
+    sums = {}
+    for bits in (16, 32):
+        fp = FixedPoint(1.0, 6, bits, "stochastic")
+        encoded = np.stack([fp.encode(v, rng) for v in vectors])
+        total, report = simulate_encoded(encoded, fp, 3, None, {"masked_input": [4]}, seed=0)
+        np.testing.assert_array_equal(total, encoded[report.included].sum(axis=0, dtype=fp.dtype))
+        decoded = fp.decode_sum(total, len(report.included))
+        exact = vectors[report.included].sum(axis=0)
+        assert np.all(np.abs(decoded - exact) <= len(report.included) * fp.error_bound)
+        sums[bits] = report.upload_bytes_per_client
+    # everything but the masked input (sent by 5 of the 6 clients) is the same size
+    assert sums[32] - sums[16] == pytest.approx(2 * 500 * 5 / 6)

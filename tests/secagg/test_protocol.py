@@ -59,7 +59,8 @@ def test_sum_is_exact_under_dropouts_at_every_stage(data: st.DataObject) -> None
     dropouts = {stage: dropped[bounds[s] : bounds[s + 1]] for s, stage in enumerate(STAGES)}
 
     vectors = rng.normal(size=(n, d))
-    fixed_point = FixedPoint(4.0, n)
+    bits = data.draw(st.sampled_from([16, 32, 64]), label="bits")
+    fixed_point = FixedPoint(4.0, n, bits)
     encoded = np.stack([fixed_point.encode(row) for row in vectors])
     oracle = SecAggServer(n, t, k, d, fixed_point, seed)
     ok, included = _expect_success(oracle, n, t, dropouts)
@@ -71,7 +72,7 @@ def test_sum_is_exact_under_dropouts_at_every_stage(data: st.DataObject) -> None
         return
     total, report = simulate_encoded(encoded, fixed_point, t, k, dropouts, seed)
     assert report.included == included
-    expected = encoded[included].sum(axis=0, dtype=np.uint32)  # wraps mod 2^32
+    expected = encoded[included].sum(axis=0, dtype=fixed_point.dtype)  # wraps mod 2^bits
     np.testing.assert_array_equal(total, expected)
     decoded = fixed_point.decode_sum(total, len(included))
     clipped = np.clip(vectors[included], -4.0, 4.0).sum(axis=0)

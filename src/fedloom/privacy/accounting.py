@@ -12,6 +12,12 @@ them (adaptive clipping's noisy count). This module turns those releases into
 - ``"rdp"``: Renyi DP (Mironov) with dp-accounting's default orders, looser but fast; its
   per-mechanism Renyi curves are cached, so re-accounting a long ledger costs milliseconds.
 
+The distributed discrete Gaussian (each client adds a discrete Gaussian share inside secure
+aggregation; ``fedloom.secagg.distributed_dp``) has no dp-accounting event: its Renyi curve
+is computed here from Kairouz, Liu & Steinke's bound for sums of discrete Gaussians and, with
+Poisson sampling, amplified by Zhu & Wang's general bound (see
+:func:`distributed_discrete_gaussian_rdp`), so it is accounted with ``"rdp"`` only.
+
 Noise multipliers are always ``noise std / L2 sensitivity`` where the sensitivity is that of
 adding or removing one participant (for a sum of updates clipped to C, the sensitivity is C,
 so ``noise_multiplier = sigma / C``). Sampling decides the neighbouring relation:
@@ -27,7 +33,10 @@ so ``noise_multiplier = sigma / C``). Sampling decides the neighbouring relation
 References: Mironov, "Renyi Differential Privacy", CSF 2017; Mironov, Talwar & Zhang, "Renyi
 Differential Privacy of the Sampled Gaussian Mechanism", 2019; Wang, Balle & Kasiviswanathan,
 "Subsampled Renyi Differential Privacy and Analytical Moments Accountant", AISTATS 2019;
-Koskela, Jalko & Honkela, "Computing Tight Differential Privacy Guarantees Using FFT",
+Kairouz, Liu & Steinke, "The Distributed Discrete Gaussian Mechanism for Federated Learning
+with Secure Aggregation", ICML 2021; Zhu & Wang, "Poisson Subsampled Renyi Differential
+Privacy", ICML 2019; Koskela, Jalko & Honkela, "Computing Tight Differential Privacy
+Guarantees Using FFT",
 AISTATS 2020; Doroshenko, Ghazi, Kamath, Kumar & Manurangsi, "Connect the Dots: Tighter
 Discrete Approximations of Privacy Loss Distributions", PETS 2022; Balle & Wang, "Improving
 the Gaussian Mechanism for Differential Privacy", ICML 2018.
@@ -43,15 +52,16 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, get_args
 
+import numpy as np
+
 from fedloom.errors import ConfigError
 
 if TYPE_CHECKING:
-    import numpy as np
     from dp_accounting import DpEvent, PrivacyAccountant
 
 Accountant = Literal["rdp", "pld"]
 Sampling = Literal["poisson", "fixed"]
-MechanismKind = Literal["gaussian", "laplace"]
+MechanismKind = Literal["gaussian", "laplace", "distributed_dg"]
 
 MAX_NOISE_MULTIPLIER = 1e4
 """The largest noise multiplier :func:`noise_multiplier_for` searches up to."""
@@ -93,6 +103,10 @@ class MechanismEvent:
     ``kind="gaussian"``: Gaussian noise, ``noise_multiplier = sigma / L2 sensitivity``.
     ``kind="laplace"``: Laplace noise, ``noise_multiplier = scale / L1 sensitivity``, so a
     single unsampled release is pure ``1 / noise_multiplier``-DP.
+    ``kind="distributed_dg"``: a sum of ``n`` discrete Gaussian shares over a ``dim``-long
+    integer vector, ``noise_multiplier = sqrt(n) * sigma / L2 sensitivity`` (all in the
+    integer grid's units) and ``tau`` the inflation of summing discrete Gaussians
+    (:func:`discrete_gaussian_sum_tau`); Poisson sampling and the ``"rdp"`` accountant only.
     ``sampling_rate`` is the probability (Poisson) or fraction (fixed) of the population that
     takes part; 1.0 means no sampling. ``population`` is required with ``sampling="fixed"``
     (then ``sampling_rate * population`` must be a whole cohort size) and informational with
@@ -110,9 +124,27 @@ class MechanismEvent:
     count: int = 1
     sampling: Sampling = "poisson"
     population: int | None = None
+    tau: float = 0.0
+    dim: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, get_args(MechanismKind))
+        if self.kind == "distributed_dg":
+            if not 0 <= self.tau < math.inf:
+                raise ConfigError(f"tau = {self.tau!r}: must be finite and >= 0")
+            if (
+                isinstance(self.dim, bool)
+                or not isinstance(self.dim, numbers.Integral)
+                or (self.dim < 1)
+            ):
+                raise ConfigError(f"dim = {self.dim!r}: a distributed_dg release needs dim >= 1")
+            if self.sampling != "poisson":
+                raise ConfigError(
+                    "sampling = 'fixed': the distributed discrete Gaussian is accounted for "
+                    "Poisson sampling only"
+                )
+            object.__setattr__(self, "tau", float(self.tau))
+            object.__setattr__(self, "dim", int(self.dim))
         if not self.noise_multiplier >= 0:
             raise ConfigError(f"noise_multiplier = {self.noise_multiplier!r}: must be >= 0")
         if not 0 < self.sampling_rate <= 1:
@@ -169,6 +201,8 @@ class MechanismEvent:
 
         if self.count == 0 or self.noise_multiplier == math.inf:
             return dp_accounting.NoOpDpEvent()
+        if self.kind == "distributed_dg":
+            raise ConfigError(_DDG_NEEDS_RDP)
         if self.noise_multiplier == 0:
             return dp_accounting.NonPrivateDpEvent()
         z = self.accounted_noise_multiplier
@@ -234,14 +268,102 @@ def _compose_checked(acc: PrivacyAccountant, name: Accountant, event: MechanismE
     acc.compose(dp_event)
 
 
+_DDG_NEEDS_RDP = (
+    "accountant = 'pld' cannot account the distributed discrete Gaussian (dp-accounting has "
+    "no event for a sum of discrete Gaussians); use accountant = 'rdp'"
+)
+
+
 @lru_cache(maxsize=1024)
 def _rdp_curve(event: MechanismEvent) -> np.ndarray:
     """The Renyi DP of one ``event`` at dp-accounting's default orders (cached, read-only)."""
-    acc = _new_accountant("rdp", event.sampling)
-    _compose_checked(acc, "rdp", event)
-    curve = acc.rdp
+    if event.kind == "distributed_dg":
+        from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
+
+        curve = distributed_discrete_gaussian_rdp(
+            DEFAULT_RDP_ORDERS, event.noise_multiplier, event.tau, event.dim, event.sampling_rate
+        )
+    else:
+        acc = _new_accountant("rdp", event.sampling)
+        _compose_checked(acc, "rdp", event)
+        curve = acc.rdp
     curve.flags.writeable = False
     return curve
+
+
+def discrete_gaussian_sum_tau(sigma: float, shares: int) -> float:
+    """``tau = 10 * sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k / (k + 1))`` for ``n`` shares.
+
+    How far a sum of ``n`` independent discrete Gaussians of variance ``sigma^2`` (integer
+    grid units) is from one discrete Gaussian of variance ``n sigma^2``, in the terms of
+    Kairouz et al.'s privacy bound; negligible once ``sigma`` is a few grid steps (it
+    needs ``sigma >= 1/2``). One share is exactly a discrete Gaussian: ``tau = 0``.
+
+    References: Kairouz, Liu & Steinke, ICML 2021, Theorem 1.
+    """
+    _check_finite_positive("sigma", sigma)
+    if sigma < 0.5:
+        raise ConfigError(
+            f"sigma = {sigma!r}: the bound for sums of discrete Gaussians needs sigma >= 0.5"
+        )
+    _check_count("shares", shares)
+    k = np.arange(1, max(int(shares), 1), dtype=np.float64)
+    return float(10.0 * np.exp(-2.0 * math.pi**2 * sigma**2 * k / (k + 1)).sum())
+
+
+def distributed_discrete_gaussian_rdp(
+    orders: Sequence[float],
+    noise_multiplier: float,
+    tau: float,
+    dim: int,
+    sampling_rate: float = 1.0,
+) -> np.ndarray:
+    """Renyi DP at ``orders`` of one release of a sum of discrete Gaussian shares.
+
+    Unsampled, with ``z = noise_multiplier`` (``sqrt(n) sigma / Delta_2``) and ``d = dim``:
+    ``eps(a) = min(a / (2 z^2) + tau d, (a / 2) (1 / z + tau sqrt(d))^2)``, the first and
+    third of Kairouz et al.'s bounds (the second needs the L1 sensitivity; leaving it out
+    only loosens the minimum). With ``tau = 0`` both equal the Gaussian's ``a / (2 z^2)``.
+
+    Poisson-sampled at ``q < 1``, at an integer order ``a`` Zhu & Wang's general bound:
+    ``eps'(a) <= log((1-q)^(a-1) (1 + (a-1) q) + C(a,2) q^2 (1-q)^(a-2) e^eps(2)
+    + 3 sum_{l=3}^{a} C(a,l) q^l (1-q)^(a-l) e^((l-1) eps(l))) / (a - 1)``; a fractional
+    order uses the bound at the next integer (Renyi divergence grows with the order), and
+    the unsampled value caps the result.
+
+    References: Kairouz, Liu & Steinke, ICML 2021, Proposition 14 (eq. 17); Zhu & Wang,
+    ICML 2019, Theorem 5; van Erven & Harremoes, "Renyi Divergence and Kullback-Leibler
+    Divergence", IEEE Trans. Inf. Theory 2014 (monotonicity in the order).
+    """
+    from scipy.special import gammaln, logsumexp
+
+    _check_finite_positive("noise_multiplier", noise_multiplier)
+    if not 0 < sampling_rate <= 1:
+        raise ConfigError(f"sampling_rate = {sampling_rate!r}: must be in (0, 1]")
+    a = np.asarray(orders, dtype=np.float64)
+    if a.ndim != 1 or not np.all(a > 1):
+        raise ConfigError("orders must be a list of Renyi orders > 1")
+
+    def unsampled(alpha: np.ndarray) -> np.ndarray:
+        first = alpha / (2 * noise_multiplier**2) + tau * dim
+        third = alpha / 2 * (1 / noise_multiplier + tau * math.sqrt(dim)) ** 2
+        return np.minimum(first, third)
+
+    plain = unsampled(a)
+    q = float(sampling_rate)
+    if q == 1:
+        return plain
+    out = np.empty_like(a)
+    for i, alpha in enumerate(np.maximum(np.ceil(a), 2).astype(np.int64)):
+        ell = np.arange(2, alpha + 1)
+        log_binom = gammaln(alpha + 1) - gammaln(ell + 1) - gammaln(alpha - ell + 1)
+        terms = log_binom + ell * math.log(q) + (alpha - ell) * math.log1p(-q)
+        terms += (ell - 1) * unsampled(ell.astype(np.float64))
+        weights = np.where(ell == 2, 1.0, 3.0)
+        first = (alpha - 1) * math.log1p(-q) + math.log1p((alpha - 1) * q)
+        total = logsumexp(np.concatenate([[first], terms]), b=np.concatenate([[1.0], weights]))
+        out[i] = min(float(total) / (alpha - 1), plain[i])
+    return out
 
 
 def _group(events: Sequence[MechanismEvent]) -> tuple[MechanismEvent, ...]:
@@ -274,6 +396,8 @@ def compose_epsilon(
         return 0.0
     if any(e.noise_multiplier == 0 for e in live):
         return math.inf
+    if accountant == "pld" and any(e.kind == "distributed_dg" for e in live):
+        raise ConfigError(_DDG_NEEDS_RDP)
     if len({e.sampling for e in live}) > 1:
         raise ConfigError(
             "events mix sampling = 'poisson' (add/remove-one adjacency) and sampling = 'fixed' "

@@ -8,6 +8,10 @@ With adaptive clipping the clip norm follows a target quantile of the update nor
 through a noisy count of unclipped updates; the noise is split between the sum and
 that count so the pair is one Gaussian release with multiplier z.
 
+Under secure aggregation the server releases the securely summed updates the same way
+(each client clipped its own); with the distributed discrete Gaussian the clients already
+added the noise inside the sum (``noise_on_clients``), and the release only divides.
+
 The guarantee covers the released model. Per-client training statistics the server
 keeps for scheduling (losses, durations) are not privatized.
 
@@ -43,8 +47,10 @@ class CentralDP:
         seed: int,
         secure: bool = False,
         clipper: QuantileClipper | None = None,
+        noise_on_clients: bool = False,
     ) -> None:
         self.fixed_clip = float(clip_norm)
+        self.noise_on_clients = noise_on_clients
         self.noise_multiplier = float(noise_multiplier)
         self.expected_clients = float(expected_clients)
         self.clipper = clipper
@@ -75,9 +81,14 @@ class CentralDP:
         return clipped, int(np.count_nonzero(norms <= self.clip_norm))
 
     def release(self, clipped_sum: np.ndarray, unclipped: float, received: int) -> np.ndarray:
-        """The noisy average update, then the next round's clip norm (adaptive)."""
-        scale = self.sum_noise_multiplier * self.clip_norm
-        noisy = clipped_sum + self.noise.normal(clipped_sum.shape[0], scale)
+        """The noisy average update, then the next round's clip norm (adaptive).
+
+        With ``noise_on_clients`` the sum already carries the noise and none is added.
+        """
+        noisy = clipped_sum
+        if not self.noise_on_clients:
+            scale = self.sum_noise_multiplier * self.clip_norm
+            noisy = clipped_sum + self.noise.normal(clipped_sum.shape[0], scale)
         delta = (noisy / self.expected_clients).astype(np.float32)
         if self.clipper is not None:
             self.clipper.update_from_count(

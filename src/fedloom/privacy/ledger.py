@@ -49,6 +49,17 @@ class Budget:
         object.__setattr__(self, "delta", float(self.delta))
 
 
+_DDG_FIELDS = ("tau", "dim")  # written only for distributed discrete Gaussian releases
+
+
+def _event_json(event: MechanismEvent) -> dict[str, Any]:
+    fields = asdict(event)
+    if event.kind != "distributed_dg":
+        for name in _DDG_FIELDS:
+            del fields[name]
+    return fields
+
+
 class PrivacyBudgetExceeded(FedloomError):
     """A plan or release would spend more epsilon than the run's budget."""
 
@@ -137,7 +148,8 @@ class PrivacyLedger:
         ledger = cls(None, budget, data["accountant"], data["delta"])
         fields = ("kind", "noise_multiplier", "sampling_rate", "count", "sampling", "population")
         for raw in data["events"]:
-            event = MechanismEvent(**{name: raw[name] for name in fields})
+            extra = {name: raw[name] for name in _DDG_FIELDS if name in raw}
+            event = MechanismEvent(**{name: raw[name] for name in fields}, **extra)
             eps = raw["epsilon_after"]
             if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0:
                 raise ValueError(f"epsilon_after = {eps!r} is not a non-negative number")
@@ -221,7 +233,7 @@ class PrivacyLedger:
             "events": [
                 {
                     "round": entry.round,
-                    **asdict(entry.event),
+                    **_event_json(entry.event),
                     "note": entry.note,
                     "epsilon_after": entry.epsilon_after,
                 }

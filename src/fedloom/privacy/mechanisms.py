@@ -146,6 +146,10 @@ class NoiseSource(Protocol):
         """``size`` draws of Laplace(0, scale) (density ∝ exp(-|x|/scale)) as float64."""
         ...
 
+    def uniform(self, size: int) -> np.ndarray:
+        """``size`` uniform draws in (0, 1] as float64, never 0 (for samplers that take logs)."""
+        ...
+
 
 class GeneratorNoise:
     """Noise from a seeded ``np.random.Generator``: fast and reproducible, for simulations.
@@ -170,6 +174,10 @@ class GeneratorNoise:
     def laplace(self, size: int, scale: float) -> np.ndarray:
         _check_draw(size, scale)
         return self._rng.laplace(0.0, scale, size)
+
+    def uniform(self, size: int) -> np.ndarray:
+        _check_draw(size, 0.0)
+        return 1.0 - self._rng.random(size)  # (0, 1]; 1.0 has probability 2^-53
 
 
 class SecureNoise:
@@ -212,6 +220,10 @@ class SecureNoise:
         _check_draw(size, scale)
         sign, v = self._signed_uniform(size)
         return sign * (scale * np.log(v))
+
+    def uniform(self, size: int) -> np.ndarray:
+        _check_draw(size, 0.0)
+        return self._signed_uniform(size)[1]
 
     @staticmethod
     def _signed_uniform(size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,13 +3,15 @@
 When the config gives a target epsilon instead of a noise multiplier, the multiplier is
 calibrated here, before any training, for the run's planned number of rounds and the
 client sampling it actually uses (Poisson, or fixed-size without replacement), so the
-accountant and the sampler agree.
+accountant and the sampler agree. With distributed DP the noise is the clients' discrete
+Gaussian shares inside secure aggregation, whose parameters (grid, per-client noise, norm
+bound) depend on the model size and the ring (``fedloom.secagg.distributed_dp``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from fedloom.privacy.mechanisms import (
     split_noise_multiplier,
 )
 from fedloom.records import TrainPlan
+from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,11 @@ class PrivacyPlan:
     count_stddev: float | None = None
     secure_noise: bool = False
     expected_clients: int = 0
+    distributed: DistributedDiscreteGaussian | None = None
 
     @classmethod
-    def from_config(cls, config: RunConfig, num_clients: int) -> PrivacyPlan:
+    def from_config(cls, config: RunConfig, num_clients: int, dim: int = 0) -> PrivacyPlan:
+        """The run's plan; ``dim`` (the model size) is needed by distributed DP."""
         p = config.privacy
         if p.mode == "off":
             return cls(enabled=False)
@@ -64,7 +69,24 @@ class PrivacyPlan:
         q = k / num_clients
         delta = p.delta if p.delta is not None else 1.0 / num_clients**1.1
         z = p.noise_multiplier
-        if p.mode == "local":
+        distributed = None
+        if p.mode == "distributed":
+            bits = config.secagg.bits
+            try:
+                distributed = (
+                    DistributedDiscreteGaussian(p.clip_norm, dim, k, z, bits)
+                    if z is not None
+                    else DistributedDiscreteGaussian.for_epsilon(
+                        p.target_epsilon, delta, q, config.rounds, p.clip_norm, dim, k, bits
+                    )
+                )
+            except ConfigError as err:
+                raise ConfigError(
+                    f"privacy.mode = 'distributed' with secagg.bits = {bits} and "
+                    f"server.clients_per_round = {k}: {err}"
+                ) from None
+            z = distributed.noise_multiplier
+        elif p.mode == "local":
             assert p.local_epsilon is not None
             # each upload is local_epsilon-LDP under replace-one (sensitivity 2C); the ledger
             # accounts the run's user-level add/remove guarantee (sensitivity C):
@@ -88,7 +110,9 @@ class PrivacyPlan:
         return cls(
             enabled=True,
             local=p.mode == "local",
-            mechanism_kind=p.local_mechanism if p.mode == "local" else "gaussian",
+            mechanism_kind={"local": p.local_mechanism, "distributed": "distributed_dg"}.get(
+                p.mode, "gaussian"
+            ),
             local_epsilon=p.local_epsilon or 0.0,
             sampling=p.sampling,
             sampling_rate=q,
@@ -106,6 +130,7 @@ class PrivacyPlan:
             count_stddev=p.count_stddev,
             secure_noise=p.secure_noise,
             expected_clients=k,
+            distributed=distributed,
         )
 
     @staticmethod
@@ -130,8 +155,17 @@ class PrivacyPlan:
             c.dp_sgd_noise_multiplier, rate, steps * config.rounds, delta, accountant="rdp"
         )
 
-    def event(self, count: int = 1) -> MechanismEvent:
-        """One round's release (``count`` identical rounds) as the accountant sees it."""
+    def event(
+        self, count: int = 1, shares: int | None = None, cohort: int | None = None
+    ) -> MechanismEvent:
+        """One round's release (``count`` identical rounds) as the accountant sees it.
+
+        Distributed DP: the noise was split over ``cohort`` dispatched clients and
+        ``shares`` of them are in the sum (both default to the planned cohort).
+        """
+        if self.distributed is not None:
+            mechanism = self.distributed if cohort is None else self.round_mechanism(cohort)
+            return replace(mechanism.event(self.sampling_rate, shares), count=count)
         return MechanismEvent(
             self.mechanism_kind,
             self.noise_multiplier,
@@ -140,6 +174,11 @@ class PrivacyPlan:
             self.sampling,
             self.population if self.sampling == "fixed" else None,
         )
+
+    def round_mechanism(self, cohort: int) -> DistributedDiscreteGaussian:
+        """Distributed DP's encoding for a round that dispatched ``cohort`` clients."""
+        assert self.distributed is not None
+        return self.distributed.with_shares(cohort)
 
     def mechanism(self, seed: int) -> CentralDP | None:
         """The server's DP-FedAvg release (None without central DP)."""
@@ -157,6 +196,7 @@ class PrivacyPlan:
             seed,
             secure=self.secure_noise,
             clipper=clipper,
+            noise_on_clients=self.distributed is not None,
         )
         if clipper is not None:  # fail now, not in the first round
             try:

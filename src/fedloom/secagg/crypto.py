@@ -127,10 +127,10 @@ def decrypt(key: bytes, ciphertext: bytes, associated: bytes) -> bytes:
 
 
 def prg(seed: bytes, n: int, bits: int = 32) -> np.ndarray:
-    """``n`` pseudorandom words of ``bits`` (32 or 64) bits expanded from a 32-byte seed.
+    """``n`` pseudorandom words of ``bits`` (16, 32 or 64) bits expanded from a 32-byte seed.
 
     The AES-256-CTR keystream under key ``seed`` with an all-zero nonce, read as
-    little-endian ``uint32``/``uint64`` words. A fixed nonce is safe because each seed is
+    little-endian ``uint16``/``uint32``/``uint64`` words. A fixed nonce is safe because each seed is
     used for exactly one mask; determinism in the seed is what lets the server recompute
     a dropped client's masks from reconstructed seeds. Uniform words mod 2^bits make the
     masked values in Z_(2^bits) uniform, which is the hiding property SecAgg needs.
@@ -138,8 +138,8 @@ def prg(seed: bytes, n: int, bits: int = 32) -> np.ndarray:
     References: NIST SP 800-38A (CTR); Bonawitz et al. 2017, section 3 (PRG).
     """
     seed = _check_bytes(seed, "seed", KEY_BYTES)
-    if bits not in (32, 64):
-        raise SecAggError(f"bits must be 32 or 64, got {bits!r}")
+    if bits not in (16, 32, 64):
+        raise SecAggError(f"bits must be 16, 32 or 64, got {bits!r}")
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise SecAggError(f"n must be a non-negative int, got {n!r}")
     width = bits // 8

@@ -5,15 +5,18 @@ gRPC server, torch.distributed) asks it for the round's dispatches, feeds it the
 clients' updates and failures as they arrive, and closes the round; the server
 validates every update, aggregates the cohort as one ``[K, d]`` matrix, applies the
 server optimizer and tracks convergence. Its whole state round-trips through
-``state_dict`` so a run resumes exactly.
+``state_dict`` so a run resumes exactly. Under secure aggregation it never sees an update:
+the runtime hands it the round's unmasked sum instead (:meth:`SyncServer.receive_secure_sum`).
 
 References: McMahan et al., "Communication-Efficient Learning of Deep Networks from
-Decentralized Data", AISTATS 2017 (FedAvg weighted by example counts).
+Decentralized Data", AISTATS 2017 (FedAvg weighted by example counts); Bonawitz et al.,
+"Practical Secure Aggregation for Privacy-Preserving Machine Learning", CCS 2017.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,6 +29,7 @@ from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.optim import ServerOptimizer
 from fedloom.privacy.central import CentralDP
 from fedloom.records import ClientOutcomes, Dispatch, RoundResult, TrainPlan, Update
+from fedloom.secagg.cohort import SecureSum
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.selection import Selector, UniformSelector
 from fedloom.server.stats import ClientStats
@@ -38,6 +42,13 @@ def client_seed(run_seed: int, round: int, client_id: int) -> int:
     return int(client_seeds(run_seed, round, np.array([client_id]))[0])
 
 
+@dataclass(frozen=True)
+class _Secure:
+    total: SecureSum
+    num_examples: np.ndarray  # int64 [M], public: the included clients' registered sizes
+    steps: np.ndarray  # int64 [M], public: the steps their plans imply
+
+
 @dataclass
 class _OpenRound:
     round: int
@@ -46,20 +57,22 @@ class _OpenRound:
     updates: dict[int, Update] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
     rejected: int = 0
+    secure: _Secure | None = None
 
     def __post_init__(self) -> None:
         self.row = {c: i for i, c in enumerate(self.selected)}
 
     @property
+    def answered(self) -> set[int]:
+        secured = set() if self.secure is None else set(self.secure.total.included.tolist())
+        return self.updates.keys() | self.failed.keys() | secured
+
+    @property
     def pending(self) -> set[int]:
-        return set(self.selected) - self.updates.keys() - self.failed.keys()
+        return set(self.selected) - self.answered
 
     def is_pending(self, client_id: int) -> bool:
-        return (
-            client_id in self.row
-            and client_id not in self.updates
-            and (client_id not in self.failed)
-        )
+        return client_id in self.row and client_id not in self.answered
 
 
 class SyncServer:
@@ -161,10 +174,62 @@ class SyncServer:
         rnd.matrix[rnd.row[update.client_id]] = update.delta
         rnd.updates[update.client_id] = update
 
+    def receive_secure_sum(
+        self, total: SecureSum, num_examples: np.ndarray, steps: np.ndarray
+    ) -> None:
+        """Take the round's securely aggregated sum in place of per-client updates.
+
+        ``total`` holds only sums over ``total.included`` (pending clients of this round).
+        ``num_examples`` and ``steps`` (one per included client) are what the server knows
+        of them without their updates: registered data sizes and the steps their plans
+        imply. Per-client losses stay unknown (NaN) and contributions 0; ``close_round``
+        averages ``total.delta / total.weight`` (FedAvg) or releases it under DP. Raises
+        ``FedloomError`` and changes nothing if the round already has updates or a sum,
+        or the sum is malformed.
+        """
+        rnd = self._open
+        if rnd is None:
+            raise FedloomError("no round is open")
+        if rnd.updates or rnd.secure is not None:
+            raise FedloomError(
+                f"round {rnd.round} already has updates or a secure sum; a secure sum "
+                "replaces every update of the round"
+            )
+        ids = np.asarray(total.included)
+        if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(np.unique(ids)) != len(ids):
+            raise FedloomError(f"secure sum: included must list distinct ids, got {ids!r}")
+        m = len(ids)
+        stray = [int(c) for c in ids if not rnd.is_pending(int(c))]
+        if stray:
+            raise FedloomError(f"secure sum includes client(s) {stray} with no pending work")
+        delta = np.asarray(total.delta)
+        if delta.shape != (self.dim,) or not np.all(np.isfinite(delta)):
+            raise FedloomError(
+                f"secure sum: delta must be a finite vector of length {self.dim}, got shape "
+                f"{delta.shape}"
+            )
+        if not (math.isfinite(total.weight) and (total.weight > 0 or m == 0)):
+            raise FedloomError(f"secure sum: weight = {total.weight!r}, expected > 0")
+        if not (math.isfinite(total.loss) and math.isfinite(total.unclipped)):
+            raise FedloomError("secure sum: loss and unclipped must be finite")
+        public = []
+        for name, values in (("num_examples", num_examples), ("steps", steps)):
+            arr = np.asarray(values)
+            if arr.shape != (m,) or arr.dtype.kind not in "iu" or np.any(arr < 0):
+                raise FedloomError(
+                    f"secure sum: {name} must hold {m} non-negative ints, got {values!r}"
+                )
+            public.append(arr.astype(np.int64))
+        if np.any(public[0] < 1):
+            raise FedloomError("secure sum: num_examples must be >= 1 for every included client")
+        rnd.secure = _Secure(total, *public)
+
     def _validate(self, u: Update) -> None:
         cid = u.client_id
         if self._open is None:
             raise UpdateRejected(cid, "no round is open")
+        if self._open.secure is not None:
+            raise UpdateRejected(cid, "this round was aggregated securely")
         if cid not in self._open.row:
             raise UpdateRejected(cid, f"client was not selected for round {self._open.round}")
         if cid in self._open.updates:
@@ -218,6 +283,10 @@ class SyncServer:
         rejections) into one float64 vector, ``combine`` adds these vectors across
         processes (one all-reduce), and every process applies the same aggregate. A
         second, K-long sum gathers each client's contribution to the aggregate.
+
+        A secure sum (:meth:`receive_secure_sum`) stands in for the rows: FedAvg divides it
+        by its weight sum, DP releases it; it is already the whole cohort's, so it is
+        never combined.
         """
         if self._open is None:
             raise FedloomError("no round is open")
@@ -227,13 +296,24 @@ class SyncServer:
         rows = np.array([rnd.row[u.client_id] for u in ups], dtype=np.int64)
         w = np.array([u.num_examples for u in ups], dtype=np.float64)
         packed = np.zeros(d + 4 * k + 2, dtype=np.float64)
-        if ups and self.dp is not None:  # DP-FedAvg: equal weights of clipped updates
-            clipped, unclipped = self.dp.clip(rnd.matrix[rows])
-            packed[:d] = clipped.sum(axis=0, dtype=np.float64)
-            packed[-2] = unclipped
+        per_client = packed[d : d + 4 * k].reshape(4, k)
+        secure = rnd.secure
+        if secure is not None and combine is not None:
+            raise FedloomError("a secure sum is the whole cohort's already: it cannot be combined")
+        if secure is not None:  # sums only: no per-client loss or contribution
+            rows = np.array([rnd.row[int(c)] for c in secure.total.included], dtype=np.int64)
+            packed[:d] = secure.total.delta
+            packed[-2] = secure.total.unclipped
+            per_client[0, rows] = secure.num_examples
+            per_client[1:3, rows] = np.nan
+            per_client[3, rows] = secure.steps
         elif ups:  # in selection order, so arrival order cannot change the sum
-            packed[:d] = weighted_sum(rnd.matrix[rows], w)
-            per_client = packed[d : d + 4 * k].reshape(4, k)
+            if self.dp is not None:  # DP-FedAvg: equal weights of clipped updates
+                clipped, unclipped = self.dp.clip(rnd.matrix[rows])
+                packed[:d] = clipped.sum(axis=0, dtype=np.float64)
+                packed[-2] = unclipped
+            else:
+                packed[:d] = weighted_sum(rnd.matrix[rows], w)
             per_client[0, rows] = w
             per_client[1, rows] = w * np.array([u.metrics.train_loss for u in ups])
             per_client[2, rows] = w * np.array([u.metrics.train_loss_sq for u in ups])
@@ -248,7 +328,8 @@ class SyncServer:
         done = np.flatnonzero(counts > 0)
         total = float(counts.sum())
         status = "aggregated"
-        if len(done) == 0 and self.dp is None:  # under DP even an empty cohort releases noise
+        # under central DP even an empty cohort releases noise; with the clients' noise, nothing
+        if len(done) == 0 and (self.dp is None or self.dp.noise_on_clients):
             status = "empty"
         elif self.quorum is not None and len(done) < self.quorum:
             retry = self.quorum_policy == "retry" and self.retries < self.max_retries
@@ -258,12 +339,17 @@ class SyncServer:
         if status == "aggregated":
             if self.dp is not None:
                 delta = self.dp.release(packed[:d], packed[-2], len(done))
+            elif secure is not None:
+                delta = (packed[:d] / secure.total.weight).astype(np.float32)
             else:
                 delta = (packed[:d] / total).astype(np.float32)
             self.params, self.opt_state = self.optimizer.step(self.params, delta, self.opt_state)
             self.version += 1
             norm = float(np.linalg.norm(delta))
-            loss = float(loss_w.sum() / total) if total else float("nan")
+            if secure is not None:
+                loss = secure.total.loss / secure.total.weight if len(done) else float("nan")
+            elif total:
+                loss = float(loss_w.sum() / total)
             if norm > 0 and ups and self.dp is None:
                 contribution[rows] = w * (rnd.matrix[rows] @ delta) / (total * norm**2)
             if combine is not None:

@@ -3,7 +3,8 @@
 ``Simulation`` wires the core together from a ``RunConfig``: data and partition, the
 model (one reused object), the sans-IO ``SyncServer`` with its selector and optional
 DP-FedAvg release, an executor (vectorized or sequential), virtual time (devices,
-network, clock), the SQLite client registry, the privacy ledger, evaluation and the run
+network, clock), secure aggregation (SecAgg+ run in-process: the server gets only the
+sum), the SQLite client registry, the privacy ledger, evaluation and the run
 directory. Under torchrun a ``Shard`` splits each cohort over processes. Every
 ``checkpoint.every`` rounds it saves the server, clock and registry state; a resumed run
 rebuilds everything from the saved config and seed, loads the newest checkpoint and
@@ -38,8 +39,9 @@ from fedloom.privacy.accounting import compose_epsilon
 from fedloom.privacy.audit import AuditResult, audit, canary_directions, canary_scores
 from fedloom.privacy.ledger import PrivacyLedger
 from fedloom.privacy.plan import PrivacyPlan
-from fedloom.records import Dispatch, RoundResult, TrainPlan
+from fedloom.records import Dispatch, RoundResult, TrainPlan, Update
 from fedloom.runs import RunDirectory
+from fedloom.secagg.cohort import SecureAggregator, SecureRound
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.registry import ClientRegistry, Completion
 from fedloom.server.selection import PoissonSelector, make_selector
@@ -163,19 +165,21 @@ class Simulation:
         opt = config.server.optimizer.model_dump()
         sel, srv = config.selection, config.server
         num_clients = self.data.train.num_clients
-        self.privacy = PrivacyPlan.from_config(config, num_clients)
+        params = module_vector(model)
+        self.privacy = PrivacyPlan.from_config(config, num_clients, params.size)
         if shard is not None and self.privacy.secure_noise:
             raise ConfigError(
                 "privacy.secure_noise under torchrun would give each process different "
                 "noise; run it in one process"
             )
+        self.secure = self._secure_aggregator(config, params.size, shard)
         selector = (
             PoissonSelector(self.privacy.sampling_rate)
             if self.privacy.enabled and self.privacy.sampling == "poisson"
             else make_selector(sel.strategy, sel.max_share, **sel.params)
         )
         self.server = SyncServer(
-            params=module_vector(model),
+            params=params,
             num_clients=self.data.train.num_clients,
             clients_per_round=srv.clients_per_round,
             plan=plan_from_config(config),
@@ -199,6 +203,30 @@ class Simulation:
         self.canaries = self._make_canaries(config)
         self.attempts = 0  # round attempts, retries included: the registry's round counter
         self.stopped: StopDecision | None = None
+
+    def _secure_aggregator(
+        self, config: RunConfig, dim: int, shard: Shard | None
+    ) -> SecureAggregator | None:
+        """SecAgg+ over every round's updates (None when ``secagg.enabled`` is false)."""
+        s = config.secagg
+        if not s.enabled:
+            return None
+        if shard is not None:
+            raise ConfigError(
+                "secagg.enabled = true under torchrun is not supported: the protocol needs "
+                "every client's masked input in one process; run it in one process"
+            )
+        return SecureAggregator(
+            dim,
+            int(self.data.train.sizes().max()),
+            s.neighbours,
+            s.threshold,
+            s.clip,
+            s.bits,
+            s.rounding,
+            config.seed,
+            secure_noise=self.privacy.secure_noise,
+        )
 
     def _make_canaries(self, config: RunConfig) -> tuple[np.ndarray, np.ndarray] | None:
         """Audit canaries: random directions at the clip norm, each included w.p. 1/2."""
@@ -375,6 +403,7 @@ class Simulation:
         deadline = None if srv.deadline_s is None else vt.now + srv.deadline_s
         dispatches = self.server.begin_round(available, stats, vt.now, k=k, deadline=deadline)
         self.attempts += 1
+        cohort = [d.client_id for d in dispatches]
         dispatches, outcome = self._play(dispatches, need if k > need else None)
         for cid, reason in outcome.failed.items():
             self.server.fail(cid, reason)
@@ -398,17 +427,42 @@ class Simulation:
         if shard is not None and shard.mode == "gather":
             updates = [u for part in shard.gather(updates) for u in part]
         rejected: dict[int, str] = {}
-        for update in updates:
-            try:
-                self.server.receive(update)
-            except UpdateRejected as err:
-                rejected[update.client_id] = err.reason
-                log.warning("%s", err)
+        secure = None
+        if self.secure is not None:
+            secure = self._aggregate_securely(cohort, updates, todo, outcome)
+            rejected = secure.rejected
+        else:
+            for update in updates:
+                try:
+                    self.server.receive(update)
+                except UpdateRejected as err:
+                    rejected[update.client_id] = err.reason
+                    log.warning("%s", err)
         combine = shard.allreduce if shard is not None and shard.mode == "allreduce" else None
         if self.canaries is not None:
             self._inject_canaries()
         result = self.server.close_round(combine)
         self._register_round(dispatches, outcome, result, rejected)
+        extra: dict[str, Any] = {} if secure is None else {"secagg": self._secure_record(secure)}
+        extra |= {
+            "attempt": self.attempts,
+            "dispatched": len(dispatches),
+            "virtual_time": outcome.end,
+            "round_virtual_s": outcome.end - outcome.start,
+            "events": outcome.events,
+            "dropped": _count_reasons(outcome.failed),
+            "surplus": len(outcome.surplus),
+            "partial": sum(d.max_steps is not None for d in todo),
+        }
+        return self.finish_round(result, t0, extra)
+
+    def finish_round(
+        self, result: RoundResult, started: float, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Evaluate, charge the privacy ledger, record and checkpoint a closed round: what
+        every runtime (this simulator, the gRPC deployment) does after ``close_round``.
+        ``started``: ``time.perf_counter()`` at the round's start; ``extra``: the runtime's
+        own fields for the round record."""
         rnd = result.round
         ev = self.config.evaluation
         metrics: dict[str, Any] = {}
@@ -419,9 +473,11 @@ class Simulation:
             )
             metrics = self.evaluate(federated=bool(fed))
             self.stopped = self.server.observe(metrics)
-        record = _round_record(result, metrics, time.perf_counter() - t0)
+        record = _round_record(result, metrics, time.perf_counter() - started)
         if self.ledger is not None and result.status == "aggregated":
-            record["epsilon"] = self.ledger.record(rnd, self.privacy.event())
+            shares = len(result.completed) if self.privacy.distributed else None
+            event = self.privacy.event(shares=shares, cohort=len(result.selected))
+            record["epsilon"] = self.ledger.record(rnd, event)
             record["clip_norm"] = self.server.dp.clip_norm if self.server.dp else None
             if self.privacy.budget_policy == "stop" and self.ledger.would_exceed(
                 [self.privacy.event()]
@@ -432,21 +488,67 @@ class Simulation:
                     f"epsilon {record['epsilon']:.4g} spent; one more round would exceed the "
                     f"budget {self.privacy.budget.epsilon:g}",
                 )
-        record |= {
-            "attempt": self.attempts,
-            "dispatched": len(dispatches),
-            "virtual_time": outcome.end,
-            "round_virtual_s": outcome.end - outcome.start,
-            "events": outcome.events,
-            "dropped": _count_reasons(outcome.failed),
-            "surplus": len(outcome.surplus),
-            "partial": sum(d.max_steps is not None for d in todo),
-        }
+        record |= extra
         self._append(record)
         every = self.config.checkpoint.every
         if result.status != "retry" and ((every and rnd % every == 0) or self.finished):
             self._checkpoint(self.stopped)
         return record
+
+    def _aggregate_securely(
+        self, cohort: list[int], updates: list[Update], todo: list[Dispatch], outcome: RoundOutcome
+    ) -> SecureRound:
+        """Run SecAgg+ over the round's updates and hand the server only the unmasked sum.
+
+        Every dispatched client took part in the key agreement at check-in. Clients that
+        fail in the timeline (or are surplus) never send a masked input; clients offline
+        when the round ends (availability) drop before unmasking, their input counted.
+        The server learns each included client's public facts (registered data size, the
+        steps of its plan), never its update or loss.
+        """
+        gone = {c: "masked_input" for c in [*outcome.failed, *outcome.surplus]}
+        delivered = outcome.delivered
+        online = self.virtual_time.population.availability.available(delivered, outcome.end)
+        gone |= {int(c): "unmasking" for c in delivered[~online]}
+        dp, plan = self.server.dp, self.privacy
+        secure = self.secure.aggregate(
+            cohort,
+            updates,
+            gone,
+            self.attempts,
+            dp_clip=None if dp is None or dp.noise_on_clients else dp.clip_norm,
+            distributed=None if plan.distributed is None else plan.round_mechanism(len(cohort)),
+        )
+        if secure.abort is not None:
+            log.warning("secure aggregation aborted: %s", secure.abort)
+        if secure.total is not None:
+            ids = secure.total.included
+            caps = {d.client_id: d.max_steps or NO_CAP for d in todo}
+            sizes = self.data.train.sizes()[ids]
+            steps = steps_for(sizes, self.server.plan, np.array([caps[int(c)] for c in ids]))
+            self.server.receive_secure_sum(secure.total, sizes, steps)
+        return secure
+
+    def _secure_record(self, secure: SecureRound) -> dict[str, Any]:
+        """The round's SecAgg cost: who is in the sum, seconds, bytes per client."""
+        out: dict[str, Any] = {
+            "included": 0 if secure.total is None else len(secure.total.included),
+            "neighbours": secure.neighbours,
+            "threshold": secure.threshold,
+            "dropped": secure.dropped,
+            "plain_upload_bytes": 4 * self.server.dim,
+        }
+        if secure.report is not None:
+            r = secure.report
+            out |= {
+                "server_s": r.server_time_s,
+                "client_s": r.client_time_s,
+                "upload_bytes": r.upload_bytes_per_client,
+                "download_bytes": r.download_bytes_per_client,
+            }
+        if secure.abort is not None:
+            out["aborted"] = secure.abort
+        return out
 
     def _cohort_size(self, need: int, stats: ClientStats) -> int:
         """How many clients to dispatch so that about ``need`` deliver (over-selection)."""
@@ -471,6 +573,11 @@ class Simulation:
         plan = self.server.plan
         sizes = self.data.train.sizes()[ids]
         model_bytes = 4 * self.server.dim
+        up_bytes = (
+            model_bytes
+            if self.secure is None
+            else self.secure.upload_bytes(self.privacy.distributed)
+        )
         unfit: dict[int, str] = {}
         if srv.accept_partial and srv.deadline_s is not None and len(ids):
             full = steps_for(sizes, plan)
@@ -479,7 +586,7 @@ class Simulation:
                 full,
                 np.minimum(sizes, plan.batch_size),
                 model_bytes,
-                model_bytes,
+                up_bytes,
                 srv.deadline_s,
             )
             dispatches = [
@@ -497,7 +604,7 @@ class Simulation:
             ids,
             samples,
             model_bytes,
-            model_bytes,
+            up_bytes,
             srv.deadline_s,
             needed=needed,
             attempt=self.server.retries,

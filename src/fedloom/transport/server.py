@@ -34,7 +34,7 @@ from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 import numpy as np
@@ -42,9 +42,8 @@ import numpy as np
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError, FedloomError, UpdateRejected
 from fedloom.records import ClientMetrics, Dispatch, RoundResult, Update
-from fedloom.server.convergence import StopDecision
 from fedloom.server.registry import Completion
-from fedloom.sim.runtime import Simulation, _round_record
+from fedloom.sim.runtime import Simulation
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
 from fedloom.transport import wire
@@ -131,12 +130,20 @@ class _Round:
     down_kbps: dict[int, float] = dataclasses.field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
+    clock_started: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 class DeploymentServer(rpc.FedloomServicer):
     """Serves one run (new or resumed) to client processes until it finishes."""
 
     def __init__(self, sim: Simulation, options: ServerOptions) -> None:
+        cfg = sim.config
+        if cfg.secagg.enabled or cfg.privacy.mode in ("local", "distributed"):
+            raise ConfigError(
+                f"secagg.enabled = {cfg.secagg.enabled}, privacy.mode = {cfg.privacy.mode!r}: "
+                "secure aggregation and client-side (local or distributed) noise run only in "
+                "the simulator so far; over gRPC use central DP or none"
+            )
         self.sim = sim
         self.options = options
         self.num_clients = sim.data.train.num_clients
@@ -242,6 +249,8 @@ class DeploymentServer(rpc.FedloomServicer):
             self._round = rnd
             self._cond.notify_all()
             failed = self._await_cohort(rnd, deadline)
+            if sim.canaries is not None:  # privacy audit canaries join as in simulation
+                sim._inject_canaries()
             result = srv.close_round()
             self._round = None
             self._closed, self._closed_task = rnd.applied, rnd.task_id
@@ -318,40 +327,26 @@ class DeploymentServer(rpc.FedloomServicer):
             np.array([rnd.up_kbps.get(int(c), np.nan) for c in measured]),
             np.array([rnd.down_kbps.get(int(c), np.nan) for c in measured]),
         )
-        metrics: dict[str, Any] = {}
-        ev, r = sim.config.evaluation, result.round
-        if result.status != "retry" and (r % ev.every == 0 or r >= sim.config.rounds):
-            metrics = sim.evaluate()
-            sim.stopped = sim.server.observe(metrics)
-        record = _round_record(result, metrics, now - rnd.started)
-        if sim.ledger is not None and result.status == "aggregated":
-            record["epsilon"] = sim.ledger.record(r, sim.privacy.event())
-            if sim.privacy.budget_policy == "stop" and sim.ledger.would_exceed(
-                [sim.privacy.event()]
-            ):
-                sim.stopped = StopDecision(
-                    "privacy_budget", r, "one more round would exceed the privacy budget"
-                )
-        record |= {
-            "attempt": sim.attempts,
-            "dispatched": len(rnd.dispatches),
-            "dropped": dict(Counter(why for cid, why in failed.items() if cid not in surplus)),
-            "surplus": len(surplus),
-            "bytes_up": rnd.bytes_up,
-            "bytes_down": rnd.bytes_down,
-            "refused_messages": dict(self.refused),
-        }
-        sim._append(record)
-        every = sim.config.checkpoint.every
-        if result.status != "retry" and ((every and r % every == 0) or sim.finished):
-            sim._checkpoint(sim.stopped)
+        record = sim.finish_round(
+            result,
+            rnd.clock_started,
+            {
+                "attempt": sim.attempts,
+                "dispatched": len(rnd.dispatches),
+                "dropped": dict(Counter(w for c, w in failed.items() if c not in surplus)),
+                "surplus": len(surplus),
+                "bytes_up": rnd.bytes_up,
+                "bytes_down": rnd.bytes_down,
+                "refused_messages": dict(self.refused),
+            },
+        )
         log.info(
             "round %d %s: %d/%d updates, accuracy %s",
-            r,
+            result.round,
             result.status,
             len(result.completed),
             len(rnd.dispatches),
-            metrics.get("accuracy", "-"),
+            record.get("accuracy", "-"),
         )
 
     # identity and refusals ----------------------------------------------------

@@ -1,0 +1,298 @@
+"""SecAgg+ over one training round's updates: client-side encoding, the protocol, decoding.
+
+Under secure aggregation the server learns only the sum of the cohort's inputs, so all it
+needs from a round must be a sum. Each client turns its update into one vector over
+Z_(2^bits), ``[delta | w_i | w_i * loss_i / L | b_i]``:
+
+- FedAvg: the delta is clipped per coordinate to ``[-clip, clip]`` and weighted by
+  ``w_i = min(n_i, W) / W``, ``n_i`` its example count and ``W`` a public cap (the largest
+  registered client), so ``w_i <= 1`` and the server's ``sum w_i delta_i / sum w_i`` is
+  FedAvg's example-weighted mean.
+- Central DP: the client clips its own update to the L2 clip norm ``C`` and sends it with
+  equal weight (then no coordinate exceeds ``C``, the default range), with the bit
+  ``b_i = 1[||delta_i|| <= C]`` that adaptive clipping counts; the server adds the noise
+  to the unmasked sum (:class:`~fedloom.privacy.central.CentralDP`), as without SecAgg.
+- Distributed DP: the delta is the client's
+  :class:`~fedloom.secagg.distributed_dp.DistributedDiscreteGaussian` encoding, with its
+  share of the noise; the server adds none.
+
+The loss slot (the training loss clipped to ``[0, L]``, ``L = LOSS_RANGE``) gives the
+round's mean training loss ``sum w_i loss_i / sum w_i``; no per-client loss reaches the
+server. Fixed-point slots are scaled to ``[-1, 1]`` by their public range and encoded
+with ``FixedPoint(1, n, bits)`` for a cohort of ``n``, so a decoded slot of a sum over
+``count`` clients is off by at most ``count * range * error_bound``
+(:meth:`SecureAggregator.error_bound`).
+
+The protocol runs in-process through the sans-IO state machines
+(:func:`~fedloom.secagg.simulate.simulate_encoded`): a client that drops at a stage sends
+nothing from that stage on, one whose update or loss is not finite does not send its
+masked input, and a round without enough clients or share holders aborts.
+
+References: Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
+Learning", CCS 2017; Bell et al., "Secure Single-Server Aggregation with
+(Poly)Logarithmic Overhead", CCS 2020; McMahan et al., "Communication-Efficient Learning
+of Deep Networks from Decentralized Data", AISTATS 2017 (FedAvg weights); Kairouz, Liu &
+Steinke, ICML 2021 (distributed DP under SecAgg).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from fedloom.privacy.mechanisms import GeneratorNoise, NoiseSource, SecureNoise, clip_rows
+from fedloom.records import Update
+from fedloom.secagg.crypto import SecAggError
+from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian, rotation_signs
+from fedloom.secagg.encoding import FixedPoint
+from fedloom.secagg.protocol import STAGES, default_neighbours, share_holders
+from fedloom.secagg.simulate import SecAggReport, simulate_encoded
+
+LOSS_RANGE = 100.0
+"""Training losses are clipped to [0, LOSS_RANGE] in the secure sum."""
+
+AUX_SLOTS = 3  # weight, weighted loss, unclipped bit
+_MASKED_INPUT = STAGES.index("masked_input")
+
+
+@dataclass(frozen=True)
+class SecureSum:
+    """All the server learns from one round under secure aggregation: sums.
+
+    ``included``: ids of the clients whose input is in the sum. ``delta``: ``sum w_i
+    clip(delta_i)`` (FedAvg) or ``sum clip_C(delta_i)`` (DP; with the noise shares under
+    distributed DP), float64 ``[d]``. ``weight``: ``sum w_i``. ``loss``: ``sum w_i
+    loss_i``. ``unclipped``: how many updates were within the DP clip norm (0 without DP).
+    """
+
+    included: np.ndarray
+    delta: np.ndarray
+    weight: float
+    loss: float
+    unclipped: float
+
+
+@dataclass(frozen=True)
+class SecureRound:
+    """One round of :meth:`SecureAggregator.aggregate`: the sum (None if the protocol
+    aborted, with the reason in ``abort``), its cost, the graph, how many clients dropped
+    at each stage, and the clients that refused to encode (id -> reason)."""
+
+    total: SecureSum | None
+    report: SecAggReport | None
+    neighbours: int
+    threshold: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
+    abort: str | None = None
+
+
+class SecureAggregator:
+    """The cohort's side and the server's side of SecAgg+ for model updates, in one process.
+
+    ``dim``: update length. ``max_examples`` (W): the public cap of the FedAvg weights.
+    ``neighbours``: SecAgg+ degree, None for :func:`default_neighbours`, ``"all"`` for the
+    complete graph (the original SecAgg). ``threshold``: the share of each client's share
+    holders that must survive, ``t = min(h, floor(threshold * h) + 1)``. ``clip``:
+    per-coordinate range of the encoded delta (None: the DP clip norm, else 1).
+    ``bits``, ``rounding``: the ring and its rounding (see ``FixedPoint``). ``seed``: the
+    neighbour graphs, rotations and simulated randomness; ``secure_noise`` draws the
+    distributed noise from the OS CSPRNG instead.
+
+    References: see the module docstring.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        max_examples: int,
+        neighbours: int | Literal["all"] | None = None,
+        threshold: float = 0.5,
+        clip: float | None = None,
+        bits: int = 32,
+        rounding: Literal["nearest", "stochastic"] = "nearest",
+        seed: int = 0,
+        secure_noise: bool = False,
+    ) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise SecAggError(f"dim must be an int >= 1, got {dim!r}")
+        if isinstance(max_examples, bool) or not isinstance(max_examples, int | np.integer):
+            raise SecAggError(f"max_examples must be an int >= 1, got {max_examples!r}")
+        if max_examples < 1:
+            raise SecAggError(f"max_examples must be an int >= 1, got {max_examples!r}")
+        if not 0 < threshold <= 1:
+            raise SecAggError(f"threshold must be in (0, 1], got {threshold!r}")
+        FixedPoint(1.0, 1, bits, rounding)  # validates bits and rounding now
+        self.dim = dim
+        self.max_examples = int(max_examples)
+        self.neighbours = neighbours
+        self.threshold = threshold
+        self.clip = clip
+        self.bits = bits
+        self.rounding = rounding
+        self.seed = seed
+        self.secure_noise = secure_noise
+
+    def graph(self, num_clients: int) -> tuple[int | None, int]:
+        """The protocol's ``neighbours`` argument (None: complete) and threshold for a
+        cohort of ``num_clients``."""
+        k = self.neighbours
+        degree = None if k == "all" else default_neighbours(num_clients) if k is None else k
+        holders = share_holders(num_clients, degree)
+        return degree, min(holders, math.floor(self.threshold * holders) + 1)
+
+    def slots(self, distributed: DistributedDiscreteGaussian | None = None) -> int:
+        """Length of each client's encoded vector."""
+        return (self.dim if distributed is None else distributed.padded) + AUX_SLOTS
+
+    def upload_bytes(self, distributed: DistributedDiscreteGaussian | None = None) -> int:
+        """Bytes of one masked input (the encoded vector), against ``4 * dim`` for float32."""
+        return self.slots(distributed) * self.bits // 8
+
+    def fixed_point(self, num_clients: int) -> FixedPoint:
+        """The fixed-point code of a cohort of ``num_clients`` (every slot in ``[-1, 1]``)."""
+        return FixedPoint(1.0, num_clients, self.bits, self.rounding)
+
+    def value_range(self, dp_clip: float | None) -> float:
+        """Per-coordinate range of the encoded delta (fixed-point modes)."""
+        if self.clip is not None:
+            return self.clip
+        return 1.0 if dp_clip is None else dp_clip
+
+    def error_bound(self, num_clients: int, count: int, dp_clip: float | None = None) -> float:
+        """Worst-case error of one decoded delta coordinate of a sum of ``count`` inputs,
+        in a cohort of ``num_clients`` (fixed-point modes)."""
+        return count * self.value_range(dp_clip) * self.fixed_point(num_clients).error_bound
+
+    def aggregate(
+        self,
+        cohort: Sequence[int],
+        updates: Sequence[Update],
+        dropouts: Mapping[int, str],
+        attempt: int,
+        dp_clip: float | None = None,
+        distributed: DistributedDiscreteGaussian | None = None,
+    ) -> SecureRound:
+        """Securely sum the ``updates`` of a ``cohort`` (every client that took part in the
+        key agreement, in protocol order).
+
+        ``dropouts[client]`` is the stage at which a client stops answering; a cohort
+        client without an update that is not listed drops at ``masked_input``.
+        ``dp_clip``: central DP's clip norm (each client clips its own update).
+        ``distributed``: distributed DP's encoding (needs ``dp_clip`` is None). ``attempt``
+        keys the round's public seeds and simulated randomness.
+        """
+        ids = [int(c) for c in cohort]
+        position = {c: i for i, c in enumerate(ids)}
+        if len(position) != len(ids) or not ids:
+            raise SecAggError(f"cohort must list distinct clients, got {ids}")
+        gone = dict(dropouts)
+        unknown = [c for c in [*gone, *(u.client_id for u in updates)] if c not in position]
+        if unknown:
+            raise SecAggError(f"client(s) {sorted(set(unknown))} are not in the cohort")
+        bad_stage = {c: s for c, s in gone.items() if s not in STAGES}
+        if bad_stage:
+            raise SecAggError(f"unknown dropout stage(s) {bad_stage}; stages are {STAGES}")
+        if distributed is not None and dp_clip is not None:
+            raise SecAggError("distributed DP clips with its own clip norm: pass dp_clip=None")
+        rejected = {}
+        sending = []
+        for u in updates:
+            if not (np.all(np.isfinite(u.delta)) and math.isfinite(u.metrics.train_loss)):
+                rejected[u.client_id] = "non-finite update or loss: not sent"
+            else:
+                sending.append(u)
+        n = len(ids)
+        fixed = self.fixed_point(n)
+        degree, threshold = self.graph(n)
+        encoded = np.zeros((n, self.slots(distributed)), dtype=fixed.dtype)
+        if sending:
+            rows = [position[u.client_id] for u in sending]
+            encoded[rows] = self._encode(sending, fixed, attempt, dp_clip, distributed)
+        delivered = {u.client_id for u in sending}
+        stages: dict[str, list[int]] = {stage: [] for stage in STAGES}
+        for c in ids:  # without an input to send, a client is gone by masked_input
+            stage = gone.get(c)
+            if c not in delivered and (stage is None or STAGES.index(stage) > _MASKED_INPUT):
+                stage = "masked_input"
+            if stage is not None:
+                stages[stage].append(position[c])
+        graph_seed = int(np.random.SeedSequence([self.seed, 14, attempt]).generate_state(1)[0])
+        graph = (_degree(degree, n), threshold, {k: len(v) for k, v in stages.items() if v})
+        try:
+            total, report = simulate_encoded(encoded, fixed, threshold, degree, stages, graph_seed)
+        except SecAggError as err:
+            return SecureRound(None, None, *graph, rejected, str(err))
+        count = len(report.included)
+        head = self.slots(distributed) - AUX_SLOTS
+        if distributed is None:
+            delta = fixed.decode_sum(total[:head], count) * self.value_range(dp_clip)
+        else:
+            delta = distributed.decode(total[:head], self._signs(distributed, attempt))
+        weight, loss, unclipped = fixed.decode_sum(total[head:], count) * [1.0, LOSS_RANGE, 1.0]
+        included = np.array([ids[i] for i in report.included], dtype=np.int64)
+        # the count of bits is an integer: its error (count * error_bound) is far below 1/2
+        secure = SecureSum(included, delta, float(weight), float(loss), float(round(unclipped)))
+        return SecureRound(secure, report, *graph, rejected)
+
+    def _encode(
+        self,
+        updates: Sequence[Update],
+        fixed: FixedPoint,
+        attempt: int,
+        dp_clip: float | None,
+        distributed: DistributedDiscreteGaussian | None,
+    ) -> np.ndarray:
+        """Each sending client's vector (rows in ``updates`` order), as each would encode it."""
+        rows = np.stack([u.delta for u in updates]).astype(np.float32, copy=False)
+        counts = np.array([u.num_examples for u in updates], dtype=np.float64)
+        w = np.minimum(counts, self.max_examples) / self.max_examples
+        losses = np.array([u.metrics.train_loss for u in updates], dtype=np.float64)
+        unclipped = np.zeros(len(updates))
+        if distributed is not None:
+            head = distributed.encode(
+                rows, self._signs(distributed, attempt), [self._noise(u, attempt) for u in updates]
+            )
+        else:
+            r = self.value_range(dp_clip)
+            if dp_clip is None:
+                values = w[:, None] * np.clip(rows, -r, r)
+            else:
+                values, norms = clip_rows(rows, dp_clip)
+                unclipped = (norms <= dp_clip).astype(np.float64)
+            head = self._fixed(fixed, values / r, updates, attempt, salt=0)
+        aux = np.stack([w, w * np.clip(losses, 0.0, LOSS_RANGE) / LOSS_RANGE, unclipped], axis=1)
+        return np.concatenate([head, self._fixed(fixed, aux, updates, attempt, salt=1)], axis=1)
+
+    def _fixed(
+        self,
+        fixed: FixedPoint,
+        values: np.ndarray,
+        updates: Sequence[Update],
+        attempt: int,
+        salt: int,
+    ) -> np.ndarray:
+        """Fixed-point rows; stochastic rounding draws from each client's own generator."""
+        if fixed.rounding == "nearest":
+            return fixed.encode(values)
+        rows = []
+        for row, u in zip(values, updates, strict=True):
+            rng = np.random.default_rng([self.seed, 16, attempt, u.client_id, salt])
+            rows.append(fixed.encode(row, rng))
+        return np.stack(rows)
+
+    def _signs(self, distributed: DistributedDiscreteGaussian, attempt: int) -> np.ndarray:
+        return rotation_signs(distributed.padded, [self.seed, 15, attempt])
+
+    def _noise(self, update: Update, attempt: int) -> NoiseSource:
+        if self.secure_noise:
+            return SecureNoise()
+        return GeneratorNoise(np.random.default_rng([self.seed, 17, attempt, update.client_id]))
+
+
+def _degree(degree: int | None, num_clients: int) -> int:
+    return num_clients - 1 if degree is None else min(degree, num_clients - 1)
