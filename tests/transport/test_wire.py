@@ -6,13 +6,20 @@ import threading
 import time
 import zlib
 
+import grpc
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedloom.transport import wire
-from fedloom.transport.client import RateLimiter, RetryPolicy
+from fedloom.transport.client import (
+    ClientStats,
+    RateLimiter,
+    RetryPolicy,
+    ServerGone,
+    with_retries,
+)
 from fedloom.transport.server import TransferScheduler
 
 
@@ -99,3 +106,45 @@ def test_backoff_grows_to_its_cap_with_full_jitter() -> None:
     values = [next(delays) for _ in range(50)]
     assert all(0 <= v <= 1.0 for v in values)
     assert max(values[:2]) <= 0.2 and max(values[10:]) > 0.5
+
+
+class _Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection refused"
+
+
+class _Denied(_Unavailable):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_transient_failures_and_damaged_transfers_are_retried_then_given_up() -> None:
+    import random
+
+    policy = RetryPolicy(base_s=0.001, cap_s=0.002, patience_s=0.5)
+    stats = ClientStats()
+    failures = iter([_Unavailable(), wire.WireError("bad sha256"), _Unavailable()])
+
+    def flaky() -> str:
+        err = next(failures, None)
+        if err is not None:
+            raise err
+        return "ok"
+
+    assert with_retries("download", flaky, policy, random.Random(0), stats) == "ok"
+    assert stats.retries == 3
+
+    def down() -> str:
+        raise _Unavailable()
+
+    with pytest.raises(ServerGone, match="UNAVAILABLE"):
+        with_retries("join", down, policy, random.Random(0), stats)
+
+    def denied() -> str:
+        raise _Denied()
+
+    with pytest.raises(grpc.RpcError):  # a refusal is final: no retry
+        with_retries("upload", denied, policy, random.Random(0), ClientStats())

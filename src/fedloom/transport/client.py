@@ -79,6 +79,34 @@ class ClientStats:
     bytes_down: int = 0
 
 
+def with_retries(
+    what: str, fn: Callable[[], T], policy: RetryPolicy, rng: random.Random, stats: ClientStats
+) -> T:
+    """``fn()`` retried on transient gRPC failures and damaged transfers (backoff with full
+    jitter) until ``policy.patience_s`` of failures; then ``ServerGone``."""
+    started = time.monotonic()
+    delays = policy.delays(rng)
+    while True:
+        try:
+            return fn()
+        except (grpc.RpcError, wire.WireError) as err:
+            if isinstance(err, wire.WireError):  # a damaged transfer: fetch it again
+                problem = str(err)
+            else:
+                code = err.code() if hasattr(err, "code") else None
+                if code not in TRANSIENT:
+                    raise
+                problem = f"{code.name if code else 'error'}: {err.details()}"
+            if time.monotonic() - started > policy.patience_s:
+                raise ServerGone(
+                    f"{what}: no success for {policy.patience_s:.0f} s ({problem})"
+                ) from None
+            stats.retries += 1
+            delay = next(delays)
+            log.info("%s failed (%s); retrying in %.2f s", what, problem, delay)
+            time.sleep(delay)
+
+
 class RateLimiter:
     """Caps the upload rate: a token bucket over the chunks sent."""
 
@@ -145,27 +173,8 @@ class DeploymentClient:
         self._stop = threading.Event()
         self.trainer = None
 
-    # calls with retries ---------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """``fn()`` retried on transient gRPC failures until ``patience_s`` runs out."""
-        started = time.monotonic()
-        delays = self.retry.delays(self.rng)
-        while True:
-            try:
-                return fn()
-            except grpc.RpcError as err:
-                code = err.code() if hasattr(err, "code") else None
-                if code not in TRANSIENT:
-                    raise
-                if time.monotonic() - started > self.retry.patience_s:
-                    raise ServerGone(
-                        f"{what}: server unreachable for {self.retry.patience_s:.0f} s "
-                        f"({code.name if code else 'error'}: {err.details()})"
-                    ) from None
-                self.stats.retries += 1
-                delay = next(delays)
-                log.info("%s failed (%s); retrying in %.2f s", what, code, delay)
-                time.sleep(delay)
+        return with_retries(what, fn, self.retry, self.rng, self.stats)
 
     # the loop -------------------------------------------------------------------
     def run(self) -> ClientStats:
