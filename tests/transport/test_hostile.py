@@ -178,15 +178,9 @@ def test_hostile_messages_are_refused_and_everyone_else_is_served(live) -> None:
     assert rounds[1]["dropped"] == {"disconnected": 1}
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [["secagg.enabled=true"], ['privacy.mode="local"', "privacy.local_epsilon=4"]],
-)
-def test_client_side_privacy_is_refused_rather_than_silently_skipped(
-    tmp_path: Path, overrides: list[str]
-) -> None:
+def test_secure_aggregation_is_refused_rather_than_silently_skipped(tmp_path: Path) -> None:
     from fedloom.errors import ConfigError
 
-    config = load_config(None, [*overrides, f"output_dir={tmp_path}"])
+    config = load_config(None, ["secagg.enabled=true", f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="only in the simulator"):
         DeploymentServer(Simulation.start(config), ServerOptions(port=0, insecure=True))

@@ -107,6 +107,18 @@ def with_retries(
             time.sleep(delay)
 
 
+def privatize(delta: np.ndarray, spec: dict) -> np.ndarray:
+    """Local DP on the device: clip and noise the update with the OS CSPRNG, so that
+    nothing the server sends decides the noise (the simulator seeds it instead)."""
+    from fedloom.privacy.mechanisms import SecureNoise, local_gaussian, local_laplace
+
+    if spec["mechanism"] == "laplace":
+        noisy = local_laplace(delta, spec["clip"], spec["epsilon"], SecureNoise())
+    else:
+        noisy = local_gaussian(delta, spec["clip"], spec["epsilon"], spec["delta"], SecureNoise())
+    return np.asarray(noisy, dtype=np.float32)
+
+
 class RateLimiter:
     """Caps the upload rate: a token bucket over the chunks sent."""
 
@@ -243,6 +255,8 @@ class DeploymentClient:
         try:
             params = self._call("download", lambda: self._download(task.version))
             delta, metrics, train_s = self._train(task, params)
+            if task.local_dp_json:
+                delta = privatize(delta, json.loads(task.local_dp_json))
             reply = self._call("upload", lambda: self._upload(task, delta, metrics, train_s))
         except grpc.RpcError as err:
             self.stats.refused += 1

@@ -55,7 +55,7 @@ class TaskRequest(_message.Message):
     def __init__(self, wait_s: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "task_id", "round", "version", "seed", "plan_json", "deadline_unix", "max_steps", "retry_after_s")
+    __slots__ = ("kind", "task_id", "round", "version", "seed", "plan_json", "deadline_unix", "max_steps", "retry_after_s", "local_dp_json")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         WAIT: _ClassVar[Task.Kind]
@@ -73,6 +73,7 @@ class Task(_message.Message):
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_DP_JSON_FIELD_NUMBER: _ClassVar[int]
     kind: Task.Kind
     task_id: str
     round: int
@@ -82,7 +83,8 @@ class Task(_message.Message):
     deadline_unix: float
     max_steps: int
     retry_after_s: float
-    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., seed: _Optional[int] = ..., plan_json: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., max_steps: _Optional[int] = ..., retry_after_s: _Optional[float] = ...) -> None: ...
+    local_dp_json: str
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., seed: _Optional[int] = ..., plan_json: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., max_steps: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., local_dp_json: _Optional[str] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("version", "base_version")

@@ -138,13 +138,26 @@ class DeploymentServer(rpc.FedloomServicer):
 
     def __init__(self, sim: Simulation, options: ServerOptions) -> None:
         cfg = sim.config
-        if cfg.secagg.enabled or cfg.privacy.mode in ("local", "distributed"):
+        if cfg.secagg.enabled or cfg.privacy.mode == "distributed":
             raise ConfigError(
                 f"secagg.enabled = {cfg.secagg.enabled}, privacy.mode = {cfg.privacy.mode!r}: "
-                "secure aggregation and client-side (local or distributed) noise run only in "
-                "the simulator so far; over gRPC use central DP or none"
+                "secure aggregation (and distributed DP, which needs it) runs only in the "
+                "simulator so far; over gRPC use central or local DP, or none"
             )
         self.sim = sim
+        plan = sim.privacy
+        self._local_dp = (
+            json.dumps(
+                {
+                    "mechanism": plan.mechanism_kind,
+                    "clip": plan.clip_norm,
+                    "epsilon": plan.local_epsilon,
+                    "delta": plan.delta,
+                }
+            )
+            if plan.local
+            else ""
+        )
         self.options = options
         self.num_clients = sim.data.train.num_clients
         self.min_clients = options.min_clients or sim.config.server.clients_per_round
@@ -425,8 +438,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 self._cond.wait(min(left, 1.0))
                 self._peers[cid].last_seen = time.time()
 
-    @staticmethod
-    def _task(rnd: _Round, d: Dispatch) -> pb.Task:
+    def _task(self, rnd: _Round, d: Dispatch) -> pb.Task:
         return pb.Task(
             kind=pb.Task.TRAIN,
             task_id=rnd.task_id,
@@ -436,6 +448,7 @@ class DeploymentServer(rpc.FedloomServicer):
             plan_json=json.dumps(dataclasses.asdict(d.plan)),
             deadline_unix=d.deadline or 0.0,
             max_steps=d.max_steps or 0,
+            local_dp_json=self._local_dp,
         )
 
     def Download(
