@@ -68,7 +68,8 @@ def live(tmp_path: Path) -> Iterator[tuple[DeploymentServer, Path, int, threadin
     for t in honest:
         t.start()
     yield server, certs, port, thread
-    thread.join(120)
+    server.stop()  # ends the round loop too if the test failed half-way
+    thread.join(60)
 
 
 def stub_for(certs: Path, name: str, port: int, max_send: int = 0) -> rpc.FedloomStub:
@@ -159,7 +160,11 @@ def test_hostile_messages_are_refused_and_everyone_else_is_served(live) -> None:
     assert again.accepted and again.duplicate
     other = wire.to_bytes(good * 2)
     refused(lambda: upload(stub, header(other), other), grpc.StatusCode.ALREADY_EXISTS)
-    assert dict(server.refused) == {
+    counted = dict(server.refused)
+    # gRPC may cancel the over-limit stream before the handler reads it: then the handler
+    # sees no header (counted as malformed) or is never called
+    assert counted.pop("malformed", 1) == 1
+    assert counted == {
         "wrong_shape": 1,
         "nonfinite": 1,
         "oversized": 1,

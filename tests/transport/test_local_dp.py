@@ -64,7 +64,9 @@ def test_local_dp_run_over_grpc_is_accounted(tmp_path: Path) -> None:
         )
         threading.Thread(target=client.run, daemon=True).start()
     thread.join(180)
-    assert not thread.is_alive()
+    alive = thread.is_alive()
+    server.stop()
+    assert not alive
     rounds = [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
     assert [r["completed"] for r in rounds] == [3, 3]
     assert rounds[-1]["epsilon"] > 0

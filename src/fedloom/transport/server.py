@@ -518,6 +518,8 @@ class DeploymentServer(rpc.FedloomServicer):
         cid = self._client(context)
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         first = next(request_iterator, None)
+        if first is None and not context.is_active():  # cancelled by the transport
+            return pb.UploadReply(accepted=False, reason="stream cancelled")
         if first is None or not first.HasField("header"):
             self._refuse(context, invalid, "malformed", "upload must start with a header")
         h = first.header
