@@ -41,6 +41,10 @@ _EXPORTS: dict[str, str] = {
     # running
     "Simulation": "fedloom.sim",
     "RunDirectory": "fedloom.runs",
+    # deployment over gRPC
+    "DeploymentServer": "fedloom.transport.server",
+    "ServerOptions": "fedloom.transport.server",
+    "DeploymentClient": "fedloom.transport.client",
 }
 
 __all__ = sorted(_EXPORTS)
