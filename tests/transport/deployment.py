@@ -76,6 +76,7 @@ class Deployment:
             [*args, *extra], stdout=log, stderr=subprocess.STDOUT, env=self.env()
         )
         self.procs.append(self.server)
+        self.server_log = log.name
         text = self._wait_for(log.name, r"listening on [\d.]+:(\d+)", self.server)
         self.port = int(re.search(r"listening on [\d.]+:(\d+)", text).group(1))
         self.run_path = Path(re.search(r"run directory: (\S+)", text).group(1))
@@ -116,6 +117,11 @@ class Deployment:
                 raise AssertionError(f"process exited ({proc.returncode}):\n{text}")
             time.sleep(0.2)
         raise AssertionError(f"{pattern!r} never appeared in {path}:\n{Path(path).read_text()}")
+
+    def wait_server_log(self, pattern: str) -> None:
+        """Until the running server's log matches ``pattern`` (e.g. a client joined)."""
+        assert self.server is not None
+        self._wait_for(self.server_log, pattern, self.server)
 
     def rounds_done(self) -> int:
         """Rounds recorded so far in the run's metrics."""

@@ -61,17 +61,18 @@ def test_mtls_run_matches_the_simulator(deployment: Deployment) -> None:
 
 
 def test_a_killed_client_is_dropped_and_the_round_goes_on(tmp_path: Path) -> None:
-    d = Deployment(tmp_path, rounds=4, epochs=25)  # rounds long enough to kill one mid-way
+    d = Deployment(tmp_path, rounds=6, epochs=25)  # rounds long enough to kill one mid-way
     try:
         d.start_server("--min-clients", "4")
         clients = [d.start_client(i) for i in range(d.clients)]
+        d.wait_server_log("client 4 joined")  # online: the next round will count on it
         d.wait_rounds(1)
         d.kill(clients[-1])
         d.wait_server()
     finally:
         d.close()
     rounds = rounds_of(d)
-    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5, 6]
     assert all(r["status"] == "aggregated" for r in rounds)
     # every dispatched client either delivered or was dropped, never silently lost
     assert all(r["completed"] + sum(r["dropped"].values()) == r["dispatched"] for r in rounds)
@@ -80,10 +81,15 @@ def test_a_killed_client_is_dropped_and_the_round_goes_on(tmp_path: Path) -> Non
     assert all(r["dispatched"] == 4 for r in rounds[drops[0] + 1 :]), rounds
 
 
-def test_server_killed_and_restarted_resumes_and_clients_reconnect(
-    deployment: Deployment,
-) -> None:
-    d = deployment
+def test_server_killed_and_restarted_resumes_and_clients_reconnect(tmp_path: Path) -> None:
+    d = Deployment(tmp_path, rounds=5, epochs=25)  # slow enough that the kill lands mid-run
+    try:
+        _kill_and_resume(d)
+    finally:
+        d.close()
+
+
+def _kill_and_resume(d: Deployment) -> None:
     d.start_server()
     clients = [d.start_client(i) for i in range(d.clients)]
     d.wait_rounds(2)
@@ -95,12 +101,19 @@ def test_server_killed_and_restarted_resumes_and_clients_reconnect(
     for proc in clients:
         assert proc.wait(60) == 0, d.logs()
     assert any(r.get("event") == "resume" for r in d.records())
-    assert [r["round"] for r in rounds_of(d)][-1] == 4
+    assert [r["round"] for r in rounds_of(d)] == [1, 2, 3, 4, 5]
     assert_matches_simulator(d)
 
 
-def test_network_faults_between_clients_and_server(deployment: Deployment) -> None:
-    d = deployment
+def test_network_faults_between_clients_and_server(tmp_path: Path) -> None:
+    d = Deployment(tmp_path, rounds=6, epochs=25)  # still running when the faults start
+    try:
+        _faults(d)
+    finally:
+        d.close()
+
+
+def _faults(d: Deployment) -> None:
     # a dead connection is noticed by keepalive within ~10 s: clients must not be dropped
     d.start_server("--client-timeout", "30")
     with FaultProxy(("127.0.0.1", d.port)) as proxy:
