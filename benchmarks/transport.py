@@ -2,16 +2,15 @@
 
 1. Throughput. A ``DeploymentServer`` (in its own process) serves an MLP 64-h-10 on digits
    with h chosen so that the float32 model is ~10 MB or ~100 MB, with mTLS and in plaintext.
-   The client (the main process) times whole ``Download`` calls of the current version
-   through ``DeploymentClient._download``: the stream copied into one buffer and hashed as
-   it arrives, then the sha256 comparison. The baseline is a minimal gRPC server in the
-   same server process:
-   a generic server-streaming handler with identity serializers that streams the same
-   bytes in the same 1 MiB chunks over the same kind of channel (same certificates, same
-   ``wire.channel_options()``), the receiver joining the bytes. Median of several repeats
-   after a warm-up, fedloom and raw alternating. MB = 10^6 bytes. Then the same number of
-   downloads again with each step timed (request to first chunk, rest of the stream, and
-   the client's final checks) to show where the time goes.
+   The client (the main process) times whole ``Download`` calls of the current version through
+   ``DeploymentClient._download``: the stream copied into one buffer and hashed in a second thread
+   as it arrives, then the sha256 comparison. The baseline is a minimal gRPC server in the same
+   server process: a generic server-streaming handler with identity serializers that streams the
+   same bytes in the same 1 MiB chunks over the same kind of channel (same certificates, same
+   ``wire.channel_options()``), the receiver joining the bytes. Median of several repeats after a
+   warm-up, fedloom and raw alternating. MB = 10^6 bytes. Then the same number of downloads again
+   with each step timed (request to first chunk, rest of the stream, and the client's final checks)
+   to show where the time goes.
 2. Concurrent clients. One ``fedloom server`` process (mTLS) and 200 ``DeploymentClient``
    threads spread over 4 processes (50 each), each client with its own folder of a
    200-client IID partition of digits, MLP 64-32-10, every client in every round.
@@ -33,7 +32,6 @@ with other work, whose load average the JSON records before and after.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -281,8 +279,8 @@ def throughput(root: Path, label: str, hidden: int, warmup: int, repeats: int) -
 
 def _staged_fedloom(client: Any, version: int) -> dict[str, float]:
     """``DeploymentClient._download`` for a whole model in two timed steps (ms): the
-    stream (chunks copied into one buffer and hashed as they arrive) and the final
-    checks (sha256 comparison, float32 view)."""
+    stream (chunks copied into one buffer and hashed in a second thread as they arrive)
+    and the final checks (waiting for the hash, comparing it, float32 view)."""
     from fedloom.transport import fedloom_pb2 as pb
     from fedloom.transport import wire
 
@@ -290,8 +288,10 @@ def _staged_fedloom(client: Any, version: int) -> dict[str, float]:
     stream = client.stub.Download(
         pb.DownloadRequest(version=version, base_version=-1), metadata=client._metadata
     )
+    from fedloom.transport.client import _BackgroundHash
+
     header, buffer, size = None, np.empty(0, np.uint8), 0
-    hasher = hashlib.sha256()
+    hasher = _BackgroundHash()
     for chunk in stream:
         data = chunk.data
         if header is None:

@@ -148,3 +148,15 @@ def test_transient_failures_and_damaged_transfers_are_retried_then_given_up() ->
 
     with pytest.raises(grpc.RpcError):  # a refusal is final: no retry
         with_retries("upload", denied, policy, random.Random(0), ClientStats())
+
+
+def test_background_hash_equals_sha256_of_the_chunks_in_order() -> None:
+    import hashlib
+
+    from fedloom.transport.client import _BackgroundHash
+
+    pieces = [bytes([i]) * (5000 + 37 * i) for i in range(50)]
+    with _BackgroundHash() as hasher:
+        for piece in pieces:
+            hasher.update(piece)
+        assert hasher.digest() == hashlib.sha256(b"".join(pieces)).digest()

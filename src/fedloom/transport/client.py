@@ -20,6 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -117,6 +118,28 @@ def privatize(delta: np.ndarray, spec: dict) -> np.ndarray:
     else:
         noisy = local_gaussian(delta, spec["clip"], spec["epsilon"], spec["delta"], SecureNoise())
     return np.asarray(noisy, dtype=np.float32)
+
+
+class _BackgroundHash:
+    """sha256 computed in a second thread while the next chunks arrive (hashlib releases
+    the GIL on large inputs), so checking a download costs little beyond receiving it."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._pool = futures.ThreadPoolExecutor(max_workers=1)  # one worker: in order
+
+    def update(self, data: bytes) -> None:
+        self._pool.submit(self._hash.update, data)
+
+    def digest(self) -> bytes:
+        self._pool.shutdown(wait=True)
+        return self._hash.digest()
+
+    def __enter__(self) -> _BackgroundHash:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class RateLimiter:
@@ -282,36 +305,38 @@ class DeploymentClient:
             timeout=self.retry.call_timeout_s,
         )
         header, buffer, size = None, np.empty(0, np.uint8), 0
-        hasher = hashlib.sha256()
-        for chunk in stream:
-            data = chunk.data  # each read of a bytes field copies it
-            if header is None:
-                header = chunk.header
-                if header.payload_bytes > 4 * self.dim + (1 << 20):  # zlib's worst case
-                    raise wire.WireError(f"model download declares {header.payload_bytes} bytes")
-                buffer = np.empty(header.payload_bytes, np.uint8)  # no zero-filling
-            if size + len(data) > header.payload_bytes:
-                raise wire.WireError("model download exceeds its declared size")
-            buffer[size : size + len(data)] = np.frombuffer(data, np.uint8)
-            size += len(data)
-            if header.encoding == "raw":  # hash while the next chunk arrives
-                hasher.update(data)
-        if header is None or size != header.payload_bytes:
-            raise wire.WireError(f"model download of version {version} is truncated")
-        if header.encoding == "xor-zlib":
-            if self.held is None or header.base_version != self.held[0]:
-                raise wire.WireError(
-                    f"model delta against version {header.base_version}, "
-                    f"but this client holds {base}"
-                )
-            params = wire.apply_xor_delta(buffer.data, self.held[1])
-            hasher.update(params.tobytes())
-        elif header.encoding == "raw":
-            params = wire.from_buffer(buffer, self.dim, "model")  # a view: no copy
-        else:
-            raise wire.WireError(f"unknown model encoding {header.encoding!r}")
-        if hasher.digest() != header.sha256:
-            raise wire.WireError(f"model version {version} fails its sha256 check")
+        with _BackgroundHash() as hasher:
+            for chunk in stream:
+                data = chunk.data  # each read of a bytes field copies it
+                if header is None:
+                    header = chunk.header
+                    if header.payload_bytes > 4 * self.dim + (1 << 20):  # zlib's worst case
+                        raise wire.WireError(
+                            f"model download declares {header.payload_bytes} bytes"
+                        )
+                    buffer = np.empty(header.payload_bytes, np.uint8)  # no zero-filling
+                if size + len(data) > header.payload_bytes:
+                    raise wire.WireError("model download exceeds its declared size")
+                buffer[size : size + len(data)] = np.frombuffer(data, np.uint8)
+                size += len(data)
+                if header.encoding == "raw":  # hash while the next chunk arrives
+                    hasher.update(data)
+            if header is None or size != header.payload_bytes:
+                raise wire.WireError(f"model download of version {version} is truncated")
+            if header.encoding == "xor-zlib":
+                if self.held is None or header.base_version != self.held[0]:
+                    raise wire.WireError(
+                        f"model delta against version {header.base_version}, "
+                        f"but this client holds {base}"
+                    )
+                params = wire.apply_xor_delta(buffer.data, self.held[1])
+                hasher.update(params.tobytes())
+            elif header.encoding == "raw":
+                params = wire.from_buffer(buffer, self.dim, "model")  # a view: no copy
+            else:
+                raise wire.WireError(f"unknown model encoding {header.encoding!r}")
+            if hasher.digest() != header.sha256:
+                raise wire.WireError(f"model version {version} fails its sha256 check")
         self.stats.bytes_down += size
         self.held = (version, params)
         return params
