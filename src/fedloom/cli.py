@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedloom.console import console, user_errors
 from fedloom.errors import FedloomError
 from fedloom.transport.cli_certs import certs_app
 
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Show a ``FedloomError`` as one line naming the problem and exit with status 2."""
-    try:
-        yield
-    except FedloomError as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from None
-
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console(soft_wrap=True)  # never break paths or commands across lines
 
 
 @app.callback()
@@ -57,7 +43,7 @@ def run(
     """
     from fedloom.config import load_config
 
-    with _user_errors():
+    with user_errors():
         if resume is not None:
             if config is not None or set_:
                 raise FedloomError("--resume takes the run's saved config; drop CONFIG and --set")
@@ -115,7 +101,7 @@ def server(
     from fedloom.config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with _user_errors():
+    with user_errors():
         from fedloom.transport.server import DeploymentServer, ServerOptions, open_simulation
 
         if resume is not None and (config is not None or set_):
@@ -175,7 +161,7 @@ def client(
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with _user_errors():
+    with user_errors():
         from fedloom.transport.client import DeploymentClient, RetryPolicy
 
         if insecure:
@@ -214,7 +200,7 @@ def data_export(
     """Write a config's client partition as per-client folders (for real client processes)."""
     from fedloom.config import load_config
 
-    with _user_errors():
+    with user_errors():
         cfg = load_config(config, set_)
         from fedloom.data.federated import build_federated_data
         from fedloom.data.storage import write_partition
@@ -230,7 +216,7 @@ def clients(
     top: Annotated[int, typer.Option(help="rows to show, most selected first (0 = all)")] = 20,
 ) -> None:
     """Per-client participation, reliability, speed, loss and contribution of a run."""
-    with _user_errors():
+    with user_errors():
         from fedloom.runs import RunDirectory
         from fedloom.server.registry import ClientRegistry
 
@@ -302,7 +288,7 @@ def privacy_sweep(
     from fedloom.report import write_sweep_plot
     from fedloom.sim import Simulation
 
-    with _user_errors():
+    with user_errors():
         targets = [float(e) for e in epsilons.split(",")]
         if any(not (e > 0) for e in targets):
             raise FedloomError(f"--epsilons {epsilons!r}: every epsilon must be > 0 (or inf)")
@@ -377,7 +363,7 @@ def privacy_plan(
     from fedloom.config import load_config, parse_config
     from fedloom.sim import Simulation
 
-    with _user_errors():
+    with user_errors():
         if not epsilon > 0:
             raise FedloomError(f"--epsilon {epsilon!r}: must be > 0")
         base = load_config(config, set_)

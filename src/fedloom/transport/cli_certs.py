@@ -6,34 +6,19 @@ commands, so the rest of the command line starts without them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from fedloom.errors import FedloomError
+from fedloom.console import console, user_errors
 
 certs_app = typer.Typer(
     no_args_is_help=True,
     help="Certificates for mutual TLS: one CA, then one certificate per server and client.",
 )
-console = Console(soft_wrap=True)  # never break paths across lines
-
 _DIR_HELP = "folder holding the CA and the issued certificates"
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Show a ``FedloomError`` as one line naming the problem and exit with status 2."""
-    try:
-        yield
-    except FedloomError as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}")
-        raise typer.Exit(2) from None
 
 
 @certs_app.command()
@@ -44,7 +29,7 @@ def init(
     """Create the certificate authority (ca.pem, ca.key) in DIR."""
     from fedloom.transport.certs import init_ca
 
-    with _user_errors():
+    with user_errors():
         cert = init_ca(directory, force=force)
     console.print(f"wrote CA certificate {escape(str(cert))}")
     console.print(f"wrote CA key {escape(str(directory / 'ca.key'))} (keep it secret)")
@@ -64,7 +49,7 @@ def issue(
     """Issue NAME.pem and NAME.key, signed by the CA in DIR."""
     from fedloom.transport.certs import DEFAULT_HOSTS, CertError, issue
 
-    with _user_errors():
+    with user_errors():
         if host and not server:
             raise CertError(f"--host {host[0]} names a server address; add --server")
         kind = "server" if server else "client"
