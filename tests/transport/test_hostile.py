@@ -3,7 +3,6 @@ client's stream and counted, and the round still completes for everyone else."""
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +10,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from inprocess import serve_in_thread
 
 from fedloom.config import load_config
-from fedloom.data.federated import build_federated_data
-from fedloom.data.storage import client_dir, write_partition
+from fedloom.data.storage import client_dir
 from fedloom.sim.runtime import Simulation
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
@@ -32,30 +31,8 @@ def live(tmp_path: Path) -> Iterator[tuple[DeploymentServer, Path, int, threadin
     issue(certs, "server", kind="server")
     for name in ("client-000000", "client-000001", "client-000002", "client-000007", "mallory"):
         issue(certs, name)
-    overrides = [
-        "rounds=2",
-        "partition.num_clients=3",
-        "server.clients_per_round=3",
-        "client.local_epochs=1",
-        f"output_dir={tmp_path / 'runs'}",
-    ]
-    config = load_config(None, overrides)
-    data = build_federated_data(config.data, config.partition, config.seed)
-    write_partition(tmp_path / "data", data.train, data.holdout)
-    ready: queue.Queue = queue.Queue()
-
-    def serve() -> None:  # the round loop must run in the thread that built the simulation
-        options = ServerOptions(port=0, certs=certs, linger_s=0.5, client_timeout_s=3)
-        server = DeploymentServer(Simulation.start(config), options)
-        ready.put((server, server.start()))
-        try:
-            server.run()
-        finally:
-            server.stop()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    server, port = ready.get(timeout=120)
+    options = ServerOptions(port=0, certs=certs, linger_s=0.5, client_timeout_s=3)
+    server, port, thread = serve_in_thread(tmp_path, [], options)
     honest = [
         threading.Thread(
             target=DeploymentClient(

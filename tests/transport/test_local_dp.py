@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import queue
 import threading
 from pathlib import Path
 
 import numpy as np
+from inprocess import serve_in_thread
 
-from fedloom.config import load_config
-from fedloom.data.federated import build_federated_data
-from fedloom.data.storage import client_dir, write_partition
+from fedloom.data.storage import client_dir
 from fedloom.privacy.calibration import analytic_gaussian_sigma
-from fedloom.sim.runtime import Simulation
 from fedloom.transport.client import DeploymentClient, privatize
-from fedloom.transport.server import DeploymentServer, ServerOptions
+from fedloom.transport.server import ServerOptions
 
 
 def test_privatize_clips_and_noises_with_fresh_randomness() -> None:
@@ -31,33 +28,9 @@ def test_privatize_clips_and_noises_with_fresh_randomness() -> None:
 
 
 def test_local_dp_run_over_grpc_is_accounted(tmp_path: Path) -> None:
-    overrides = [
-        "rounds=2",
-        "partition.num_clients=3",
-        "server.clients_per_round=3",
-        "client.local_epochs=1",
-        'privacy.mode="local"',
-        "privacy.local_epsilon=8",
-        f"output_dir={tmp_path / 'runs'}",
-    ]
-    config = load_config(None, overrides)
-    data = build_federated_data(config.data, config.partition, config.seed)
-    write_partition(tmp_path / "data", data.train, data.holdout)
-    ready: queue.Queue = queue.Queue()
-
-    def serve() -> None:
-        server = DeploymentServer(
-            Simulation.start(config), ServerOptions(port=0, insecure=True, linger_s=0.5)
-        )
-        ready.put((server, server.start()))
-        try:
-            server.run()
-        finally:
-            server.stop()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    server, port = ready.get(timeout=120)
+    options = ServerOptions(port=0, insecure=True, linger_s=0.5)
+    overrides = ['privacy.mode="local"', "privacy.local_epsilon=8"]
+    server, port, thread = serve_in_thread(tmp_path, overrides, options)
     for i in range(3):
         client = DeploymentClient(
             f"127.0.0.1:{port}", client_dir(tmp_path / "data", i), insecure=True
