@@ -304,7 +304,7 @@ def _staged_fedloom(client: Any, version: int) -> dict[str, float]:
     t.append(time.perf_counter())
     if hasher.digest() != header.sha256:
         raise wire.WireError("sha256 mismatch")
-    wire.from_buffer(buffer, client.dim, "model")
+    wire.as_float32(buffer, client.dim, "model")
     t.append(time.perf_counter())
     names = ("first_chunk", "rest_of_stream", "checks")
     return {name: 1000 * (t[i + 1] - t[i]) for i, name in enumerate(names)}

@@ -51,7 +51,7 @@ def test_bad_deltas_and_payloads_are_refused() -> None:
     with pytest.raises(wire.WireError, match="wrong size"):
         wire.apply_xor_delta(bomb, base)
     with pytest.raises(wire.WireError, match="expected 40"):
-        wire.from_bytes(b"\0" * 36, 10, "update")
+        wire.as_float32(b"\0" * 36, 10, "update")
 
 
 def test_chunks_cover_the_payload_in_order() -> None:

@@ -332,7 +332,7 @@ class DeploymentClient:
                 params = wire.apply_xor_delta(buffer.data, self.held[1])
                 hasher.update(params.tobytes())
             elif header.encoding == "raw":
-                params = wire.from_buffer(buffer, self.dim, "model")  # a view: no copy
+                params = wire.as_float32(buffer, self.dim, "model")  # a view: no copy
             else:
                 raise wire.WireError(f"unknown model encoding {header.encoding!r}")
             if hasher.digest() != header.sha256:

@@ -577,7 +577,7 @@ class DeploymentServer(rpc.FedloomServicer):
             cid,
             int(h.round),
             int(h.version),
-            wire.from_bytes(payload, self.sim.server.dim, "update"),
+            wire.as_float32(payload, self.sim.server.dim, "update"),
             int(h.num_examples),
             ClientMetrics(float(h.train_loss), int(h.steps), float(h.epochs), h.train_loss_sq),
         )

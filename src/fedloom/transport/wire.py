@@ -34,18 +34,12 @@ def to_bytes(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
-def from_bytes(data: bytes, dim: int, what: str) -> np.ndarray:
-    """The float32 vector of ``dim`` values in ``data`` (a fresh, writable array)."""
-    if len(data) != 4 * dim:
-        raise WireError(f"{what} has {len(data)} bytes, expected {4 * dim} ({dim} float32)")
-    return np.frombuffer(data, dtype="<f4").astype(np.float32)
-
-
-def from_buffer(data: np.ndarray, dim: int, what: str) -> np.ndarray:
-    """Like ``from_bytes`` but a float32 view of a uint8 buffer the caller hands over."""
-    if data.nbytes != 4 * dim:
-        raise WireError(f"{what} has {data.nbytes} bytes, expected {4 * dim} ({dim} float32)")
-    return data.view("<f4")
+def as_float32(data: bytes | np.ndarray, dim: int, what: str) -> np.ndarray:
+    """The ``dim`` float32 values in ``data`` as a view, no copy (read-only over bytes)."""
+    size = len(data) if isinstance(data, bytes) else data.nbytes
+    if size != 4 * dim:
+        raise WireError(f"{what} has {size} bytes, expected {4 * dim} ({dim} float32)")
+    return np.frombuffer(data, dtype="<f4")
 
 
 def digest(data: bytes) -> bytes:
