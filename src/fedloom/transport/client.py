@@ -6,7 +6,7 @@ uses, and stream the update back. Every call is retried on transient failures
 (unavailable server, reset connection, timeout) with exponential backoff and full jitter,
 so a client rides out network faults and server restarts by itself. Uploads are
 idempotent on the server (client, task, version), so retrying one after a lost reply
-never applies it twice. A heartbeat thread reports liveness and training progress.
+never applies it twice. A heartbeat thread keeps the client counted as online.
 
 References: Brooker, "Exponential Backoff And Jitter", AWS Architecture Blog, 2015.
 """
@@ -203,8 +203,6 @@ class DeploymentClient:
             )
         self.stub = rpc.FedloomStub(self.channel)
         self.held: tuple[int, np.ndarray] | None = None  # (version, params)
-        self._task_id = ""
-        self._progress = (0, 0)
         self._stop = threading.Event()
         self.trainer = None
 
@@ -263,10 +261,9 @@ class DeploymentClient:
 
     def _heartbeats(self, every: float) -> None:
         while not self._stop.wait(every):
-            step, steps = self._progress
             try:
                 self.stub.Heartbeat(
-                    pb.HeartbeatRequest(task_id=self._task_id, step=step, steps=steps),
+                    pb.HeartbeatRequest(),
                     metadata=self._metadata,
                     timeout=max(every, 1.0) * 3,
                 )
@@ -344,7 +341,6 @@ class DeploymentClient:
     def _train(self, task: pb.Task, params: np.ndarray) -> tuple[np.ndarray, ClientMetrics, float]:
         spec = json.loads(task.plan_json)
         plan = TrainPlan(**{**spec, "betas": tuple(spec["betas"])})
-        self._task_id = task.task_id
         out = torch.empty(self.dim, dtype=torch.float32)
         started = time.perf_counter()
         metrics = self.trainer.train(
@@ -356,7 +352,6 @@ class DeploymentClient:
             out=out,
             max_steps=int(task.max_steps) or None,
         )
-        self._progress = (metrics.steps, metrics.steps)
         return out.numpy(), metrics, time.perf_counter() - started
 
     def _upload(

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64loom/transport/fedloom.proto\x12\nfedloom.v1\"3\n\x0bJoinRequest\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"\x87\x01\n\tJoinReply\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\x0b\n\x03\x64im\x18\x02 \x01(\x03\x12\x0b\n\x03run\x18\x03 \x01(\t\x12\x13\n\x0bheartbeat_s\x18\x04 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x12\n\nmodel_json\x18\x07 \x01(\t\"@\n\x10HeartbeatRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05steps\x18\x03 \x01(\x03\"#\n\x0eHeartbeatReply\x12\x11\n\ttask_open\x18\x01 \x01(\x08\"\x1d\n\x0bTaskRequest\x12\x0e\n\x06wait_s\x18\x01 \x01(\x01\"\xfc\x01\n\x04Task\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.fedloom.v1.Task.Kind\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x11\n\tplan_json\x18\x06 \x01(\t\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12\x11\n\tmax_steps\x18\x08 \x01(\x03\x12\x15\n\rretry_after_s\x18\t \x01(\x01\x12\x15\n\rlocal_dp_json\x18\n \x01(\t\"%\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x44ONE\x10\x02\"8\n\x0f\x44ownloadRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\"}\n\x0e\x44ownloadHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x10\n\x08\x65ncoding\x18\x03 \x01(\t\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"I\n\rDownloadChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedloom.v1.DownloadHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xf3\x01\n\x0cUploadHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x03\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x15\n\rpayload_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\x0c\x12\x12\n\ntrain_loss\x18\t \x01(\x01\x12\x15\n\rtrain_loss_sq\x18\n \x01(\x01\x12\r\n\x05steps\x18\x0b \x01(\x03\x12\x0e\n\x06\x65pochs\x18\x0c \x01(\x01\x12\x0f\n\x07train_s\x18\r \x01(\x01\"E\n\x0bUploadChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedloom.v1.UploadHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xc2\x02\n\x07\x46\x65\x64loom\x12\x36\n\x04Join\x12\x17.fedloom.v1.JoinRequest\x1a\x15.fedloom.v1.JoinReply\x12\x45\n\tHeartbeat\x12\x1c.fedloom.v1.HeartbeatRequest\x1a\x1a.fedloom.v1.HeartbeatReply\x12\x34\n\x07GetTask\x12\x17.fedloom.v1.TaskRequest\x1a\x10.fedloom.v1.Task\x12\x44\n\x08\x44ownload\x12\x1b.fedloom.v1.DownloadRequest\x1a\x19.fedloom.v1.DownloadChunk0\x01\x12<\n\x06Upload\x12\x17.fedloom.v1.UploadChunk\x1a\x17.fedloom.v1.UploadReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64loom/transport/fedloom.proto\x12\nfedloom.v1\"3\n\x0bJoinRequest\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"\x87\x01\n\tJoinReply\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\x0b\n\x03\x64im\x18\x02 \x01(\x03\x12\x0b\n\x03run\x18\x03 \x01(\t\x12\x13\n\x0bheartbeat_s\x18\x04 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x12\n\nmodel_json\x18\x07 \x01(\t\"\x12\n\x10HeartbeatRequest\"\x10\n\x0eHeartbeatReply\"\x1d\n\x0bTaskRequest\x12\x0e\n\x06wait_s\x18\x01 \x01(\x01\"\xfc\x01\n\x04Task\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.fedloom.v1.Task.Kind\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x11\n\tplan_json\x18\x06 \x01(\t\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12\x11\n\tmax_steps\x18\x08 \x01(\x03\x12\x15\n\rretry_after_s\x18\t \x01(\x01\x12\x15\n\rlocal_dp_json\x18\n \x01(\t\"%\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x44ONE\x10\x02\"8\n\x0f\x44ownloadRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\"}\n\x0e\x44ownloadHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x10\n\x08\x65ncoding\x18\x03 \x01(\t\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"I\n\rDownloadChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedloom.v1.DownloadHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xf3\x01\n\x0cUploadHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x03\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x15\n\rpayload_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\x0c\x12\x12\n\ntrain_loss\x18\t \x01(\x01\x12\x15\n\rtrain_loss_sq\x18\n \x01(\x01\x12\r\n\x05steps\x18\x0b \x01(\x03\x12\x0e\n\x06\x65pochs\x18\x0c \x01(\x01\x12\x0f\n\x07train_s\x18\r \x01(\x01\"E\n\x0bUploadChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedloom.v1.UploadHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xc2\x02\n\x07\x46\x65\x64loom\x12\x36\n\x04Join\x12\x17.fedloom.v1.JoinRequest\x1a\x15.fedloom.v1.JoinReply\x12\x45\n\tHeartbeat\x12\x1c.fedloom.v1.HeartbeatRequest\x1a\x1a.fedloom.v1.HeartbeatReply\x12\x34\n\x07GetTask\x12\x17.fedloom.v1.TaskRequest\x1a\x10.fedloom.v1.Task\x12\x44\n\x08\x44ownload\x12\x1b.fedloom.v1.DownloadRequest\x1a\x19.fedloom.v1.DownloadChunk0\x01\x12<\n\x06Upload\x12\x17.fedloom.v1.UploadChunk\x1a\x17.fedloom.v1.UploadReply(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,27 +36,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINREPLY']._serialized_start=101
   _globals['_JOINREPLY']._serialized_end=236
   _globals['_HEARTBEATREQUEST']._serialized_start=238
-  _globals['_HEARTBEATREQUEST']._serialized_end=302
-  _globals['_HEARTBEATREPLY']._serialized_start=304
-  _globals['_HEARTBEATREPLY']._serialized_end=339
-  _globals['_TASKREQUEST']._serialized_start=341
-  _globals['_TASKREQUEST']._serialized_end=370
-  _globals['_TASK']._serialized_start=373
-  _globals['_TASK']._serialized_end=625
-  _globals['_TASK_KIND']._serialized_start=588
-  _globals['_TASK_KIND']._serialized_end=625
-  _globals['_DOWNLOADREQUEST']._serialized_start=627
-  _globals['_DOWNLOADREQUEST']._serialized_end=683
-  _globals['_DOWNLOADHEADER']._serialized_start=685
-  _globals['_DOWNLOADHEADER']._serialized_end=810
-  _globals['_DOWNLOADCHUNK']._serialized_start=812
-  _globals['_DOWNLOADCHUNK']._serialized_end=885
-  _globals['_UPLOADHEADER']._serialized_start=888
-  _globals['_UPLOADHEADER']._serialized_end=1131
-  _globals['_UPLOADCHUNK']._serialized_start=1133
-  _globals['_UPLOADCHUNK']._serialized_end=1202
-  _globals['_UPLOADREPLY']._serialized_start=1204
-  _globals['_UPLOADREPLY']._serialized_end=1270
-  _globals['_FEDLOOM']._serialized_start=1273
-  _globals['_FEDLOOM']._serialized_end=1595
+  _globals['_HEARTBEATREQUEST']._serialized_end=256
+  _globals['_HEARTBEATREPLY']._serialized_start=258
+  _globals['_HEARTBEATREPLY']._serialized_end=274
+  _globals['_TASKREQUEST']._serialized_start=276
+  _globals['_TASKREQUEST']._serialized_end=305
+  _globals['_TASK']._serialized_start=308
+  _globals['_TASK']._serialized_end=560
+  _globals['_TASK_KIND']._serialized_start=523
+  _globals['_TASK_KIND']._serialized_end=560
+  _globals['_DOWNLOADREQUEST']._serialized_start=562
+  _globals['_DOWNLOADREQUEST']._serialized_end=618
+  _globals['_DOWNLOADHEADER']._serialized_start=620
+  _globals['_DOWNLOADHEADER']._serialized_end=745
+  _globals['_DOWNLOADCHUNK']._serialized_start=747
+  _globals['_DOWNLOADCHUNK']._serialized_end=820
+  _globals['_UPLOADHEADER']._serialized_start=823
+  _globals['_UPLOADHEADER']._serialized_end=1066
+  _globals['_UPLOADCHUNK']._serialized_start=1068
+  _globals['_UPLOADCHUNK']._serialized_end=1137
+  _globals['_UPLOADREPLY']._serialized_start=1139
+  _globals['_UPLOADREPLY']._serialized_end=1205
+  _globals['_FEDLOOM']._serialized_start=1208
+  _globals['_FEDLOOM']._serialized_end=1530
 # @@protoc_insertion_point(module_scope)

@@ -33,20 +33,12 @@ class JoinReply(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., dim: _Optional[int] = ..., run: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., chunk_bytes: _Optional[int] = ..., version: _Optional[int] = ..., model_json: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("task_id", "step", "steps")
-    TASK_ID_FIELD_NUMBER: _ClassVar[int]
-    STEP_FIELD_NUMBER: _ClassVar[int]
-    STEPS_FIELD_NUMBER: _ClassVar[int]
-    task_id: str
-    step: int
-    steps: int
-    def __init__(self, task_id: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("task_open",)
-    TASK_OPEN_FIELD_NUMBER: _ClassVar[int]
-    task_open: bool
-    def __init__(self, task_open: _Optional[bool] = ...) -> None: ...
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class TaskRequest(_message.Message):
     __slots__ = ("wait_s",)

@@ -72,7 +72,7 @@ class FedloomServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Liveness and cheap progress reporting while a client trains.
+        """Liveness: a client that stays silent longer than the server's timeout is dropped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -25,6 +25,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -112,15 +113,9 @@ class TransferScheduler:
 
 
 @dataclass
-class _Peer:
-    last_seen: float
-    progress: tuple[int, int] = (0, 0)  # (step, steps) of the current task
-
-
-@dataclass
 class _Round:
     task_id: str
-    started: float
+    started: float  # time.perf_counter(), like arrival times
     dispatches: dict[int, Dispatch]
     needed: int
     arrival: dict[int, float] = dataclasses.field(default_factory=dict)
@@ -130,7 +125,6 @@ class _Round:
     down_kbps: dict[int, float] = dataclasses.field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
-    clock_started: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 class DeploymentServer(rpc.FedloomServicer):
@@ -162,7 +156,7 @@ class DeploymentServer(rpc.FedloomServicer):
         self.num_clients = sim.data.train.num_clients
         self.min_clients = options.min_clients or sim.config.server.clients_per_round
         self._cond = threading.Condition()
-        self._peers: dict[int, _Peer] = {}
+        self._last_seen: dict[int, float] = {}  # client id -> time.time() of its last call
         self._round: _Round | None = None
         self._models: dict[int, np.ndarray] = {sim.server.version: sim.server.params.copy()}
         self._downloads: dict[tuple[int, int], tuple[list[pb.DownloadChunk], int]] = {}
@@ -234,7 +228,7 @@ class DeploymentServer(rpc.FedloomServicer):
     # rounds -------------------------------------------------------------------
     def _online(self, now: float) -> list[int]:
         limit = now - self.options.client_timeout_s
-        return sorted(c for c, p in self._peers.items() if p.last_seen >= limit)
+        return sorted(c for c, seen in self._last_seen.items() if seen >= limit)
 
     def _play_round(self) -> None:
         sim, srv = self.sim, self.sim.server
@@ -255,7 +249,7 @@ class DeploymentServer(rpc.FedloomServicer):
             sim.attempts += 1
             rnd = _Round(
                 f"{dispatches[0].round}.{sim.attempts}" if dispatches else "",
-                now,
+                time.perf_counter(),
                 {d.client_id: d for d in dispatches},
                 need,
             )
@@ -290,8 +284,7 @@ class DeploymentServer(rpc.FedloomServicer):
             now = time.time()
             silent = now - self.options.client_timeout_s
             for cid in sorted(srv.pending):
-                peer = self._peers.get(cid)
-                if peer is None or peer.last_seen < silent:
+                if self._last_seen.get(cid, -math.inf) < silent:
                     fail(cid, "disconnected")
             if len(rnd.applied) >= rnd.needed < len(rnd.dispatches):
                 for cid in sorted(srv.pending):
@@ -342,7 +335,7 @@ class DeploymentServer(rpc.FedloomServicer):
         )
         record = sim.finish_round(
             result,
-            rnd.clock_started,
+            rnd.started,
             {
                 "attempt": sim.attempts,
                 "dispatched": len(rnd.dispatches),
@@ -389,8 +382,7 @@ class DeploymentServer(rpc.FedloomServicer):
             )
         cid = int(match.group(1))
         with self._cond:
-            peer = self._peers.setdefault(cid, _Peer(time.time()))
-            peer.last_seen = time.time()
+            self._last_seen[cid] = time.time()
         return cid
 
     # RPCs ---------------------------------------------------------------------
@@ -412,13 +404,8 @@ class DeploymentServer(rpc.FedloomServicer):
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatReply:
-        cid = self._client(context)
-        with self._cond:
-            rnd = self._round
-            open_ = rnd is not None and request.task_id == rnd.task_id and cid in rnd.dispatches
-            if open_:
-                self._peers[cid].progress = (int(request.step), int(request.steps))
-        return pb.HeartbeatReply(task_open=open_)
+        self._client(context)  # identifies the caller and records that it is alive
+        return pb.HeartbeatReply()
 
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.Task:
         cid = self._client(context)
@@ -436,7 +423,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 if left <= 0 or self._stop.is_set() or not context.is_active():
                     return pb.Task(kind=pb.Task.WAIT, retry_after_s=self.options.heartbeat_s)
                 self._cond.wait(min(left, 1.0))
-                self._peers[cid].last_seen = time.time()
+                self._last_seen[cid] = time.time()
 
     def _task(self, rnd: _Round, d: Dispatch) -> pb.Task:
         return pb.Task(
@@ -606,7 +593,7 @@ class DeploymentServer(rpc.FedloomServicer):
                     why = str(err)
                 else:
                     rnd.applied[cid] = h.sha256
-                    rnd.arrival[cid] = time.time()
+                    rnd.arrival[cid] = time.perf_counter()
                     rnd.bytes_up += len(payload)
                     rnd.up_kbps[cid] = kbps
                     self._cond.notify_all()
