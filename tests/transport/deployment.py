@@ -37,17 +37,23 @@ local_epochs = {epochs}
 [checkpoint]
 every = 1
 keep = 50
+{extra}
 """
 STARTUP_S = 120.0  # generous: the first torch import on a busy CI machine is slow
 
 
 class Deployment:
-    def __init__(self, root: Path, clients: int = 5, rounds: int = 4, epochs: int = 2) -> None:
+    def __init__(
+        self, root: Path, clients: int = 5, rounds: int = 4, epochs: int = 2, extra: str = ""
+    ) -> None:
+        """``extra``: TOML appended to the run config (whole tables, e.g. ``[secagg]``)."""
         self.root = root
         self.clients = clients
         self.config_path = root / "run.toml"
         self.config_path.write_text(
-            CONFIG.format(rounds=rounds, runs=root / "runs", clients=clients, epochs=epochs)
+            CONFIG.format(
+                rounds=rounds, runs=root / "runs", clients=clients, epochs=epochs, extra=extra
+            )
         )
         self.config = load_config(self.config_path)
         data = build_federated_data(self.config.data, self.config.partition, self.config.seed)

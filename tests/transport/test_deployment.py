@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from deployment import Deployment
 
+from fedloom.secagg.cohort import SecureAggregator
 from fedloom.transport.certs import issue
 from fedloom.transport.faultproxy import FaultProxy
 
@@ -58,6 +59,36 @@ def test_mtls_run_matches_the_simulator(deployment: Deployment) -> None:
     assert rounds[0]["bytes_down"] == raw  # nothing held yet: the whole model
     assert all(0 < r["bytes_down"] < raw for r in rounds[1:])  # exact deltas, compressed
     assert_matches_simulator(d)
+
+
+def test_secure_aggregation_over_mtls_matches_the_simulator(tmp_path: Path) -> None:
+    """SecAgg+ (16-bit ring, stochastic rounding from each device's entropy): the server
+    sees only masked inputs and their sum, and reaches the simulator's SecAgg+ model."""
+    extra = '[secagg]\nenabled = true\nbits = 16\nrounding = "stochastic"\nclip = 0.5\n'
+    d = Deployment(tmp_path, rounds=3, extra=extra)
+    try:
+        d.start_server()
+        clients = [d.start_client(i) for i in range(d.clients)]
+        d.wait_server()
+        for proc in clients:
+            assert proc.wait(60) == 0, d.logs()
+    finally:
+        d.close()
+    rounds = rounds_of(d)
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for r in rounds:
+        assert r["status"] == "aggregated" and r["completed"] == d.clients, r
+        assert r["secagg"]["included"] == d.clients and not r["secagg"]["dropped"]
+        # masked inputs are 16-bit: half a float32 upload, plus the small protocol messages
+        assert r["secagg"]["upload_bytes"] < r["secagg"]["plain_upload_bytes"] * 0.51
+    params, accuracy = d.simulated_params()
+    # the rounding draws differ (the simulator seeds them): per round the decoded sum is
+    # off by at most the code's error bound, and FedAvg divides it by the weight sum
+    # (w_i = n_i / max n, over 1 for these five similar clients)
+    code = SecureAggregator(params.size, 1, clip=0.5, bits=16, rounding="stochastic")
+    bound = 3 * code.error_bound(d.clients, d.clients)
+    assert np.abs(d.final_params() - params).max() < bound + ATOL, d.logs()
+    assert rounds[-1]["accuracy"] == pytest.approx(accuracy, abs=0.02)
 
 
 def test_a_killed_client_is_dropped_and_the_round_goes_on(tmp_path: Path) -> None:

@@ -12,27 +12,40 @@ import numpy as np
 import pytest
 from inprocess import serve_in_thread
 
-from fedloom.config import load_config
 from fedloom.data.storage import client_dir
-from fedloom.sim.runtime import Simulation
+from fedloom.secagg.protocol import SecAggClient
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
 from fedloom.transport import wire
 from fedloom.transport.certs import channel_credentials, init_ca, issue, load_identity
 from fedloom.transport.client import DeploymentClient
+from fedloom.transport.secagg_wire import client_to_pb, server_from_pb
+from fedloom.transport.secure_round import SecureTaskSpec
 from fedloom.transport.server import DeploymentServer, ServerOptions
+
+Live = tuple[DeploymentServer, Path, int, threading.Thread]
 
 
 @pytest.fixture
-def live(tmp_path: Path) -> Iterator[tuple[DeploymentServer, Path, int, threading.Thread]]:
+def live(tmp_path: Path) -> Iterator[Live]:
     """A server for 3 clients; clients 1 and 2 are honest processes' stand-ins (threads)."""
+    yield from serve_with_honest_clients(tmp_path, [])
+
+
+@pytest.fixture
+def live_secagg(tmp_path: Path) -> Iterator[Live]:
+    """The same, one round under secure aggregation (threshold 2 of 3)."""
+    yield from serve_with_honest_clients(tmp_path, ["rounds=1", "secagg.enabled=true"])
+
+
+def serve_with_honest_clients(tmp_path: Path, overrides: list[str]) -> Iterator[Live]:
     certs = tmp_path / "certs"
     init_ca(certs)
     issue(certs, "server", kind="server")
     for name in ("client-000000", "client-000001", "client-000002", "client-000007", "mallory"):
         issue(certs, name)
     options = ServerOptions(port=0, certs=certs, linger_s=0.5, client_timeout_s=3)
-    server, port, thread = serve_in_thread(tmp_path, [], options)
+    server, port, thread = serve_in_thread(tmp_path, overrides, options)
     honest = [
         threading.Thread(
             target=DeploymentClient(
@@ -160,9 +173,91 @@ def test_hostile_messages_are_refused_and_everyone_else_is_served(live) -> None:
     assert rounds[1]["dropped"] == {"disconnected": 1}
 
 
-def test_secure_aggregation_is_refused_rather_than_silently_skipped(tmp_path: Path) -> None:
-    from fedloom.errors import ConfigError
+def test_hostile_secure_aggregation_messages_are_refused(live_secagg) -> None:  # noqa: ANN001
+    server, certs, port, thread = live_secagg
+    stub = stub_for(certs, "client-000000", port)
+    stub.Join(pb.JoinRequest(num_examples=1), timeout=60)
+    silent = threading.Event()
 
-    config = load_config(None, ["secagg.enabled=true", f"output_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match="only in the simulator"):
-        DeploymentServer(Simulation.start(config), ServerOptions(port=0, insecure=True))
+    def heartbeats() -> None:
+        while not silent.wait(0.5):
+            stub.Heartbeat(pb.HeartbeatRequest(), timeout=30)
+
+    threading.Thread(target=heartbeats, daemon=True).start()
+    task = stub.GetTask(pb.TaskRequest(wait_s=30), timeout=60)
+    while task.kind != pb.Task.TRAIN:
+        task = stub.GetTask(pb.TaskRequest(wait_s=30), timeout=60)
+    spec = SecureTaskSpec.from_json(task.secagg_json)
+    assert (spec.num_clients, spec.threshold) == (3, 2)
+
+    def fetch(stage: str, task_id: str = task.task_id, wait: float = 0.0) -> pb.SecAggMessage:
+        request = pb.SecAggFetchRequest(task_id=task_id, stage=stage, wait_s=wait)
+        return stub.SecAggFetch(request, timeout=30)
+
+    request = fetch("advertise_keys")
+    assert request.WhichOneof("body") == "advertise_request"
+    assert fetch("share_keys").WhichOneof("body") == "wait_s"  # not open yet
+    protocol = SecAggClient(spec.index, np.zeros(9, np.uint32), spec.threshold)
+    keys = client_to_pb(
+        task.task_id,
+        protocol.advertise_keys(server_from_pb(request, "advertise_keys", spec.index, 3)),
+    )
+
+    def altered(change) -> pb.SecAggMessage:  # noqa: ANN001
+        message = pb.SecAggMessage()
+        message.CopyFrom(keys)
+        change(message)
+        return message
+
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    send = stub.SecAggSend
+    impostor = altered(lambda m: setattr(m, "sender", (spec.index + 1) % 3))
+    assert "claims sender" in refused(lambda: send(impostor, timeout=30), invalid)
+    short = altered(lambda m: setattr(m.keys_advert, "s_public", b"k" * 31))
+    assert "31 bytes" in refused(lambda: send(short, timeout=30), invalid)
+    low_order = altered(lambda m: setattr(m.keys_advert, "c_public", bytes(32)))
+    refused(lambda: send(low_order, timeout=30), invalid)
+    forged = altered(lambda m: m.advertise_request.SetInParent())  # a server's message
+    assert "not a client reply" in refused(lambda: send(forged, timeout=30), invalid)
+    other_task = altered(lambda m: setattr(m, "task_id", "0.0"))
+    stale = grpc.StatusCode.FAILED_PRECONDITION
+    assert "no secure aggregation" in refused(lambda: send(other_task, timeout=30), stale)
+    assert "unknown stage" in refused(lambda: fetch("gossip"), invalid)
+    plain = wire.to_bytes(np.zeros(server.sim.server.dim, np.float32))
+    header = pb.UploadHeader(
+        task_id=task.task_id,
+        dim=server.sim.server.dim,
+        dtype="float32",
+        payload_bytes=len(plain),
+        sha256=wire.digest(plain),
+    )
+    assert "'uint32'" in refused(lambda: upload(stub, header, plain), invalid)  # not masked
+    intruder = stub_for(certs, "client-000007", port)
+    refused(lambda: intruder.SecAggSend(keys, timeout=30), grpc.StatusCode.PERMISSION_DENIED)
+    # the genuine keys are taken once; a retry is acknowledged, different keys refused
+    assert not send(keys, timeout=30).duplicate
+    assert send(keys, timeout=30).duplicate
+    fresh = SecAggClient(spec.index, np.zeros(9, np.uint32), spec.threshold)
+    other = client_to_pb(
+        task.task_id,
+        fresh.advertise_keys(server_from_pb(request, "advertise_keys", spec.index, 3)),
+    )
+    assert "already taken" in refused(lambda: send(other, timeout=30), invalid)
+    assert send(keys, timeout=30).duplicate  # also once the stage has moved on
+    assert dict(server.refused) == {
+        "secagg": 5,
+        "malformed": 1,
+        "stale_task": 1,
+        "wrong_shape": 1,
+        "unknown_client": 1,
+    }
+    # client 0 goes silent after advertising: the others finish without it, and the
+    # server strips the pairwise masks they agreed with it
+    silent.set()
+    thread.join(120)
+    assert not thread.is_alive()
+    (record,) = [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
+    assert record["status"] == "aggregated" and record["completed"] == 2
+    assert record["secagg"]["included"] == 2
+    assert record["secagg"]["dropped"] == {"share_keys": 1}
+    assert record["dropped"] == {"disconnected": 1}

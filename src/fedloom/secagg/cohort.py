@@ -49,7 +49,7 @@ from fedloom.records import Update
 from fedloom.secagg.crypto import SecAggError
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian, rotation_signs
 from fedloom.secagg.encoding import FixedPoint
-from fedloom.secagg.protocol import STAGES, default_neighbours, share_holders
+from fedloom.secagg.protocol import STAGES, SecAggServer, default_neighbours, share_holders
 from fedloom.secagg.simulate import SecAggReport, simulate_encoded
 
 LOSS_RANGE = 100.0
@@ -212,7 +212,7 @@ class SecureAggregator:
         encoded = np.zeros((n, self.slots(distributed)), dtype=fixed.dtype)
         if sending:
             rows = [position[u.client_id] for u in sending]
-            encoded[rows] = self._encode(sending, fixed, attempt, dp_clip, distributed)
+            encoded[rows] = self.encode(sending, n, attempt, dp_clip, distributed)
         delivered = {u.client_id for u in sending}
         stages: dict[str, list[int]] = {stage: [] for stage in STAGES}
         for c in ids:  # without an input to send, a client is gone by masked_input
@@ -221,33 +221,70 @@ class SecureAggregator:
                 stage = "masked_input"
             if stage is not None:
                 stages[stage].append(position[c])
-        graph_seed = int(np.random.SeedSequence([self.seed, 14, attempt]).generate_state(1)[0])
         graph = (_degree(degree, n), threshold, {k: len(v) for k, v in stages.items() if v})
         try:
-            total, report = simulate_encoded(encoded, fixed, threshold, degree, stages, graph_seed)
+            total, report = simulate_encoded(
+                encoded, fixed, threshold, degree, stages, self._graph_seed(attempt)
+            )
         except SecAggError as err:
             return SecureRound(None, None, *graph, rejected, str(err))
-        count = len(report.included)
+        included = np.array([ids[i] for i in report.included], dtype=np.int64)
+        secure = self.decode(total, included, n, attempt, dp_clip, distributed)
+        return SecureRound(secure, report, *graph, rejected)
+
+    def protocol(
+        self, num_clients: int, attempt: int, distributed: DistributedDiscreteGaussian | None
+    ) -> SecAggServer:
+        """The server's state machine for a round of ``num_clients`` over the network
+        (the same graph and threshold as :meth:`aggregate` simulates)."""
+        degree, threshold = self.graph(num_clients)
+        return SecAggServer(
+            num_clients,
+            threshold,
+            degree,
+            self.slots(distributed),
+            self.fixed_point(num_clients),
+            self._graph_seed(attempt),
+        )
+
+    def _graph_seed(self, attempt: int) -> int:
+        return int(np.random.SeedSequence([self.seed, 14, attempt]).generate_state(1)[0])
+
+    def decode(
+        self,
+        total: np.ndarray,
+        included: np.ndarray,
+        num_clients: int,
+        attempt: int,
+        dp_clip: float | None = None,
+        distributed: DistributedDiscreteGaussian | None = None,
+    ) -> SecureSum:
+        """The server's side: the unmasked sum (mod 2^bits) of the ``included`` clients'
+        encoded vectors, in a cohort of ``num_clients``, back to float sums."""
+        fixed = self.fixed_point(num_clients)
+        count = len(included)
         head = self.slots(distributed) - AUX_SLOTS
         if distributed is None:
             delta = fixed.decode_sum(total[:head], count) * self.value_range(dp_clip)
         else:
             delta = distributed.decode(total[:head], self._signs(distributed, attempt))
         weight, loss, unclipped = fixed.decode_sum(total[head:], count) * [1.0, LOSS_RANGE, 1.0]
-        included = np.array([ids[i] for i in report.included], dtype=np.int64)
         # the count of bits is an integer: its error (count * error_bound) is far below 1/2
-        secure = SecureSum(included, delta, float(weight), float(loss), float(round(unclipped)))
-        return SecureRound(secure, report, *graph, rejected)
+        ids = np.asarray(included, dtype=np.int64)
+        return SecureSum(ids, delta, float(weight), float(loss), float(round(unclipped)))
 
-    def _encode(
+    def encode(
         self,
         updates: Sequence[Update],
-        fixed: FixedPoint,
+        num_clients: int,
         attempt: int,
-        dp_clip: float | None,
-        distributed: DistributedDiscreteGaussian | None,
+        dp_clip: float | None = None,
+        distributed: DistributedDiscreteGaussian | None = None,
     ) -> np.ndarray:
-        """Each sending client's vector (rows in ``updates`` order), as each would encode it."""
+        """The clients' side: each update's vector over Z_(2^bits) (rows in ``updates``
+        order), as each client would encode it, for a cohort of ``num_clients``. Updates
+        and losses must be finite."""
+        fixed = self.fixed_point(num_clients)
         rows = np.stack([u.delta for u in updates]).astype(np.float32, copy=False)
         counts = np.array([u.num_examples for u in updates], dtype=np.float64)
         w = np.minimum(counts, self.max_examples) / self.max_examples
@@ -276,13 +313,14 @@ class SecureAggregator:
         attempt: int,
         salt: int,
     ) -> np.ndarray:
-        """Fixed-point rows; stochastic rounding draws from each client's own generator."""
+        """Fixed-point rows; stochastic rounding draws from each client's own generator
+        (seeded for reproducible simulation, from OS entropy with ``secure_noise``)."""
         if fixed.rounding == "nearest":
             return fixed.encode(values)
         rows = []
         for row, u in zip(values, updates, strict=True):
-            rng = np.random.default_rng([self.seed, 16, attempt, u.client_id, salt])
-            rows.append(fixed.encode(row, rng))
+            seed = None if self.secure_noise else [self.seed, 16, attempt, u.client_id, salt]
+            rows.append(fixed.encode(row, np.random.default_rng(seed)))
         return np.stack(rows)
 
     def _signs(self, distributed: DistributedDiscreteGaussian, attempt: int) -> np.ndarray:

@@ -47,8 +47,8 @@ from fedloom.secagg.shamir import bytes_to_field, field_to_bytes, reconstruct, s
 
 STAGES = ("advertise_keys", "share_keys", "masked_input", "unmasking")
 SERVER = -1  # the sender id of server messages
-_ELEMENTS = 5  # field elements per 32-byte secret (bytes_to_field)
-_SHARE_PLAINTEXT = 2 * _ELEMENTS * 8
+SECRET_ELEMENTS = 5  # field elements per 32-byte secret (bytes_to_field)
+SHARE_PLAINTEXT_BYTES = 2 * SECRET_ELEMENTS * 8
 _MASK_INFO = b"fedloom/secagg/mask/"
 _ENCRYPT_INFO = b"fedloom/secagg/encrypt/"
 
@@ -301,7 +301,7 @@ class SecAggClient:
                 raise SecAggError(f"client {self.index} got shares from non-neighbour {peer}")
             key = agree(self._c_private, self._keys[peer][0], _ENCRYPT_INFO + self._round_id)
             plaintext = decrypt(key, ciphertext, _associated(self._round_id, peer, self.index))
-            if len(plaintext) != _SHARE_PLAINTEXT:
+            if len(plaintext) != SHARE_PLAINTEXT_BYTES:
                 raise SecAggError(f"share from client {peer} has {len(plaintext)} bytes")
             self._held[peer] = np.frombuffer(plaintext, dtype=">u8").astype(np.int64)
         n = self._x.size
@@ -339,8 +339,10 @@ class SecAggClient:
                 f"below the threshold {self.threshold}"
             )
         held = {**self._held, self.index: self._own_share}
-        seed_shares = {j: tuple(int(v) for v in held[j][:_ELEMENTS]) for j in sorted(survived)}
-        key_shares = {j: tuple(int(v) for v in held[j][_ELEMENTS:]) for j in sorted(dropped)}
+        seed_shares = {
+            j: tuple(int(v) for v in held[j][:SECRET_ELEMENTS]) for j in sorted(survived)
+        }
+        key_shares = {j: tuple(int(v) for v in held[j][SECRET_ELEMENTS:]) for j in sorted(dropped)}
         return UnmaskShares(self._round_id, "unmasking", self.index, seed_shares, key_shares)
 
 

@@ -13,6 +13,7 @@ References: Brooker, "Exponential Backoff And Jitter", AWS Architecture Blog, 20
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -31,9 +32,13 @@ import torch
 
 from fedloom.errors import FedloomError
 from fedloom.records import ClientMetrics, TrainPlan
+from fedloom.secagg.crypto import SecAggError
+from fedloom.secagg.protocol import STAGES, MaskedInput, SecAggClient
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
 from fedloom.transport import wire
+from fedloom.transport.secagg_wire import client_to_pb, server_from_pb
+from fedloom.transport.secure_round import SecureTaskSpec
 from fedloom.transport.server import METADATA_CLIENT
 
 log = logging.getLogger("fedloom.client")
@@ -277,7 +282,12 @@ class DeploymentClient:
             delta, metrics, train_s = self._train(task, params)
             if task.local_dp_json:
                 delta = privatize(delta, json.loads(task.local_dp_json))
-            reply = self._call("upload", lambda: self._upload(task, delta, metrics, train_s))
+            if task.secagg_json:
+                reply = self._secure_sum(task, delta, metrics)
+                if reply is None:
+                    return
+            else:
+                reply = self._call("upload", lambda: self._upload(task, delta, metrics, train_s))
         except grpc.RpcError as err:
             self.stats.refused += 1
             log.warning("task %s refused by the server: %s", task.task_id, err.details())
@@ -354,24 +364,90 @@ class DeploymentClient:
         )
         return out.numpy(), metrics, time.perf_counter() - started
 
+    def _secure_sum(
+        self, task: pb.Task, delta: np.ndarray, metrics: ClientMetrics
+    ) -> pb.UploadReply | None:
+        """SecAgg+ in place of a plain upload: encode the update, then answer the four
+        stages (the masked input by ``Upload``). None when this client leaves the round:
+        the server dropped it or aborted, or the protocol refused a message (logged)."""
+        spec = SecureTaskSpec.from_json(task.secagg_json)
+        upload = None
+        try:
+            protocol = SecAggClient(
+                spec.index, spec.encode(delta, len(self.y), metrics), spec.threshold
+            )
+            for stage in STAGES:
+                request = self._fetch_stage(task, stage, spec)
+                if request is None:
+                    return None
+                reply = getattr(protocol, stage)(request)
+                if isinstance(reply, MaskedInput):
+                    upload = self._call(
+                        "upload", functools.partial(self._upload, task, reply.y, None, 0.0)
+                    )
+                else:
+                    message = client_to_pb(task.task_id, reply)
+                    send = functools.partial(
+                        self.stub.SecAggSend,
+                        message,
+                        metadata=self._metadata,
+                        timeout=self.retry.call_timeout_s,
+                    )
+                    self._call(f"secagg {stage}", send)
+        except SecAggError as err:
+            log.warning("task %s: secure aggregation stopped: %s", task.task_id, err)
+            return None
+        return upload
+
+    def _fetch_stage(self, task: pb.Task, stage: str, spec: SecureTaskSpec) -> Any:
+        """The server's message for ``stage`` (long-polled), or None if it says this
+        client is out of the round."""
+        fetch = functools.partial(
+            self.stub.SecAggFetch,
+            pb.SecAggFetchRequest(task_id=task.task_id, stage=stage, wait_s=10.0),
+            metadata=self._metadata,
+            timeout=self.retry.call_timeout_s,
+        )
+        while True:
+            message = self._call(f"secagg {stage}", fetch)
+            kind = message.WhichOneof("body")
+            if kind == "abort":
+                log.info("task %s: %s", task.task_id, message.abort)
+                return None
+            if kind != "wait_s":
+                return server_from_pb(message, stage, spec.index, spec.num_clients)
+
     def _upload(
-        self, task: pb.Task, delta: np.ndarray, metrics: ClientMetrics, train_s: float
+        self,
+        task: pb.Task,
+        vector: np.ndarray,
+        metrics: ClientMetrics | None,
+        train_s: float,
     ) -> pb.UploadReply:
-        payload = wire.to_bytes(delta)
+        """Stream one update (float32), or under SecAgg+ a masked input (unsigned ints,
+        ``metrics`` None: the server learns no per-client loss or step count)."""
+        payload = np.ascontiguousarray(vector, dtype=vector.dtype.newbyteorder("<")).tobytes()
+        facts = (
+            {}
+            if metrics is None
+            else {
+                "train_loss": metrics.train_loss,
+                "train_loss_sq": metrics.train_loss_sq,
+                "steps": metrics.steps,
+                "epochs": metrics.epochs,
+                "train_s": train_s,
+            }
+        )
         header = pb.UploadHeader(
             task_id=task.task_id,
             round=task.round,
             version=task.version,
             num_examples=len(self.y),
-            dim=self.dim,
-            dtype="float32",
+            dim=vector.size,
+            dtype=vector.dtype.name,
             payload_bytes=len(payload),
             sha256=wire.digest(payload),
-            train_loss=metrics.train_loss,
-            train_loss_sq=metrics.train_loss_sq,
-            steps=metrics.steps,
-            epochs=metrics.epochs,
-            train_s=train_s,
+            **facts,
         )
 
         def messages() -> Iterator[pb.UploadChunk]:

@@ -24,13 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64loom/transport/fedloom.proto\x12\nfedloom.v1\"3\n\x0bJoinRequest\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"\x87\x01\n\tJoinReply\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\x0b\n\x03\x64im\x18\x02 \x01(\x03\x12\x0b\n\x03run\x18\x03 \x01(\t\x12\x13\n\x0bheartbeat_s\x18\x04 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x12\n\nmodel_json\x18\x07 \x01(\t\"\x12\n\x10HeartbeatRequest\"\x10\n\x0eHeartbeatReply\"\x1d\n\x0bTaskRequest\x12\x0e\n\x06wait_s\x18\x01 \x01(\x01\"\xfc\x01\n\x04Task\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.fedloom.v1.Task.Kind\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x11\n\tplan_json\x18\x06 \x01(\t\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12\x11\n\tmax_steps\x18\x08 \x01(\x03\x12\x15\n\rretry_after_s\x18\t \x01(\x01\x12\x15\n\rlocal_dp_json\x18\n \x01(\t\"%\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x44ONE\x10\x02\"8\n\x0f\x44ownloadRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\"}\n\x0e\x44ownloadHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x10\n\x08\x65ncoding\x18\x03 \x01(\t\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"I\n\rDownloadChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedloom.v1.DownloadHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xf3\x01\n\x0cUploadHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x03\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x15\n\rpayload_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\x0c\x12\x12\n\ntrain_loss\x18\t \x01(\x01\x12\x15\n\rtrain_loss_sq\x18\n \x01(\x01\x12\r\n\x05steps\x18\x0b \x01(\x03\x12\x0e\n\x06\x65pochs\x18\x0c \x01(\x01\x12\x0f\n\x07train_s\x18\r \x01(\x01\"E\n\x0bUploadChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedloom.v1.UploadHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xc2\x02\n\x07\x46\x65\x64loom\x12\x36\n\x04Join\x12\x17.fedloom.v1.JoinRequest\x1a\x15.fedloom.v1.JoinReply\x12\x45\n\tHeartbeat\x12\x1c.fedloom.v1.HeartbeatRequest\x1a\x1a.fedloom.v1.HeartbeatReply\x12\x34\n\x07GetTask\x12\x17.fedloom.v1.TaskRequest\x1a\x10.fedloom.v1.Task\x12\x44\n\x08\x44ownload\x12\x1b.fedloom.v1.DownloadRequest\x1a\x19.fedloom.v1.DownloadChunk0\x01\x12<\n\x06Upload\x12\x17.fedloom.v1.UploadChunk\x1a\x17.fedloom.v1.UploadReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64loom/transport/fedloom.proto\x12\nfedloom.v1\"3\n\x0bJoinRequest\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"\x87\x01\n\tJoinReply\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\x0b\n\x03\x64im\x18\x02 \x01(\x03\x12\x0b\n\x03run\x18\x03 \x01(\t\x12\x13\n\x0bheartbeat_s\x18\x04 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x12\n\nmodel_json\x18\x07 \x01(\t\"\x12\n\x10HeartbeatRequest\"\x10\n\x0eHeartbeatReply\"\x1d\n\x0bTaskRequest\x12\x0e\n\x06wait_s\x18\x01 \x01(\x01\"\x91\x02\n\x04Task\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.fedloom.v1.Task.Kind\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x11\n\tplan_json\x18\x06 \x01(\t\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12\x11\n\tmax_steps\x18\x08 \x01(\x03\x12\x15\n\rretry_after_s\x18\t \x01(\x01\x12\x15\n\rlocal_dp_json\x18\n \x01(\t\x12\x13\n\x0bsecagg_json\x18\x0b \x01(\t\"%\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x44ONE\x10\x02\"8\n\x0f\x44ownloadRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\"}\n\x0e\x44ownloadHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x10\n\x08\x65ncoding\x18\x03 \x01(\t\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"I\n\rDownloadChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedloom.v1.DownloadHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xf3\x01\n\x0cUploadHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x03\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x15\n\rpayload_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\x0c\x12\x12\n\ntrain_loss\x18\t \x01(\x01\x12\x15\n\rtrain_loss_sq\x18\n \x01(\x01\x12\r\n\x05steps\x18\x0b \x01(\x03\x12\x0e\n\x06\x65pochs\x18\x0c \x01(\x01\x12\x0f\n\x07train_s\x18\r \x01(\x01\"E\n\x0bUploadChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedloom.v1.UploadHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"D\n\x12SecAggFetchRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0e\n\x06wait_s\x18\x03 \x01(\x01\"0\n\nPublicKeys\x12\x10\n\x08\x63_public\x18\x01 \x01(\x0c\x12\x10\n\x08s_public\x18\x02 \x01(\x0c\"\x18\n\x06Shares\x12\x0e\n\x06values\x18\x01 \x03(\x04\"\r\n\x0bSecAggEmpty\"0\n\nSecAggKeys\x12\x10\n\x08\x63_public\x18\x01 \x01(\x0c\x12\x10\n\x08s_public\x18\x02 \x01(\x0c\"\x93\x01\n\x13SecAggNeighbourKeys\x12\x37\n\x04keys\x18\x01 \x03(\x0b\x32).fedloom.v1.SecAggNeighbourKeys.KeysEntry\x1a\x43\n\tKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.fedloom.v1.PublicKeys:\x02\x38\x01\"\x8c\x01\n\x11SecAggCiphertexts\x12\x43\n\x0b\x63iphertexts\x18\x01 \x03(\x0b\x32..fedloom.v1.SecAggCiphertexts.CiphertextsEntry\x1a\x32\n\x10\x43iphertextsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"8\n\x13SecAggUnmaskRequest\x12\x0f\n\x07\x64ropped\x18\x01 \x03(\x03\x12\x10\n\x08survived\x18\x02 \x03(\x03\"\xa9\x02\n\x12SecAggUnmaskShares\x12\x43\n\x0bseed_shares\x18\x01 \x03(\x0b\x32..fedloom.v1.SecAggUnmaskShares.SeedSharesEntry\x12\x41\n\nkey_shares\x18\x02 \x03(\x0b\x32-.fedloom.v1.SecAggUnmaskShares.KeySharesEntry\x1a\x45\n\x0fSeedSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.fedloom.v1.Shares:\x02\x38\x01\x1a\x44\n\x0eKeySharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.fedloom.v1.Shares:\x02\x38\x01\"\x87\x04\n\rSecAggMessage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x0c\x12\x0e\n\x06sender\x18\x03 \x01(\x03\x12\x11\n\trecipient\x18\x04 \x01(\x03\x12\x34\n\x11\x61\x64vertise_request\x18\x05 \x01(\x0b\x32\x17.fedloom.v1.SecAggEmptyH\x00\x12-\n\x0bkeys_advert\x18\x06 \x01(\x0b\x32\x16.fedloom.v1.SecAggKeysH\x00\x12\x39\n\x0eneighbour_keys\x18\x07 \x01(\x0b\x32\x1f.fedloom.v1.SecAggNeighbourKeysH\x00\x12\x39\n\x10\x65ncrypted_shares\x18\x08 \x01(\x0b\x32\x1d.fedloom.v1.SecAggCiphertextsH\x00\x12\x36\n\rrouted_shares\x18\t \x01(\x0b\x32\x1d.fedloom.v1.SecAggCiphertextsH\x00\x12\x39\n\x0eunmask_request\x18\n \x01(\x0b\x32\x1f.fedloom.v1.SecAggUnmaskRequestH\x00\x12\x37\n\runmask_shares\x18\x0b \x01(\x0b\x32\x1e.fedloom.v1.SecAggUnmaskSharesH\x00\x12\x10\n\x06wait_s\x18\x0c \x01(\x01H\x00\x12\x0f\n\x05\x61\x62ort\x18\r \x01(\tH\x00\x42\x06\n\x04\x62ody\"\x1e\n\tSecAggAck\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x32\xcc\x03\n\x07\x46\x65\x64loom\x12\x36\n\x04Join\x12\x17.fedloom.v1.JoinRequest\x1a\x15.fedloom.v1.JoinReply\x12\x45\n\tHeartbeat\x12\x1c.fedloom.v1.HeartbeatRequest\x1a\x1a.fedloom.v1.HeartbeatReply\x12\x34\n\x07GetTask\x12\x17.fedloom.v1.TaskRequest\x1a\x10.fedloom.v1.Task\x12\x44\n\x08\x44ownload\x12\x1b.fedloom.v1.DownloadRequest\x1a\x19.fedloom.v1.DownloadChunk0\x01\x12<\n\x06Upload\x12\x17.fedloom.v1.UploadChunk\x1a\x17.fedloom.v1.UploadReply(\x01\x12H\n\x0bSecAggFetch\x12\x1e.fedloom.v1.SecAggFetchRequest\x1a\x19.fedloom.v1.SecAggMessage\x12>\n\nSecAggSend\x12\x19.fedloom.v1.SecAggMessage\x1a\x15.fedloom.v1.SecAggAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedloom.transport.fedloom_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SECAGGNEIGHBOURKEYS_KEYSENTRY']._loaded_options = None
+  _globals['_SECAGGNEIGHBOURKEYS_KEYSENTRY']._serialized_options = b'8\001'
+  _globals['_SECAGGCIPHERTEXTS_CIPHERTEXTSENTRY']._loaded_options = None
+  _globals['_SECAGGCIPHERTEXTS_CIPHERTEXTSENTRY']._serialized_options = b'8\001'
+  _globals['_SECAGGUNMASKSHARES_SEEDSHARESENTRY']._loaded_options = None
+  _globals['_SECAGGUNMASKSHARES_SEEDSHARESENTRY']._serialized_options = b'8\001'
+  _globals['_SECAGGUNMASKSHARES_KEYSHARESENTRY']._loaded_options = None
+  _globals['_SECAGGUNMASKSHARES_KEYSHARESENTRY']._serialized_options = b'8\001'
   _globals['_JOINREQUEST']._serialized_start=47
   _globals['_JOINREQUEST']._serialized_end=98
   _globals['_JOINREPLY']._serialized_start=101
@@ -42,21 +50,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKREQUEST']._serialized_start=276
   _globals['_TASKREQUEST']._serialized_end=305
   _globals['_TASK']._serialized_start=308
-  _globals['_TASK']._serialized_end=560
-  _globals['_TASK_KIND']._serialized_start=523
-  _globals['_TASK_KIND']._serialized_end=560
-  _globals['_DOWNLOADREQUEST']._serialized_start=562
-  _globals['_DOWNLOADREQUEST']._serialized_end=618
-  _globals['_DOWNLOADHEADER']._serialized_start=620
-  _globals['_DOWNLOADHEADER']._serialized_end=745
-  _globals['_DOWNLOADCHUNK']._serialized_start=747
-  _globals['_DOWNLOADCHUNK']._serialized_end=820
-  _globals['_UPLOADHEADER']._serialized_start=823
-  _globals['_UPLOADHEADER']._serialized_end=1066
-  _globals['_UPLOADCHUNK']._serialized_start=1068
-  _globals['_UPLOADCHUNK']._serialized_end=1137
-  _globals['_UPLOADREPLY']._serialized_start=1139
-  _globals['_UPLOADREPLY']._serialized_end=1205
-  _globals['_FEDLOOM']._serialized_start=1208
-  _globals['_FEDLOOM']._serialized_end=1530
+  _globals['_TASK']._serialized_end=581
+  _globals['_TASK_KIND']._serialized_start=544
+  _globals['_TASK_KIND']._serialized_end=581
+  _globals['_DOWNLOADREQUEST']._serialized_start=583
+  _globals['_DOWNLOADREQUEST']._serialized_end=639
+  _globals['_DOWNLOADHEADER']._serialized_start=641
+  _globals['_DOWNLOADHEADER']._serialized_end=766
+  _globals['_DOWNLOADCHUNK']._serialized_start=768
+  _globals['_DOWNLOADCHUNK']._serialized_end=841
+  _globals['_UPLOADHEADER']._serialized_start=844
+  _globals['_UPLOADHEADER']._serialized_end=1087
+  _globals['_UPLOADCHUNK']._serialized_start=1089
+  _globals['_UPLOADCHUNK']._serialized_end=1158
+  _globals['_UPLOADREPLY']._serialized_start=1160
+  _globals['_UPLOADREPLY']._serialized_end=1226
+  _globals['_SECAGGFETCHREQUEST']._serialized_start=1228
+  _globals['_SECAGGFETCHREQUEST']._serialized_end=1296
+  _globals['_PUBLICKEYS']._serialized_start=1298
+  _globals['_PUBLICKEYS']._serialized_end=1346
+  _globals['_SHARES']._serialized_start=1348
+  _globals['_SHARES']._serialized_end=1372
+  _globals['_SECAGGEMPTY']._serialized_start=1374
+  _globals['_SECAGGEMPTY']._serialized_end=1387
+  _globals['_SECAGGKEYS']._serialized_start=1389
+  _globals['_SECAGGKEYS']._serialized_end=1437
+  _globals['_SECAGGNEIGHBOURKEYS']._serialized_start=1440
+  _globals['_SECAGGNEIGHBOURKEYS']._serialized_end=1587
+  _globals['_SECAGGNEIGHBOURKEYS_KEYSENTRY']._serialized_start=1520
+  _globals['_SECAGGNEIGHBOURKEYS_KEYSENTRY']._serialized_end=1587
+  _globals['_SECAGGCIPHERTEXTS']._serialized_start=1590
+  _globals['_SECAGGCIPHERTEXTS']._serialized_end=1730
+  _globals['_SECAGGCIPHERTEXTS_CIPHERTEXTSENTRY']._serialized_start=1680
+  _globals['_SECAGGCIPHERTEXTS_CIPHERTEXTSENTRY']._serialized_end=1730
+  _globals['_SECAGGUNMASKREQUEST']._serialized_start=1732
+  _globals['_SECAGGUNMASKREQUEST']._serialized_end=1788
+  _globals['_SECAGGUNMASKSHARES']._serialized_start=1791
+  _globals['_SECAGGUNMASKSHARES']._serialized_end=2088
+  _globals['_SECAGGUNMASKSHARES_SEEDSHARESENTRY']._serialized_start=1949
+  _globals['_SECAGGUNMASKSHARES_SEEDSHARESENTRY']._serialized_end=2018
+  _globals['_SECAGGUNMASKSHARES_KEYSHARESENTRY']._serialized_start=2020
+  _globals['_SECAGGUNMASKSHARES_KEYSHARESENTRY']._serialized_end=2088
+  _globals['_SECAGGMESSAGE']._serialized_start=2091
+  _globals['_SECAGGMESSAGE']._serialized_end=2610
+  _globals['_SECAGGACK']._serialized_start=2612
+  _globals['_SECAGGACK']._serialized_end=2642
+  _globals['_FEDLOOM']._serialized_start=2645
+  _globals['_FEDLOOM']._serialized_end=3105
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -47,7 +48,7 @@ class TaskRequest(_message.Message):
     def __init__(self, wait_s: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "task_id", "round", "version", "seed", "plan_json", "deadline_unix", "max_steps", "retry_after_s", "local_dp_json")
+    __slots__ = ("kind", "task_id", "round", "version", "seed", "plan_json", "deadline_unix", "max_steps", "retry_after_s", "local_dp_json", "secagg_json")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         WAIT: _ClassVar[Task.Kind]
@@ -66,6 +67,7 @@ class Task(_message.Message):
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     LOCAL_DP_JSON_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_JSON_FIELD_NUMBER: _ClassVar[int]
     kind: Task.Kind
     task_id: str
     round: int
@@ -76,7 +78,8 @@ class Task(_message.Message):
     max_steps: int
     retry_after_s: float
     local_dp_json: str
-    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., seed: _Optional[int] = ..., plan_json: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., max_steps: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., local_dp_json: _Optional[str] = ...) -> None: ...
+    secagg_json: str
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., seed: _Optional[int] = ..., plan_json: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., max_steps: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., local_dp_json: _Optional[str] = ..., secagg_json: _Optional[str] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("version", "base_version")
@@ -157,3 +160,131 @@ class UploadReply(_message.Message):
     duplicate: bool
     reason: str
     def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SecAggFetchRequest(_message.Message):
+    __slots__ = ("task_id", "stage", "wait_s")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    stage: str
+    wait_s: float
+    def __init__(self, task_id: _Optional[str] = ..., stage: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class PublicKeys(_message.Message):
+    __slots__ = ("c_public", "s_public")
+    C_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    S_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    c_public: bytes
+    s_public: bytes
+    def __init__(self, c_public: _Optional[bytes] = ..., s_public: _Optional[bytes] = ...) -> None: ...
+
+class Shares(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SecAggEmpty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SecAggKeys(_message.Message):
+    __slots__ = ("c_public", "s_public")
+    C_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    S_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    c_public: bytes
+    s_public: bytes
+    def __init__(self, c_public: _Optional[bytes] = ..., s_public: _Optional[bytes] = ...) -> None: ...
+
+class SecAggNeighbourKeys(_message.Message):
+    __slots__ = ("keys",)
+    class KeysEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: PublicKeys
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[PublicKeys, _Mapping]] = ...) -> None: ...
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.MessageMap[int, PublicKeys]
+    def __init__(self, keys: _Optional[_Mapping[int, PublicKeys]] = ...) -> None: ...
+
+class SecAggCiphertexts(_message.Message):
+    __slots__ = ("ciphertexts",)
+    class CiphertextsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    ciphertexts: _containers.ScalarMap[int, bytes]
+    def __init__(self, ciphertexts: _Optional[_Mapping[int, bytes]] = ...) -> None: ...
+
+class SecAggUnmaskRequest(_message.Message):
+    __slots__ = ("dropped", "survived")
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SURVIVED_FIELD_NUMBER: _ClassVar[int]
+    dropped: _containers.RepeatedScalarFieldContainer[int]
+    survived: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dropped: _Optional[_Iterable[int]] = ..., survived: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SecAggUnmaskShares(_message.Message):
+    __slots__ = ("seed_shares", "key_shares")
+    class SeedSharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: Shares
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[Shares, _Mapping]] = ...) -> None: ...
+    class KeySharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: Shares
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[Shares, _Mapping]] = ...) -> None: ...
+    SEED_SHARES_FIELD_NUMBER: _ClassVar[int]
+    KEY_SHARES_FIELD_NUMBER: _ClassVar[int]
+    seed_shares: _containers.MessageMap[int, Shares]
+    key_shares: _containers.MessageMap[int, Shares]
+    def __init__(self, seed_shares: _Optional[_Mapping[int, Shares]] = ..., key_shares: _Optional[_Mapping[int, Shares]] = ...) -> None: ...
+
+class SecAggMessage(_message.Message):
+    __slots__ = ("task_id", "round_id", "sender", "recipient", "advertise_request", "keys_advert", "neighbour_keys", "encrypted_shares", "routed_shares", "unmask_request", "unmask_shares", "wait_s", "abort")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISE_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    KEYS_ADVERT_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOUR_KEYS_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_SHARES_FIELD_NUMBER: _ClassVar[int]
+    ROUTED_SHARES_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_SHARES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    round_id: bytes
+    sender: int
+    recipient: int
+    advertise_request: SecAggEmpty
+    keys_advert: SecAggKeys
+    neighbour_keys: SecAggNeighbourKeys
+    encrypted_shares: SecAggCiphertexts
+    routed_shares: SecAggCiphertexts
+    unmask_request: SecAggUnmaskRequest
+    unmask_shares: SecAggUnmaskShares
+    wait_s: float
+    abort: str
+    def __init__(self, task_id: _Optional[str] = ..., round_id: _Optional[bytes] = ..., sender: _Optional[int] = ..., recipient: _Optional[int] = ..., advertise_request: _Optional[_Union[SecAggEmpty, _Mapping]] = ..., keys_advert: _Optional[_Union[SecAggKeys, _Mapping]] = ..., neighbour_keys: _Optional[_Union[SecAggNeighbourKeys, _Mapping]] = ..., encrypted_shares: _Optional[_Union[SecAggCiphertexts, _Mapping]] = ..., routed_shares: _Optional[_Union[SecAggCiphertexts, _Mapping]] = ..., unmask_request: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ..., unmask_shares: _Optional[_Union[SecAggUnmaskShares, _Mapping]] = ..., wait_s: _Optional[float] = ..., abort: _Optional[str] = ...) -> None: ...
+
+class SecAggAck(_message.Message):
+    __slots__ = ("duplicate",)
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    duplicate: bool
+    def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...

@@ -59,6 +59,16 @@ class FedloomStub:
                 request_serializer=fedloom_dot_transport_dot_fedloom__pb2.UploadChunk.SerializeToString,
                 response_deserializer=fedloom_dot_transport_dot_fedloom__pb2.UploadReply.FromString,
                 _registered_method=True)
+        self.SecAggFetch = channel.unary_unary(
+                '/fedloom.v1.Fedloom/SecAggFetch',
+                request_serializer=fedloom_dot_transport_dot_fedloom__pb2.SecAggFetchRequest.SerializeToString,
+                response_deserializer=fedloom_dot_transport_dot_fedloom__pb2.SecAggMessage.FromString,
+                _registered_method=True)
+        self.SecAggSend = channel.unary_unary(
+                '/fedloom.v1.Fedloom/SecAggSend',
+                request_serializer=fedloom_dot_transport_dot_fedloom__pb2.SecAggMessage.SerializeToString,
+                response_deserializer=fedloom_dot_transport_dot_fedloom__pb2.SecAggAck.FromString,
+                _registered_method=True)
 
 
 class FedloomServicer:
@@ -93,7 +103,23 @@ class FedloomServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Upload(self, request_iterator, context):
-        """One client update, header first, then the float32 payload in chunks.
+        """One client update, header first, then the payload in chunks: float32, or under
+        secure aggregation the masked input (uint16/32/64, the SecAgg+ masked_input stage).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecAggFetch(self, request, context):
+        """Secure aggregation (SecAgg+): long poll for the server's message to this client at
+        one stage of the protocol (or wait / abort).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecAggSend(self, request, context):
+        """The client's reply at one stage (except the masked input, which travels by Upload).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,6 +152,16 @@ def add_FedloomServicer_to_server(servicer, server):
                     servicer.Upload,
                     request_deserializer=fedloom_dot_transport_dot_fedloom__pb2.UploadChunk.FromString,
                     response_serializer=fedloom_dot_transport_dot_fedloom__pb2.UploadReply.SerializeToString,
+            ),
+            'SecAggFetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggFetch,
+                    request_deserializer=fedloom_dot_transport_dot_fedloom__pb2.SecAggFetchRequest.FromString,
+                    response_serializer=fedloom_dot_transport_dot_fedloom__pb2.SecAggMessage.SerializeToString,
+            ),
+            'SecAggSend': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggSend,
+                    request_deserializer=fedloom_dot_transport_dot_fedloom__pb2.SecAggMessage.FromString,
+                    response_serializer=fedloom_dot_transport_dot_fedloom__pb2.SecAggAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +299,60 @@ class Fedloom:
             '/fedloom.v1.Fedloom/Upload',
             fedloom_dot_transport_dot_fedloom__pb2.UploadChunk.SerializeToString,
             fedloom_dot_transport_dot_fedloom__pb2.UploadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggFetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Fedloom/SecAggFetch',
+            fedloom_dot_transport_dot_fedloom__pb2.SecAggFetchRequest.SerializeToString,
+            fedloom_dot_transport_dot_fedloom__pb2.SecAggMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggSend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Fedloom/SecAggSend',
+            fedloom_dot_transport_dot_fedloom__pb2.SecAggMessage.SerializeToString,
+            fedloom_dot_transport_dot_fedloom__pb2.SecAggAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,19 +35,26 @@ from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
 
+from fedloom.client.schedule import steps_for
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError, FedloomError, UpdateRejected
 from fedloom.records import ClientMetrics, Dispatch, RoundResult, Update
+from fedloom.secagg.crypto import SecAggError
+from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
+from fedloom.secagg.protocol import STAGES, MaskedInput
 from fedloom.server.registry import Completion
+from fedloom.sim.executor import NO_CAP
 from fedloom.sim.runtime import Simulation
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
 from fedloom.transport import wire
+from fedloom.transport.secagg_wire import CLIENT_BODY, client_from_pb
+from fedloom.transport.secure_round import SecureStages, SecureTaskSpec
 
 log = logging.getLogger("fedloom.server")
 
@@ -71,9 +78,10 @@ class ServerOptions:
     max_workers: int = 256
     keep_versions: int = 4  # model versions kept for delta downloads
     linger_s: float = 2.0  # after the last round, keep answering "done" this long
+    secagg_stage_timeout_s: float = 60.0  # a SecAgg+ stage after key advertising waits this long
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat_s", "client_timeout_s", "linger_s"):
+        for name in ("heartbeat_s", "client_timeout_s", "linger_s", "secagg_stage_timeout_s"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} = {getattr(self, name)!r} must be >= 0")
         for name in ("max_transfers", "chunk_bytes", "max_workers", "keep_versions"):
@@ -125,19 +133,16 @@ class _Round:
     down_kbps: dict[int, float] = dataclasses.field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
+    secure: SecureStages | None = None  # SecAgg+ rounds: the protocol's state
+    secure_specs: dict[int, str] = dataclasses.field(default_factory=dict)  # Task.secagg_json
+    dp_clip: float | None = None  # what the secure sum was encoded with
+    distributed: DistributedDiscreteGaussian | None = None
 
 
 class DeploymentServer(rpc.FedloomServicer):
     """Serves one run (new or resumed) to client processes until it finishes."""
 
     def __init__(self, sim: Simulation, options: ServerOptions) -> None:
-        cfg = sim.config
-        if cfg.secagg.enabled or cfg.privacy.mode == "distributed":
-            raise ConfigError(
-                f"secagg.enabled = {cfg.secagg.enabled}, privacy.mode = {cfg.privacy.mode!r}: "
-                "secure aggregation (and distributed DP, which needs it) runs only in the "
-                "simulator so far; over gRPC use central or local DP, or none"
-            )
         self.sim = sim
         plan = sim.privacy
         self._local_dp = (
@@ -253,9 +258,14 @@ class DeploymentServer(rpc.FedloomServicer):
                 {d.client_id: d for d in dispatches},
                 need,
             )
+            if sim.secure is not None:
+                self._open_secure(rnd, [d.client_id for d in dispatches])
             self._round = rnd
             self._cond.notify_all()
-            failed = self._await_cohort(rnd, deadline)
+            if rnd.secure is None:
+                failed = self._await_cohort(rnd, deadline)
+            else:
+                failed = self._await_secure(rnd, deadline)
             if sim.canaries is not None:  # privacy audit canaries join as in simulation
                 sim._inject_canaries()
             result = srv.close_round()
@@ -267,6 +277,90 @@ class DeploymentServer(rpc.FedloomServicer):
                     del self._models[old]
             self._cond.notify_all()
         self._finish_round(rnd, result, failed, time.time())
+
+    def _open_secure(self, rnd: _Round, cohort: list[int]) -> None:
+        """Start the round's SecAgg+: the protocol server and each client's task spec."""
+        sim = self.sim
+        assert sim.secure is not None
+        dp, plan = sim.server.dp, sim.privacy
+        n = len(cohort)
+        rnd.dp_clip = None if dp is None or dp.noise_on_clients else dp.clip_norm
+        rnd.distributed = None if plan.distributed is None else plan.round_mechanism(n)
+        protocol = sim.secure.protocol(n, sim.attempts, rnd.distributed)
+        rnd.secure = SecureStages(rnd.task_id, cohort, protocol)
+        rnd.secure_specs = {
+            cid: SecureTaskSpec.for_client(
+                sim.secure,
+                i,
+                n,
+                protocol.threshold,
+                sim.attempts,
+                rnd.dp_clip,
+                rnd.distributed,
+            ).to_json()
+            for i, cid in enumerate(cohort)
+        }
+
+    def _await_secure(self, rnd: _Round, deadline: float | None) -> dict[int, str]:
+        """Play the round's SecAgg+ stages (holding the condition, released while the
+        protocol computes), then hand the server the unmasked sum and fail the rest.
+
+        The first stage, key advertising, follows training: it ends at the round's
+        deadline or once enough clients advertised (the rest are surplus). Every later
+        stage waits at most ``secagg_stage_timeout_s``. At any stage a client silent for
+        ``client_timeout_s`` is dropped at once.
+        """
+        sim, srv, stages = self.sim, self.sim.server, rnd.secure
+        assert stages is not None and sim.secure is not None
+        while not stages.done and not self._stop.is_set():
+            first = stages.stage == STAGES[0]
+            until = deadline if first else time.time() + self.options.secagg_stage_timeout_s
+            while stages.waiting() and not self._stop.is_set():
+                now = time.time()
+                silent = now - self.options.client_timeout_s
+                stages.drop(
+                    [c for c in stages.waiting() if self._last_seen.get(c, -math.inf) < silent],
+                    "disconnected",
+                )
+                if first and len(stages.replies) >= rnd.needed < len(rnd.dispatches):
+                    stages.drop(stages.waiting(), "surplus")
+                if until is not None and now >= until:
+                    stages.drop(stages.waiting(), "deadline" if first else "stage timeout")
+                if stages.waiting():
+                    self._cond.wait(0.2)
+            if self._stop.is_set():
+                break
+            stage, replies = stages.close_stage()
+            self._cond.release()  # the protocol's work: let the RPC threads answer meanwhile
+            try:
+                result = stages.run_step(stage, replies)
+            finally:
+                self._cond.acquire()
+            stages.open_stage(result)
+            if stages.abort is not None:
+                log.warning("round %d: %s", srv.round + 1, stages.abort)
+            self._cond.notify_all()
+        if stages.total is not None:
+            included = np.array(stages.included, dtype=np.int64)
+            secure = sim.secure.decode(
+                stages.total,
+                included,
+                len(stages.cohort),
+                sim.attempts,
+                rnd.dp_clip,
+                rnd.distributed,
+            )
+            sizes = sim.data.train.sizes()[included]
+            caps = np.array([rnd.dispatches[int(c)].max_steps or NO_CAP for c in included])
+            srv.receive_secure_sum(secure, sizes, steps_for(sizes, srv.plan, caps))
+            rnd.arrival.update({int(c): stages.arrival[int(c)] for c in included})
+        failed: dict[int, str] = {}
+        pending = srv.pending
+        for cid in stages.cohort:
+            if cid in pending:
+                failed[cid] = stages.out.get(cid, "server stopping")
+                srv.fail(cid, failed[cid])
+        return failed
 
     def _await_cohort(self, rnd: _Round, deadline: float | None) -> dict[int, str]:
         """Wait (holding the condition) until no selected client is pending; fail the
@@ -344,7 +438,8 @@ class DeploymentServer(rpc.FedloomServicer):
                 "bytes_up": rnd.bytes_up,
                 "bytes_down": rnd.bytes_down,
                 "refused_messages": dict(self.refused),
-            },
+            }
+            | self._secure_record(rnd),
         )
         log.info(
             "round %d %s: %d/%d updates, accuracy %s",
@@ -354,6 +449,25 @@ class DeploymentServer(rpc.FedloomServicer):
             len(rnd.dispatches),
             record.get("accuracy", "-"),
         )
+
+    def _secure_record(self, rnd: _Round) -> dict[str, Any]:
+        """The round's SecAgg+ facts for its record (nothing without secure aggregation)."""
+        stages = rnd.secure
+        if stages is None:
+            return {}
+        protocol = stages.protocol
+        out: dict[str, Any] = {
+            "included": len(stages.included),
+            "neighbours": len(protocol.neighbours[0]),
+            "threshold": protocol.threshold,
+            "dropped": dict(stages.dropped),
+            "server_s": stages.server_s,
+            "upload_bytes": protocol.dim * protocol.bits // 8,
+            "plain_upload_bytes": 4 * self.sim.server.dim,
+        }
+        if stages.abort is not None:
+            out["aborted"] = stages.abort
+        return {"secagg": out}
 
     # identity and refusals ----------------------------------------------------
     def _refuse(
@@ -418,7 +532,10 @@ class DeploymentServer(rpc.FedloomServicer):
                 rnd = self._round
                 srv = self.sim.server
                 if rnd is not None and cid in rnd.dispatches and cid in srv.pending:
-                    return self._task(rnd, rnd.dispatches[cid])
+                    # under SecAgg+ a client that began the protocol has its task already
+                    secure = rnd.secure
+                    if secure is None or (cid not in secure.started and cid not in secure.out):
+                        return self._task(rnd, rnd.dispatches[cid])
                 left = until - time.time()
                 if left <= 0 or self._stop.is_set() or not context.is_active():
                     return pb.Task(kind=pb.Task.WAIT, retry_after_s=self.options.heartbeat_s)
@@ -436,6 +553,7 @@ class DeploymentServer(rpc.FedloomServicer):
             deadline_unix=d.deadline or 0.0,
             max_steps=d.max_steps or 0,
             local_dp_json=self._local_dp,
+            secagg_json=rnd.secure_specs.get(d.client_id, ""),
         )
 
     def Download(
@@ -510,20 +628,26 @@ class DeploymentServer(rpc.FedloomServicer):
         if first is None or not first.HasField("header"):
             self._refuse(context, invalid, "malformed", "upload must start with a header")
         h = first.header
-        dim = self.sim.server.dim
-        if h.dim != dim or h.dtype != "float32" or h.payload_bytes != 4 * dim:
+        with self._cond:
+            rnd = self._round
+            known = rnd is not None and h.task_id == rnd.task_id and cid in rnd.dispatches
+            deadline = rnd.dispatches[cid].deadline if known and rnd else None
+            secure = rnd.secure if known and rnd else None
+            known |= h.task_id == self._closed_task and cid in self._closed  # a late retry
+        # under SecAgg+ the upload is the masked input: an integer vector of the ring
+        dim, dtype = (
+            (self.sim.server.dim, np.dtype(np.float32))
+            if secure is None
+            else (secure.protocol.dim, secure.protocol.dtype)
+        )
+        if h.dim != dim or h.dtype != dtype.name or h.payload_bytes != dtype.itemsize * dim:
             self._refuse(
                 context,
                 invalid,
                 "wrong_shape",
                 f"update of dim {h.dim}, dtype {h.dtype!r}, {h.payload_bytes} bytes; expected "
-                f"dim {dim}, 'float32', {4 * dim} bytes",
+                f"dim {dim}, {dtype.name!r}, {dtype.itemsize * dim} bytes",
             )
-        with self._cond:
-            rnd = self._round
-            known = rnd is not None and h.task_id == rnd.task_id and cid in rnd.dispatches
-            deadline = rnd.dispatches[cid].deadline if known and rnd else None
-            known |= h.task_id == self._closed_task and cid in self._closed  # a late retry
         if not known:
             self._refuse(
                 context,
@@ -550,7 +674,106 @@ class DeploymentServer(rpc.FedloomServicer):
             self._refuse(
                 context, invalid, "corrupt", "upload is truncated or fails its sha256 check"
             )
+        if secure is not None:
+            return self._apply_masked(cid, h, payload, context, kbps, secure)
         return self._apply(cid, h, payload, context, kbps)
+
+    def _apply_masked(
+        self,
+        cid: int,
+        h: pb.UploadHeader,
+        payload: bytes,
+        context: grpc.ServicerContext,
+        kbps: float,
+        secure: SecureStages,
+    ) -> pb.UploadReply:
+        """A masked input for the SecAgg+ ``masked_input`` stage (retries taken once)."""
+        dtype = secure.protocol.dtype
+        y = np.frombuffer(payload, dtype=dtype.newbyteorder("<")).astype(dtype)
+        message = MaskedInput(secure.protocol.round_id, "masked_input", secure.index[cid], y)
+        with self._cond:
+            rnd = self._round
+            try:
+                if rnd is None or rnd.secure is not secure:
+                    raise SecAggError("round closed")
+                duplicate = secure.submit(cid, "masked_input", message, h.sha256)
+            except SecAggError as err:
+                why = f"masked input for task {h.task_id!r} from client-{cid}: {err}"
+            else:
+                if not duplicate:
+                    rnd.bytes_up += len(payload)
+                    rnd.up_kbps[cid] = kbps
+                    self._cond.notify_all()
+                return pb.UploadReply(accepted=True, duplicate=duplicate)
+        self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "secagg", why)
+
+    # secure aggregation -------------------------------------------------------
+    def _secure_round(
+        self, cid: int, task_id: str, context: grpc.ServicerContext
+    ) -> tuple[_Round, SecureStages]:
+        """The open SecAgg+ round of ``task_id`` that ``cid`` is in (call under the lock)."""
+        rnd = self._round
+        if rnd is None or rnd.task_id != task_id or rnd.secure is None:
+            self._refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "stale_task",
+                f"no secure aggregation is open for task {task_id!r}",
+            )
+        if cid not in rnd.secure.index:
+            self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "secagg",
+                f"client-{cid} is not in the cohort of task {task_id!r}",
+            )
+        return rnd, rnd.secure
+
+    def SecAggFetch(
+        self, request: pb.SecAggFetchRequest, context: grpc.ServicerContext
+    ) -> pb.SecAggMessage:
+        cid = self._client(context)
+        until = time.time() + min(max(float(request.wait_s), 0.0), 30.0)
+        with self._cond:
+            while True:
+                rnd, secure = self._secure_round(cid, request.task_id, context)
+                try:
+                    message = secure.fetch(cid, request.stage)
+                except SecAggError as err:
+                    self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "secagg", str(err))
+                if message is not None:
+                    rnd.bytes_down += message.ByteSize()
+                    return message
+                left = until - time.time()
+                if left <= 0 or self._stop.is_set() or not context.is_active():
+                    wait = self.options.heartbeat_s
+                    return pb.SecAggMessage(task_id=request.task_id, wait_s=wait)
+                self._cond.wait(min(left, 1.0))
+                self._last_seen[cid] = time.time()
+
+    def SecAggSend(self, request: pb.SecAggMessage, context: grpc.ServicerContext) -> pb.SecAggAck:
+        cid = self._client(context)
+        stages = {body: stage for stage, body in CLIENT_BODY.items()}
+        stage = stages.get(request.WhichOneof("body") or "")
+        if stage is None:
+            self._refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                f"SecAggSend carries {request.WhichOneof('body')!r}, not a client reply",
+            )
+        digest = wire.digest(request.SerializeToString(deterministic=True))
+        with self._cond:
+            rnd, secure = self._secure_round(cid, request.task_id, context)
+            try:
+                message = client_from_pb(request, stage, secure.index[cid], len(secure.cohort))
+                duplicate = secure.submit(cid, stage, message, digest)
+            except SecAggError as err:
+                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "secagg", str(err))
+            if not duplicate:
+                rnd.bytes_up += request.ByteSize()
+                self._cond.notify_all()
+        return pb.SecAggAck(duplicate=duplicate)
 
     def _apply(
         self,

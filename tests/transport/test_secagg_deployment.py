@@ -1,0 +1,112 @@
+"""SecAgg+ over gRPC with an in-process server and client threads: a client that stops
+answering at any stage of the protocol is dropped there, the server unmasks the sum of
+everyone else who sent a masked input (exactly FedAvg of their updates), and too few
+clients abort the round with the model unchanged."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inprocess import serve_in_thread
+
+from fedloom.data.storage import client_dir
+from fedloom.secagg.protocol import STAGES
+from fedloom.transport.client import DeploymentClient
+from fedloom.transport.server import ServerOptions
+
+CLIENTS = 4  # complete graph, threshold 3
+RUN = [
+    "rounds=1",
+    f"partition.num_clients={CLIENTS}",
+    f"server.clients_per_round={CLIENTS}",
+    "secagg.enabled=true",
+]
+
+
+class Quit(Exception):
+    """Raised inside a client to make it vanish mid-protocol."""
+
+
+class RecordingClient(DeploymentClient):
+    """An honest client that keeps its last update, or vanishes at ``quit_at``."""
+
+    def __init__(self, *args, quit_at: str | None = None, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.quit_at = quit_at
+        self.delta: np.ndarray | None = None
+
+    def _train(self, task, params):  # noqa: ANN001, ANN202
+        delta, metrics, train_s = super()._train(task, params)
+        self.delta = delta.copy()
+        return delta, metrics, train_s
+
+    def _fetch_stage(self, task, stage, spec):  # noqa: ANN001, ANN202
+        if stage == self.quit_at:
+            raise Quit(stage)
+        return super()._fetch_stage(task, stage, spec)
+
+
+def play(root: Path, quitters: dict[int, str]) -> tuple[dict, list[RecordingClient], object]:
+    options = ServerOptions(
+        port=0, insecure=True, client_timeout_s=1.0, heartbeat_s=0.25, linger_s=0.5
+    )
+    server, port, thread = serve_in_thread(root, RUN, options)
+    clients = [
+        RecordingClient(
+            f"127.0.0.1:{port}",
+            client_dir(root / "data", i),
+            name=f"client-{i}",
+            insecure=True,
+            quit_at=quitters.get(i),
+        )
+        for i in range(CLIENTS)
+    ]
+
+    def run(client: RecordingClient) -> None:
+        try:
+            client.run()
+        except Quit:
+            pass
+
+    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    thread.join(120)
+    assert not thread.is_alive()
+    for t in threads:
+        t.join(30)
+    (record,) = [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
+    return record, clients, server
+
+
+def fedavg(initial: np.ndarray, clients: list[RecordingClient], ids: list[int]) -> np.ndarray:
+    sizes = np.array([len(c.y) for c in clients], dtype=np.float64)
+    w = sizes / sizes.max()  # SecureAggregator's weights: min(n_i, W) / W
+    total = sum(w[i] * np.clip(clients[i].delta, -1, 1).astype(np.float64) for i in ids)
+    return initial + total / w[ids].sum()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_client_vanishing_at_any_stage_leaves_the_exact_sum_of_the_rest(
+    tmp_path: Path, stage: str
+) -> None:
+    record, clients, server = play(tmp_path, {3: stage})
+    assert record["status"] == "aggregated", record
+    assert record["secagg"]["dropped"] == {stage: 1}
+    # a client that sent its masked input is in the sum even if it vanished afterwards
+    included = [0, 1, 2, 3] if stage == "unmasking" else [0, 1, 2]
+    assert record["secagg"]["included"] == record["completed"] == len(included)
+    expected = fedavg(server.sim.initial_params, clients, included)
+    np.testing.assert_allclose(server.sim.server.params, expected, atol=1e-5)
+    if stage != "unmasking":
+        assert record["dropped"] == {"disconnected": 1}
+
+
+def test_too_few_clients_abort_the_round_and_nothing_is_unmasked(tmp_path: Path) -> None:
+    record, _, server = play(tmp_path, {2: "masked_input", 3: "masked_input"})
+    assert "below the threshold" in record["secagg"]["aborted"]
+    assert record["status"] != "aggregated" and record["completed"] == 0
+    np.testing.assert_array_equal(server.sim.server.params, server.sim.initial_params)
