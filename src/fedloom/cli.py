@@ -90,6 +90,9 @@ def server(
     client_timeout: Annotated[
         float, typer.Option(help="seconds of silence after which a client counts as gone")
     ] = 10.0,
+    secagg_stage_timeout: Annotated[
+        float, typer.Option(help="SecAgg+: seconds each stage after key advertising waits")
+    ] = 60.0,
     resume: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="continue the run in this directory from its last checkpoint"),
@@ -114,6 +117,7 @@ def server(
             min_clients=min_clients,
             max_transfers=max_transfers,
             client_timeout_s=client_timeout,
+            secagg_stage_timeout_s=secagg_stage_timeout,
         )
         if insecure:
             console.print(
