@@ -1,14 +1,28 @@
-"""X25519 + HKDF agreement, AES-GCM encryption and the AES-CTR PRG."""
+"""X25519 + HKDF agreement, AES-GCM encryption, the AES-CTR PRG and key signatures."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedloom.errors import FedloomError
-from fedloom.secagg import SecAggError, agree, decrypt, encrypt, generate_keypair, prg
+from fedloom.secagg import (
+    SecAggError,
+    agree,
+    decrypt,
+    encrypt,
+    generate_keypair,
+    generate_signing_key,
+    prg,
+    sign,
+    verify,
+)
+from fedloom.secagg.crypto import SigningKey
 
 
 def test_keypair_is_raw_32_bytes_and_fresh() -> None:
@@ -100,3 +114,61 @@ def test_prg_errors() -> None:
         prg(bytes(32), 4, 8)
     with pytest.raises(SecAggError, match="non-negative int"):
         prg(bytes(32), -1)
+
+
+def _p256() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.mark.parametrize("make", [generate_signing_key, _p256], ids=["ed25519", "p256"])
+def test_sign_verify_round_trip_and_tampering(make: Callable[[], SigningKey]) -> None:
+    key = make()
+    message = b"fedloom/secagg/keys/ round 7 keys"
+    signature = sign(key, message)
+    assert len(signature) == 64 if make is generate_signing_key else len(signature) <= 72  # DER
+    verify(key.public_key(), signature, message)
+    verify(key.public_key(), signature, bytearray(message))
+    with pytest.raises(SecAggError, match="verification failed"):
+        verify(key.public_key(), signature, message[:-1] + b"X")  # tampered message
+    for i in (0, len(signature) // 2, len(signature) - 1):
+        tampered = bytearray(signature)
+        tampered[i] ^= 1
+        with pytest.raises(SecAggError, match="verification failed"):
+            verify(key.public_key(), bytes(tampered), message)
+    for short in (b"", signature[:-1]):
+        with pytest.raises(SecAggError, match="verification failed"):
+            verify(key.public_key(), short, message)
+    with pytest.raises(SecAggError, match="verification failed"):
+        verify(make().public_key(), signature, message)  # another signer's key
+
+
+def test_ed25519_signature_is_deterministic_and_schemes_do_not_cross() -> None:
+    ed, p256 = generate_signing_key(), _p256()
+    assert sign(ed, b"m") == sign(ed, b"m")
+    with pytest.raises(SecAggError, match="verification failed"):
+        verify(p256.public_key(), sign(ed, b"m"), b"m")
+    with pytest.raises(SecAggError, match="verification failed"):
+        verify(ed.public_key(), sign(p256, b"m"), b"m")
+
+
+def test_sign_verify_refuse_unsupported_keys() -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    with pytest.raises(SecAggError, match="must be on P-256 .*got secp384r1"):
+        sign(p384, b"m")
+    with pytest.raises(SecAggError, match="must be on P-256"):
+        verify(p384.public_key(), bytes(96), b"m")
+    x25519 = X25519PrivateKey.generate()
+    for wrong in (x25519, generate_keypair()[0], None):
+        with pytest.raises(SecAggError, match="signing key must be an Ed25519PrivateKey"):
+            sign(wrong, b"m")  # type: ignore[arg-type]
+    ed = generate_signing_key()
+    with pytest.raises(SecAggError, match="verify key must be an Ed25519PublicKey"):
+        verify(ed, sign(ed, b"m"), b"m")  # type: ignore[arg-type]  # a private key
+    with pytest.raises(SecAggError, match="verify key must be"):
+        verify(x25519.public_key(), bytes(64), b"m")  # type: ignore[arg-type]
+    with pytest.raises(SecAggError, match="signing key must be"):
+        sign(ed.public_key(), b"m")  # type: ignore[arg-type]
+    with pytest.raises(SecAggError, match="must be bytes"):
+        sign(ed, "m")  # type: ignore[arg-type]
+    with pytest.raises(SecAggError, match="must be bytes"):
+        verify(ed.public_key(), "sig", b"m")  # type: ignore[arg-type]

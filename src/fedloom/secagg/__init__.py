@@ -2,12 +2,14 @@
 
 The building blocks of the SecAgg protocol: clients agree on pairwise keys (X25519 +
 HKDF), expand seeds into masks (AES-CTR PRG), Shamir-share their seed and private key so
-the server can unmask despite dropouts, and encode float updates as fixed-point integers
-in Z_(2^bits) so masks cancel exactly in the sum. ``protocol`` assembles them into the
-SecAgg+ client and server state machines; ``simulate`` runs a whole round in one process;
-``cohort`` encodes a training round's updates (FedAvg weights, DP clipping, loss sums)
-and hands the server only their sum; ``distributed_dp`` is the distributed discrete
-Gaussian, differential privacy noise the clients add inside the sum.
+the server can unmask despite dropouts, optionally sign their keys (Ed25519 / ECDSA
+P-256) so a malicious server cannot substitute them, and encode float updates as
+fixed-point integers in Z_(2^bits) so masks cancel exactly in the sum. ``protocol``
+assembles them into the SecAgg+ client and server state machines; ``simulate`` runs a
+whole round in one process; ``cohort`` encodes a training round's updates (FedAvg
+weights, DP clipping, loss sums) and hands the server only their sum; ``distributed_dp``
+is the distributed discrete Gaussian, differential privacy noise the clients add inside
+the sum.
 
 References: Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
 Learning", CCS 2017; Kairouz, Liu & Steinke, "The Distributed Discrete Gaussian Mechanism
@@ -15,10 +17,25 @@ for Federated Learning with Secure Aggregation", ICML 2021; see the modules.
 """
 
 from fedloom.secagg.cohort import SecureAggregator, SecureRound, SecureSum
-from fedloom.secagg.crypto import SecAggError, agree, decrypt, encrypt, generate_keypair, prg
+from fedloom.secagg.crypto import (
+    SecAggError,
+    agree,
+    decrypt,
+    encrypt,
+    generate_keypair,
+    generate_signing_key,
+    prg,
+    sign,
+    verify,
+)
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian, discrete_gaussian
 from fedloom.secagg.encoding import FixedPoint
-from fedloom.secagg.protocol import SecAggClient, SecAggServer, default_neighbours
+from fedloom.secagg.protocol import (
+    SecAggClient,
+    SecAggServer,
+    advert_payload,
+    default_neighbours,
+)
 from fedloom.secagg.shamir import (
     PRIME,
     bytes_to_field,
@@ -40,6 +57,7 @@ __all__ = [
     "SecureAggregator",
     "SecureRound",
     "SecureSum",
+    "advert_payload",
     "agree",
     "bytes_to_field",
     "decrypt",
@@ -48,10 +66,13 @@ __all__ = [
     "encrypt",
     "field_to_bytes",
     "generate_keypair",
+    "generate_signing_key",
     "lagrange_at_zero",
     "prg",
     "reconstruct",
     "share",
+    "sign",
     "simulate",
     "simulate_encoded",
+    "verify",
 ]

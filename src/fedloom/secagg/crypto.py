@@ -2,23 +2,29 @@
 
 Thin, typed wrappers over ``cryptography`` (OpenSSL) with the exact constructions of the
 SecAgg protocol: X25519 Diffie-Hellman followed by HKDF-SHA256 to derive pairwise keys,
-AES-256-GCM to carry secret shares between clients through the server, and AES-256-CTR
-as the pseudorandom generator that expands a 32-byte seed into a mask vector. Nothing is
-hand-rolled here; every failure surfaces as :class:`SecAggError`.
+AES-256-GCM to carry secret shares between clients through the server, AES-256-CTR as
+the pseudorandom generator that expands a 32-byte seed into a mask vector, and Ed25519 or
+ECDSA P-256 signatures that authenticate each client's advertised keys against a
+malicious server. Nothing is hand-rolled here; every failure surfaces as
+:class:`SecAggError`.
 
 References:
     Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
     Learning", CCS 2017 (the protocol these primitives serve).
-    RFC 7748 (X25519), RFC 5869 (HKDF), NIST SP 800-38D (GCM), NIST SP 800-38A (CTR).
+    RFC 7748 (X25519), RFC 5869 (HKDF), NIST SP 800-38D (GCM), NIST SP 800-38A (CTR),
+    RFC 8032 (Ed25519), FIPS 186-5 (ECDSA over P-256).
 """
 
 from __future__ import annotations
 
 import os
+from typing import TypeAlias
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -35,6 +41,9 @@ from fedloom.errors import FedloomError
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
+
+SigningKey: TypeAlias = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+VerifyKey: TypeAlias = Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 
 class SecAggError(FedloomError):
@@ -147,3 +156,69 @@ def prg(seed: bytes, n: int, bits: int = 32) -> np.ndarray:
     stream = encryptor.update(bytes(int(n) * width)) + encryptor.finalize()
     dtype = np.dtype(f"<u{width}")
     return np.frombuffer(stream, dtype=dtype).astype(np.dtype(f"u{width}"))
+
+
+def generate_signing_key() -> Ed25519PrivateKey:
+    """A fresh Ed25519 signing key, e.g. for a simulation or a test PKI.
+
+    Ed25519 is deterministic (no per-signature randomness to get wrong), fast, and its
+    64-byte signatures are the smallest of the supported schemes.
+
+    References: RFC 8032, section 5.1.
+    """
+    return Ed25519PrivateKey.generate()
+
+
+def _check_p256(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> None:
+    """SHA-256 matches P-256's 128-bit security; other curves are not what mTLS uses here."""
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise SecAggError(f"ECDSA keys must be on P-256 (secp256r1), got {key.curve.name}")
+
+
+def sign(private_key: SigningKey, data: bytes) -> bytes:
+    """Sign ``data`` with an Ed25519 key, or with an ECDSA P-256 key over SHA-256.
+
+    ECDSA P-256 is accepted because a deployment signs with the key of the client's mTLS
+    certificate, which its PKI already vouches for; the signature is DER-encoded (about
+    70 bytes). Ed25519 signatures are 64 bytes. Any other key raises :class:`SecAggError`.
+
+    References: RFC 8032, section 5.1.6; FIPS 186-5, section 6.4.
+    """
+    if not isinstance(data, bytes | bytearray):
+        raise SecAggError(f"data to sign must be bytes, got {type(data).__name__}")
+    if isinstance(private_key, Ed25519PrivateKey):
+        return private_key.sign(bytes(data))
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        _check_p256(private_key)
+        return private_key.sign(bytes(data), ec.ECDSA(hashes.SHA256()))
+    raise SecAggError(
+        "signing key must be an Ed25519PrivateKey or a P-256 EllipticCurvePrivateKey, got "
+        f"{type(private_key).__name__}"
+    )
+
+
+def verify(public_key: VerifyKey, signature: bytes, data: bytes) -> None:
+    """Return if ``signature`` is ``public_key``'s signature of ``data``, else raise.
+
+    The counterpart of :func:`sign` (Ed25519, or ECDSA P-256 with SHA-256). A forged,
+    truncated or tampered signature, other data, another signer's key and an unsupported
+    key type all raise :class:`SecAggError`.
+
+    References: RFC 8032, section 5.1.7; FIPS 186-5, section 6.4.
+    """
+    if not isinstance(signature, bytes | bytearray) or not isinstance(data, bytes | bytearray):
+        raise SecAggError("signature and signed data must be bytes")
+    try:
+        if isinstance(public_key, Ed25519PublicKey):
+            public_key.verify(bytes(signature), bytes(data))
+            return
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            _check_p256(public_key)
+            public_key.verify(bytes(signature), bytes(data), ec.ECDSA(hashes.SHA256()))
+            return
+    except InvalidSignature as exc:
+        raise SecAggError("signature verification failed: forged, tampered or wrong key") from exc
+    raise SecAggError(
+        "verify key must be an Ed25519PublicKey or a P-256 EllipticCurvePublicKey, got "
+        f"{type(public_key).__name__}"
+    )

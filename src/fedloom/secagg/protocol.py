@@ -21,27 +21,54 @@ Neighbourhoods come from a random ring (Harary-style) graph of degree about ``k`
 from ``seed``; ``neighbours=None`` (or ``>= n - 1``) is the complete graph, i.e. the
 original SecAgg. Nothing here does I/O: methods take message dataclasses and return them,
 and every malformed, replayed, wrong-stage or tampered message raises
-:class:`~fedloom.secagg.crypto.SecAggError`. Signatures (the malicious-server variant)
-are not implemented.
+:class:`~fedloom.secagg.crypto.SecAggError`.
+
+Signed keys (the key authentication of Bonawitz et al.'s active-adversary variant): a
+client given a long-term ``signing_key`` (certified by a PKI, e.g. its mTLS key) signs
+:func:`advert_payload` (round id, its index, both public keys) in ``advertise_keys``; the
+server forwards each signature with the keys; a client given ``verify_keys`` (index ->
+public key) refuses, before using any key, a neighbour whose signature is missing or
+wrong. A server that substitutes keys (man in the middle, to learn pairwise masks or to
+decrypt shares) is thereby detected. The server picks the round id, so a signed advert
+replayed from an earlier round is refused only if round ids never repeat: the caller
+must refuse a round id its client has signed before.
+
+Not implemented: the consistency-check round of the malicious model (clients signing the
+survivor set ``U3`` so that the server cannot ask different clients about different
+survivor sets), and any check of the neighbour graph, which the server chooses. So a
+malicious server is only partly covered: the keys are authenticated, the unmasking
+requests are not cross-checked between clients.
 
 References:
     Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead",
     CCS 2020 (SecAgg+: sparse neighbourhood graph).
     Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
-    Learning", CCS 2017 (the four rounds; the complete-graph case).
+    Learning", CCS 2017 (the four rounds; the complete-graph case; section 6 and
+    Figure 4: signed keys against an active adversary).
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fedloom.secagg.crypto import SecAggError, agree, decrypt, encrypt, generate_keypair, prg
+from fedloom.secagg.crypto import (
+    SecAggError,
+    SigningKey,
+    VerifyKey,
+    agree,
+    decrypt,
+    encrypt,
+    generate_keypair,
+    prg,
+    sign,
+    verify,
+)
 from fedloom.secagg.encoding import FixedPoint
 from fedloom.secagg.shamir import bytes_to_field, field_to_bytes, reconstruct, share
 
@@ -51,6 +78,7 @@ SECRET_ELEMENTS = 5  # field elements per 32-byte secret (bytes_to_field)
 SHARE_PLAINTEXT_BYTES = 2 * SECRET_ELEMENTS * 8
 _MASK_INFO = b"fedloom/secagg/mask/"
 _ENCRYPT_INFO = b"fedloom/secagg/encrypt/"
+_KEYS_DOMAIN = b"fedloom/secagg/keys/"
 
 
 # --- messages -------------------------------------------------------------------------------
@@ -76,34 +104,76 @@ class AdvertiseRequest:
         return _header_size(self.round_id)
 
 
+def advert_payload(round_id: bytes, index: int, c_public: bytes, s_public: bytes) -> bytes:
+    """The bytes a client signs in ``advertise_keys``: its keys bound to round and index.
+
+    ``b"fedloom/secagg/keys/" || len(round_id) (4 bytes) || round_id || index (4 bytes) ||
+    c_public || s_public``, big-endian, keys 32 bytes each. The domain prefix keeps the
+    long-term key's signature from meaning anything in another protocol; the length
+    prefix and fixed-size fields make the encoding unambiguous; the round id and index
+    stop the server replaying a signed advert in another round or as another client's.
+
+    References: Bonawitz et al. 2017, Figure 4 (round 0, ``SIG.sign(d_u, c_u || s_u)``).
+    """
+    if not isinstance(round_id, bytes | bytearray) or not round_id:
+        raise SecAggError("round id must be non-empty bytes")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 2**32:
+        raise SecAggError(f"index must be an int in [0, 2^32), got {index!r}")
+    for name, key in (("c_public", c_public), ("s_public", s_public)):
+        if not isinstance(key, bytes | bytearray) or len(key) != 32:
+            raise SecAggError(f"{name} must be 32 bytes")
+    return b"".join(
+        (
+            _KEYS_DOMAIN,
+            len(round_id).to_bytes(4, "big"),
+            bytes(round_id),
+            index.to_bytes(4, "big"),
+            bytes(c_public),
+            bytes(s_public),
+        )
+    )
+
+
 @dataclass(frozen=True)
 class KeysAdvert:
-    """Client -> server: the client's two public keys ``c`` and ``s``."""
+    """Client -> server: the client's two public keys ``c`` and ``s``.
+
+    ``signature`` signs :func:`advert_payload` with the client's long-term key; empty
+    when the round is unsigned.
+    """
 
     round_id: bytes
     stage: str
     sender: int
     c_public: bytes
     s_public: bytes
+    signature: bytes = b""
 
     @property
     def wire_size(self) -> int:
-        return _header_size(self.round_id) + len(self.c_public) + len(self.s_public)
+        keys = len(self.c_public) + len(self.s_public)
+        return _header_size(self.round_id) + keys + len(self.signature)
 
 
 @dataclass(frozen=True)
 class NeighbourKeys:
-    """Server -> client: ``keys[j] = (c_public, s_public)`` of each live neighbour ``j``."""
+    """Server -> client: ``keys[j] = (c_public, s_public)`` of each live neighbour ``j``.
+
+    ``signatures[j]`` is ``j``'s signature of its advert, forwarded as received; empty
+    when the round is unsigned.
+    """
 
     round_id: bytes
     stage: str
     sender: int
     recipient: int
     keys: dict[int, tuple[bytes, bytes]]
+    signatures: dict[int, bytes] = field(default_factory=dict)
 
     @property
     def wire_size(self) -> int:
         body = sum(4 + len(c) + len(s) for c, s in self.keys.values())
+        body += sum(len(signature) for signature in self.signatures.values())
         return _header_size(self.round_id) + body
 
 
@@ -200,6 +270,21 @@ def _associated(round_id: bytes, sender: int, recipient: int) -> bytes:
     return round_id + sender.to_bytes(4, "big") + recipient.to_bytes(4, "big")
 
 
+def _check_advert(
+    verify_keys: Mapping[int, VerifyKey],
+    round_id: bytes,
+    index: int,
+    keys: tuple[bytes, bytes],
+    signature: bytes,
+) -> None:
+    """Raise unless ``signature`` is client ``index``'s signature of ``keys`` in this round."""
+    if index not in verify_keys:
+        raise SecAggError(f"no verify key for client {index}")
+    if not signature:
+        raise SecAggError(f"the keys of client {index} are unsigned")
+    verify(verify_keys[index], signature, advert_payload(round_id, index, *keys))
+
+
 def _signed_mask(mask: np.ndarray, add: bool) -> np.ndarray:
     return mask if add else (np.zeros_like(mask) - mask)  # unsigned wrap = negation mod 2^bits
 
@@ -222,10 +307,24 @@ class SecAggClient:
     (``cryptography``, ``secrets``). Each stage may run once, in order; anything else raises
     :class:`SecAggError`, and a stage that raised is spent (the client has aborted).
 
-    References: Bell et al. 2020, section 3; Bonawitz et al. 2017, section 4.
+    ``signing_key`` (Ed25519 or ECDSA P-256, see :func:`~fedloom.secagg.crypto.sign`)
+    makes ``advertise_keys`` sign the advert. ``verify_keys`` (client index -> that
+    client's certified public key) makes ``share_keys`` refuse any neighbour whose
+    signature is missing or does not verify, or whose verify key is unknown: without it a
+    malicious server could hand out its own keys as a neighbour's and learn the masks.
+
+    References: Bell et al. 2020, section 3; Bonawitz et al. 2017, sections 4 and 6.
     """
 
-    def __init__(self, index: int, vector_encoded: np.ndarray, threshold: int) -> None:
+    def __init__(
+        self,
+        index: int,
+        vector_encoded: np.ndarray,
+        threshold: int,
+        *,
+        signing_key: SigningKey | None = None,
+        verify_keys: Mapping[int, VerifyKey] | None = None,
+    ) -> None:
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise SecAggError(f"index must be an int >= 0, got {index!r}")
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
@@ -236,6 +335,8 @@ class SecAggClient:
             raise SecAggError(f"vector_encoded must be one-dimensional, got shape {x.shape}")
         self.index = index
         self.threshold = threshold
+        self._signing_key = signing_key
+        self._verify_keys = verify_keys  # read in share_keys; unknown types raise there
         self._x = x.copy()
         self._next = 0  # index into STAGES of the next stage to run
         self._round_id = b""
@@ -265,13 +366,33 @@ class SecAggClient:
         self._round_id = request.round_id
         self._c_private, c_public = generate_keypair()
         self._s_private, s_public = generate_keypair()
-        return KeysAdvert(self._round_id, "advertise_keys", self.index, c_public, s_public)
+        signature = b""
+        if self._signing_key is not None:
+            payload = advert_payload(self._round_id, self.index, c_public, s_public)
+            signature = sign(self._signing_key, payload)
+        return KeysAdvert(
+            self._round_id, "advertise_keys", self.index, c_public, s_public, signature
+        )
+
+    def _check_signatures(self, message: NeighbourKeys) -> None:
+        """Refuse any neighbour whose keys this client cannot attribute to it."""
+        if self._verify_keys is None:
+            return
+        for j in sorted(message.keys):
+            signature = message.signatures.get(j, b"")
+            try:
+                _check_advert(self._verify_keys, self._round_id, j, message.keys[j], signature)
+            except SecAggError as exc:
+                raise SecAggError(
+                    f"client {self.index} refuses neighbour {j}'s keys: {exc}"
+                ) from exc
 
     def share_keys(self, message: NeighbourKeys) -> EncryptedShares:
         """Stage 2: share ``b_i`` and ``s_i`` among self and neighbours; encrypt each pair."""
         self._enter(message, NeighbourKeys, "share_keys")
         if self.index in message.keys:
             raise SecAggError(f"client {self.index} was sent its own keys as a neighbour's")
+        self._check_signatures(message)
         if len(message.keys) + 1 < self.threshold:
             raise SecAggError(
                 f"client {self.index} has {len(message.keys)} live neighbours; "
@@ -404,7 +525,12 @@ class SecAggServer:
     unmasked. ``fixed_point`` fixes the encoding width; :meth:`decode` turns the sum back
     into floats.
 
-    References: Bell et al. 2020, section 3; Bonawitz et al. 2017, section 4.
+    The server forwards each advert's signature with its keys; the clients verify them.
+    With ``verify_keys`` (client index -> public key) it also refuses a badly signed advert
+    itself, like any malformed message: the batch raises and the server stays usable, so
+    the caller can drop that client instead of letting its neighbours abort later.
+
+    References: Bell et al. 2020, section 3; Bonawitz et al. 2017, sections 4 and 6.
     """
 
     def __init__(
@@ -415,6 +541,8 @@ class SecAggServer:
         dim: int,
         fixed_point: FixedPoint,
         seed: int | None,
+        *,
+        verify_keys: Mapping[int, VerifyKey] | None = None,
     ) -> None:
         if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
             raise SecAggError(f"num_clients must be an int >= 1, got {num_clients!r}")
@@ -441,8 +569,10 @@ class SecAggServer:
         self.neighbours = neighbour_graph(num_clients, neighbours, seed)
         self.round_id = secrets.token_bytes(16)
         self.included: list[int] = []
+        self._verify_keys = verify_keys
         self._next = 0
         self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._signatures: dict[int, bytes] = {}
         self._holders: dict[int, list[int]] = {}
         self._shared: set[int] = set()  # U2: sent their encrypted shares
         self._inputs: dict[int, np.ndarray] = {}  # U3: masked inputs
@@ -496,8 +626,16 @@ class SecAggServer:
         """Forward each advertiser its live neighbours' public keys."""
         self._enter("share_keys")
         received = self._collect(adverts, KeysAdvert, "advertise_keys", range(self.num_clients))
+        if self._verify_keys is not None:
+            for i, m in received.items():
+                try:
+                    keys = (m.c_public, m.s_public)
+                    _check_advert(self._verify_keys, self.round_id, i, keys, m.signature)
+                except SecAggError as exc:
+                    raise SecAggError(f"advert of client {i} refused: {exc}") from exc
         self._quorum(received.keys(), "advertise_keys")
         self._keys = {i: (m.c_public, m.s_public) for i, m in received.items()}
+        self._signatures = {i: m.signature for i, m in received.items() if m.signature}
         out = {}
         for i in sorted(self._keys):
             live = sorted(j for j in self.neighbours[i] if j in self._keys)
@@ -509,7 +647,8 @@ class SecAggServer:
                     f"recovered with threshold {self.threshold}; aborting"
                 )
             keys = {j: self._keys[j] for j in live}
-            out[i] = NeighbourKeys(self.round_id, "share_keys", SERVER, i, keys)
+            signatures = {j: self._signatures[j] for j in live if j in self._signatures}
+            out[i] = NeighbourKeys(self.round_id, "share_keys", SERVER, i, keys, signatures)
         self._next += 1
         return out
 

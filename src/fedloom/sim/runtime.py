@@ -237,7 +237,7 @@ class Simulation:
         included = np.random.default_rng([config.seed, 11]).random(m) < 0.5
         return directions, included
 
-    def _inject_canaries(self) -> None:
+    def inject_canaries(self) -> None:
         """Included canaries join this round like any client: w.p. the sampling rate."""
         assert self.canaries is not None
         directions, included = self.canaries
@@ -399,7 +399,7 @@ class Simulation:
         self.registry.observe_availability(vt.now, available)
         stats = self.registry.stats()
         need = srv.clients_per_round
-        k = self._cohort_size(need, stats)
+        k = self.cohort_size(need, stats)
         deadline = None if srv.deadline_s is None else vt.now + srv.deadline_s
         dispatches = self.server.begin_round(available, stats, vt.now, k=k, deadline=deadline)
         self.attempts += 1
@@ -440,7 +440,7 @@ class Simulation:
                     log.warning("%s", err)
         combine = shard.allreduce if shard is not None and shard.mode == "allreduce" else None
         if self.canaries is not None:
-            self._inject_canaries()
+            self.inject_canaries()
         result = self.server.close_round(combine)
         self._register_round(dispatches, outcome, result, rejected)
         extra: dict[str, Any] = {} if secure is None else {"secagg": self._secure_record(secure)}
@@ -550,7 +550,7 @@ class Simulation:
             out["aborted"] = secure.abort
         return out
 
-    def _cohort_size(self, need: int, stats: ClientStats) -> int:
+    def cohort_size(self, need: int, stats: ClientStats) -> int:
         """How many clients to dispatch so that about ``need`` deliver (over-selection)."""
         factor = self.config.server.over_selection
         if factor == "auto":  # 1 / expected completion rate of clients seen so far
