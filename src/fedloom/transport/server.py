@@ -248,7 +248,7 @@ class DeploymentServer(rpc.FedloomServicer):
             sim.registry.observe_availability(now, available)
             stats = sim.registry.stats()
             need = cfg.clients_per_round
-            k = sim._cohort_size(need, stats)
+            k = sim.cohort_size(need, stats)
             deadline = None if cfg.deadline_s is None else now + cfg.deadline_s
             dispatches = srv.begin_round(available, stats, now, k=k, deadline=deadline)
             sim.attempts += 1
@@ -267,7 +267,7 @@ class DeploymentServer(rpc.FedloomServicer):
             else:
                 failed = self._await_secure(rnd, deadline)
             if sim.canaries is not None:  # privacy audit canaries join as in simulation
-                sim._inject_canaries()
+                sim.inject_canaries()
             result = srv.close_round()
             self._round = None
             self._closed, self._closed_task = rnd.applied, rnd.task_id
