@@ -3,14 +3,18 @@
 1. Throughput. A ``DeploymentServer`` (in its own process) serves an MLP 64-h-10 on digits
    with h chosen so that the float32 model is ~10 MB or ~100 MB, with mTLS and in plaintext.
    The client (the main process) times whole ``Download`` calls of the current version through
-   ``DeploymentClient._download``: the stream copied into one buffer and hashed in a second thread
-   as it arrives, then the sha256 comparison. The baseline is a minimal gRPC server in the same
-   server process: a generic server-streaming handler with identity serializers that streams the
-   same bytes in the same 1 MiB chunks over the same kind of channel (same certificates, same
-   ``wire.channel_options()``), the receiver joining the bytes. Median of several repeats after a
-   warm-up, fedloom and raw alternating. MB = 10^6 bytes. Then the same number of downloads again
-   with each step timed (request to first chunk, rest of the stream, and the client's final checks)
-   to show where the time goes.
+   ``DeploymentClient._download``: ``DownloadChunk`` messages serialized once per version on the
+   server, their protobuf framing read by the client (``fedloom.transport.download``), the data
+   copied into one buffer and hashed in a second thread as it arrives, then the sha256
+   comparison. The baseline is a minimal gRPC server in the same server process: a generic
+   server-streaming handler with identity serializers that streams the same bytes in the same
+   1 MiB chunks (fedloom's chunk size; neither is tuned for this benchmark) over the same kind of
+   channel (same certificates, same ``wire.channel_options()``), the receiver joining the bytes.
+   Median of 31 timed downloads after 3 warm-ups (10 MB) or of 7 after 1 (100 MB), fedloom and
+   raw alternating; the JSON also gives the quartiles of raw / fedloom over the back-to-back
+   pairs, to show the noise. MB = 10^6 bytes. Then the same number of downloads again with each
+   step timed (request to first chunk, rest of the stream, and the client's final checks) to
+   show where the time goes.
 2. Concurrent clients. One ``fedloom server`` process (mTLS) and 200 ``DeploymentClient``
    threads spread over 4 processes (50 each), each client with its own folder of a
    200-client IID partition of digits, MLP 64-32-10, every client in every round.
@@ -249,10 +253,14 @@ def throughput(root: Path, label: str, hidden: int, warmup: int, repeats: int) -
             client.channel.close()
             channel.close()
             fed_s, raw_s = (statistics.median(times[k]) for k in ("fedloom", "raw"))
+            # the spread: raw / fedloom of each back-to-back pair, quartiles
+            pairs = [r / f for f, r in zip(times["fedloom"], times["raw"], strict=True)]
+            q1, _, q3 = statistics.quantiles(pairs, n=4)
             out[mode] = {
                 "fedloom_MBps": round(info["bytes"] / 1e6 / fed_s, 1),
                 "raw_MBps": round(info["bytes"] / 1e6 / raw_s, 1),
                 "ratio": round(raw_s / fed_s, 3),
+                "pair_ratio_quartiles": [round(q1, 3), round(q3, 3)],
                 "meets_80pct": raw_s / fed_s >= 0.8,
                 "fedloom_s": round(fed_s, 4),
                 "raw_s": round(raw_s, 4),
@@ -261,7 +269,8 @@ def throughput(root: Path, label: str, hidden: int, warmup: int, repeats: int) -
             }
             print(
                 f"{label:>6} {mode:>5} {info['bytes']:>12,} {out[mode]['fedloom_MBps']:>12.1f} "
-                f"{out[mode]['raw_MBps']:>10.1f} {out[mode]['ratio']:>6.3f}",
+                f"{out[mode]['raw_MBps']:>10.1f} {out[mode]['ratio']:>6.3f} "
+                f"{q1:>5.2f}-{q3:.2f}",
                 flush=True,
             )
     finally:
@@ -278,24 +287,26 @@ def throughput(root: Path, label: str, hidden: int, warmup: int, repeats: int) -
 
 
 def _staged_fedloom(client: Any, version: int) -> dict[str, float]:
-    """``DeploymentClient._download`` for a whole model in two timed steps (ms): the
-    stream (chunks copied into one buffer and hashed in a second thread as they arrive)
-    and the final checks (waiting for the hash, comparing it, float32 view)."""
+    """``DeploymentClient._download`` for a whole model in timed steps (ms): request to
+    first chunk, the rest of the stream (chunks copied into one buffer and hashed in a
+    second thread as they arrive) and the final checks (waiting for the hash, comparing
+    it, float32 view)."""
+    from fedloom.transport import download, wire
     from fedloom.transport import fedloom_pb2 as pb
-    from fedloom.transport import wire
-
-    t = [time.perf_counter()]
-    stream = client.stub.Download(
-        pb.DownloadRequest(version=version, base_version=-1), metadata=client._metadata
-    )
     from fedloom.transport.client import _BackgroundHash
 
+    t = [time.perf_counter()]
+    call = client.channel.unary_stream(
+        download.METHOD,
+        request_serializer=pb.DownloadRequest.SerializeToString,
+        response_deserializer=download.parse,
+    )
+    stream = call(pb.DownloadRequest(version=version, base_version=-1), metadata=client._metadata)
     header, buffer, size = None, np.empty(0, np.uint8), 0
     hasher = _BackgroundHash()
-    for chunk in stream:
-        data = chunk.data
+    for chunk_header, data in stream:
         if header is None:
-            header = chunk.header
+            header = chunk_header
             buffer = np.empty(header.payload_bytes, np.uint8)
             t.append(time.perf_counter())
         buffer[size : size + len(data)] = np.frombuffer(data, np.uint8)
@@ -689,12 +700,12 @@ def main() -> None:
             _write_run(root / "tp", ["partition.num_clients=2", "server.clients_per_round=1"])
             print(
                 f"{'model':>6} {'mode':>5} {'bytes':>12} {'fedloom MB/s':>12} {'raw MB/s':>10} "
-                f"{'ratio':>6}"
+                f"{'ratio':>6} {'pairs IQR':>9}"
             )
             sizes = {"10MB": SIZES["10MB"]} if quick else SIZES
             result["throughput"] = {}
             for label, hidden in sizes.items():
-                warmup, repeats = (1, 3) if quick else ((2, 9) if label == "10MB" else (1, 5))
+                warmup, repeats = (1, 3) if quick else ((3, 31) if label == "10MB" else (1, 7))
                 result["throughput"][label] = throughput(
                     root / "tp", label, hidden, warmup, repeats
                 )

@@ -273,6 +273,9 @@ class SecAggConfig(_Section):
     rounding: Literal["nearest", "stochastic"] = Field(
         "nearest", description="fixed-point rounding; stochastic is unbiased"
     )
+    signed: bool = Field(
+        False, description="clients sign their advertised keys (against a malicious server)"
+    )
 
 
 class RegistryConfig(_Section):

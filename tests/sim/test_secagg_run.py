@@ -258,3 +258,16 @@ def test_aggregator_is_built_from_the_config(tmp_path):
     assert isinstance(sim.secure, SecureAggregator)
     assert sim.secure.graph(10) == (None, 6) and sim.secure.value_range(None) == 0.5
     assert sim.secure.max_examples == int(sim.data.train.sizes().max())
+
+
+def test_signed_keys_cost_bytes_but_not_the_model(tmp_path):
+    runs = {}
+    for signed in (False, True):
+        cfg = config(tmp_path / str(signed), "rounds=2", "secagg.enabled=true")
+        cfg = cfg.model_copy(update={"secagg": cfg.secagg.model_copy(update={"signed": signed})})
+        runs[signed] = Simulation.start(cfg)
+        runs[signed].run()
+    assert runs[True].secure.signed and not runs[False].secure.signed
+    assert np.array_equal(runs[True].server.params, runs[False].server.params)
+    down = {s: rounds_of(sim)[-1]["secagg"]["download_bytes"] for s, sim in runs.items()}
+    assert down[True] > down[False]  # every neighbour's signature travels with its keys

@@ -23,8 +23,11 @@ from fedloom.transport.certs import (
     init_ca,
     issue,
     load_identity,
+    peer_certificate,
     peer_name,
     server_credentials,
+    signing_key,
+    verified_client_key,
 )
 from fedloom.transport.cli_certs import certs_app
 
@@ -336,3 +339,29 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path):
     assert host_without_server.exit_code == 2 and "--server" in host_without_server.output
     bad = runner.invoke(certs_app, ["issue", "bad/name", "--dir", str(certs)])
     assert bad.exit_code == 2 and "'bad/name'" in bad.output
+
+
+def test_a_neighbour_certificate_is_trusted_only_from_the_ca_and_for_a_client(tmp_path, ca_dir):
+    issue(ca_dir, "client-000001")
+    issue(ca_dir, "server", kind="server")
+    issue(ca_dir, "mallory")
+    init_ca(tmp_path / "other")
+    issue(tmp_path / "other", "client-000001")
+    ca_pem = (ca_dir / "ca.pem").read_bytes()
+
+    def der(directory, name):  # noqa: ANN001, ANN202
+        return cert_of(directory / f"{name}.pem").public_bytes(serialization.Encoding.DER)
+
+    key = verified_client_key(der(ca_dir, "client-000001"), ca_pem)
+    assert key == cert_of(ca_dir / "client-000001.pem").public_key()
+    identity = load_identity(ca_dir, "client-000001")
+    assert signing_key(identity).public_key() == key  # it signs what neighbours verify
+    with pytest.raises(CertError, match="not issued by the CA"):
+        verified_client_key(der(tmp_path / "other", "client-000001"), ca_pem)
+    with pytest.raises(CertError, match="not a client's"):
+        verified_client_key(der(ca_dir, "mallory"), ca_pem)
+    with pytest.raises(CertError, match="not a client's"):
+        verified_client_key(der(ca_dir, "server"), ca_pem)
+    with pytest.raises(CertError, match="malformed"):
+        verified_client_key(b"\x30\x03junk", ca_pem)
+    assert peer_certificate({}) is None  # no TLS session, no certificate

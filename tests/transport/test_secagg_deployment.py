@@ -1,7 +1,8 @@
 """SecAgg+ over gRPC with an in-process server and client threads: a client that stops
 answering at any stage of the protocol is dropped there, the server unmasks the sum of
 everyone else who sent a masked input (exactly FedAvg of their updates), and too few
-clients abort the round with the model unchanged."""
+clients abort the round with the model unchanged. With signed keys over mTLS, a server
+that forges a neighbour's key is caught by the client it lies to."""
 
 from __future__ import annotations
 
@@ -12,10 +13,16 @@ import numpy as np
 import pytest
 from inprocess import serve_in_thread
 
+from fedloom.config import load_config
 from fedloom.data.storage import client_dir
+from fedloom.errors import ConfigError
+from fedloom.secagg.crypto import generate_keypair
 from fedloom.secagg.protocol import STAGES
+from fedloom.sim.runtime import Simulation
+from fedloom.transport.certs import init_ca, issue
 from fedloom.transport.client import DeploymentClient
-from fedloom.transport.server import ServerOptions
+from fedloom.transport.secure_round import SecureStages
+from fedloom.transport.server import DeploymentServer, ServerOptions
 
 CLIENTS = 4  # complete graph, threshold 3
 RUN = [
@@ -43,10 +50,10 @@ class RecordingClient(DeploymentClient):
         self.delta = delta.copy()
         return delta, metrics, train_s
 
-    def _fetch_stage(self, task, stage, spec):  # noqa: ANN001, ANN202
+    def _fetch_stage(self, task, stage):  # noqa: ANN001, ANN202
         if stage == self.quit_at:
             raise Quit(stage)
-        return super()._fetch_stage(task, stage, spec)
+        return super()._fetch_stage(task, stage)
 
 
 def play(root: Path, quitters: dict[int, str]) -> tuple[dict, list[RecordingClient], object]:
@@ -110,3 +117,63 @@ def test_too_few_clients_abort_the_round_and_nothing_is_unmasked(tmp_path: Path)
     assert "below the threshold" in record["secagg"]["aborted"]
     assert record["status"] != "aggregated" and record["completed"] == 0
     np.testing.assert_array_equal(server.sim.server.params, server.sim.initial_params)
+
+
+def play_signed(root: Path, tamper: bool) -> tuple[dict, object]:
+    """Three clients over mTLS with signed keys; ``tamper``: the server swaps client 0's
+    view of one neighbour's mask key for its own (a man in the middle)."""
+    certs = root / "certs"
+    init_ca(certs)
+    issue(certs, "server", kind="server")
+    for i in range(3):
+        issue(certs, f"client-{i:06d}")
+    run = ["rounds=1", "secagg.enabled=true", "secagg.signed=true"]
+    options = ServerOptions(port=0, certs=certs, client_timeout_s=1.0, heartbeat_s=0.25)
+    fetch = SecureStages.fetch
+
+    def swapping_fetch(self, cid, stage):  # noqa: ANN001, ANN202
+        message = fetch(self, cid, stage)
+        if tamper and message is not None and message.HasField("neighbour_keys"):
+            if message.recipient == 0:
+                neighbour = min(message.neighbour_keys.keys)
+                message.neighbour_keys.keys[neighbour].s_public = generate_keypair()[1]
+        return message
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SecureStages, "fetch", swapping_fetch)
+        server, port, thread = serve_in_thread(root, run, options)
+        clients = [
+            threading.Thread(
+                target=DeploymentClient(
+                    f"127.0.0.1:{port}", client_dir(root / "data", i), certs=certs
+                ).run,
+                daemon=True,
+            )
+            for i in range(3)
+        ]
+        for t in clients:
+            t.start()
+        thread.join(120)
+        assert not thread.is_alive()
+    (record,) = [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
+    return record, server
+
+
+def test_signed_keys_over_mtls_complete_a_round(tmp_path: Path) -> None:
+    record, _ = play_signed(tmp_path, tamper=False)
+    assert record["status"] == "aggregated" and record["secagg"]["included"] == 3
+
+
+def test_a_server_swapping_keys_is_caught_by_the_signed_client(tmp_path: Path) -> None:
+    record, _ = play_signed(tmp_path, tamper=True)
+    # client 0 refuses the forged neighbour key and leaves; the other two finish
+    assert record["secagg"]["dropped"] == {"share_keys": 1}
+    assert record["secagg"]["included"] == 2
+
+
+def test_signed_keys_need_mtls(tmp_path: Path) -> None:
+    config = load_config(
+        None, ["secagg.enabled=true", "secagg.signed=true", f"output_dir={tmp_path}"]
+    )
+    with pytest.raises(ConfigError, match="needs mTLS"):
+        DeploymentServer(Simulation.start(config), ServerOptions(port=0, insecure=True))

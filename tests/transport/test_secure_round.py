@@ -8,6 +8,8 @@ import hashlib
 
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +19,7 @@ from fedloom.secagg.cohort import SecureAggregator
 from fedloom.secagg.crypto import SecAggError
 from fedloom.secagg.protocol import STAGES, MaskedInput, SecAggClient
 from fedloom.transport import fedloom_pb2 as pb
+from fedloom.transport.certs import init_ca, issue, load_identity, signing_key, verified_client_key
 from fedloom.transport.secagg_wire import (
     CIPHERTEXT_BYTES,
     client_from_pb,
@@ -37,13 +40,19 @@ def digest(message: pb.SecAggMessage | np.ndarray) -> bytes:
 class Cohort:
     """``n`` clients and the server's stages, every message through protobuf."""
 
-    def __init__(self, n: int, neighbours: int | str | None = "all", threshold: float = 0.5):
+    def __init__(
+        self,
+        n: int,
+        neighbours: int | str | None = "all",
+        threshold: float = 0.5,
+        signed: bool = False,
+    ):
         self.aggregator = SecureAggregator(DIM, max_examples=10, neighbours=neighbours)
         self.aggregator.threshold = threshold
         self.n = n
         self.protocol = self.aggregator.protocol(n, attempt=1, distributed=None)
         self.ids = [10 + i for i in range(n)]  # client ids are not protocol indices
-        self.stages = SecureStages("1.1", self.ids, self.protocol)
+        self.stages = SecureStages("1.1", self.ids, self.protocol, signed=signed)
         rng = np.random.default_rng(n)
         self.deltas = rng.uniform(-0.5, 0.5, size=(n, DIM)).astype(np.float32)
         self.encoded = []
@@ -270,3 +279,63 @@ def test_task_spec_round_trips_and_refuses_malformed_specs() -> None:
         SecureTaskSpec.from_json(spec.to_json().replace('"bits"', '"bytes"'))
     with pytest.raises(SecAggError, match="not finite"):
         spec.encode(np.full(DIM, np.nan, np.float32), 10, ClientMetrics(0.1, 1, 1.0))
+
+
+def test_signed_adverts_are_checked_against_the_advertisers_certificate(tmp_path) -> None:  # noqa: ANN001
+    certs = tmp_path / "certs"
+    init_ca(certs)
+    identities = []
+    for i in range(3):
+        issue(certs, f"client-{i:06d}")
+        identities.append(load_identity(certs, f"client-{i:06d}"))
+    cohort = Cohort(3, signed=True)
+    verify_keys: dict[int, object] = {}
+    cohort.clients = [
+        SecAggClient(
+            i, cohort.encoded[i], 2, signing_key=signing_key(identities[i]), verify_keys=verify_keys
+        )
+        for i in range(3)
+    ]
+    ders = [
+        x509.load_pem_x509_certificate(identity.cert_pem).public_bytes(serialization.Encoding.DER)
+        for identity in identities
+    ]
+    with pytest.raises(SecAggError, match="no certificate"):
+        cohort.reply(0, "advertise_keys")
+    cohort.stages.attach_certificate(10, ders[1])  # another client's certificate
+    cohort.clients[0] = SecAggClient(
+        0, cohort.encoded[0], 2, signing_key=signing_key(identities[0])
+    )
+    with pytest.raises(SecAggError):
+        cohort.reply(0, "advertise_keys")
+    assert not cohort.stages.replies
+    cohort.stages.certificates.clear()
+    for i in range(3):
+        cohort.clients[i] = SecAggClient(
+            i, cohort.encoded[i], 2, signing_key=signing_key(identities[i]), verify_keys=verify_keys
+        )
+        cohort.stages.attach_certificate(cohort.ids[i], ders[i])
+        cohort.reply(i, "advertise_keys")
+    cohort.advance()
+    fetched = cohort.stages.fetch(10, "share_keys")
+    assert set(fetched.neighbour_keys.certificates) == {1, 2}  # the neighbours' certificates
+    assert all(len(s) > 0 for s in fetched.neighbour_keys.signatures.values())
+    ca_pem = identities[0].ca_pem
+    for j, der in fetched.neighbour_keys.certificates.items():
+        verify_keys[j] = verified_client_key(der, ca_pem)
+    verify_keys[0] = verified_client_key(ders[0], ca_pem)
+    for stage in STAGES[1:]:
+        for i in range(3):
+            cohort.reply(i, stage)
+        cohort.advance()
+    expected = np.sum(cohort.encoded, axis=0, dtype=cohort.protocol.dtype)
+    np.testing.assert_array_equal(cohort.stages.total, expected)
+
+
+def test_an_oversized_signature_is_refused() -> None:
+    message = pb.SecAggMessage(task_id="t", round_id=b"\0" * 16, sender=1, recipient=-1)
+    message.keys_advert.c_public = b"\1" * 32
+    message.keys_advert.s_public = b"\2" * 32
+    message.keys_advert.signature = b"s" * 81
+    with pytest.raises(SecAggError, match="signature has 81 bytes"):
+        client_from_pb(message, "advertise_keys", 1, 4)

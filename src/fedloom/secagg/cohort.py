@@ -101,7 +101,8 @@ class SecureAggregator:
     per-coordinate range of the encoded delta (None: the DP clip norm, else 1).
     ``bits``, ``rounding``: the ring and its rounding (see ``FixedPoint``). ``seed``: the
     neighbour graphs, rotations and simulated randomness; ``secure_noise`` draws the
-    distributed noise from the OS CSPRNG instead.
+    distributed noise from the OS CSPRNG instead. ``signed``: clients sign their
+    advertised keys and verify their neighbours' (the active-adversary setting).
 
     References: see the module docstring.
     """
@@ -117,6 +118,7 @@ class SecureAggregator:
         rounding: Literal["nearest", "stochastic"] = "nearest",
         seed: int = 0,
         secure_noise: bool = False,
+        signed: bool = False,
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise SecAggError(f"dim must be an int >= 1, got {dim!r}")
@@ -136,6 +138,7 @@ class SecureAggregator:
         self.rounding = rounding
         self.seed = seed
         self.secure_noise = secure_noise
+        self.signed = signed
 
     def graph(self, num_clients: int) -> tuple[int | None, int]:
         """The protocol's ``neighbours`` argument (None: complete) and threshold for a
@@ -224,7 +227,13 @@ class SecureAggregator:
         graph = (_degree(degree, n), threshold, {k: len(v) for k, v in stages.items() if v})
         try:
             total, report = simulate_encoded(
-                encoded, fixed, threshold, degree, stages, self._graph_seed(attempt)
+                encoded,
+                fixed,
+                threshold,
+                degree,
+                stages,
+                self._graph_seed(attempt),
+                signed=self.signed,
             )
         except SecAggError as err:
             return SecureRound(None, None, *graph, rejected, str(err))

@@ -226,6 +226,7 @@ class Simulation:
             s.rounding,
             config.seed,
             secure_noise=self.privacy.secure_noise,
+            signed=s.signed,
         )
 
     def _make_canaries(self, config: RunConfig) -> tuple[np.ndarray, np.ndarray] | None:

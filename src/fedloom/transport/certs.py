@@ -146,6 +146,46 @@ def peer_name(auth_context: Mapping[str, Sequence[bytes]]) -> str | None:
     return values[0].decode("utf-8") if values else None
 
 
+def peer_certificate(auth_context: Mapping[str, Sequence[bytes]]) -> bytes | None:
+    """The peer's certificate (DER) from ``context.auth_context()``; None without TLS."""
+    values = auth_context.get("x509_pem_cert")
+    if not values:
+        return None
+    return x509.load_pem_x509_certificate(values[0]).public_bytes(serialization.Encoding.DER)
+
+
+def signing_key(identity: Identity) -> ec.EllipticCurvePrivateKey:
+    """The identity's certificate key, which also signs its SecAgg+ key adverts."""
+    return _parse_key(Path(f"{identity.name}.key"), identity.key_pem)
+
+
+def verified_client_key(der: bytes, ca_pem: bytes) -> ec.EllipticCurvePublicKey:
+    """The public key of a peer client's certificate (DER), once it is checked: issued
+    by the CA, valid now, a client certificate named ``client-N``. This is how a client
+    attributes a neighbour's signed SecAgg+ keys to a real client of the deployment."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    except (ValueError, TypeError, InvalidSignature):
+        raise CertError("peer certificate is malformed or not issued by the CA") from None
+    now = dt.datetime.now(dt.UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise CertError("peer certificate is not valid now")
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1 or not re.fullmatch(r"client-\d{1,9}", str(names[0].value)):
+        raise CertError(f"peer certificate is not a client's: {cert.subject.rfc4514_string()}")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = []
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+        raise CertError("peer certificate is not issued for client authentication")
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise CertError("peer certificate does not hold an EC key")
+    return key
+
+
 def server_credentials(identity: Identity) -> grpc.ServerCredentials:
     """TLS credentials for a server that admits only clients with a certificate from the CA."""
     return grpc.ssl_server_credentials(

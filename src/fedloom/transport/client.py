@@ -33,10 +33,24 @@ import torch
 from fedloom.errors import FedloomError
 from fedloom.records import ClientMetrics, TrainPlan
 from fedloom.secagg.crypto import SecAggError
-from fedloom.secagg.protocol import STAGES, MaskedInput, SecAggClient
+from fedloom.secagg.protocol import (
+    STAGES,
+    AdvertiseRequest,
+    MaskedInput,
+    NeighbourKeys,
+    SecAggClient,
+)
+from fedloom.transport import download, wire
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
-from fedloom.transport import wire
+from fedloom.transport.certs import (
+    CertError,
+    Identity,
+    channel_credentials,
+    load_identity,
+    signing_key,
+    verified_client_key,
+)
 from fedloom.transport.secagg_wire import client_to_pb, server_from_pb
 from fedloom.transport.secure_round import SecureTaskSpec
 from fedloom.transport.server import METADATA_CLIENT
@@ -127,13 +141,14 @@ def privatize(delta: np.ndarray, spec: dict) -> np.ndarray:
 
 class _BackgroundHash:
     """sha256 computed in a second thread while the next chunks arrive (hashlib releases
-    the GIL on large inputs), so checking a download costs little beyond receiving it."""
+    the GIL on large inputs), so checking a download costs little beyond receiving it.
+    ``update`` takes bytes or a view of them, which must not change until ``digest``."""
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
         self._pool = futures.ThreadPoolExecutor(max_workers=1)  # one worker: in order
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self._pool.submit(self._hash.update, data)
 
     def digest(self) -> bytes:
@@ -193,18 +208,18 @@ class DeploymentClient:
         self.limiter = RateLimiter(max_upload_kbps)
         self.stats = ClientStats()
         self._metadata: tuple[tuple[str, str], ...] = ()
+        self.identity: Identity | None = None
+        self._signed_rounds: set[bytes] = set()  # SecAgg+ round ids this client signed for
         if insecure:
             log.warning("connecting WITHOUT TLS to %s as %s", target, self.name)
             self.channel = grpc.insecure_channel(target, options=wire.channel_options())
             self._metadata = ((METADATA_CLIENT, self.name),)
         else:
-            from fedloom.transport.certs import channel_credentials, load_identity
-
             if certs is None:
                 raise FedloomError("certs is required unless insecure is set (mTLS is default)")
-            identity = load_identity(certs, self.name)
+            self.identity = load_identity(certs, self.name)
             self.channel = grpc.secure_channel(
-                target, channel_credentials(identity), options=wire.channel_options()
+                target, channel_credentials(self.identity), options=wire.channel_options()
             )
         self.stub = rpc.FedloomStub(self.channel)
         self.held: tuple[int, np.ndarray] | None = None  # (version, params)
@@ -306,18 +321,25 @@ class DeploymentClient:
         base = self.held[0] if self.held is not None else -1
         if self.held is not None and base == version:
             return self.held[1]
-        stream = self.stub.Download(
+        call = self.channel.unary_stream(  # the stub's Download, without protobuf copies
+            download.METHOD,
+            request_serializer=pb.DownloadRequest.SerializeToString,
+            response_deserializer=download.parse,  # (header or None, data as a view)
+        )
+        stream = call(
             pb.DownloadRequest(version=version, base_version=base),
             metadata=self._metadata,
             timeout=self.retry.call_timeout_s,
         )
         header, buffer, size = None, np.empty(0, np.uint8), 0
         with _BackgroundHash() as hasher:
-            for chunk in stream:
-                data = chunk.data  # each read of a bytes field copies it
+            for chunk_header, data in stream:
                 if header is None:
-                    header = chunk.header
-                    if header.payload_bytes > 4 * self.dim + (1 << 20):  # zlib's worst case
+                    if chunk_header is None:
+                        raise wire.WireError("model download does not start with a header")
+                    header = chunk_header
+                    limit = 4 * self.dim + (1 << 20)  # the raw model, or zlib's worst case
+                    if not 0 <= header.payload_bytes <= limit:
                         raise wire.WireError(
                             f"model download declares {header.payload_bytes} bytes"
                         )
@@ -337,7 +359,7 @@ class DeploymentClient:
                         f"but this client holds {base}"
                     )
                 params = wire.apply_xor_delta(buffer.data, self.held[1])
-                hasher.update(params.tobytes())
+                hasher.update(params.data)
             elif header.encoding == "raw":
                 params = wire.as_float32(buffer, self.dim, "model")  # a view: no copy
             else:
@@ -372,14 +394,27 @@ class DeploymentClient:
         the server dropped it or aborted, or the protocol refused a message (logged)."""
         spec = SecureTaskSpec.from_json(task.secagg_json)
         upload = None
+        verify_keys: dict[int, Any] = {}  # signed keys: filled from the neighbours' certificates
         try:
+            signing = None
+            if spec.signed:
+                if self.identity is None:
+                    raise SecAggError("signed keys need this client's certificate (mTLS)")
+                signing = signing_key(self.identity)
             protocol = SecAggClient(
-                spec.index, spec.encode(delta, len(self.y), metrics), spec.threshold
+                spec.index,
+                spec.encode(delta, len(self.y), metrics),
+                spec.threshold,
+                signing_key=signing,
+                verify_keys=verify_keys if spec.signed else None,
             )
             for stage in STAGES:
-                request = self._fetch_stage(task, stage, spec)
-                if request is None:
+                fetched = self._fetch_stage(task, stage)
+                if fetched is None:
                     return None
+                request = server_from_pb(fetched, stage, spec.index, spec.num_clients)
+                if spec.signed:
+                    self._authenticate(request, fetched, verify_keys)
                 reply = getattr(protocol, stage)(request)
                 if isinstance(reply, MaskedInput):
                     upload = self._call(
@@ -396,10 +431,41 @@ class DeploymentClient:
                     self._call(f"secagg {stage}", send)
         except SecAggError as err:
             log.warning("task %s: secure aggregation stopped: %s", task.task_id, err)
+            self._leave(task, str(err))
             return None
         return upload
 
-    def _fetch_stage(self, task: pb.Task, stage: str, spec: SecureTaskSpec) -> Any:
+    def _leave(self, task: pb.Task, why: str) -> None:
+        """Tell the server this client left the protocol, so that the stage need not wait
+        for it (best effort: if the notice is lost, the stage times out instead)."""
+        try:
+            self.stub.SecAggSend(
+                pb.SecAggMessage(task_id=task.task_id, abort=why),
+                metadata=self._metadata,
+                timeout=self.retry.call_timeout_s,
+            )
+        except grpc.RpcError as err:
+            log.debug("leaving notice not delivered: %s", err.code())
+
+    def _authenticate(
+        self, request: Any, fetched: pb.SecAggMessage, verify_keys: dict[int, Any]
+    ) -> None:
+        """Signed keys: never sign for a round id twice (the server picks it, and a signed
+        advert could otherwise be replayed), and take each neighbour's verify key from its
+        certificate once the CA vouches for it."""
+        if isinstance(request, AdvertiseRequest):
+            if request.round_id in self._signed_rounds:
+                raise SecAggError("the server reused a round id this client has signed for")
+            self._signed_rounds.add(request.round_id)
+        if isinstance(request, NeighbourKeys):
+            assert self.identity is not None
+            for j, der in fetched.neighbour_keys.certificates.items():
+                try:
+                    verify_keys[int(j)] = verified_client_key(der, self.identity.ca_pem)
+                except CertError as err:
+                    raise SecAggError(f"neighbour {j}'s certificate: {err}") from None
+
+    def _fetch_stage(self, task: pb.Task, stage: str) -> pb.SecAggMessage | None:
         """The server's message for ``stage`` (long-polled), or None if it says this
         client is out of the round."""
         fetch = functools.partial(
@@ -415,7 +481,7 @@ class DeploymentClient:
                 log.info("task %s: %s", task.task_id, message.abort)
                 return None
             if kind != "wait_s":
-                return server_from_pb(message, stage, spec.index, spec.num_clients)
+                return message
 
     def _upload(
         self,

@@ -190,15 +190,17 @@ class SecAggEmpty(_message.Message):
     def __init__(self) -> None: ...
 
 class SecAggKeys(_message.Message):
-    __slots__ = ("c_public", "s_public")
+    __slots__ = ("c_public", "s_public", "signature")
     C_PUBLIC_FIELD_NUMBER: _ClassVar[int]
     S_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     c_public: bytes
     s_public: bytes
-    def __init__(self, c_public: _Optional[bytes] = ..., s_public: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, c_public: _Optional[bytes] = ..., s_public: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SecAggNeighbourKeys(_message.Message):
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "signatures", "certificates")
     class KeysEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -206,9 +208,27 @@ class SecAggNeighbourKeys(_message.Message):
         key: int
         value: PublicKeys
         def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[PublicKeys, _Mapping]] = ...) -> None: ...
+    class SignaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class CertificatesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.MessageMap[int, PublicKeys]
-    def __init__(self, keys: _Optional[_Mapping[int, PublicKeys]] = ...) -> None: ...
+    signatures: _containers.ScalarMap[int, bytes]
+    certificates: _containers.ScalarMap[int, bytes]
+    def __init__(self, keys: _Optional[_Mapping[int, PublicKeys]] = ..., signatures: _Optional[_Mapping[int, bytes]] = ..., certificates: _Optional[_Mapping[int, bytes]] = ...) -> None: ...
 
 class SecAggCiphertexts(_message.Message):
     __slots__ = ("ciphertexts",)

@@ -33,6 +33,7 @@ from fedloom.secagg.shamir import PRIME
 from fedloom.transport import fedloom_pb2 as pb
 
 CIPHERTEXT_BYTES = NONCE_BYTES + SHARE_PLAINTEXT_BYTES + TAG_BYTES
+MAX_SIGNATURE_BYTES = 80  # Ed25519: 64; ECDSA P-256 (DER): at most 72
 ROUND_ID_BYTES = 16
 
 ServerMessage = AdvertiseRequest | NeighbourKeys | RoutedShares | UnmaskRequest
@@ -52,16 +53,24 @@ CLIENT_BODY = {
 }
 
 
-def server_to_pb(task_id: str, message: ServerMessage) -> pb.SecAggMessage:
-    """The protobuf form of a server -> client stage message."""
+def server_to_pb(
+    task_id: str, message: ServerMessage, certificates: Mapping[int, bytes] | None = None
+) -> pb.SecAggMessage:
+    """The protobuf form of a server -> client stage message; ``certificates`` (signed
+    keys) are the neighbours' certificates that ``NeighbourKeys`` carries along."""
     out = pb.SecAggMessage(
         task_id=task_id, round_id=message.round_id, sender=SERVER, recipient=message.recipient
     )
     if isinstance(message, AdvertiseRequest):
         out.advertise_request.SetInParent()
     elif isinstance(message, NeighbourKeys):
+        out.neighbour_keys.SetInParent()
         for j, (c, s) in message.keys.items():
             out.neighbour_keys.keys[j].CopyFrom(pb.PublicKeys(c_public=c, s_public=s))
+        out.neighbour_keys.signatures.update(message.signatures)
+        if certificates is not None:
+            for j in message.keys:
+                out.neighbour_keys.certificates[j] = certificates[j]
     elif isinstance(message, RoutedShares):
         out.routed_shares.SetInParent()
         out.routed_shares.ciphertexts.update(message.ciphertexts)
@@ -79,6 +88,7 @@ def client_to_pb(task_id: str, message: ClientMessage) -> pb.SecAggMessage:
     if isinstance(message, KeysAdvert):
         out.keys_advert.c_public = message.c_public
         out.keys_advert.s_public = message.s_public
+        out.keys_advert.signature = message.signature
     elif isinstance(message, EncryptedShares):
         out.encrypted_shares.SetInParent()
         out.encrypted_shares.ciphertexts.update(message.ciphertexts)
@@ -117,6 +127,12 @@ def _ciphertexts(table: Mapping[int, bytes], size: int, what: str) -> dict[int, 
     return out
 
 
+def _signature(value: bytes, what: str) -> bytes:
+    if len(value) > MAX_SIGNATURE_BYTES:
+        raise SecAggError(f"{what} has {len(value)} bytes, at most {MAX_SIGNATURE_BYTES}")
+    return bytes(value)
+
+
 def _key(value: bytes, what: str) -> bytes:
     if len(value) != KEY_BYTES:
         raise SecAggError(f"{what} has {len(value)} bytes, expected {KEY_BYTES}")
@@ -143,6 +159,7 @@ def client_from_pb(
             sender,
             _key(keys.c_public, "c public key"),
             _key(keys.s_public, "s public key"),
+            _signature(keys.signature, "the advert's signature"),
         )
     if stage == "share_keys":
         table = message.encrypted_shares.ciphertexts
@@ -188,7 +205,13 @@ def server_from_pb(
             )
             for j, k in message.neighbour_keys.keys.items()
         }
-        return NeighbourKeys(round_id, stage, SERVER, recipient, keys)
+        signatures = {
+            _index(j, num_clients, "signing neighbour"): _signature(
+                sig, f"neighbour {j}'s signature"
+            )
+            for j, sig in message.neighbour_keys.signatures.items()
+        }
+        return NeighbourKeys(round_id, stage, SERVER, recipient, keys, signatures)
     if stage == "masked_input":
         table = _ciphertexts(message.routed_shares.ciphertexts, num_clients, "neighbour")
         return RoutedShares(round_id, stage, SERVER, recipient, table)

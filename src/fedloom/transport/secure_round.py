@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from cryptography import x509
 
 from fedloom.errors import FedloomError
 from fedloom.records import ClientMetrics, Update
 from fedloom.secagg.cohort import SecureAggregator
-from fedloom.secagg.crypto import SecAggError, agree, generate_keypair
+from fedloom.secagg.crypto import SecAggError, agree, generate_keypair, verify
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
 from fedloom.secagg.protocol import (
     STAGES,
@@ -46,6 +47,7 @@ from fedloom.secagg.protocol import (
     KeysAdvert,
     MaskedInput,
     SecAggServer,
+    advert_payload,
 )
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport.secagg_wire import server_to_pb
@@ -65,6 +67,7 @@ class SecureTaskSpec:
     encoding: dict[str, Any]  # SecureAggregator parameters (_ENCODING_FIELDS)
     dp_clip: float | None = None  # central DP: the client clips to this L2 norm
     distributed: dict[str, Any] | None = None  # distributed DP: the round's mechanism
+    signed: bool = False  # sign the advertised keys, verify the neighbours' (certificates)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -88,6 +91,8 @@ class SecureTaskSpec:
             )
         if not isinstance(spec.encoding, dict) or set(spec.encoding) != set(_ENCODING_FIELDS):
             raise FedloomError(f"secagg task spec: encoding must give {_ENCODING_FIELDS}")
+        if not isinstance(spec.signed, bool):
+            raise FedloomError(f"secagg task spec: signed = {spec.signed!r}, expected a bool")
         if spec.distributed is not None and (
             not isinstance(spec.distributed, dict) or set(spec.distributed) != set(_DDG_FIELDS)
         ):
@@ -109,7 +114,9 @@ class SecureTaskSpec:
         ddg = None
         if distributed is not None:
             ddg = {name: getattr(distributed, name) for name in _DDG_FIELDS}
-        return cls(index, num_clients, threshold, attempt, encoding, dp_clip, ddg)
+        return cls(
+            index, num_clients, threshold, attempt, encoding, dp_clip, ddg, aggregator.signed
+        )
 
     def aggregator(self) -> SecureAggregator:
         """The client's encoder: randomness (rounding, noise shares) from the OS."""
@@ -138,8 +145,14 @@ class SecureStages:
     protocol's work, seconds for large cohorts) runs on a closed stage without it.
     """
 
-    def __init__(self, task_id: str, cohort: list[int], protocol: SecAggServer) -> None:
+    def __init__(
+        self, task_id: str, cohort: list[int], protocol: SecAggServer, signed: bool = False
+    ) -> None:
+        """``signed``: adverts must be signed by the key of the advertiser's certificate
+        (:meth:`attach_certificate`), and neighbours get the certificates with the keys."""
         self.task_id = task_id
+        self.signed = signed
+        self.certificates: dict[int, bytes] = {}  # index -> DER, signed rounds
         self.cohort = cohort
         self.index = {cid: i for i, cid in enumerate(cohort)}
         self.protocol = protocol
@@ -188,7 +201,13 @@ class SecureStages:
         if ahead < 0 or i not in self.requests:
             why = f"stage {stage!r} is over for this client"
             return pb.SecAggMessage(task_id=self.task_id, abort=why)
-        return server_to_pb(self.task_id, self.requests[i])
+        certificates = self.certificates if self.signed else None
+        return server_to_pb(self.task_id, self.requests[i], certificates)
+
+    def attach_certificate(self, cid: int, der: bytes) -> None:
+        """Signed rounds: the client's certificate (from its TLS session), whose key must
+        have signed its advert and which its neighbours get with its keys."""
+        self.certificates.setdefault(self.index[cid], der)
 
     def submit(self, cid: int, stage: str, message: Any, digest: bytes) -> bool:
         """Take a client's reply for the open stage; True if the same reply was already
@@ -222,6 +241,12 @@ class SecureStages:
             probe = generate_keypair()[0]
             for key in (message.c_public, message.s_public):
                 agree(probe, key, b"fedloom/secagg/check")
+            if self.signed:  # a bad signature would make every neighbour abort
+                if i not in self.certificates:
+                    raise SecAggError(f"client {i} has no certificate to check its keys with")
+                public = x509.load_der_x509_certificate(self.certificates[i]).public_key()
+                payload = advert_payload(message.round_id, i, message.c_public, message.s_public)
+                verify(public, message.signature, payload)
         elif isinstance(message, EncryptedShares):
             if set(message.ciphertexts) != set(request.keys):
                 raise SecAggError(

@@ -50,9 +50,9 @@ from fedloom.secagg.protocol import STAGES, MaskedInput
 from fedloom.server.registry import Completion
 from fedloom.sim.executor import NO_CAP
 from fedloom.sim.runtime import Simulation
+from fedloom.transport import download, wire
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
-from fedloom.transport import wire
 from fedloom.transport.secagg_wire import CLIENT_BODY, client_from_pb
 from fedloom.transport.secure_round import SecureStages, SecureTaskSpec
 
@@ -143,6 +143,11 @@ class DeploymentServer(rpc.FedloomServicer):
     """Serves one run (new or resumed) to client processes until it finishes."""
 
     def __init__(self, sim: Simulation, options: ServerOptions) -> None:
+        if sim.config.secagg.signed and options.insecure:
+            raise ConfigError(
+                "secagg.signed = true needs mTLS: clients sign their keys with their "
+                "certificate keys (drop --insecure)"
+            )
         self.sim = sim
         plan = sim.privacy
         self._local_dp = (
@@ -164,7 +169,7 @@ class DeploymentServer(rpc.FedloomServicer):
         self._last_seen: dict[int, float] = {}  # client id -> time.time() of its last call
         self._round: _Round | None = None
         self._models: dict[int, np.ndarray] = {sim.server.version: sim.server.params.copy()}
-        self._downloads: dict[tuple[int, int], tuple[list[pb.DownloadChunk], int]] = {}
+        self._downloads: dict[tuple[int, int], tuple[list[bytes], int]] = {}
         self._prepare_lock = threading.Lock()
         self._closed: dict[int, bytes] = {}  # the last closed round's applied uploads
         self._closed_task = ""
@@ -194,6 +199,10 @@ class DeploymentServer(rpc.FedloomServicer):
             options=wire.channel_options(),
         )
         rpc.add_FedloomServicer_to_server(self, server)
+        # replaces the stub's Download handler: chunks go out serialized once per version
+        server.add_registered_method_handlers(
+            download.SERVICE, {"Download": download.handler(self.Download)}
+        )
         address = f"{self.options.host}:{self.options.port}"
         if self.options.insecure:
             log.warning("serving WITHOUT TLS on %s: clients are not authenticated", address)
@@ -287,7 +296,7 @@ class DeploymentServer(rpc.FedloomServicer):
         rnd.dp_clip = None if dp is None or dp.noise_on_clients else dp.clip_norm
         rnd.distributed = None if plan.distributed is None else plan.round_mechanism(n)
         protocol = sim.secure.protocol(n, sim.attempts, rnd.distributed)
-        rnd.secure = SecureStages(rnd.task_id, cohort, protocol)
+        rnd.secure = SecureStages(rnd.task_id, cohort, protocol, signed=sim.secure.signed)
         rnd.secure_specs = {
             cid: SecureTaskSpec.for_client(
                 sim.secure,
@@ -558,7 +567,9 @@ class DeploymentServer(rpc.FedloomServicer):
 
     def Download(
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.DownloadChunk]:
+    ) -> Iterator[bytes]:
+        """The model's serialized ``DownloadChunk`` messages (``start`` registers this
+        method with an identity response serializer: see ``fedloom.transport.download``)."""
         cid = self._client(context)
         version, base = int(request.version), int(request.base_version)
         with self._cond:
@@ -584,10 +595,11 @@ class DeploymentServer(rpc.FedloomServicer):
                 rnd.bytes_down += payload_bytes
                 rnd.down_kbps[cid] = kbps
 
-    def _prepared(self, version: int, base: int) -> tuple[list[pb.DownloadChunk], int]:
-        """The chunk messages of model ``version`` (an XOR delta against ``base`` when the
-        server still holds it), built once and shared by every client that asks: encoding,
-        hashing and compressing per request would cost more than sending."""
+    def _prepared(self, version: int, base: int) -> tuple[list[bytes], int]:
+        """The serialized chunk messages of model ``version`` (an XOR delta against
+        ``base`` when the server still holds it) and the payload size, built once and shared
+        by every client that asks: encoding, hashing, compressing and serializing per
+        request would cost more than sending."""
         with self._prepare_lock:
             with self._cond:
                 model = self._models.get(version)
@@ -609,10 +621,7 @@ class DeploymentServer(rpc.FedloomServicer):
                     sha256=wire.digest(raw),
                 )
                 self._downloads[key] = (
-                    [
-                        pb.DownloadChunk(header=header if i == 0 else None, data=piece)
-                        for i, piece in enumerate(wire.chunks(payload, self.options.chunk_bytes))
-                    ],
+                    download.encode(header, payload, self.options.chunk_bytes),
                     len(payload),
                 )
             return self._downloads[key]
@@ -753,6 +762,13 @@ class DeploymentServer(rpc.FedloomServicer):
 
     def SecAggSend(self, request: pb.SecAggMessage, context: grpc.ServicerContext) -> pb.SecAggAck:
         cid = self._client(context)
+        if request.WhichOneof("body") == "abort":  # the client leaves the protocol
+            with self._cond:
+                _, secure = self._secure_round(cid, request.task_id, context)
+                secure.drop([cid], "left")
+                log.info("client %d left the secure sum: %s", cid, request.abort[:200])
+                self._cond.notify_all()
+            return pb.SecAggAck()
         stages = {body: stage for stage, body in CLIENT_BODY.items()}
         stage = stages.get(request.WhichOneof("body") or "")
         if stage is None:
@@ -767,6 +783,12 @@ class DeploymentServer(rpc.FedloomServicer):
             rnd, secure = self._secure_round(cid, request.task_id, context)
             try:
                 message = client_from_pb(request, stage, secure.index[cid], len(secure.cohort))
+                if secure.signed and stage == "advertise_keys":
+                    from fedloom.transport.certs import peer_certificate
+
+                    certificate = peer_certificate(context.auth_context())
+                    if certificate is not None:
+                        secure.attach_certificate(cid, certificate)
                 duplicate = secure.submit(cid, stage, message, digest)
             except SecAggError as err:
                 self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "secagg", str(err))
