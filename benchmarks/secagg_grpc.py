@@ -22,7 +22,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import queue as queue_lib
 import statistics
 import tempfile
 import threading
@@ -68,9 +67,8 @@ def play(root: Path, mode: str, clients: int, rounds: int) -> dict[str, Any]:
     from fedloom.config import load_config
     from fedloom.data.federated import build_federated_data
     from fedloom.data.storage import write_partition
-    from fedloom.sim.runtime import Simulation
     from fedloom.transport.certs import init_ca, issue
-    from fedloom.transport.server import DeploymentServer, ServerOptions
+    from fedloom.transport.server import ServerOptions, start_in_thread
 
     root.mkdir(parents=True)
     certs = root / "certs"
@@ -91,21 +89,8 @@ def play(root: Path, mode: str, clients: int, rounds: int) -> dict[str, Any]:
     config = load_config(None, overrides)
     data = build_federated_data(config.data, config.partition, config.seed)
     write_partition(root / "data", data.train, data.holdout)
-    ready: queue_lib.Queue = queue_lib.Queue()
-
-    def serve() -> None:
-        server = DeploymentServer(
-            Simulation.start(config), ServerOptions(port=0, certs=certs, linger_s=1.0)
-        )
-        ready.put((server, server.start()))
-        try:
-            server.run()
-        finally:
-            server.stop()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    server, port = ready.get(timeout=300)
+    server, thread = start_in_thread(config, ServerOptions(port=0, certs=certs, linger_s=1.0))
+    port = server.port
     ctx = mp.get_context("spawn")
     done = ctx.Queue()
     halves = [list(range(clients))[::2], list(range(clients))[1::2]]

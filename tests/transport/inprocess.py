@@ -1,17 +1,17 @@
 """A deployment server in a thread of the test process, for tests that need its state
-(not a test file). Client data folders are written under ``root / "data"``."""
+(not a test file). Client data folders are written under ``root / "data"``; honest
+clients can run as threads of the test process."""
 
 from __future__ import annotations
 
-import queue
 import threading
 from pathlib import Path
 
 from fedloom.config import load_config
 from fedloom.data.federated import build_federated_data
-from fedloom.data.storage import write_partition
-from fedloom.sim.runtime import Simulation
-from fedloom.transport.server import DeploymentServer, ServerOptions
+from fedloom.data.storage import client_dir, write_partition
+from fedloom.transport.client import DeploymentClient
+from fedloom.transport.server import DeploymentServer, ServerOptions, start_in_thread
 
 SMALL_RUN = [
     "rounds=2",
@@ -25,21 +25,25 @@ def serve_in_thread(
     root: Path, overrides: list[str], options: ServerOptions
 ) -> tuple[DeploymentServer, int, threading.Thread]:
     """Start a server for ``SMALL_RUN + overrides``; returns it, its port and the thread
-    playing its rounds (the thread that built the simulation, as SQLite requires)."""
+    playing its rounds."""
     config = load_config(None, [*SMALL_RUN, *overrides, f"output_dir={root / 'runs'}"])
     data = build_federated_data(config.data, config.partition, config.seed)
     write_partition(root / "data", data.train, data.holdout)
-    ready: queue.Queue = queue.Queue()
+    server, thread = start_in_thread(config, options, timeout_s=120)
+    return server, server.port, thread
 
-    def serve() -> None:
-        server = DeploymentServer(Simulation.start(config), options)
-        ready.put((server, server.start()))
-        try:
-            server.run()
-        finally:
-            server.stop()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    server, port = ready.get(timeout=120)
-    return server, port, thread
+def client_threads(port: int, root: Path, ids: list[int], certs: Path) -> list[threading.Thread]:
+    """Started threads, each an honest ``DeploymentClient`` (mTLS) for one client id."""
+    threads = [
+        threading.Thread(
+            target=DeploymentClient(
+                f"127.0.0.1:{port}", client_dir(root / "data", i), certs=certs
+            ).run,
+            daemon=True,
+        )
+        for i in ids
+    ]
+    for t in threads:
+        t.start()
+    return threads

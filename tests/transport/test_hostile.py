@@ -10,15 +10,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from inprocess import serve_in_thread
+from inprocess import client_threads, serve_in_thread
 
-from fedloom.data.storage import client_dir
 from fedloom.secagg.protocol import SecAggClient
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
 from fedloom.transport import wire
 from fedloom.transport.certs import channel_credentials, init_ca, issue, load_identity
-from fedloom.transport.client import DeploymentClient
 from fedloom.transport.secagg_wire import client_to_pb, server_from_pb
 from fedloom.transport.secure_round import SecureTaskSpec
 from fedloom.transport.server import DeploymentServer, ServerOptions
@@ -46,17 +44,7 @@ def serve_with_honest_clients(tmp_path: Path, overrides: list[str]) -> Iterator[
         issue(certs, name)
     options = ServerOptions(port=0, certs=certs, linger_s=0.5, client_timeout_s=3)
     server, port, thread = serve_in_thread(tmp_path, overrides, options)
-    honest = [
-        threading.Thread(
-            target=DeploymentClient(
-                f"127.0.0.1:{port}", client_dir(tmp_path / "data", i), certs=certs
-            ).run,
-            daemon=True,
-        )
-        for i in (1, 2)
-    ]
-    for t in honest:
-        t.start()
+    client_threads(port, tmp_path, [1, 2], certs)
     yield server, certs, port, thread
     server.stop()  # ends the round loop too if the test failed half-way
     thread.join(60)
@@ -76,6 +64,22 @@ def upload(stub: rpc.FedloomStub, header: pb.UploadHeader, *pieces: bytes) -> pb
     return stub.Upload(iter(chunks), timeout=30)
 
 
+def first_task(stub: rpc.FedloomStub) -> tuple[pb.Task, threading.Event]:
+    """Heartbeats (online while misbehaving, as a real client would be) until the returned
+    event is set, and this client's first training task."""
+    silent = threading.Event()
+
+    def heartbeats() -> None:
+        while not silent.wait(0.5):
+            stub.Heartbeat(pb.HeartbeatRequest(), timeout=30)
+
+    threading.Thread(target=heartbeats, daemon=True).start()
+    task = stub.GetTask(pb.TaskRequest(wait_s=30), timeout=60)
+    while task.kind != pb.Task.TRAIN:
+        task = stub.GetTask(pb.TaskRequest(wait_s=30), timeout=60)
+    return task, silent
+
+
 def refused(call, code: grpc.StatusCode) -> str:  # noqa: ANN001
     with pytest.raises(grpc.RpcError) as info:
         call()
@@ -88,16 +92,7 @@ def test_hostile_messages_are_refused_and_everyone_else_is_served(live) -> None:
     stub = stub_for(certs, "client-000000", port, max_send=64 << 20)
     joined = stub.Join(pb.JoinRequest(num_examples=1), timeout=60)
     dim = joined.dim
-    silent = threading.Event()
-
-    def heartbeats() -> None:  # stay online while misbehaving, as a real client would
-        while not silent.wait(0.5):
-            stub.Heartbeat(pb.HeartbeatRequest(), timeout=30)
-
-    threading.Thread(target=heartbeats, daemon=True).start()
-    task = stub.GetTask(pb.TaskRequest(wait_s=30), timeout=60)
-    while task.kind != pb.Task.TRAIN:
-        task = stub.GetTask(pb.TaskRequest(wait_s=30), timeout=60)
+    task, silent = first_task(stub)
 
     good = np.full(dim, 0.001, dtype=np.float32)
 
@@ -177,16 +172,7 @@ def test_hostile_secure_aggregation_messages_are_refused(live_secagg) -> None:  
     server, certs, port, thread = live_secagg
     stub = stub_for(certs, "client-000000", port)
     stub.Join(pb.JoinRequest(num_examples=1), timeout=60)
-    silent = threading.Event()
-
-    def heartbeats() -> None:
-        while not silent.wait(0.5):
-            stub.Heartbeat(pb.HeartbeatRequest(), timeout=30)
-
-    threading.Thread(target=heartbeats, daemon=True).start()
-    task = stub.GetTask(pb.TaskRequest(wait_s=30), timeout=60)
-    while task.kind != pb.Task.TRAIN:
-        task = stub.GetTask(pb.TaskRequest(wait_s=30), timeout=60)
+    task, silent = first_task(stub)
     spec = SecureTaskSpec.from_json(task.secagg_json)
     assert (spec.num_clients, spec.threshold) == (3, 2)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from inprocess import serve_in_thread
+from inprocess import client_threads, serve_in_thread
 
 from fedloom.config import load_config
 from fedloom.data.storage import client_dir
@@ -142,17 +142,7 @@ def play_signed(root: Path, tamper: bool) -> tuple[dict, object]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SecureStages, "fetch", swapping_fetch)
         server, port, thread = serve_in_thread(root, run, options)
-        clients = [
-            threading.Thread(
-                target=DeploymentClient(
-                    f"127.0.0.1:{port}", client_dir(root / "data", i), certs=certs
-                ).run,
-                daemon=True,
-            )
-            for i in range(3)
-        ]
-        for t in clients:
-            t.start()
+        client_threads(port, root, [0, 1, 2], certs)
         thread.join(120)
         assert not thread.is_alive()
     (record,) = [r for r in server.sim.run_dir.records() if r.get("event") == "round"]

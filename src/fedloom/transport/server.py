@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import math
+import queue
 import re
 import threading
 import time
@@ -866,3 +867,33 @@ def open_simulation(config: RunConfig, resume: Path | None) -> Simulation:
     if resume is not None:
         return Simulation.resume(resume)
     return Simulation.start(config)
+
+
+def start_in_thread(
+    config: RunConfig, options: ServerOptions, timeout_s: float = 300.0
+) -> tuple[DeploymentServer, threading.Thread]:
+    """A server for ``config``, started in a background thread that builds the simulation
+    (its SQLite registry belongs to that thread) and then plays the rounds. Returns the
+    server, whose ``port`` is bound, and the thread, which ends with the run. For tests,
+    benchmarks and programs that embed a server."""
+    ready: queue.Queue[DeploymentServer | BaseException] = queue.Queue()
+
+    def serve() -> None:
+        try:
+            server = DeploymentServer(Simulation.start(config), options)
+            server.start()
+        except BaseException as err:
+            ready.put(err)
+            raise
+        ready.put(server)
+        try:
+            server.run()
+        finally:
+            server.stop()
+
+    thread = threading.Thread(target=serve, name="fedloom-server", daemon=True)
+    thread.start()
+    started = ready.get(timeout=timeout_s)
+    if isinstance(started, BaseException):
+        raise started
+    return started, thread
