@@ -30,6 +30,7 @@ from fedloom.errors import FedloomError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
+CLIENT_NAME = re.compile(r"^client-(\d{1,9})$")  # client N of the partition
 _CLOCK_SKEW = dt.timedelta(minutes=5)  # accept peers whose clocks run a little behind
 
 
@@ -172,7 +173,7 @@ def verified_client_key(der: bytes, ca_pem: bytes) -> ec.EllipticCurvePublicKey:
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise CertError("peer certificate is not valid now")
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(names) != 1 or not re.fullmatch(r"client-\d{1,9}", str(names[0].value)):
+    if len(names) != 1 or not CLIENT_NAME.match(str(names[0].value)):
         raise CertError(f"peer certificate is not a client's: {cert.subject.rfc4514_string()}")
     try:
         usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import queue
-import re
 import threading
 import time
 from collections import Counter
@@ -54,12 +53,18 @@ from fedloom.sim.runtime import Simulation
 from fedloom.transport import download, wire
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
+from fedloom.transport.certs import (
+    CLIENT_NAME,
+    load_identity,
+    peer_certificate,
+    peer_name,
+    server_credentials,
+)
 from fedloom.transport.secagg_wire import CLIENT_BODY, client_from_pb
 from fedloom.transport.secure_round import SecureStages, SecureTaskSpec
 
 log = logging.getLogger("fedloom.server")
 
-CLIENT_NAME = re.compile(r"^client-(\d{1,9})$")
 METADATA_CLIENT = "x-fedloom-client"
 
 
@@ -193,8 +198,6 @@ class DeploymentServer(rpc.FedloomServicer):
     # lifecycle ----------------------------------------------------------------
     def start(self) -> int:
         """Bind and start answering clients; returns the bound port. ``run`` plays rounds."""
-        from fedloom.transport.certs import load_identity, server_credentials
-
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.options.max_workers),
             options=wire.channel_options(),
@@ -493,8 +496,6 @@ class DeploymentServer(rpc.FedloomServicer):
         if self.options.insecure:
             name = dict(context.invocation_metadata()).get(METADATA_CLIENT)
         else:
-            from fedloom.transport.certs import peer_name
-
             name = peer_name(context.auth_context())
         match = CLIENT_NAME.match(name or "")
         if match is None or int(match.group(1)) >= self.num_clients:
@@ -785,8 +786,6 @@ class DeploymentServer(rpc.FedloomServicer):
             try:
                 message = client_from_pb(request, stage, secure.index[cid], len(secure.cohort))
                 if secure.signed and stage == "advertise_keys":
-                    from fedloom.transport.certs import peer_certificate
-
                     certificate = peer_certificate(context.auth_context())
                     if certificate is not None:
                         secure.attach_certificate(cid, certificate)
