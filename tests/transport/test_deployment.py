@@ -91,6 +91,36 @@ def test_secure_aggregation_over_mtls_matches_the_simulator(tmp_path: Path) -> N
     assert rounds[-1]["accuracy"] == pytest.approx(accuracy, abs=0.02)
 
 
+def test_secure_aggregation_rides_out_connection_resets_and_a_server_restart(
+    tmp_path: Path,
+) -> None:
+    """Resets in the middle of the protocol's stages are retried (every reply is taken
+    once); a server killed mid-round resumes and replays the round with fresh keys; no
+    client is dropped, so the model is the simulator's."""
+    d = Deployment(tmp_path, rounds=4, epochs=25, extra="[secagg]\nenabled = true\n")
+    try:
+        d.start_server("--client-timeout", "30")
+        with FaultProxy(("127.0.0.1", d.port)) as proxy:
+            host, port = proxy.address
+            clients = [d.start_client(i, f"{host}:{port}") for i in range(d.clients)]
+            d.wait_rounds(1)
+            assert proxy.reset_all() > 0
+            d.wait_rounds(2)
+            assert d.server is not None and d.run_path is not None
+            d.kill(d.server)
+            d.start_server("--client-timeout", "30", resume=d.run_path)  # the same port
+            d.wait_server()
+            for proc in clients:
+                assert proc.wait(90) == 0, d.logs()
+    finally:
+        d.close()
+    assert any(r.get("event") == "resume" for r in d.records())
+    rounds = rounds_of(d)
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert all(r["secagg"]["included"] == d.clients for r in rounds), rounds
+    assert_matches_simulator(d)
+
+
 def test_a_killed_client_is_dropped_and_the_round_goes_on(tmp_path: Path) -> None:
     d = Deployment(tmp_path, rounds=6, epochs=25)  # rounds long enough to kill one mid-way
     try:
