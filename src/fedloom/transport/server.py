@@ -475,7 +475,7 @@ class DeploymentServer(rpc.FedloomServicer):
             "threshold": protocol.threshold,
             "dropped": dict(stages.dropped),
             "server_s": stages.server_s,
-            "upload_bytes": protocol.dim * protocol.bits // 8,
+            "masked_input_bytes": protocol.dim * protocol.bits // 8,
             "plain_upload_bytes": 4 * self.sim.server.dim,
         }
         if stages.abort is not None:
