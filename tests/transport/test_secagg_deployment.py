@@ -16,12 +16,13 @@ from inprocess import client_threads, serve_in_thread
 from fedloom.config import load_config
 from fedloom.data.storage import client_dir
 from fedloom.errors import ConfigError
+from fedloom.secagg.cohort import AUX_SLOTS
 from fedloom.secagg.crypto import generate_keypair
 from fedloom.secagg.protocol import STAGES
 from fedloom.sim.runtime import Simulation
 from fedloom.transport.certs import init_ca, issue
 from fedloom.transport.client import DeploymentClient
-from fedloom.transport.secure_round import SecureStages
+from fedloom.transport.secure_round import SecureStages, SecureTaskSpec
 from fedloom.transport.server import DeploymentServer, ServerOptions
 
 CLIENTS = 4  # complete graph, threshold 3
@@ -167,3 +168,25 @@ def test_signed_keys_need_mtls(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="needs mTLS"):
         DeploymentServer(Simulation.start(config), ServerOptions(port=0, insecure=True))
+
+
+def test_a_malformed_secure_sum_is_refused_and_the_server_goes_on(tmp_path: Path) -> None:
+    """A client may encode anything (the server sees no single input): here client 0
+    puts the most negative ring value in its FedAvg-weight slot, so the sum's weight is
+    negative. The server refuses the sum, applies nothing and finishes the run."""
+    encode = SecureTaskSpec.encode
+
+    def hostile_encode(self, delta, num_examples, metrics):  # noqa: ANN001, ANN202
+        row = encode(self, delta, num_examples, metrics)
+        if self.index == 0:
+            row[-AUX_SLOTS] = 1 << (row.dtype.itemsize * 8 - 1)
+        return row
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SecureTaskSpec, "encode", hostile_encode)
+        record, _, server = play(tmp_path, {})
+    assert "secure sum refused" in record["secagg"]["aborted"]
+    assert "weight" in record["secagg"]["aborted"]
+    assert record["secagg"]["included"] == record["completed"] == 0
+    assert record["dropped"] == {"secure sum refused": CLIENTS}
+    np.testing.assert_array_equal(server.sim.server.params, server.sim.initial_params)

@@ -175,8 +175,10 @@ class SecureStages:
 
     @property
     def included(self) -> list[int]:
-        """Client ids whose inputs are in the sum (once it is known)."""
-        return [] if self.total is None else [self.cohort[i] for i in self.protocol.included]
+        """Client ids whose inputs are in the sum (once it is known and taken)."""
+        if self.total is None or self.abort is not None:
+            return []
+        return [self.cohort[i] for i in self.protocol.included]
 
     def waiting(self) -> list[int]:
         """Clients the current stage still waits for."""
@@ -271,6 +273,13 @@ class SecureStages:
             if cid not in self.out:
                 self.out[cid] = why
                 self.dropped[self.stage] = self.dropped.get(self.stage, 0) + 1
+
+    def refuse_sum(self, why: str) -> None:
+        """The unmasked sum is malformed (a client encoded values outside its slots'
+        ranges, which the server cannot see in any one input): nothing is applied."""
+        self.abort = f"secure sum refused: {why}"
+        for cid in self.cohort:
+            self.out.setdefault(cid, "secure sum refused")
 
     def close_stage(self) -> tuple[str, list[Any]]:
         """Stop taking replies; the stage and the replies the protocol step gets."""

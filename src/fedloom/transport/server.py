@@ -365,8 +365,13 @@ class DeploymentServer(rpc.FedloomServicer):
             )
             sizes = sim.data.train.sizes()[included]
             caps = np.array([rnd.dispatches[int(c)].max_steps or NO_CAP for c in included])
-            srv.receive_secure_sum(secure, sizes, steps_for(sizes, srv.plan, caps))
-            rnd.arrival.update({int(c): stages.arrival[int(c)] for c in included})
+            try:  # a client may have encoded anything: the sum itself can be malformed
+                srv.receive_secure_sum(secure, sizes, steps_for(sizes, srv.plan, caps))
+            except FedloomError as err:
+                stages.refuse_sum(str(err))
+                log.warning("round %d: %s", srv.round + 1, stages.abort)
+            else:
+                rnd.arrival.update({int(c): stages.arrival[int(c)] for c in included})
         failed: dict[int, str] = {}
         pending = srv.pending
         for cid in stages.cohort:
