@@ -277,6 +277,8 @@ def test_task_spec_round_trips_and_refuses_malformed_specs() -> None:
         SecureTaskSpec.from_json(spec.to_json().replace('"index": 2', '"index": 5'))
     with pytest.raises(FedloomError, match="encoding"):
         SecureTaskSpec.from_json(spec.to_json().replace('"bits"', '"bytes"'))
+    with pytest.raises(FedloomError, match="bits"):
+        SecureTaskSpec.from_json(spec.to_json().replace('"bits": 16', '"bits": 12'))
     with pytest.raises(SecAggError, match="not finite"):
         spec.encode(np.full(DIM, np.nan, np.float32), 10, ClientMetrics(0.1, 1, 1.0))
 

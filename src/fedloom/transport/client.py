@@ -392,7 +392,12 @@ class DeploymentClient:
         """SecAgg+ in place of a plain upload: encode the update, then answer the four
         stages (the masked input by ``Upload``). None when this client leaves the round:
         the server dropped it or aborted, or the protocol refused a message (logged)."""
-        spec = SecureTaskSpec.from_json(task.secagg_json)
+        try:
+            spec = SecureTaskSpec.from_json(task.secagg_json)
+        except FedloomError as err:
+            log.warning("task %s: %s", task.task_id, err)
+            self._leave(task, str(err))
+            return None
         upload = None
         verify_keys: dict[int, Any] = {}  # signed keys: filled from the neighbours' certificates
         try:

@@ -97,6 +97,11 @@ class SecureTaskSpec:
             not isinstance(spec.distributed, dict) or set(spec.distributed) != set(_DDG_FIELDS)
         ):
             raise FedloomError(f"secagg task spec: distributed must give {_DDG_FIELDS}")
+        try:  # the encoder and mechanism check their own values
+            spec.aggregator()
+            spec.mechanism()
+        except (FedloomError, TypeError, ValueError) as err:
+            raise FedloomError(f"secagg task spec: {err}") from None
         return spec
 
     @classmethod
