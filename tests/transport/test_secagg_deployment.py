@@ -59,7 +59,7 @@ class RecordingClient(DeploymentClient):
 
 def play(root: Path, quitters: dict[int, str]) -> tuple[dict, list[RecordingClient], object]:
     options = ServerOptions(
-        port=0, insecure=True, client_timeout_s=1.0, heartbeat_s=0.25, linger_s=0.5
+        port=0, insecure=True, client_timeout_s=3.0, heartbeat_s=0.25, linger_s=0.5
     )
     server, port, thread = serve_in_thread(root, RUN, options)
     clients = [
@@ -129,7 +129,7 @@ def play_signed(root: Path, tamper: bool) -> tuple[dict, object]:
     for i in range(3):
         issue(certs, f"client-{i:06d}")
     run = ["rounds=1", "secagg.enabled=true", "secagg.signed=true"]
-    options = ServerOptions(port=0, certs=certs, client_timeout_s=1.0, heartbeat_s=0.25)
+    options = ServerOptions(port=0, certs=certs, client_timeout_s=3.0, heartbeat_s=0.25)
     fetch = SecureStages.fetch
 
     def swapping_fetch(self, cid, stage):  # noqa: ANN001, ANN202

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import queue
+import secrets
 import threading
 import time
 from collections import Counter
@@ -181,6 +182,9 @@ class DeploymentServer(rpc.FedloomServicer):
         self._closed_task = ""
         self._scheduler = TransferScheduler(options.max_transfers)
         self.refused: Counter[str] = Counter()  # refused messages by kind, whole run
+        # in task ids: a resumed server replays the round it died in under a new id, so
+        # work begun for its predecessor (a half-run SecAgg+ protocol) is refused as stale
+        self._instance = secrets.token_hex(3)
         self._done = threading.Event()
         self._stop = threading.Event()
         self._grpc: grpc.Server | None = None
@@ -266,7 +270,7 @@ class DeploymentServer(rpc.FedloomServicer):
             dispatches = srv.begin_round(available, stats, now, k=k, deadline=deadline)
             sim.attempts += 1
             rnd = _Round(
-                f"{dispatches[0].round}.{sim.attempts}" if dispatches else "",
+                f"{dispatches[0].round}.{sim.attempts}.{self._instance}" if dispatches else "",
                 time.perf_counter(),
                 {d.client_id: d for d in dispatches},
                 need,
