@@ -270,7 +270,7 @@ def _associated(round_id: bytes, sender: int, recipient: int) -> bytes:
     return round_id + sender.to_bytes(4, "big") + recipient.to_bytes(4, "big")
 
 
-def _check_advert(
+def check_advert(
     verify_keys: Mapping[int, VerifyKey],
     round_id: bytes,
     index: int,
@@ -381,7 +381,7 @@ class SecAggClient:
         for j in sorted(message.keys):
             signature = message.signatures.get(j, b"")
             try:
-                _check_advert(self._verify_keys, self._round_id, j, message.keys[j], signature)
+                check_advert(self._verify_keys, self._round_id, j, message.keys[j], signature)
             except SecAggError as exc:
                 raise SecAggError(
                     f"client {self.index} refuses neighbour {j}'s keys: {exc}"
@@ -630,7 +630,7 @@ class SecAggServer:
             for i, m in received.items():
                 try:
                     keys = (m.c_public, m.s_public)
-                    _check_advert(self._verify_keys, self.round_id, i, keys, m.signature)
+                    check_advert(self._verify_keys, self.round_id, i, keys, m.signature)
                 except SecAggError as exc:
                     raise SecAggError(f"advert of client {i} refused: {exc}") from exc
         self._quorum(received.keys(), "advertise_keys")

@@ -27,7 +27,7 @@ import grpc
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import wire
 
-SERVICE = "fedloom.v1.Fedloom"
+SERVICE = pb.DESCRIPTOR.services_by_name["Fedloom"].full_name  # "fedloom.v1.Fedloom"
 METHOD = f"/{SERVICE}/Download"
 _HEADER_TAG = 0x0A  # field 1 (header), wire type 2 (length-delimited)
 _DATA_TAG = 0x12  # field 2 (data), wire type 2

@@ -51,6 +51,7 @@ CLIENT_BODY = {
     "share_keys": "encrypted_shares",
     "unmasking": "unmask_shares",
 }
+CLIENT_STAGE = {body: stage for stage, body in CLIENT_BODY.items()}  # body -> its stage
 
 
 def server_to_pb(

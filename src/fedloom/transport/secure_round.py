@@ -39,7 +39,7 @@ from cryptography import x509
 from fedloom.errors import FedloomError
 from fedloom.records import ClientMetrics, Update
 from fedloom.secagg.cohort import SecureAggregator
-from fedloom.secagg.crypto import SecAggError, agree, generate_keypair, verify
+from fedloom.secagg.crypto import SecAggError, agree, generate_keypair
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
 from fedloom.secagg.protocol import (
     STAGES,
@@ -47,7 +47,7 @@ from fedloom.secagg.protocol import (
     KeysAdvert,
     MaskedInput,
     SecAggServer,
-    advert_payload,
+    check_advert,
 )
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport.secagg_wire import server_to_pb
@@ -158,6 +158,7 @@ class SecureStages:
         self.task_id = task_id
         self.signed = signed
         self.certificates: dict[int, bytes] = {}  # index -> DER, signed rounds
+        self._verify_keys: dict[int, Any] = {}  # index -> its certificate's public key
         self.cohort = cohort
         self.index = {cid: i for i, cid in enumerate(cohort)}
         self.protocol = protocol
@@ -214,7 +215,10 @@ class SecureStages:
     def attach_certificate(self, cid: int, der: bytes) -> None:
         """Signed rounds: the client's certificate (from its TLS session), whose key must
         have signed its advert and which its neighbours get with its keys."""
-        self.certificates.setdefault(self.index[cid], der)
+        i = self.index[cid]
+        if i not in self.certificates:
+            self.certificates[i] = der
+            self._verify_keys[i] = x509.load_der_x509_certificate(der).public_key()
 
     def submit(self, cid: int, stage: str, message: Any, digest: bytes) -> bool:
         """Take a client's reply for the open stage; True if the same reply was already
@@ -251,9 +255,8 @@ class SecureStages:
             if self.signed:  # a bad signature would make every neighbour abort
                 if i not in self.certificates:
                     raise SecAggError(f"client {i} has no certificate to check its keys with")
-                public = x509.load_der_x509_certificate(self.certificates[i]).public_key()
-                payload = advert_payload(message.round_id, i, message.c_public, message.s_public)
-                verify(public, message.signature, payload)
+                keys = (message.c_public, message.s_public)
+                check_advert(self._verify_keys, message.round_id, i, keys, message.signature)
         elif isinstance(message, EncryptedShares):
             if set(message.ciphertexts) != set(request.keys):
                 raise SecAggError(

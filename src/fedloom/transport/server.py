@@ -61,7 +61,7 @@ from fedloom.transport.certs import (
     peer_name,
     server_credentials,
 )
-from fedloom.transport.secagg_wire import CLIENT_BODY, client_from_pb
+from fedloom.transport.secagg_wire import CLIENT_STAGE, client_from_pb
 from fedloom.transport.secure_round import SecureStages, SecureTaskSpec
 
 log = logging.getLogger("fedloom.server")
@@ -141,7 +141,6 @@ class _Round:
     bytes_up: int = 0
     bytes_down: int = 0
     secure: SecureStages | None = None  # SecAgg+ rounds: the protocol's state
-    secure_specs: dict[int, str] = dataclasses.field(default_factory=dict)  # Task.secagg_json
     dp_clip: float | None = None  # what the secure sum was encoded with
     distributed: DistributedDiscreteGaussian | None = None
 
@@ -296,7 +295,7 @@ class DeploymentServer(rpc.FedloomServicer):
         self._finish_round(rnd, result, failed, time.time())
 
     def _open_secure(self, rnd: _Round, cohort: list[int]) -> None:
-        """Start the round's SecAgg+: the protocol server and each client's task spec."""
+        """Start the round's SecAgg+: its encoding and the protocol's server side."""
         sim = self.sim
         assert sim.secure is not None
         dp, plan = sim.server.dp, sim.privacy
@@ -305,18 +304,6 @@ class DeploymentServer(rpc.FedloomServicer):
         rnd.distributed = None if plan.distributed is None else plan.round_mechanism(n)
         protocol = sim.secure.protocol(n, sim.attempts, rnd.distributed)
         rnd.secure = SecureStages(rnd.task_id, cohort, protocol, signed=sim.secure.signed)
-        rnd.secure_specs = {
-            cid: SecureTaskSpec.for_client(
-                sim.secure,
-                i,
-                n,
-                protocol.threshold,
-                sim.attempts,
-                rnd.dp_clip,
-                rnd.distributed,
-            ).to_json()
-            for i, cid in enumerate(cohort)
-        }
 
     def _await_secure(self, rnd: _Round, deadline: float | None) -> dict[int, str]:
         """Play the round's SecAgg+ stages (holding the condition, released while the
@@ -573,8 +560,24 @@ class DeploymentServer(rpc.FedloomServicer):
             deadline_unix=d.deadline or 0.0,
             max_steps=d.max_steps or 0,
             local_dp_json=self._local_dp,
-            secagg_json=rnd.secure_specs.get(d.client_id, ""),
+            secagg_json=self._secure_spec(rnd, d.client_id),
         )
+
+    def _secure_spec(self, rnd: _Round, cid: int) -> str:
+        """``Task.secagg_json``: what ``cid`` needs for the round's secure sum, "" if none."""
+        stages, aggregator = rnd.secure, self.sim.secure
+        if stages is None or aggregator is None:
+            return ""
+        spec = SecureTaskSpec.for_client(
+            aggregator,
+            stages.index[cid],
+            len(stages.cohort),
+            stages.protocol.threshold,
+            self.sim.attempts,
+            rnd.dp_clip,
+            rnd.distributed,
+        )
+        return spec.to_json()
 
     def Download(
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
@@ -780,8 +783,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 log.info("client %d left the secure sum: %s", cid, request.abort[:200])
                 self._cond.notify_all()
             return pb.SecAggAck()
-        stages = {body: stage for stage, body in CLIENT_BODY.items()}
-        stage = stages.get(request.WhichOneof("body") or "")
+        stage = CLIENT_STAGE.get(request.WhichOneof("body") or "")
         if stage is None:
             self._refuse(
                 context,
