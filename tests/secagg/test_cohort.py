@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.optim import FedAvg
@@ -193,3 +195,52 @@ def test_distributed_dp_round_without_clients_releases_nothing() -> None:
     result = srv.close_round()  # e.g. the protocol aborted: no sum, and no noise either
     assert result.status == "empty"
     np.testing.assert_array_equal(srv.params, 0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dim=st.integers(1, 400),
+    cohort=st.integers(2, 300),
+    clip=st.floats(1e-3, 10.0),
+    spread=st.floats(0.0, 3.0),
+    rounding=st.sampled_from(["nearest", "stochastic"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_dp_clipped_row_decodes_within_the_clip_norm_on_a_16_bit_ring(
+    dim: int, cohort: int, clip: float, spread: float, rounding: str, seed: int
+) -> None:
+    """What the server's noise is calibrated to: one client's decoded contribution to the
+    secure sum has L2 norm at most C, whatever the rounding does on a coarse ring."""
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((3, dim)) * np.exp(spread * rng.standard_normal((3, 1)))
+    ups = [
+        Update(i, 1, 0, r.astype(np.float32), 5, ClientMetrics(0.5, 1, 1.0))
+        for i, r in enumerate(rows)
+    ]
+    agg = SecureAggregator(dim, 5, bits=16, rounding=rounding, seed=seed)
+    encoded = agg.encode(ups, cohort, 1, dp_clip=clip)
+    fixed = agg.fixed_point(cohort)
+    for row in encoded:
+        decoded = fixed.decode_sum(row[:dim], 1) * agg.value_range(clip)
+        assert np.linalg.norm(decoded) <= clip
+        # still the encoding of the clipped row, each coordinate within one code step
+        assert np.all(np.abs(decoded) <= clip)
+    clipped, _ = clip_rows(rows.astype(np.float32), clip)
+    decoded = np.stack([fixed.decode_sum(r[:dim], 1) for r in encoded]) * clip
+    assert np.abs(decoded - clipped).max() <= agg.error_bound(cohort, 1, clip) * (1 + 1e-9)
+
+
+def test_plain_rounding_on_a_16_bit_ring_would_exceed_the_clip_norm() -> None:
+    """The case the bound exists for: a long row clipped to C, stochastically rounded for
+    a cohort of 300 on 16 bits (a step of C / 64), decodes longer than C unless the
+    encoder shortens it."""
+    dim, clip, cohort = 20_000, 1.0, 300
+    rows = np.random.default_rng(0).standard_normal((1, dim)).astype(np.float32)
+    clipped, _ = clip_rows(rows, clip)
+    agg = SecureAggregator(dim, 5, bits=16, rounding="stochastic", seed=1)
+    fixed = agg.fixed_point(cohort)
+    plain = fixed.decode_sum(fixed.encode(clipped[0], np.random.default_rng(2)), 1)
+    assert np.linalg.norm(plain) > 1.1 * clip
+    ups = [Update(0, 1, 0, rows[0], 5, ClientMetrics(0.5, 1, 1.0))]
+    encoded = agg.encode(ups, cohort, 1, dp_clip=clip)[0]
+    assert np.linalg.norm(fixed.decode_sum(encoded[:dim], 1)) <= clip

@@ -21,7 +21,7 @@ from fedloom.client import local_optim
 from fedloom.client.dp_sgd import step_noise
 from fedloom.client.schedule import batch_schedule
 from fedloom.params import FlatModule
-from fedloom.privacy.mechanisms import per_sample_clip
+from fedloom.privacy.mechanisms import NoiseSource, per_sample_clip
 from fedloom.records import ClientMetrics, TrainPlan
 
 
@@ -46,8 +46,15 @@ class TorchTrainer:
         seed: int,
         out: torch.Tensor,
         max_steps: int | None = None,
+        dp_noise: NoiseSource | None = None,
     ) -> ClientMetrics:
-        """Train from ``global_params`` and write the delta (local - global) into ``out``."""
+        """Train from ``global_params`` and write the delta (local - global) into ``out``.
+
+        ``dp_noise``: where DP-SGD's noise comes from. None keys it by ``seed`` and the
+        step (:func:`~fedloom.client.dp_sgd.step_noise`, as the simulator's executors
+        do); a deployed client passes its own OS source (``SecureNoise``), since the
+        server chooses ``seed`` and could otherwise replay and subtract the noise.
+        """
         params, grads = self.flat.params, self.flat.grads
         params.copy_(global_params)
         batches = batch_schedule(len(y), plan, seed, max_steps)
@@ -64,7 +71,7 @@ class TorchTrainer:
                 loss = F.cross_entropy(self.model(x[index]), y[index])
                 loss.backward()
             else:
-                loss = self._dp_sgd_gradient(x[index], y[index], plan, seed, step)
+                loss = self._dp_sgd_gradient(x[index], y[index], plan, seed, step, dp_noise)
             with torch.no_grad():
                 loss_sum += loss.detach()
                 loss_sq_sum += loss.detach() ** 2
@@ -81,7 +88,13 @@ class TorchTrainer:
         )
 
     def _dp_sgd_gradient(
-        self, x: torch.Tensor, y: torch.Tensor, plan: TrainPlan, seed: int, step: int
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        plan: TrainPlan,
+        seed: int,
+        step: int,
+        dp_noise: NoiseSource | None = None,
     ) -> torch.Tensor:
         """Write one DP-SGD gradient into the flat gradient buffer; return the batch loss.
 
@@ -97,7 +110,11 @@ class TorchTrainer:
         flat = torch.cat([per[s.name].reshape(len(y), -1) for s in self.flat.layout], dim=1)
         total = per_sample_clip(flat, clip).sum(0)
         if plan.dp_sgd_noise:
-            noise = torch.from_numpy(step_noise(np.array([seed]), step, self.dim)[0])
+            if dp_noise is None:
+                standard = step_noise(np.array([seed]), step, self.dim)[0]
+            else:
+                standard = dp_noise.normal(self.dim, 1.0).astype(np.float32)
+            noise = torch.from_numpy(standard)
             total.add_(noise, alpha=plan.dp_sgd_noise * clip)
         self.flat.grads.copy_(total / len(y))
         with torch.no_grad():

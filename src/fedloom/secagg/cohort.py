@@ -12,6 +12,8 @@ Z_(2^bits), ``[delta | w_i | w_i * loss_i / L | b_i]``:
   equal weight (then no coordinate exceeds ``C``, the default range), with the bit
   ``b_i = 1[||delta_i|| <= C]`` that adaptive clipping counts; the server adds the noise
   to the unmasked sum (:class:`~fedloom.privacy.central.CentralDP`), as without SecAgg.
+  The encoded row, as decoded, stays within C too (:func:`within_l2`): rounding on a
+  coarse ring could otherwise lengthen it past the sensitivity the noise is sized for.
 - Distributed DP: the delta is the client's
   :class:`~fedloom.secagg.distributed_dp.DistributedDiscreteGaussian` encoding, with its
   share of the noise; the server adds none.
@@ -48,7 +50,7 @@ from fedloom.privacy.mechanisms import GeneratorNoise, NoiseSource, SecureNoise,
 from fedloom.records import Update
 from fedloom.secagg.crypto import SecAggError
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian, rotation_signs
-from fedloom.secagg.encoding import FixedPoint
+from fedloom.secagg.encoding import FixedPoint, signed, wrap
 from fedloom.secagg.protocol import STAGES, SecAggServer, default_neighbours, share_holders
 from fedloom.secagg.simulate import SecAggReport, simulate_encoded
 
@@ -103,6 +105,8 @@ class SecureAggregator:
     neighbour graphs, rotations and simulated randomness; ``secure_noise`` draws the
     distributed noise from the OS CSPRNG instead. ``signed``: clients sign their
     advertised keys and verify their neighbours' (the active-adversary setting).
+    ``min_clients``: the protocol aborts rather than unmask a sum of fewer masked inputs
+    (``secagg.min_clients``; a sum of one input is that input).
 
     References: see the module docstring.
     """
@@ -119,6 +123,7 @@ class SecureAggregator:
         seed: int = 0,
         secure_noise: bool = False,
         signed: bool = False,
+        min_clients: int = 1,
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise SecAggError(f"dim must be an int >= 1, got {dim!r}")
@@ -128,6 +133,8 @@ class SecureAggregator:
             raise SecAggError(f"max_examples must be an int >= 1, got {max_examples!r}")
         if not 0 < threshold <= 1:
             raise SecAggError(f"threshold must be in (0, 1], got {threshold!r}")
+        if isinstance(min_clients, bool) or not isinstance(min_clients, int) or min_clients < 1:
+            raise SecAggError(f"min_clients must be an int >= 1, got {min_clients!r}")
         FixedPoint(1.0, 1, bits, rounding)  # validates bits and rounding now
         self.dim = dim
         self.max_examples = int(max_examples)
@@ -139,6 +146,7 @@ class SecureAggregator:
         self.seed = seed
         self.secure_noise = secure_noise
         self.signed = signed
+        self.min_clients = min_clients
 
     def graph(self, num_clients: int) -> tuple[int | None, int]:
         """The protocol's ``neighbours`` argument (None: complete) and threshold for a
@@ -168,8 +176,12 @@ class SecureAggregator:
 
     def error_bound(self, num_clients: int, count: int, dp_clip: float | None = None) -> float:
         """Worst-case error of one decoded delta coordinate of a sum of ``count`` inputs,
-        in a cohort of ``num_clients`` (fixed-point modes)."""
-        return count * self.value_range(dp_clip) * self.fixed_point(num_clients).error_bound
+        in a cohort of ``num_clients`` (fixed-point modes). Under DP (``dp_clip``) a
+        coordinate may be rounded the other way to keep the row within the clip norm
+        (:func:`within_l2`), so each is off by less than one code step."""
+        fixed = self.fixed_point(num_clients)
+        step = fixed.error_bound if dp_clip is None else 1.0 / fixed.scale
+        return count * self.value_range(dp_clip) * step
 
     def aggregate(
         self,
@@ -234,6 +246,7 @@ class SecureAggregator:
                 stages,
                 self._graph_seed(attempt),
                 signed=self.signed,
+                min_inputs=self.min_clients,
             )
         except SecAggError as err:
             return SecureRound(None, None, *graph, rejected, str(err))
@@ -254,6 +267,7 @@ class SecureAggregator:
             self.slots(distributed),
             self.fixed_point(num_clients),
             self._graph_seed(attempt),
+            min_inputs=self.min_clients,
         )
 
     def _graph_seed(self, attempt: int) -> int:
@@ -311,6 +325,8 @@ class SecureAggregator:
                 values, norms = clip_rows(rows, dp_clip)
                 unclipped = (norms <= dp_clip).astype(np.float64)
             head = self._fixed(fixed, values / r, updates, attempt, salt=0)
+            if dp_clip is not None:  # rounding must not push a row past C (a coarse ring)
+                head = within_l2(head, values / r, fixed, dp_clip / r)
         aux = np.stack([w, w * np.clip(losses, 0.0, LOSS_RANGE) / LOSS_RANGE, unclipped], axis=1)
         return np.concatenate([head, self._fixed(fixed, aux, updates, attempt, salt=1)], axis=1)
 
@@ -339,6 +355,55 @@ class SecureAggregator:
         if self.secure_noise:
             return SecureNoise()
         return GeneratorNoise(np.random.default_rng([self.seed, 17, attempt, update.client_id]))
+
+
+_NORM_MARGIN = 1e-9  # relative: covers float64 sums of squares and the decoding's rounding
+
+
+def within_l2(
+    encoded: np.ndarray, values: np.ndarray, fixed: FixedPoint, bound: float
+) -> np.ndarray:
+    """Encoded rows (``fixed``'s codes of ``values`` ``[K, d]``) whose decoded L2 norm is
+    at most ``bound`` (in the units of ``values``), the sensitivity central DP's noise is
+    calibrated to.
+
+    Rounding a row clipped to norm C can lengthen it: each coordinate moves by up to half
+    a step (nearest) or one step (stochastic), so on a coarse ring (16 bits, large
+    cohorts, long vectors) the encoded row reached 1.1-1.6 C. Here a row over the bound
+    moves the fewest coordinates one step toward zero, largest first: first those
+    rounded away from zero (they stay within one step of their value, on its other
+    side), then, only if the input itself exceeded the bound by float rounding, any.
+    Rows within the bound are unchanged, so a row well inside the clip keeps its
+    unbiased (stochastic) or nearest rounding.
+    """
+    q = signed(encoded, fixed.bits)
+    x = np.clip(np.asarray(values, dtype=np.float64), -fixed.clip, fixed.clip) * fixed.scale
+    limit = (bound * fixed.scale) ** 2 * (1.0 - _NORM_MARGIN)
+    sq = np.einsum("ij,ij->i", q.astype(np.float64), q.astype(np.float64))
+    for i in np.flatnonzero(sq > limit):
+        q[i] = _shorten(q[i], x[i], limit)
+    return wrap(q, fixed.bits)
+
+
+def _shorten(q: np.ndarray, x: np.ndarray, limit: float) -> np.ndarray:
+    """``q`` (int64 codes of ``x``) with ``sum(q**2) <= limit`` (see :func:`within_l2`)."""
+    q = q.copy()
+    away_only = True
+    while True:
+        qf = q.astype(np.float64)
+        excess = float(qf @ qf) - limit
+        if excess <= 0:
+            return q
+        mag = np.abs(q)
+        movable = np.flatnonzero(mag > np.abs(x) if away_only else mag > 0)
+        away_only = False
+        if movable.size == 0:
+            continue
+        gain = 2.0 * mag[movable] - 1.0  # what one step toward zero takes off sum(q**2)
+        order = np.argsort(-gain, kind="stable")
+        taken = int(np.searchsorted(np.cumsum(gain[order]), excess)) + 1
+        chosen = movable[order[:taken]]
+        q[chosen] -= np.sign(q[chosen])
 
 
 def _degree(degree: int | None, num_clients: int) -> int:

@@ -522,8 +522,9 @@ class SecAggServer:
     the previous stage (any subset of clients: the missing ones dropped) and returns the
     next stage's requests. Fewer than ``threshold`` clients at any stage, or too few share
     holders for a secret it needs, aborts the round (SecAggError) before anything is
-    unmasked. ``fixed_point`` fixes the encoding width; :meth:`decode` turns the sum back
-    into floats.
+    unmasked. So does a sum that would hold fewer than ``min_inputs`` masked inputs (the
+    deployment's ``secagg.min_clients``): a sum of one input is that input. ``fixed_point``
+    fixes the encoding width; :meth:`decode` turns the sum back into floats.
 
     The server forwards each advert's signature with its keys; the clients verify them.
     With ``verify_keys`` (client index -> public key) it also refuses a badly signed advert
@@ -543,6 +544,7 @@ class SecAggServer:
         seed: int | None,
         *,
         verify_keys: Mapping[int, VerifyKey] | None = None,
+        min_inputs: int = 1,
     ) -> None:
         if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
             raise SecAggError(f"num_clients must be an int >= 1, got {num_clients!r}")
@@ -560,7 +562,10 @@ class SecAggServer:
             )
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise SecAggError(f"dim must be an int >= 1, got {dim!r}")
+        if isinstance(min_inputs, bool) or not isinstance(min_inputs, int) or min_inputs < 1:
+            raise SecAggError(f"min_inputs must be an int >= 1, got {min_inputs!r}")
         self.num_clients = num_clients
+        self.min_inputs = min_inputs
         self.threshold = threshold
         self.dim = dim
         self.fixed_point = fixed_point
@@ -611,6 +616,17 @@ class SecAggServer:
                 f"threshold {self.threshold}: aborting without unmasking"
             )
 
+    def _enough_inputs(self, clients: Sequence[int] | set[int], stage: str) -> None:
+        """Abort before a sum of fewer than ``min_inputs`` inputs could be unmasked: a sum
+        of one input is that input. Checked while inputs can still be lost (up to the
+        masked inputs); a dropout at unmasking no longer changes who is in the sum."""
+        if len(clients) < self.min_inputs:
+            self._next = 99
+            raise SecAggError(
+                f"only {len(clients)} clients left at stage {stage!r}, below the minimum of "
+                f"{self.min_inputs} inputs a secure sum may have: aborting without unmasking"
+            )
+
     # stages
 
     def advertise_keys(self) -> dict[int, AdvertiseRequest]:
@@ -634,6 +650,7 @@ class SecAggServer:
                 except SecAggError as exc:
                     raise SecAggError(f"advert of client {i} refused: {exc}") from exc
         self._quorum(received.keys(), "advertise_keys")
+        self._enough_inputs(received.keys(), "advertise_keys")
         self._keys = {i: (m.c_public, m.s_public) for i, m in received.items()}
         self._signatures = {i: m.signature for i, m in received.items() if m.signature}
         out = {}
@@ -664,6 +681,7 @@ class SecAggServer:
                     f"expected its live neighbours {sorted(expected)}"
                 )
         self._quorum(received.keys(), "share_keys")
+        self._enough_inputs(received.keys(), "share_keys")
         self._shared = set(received)
         self._next += 1
         return {
@@ -693,6 +711,7 @@ class SecAggServer:
                     f"{self.dim}"
                 )
         self._quorum(received.keys(), "masked_input")
+        self._enough_inputs(received.keys(), "masked_input")
         survivors = set(received)
         dropped = self._shared - survivors
         for j in sorted(survivors | dropped):  # check every needed secret is recoverable

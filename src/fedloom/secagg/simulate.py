@@ -99,10 +99,12 @@ def simulate_encoded(
     dropouts: Mapping[str, Sequence[int]] | None = None,
     seed: int | None = None,
     signed: bool = False,
+    min_inputs: int = 1,
 ) -> tuple[np.ndarray, SecAggReport]:
     """:func:`simulate` on already encoded rows; returns the sum mod 2^bits, not decoded.
 
     The exact integer result lets tests compare with the plain sum of the encodings.
+    ``min_inputs``: the server aborts rather than unmask a sum of fewer inputs.
     """
     encoded = np.asarray(encoded)
     if encoded.ndim != 2 or encoded.dtype != fixed_point.dtype:
@@ -112,7 +114,7 @@ def simulate_encoded(
         )
     n, d = encoded.shape
     gone = _dropouts(dropouts, n)
-    server = SecAggServer(n, threshold, neighbours, d, fixed_point, seed)
+    server = SecAggServer(n, threshold, neighbours, d, fixed_point, seed, min_inputs=min_inputs)
     signers = [generate_signing_key() for _ in range(n)] if signed else []
     verify_keys = {i: key.public_key() for i, key in enumerate(signers)} if signed else None
     clients = [

@@ -84,6 +84,11 @@ class SecureTaskSpec:
         for name, value in ints.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise FedloomError(f"secagg task spec: {name} = {value!r}, expected an int >= 0")
+        if spec.num_clients < 2:  # whatever the server asks: a sum of one input is that input
+            raise FedloomError(
+                f"secagg task spec: num_clients = {spec.num_clients}; a secure sum needs at "
+                "least 2 clients"
+            )
         if not spec.index < spec.num_clients or not 1 <= spec.threshold <= spec.num_clients:
             raise FedloomError(
                 f"secagg task spec: index {spec.index}, threshold {spec.threshold} do not fit "
