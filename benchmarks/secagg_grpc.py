@@ -51,7 +51,8 @@ def _clients(target: str, data: str, certs: str, ids: list[int], done: Any) -> N
 
     def go(i: int) -> None:
         try:
-            DeploymentClient(target, client_dir(Path(data), i), certs=Path(certs)).run()
+            bundle = Path(certs) / f"client-{i:06d}"  # ca.pem and its own pair, no CA key
+            DeploymentClient(target, client_dir(Path(data), i), certs=bundle).run()
         except Exception as err:  # reported, not raised: the other threads go on
             errors.append(f"client {i}: {err!r}")
 

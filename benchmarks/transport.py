@@ -195,7 +195,11 @@ def _fedloom_reader(target: str, data: Path, certs: Path | None, dim: int):
 
     logging.getLogger("fedloom.client").setLevel(logging.ERROR)  # "connecting WITHOUT TLS"
     client = DeploymentClient(
-        target, data, certs=certs, insecure=certs is None, name="client-000000"
+        target,
+        data,
+        certs=None if certs is None else certs / "client-000000",  # the bundle, no CA key
+        insecure=certs is None,
+        name="client-000000",
     )
     client.dim = dim
 
@@ -407,7 +411,7 @@ def _client_worker(target: str, data: str, certs: str, ids: list[int], queue: An
             client = timed_client(
                 target,
                 client_dir(Path(data), i),
-                certs=Path(certs),
+                certs=Path(certs) / f"client-{i:06d}",  # the client's bundle, no CA key
                 retry=RetryPolicy(patience_s=120.0),
                 seed=i,
             )

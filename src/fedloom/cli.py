@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedloom.console import console, user_errors
-from fedloom.errors import FedloomError
+from fedloom.errors import DataError, FedloomError, RunInterrupted
 from fedloom.transport.cli_certs import certs_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -62,6 +63,9 @@ def run(
                 _run_with_progress(sim)
             else:
                 sim.run()
+        except RunInterrupted as err:
+            console.print(f"[bold yellow]stopped:[/] {escape(str(err))}")
+            raise typer.Exit(143 if err.signal_name == "SIGTERM" else 130) from None
         finally:
             shutdown()
 
@@ -93,6 +97,22 @@ def server(
     secagg_stage_timeout: Annotated[
         float, typer.Option(help="SecAgg+: seconds each stage after key advertising waits")
     ] = 60.0,
+    round_timeout: Annotated[
+        float,
+        typer.Option(
+            help="without server.deadline_s, a round still ends after this many seconds "
+            "(pending clients fail as 'deadline')"
+        ),
+    ] = 600.0,
+    min_transfer_kbps: Annotated[
+        float, typer.Option(help="a model transfer slower than this is cancelled (stalled)")
+    ] = 64.0,
+    transfer_grace: Annotated[
+        float, typer.Option(help="seconds a transfer may take before its rate is checked")
+    ] = 10.0,
+    max_client_transfers: Annotated[
+        int, typer.Option(help="concurrent transfers one client may hold")
+    ] = 2,
     resume: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="continue the run in this directory from its last checkpoint"),
@@ -105,7 +125,13 @@ def server(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with user_errors():
-        from fedloom.transport.server import DeploymentServer, ServerOptions, open_simulation
+        from fedloom.transport.server import (
+            DeploymentServer,
+            ServerOptions,
+            check_settings,
+            listen,
+            open_simulation,
+        )
 
         if resume is not None and (config is not None or set_):
             raise FedloomError("--resume takes the run's saved config; drop CONFIG and --set")
@@ -118,14 +144,22 @@ def server(
             max_transfers=max_transfers,
             client_timeout_s=client_timeout,
             secagg_stage_timeout_s=secagg_stage_timeout,
+            round_timeout_s=round_timeout,
+            min_transfer_kbps=min_transfer_kbps,
+            transfer_grace_s=transfer_grace,
+            max_transfers_per_client=max_client_transfers,
         )
         if insecure:
             console.print(
                 "[bold yellow]warning:[/] serving without TLS; clients are not authenticated"
             )
-        sim = open_simulation(None if resume else load_config(config, set_), resume)
+        cfg = None if resume else load_config(config, set_)
+        if cfg is not None:
+            check_settings(cfg, options)
+        listener = listen(options)  # before the run directory: a bad address leaves none
+        sim = open_simulation(cfg, resume)
         deployment = DeploymentServer(sim, options)
-        bound = deployment.start()
+        bound = deployment.start(listener)
         console.print(f"run directory: [bold]{sim.run_dir.path}[/]")
         console.print(f"listening on {host}:{bound}")
         try:
@@ -205,6 +239,8 @@ def data_export(
     from fedloom.config import load_config
 
     with user_errors():
+        if out.exists() and not out.is_dir():
+            raise DataError(f"OUT = {str(out)!r} is an existing file, expected a folder to write")
         cfg = load_config(config, set_)
         from fedloom.data.federated import build_federated_data
         from fedloom.data.storage import write_partition
@@ -293,7 +329,7 @@ def privacy_sweep(
     from fedloom.sim import Simulation
 
     with user_errors():
-        targets = [float(e) for e in epsilons.split(",")]
+        targets = _epsilons(epsilons)
         if any(not (e > 0) for e in targets):
             raise FedloomError(f"--epsilons {epsilons!r}: every epsilon must be > 0 (or inf)")
         base = load_config(config, set_)
@@ -428,6 +464,19 @@ def privacy_plan(
         f"--set privacy.mode='\"central\"' --set privacy.target_epsilon={epsilon:g}"
     )
     console.print(f"table: {out / 'plan.json'}")
+
+
+def _epsilons(text: str) -> list[float]:
+    """``--epsilons``: comma-separated numbers (``inf`` = no DP)."""
+    out = []
+    for item in text.split(","):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise FedloomError(
+                f"--epsilons {text!r}: {item.strip()!r} is not a number (e.g. 0.5,1,2,inf)"
+            ) from None
+    return out
 
 
 def _grid(text: str, kind: type, default: float) -> list:

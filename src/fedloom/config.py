@@ -151,6 +151,11 @@ class ServerConfig(_Section):
     accept_partial: bool = Field(
         False, description="stragglers train only the steps that fit the deadline"
     )
+    max_examples_per_client: int | None = Field(
+        None,
+        ge=1,
+        description="most examples one update may weigh in FedAvg (larger counts are clamped)",
+    )
 
     @model_validator(mode="after")
     def _dropout_settings(self) -> ServerConfig:
@@ -266,6 +271,9 @@ class SecAggConfig(_Section):
     threshold: float = Field(
         0.5, gt=0, le=1, description="more than this share of a client's share holders survive"
     )
+    min_clients: int = Field(
+        2, ge=2, description="fewest inputs a secure sum may have; smaller rounds are skipped"
+    )
     clip: float | None = Field(
         None, gt=0, description="per-coordinate range of the encoded update (none: see README)"
     )
@@ -276,6 +284,22 @@ class SecAggConfig(_Section):
     signed: bool = Field(
         False, description="clients sign their advertised keys (against a malicious server)"
     )
+
+    @model_validator(mode="after")
+    def _threshold_majority(self) -> SecAggConfig:
+        # t = floor(threshold * h) + 1 of a client's h share holders: with threshold < 0.5
+        # two disjoint groups of t holders exist, and a server that tells one group the
+        # client dropped and the other that it survived (nothing cross-checks this: the
+        # consistency round is not implemented, signed keys or not) gets both its mask
+        # key and its self-mask, so its input
+        if self.threshold < 0.5:
+            raise ValueError(
+                f"secagg.threshold = {self.threshold} is below 0.5: a dishonest server could "
+                "then collect both secrets of one client from two disjoint groups of its "
+                "share holders and unmask its input (no consistency round cross-checks "
+                "them); use 0.5 or more"
+            )
+        return self
 
 
 class RegistryConfig(_Section):
@@ -349,6 +373,9 @@ class SimulationConfig(_Section):
     )
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|auto)$")
     memory_budget_mb: float = Field(512.0, gt=0, description="vectorized executor chunk budget")
+    memory_limit_mb: float | None = Field(
+        None, gt=0, description="refuse a run estimated to need more (none: available memory)"
+    )
 
 
 class DistributedConfig(_Section):
@@ -365,8 +392,10 @@ class CheckpointConfig(_Section):
 class RunConfig(_Section):
     """The whole experiment."""
 
-    name: str = Field("digits-fedavg", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = Field(0, ge=0)
+    name: str = Field(
+        "digits-fedavg", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="a signed 64-bit integer")
     rounds: int = Field(50, ge=1)
     output_dir: Path = Path("runs")
     threads: int = Field(1, ge=0, description="torch threads (0 = torch's default)")
@@ -395,6 +424,12 @@ class RunConfig(_Section):
             raise ValueError(
                 "partition.method = 'natural' needs per-sample client ids: "
                 "data.source = 'synthetic', or a file with data.group_column"
+            )
+        if self.secagg.enabled and self.secagg.min_clients > self.server.clients_per_round:
+            raise ValueError(
+                f"secagg.min_clients = {self.secagg.min_clients} exceeds "
+                f"server.clients_per_round = {self.server.clients_per_round}: every round "
+                "would be skipped"
             )
         if self.privacy.mode == "distributed":
             if not self.secagg.enabled:

@@ -107,3 +107,6 @@ class RoundResult:
     update_norm: float
     status: str = "aggregated"  # aggregated | empty | skipped (below quorum) | retry
     clients: ClientOutcomes = field(default_factory=ClientOutcomes.empty)
+    skip_reason: str | None = None  # set by SyncServer.skip_round
+    # (client, declared, used): example counts clamped to the client's bound (FedAvg weight)
+    clamped: tuple[tuple[int, int, int], ...] = ()

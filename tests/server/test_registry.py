@@ -296,10 +296,10 @@ def test_record_round_rejects_bad_round_or_time(
     [
         ({"duration": np.array([1.0])}, r"completion.duration has shape \(1,\), expected \(2,\)"),
         ({"duration": np.array([1.0, -2.0])}, "completion.duration = -2.0 for client 4"),
-        ({"loss": np.array([1.0, np.inf])}, "completion.loss = inf for client 4"),
+        ({"loss": np.array([1.0, 2.0, 3.0])}, r"completion.loss has shape \(3,\)"),
         ({"num_examples": np.array([1.0, 2.0])}, "completion.num_examples has dtype float64"),
         ({"steps": np.array([-1, 2])}, "completion.steps = -1 for client 3"),
-        ({"contribution": np.array([np.nan, 1.0])}, "completion.contribution = nan for client 3"),
+        ({"contribution": np.array(["a", "b"])}, "completion.contribution has dtype <U1"),
     ],
 )
 def test_completion_validates_its_arrays(fields: dict, match: str) -> None:
@@ -307,6 +307,26 @@ def test_completion_validates_its_arrays(fields: dict, match: str) -> None:
         completion([3, 4], **fields)
     with pytest.raises(FedloomError, match="completion.ids = 3 for client 3, expected distinct"):
         completion([3, 4, 3])
+
+
+def test_non_finite_client_statistics_are_kept_as_unknown(tmp_path: Path) -> None:
+    """A loss, squared loss or contribution a client's report makes infinite or NaN is
+    recorded as unknown (NaN): the round is logged and the previous values stay."""
+    with make(tmp_path) as reg:
+        reg.record_round(1, 10.0, np.array([0, 1]), completion([0, 1]), {}, {})
+        bad = completion(
+            [0, 1],
+            loss=np.array([np.inf, 0.5]),
+            loss_sq=np.array([-np.inf, np.nan]),
+            contribution=np.array([np.nan, np.inf]),
+        )
+        reg.record_round(2, 20.0, np.array([0, 1]), bad, {}, {})
+        s = reg.stats()
+        assert s.loss[:2].tolist() == [1.0, 0.5] and s.loss_sq[:2].tolist() == [2.0, 2.0]
+        assert s.completed[:2].tolist() == [2, 2]
+        rows = reg.summary()
+        assert rows[0]["mean_contribution"] == 0.5 == rows[1]["mean_contribution"]
+        assert [h["outcome"] for h in reg.history(0)] == ["completed", "completed"]
 
 
 def test_learned_online_prob_matches_a_diurnal_pattern(tmp_path: Path) -> None:

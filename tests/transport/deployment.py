@@ -102,7 +102,7 @@ class Deployment:
             "--data",
             str(client_dir(self.data_root, i)),
             "--certs",
-            str(self.certs),
+            str(self.certs / f"client-{i:06d}"),  # its bundle: no CA key on a device
             "--patience",
             "90",
             *extra,

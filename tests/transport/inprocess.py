@@ -10,6 +10,7 @@ from pathlib import Path
 from fedloom.config import load_config
 from fedloom.data.federated import build_federated_data
 from fedloom.data.storage import client_dir, write_partition
+from fedloom.transport.certs import bundle_dir as _bundle
 from fedloom.transport.client import DeploymentClient
 from fedloom.transport.server import DeploymentServer, ServerOptions, start_in_thread
 
@@ -33,12 +34,18 @@ def serve_in_thread(
     return server, server.port, thread
 
 
+def bundle_dir(certs: Path, i: int) -> Path:
+    """Client ``i``'s bundle in the CA folder ``certs`` (what its device holds)."""
+    return _bundle(certs, f"client-{i:06d}")
+
+
 def client_threads(port: int, root: Path, ids: list[int], certs: Path) -> list[threading.Thread]:
-    """Started threads, each an honest ``DeploymentClient`` (mTLS) for one client id."""
+    """Started threads, each an honest ``DeploymentClient`` (mTLS, with its bundle from
+    ``certs``) for one client id."""
     threads = [
         threading.Thread(
             target=DeploymentClient(
-                f"127.0.0.1:{port}", client_dir(root / "data", i), certs=certs
+                f"127.0.0.1:{port}", client_dir(root / "data", i), certs=bundle_dir(certs, i)
             ).run,
             daemon=True,
         )

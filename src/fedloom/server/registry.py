@@ -140,6 +140,7 @@ def _vector(
     ids: np.ndarray | None = None,
     minimum: float | None = None,
     allow_nan: bool = False,
+    allow_inf: bool = False,
 ) -> np.ndarray:
     """``value`` as a 1-D int64 or float64 array of length ``n``, checked entry by entry."""
     arr = np.asarray(value)
@@ -151,7 +152,7 @@ def _vector(
         want = "integers" if integer else "numbers"
         raise FedloomError(f"{field} has dtype {arr.dtype}, expected {want}")
     arr = arr.astype(np.int64 if integer else np.float64)
-    if not integer:
+    if not integer and not allow_inf:
         bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
         if bad.any():
             _first_bad(field, arr, bad, ids, "a finite number")
@@ -202,7 +203,9 @@ class Completion:
     """What the server learned from the clients whose update was aggregated in a round.
 
     Row ``i`` of every array belongs to client ``ids[i]``. A loss of NaN means the client
-    did not report it (the registry then keeps the previous value).
+    did not report it (the registry then keeps the previous value). Losses and
+    contributions derive from what clients report, so a non-finite one is kept as NaN
+    (unknown) rather than refused: no value a client sends can stop the registry.
     """
 
     ids: np.ndarray  # int64 [M]
@@ -221,16 +224,23 @@ class Completion:
         checked = {
             "ids": ids,
             "duration": _vector("completion.duration", self.duration, m, ids=ids, minimum=0),
-            "loss": _vector("completion.loss", self.loss, m, ids=ids, allow_nan=True),
-            "loss_sq": _vector("completion.loss_sq", self.loss_sq, m, ids=ids, allow_nan=True),
+            "loss": _statistic("completion.loss", self.loss, m),
+            "loss_sq": _statistic("completion.loss_sq", self.loss_sq, m),
             "num_examples": _vector(
                 "completion.num_examples", self.num_examples, m, integer=True, ids=ids, minimum=0
             ),
             "steps": _vector("completion.steps", self.steps, m, integer=True, ids=ids, minimum=0),
-            "contribution": _vector("completion.contribution", self.contribution, m, ids=ids),
+            "contribution": _statistic("completion.contribution", self.contribution, m),
         }
         for name, arr in checked.items():
             object.__setattr__(self, name, arr)
+
+
+def _statistic(field: str, value: object, n: int) -> np.ndarray:
+    """A client-derived float statistic as float64 of length ``n``; NaN where not finite."""
+    arr = _vector(field, value, n, allow_nan=True, allow_inf=True)
+    arr[~np.isfinite(arr)] = math.nan
+    return arr
 
 
 def _duplicated(ids: np.ndarray) -> np.ndarray:
@@ -260,8 +270,24 @@ class ClientRegistry:
         self.duration_smoothing = duration_smoothing
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path)
+        try:
+            self._open()
+        except (sqlite3.DatabaseError, ValueError, TypeError, zlib.error) as err:
+            self._db.close()
+            raise CheckpointError(
+                f"client registry {str(self.path)!r} is unusable: {err}"
+            ) from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        """Load clients and the newest snapshot; raises on a damaged database."""
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {check}")
         self._db.executescript(_SCHEMA)
         rows = self._db.execute(f"SELECT id, {', '.join(_STATIC)} FROM clients ORDER BY id")
         columns = list(zip(*rows.fetchall(), strict=True)) or [()] * (len(_STATIC) + 1)
@@ -588,11 +614,15 @@ class ClientRegistry:
 
     def _load_snapshot(self, round: int) -> dict[str, np.ndarray]:
         blobs = dict(self._db.execute("SELECT name, blob FROM snapshots WHERE round = ?", (round,)))
+        return self._checked_state(round, {name: _decode(blob) for name, blob in blobs.items()})
+
+    def _checked_state(self, round: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``arrays`` as a working state, refused unless every array has its shape/dtype."""
         fresh = _fresh_state(self.num_clients)
         for name, want in fresh.items():
-            if name not in blobs:
+            if name not in arrays:
                 raise CheckpointError(f"registry snapshot of round {round} lacks {name!r}")
-            got = _decode(blobs[name])
+            got = arrays[name]
             if got.shape != want.shape or got.dtype != want.dtype:
                 raise CheckpointError(
                     f"registry snapshot of round {round}: {name} is {got.dtype}{got.shape}, "
@@ -600,6 +630,30 @@ class ClientRegistry:
                 )
             fresh[name] = got
         return fresh
+
+    def snapshot_arrays(self) -> dict[str, np.ndarray]:
+        """The working state as a snapshot stores it (each array compressed, as uint8), to
+        keep beside a checkpoint so the registry can be rebuilt if its database is lost."""
+        return {
+            name: np.frombuffer(_encode(arr), dtype=np.uint8) for name, arr in self._state.items()
+        }
+
+    def restore_snapshot_arrays(self, round: int, arrays: dict[str, np.ndarray]) -> None:
+        """Return to ``round`` from ``snapshot_arrays()`` taken then, for a database that
+        has no snapshot of it (rebuilt after loss or damage). Log rows after ``round`` are
+        deleted, as in ``restore``, and the state is snapshotted."""
+        r = _int("round", round)
+        try:
+            decoded = {name: _decode(np.asarray(blob).tobytes()) for name, blob in arrays.items()}
+        except (ValueError, OSError, zlib.error) as err:
+            raise CheckpointError(f"registry state of round {r} is unreadable: {err}") from None
+        state = self._checked_state(r, decoded)
+        with self._db:
+            for table in ("participation", "evaluations", "checkins", "snapshots"):
+                self._db.execute(f"DELETE FROM {table} WHERE round > ?", (r,))
+        self._state = state
+        self._round = r
+        self.snapshot(r)
 
     def restore(self, round: int) -> None:
         """Return to the snapshot of exactly ``round``: load it, and delete what was logged

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 import math
+import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -28,7 +29,14 @@ from fedloom.client.schedule import client_seeds
 from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.optim import ServerOptimizer
 from fedloom.privacy.central import CentralDP
-from fedloom.records import ClientOutcomes, Dispatch, RoundResult, TrainPlan, Update
+from fedloom.records import (
+    ClientMetrics,
+    ClientOutcomes,
+    Dispatch,
+    RoundResult,
+    TrainPlan,
+    Update,
+)
 from fedloom.secagg.cohort import SecureSum
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.selection import Selector, UniformSelector
@@ -40,6 +48,34 @@ Combine = Callable[[np.ndarray], np.ndarray]
 def client_seed(run_seed: int, round: int, client_id: int) -> int:
     """The seed of one client's local work in one round (independent of executor and order)."""
     return int(client_seeds(run_seed, round, np.array([client_id]))[0])
+
+
+# The largest update norm a server accepts: sqrt of float32's maximum, so the square of
+# every admitted row's norm, the dot product of any two admitted rows (Cauchy-Schwarz) and
+# any weighted mean of them stay finite in float32. Larger is a diverged or hostile update
+# (3e38 in every coordinate is finite, but its norm and the cohort's sums are not).
+MAX_UPDATE_NORM = float(np.sqrt(np.finfo(np.float32).max))
+
+
+def _validate_metrics(cid: int, m: ClientMetrics) -> None:
+    """Refuse statistics that would poison the round's sums or the registry: the training
+    loss and epochs must be finite, steps a count; the squared loss may be NaN (not
+    reported) but never infinite."""
+    for name, value, nan_ok in (
+        ("train_loss", m.train_loss, False),
+        ("train_loss_sq", m.train_loss_sq, True),
+        ("epochs", m.epochs, False),
+    ):
+        number = isinstance(value, int | float | np.integer | np.floating)
+        if not number or isinstance(value, bool) or math.isinf(value):
+            raise UpdateRejected(cid, f"{name} = {value!r} is not a finite number", "nonfinite")
+        if math.isnan(value) and not nan_ok:
+            raise UpdateRejected(cid, f"{name} = {value!r} is not a finite number", "nonfinite")
+    if m.epochs < 0:
+        raise UpdateRejected(cid, f"epochs = {m.epochs!r}, expected >= 0", "bad_count")
+    steps = m.steps
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
+        raise UpdateRejected(cid, f"steps = {steps!r}, expected an int >= 0", "bad_count")
 
 
 @dataclass(frozen=True)
@@ -58,6 +94,8 @@ class _OpenRound:
     failed: dict[int, str] = field(default_factory=dict)
     rejected: int = 0
     secure: _Secure | None = None
+    clamped: dict[int, tuple[int, int]] = field(default_factory=dict)  # client -> (declared, used)
+    skip: str | None = None  # why the round releases nothing (see SyncServer.skip_round)
 
     def __post_init__(self) -> None:
         self.row = {c: i for i, c in enumerate(self.selected)}
@@ -92,12 +130,25 @@ class SyncServer:
         quorum_policy: Literal["skip", "retry"] = "skip",
         max_retries: int = 3,
         dp: CentralDP | None = None,
+        os_selection: bool = False,
+        max_examples: int | None = None,
     ) -> None:
         """``quorum``: the fewest aggregated updates a round may apply. A round below it
         leaves the model unchanged and is either skipped (the round still counts) or,
         with ``quorum_policy = "retry"``, run again with a new cohort up to
         ``max_retries`` times before it is skipped. ``dp`` turns the aggregation into
-        DP-FedAvg: clipped updates summed with equal weight plus calibrated noise."""
+        DP-FedAvg: clipped updates summed with equal weight plus calibrated noise.
+
+        ``os_selection``: each round's cohort is drawn with a generator keyed by 256 fresh
+        bits from the OS (``secrets``) instead of the run-seeded ``rng``, so that nobody
+        who knows the run seed (every deployed client does) or earlier cohorts can predict
+        who is sampled; sampling that the privacy analysis amplifies by must be secret.
+        Deployments set it; the simulator keeps seeded, reproducible cohorts.
+
+        ``max_examples``: the most examples one update may weigh in FedAvg (a declared
+        count above it, or above the client's bound from :meth:`bound_examples`, is
+        clamped and recorded in ``RoundResult.clamped``), so that no client can replace
+        the model by declaring a huge count."""
         if params.dtype != np.float32 or params.ndim != 1:
             raise FedloomError("global parameters must be a 1-D float32 vector")
         self.params = params.copy()
@@ -110,10 +161,16 @@ class SyncServer:
         self.seed = seed
         self.selector = selector or UniformSelector()
         self.rng = np.random.default_rng(seed)
+        self.os_selection = os_selection
         self.quorum = quorum
         self.quorum_policy = quorum_policy
         self.max_retries = max_retries
         self.dp = dp
+        if max_examples is not None and max_examples < 1:
+            raise FedloomError(f"max_examples = {max_examples!r}, expected an int >= 1")
+        self.max_examples = max_examples
+        # per-client weight bounds the runtime knows (registered sizes, counts at join)
+        self._example_bound = np.full(num_clients, np.iinfo(np.int64).max, dtype=np.int64)
         self._canary_sum: np.ndarray | None = None
         self.round = 0  # closed rounds (aggregated or skipped)
         self.version = 0  # model updates applied
@@ -148,7 +205,10 @@ class SyncServer:
         ids = np.arange(self.num_clients) if available is None else np.asarray(available)
         k = min(self.clients_per_round if k is None else k, len(ids))
         rnd = self.round + 1
-        cohort = self.selector.select(ids, k, rnd, self.rng, stats, now)
+        rng = self.rng
+        if self.os_selection:  # unpredictable from the seed (see __init__)
+            rng = np.random.default_rng(secrets.randbits(256))
+        cohort = self.selector.select(ids, k, rnd, rng, stats, now)
         selected = tuple(int(c) for c in cohort)
         self._open = _OpenRound(rnd, selected, np.empty((len(selected), self.dim), np.float32))
         seeds = client_seeds(self.seed, rnd, np.asarray(selected, dtype=np.int64))
@@ -171,8 +231,29 @@ class SyncServer:
             raise
         rnd = self._open
         assert rnd is not None
+        limit = int(self._example_bound[update.client_id])
+        if self.max_examples is not None:
+            limit = min(limit, self.max_examples)
+        if update.num_examples > limit:
+            rnd.clamped[update.client_id] = (int(update.num_examples), limit)
+            update = replace(update, num_examples=limit)
         rnd.matrix[rnd.row[update.client_id]] = update.delta
         rnd.updates[update.client_id] = update
+
+    def bound_examples(self, client_ids: np.ndarray, limits: np.ndarray) -> None:
+        """Cap the example count each of ``client_ids`` may weigh with (the lowest bound
+        given wins): what the runtime knows of the client, e.g. its registered data size
+        or the count it reported when it joined. Counts above are clamped, never refused:
+        the update still counts, with a bounded weight."""
+        ids = np.asarray(client_ids, dtype=np.int64)
+        caps = np.asarray(limits, dtype=np.int64)
+        if ids.shape != caps.shape or ids.ndim != 1:
+            raise FedloomError(f"bound_examples: {ids.shape} ids for {caps.shape} limits")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_clients):
+            raise FedloomError(f"bound_examples: client ids must be in 0..{self.num_clients - 1}")
+        if np.any(caps < 1):
+            raise FedloomError("bound_examples: every limit must be >= 1")
+        np.minimum.at(self._example_bound, ids, caps)
 
     def receive_secure_sum(
         self, total: SecureSum, num_examples: np.ndarray, steps: np.ndarray
@@ -241,19 +322,47 @@ class SyncServer:
                 cid,
                 f"stale update for round {u.round} / model version {u.version}; "
                 f"expected round {self._open.round} / version {self.version}",
+                "stale_version",
             )
         delta = u.delta
         if not isinstance(delta, np.ndarray) or delta.shape != (self.dim,):
             shape = getattr(delta, "shape", type(delta).__name__)
-            raise UpdateRejected(cid, f"delta has shape {shape}, expected ({self.dim},)")
+            raise UpdateRejected(
+                cid, f"delta has shape {shape}, expected ({self.dim},)", "wrong_shape"
+            )
         if delta.dtype != np.float32:
-            raise UpdateRejected(cid, f"delta has dtype {delta.dtype}, expected float32")
+            raise UpdateRejected(
+                cid, f"delta has dtype {delta.dtype}, expected float32", "wrong_shape"
+            )
         if not np.isfinite(delta).all():
             bad = int(np.count_nonzero(~np.isfinite(delta)))
-            raise UpdateRejected(cid, f"delta contains {bad} NaN/inf values")
+            raise UpdateRejected(cid, f"delta contains {bad} NaN/inf values", "nonfinite")
+        norm = float(np.linalg.norm(delta.astype(np.float64)))
+        if not norm <= MAX_UPDATE_NORM:
+            raise UpdateRejected(
+                cid,
+                f"delta has L2 norm {norm:.3g}, over {MAX_UPDATE_NORM:.3g} (its square "
+                "overflows float32: a diverged or hostile update)",
+                "overflow",
+            )
         count = u.num_examples
         if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
-            raise UpdateRejected(cid, f"num_examples = {u.num_examples!r}, expected an int >= 1")
+            raise UpdateRejected(
+                cid, f"num_examples = {u.num_examples!r}, expected an int >= 1", "bad_count"
+            )
+        _validate_metrics(cid, u.metrics)
+
+    def skip_round(self, reason: str) -> None:
+        """Close the open round, when it closes, as ``"skipped"`` with ``reason``: nothing
+        is released (no noise either) and the model is unchanged, whatever arrived.
+
+        For a secure round that has no secure sum to release: its cohort was smaller than
+        the configured minimum (``secagg.min_clients``), or the protocol aborted. The
+        round counts, as a quorum skip does; the decision rests on the realised cohort.
+        """
+        if self._open is None:
+            raise FedloomError("no round is open")
+        self._open.skip = reason
 
     def add_canaries(self, clipped_sum: np.ndarray) -> None:
         """Add audit canaries' (already clipped) updates to this round's DP sum.
@@ -329,7 +438,9 @@ class SyncServer:
         total = float(counts.sum())
         status = "aggregated"
         # under central DP even an empty cohort releases noise; with the clients' noise, nothing
-        if len(done) == 0 and (self.dp is None or self.dp.noise_on_clients):
+        if rnd.skip is not None:
+            status = "skipped"
+        elif len(done) == 0 and (self.dp is None or self.dp.noise_on_clients):
             status = "empty"
         elif self.quorum is not None and len(done) < self.quorum:
             retry = self.quorum_policy == "retry" and self.retries < self.max_retries
@@ -345,13 +456,15 @@ class SyncServer:
                 delta = (packed[:d] / total).astype(np.float32)
             self.params, self.opt_state = self.optimizer.step(self.params, delta, self.opt_state)
             self.version += 1
-            norm = float(np.linalg.norm(delta))
+            norm = float(np.linalg.norm(delta.astype(np.float64)))
             if secure is not None:
                 loss = secure.total.loss / secure.total.weight if len(done) else float("nan")
             elif total:
                 loss = float(loss_w.sum() / total)
             if norm > 0 and ups and self.dp is None:
-                contribution[rows] = w * (rnd.matrix[rows] @ delta) / (total * norm**2)
+                # projected on the unit direction, so the float32 products cannot overflow
+                unit = (delta / np.float32(norm)).astype(np.float32)
+                contribution[rows] = w * (rnd.matrix[rows] @ unit) / (total * norm)
             if combine is not None:
                 contribution = np.asarray(combine(contribution), dtype=np.float64)
         if status == "retry":
@@ -380,6 +493,8 @@ class SyncServer:
             update_norm=norm,
             status=status,
             clients=clients,
+            skip_reason=rnd.skip,
+            clamped=tuple((c, n, m) for c, (n, m) in sorted(rnd.clamped.items())),
         )
 
     def observe(self, metrics: dict[str, float]) -> StopDecision | None:

@@ -31,7 +31,13 @@ from fedloom.client.schedule import examples_seen, steps_for
 from fedloom.client.trainer import TorchTrainer, evaluate_model
 from fedloom.config import RunConfig
 from fedloom.data.federated import FederatedData, build_federated_data
-from fedloom.errors import CheckpointError, ConfigError, FedloomError, UpdateRejected
+from fedloom.errors import (
+    CheckpointError,
+    ConfigError,
+    FedloomError,
+    RunInterrupted,
+    UpdateRejected,
+)
 from fedloom.models import build_model
 from fedloom.optim import make_server_optimizer
 from fedloom.params import module_vector
@@ -40,21 +46,25 @@ from fedloom.privacy.audit import AuditResult, audit, canary_directions, canary_
 from fedloom.privacy.ledger import PrivacyLedger
 from fedloom.privacy.plan import PrivacyPlan
 from fedloom.records import Dispatch, RoundResult, TrainPlan, Update
-from fedloom.runs import RunDirectory
+from fedloom.runs import RunDirectory, keep_aside
 from fedloom.secagg.cohort import SecureAggregator, SecureRound
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.registry import ClientRegistry, Completion
 from fedloom.server.selection import PoissonSelector, make_selector
 from fedloom.server.stats import ClientStats
 from fedloom.server.sync import SyncServer
+from fedloom.sim import recovery
 from fedloom.sim.devices import Population
 from fedloom.sim.executor import NO_CAP, Executor, SequentialExecutor, run_dispatches
+from fedloom.sim.memory import check_memory, effective_batch_size
 from fedloom.sim.population import build_network, build_population
 from fedloom.sim.shard import Shard
 from fedloom.sim.timeline import RoundOutcome, VirtualTime
 from fedloom.sim.vectorized import VectorizedExecutor, unsupported_reason
 
 log = logging.getLogger("fedloom")
+
+_REGISTRY = "registry."  # checkpoint arrays holding the registry's snapshot
 
 
 @dataclass(frozen=True)
@@ -70,12 +80,14 @@ class RunSummary:
     wall_s: float
 
 
-def plan_from_config(config: RunConfig) -> TrainPlan:
+def plan_from_config(config: RunConfig, sizes: np.ndarray | None = None) -> TrainPlan:
+    """The clients' training plan; with the clients' data ``sizes``, the batch size is
+    capped by the largest client (a larger batch trains exactly as that one)."""
     c = config.client
     return TrainPlan(
         local_epochs=c.local_epochs,
         local_steps=c.local_steps,
-        batch_size=c.batch_size,
+        batch_size=c.batch_size if sizes is None else effective_batch_size(c.batch_size, sizes),
         optimizer=c.optimizer,
         lr=c.lr,
         momentum=c.momentum,
@@ -136,6 +148,11 @@ def monitor_from_config(config: RunConfig) -> ConvergenceMonitor:
     )
 
 
+# A simulation stops once this many rounds in a row had every delivered update refused:
+# with the model unchanged, later rounds would be refused alike (a diverging client.lr).
+REFUSED_ROUNDS_STOP = 3
+
+
 class Simulation:
     """One experiment bound to its run directory."""
 
@@ -145,9 +162,18 @@ class Simulation:
         run: RunDirectory,
         shard: Shard | None = None,
         data: FederatedData | None = None,
+        deployment: bool = False,
     ) -> None:
         """``data`` replaces the configured dataset (for programmatic use; a resumed run
-        rebuilds its data from the config, so pass the same data to ``resume``)."""
+        rebuilds its data from the config, so pass the same data to ``resume``).
+
+        ``deployment``: the rounds are driven by real clients (the gRPC server). Then every
+        random draw that protects someone comes from the OS, whatever the config says:
+        central DP noise and adaptive clipping's count noise (as with
+        ``privacy.secure_noise``) and the cohort draws (``SyncServer.os_selection``),
+        because every client learns the run seed. The simulator keeps them seeded by the
+        run seed, so a simulated run can be replayed exactly; :meth:`randomness` says
+        which holds, and the start and resume records carry it."""
         if config.threads:
             torch.set_num_threads(config.threads)
         self.config = config
@@ -156,6 +182,13 @@ class Simulation:
         self.writer = shard is None or shard.is_writer
         self.data: FederatedData = data or build_federated_data(
             config.data, config.partition, config.seed
+        )
+        check_memory(  # before the model is built: refuse what cannot fit
+            config,
+            self.data.num_features,
+            self.data.num_classes,
+            self.data.train.sizes(),
+            len(self.data.test) + (0 if self.data.holdout is None else len(self.data.holdout.y)),
         )
         model = build_model(
             config.model, self.data.num_features, self.data.num_classes, config.seed
@@ -166,7 +199,10 @@ class Simulation:
         sel, srv = config.selection, config.server
         num_clients = self.data.train.num_clients
         params = module_vector(model)
+        self.deployment = deployment
         self.privacy = PrivacyPlan.from_config(config, num_clients, params.size)
+        if deployment:
+            self.privacy = replace(self.privacy, secure_noise=True)
         if shard is not None and self.privacy.secure_noise:
             raise ConfigError(
                 "privacy.secure_noise under torchrun would give each process different "
@@ -182,7 +218,7 @@ class Simulation:
             params=params,
             num_clients=self.data.train.num_clients,
             clients_per_round=srv.clients_per_round,
-            plan=plan_from_config(config),
+            plan=plan_from_config(config, self.data.train.sizes()),
             optimizer=make_server_optimizer(opt.pop("name"), **opt),
             monitor=monitor_from_config(config),
             seed=config.seed,
@@ -191,6 +227,8 @@ class Simulation:
             quorum_policy=srv.quorum_policy,
             max_retries=srv.max_retries,
             dp=self.privacy.mechanism(config.seed),
+            os_selection=deployment,
+            max_examples=srv.max_examples_per_client,
         )
         self.test_tensors = (torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y))
         population = build_population(config.devices, self.data.train.num_clients, config.seed)
@@ -202,6 +240,7 @@ class Simulation:
         self.initial_params = self.server.params.copy()
         self.canaries = self._make_canaries(config)
         self.attempts = 0  # round attempts, retries included: the registry's round counter
+        self.refused_rounds = 0  # consecutive simulated rounds whose every update was refused
         self.stopped: StopDecision | None = None
 
     def _secure_aggregator(
@@ -227,6 +266,7 @@ class Simulation:
             config.seed,
             secure_noise=self.privacy.secure_noise,
             signed=s.signed,
+            min_clients=s.min_clients,
         )
 
     def _make_canaries(self, config: RunConfig) -> tuple[np.ndarray, np.ndarray] | None:
@@ -290,21 +330,64 @@ class Simulation:
         return registry
 
     # construction ------------------------------------------------------------
+    def randomness(self) -> dict[str, str]:
+        """Where the draws that protect someone come from: ``"os"`` (the OS CSPRNG, or
+        fresh OS entropy per round), ``"seed"`` (derived from the run seed: reproducible,
+        and removable by anyone who knows the seed) or ``"none"`` (not drawn).
+
+        ``selection``: the cohorts. ``dp_noise``: central DP and adaptive clipping's count
+        noise on the server; local DP and distributed DP noise on the clients.
+        ``dp_sgd_noise``: the clients' DP-SGD noise (in a deployment each device draws
+        its own; the simulator keys it by the client's seed, even with secure_noise).
+        """
+        c = self.config.client
+        dp_sgd = c.dp_sgd_clip_norm is not None and bool(c.dp_sgd_noise_multiplier)
+        if self.deployment:
+            noise, selection, sgd = "os", "os", "os"
+        else:
+            noise, selection, sgd = "os" if self.privacy.secure_noise else "seed", "seed", "seed"
+        return {
+            "runtime": "deployment" if self.deployment else "simulation",
+            "selection": selection,
+            "dp_noise": noise if self.privacy.enabled else "none",
+            "dp_sgd_noise": sgd if dp_sgd else "none",
+        }
+
     @classmethod
     def start(
-        cls, config: RunConfig, shard: Shard | None = None, data: FederatedData | None = None
+        cls,
+        config: RunConfig,
+        shard: Shard | None = None,
+        data: FederatedData | None = None,
+        deployment: bool = False,
     ) -> Simulation:
-        """A new run in a fresh directory, with the initial model evaluated as round 0."""
+        """A new run in a fresh directory, with the initial model evaluated as round 0
+        (``deployment``: see ``__init__``)."""
         if shard is None:
             run = RunDirectory.create(config)
         else:  # rank 0 picks the directory, the others learn its name
             path = RunDirectory.create(config).path if shard.is_writer else None
             run = RunDirectory(shard.broadcast(path))
+        return cls._begin(config, run, shard, data, deployment, fresh=True)
+
+    @classmethod
+    def _begin(
+        cls,
+        config: RunConfig,
+        run: RunDirectory,
+        shard: Shard | None,
+        data: FederatedData | None,
+        deployment: bool,
+        fresh: bool,
+    ) -> Simulation:
+        """Build the run in ``run``, record round 0 and checkpoint it, so that a run
+        stopped at any later moment can be resumed (``fresh``: the directory is new, and
+        removed again if the run is refused before it starts)."""
         try:
-            sim = cls(config, run, shard, data)
+            sim = cls(config, run, shard, data, deployment)
             sim.ledger = sim.privacy.ledger(sim._ledger_path())
         except FedloomError:  # refused before any round (e.g. over the privacy budget)
-            if shard is None or shard.is_writer:
+            if fresh and (shard is None or shard.is_writer):
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
         sim._append(
@@ -316,39 +399,127 @@ class Simulation:
                 "executor": sim.executor.name,
                 "executor_note": sim.executor_note,
                 "processes": shard.world if shard else 1,
+                "randomness": sim.randomness(),
                 "dp_sgd_epsilon": PrivacyPlan.dp_sgd_epsilon(
                     config, sim.data.train.sizes(), 1.0 / sim.data.train.sizes().sum() ** 1.1
                 ),
                 **sim.evaluate(federated=sim.data.holdout is not None),
             }
         )
+        sim._checkpoint(None)
         return sim
 
     @classmethod
     def resume(
-        cls, path: Path, shard: Shard | None = None, data: FederatedData | None = None
+        cls,
+        path: Path,
+        shard: Shard | None = None,
+        data: FederatedData | None = None,
+        deployment: bool = False,
     ) -> Simulation:
-        """Continue the run in ``path`` from its newest checkpoint."""
+        """Continue the run in ``path`` from its newest checkpoint (``deployment``: see
+        ``__init__``)."""
         run = RunDirectory.open(path)
-        sim = cls(run.load_config(), run, shard, data)
+        config = run.load_config()
         found = run.latest_checkpoint()
         if found is None:
-            raise CheckpointError(f"run {str(path)!r} has no checkpoint to resume from")
+            return cls._restart(config, run, shard, data, deployment)
         ckpt_path, state = found
+        notes = cls._repair(config, run, shard, state)
+        sim = cls(config, run, shard, data, deployment)
         sim.server.load_state_dict(state)
         sim.virtual_time.clock.load_state_dict(state["meta"]["clock"])
         sim.attempts = int(state["meta"]["attempts"])
-        sim.registry.restore(sim.attempts)
+        sim.refused_rounds = int(state["meta"].get("refused_rounds", 0))
+        sim._restore_registry(state)
         if sim.privacy.enabled:
             path = sim._ledger_path()
             sim.ledger = sim.privacy.ledger(None) if path is None else PrivacyLedger.load(path)
             sim.ledger.truncate(sim.server.round)
         stop = state["meta"].get("stopped")
         sim.stopped = StopDecision(**stop) if stop else None
-        if sim.writer:
-            run.truncate_records(sim.server.round)
-        sim._append({"event": "resume", "round": sim.server.round, "checkpoint": ckpt_path.name})
+        if sim.writer and (aside := run.truncate_records(sim.server.round)) is not None:
+            notes["damaged_records"] = f"kept aside as {aside.name}"
+        sim._append(
+            {
+                "event": "resume",
+                "round": sim.server.round,
+                "checkpoint": ckpt_path.name,
+                "randomness": sim.randomness(),
+                **notes,
+            }
+        )
         return sim
+
+    @classmethod
+    def _repair(
+        cls, config: RunConfig, run: RunDirectory, shard: Shard | None, state: dict
+    ) -> dict[str, Any]:
+        """Before a resume builds anything: refuse what cannot be repaired (settings edited
+        since the checkpoint, a lost privacy ledger) and set damaged files aside (newer
+        checkpoints, the registry database). Returns notes for the resume record."""
+        notes: dict[str, Any] = {}
+        saved = state["meta"].get("config")
+        if isinstance(saved, str):
+            changed = recovery.config_changes(saved, config, run.config_path)
+            if changed:
+                notes["config_changes"] = changed
+        recovery.check_ledger(run, config)
+        writer = shard is None or shard.is_writer
+        if writer and run.skipped:
+            notes["damaged_checkpoints"] = recovery.set_aside_damaged_checkpoints(
+                run, run.skipped
+            )
+        name = "clients.sqlite" if writer else f"clients.rank{shard.rank}.sqlite"
+        registry = recovery.prepare_registry(run.path / name)
+        if registry is not None:
+            notes["registry"] = registry
+        return notes
+
+    def _restore_registry(self, state: dict) -> None:
+        """The registry as of the checkpoint: its own snapshot or, when the database was
+        lost or damaged, the copy of that snapshot the checkpoint carries."""
+        if self.attempts in self.registry.snapshot_rounds():
+            self.registry.restore(self.attempts)
+            return
+        arrays = {
+            k.removeprefix(_REGISTRY): v
+            for k, v in state["arrays"].items()
+            if k.startswith(_REGISTRY)
+        }
+        if not arrays:
+            raise CheckpointError(
+                f"registry {str(self.registry.path)!r} has no snapshot of round "
+                f"{self.attempts} and the checkpoint carries no copy of it; start the run "
+                f"again with `fedloom run {self.run_dir.config_path}`"
+            )
+        self.registry.restore_snapshot_arrays(self.attempts, arrays)
+
+    @classmethod
+    def _restart(
+        cls,
+        config: RunConfig,
+        run: RunDirectory,
+        shard: Shard | None,
+        data: FederatedData | None,
+        deployment: bool,
+    ) -> Simulation:
+        """Resume a run stopped before its round-0 checkpoint: nothing was trained or
+        released yet, so it begins again in its own directory, and what the first attempt
+        wrote is kept aside. A run with rounds recorded but no checkpoint left is refused."""
+        rounds = [r["round"] for r in run.records() if r["event"] == "round"]
+        if rounds:
+            raise CheckpointError(
+                f"run {str(run.path)!r} recorded rounds up to {max(rounds)} but has no "
+                f"checkpoint left in {str(run.checkpoint_dir)!r}; its state is lost: start "
+                f"it again with `fedloom run {run.config_path}`"
+            )
+        if shard is None or shard.is_writer:
+            for name in ("metrics.jsonl", "privacy.json", "clients.sqlite"):
+                for suffix in ("", "-wal", "-shm"):
+                    if (run.path / (name + suffix)).exists():
+                        keep_aside(run.path / (name + suffix))
+        return cls._begin(config, run, shard, data, deployment, fresh=False)
 
     # running -----------------------------------------------------------------
     @property
@@ -358,10 +529,17 @@ class Simulation:
     def run(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
         """Run rounds until the configured count or a stop decision."""
         started = time.perf_counter()
-        while not self.finished:
-            record = self.step()
-            if on_round is not None:
-                on_round(record)
+        with recovery.StopSignals(enabled=self.shard is None) as signals:
+            while not self.finished:
+                record = self.step()
+                if on_round is not None:
+                    on_round(record)
+                if signals.caught and record.get("status") != "retry":
+                    self._checkpoint(self.stopped)
+                    self._append(
+                        {"event": "interrupt", "round": self.server.round, "signal": signals.caught}
+                    )
+                    raise RunInterrupted(signals.caught, self.server.round, self.run_dir.path)
         if self.writer and not any(r.get("event") == "stop" for r in self.run_dir.records()):
             reason = self.stopped or StopDecision(
                 "max_rounds", self.server.round, f"completed {self.config.rounds} rounds"
@@ -405,7 +583,10 @@ class Simulation:
         dispatches = self.server.begin_round(available, stats, vt.now, k=k, deadline=deadline)
         self.attempts += 1
         cohort = [d.client_id for d in dispatches]
-        dispatches, outcome = self._play(dispatches, need if k > need else None)
+        if self.secure is not None and len(cohort) < self.config.secagg.min_clients:
+            result, extra = self.skip_small_secure_round(cohort)
+            return self.finish_round(result, t0, extra)
+        dispatches, outcome = self._play(dispatches, self.enough(need, len(dispatches)))
         for cid, reason in outcome.failed.items():
             self.server.fail(cid, reason)
         for cid in outcome.surplus:
@@ -428,6 +609,7 @@ class Simulation:
         if shard is not None and shard.mode == "gather":
             updates = [u for part in shard.gather(updates) for u in part]
         rejected: dict[int, str] = {}
+        kinds: dict[str, int] = {}
         secure = None
         if self.secure is not None:
             secure = self._aggregate_securely(cohort, updates, todo, outcome)
@@ -438,6 +620,7 @@ class Simulation:
                     self.server.receive(update)
                 except UpdateRejected as err:
                     rejected[update.client_id] = err.reason
+                    kinds[err.kind] = kinds.get(err.kind, 0) + 1
                     log.warning("%s", err)
         combine = shard.allreduce if shard is not None and shard.mode == "allreduce" else None
         if self.canaries is not None:
@@ -455,6 +638,11 @@ class Simulation:
             "surplus": len(outcome.surplus),
             "partial": sum(d.max_steps is not None for d in todo),
         }
+        if kinds:
+            extra["rejections"] = kinds
+        # every delivered update refused (e.g. training diverged): see finish_round
+        refused_all = bool(rejected) and not result.completed and result.status != "retry"
+        self.refused_rounds = self.refused_rounds + 1 if refused_all else 0
         return self.finish_round(result, t0, extra)
 
     def finish_round(
@@ -474,6 +662,13 @@ class Simulation:
             )
             metrics = self.evaluate(federated=bool(fed))
             self.stopped = self.server.observe(metrics)
+        if self.stopped is None and self.refused_rounds >= REFUSED_ROUNDS_STOP:
+            self.stopped = StopDecision(
+                "updates_refused",
+                rnd,
+                f"every update of the last {self.refused_rounds} rounds was refused (e.g. "
+                "training diverged: lower client.lr); see the round records' rejections",
+            )
         record = _round_record(result, metrics, time.perf_counter() - started)
         if self.ledger is not None and result.status == "aggregated":
             shares = len(result.completed) if self.privacy.distributed else None
@@ -522,13 +717,37 @@ class Simulation:
         )
         if secure.abort is not None:
             log.warning("secure aggregation aborted: %s", secure.abort)
-        if secure.total is not None:
+        if secure.total is None:  # nothing to release: not even central DP's noise alone
+            self.server.skip_round(f"secure aggregation aborted: {secure.abort}")
+        else:
             ids = secure.total.included
             caps = {d.client_id: d.max_steps or NO_CAP for d in todo}
             sizes = self.data.train.sizes()[ids]
             steps = steps_for(sizes, self.server.plan, np.array([caps[int(c)] for c in ids]))
             self.server.receive_secure_sum(secure.total, sizes, steps)
         return secure
+
+    def skip_small_secure_round(self, cohort: list[int]) -> tuple[RoundResult, dict[str, Any]]:
+        """Close a secure round whose cohort is below ``secagg.min_clients`` (empty, or one
+        client: a sum of one input is that input) before anyone trains: status "skipped",
+        nothing released, model unchanged, and the registry counts the clients neither
+        as done nor as failed. Both runtimes call it right after selection; returns the
+        result and the round record's extra fields for :meth:`finish_round`."""
+        need = self.config.secagg.min_clients
+        reason = f"cohort of {len(cohort)} is below secagg.min_clients = {need}"
+        for cid in cohort:
+            self.server.fail(cid, "secure sum too small")
+        self.server.skip_round(reason)
+        result = self.server.close_round()
+        none = np.zeros(0, dtype=np.int64)
+        empty = Completion(none, none * 0.0, none * 0.0, none * 0.0, none, none, none * 0.0)
+        self.registry.record_round(self.attempts, self.virtual_time.now, none, empty, {}, {})
+        extra = {
+            "attempt": self.attempts,
+            "dispatched": 0,
+            "secagg": {"included": 0, "cohort": len(cohort), "aborted": reason},
+        }
+        return result, extra
 
     def _secure_record(self, secure: SecureRound) -> dict[str, Any]:
         """The round's SecAgg cost: who is in the sum, seconds, bytes per client."""
@@ -550,6 +769,20 @@ class Simulation:
         if secure.abort is not None:
             out["aborted"] = secure.abort
         return out
+
+    def enough(self, need: int, dispatched: int) -> int | None:
+        """How many delivered updates end a round early, the rest of the ``dispatched``
+        clients being surplus (over-selection); None: every dispatched client that
+        delivers is aggregated.
+
+        Always None under Poisson sampling (a cohort larger than ``clients_per_round`` is
+        a normal draw): the accountant assumes every sampled client's update is in the
+        sum, and cutting the cohort would let one client's presence displace another's
+        update, moving the sum by up to 2C where the analysis assumes C.
+        """
+        if isinstance(self.server.selector, PoissonSelector) or dispatched <= need:
+            return None
+        return need
 
     def cohort_size(self, need: int, stats: ClientStats) -> int:
         """How many clients to dispatch so that about ``need`` deliver (over-selection)."""
@@ -659,6 +892,11 @@ class Simulation:
         state["meta"]["stopped"] = stop.__dict__ if stop else None
         state["meta"]["clock"] = self.virtual_time.clock.state_dict()
         state["meta"]["attempts"] = self.attempts
+        state["meta"]["config"] = recovery.config_text(self.config)
+        state["arrays"] |= {
+            _REGISTRY + name: blob for name, blob in self.registry.snapshot_arrays().items()
+        }
+        state["meta"]["refused_rounds"] = self.refused_rounds
         self.run_dir.save_checkpoint(self.server.round, state, keep)
 
     def evaluate(self, federated: bool = False) -> dict[str, float]:
@@ -729,5 +967,12 @@ def _round_record(result: RoundResult, metrics: dict[str, Any], wall_s: float) -
         "train_loss": result.train_loss,
         "update_norm": result.update_norm,
         "wall_s": wall_s,
+        **({} if result.skip_reason is None else {"skip_reason": result.skip_reason}),
         **metrics,
+        # example counts clamped to the client's bound: client -> [declared, used]
+        **(
+            {"clamped_examples": {str(c): [n, m] for c, n, m in result.clamped}}
+            if result.clamped
+            else {}
+        ),
     }

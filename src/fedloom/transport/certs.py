@@ -3,8 +3,9 @@
 The deployment transport identifies a client by its certificate's common name, so the
 names here must be the names the server expects (``server``, ``client-000003``). One
 directory holds the CA (``ca.pem``, ``ca.key``) and every issued pair (``NAME.pem``,
-``NAME.key``); keys are ECDSA P-256, signatures SHA-256, private keys readable by the
-owner only.
+``NAME.key``), and each client's bundle ``NAME/`` (``ca.pem``, ``NAME.pem``, ``NAME.key``)
+to copy to its device, which must never see ``ca.key``; keys are ECDSA P-256, signatures
+SHA-256, private keys readable by the owner only.
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ def issue(
     """Issue ``NAME.pem``/``NAME.key`` signed by the CA in ``directory``; return both paths.
 
     A server certificate names each of ``hosts`` (IP address or DNS name); a client
-    certificate names the client itself, and ``hosts`` is ignored.
+    certificate names the client itself, and ``hosts`` is ignored. A client also gets its
+    bundle, the folder to copy to the device (:func:`bundle_dir`): ``ca.pem`` and its own
+    pair, never the CA key or another client's key.
     """
     directory = Path(directory)
     _check_name(name)
@@ -88,7 +91,9 @@ def issue(
         raise CertError(f"certificate kind {kind!r} is invalid: use 'server' or 'client'")
     _check_days(days)
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
-    _refuse_overwrite((cert_path, key_path), force)
+    bundle = bundle_dir(directory, name)
+    bundled = (bundle / "ca.pem", bundle / f"{name}.pem", bundle / f"{name}.key")
+    _refuse_overwrite((cert_path, key_path, *(bundled if kind == "client" else ())), force)
     ca_cert, ca_key = _load_ca(directory)
     if kind == "server":
         names = [_general_name(host) for host in hosts]
@@ -113,7 +118,17 @@ def issue(
         .sign(ca_key, hashes.SHA256())
     )
     _write_pair(cert_path, key_path, cert, key)
+    if kind == "client":
+        bundle.mkdir(mode=0o700, exist_ok=True)
+        _write(bundled[0], _read(directory / "ca.pem"), 0o644)
+        _write_pair(bundled[1], bundled[2], cert, key)
     return cert_path, key_path
+
+
+def bundle_dir(directory: Path, name: str) -> Path:
+    """The folder ``issue`` writes client ``name``'s bundle to: ``DIR/NAME/`` holding
+    ``ca.pem``, ``NAME.pem`` and ``NAME.key``, all that device needs (``--certs``)."""
+    return Path(directory) / name
 
 
 def load_identity(directory: Path, name: str) -> Identity:

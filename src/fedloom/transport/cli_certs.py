@@ -47,7 +47,7 @@ def issue(
     force: Annotated[bool, typer.Option(help="replace an existing certificate")] = False,
 ) -> None:
     """Issue NAME.pem and NAME.key, signed by the CA in DIR."""
-    from fedloom.transport.certs import DEFAULT_HOSTS, CertError, issue
+    from fedloom.transport.certs import DEFAULT_HOSTS, CertError, bundle_dir, issue
 
     with user_errors():
         if host and not server:
@@ -56,3 +56,9 @@ def issue(
         cert, key = issue(directory, name, kind=kind, hosts=host or DEFAULT_HOSTS, force=force)
     console.print(f"wrote {kind} certificate {escape(str(cert))}")
     console.print(f"wrote {kind} key {escape(str(key))} (keep it secret)")
+    if kind == "client":
+        bundle = escape(str(bundle_dir(directory, name)))
+        console.print(
+            f"wrote bundle {bundle}/ (ca.pem, {name}.pem, {name}.key): copy it to the "
+            f"device and run `fedloom client --certs {bundle}`"
+        )

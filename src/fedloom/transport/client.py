@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from fedloom.errors import FedloomError
+from fedloom.privacy.mechanisms import SecureNoise
 from fedloom.records import ClientMetrics, TrainPlan
 from fedloom.secagg.crypto import SecAggError
 from fedloom.secagg.protocol import (
@@ -57,6 +59,7 @@ from fedloom.transport.server import METADATA_CLIENT
 
 log = logging.getLogger("fedloom.client")
 T = TypeVar("T")
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
@@ -71,6 +74,35 @@ TRANSIENT = {
 
 class ServerGone(FedloomError):
     """The server stayed unreachable for longer than the client's patience."""
+
+
+class TLSFailure(FedloomError):
+    """The TLS handshake failed in a way retrying cannot fix (a certificate the other
+    side does not trust, a host name the server's certificate does not name)."""
+
+
+# gRPC reports a failed handshake as UNAVAILABLE, like a transient outage; these details
+# mean the certificates themselves are wrong, so every retry would fail the same way
+_PERMANENT_TLS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"Hostname Verification Check failed|Peer name .* is not in peer certificate"),
+        "the server's certificate does not name the host in --server (issue it with "
+        "`fedloom certs issue server --server --host HOST`)",
+    ),
+    (
+        re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"),
+        "the server's certificate is not signed by this client's CA (ca.pem) or has expired",
+    ),
+)
+
+
+def permanent_tls_failure(details: str) -> str | None:
+    """What is wrong, when a failed call's ``details`` show a TLS failure that retrying
+    cannot fix; None otherwise."""
+    for pattern, cause in _PERMANENT_TLS:
+        if pattern.search(details or ""):
+            return cause
+    return None
 
 
 @dataclass(frozen=True)
@@ -116,7 +148,11 @@ def with_retries(
                 code = err.code() if hasattr(err, "code") else None
                 if code not in TRANSIENT:
                     raise
-                problem = f"{code.name if code else 'error'}: {err.details()}"
+                details = err.details() if hasattr(err, "details") else ""
+                cause = permanent_tls_failure(details) if code == UNAVAILABLE else None
+                if cause is not None:
+                    raise TLSFailure(f"{what}: TLS handshake failed: {cause}") from None
+                problem = f"{code.name if code else 'error'}: {details}"
             if time.monotonic() - started > policy.patience_s:
                 raise ServerGone(
                     f"{what}: no success for {policy.patience_s:.0f} s ({problem})"
@@ -178,6 +214,25 @@ class RateLimiter:
         time.sleep(start - now)
 
 
+def _check_data_owner(data_dir: Path, name: str) -> None:
+    """Refuse a data folder exported for another client than ``name`` (the certificate's
+    client): its updates would be trained on someone else's data under this identity."""
+    from fedloom.data.storage import recorded_client
+    from fedloom.errors import DataError
+    from fedloom.transport.certs import CLIENT_NAME
+
+    recorded = recorded_client(data_dir)
+    match = CLIENT_NAME.match(name)
+    if recorded is None:
+        log.warning("%s records no client id (exported by an older fedloom)", data_dir)
+    elif match is None or int(match.group(1)) != recorded:
+        raise DataError(
+            f"--data {str(data_dir)!r} holds the data of client {recorded} "
+            f"(client-{recorded}), but this client is {name!r}: use the folder exported "
+            f"for {name}"
+        )
+
+
 class DeploymentClient:
     """A client process's connection, data and trainer."""
 
@@ -203,6 +258,7 @@ class DeploymentClient:
         self.x = torch.from_numpy(train.x)
         self.y = torch.from_numpy(train.y)
         self.name = name or Path(data_dir).name
+        _check_data_owner(data_dir, self.name)
         self.retry = retry or RetryPolicy()
         self.rng = random.Random(seed)
         self.limiter = RateLimiter(max_upload_kbps)
@@ -217,6 +273,12 @@ class DeploymentClient:
         else:
             if certs is None:
                 raise FedloomError("certs is required unless insecure is set (mTLS is default)")
+            if (Path(certs) / "ca.key").exists():
+                raise FedloomError(
+                    f"--certs {str(certs)!r} holds the CA's private key (ca.key): a device "
+                    "needs only its bundle (ca.pem and its own certificate and key; "
+                    f"`fedloom certs issue` writes it to CERTS/{self.name}/)"
+                )
             self.identity = load_identity(certs, self.name)
             self.channel = grpc.secure_channel(
                 target, channel_credentials(self.identity), options=wire.channel_options()
@@ -383,6 +445,7 @@ class DeploymentClient:
             int(task.seed),
             out=out,
             max_steps=int(task.max_steps) or None,
+            dp_noise=SecureNoise(),  # DP-SGD: never keyed by the seed the server chose
         )
         return out.numpy(), metrics, time.perf_counter() - started
 

@@ -27,7 +27,9 @@ import json
 import logging
 import math
 import queue
+import re
 import secrets
+import socket
 import threading
 import time
 from collections import Counter
@@ -86,16 +88,111 @@ class ServerOptions:
     keep_versions: int = 4  # model versions kept for delta downloads
     linger_s: float = 2.0  # after the last round, keep answering "done" this long
     secagg_stage_timeout_s: float = 60.0  # a SecAgg+ stage after key advertising waits this long
+    # hostile or broken clients: a transfer must receive its first message within
+    # transfer_grace_s and then keep up min_transfer_kbps (one chunk of slack), or it is
+    # cancelled and its slot freed; a client holds at most max_transfers_per_client
+    transfer_grace_s: float = 10.0
+    min_transfer_kbps: float = 64.0
+    max_transfers_per_client: int = 2
+    # a round with no server.deadline_s still ends after this long: clients still pending
+    # are failed as "deadline"; and a round waiting for --min-clients online clients
+    # (when min_clients is not set) starts with those online after this long, if they
+    # are at least the quorum
+    round_timeout_s: float = 600.0
+    status_every_s: float = 10.0  # while waiting, log whom the server waits for this often
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat_s", "client_timeout_s", "linger_s", "secagg_stage_timeout_s"):
+        for name in (
+            "heartbeat_s",
+            "client_timeout_s",
+            "linger_s",
+            "secagg_stage_timeout_s",
+            "transfer_grace_s",
+            "min_transfer_kbps",
+        ):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} = {getattr(self, name)!r} must be >= 0")
-        for name in ("max_transfers", "chunk_bytes", "max_workers", "keep_versions"):
+        for name in ("round_timeout_s", "status_every_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} = {getattr(self, name)!r} must be > 0")
+        for name in (
+            "max_transfers",
+            "chunk_bytes",
+            "max_workers",
+            "keep_versions",
+            "max_transfers_per_client",
+        ):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} = {getattr(self, name)!r} must be >= 1")
+        if self.min_clients is not None and self.min_clients < 1:
+            raise ConfigError(f"--min-clients = {self.min_clients} must be >= 1")
+        if isinstance(self.port, bool) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port = {self.port!r} must be in 0..65535 (0: any free port)")
+        if not _HOST.fullmatch(self.host):
+            raise ConfigError(f"--host = {self.host!r} is neither an IP address nor a host name")
         if not self.insecure and self.certs is None:
             raise ConfigError("certs is required unless insecure is set (mTLS is the default)")
+
+
+# an IPv4/IPv6 address (IPv6 optionally in brackets) or a DNS name: letters, digits,
+# '-' and '.' (what gRPC's resolver accepts as a listening host)
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"\[?[0-9A-Fa-f:.]+(%\w+)?\]?|{_LABEL}(\.{_LABEL})*\.?")
+
+
+def _check_cohort(num_clients: int, quorum: int | None, min_clients: int | None) -> None:
+    """Refuse settings no round could satisfy with ``num_clients`` registered clients."""
+    if min_clients is not None and min_clients > num_clients:
+        raise ConfigError(
+            f"--min-clients = {min_clients} exceeds the {num_clients} registered clients "
+            "(partition.num_clients): no round could ever start"
+        )
+    if quorum is not None and quorum > num_clients:
+        raise ConfigError(
+            f"server.quorum = {quorum} exceeds the {num_clients} registered clients "
+            "(partition.num_clients): no round could ever aggregate"
+        )
+
+
+def check_settings(config: RunConfig, options: ServerOptions) -> None:
+    """Refuse, before anything is built, server options that contradict the run's
+    config (``DeploymentServer`` checks again once the partition is built)."""
+    if config.partition.method != "natural":  # natural: the data decides the count
+        _check_cohort(config.partition.num_clients, config.server.quorum, options.min_clients)
+
+
+def listen(options: ServerOptions) -> tuple[grpc.Server, int]:
+    """A gRPC server bound to ``options.host:options.port``, not yet started, and the bound
+    port. Bind before building anything else, so that a port in use (also by another
+    gRPC server: port sharing is off) or a host that does not resolve costs nothing,
+    leaves no run directory, and is one line (``FedloomError``)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=options.max_workers),
+        options=[*wire.channel_options(), ("grpc.so_reuseport", 0)],
+    )
+    address = f"{options.host}:{options.port}"
+    try:
+        socket.getaddrinfo(options.host, options.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        raise FedloomError(
+            f"cannot listen on {address}: {options.host!r} does not resolve ({err})"
+        ) from None
+    try:
+        if options.insecure:
+            log.warning("serving WITHOUT TLS on %s: clients are not authenticated", address)
+            port = server.add_insecure_port(address)
+        else:
+            assert options.certs is not None
+            creds = server_credentials(load_identity(options.certs, "server"))
+            port = server.add_secure_port(address, creds)
+    except RuntimeError:  # gRPC: "Failed to bind to address ..."
+        port = 0
+    if port == 0:
+        in_use = ""
+        if options.port:
+            in_use = " (is the port in use, e.g. by another server?)"
+        raise FedloomError(f"cannot listen on {address}{in_use}")
+    return server, port
 
 
 class TransferScheduler:
@@ -127,12 +224,48 @@ class TransferScheduler:
                 self._cond.notify_all()
 
 
+@dataclass(eq=False)
+class _Transfer:
+    """One model download or update upload in progress, as the stall watchdog sees it."""
+
+    cid: int
+    kind: str  # "download" | "upload"
+    context: grpc.ServicerContext
+    slack: int  # bytes of one message: progress is counted when a message completes
+    started: float = dataclasses.field(default_factory=time.monotonic)  # of this phase
+    total: int | None = None  # payload bytes, once known (uploads: from the header)
+    done: int = 0
+    waiting: bool = True  # until it holds a transfer slot
+    stalled: str | None = None  # why the watchdog cancelled it
+
+    def granted(self) -> None:
+        """The transfer holds a slot now: its progress is due from here on."""
+        self.started, self.waiting = time.monotonic(), False
+
+    def stall(self, now: float, grace: float, bytes_per_s: float) -> str | None:
+        """Why this transfer is too slow at ``now`` (None if it keeps up): the first
+        message must arrive within ``grace``; once it holds a slot, it must have moved
+        ``bytes_per_s`` since ``grace`` after the grant, less one message in flight."""
+        elapsed = now - self.started
+        if self.total is None:  # an upload's header has not arrived
+            return f"no {self.kind} header within {grace:g} s" if elapsed > grace else None
+        if self.waiting:
+            return None
+        in_flight = min(self.slack, self.total - self.done)
+        if self.done + in_flight < bytes_per_s * (elapsed - grace):
+            return (
+                f"{self.kind} stalled: {self.done} of {self.total} bytes after {elapsed:.1f} s "
+                f"(slower than {bytes_per_s * 8 / 1000:g} kbit/s)"
+            )
+        return None
+
+
 @dataclass
 class _Round:
     task_id: str
     started: float  # time.perf_counter(), like arrival times
     dispatches: dict[int, Dispatch]
-    needed: int
+    needed: int | None  # deliveries that make the rest surplus (None: await everyone)
     arrival: dict[int, float] = dataclasses.field(default_factory=dict)
     applied: dict[int, bytes] = dataclasses.field(default_factory=dict)  # client -> sha256
     rejected: dict[int, str] = dataclasses.field(default_factory=dict)
@@ -154,6 +287,12 @@ class DeploymentServer(rpc.FedloomServicer):
                 "secagg.signed = true needs mTLS: clients sign their keys with their "
                 "certificate keys (drop --insecure)"
             )
+        if not sim.deployment:
+            raise ConfigError(
+                "the deployment server needs a Simulation built with deployment=True (see "
+                "open_simulation): a simulation's DP noise and cohorts follow the run seed, "
+                "which every client learns"
+            )
         self.sim = sim
         plan = sim.privacy
         self._local_dp = (
@@ -170,7 +309,12 @@ class DeploymentServer(rpc.FedloomServicer):
         )
         self.options = options
         self.num_clients = sim.data.train.num_clients
-        self.min_clients = options.min_clients or sim.config.server.clients_per_round
+        cfg = sim.config.server
+        _check_cohort(self.num_clients, cfg.quorum, options.min_clients)
+        self.min_clients = options.min_clients or min(cfg.clients_per_round, self.num_clients)
+        # no update weighs more than its client's registered data size (see bound_examples)
+        sizes = sim.data.train.sizes()
+        sim.server.bound_examples(np.arange(len(sizes)), np.maximum(sizes, 1))
         self._cond = threading.Condition()
         self._last_seen: dict[int, float] = {}  # client id -> time.time() of its last call
         self._round: _Round | None = None
@@ -180,7 +324,10 @@ class DeploymentServer(rpc.FedloomServicer):
         self._closed: dict[int, bytes] = {}  # the last closed round's applied uploads
         self._closed_task = ""
         self._scheduler = TransferScheduler(options.max_transfers)
+        self._transfers: set[_Transfer] = set()  # in progress, for the stall watchdog
+        self._transfer_lock = threading.Lock()
         self.refused: Counter[str] = Counter()  # refused messages by kind, whole run
+        self._refused_mark: Counter[str] = Counter()  # self.refused at the last round record
         # in task ids: a resumed server replays the round it died in under a new id, so
         # work begun for its predecessor (a half-run SecAgg+ protocol) is refused as stale
         self._instance = secrets.token_hex(3)
@@ -199,29 +346,19 @@ class DeploymentServer(rpc.FedloomServicer):
         )
 
     # lifecycle ----------------------------------------------------------------
-    def start(self) -> int:
-        """Bind and start answering clients; returns the bound port. ``run`` plays rounds."""
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.options.max_workers),
-            options=wire.channel_options(),
-        )
+    def start(self, listener: tuple[grpc.Server, int] | None = None) -> int:
+        """Start answering clients on ``listener`` (from :func:`listen`; bound here when
+        None); returns the bound port. ``run`` plays rounds."""
+        server, self.port = listener or listen(self.options)
         rpc.add_FedloomServicer_to_server(self, server)
         # replaces the stub's Download handler: chunks go out serialized once per version
         server.add_registered_method_handlers(
             download.SERVICE, {"Download": download.handler(self.Download)}
         )
-        address = f"{self.options.host}:{self.options.port}"
-        if self.options.insecure:
-            log.warning("serving WITHOUT TLS on %s: clients are not authenticated", address)
-            self.port = server.add_insecure_port(address)
-        else:
-            assert self.options.certs is not None
-            creds = server_credentials(load_identity(self.options.certs, "server"))
-            self.port = server.add_secure_port(address, creds)
-        if self.port == 0:
-            raise FedloomError(f"cannot listen on {address}")
         server.start()
         self._grpc = server
+        watchdog = threading.Thread(target=self._watch_transfers, name="transfers", daemon=True)
+        watchdog.start()
         return self.port
 
     def run(self) -> None:
@@ -255,10 +392,8 @@ class DeploymentServer(rpc.FedloomServicer):
         sim, srv = self.sim, self.sim.server
         cfg = sim.config.server
         with self._cond:
-            while len(self._online(time.time())) < self.min_clients:
-                if self._stop.is_set():
-                    return
-                self._cond.wait(0.5)
+            if not self._await_online():
+                return
             now = time.time()
             available = np.array(self._online(now), dtype=np.int64)
             sim.registry.observe_availability(now, available)
@@ -268,20 +403,32 @@ class DeploymentServer(rpc.FedloomServicer):
             deadline = None if cfg.deadline_s is None else now + cfg.deadline_s
             dispatches = srv.begin_round(available, stats, now, k=k, deadline=deadline)
             sim.attempts += 1
+            if sim.secure is not None and len(dispatches) < sim.config.secagg.min_clients:
+                # empty or one client (Poisson): nobody is told, the round is skipped
+                started = time.perf_counter()
+                result, extra = sim.skip_small_secure_round([d.client_id for d in dispatches])
+                self._cond.release()  # evaluation and checkpoint without the lock
+                try:
+                    sim.finish_round(result, started, extra)
+                finally:
+                    self._cond.acquire()
+                return
             rnd = _Round(
                 f"{dispatches[0].round}.{sim.attempts}.{self._instance}" if dispatches else "",
                 time.perf_counter(),
                 {d.client_id: d for d in dispatches},
-                need,
+                sim.enough(need, len(dispatches)),  # never cuts a Poisson cohort
             )
             if sim.secure is not None:
                 self._open_secure(rnd, [d.client_id for d in dispatches])
             self._round = rnd
             self._cond.notify_all()
+            # without server.deadline_s a round still ends: after round_timeout_s
+            ends = now + self.options.round_timeout_s if deadline is None else deadline
             if rnd.secure is None:
-                failed = self._await_cohort(rnd, deadline)
+                failed = self._await_cohort(rnd, ends)
             else:
-                failed = self._await_secure(rnd, deadline)
+                failed = self._await_secure(rnd, ends)
             if sim.canaries is not None:  # privacy audit canaries join as in simulation
                 sim.inject_canaries()
             result = srv.close_round()
@@ -293,6 +440,48 @@ class DeploymentServer(rpc.FedloomServicer):
                     del self._models[old]
             self._cond.notify_all()
         self._finish_round(rnd, result, failed, time.time())
+
+    def _await_online(self) -> bool:
+        """Wait (holding the condition) until ``min_clients`` clients are online; False if
+        the server stops meanwhile. Logs every ``status_every_s`` whom it waits for. When
+        ``--min-clients`` was not given (it defaults to the cohort size), the round starts
+        after ``round_timeout_s`` with the clients online, if they reach the quorum (at
+        least one), so that one dead client cannot stall the run."""
+        quorum = self.sim.config.server.quorum or 1
+        started = time.monotonic()
+        report = started + self.options.status_every_s
+        while True:
+            online = self._online(time.time())
+            if len(online) >= self.min_clients:
+                return True
+            if self._stop.is_set():
+                return False
+            now = time.monotonic()
+            if (
+                self.options.min_clients is None
+                and now - started >= self.options.round_timeout_s
+                and len(online) >= quorum
+            ):
+                log.warning(
+                    "round %d starts with the %d clients online (wanted %d; waited %.0f s)",
+                    self.sim.server.round + 1,
+                    len(online),
+                    self.min_clients,
+                    now - started,
+                )
+                return True
+            if now >= report:
+                report = now + self.options.status_every_s
+                missing = sorted(set(range(self.num_clients)) - set(online))
+                log.info(
+                    "round %d waits for %d online clients: %d online (%s), not online: %s",
+                    self.sim.server.round + 1,
+                    self.min_clients,
+                    len(online),
+                    _names(online),
+                    _names(missing),
+                )
+            self._cond.wait(0.5)
 
     def _open_secure(self, rnd: _Round, cohort: list[int]) -> None:
         """Start the round's SecAgg+: its encoding and the protocol's server side."""
@@ -326,7 +515,7 @@ class DeploymentServer(rpc.FedloomServicer):
                     [c for c in stages.waiting() if self._last_seen.get(c, -math.inf) < silent],
                     "disconnected",
                 )
-                if first and len(stages.replies) >= rnd.needed < len(rnd.dispatches):
+                if first and rnd.needed is not None and len(stages.replies) >= rnd.needed:
                     stages.drop(stages.waiting(), "surplus")
                 if until is not None and now >= until:
                     stages.drop(stages.waiting(), "deadline" if first else "stage timeout")
@@ -363,6 +552,8 @@ class DeploymentServer(rpc.FedloomServicer):
                 log.warning("round %d: %s", srv.round + 1, stages.abort)
             else:
                 rnd.arrival.update({int(c): stages.arrival[int(c)] for c in included})
+        if stages.abort is not None:  # nothing to release: not even central DP's noise alone
+            srv.skip_round(stages.abort)
         failed: dict[int, str] = {}
         pending = srv.pending
         for cid in stages.cohort:
@@ -383,13 +574,24 @@ class DeploymentServer(rpc.FedloomServicer):
             if reason != "surplus":
                 log.info("client %d dropped from round %d: %s", cid, srv.round + 1, reason)
 
+        report = time.monotonic() + self.options.status_every_s
         while srv.pending and not self._stop.is_set():
             now = time.time()
+            if time.monotonic() >= report:  # say whom the round waits for
+                report = time.monotonic() + self.options.status_every_s
+                log.info(
+                    "round %d waits for %d of %d clients: %s (%s s to the deadline)",
+                    srv.round + 1,
+                    len(srv.pending),
+                    len(rnd.dispatches),
+                    _names(srv.pending),
+                    "-" if deadline is None else f"{deadline - now:.0f}",
+                )
             silent = now - self.options.client_timeout_s
             for cid in sorted(srv.pending):
                 if self._last_seen.get(cid, -math.inf) < silent:
                     fail(cid, "disconnected")
-            if len(rnd.applied) >= rnd.needed < len(rnd.dispatches):
+            if rnd.needed is not None and len(rnd.applied) >= rnd.needed:
                 for cid in sorted(srv.pending):
                     fail(cid, "surplus")
             if deadline is not None and now >= deadline:
@@ -447,9 +649,20 @@ class DeploymentServer(rpc.FedloomServicer):
                 "bytes_up": rnd.bytes_up,
                 "bytes_down": rnd.bytes_down,
                 "refused_messages": dict(self.refused),
+                # refusals by kind since the previous round's record
+                "refused_in_round": dict(self.refused - self._refused_mark),
             }
             | self._secure_record(rnd),
         )
+        self._refused_mark = self.refused.copy()
+        for cid, declared, used in result.clamped:
+            log.warning(
+                "round %d: client-%06d declared %d examples; weighted as %d (its bound)",
+                result.round,
+                cid,
+                declared,
+                used,
+            )
         log.info(
             "round %d %s: %d/%d updates, accuracy %s",
             result.round,
@@ -487,6 +700,51 @@ class DeploymentServer(rpc.FedloomServicer):
         context.abort(code, message)
         raise AssertionError("unreachable")  # context.abort raises
 
+    @contextmanager
+    def _transfer(
+        self, cid: int, kind: str, context: grpc.ServicerContext, slack: int
+    ) -> Iterator[_Transfer]:
+        """Register a download or upload with the stall watchdog, refused when ``cid``
+        already has ``max_transfers_per_client`` open (a flood of streams from one client
+        cannot take every slot or worker)."""
+        limit = self.options.max_transfers_per_client
+        transfer = _Transfer(cid, kind, context, slack)
+        with self._transfer_lock:
+            open_now = sum(t.cid == cid for t in self._transfers)
+            if open_now < limit:
+                self._transfers.add(transfer)
+        if open_now >= limit:
+            self._refuse(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too_many_transfers",
+                f"client-{cid} already has {open_now} transfers open (at most {limit}); "
+                f"{kind} refused",
+            )
+        try:
+            yield transfer
+        finally:
+            with self._transfer_lock:
+                self._transfers.discard(transfer)
+
+    def _watch_transfers(self) -> None:
+        """Cancel transfers that stall (see ``_Transfer.stall``), which frees their slot
+        and their worker thread; each is logged and counted as ``stalled``."""
+        grace = self.options.transfer_grace_s
+        rate = self.options.min_transfer_kbps * 1000 / 8
+        while not self._stop.wait(min(0.25, max(grace / 4, 0.05))):
+            now = time.monotonic()
+            stalled: list[_Transfer] = []
+            with self._transfer_lock:
+                for t in self._transfers:
+                    if t.stalled is None and (why := t.stall(now, grace, rate)):
+                        t.stalled = why
+                        stalled.append(t)
+            for t in stalled:
+                self.refused["stalled"] += 1
+                log.warning("refused (stalled): client-%d: %s; cancelled", t.cid, t.stalled)
+                t.context.cancel()
+
     def _client(self, context: grpc.ServicerContext) -> int:
         """The calling client's id, from its certificate (or metadata when insecure)."""
         if self.options.insecure:
@@ -509,7 +767,16 @@ class DeploymentServer(rpc.FedloomServicer):
     # RPCs ---------------------------------------------------------------------
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         cid = self._client(context)
+        if request.num_examples < 1:
+            self._refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "bad_count",
+                f"client-{cid} joined with num_examples = {request.num_examples}, expected >= 1",
+            )
         with self._cond:
+            # the weight of this client's updates never exceeds what it declared here
+            self.sim.server.bound_examples(np.array([cid]), np.array([request.num_examples]))
             self._cond.notify_all()  # a round may be waiting for clients
         log.info("client %d joined (%s)", cid, request.device or "unknown device")
         return pb.JoinReply(
@@ -598,12 +865,17 @@ class DeploymentServer(rpc.FedloomServicer):
                 f"model version {version} is not available (current {self.sim.server.version})",
             )
         messages, payload_bytes = self._prepared(version, base)
-        with self._scheduler.slot(deadline):
-            started = time.perf_counter()
-            yield from messages
-            # the first chunk only fills buffers: time the rest
-            first = min(payload_bytes, self.options.chunk_bytes)
-            kbps = _kbps(payload_bytes - first, time.perf_counter() - started)
+        with self._transfer(cid, "download", context, self.options.chunk_bytes) as transfer:
+            transfer.total = payload_bytes
+            with self._scheduler.slot(deadline):
+                transfer.granted()
+                started = time.perf_counter()
+                for message in messages:
+                    yield message
+                    transfer.done += len(message)
+                # the first chunk only fills buffers: time the rest
+                first = min(payload_bytes, self.options.chunk_bytes)
+                kbps = _kbps(payload_bytes - first, time.perf_counter() - started)
         with self._cond:
             if self._round is rnd and rnd is not None:
                 rnd.bytes_down += payload_bytes
@@ -644,6 +916,21 @@ class DeploymentServer(rpc.FedloomServicer):
         self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
     ) -> pb.UploadReply:
         cid = self._client(context)
+        with self._transfer(cid, "upload", context, wire.CHUNK_BYTES) as transfer:
+            try:
+                return self._upload(cid, transfer, request_iterator, context)
+            except grpc.RpcError:  # the stream was cancelled while being read
+                if transfer.stalled is None:
+                    raise
+                return pb.UploadReply(accepted=False, reason=transfer.stalled)
+
+    def _upload(
+        self,
+        cid: int,
+        transfer: _Transfer,
+        request_iterator: Iterator[pb.UploadChunk],
+        context: grpc.ServicerContext,
+    ) -> pb.UploadReply:
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         first = next(request_iterator, None)
         if first is None and not context.is_active():  # cancelled by the transport
@@ -679,10 +966,13 @@ class DeploymentServer(rpc.FedloomServicer):
                 f"task {h.task_id!r} is not open for client-{cid}",
             )
         parts, size = [first.data], len(first.data)
+        transfer.total, transfer.done = h.payload_bytes, size
         with self._scheduler.slot(deadline):
+            transfer.granted()
             started = time.perf_counter()
             for chunk in request_iterator:
                 size += len(chunk.data)
+                transfer.done = size
                 if size > h.payload_bytes:
                     self._refuse(
                         context,
@@ -845,7 +1135,7 @@ class DeploymentServer(rpc.FedloomServicer):
                     self.sim.server.receive(update)
                 except UpdateRejected as err:
                     rnd.rejected[cid] = err.reason
-                    code, kind = grpc.StatusCode.INVALID_ARGUMENT, _reason_kind(err.reason)
+                    code, kind = grpc.StatusCode.INVALID_ARGUMENT, err.kind
                     why = str(err)
                 else:
                     rnd.applied[cid] = h.sha256
@@ -859,24 +1149,23 @@ class DeploymentServer(rpc.FedloomServicer):
         self._refuse(context, code, kind, why)
 
 
+def _names(ids: list[int] | set[int], most: int = 20) -> str:
+    """Client names for a log line: the first ``most`` of ``ids``, then how many more."""
+    ordered = sorted(ids)
+    text = ", ".join(f"client-{c:06d}" for c in ordered[:most]) or "none"
+    return text + (f" and {len(ordered) - most} more" if len(ordered) > most else "")
+
+
 def _kbps(nbytes: int, seconds: float) -> float:
     """A transfer's rate in kbit/s; NaN when nothing was timed (a one-chunk payload)."""
     return nbytes * 8 / 1000 / seconds if nbytes > 0 and seconds > 0 else float("nan")
 
 
-def _reason_kind(reason: str) -> str:
-    """A short counter name for a ``SyncServer`` rejection reason."""
-    for key, kind in (("NaN", "nonfinite"), ("shape", "wrong_shape"), ("stale", "stale_version")):
-        if key in reason:
-            return kind
-    return "rejected"
-
-
 def open_simulation(config: RunConfig, resume: Path | None) -> Simulation:
     """A new run for ``config``, or the run in ``resume`` continued from its checkpoint."""
     if resume is not None:
-        return Simulation.resume(resume)
-    return Simulation.start(config)
+        return Simulation.resume(resume, deployment=True)
+    return Simulation.start(config, deployment=True)
 
 
 def start_in_thread(
@@ -890,7 +1179,7 @@ def start_in_thread(
 
     def serve() -> None:
         try:
-            server = DeploymentServer(Simulation.start(config), options)
+            server = DeploymentServer(Simulation.start(config, deployment=True), options)
             server.start()
         except BaseException as err:
             ready.put(err)
