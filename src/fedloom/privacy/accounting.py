@@ -224,14 +224,27 @@ class MechanismEvent:
         return event
 
 
-# PLD grid spacing. dp-accounting's default is 1e-4; 1e-3 is 5-8x faster (a ledger records
-# every round) and still a valid upper bound, since the discretization is pessimistic: on
-# the runs we checked epsilon moved by less than 0.1%.
-PLD_DISCRETIZATION = 1e-3
+# PLD grid spacing (dp-accounting's ``value_discretization_interval``). The pessimistic
+# discretization over-states epsilon by roughly a constant number of grid steps, so a fixed
+# spacing is far too coarse for small epsilons (1e-3 over-stated 0.07 by 57% at a sampling
+# rate of 1e-3) and needlessly slow for large ones. The spacing is therefore chosen from a
+# cheap coarse pass: ``PLD_RELATIVE_INTERVAL * epsilon_coarse``, kept within
+# [PLD_MIN_INTERVAL, PLD_MAX_INTERVAL]. Measured against a grid ten times finer over
+# sampling rates 1e-3..0.1, 10..5000 rounds and noise multipliers 0.7..10 (delta 1e-5), the
+# result over-states epsilon by at most 0.13% (typically < 0.01%), and never under-states
+# it (both passes are pessimistic upper bounds); tests/privacy/test_accounting.py checks it
+# against dp-accounting's default spacing.
+PLD_RELATIVE_INTERVAL = 2e-4
+PLD_MIN_INTERVAL = 1e-6
+PLD_MAX_INTERVAL = 1e-3
+PLD_COARSE_INTERVAL = 1e-3
 
 
-def _new_accountant(accountant: Accountant, sampling: Sampling) -> PrivacyAccountant:
-    """A fresh dp-accounting accountant with the adjacency ``sampling`` is analysed under."""
+def _new_accountant(
+    accountant: Accountant, sampling: Sampling, interval: float = PLD_COARSE_INTERVAL
+) -> PrivacyAccountant:
+    """A fresh dp-accounting accountant with the adjacency ``sampling`` is analysed under
+    (``interval``: the PLD grid spacing)."""
     import dp_accounting
 
     # RDP warns for every Renyi order whose series does not converge; it drops that order,
@@ -246,7 +259,7 @@ def _new_accountant(accountant: Accountant, sampling: Sampling) -> PrivacyAccoun
     if accountant == "rdp":
         return dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
     return dp_accounting.pld.PLDAccountant(
-        neighboring_relation=relation, value_discretization_interval=PLD_DISCRETIZATION
+        neighboring_relation=relation, value_discretization_interval=interval
     )
 
 
@@ -422,7 +435,20 @@ def _compose_groups(
         # Composed Gaussians are one Gaussian: precisions (1/z^2) add up.
         precision = sum(e.count / e.accounted_noise_multiplier**2 for e in groups)
         return float(dp_accounting.get_epsilon_gaussian(precision**-0.5, delta))
-    acc = _new_accountant("pld", groups[0].sampling)
+    coarse = _pld_epsilon(groups, delta, PLD_COARSE_INTERVAL)
+    interval = pld_interval(coarse)
+    if interval >= PLD_COARSE_INTERVAL:
+        return coarse
+    return _pld_epsilon(groups, delta, interval)
+
+
+def pld_interval(coarse_epsilon: float) -> float:
+    """The PLD grid spacing used for a composition whose coarse-grid epsilon is given."""
+    return min(PLD_MAX_INTERVAL, max(PLD_MIN_INTERVAL, PLD_RELATIVE_INTERVAL * coarse_epsilon))
+
+
+def _pld_epsilon(groups: tuple[MechanismEvent, ...], delta: float, interval: float) -> float:
+    acc = _new_accountant("pld", groups[0].sampling, interval)
     for event in groups:
         _compose_checked(acc, "pld", event)
     return float(acc.get_epsilon(delta))
