@@ -41,7 +41,8 @@ def direct(
 
 
 @pytest.mark.parametrize(
-    ("z", "q", "steps"), [(3.0, 1e-3, 1000), (1.0, 1e-3, 5000), (10.0, 1e-3, 5000), (1.0, 0.01, 1000)]
+    ("z", "q", "steps"),
+    [(3.0, 1e-3, 1000), (1.0, 1e-3, 5000), (10.0, 1e-3, 5000), (1.0, 0.01, 1000)],
 )
 def test_pld_is_within_its_measured_error_of_dp_accounting_defaults(z, q, steps):
     # dp-accounting's default PLD spacing (1e-4) is itself pessimistic; at small sampling
