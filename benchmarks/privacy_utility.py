@@ -64,6 +64,32 @@ def run(tmp: Path, eps: float, rounds: int, canaries: int) -> dict:
     return out
 
 
+def targets_of(results: dict[str, dict]) -> list[dict]:
+    """Per DP run: the ledger spends at most the calibrated target (1% slack for the
+    calibration's tolerance), and the audit's lower bound never exceeds the accountant."""
+    out = []
+    for eps, r in results.items():
+        if "accountant_epsilon" not in r:
+            continue
+        out.append(
+            {
+                "name": f"epsilon {eps}: ledger epsilon <= target",
+                "value": r["accountant_epsilon"],
+                "goal": f"<= {float(eps) * 1.01:.4g}",
+                "met": r["accountant_epsilon"] <= float(eps) * 1.01,
+            }
+        )
+        out.append(
+            {
+                "name": f"epsilon {eps}: audit lower bound <= accountant at its delta",
+                "value": r["audit_epsilon_lower"],
+                "goal": f"<= {r['accountant_epsilon_at_audit_delta']}",
+                "met": r["audit_epsilon_lower"] <= r["accountant_epsilon_at_audit_delta"],
+            }
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
@@ -78,6 +104,11 @@ def main() -> None:
             results[f"{eps:g}"] = r = run(Path(tmp), eps, rounds, canaries=1000)
             print(f"epsilon {eps:>4g}: " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)
     out = {"clients": CLIENTS, "delta": 1.0 / CLIENTS**1.1, "rounds": rounds, "results": results}
+    out["targets"] = targets_of(results)
+    for t in out["targets"]:
+        print(
+            f"target {t['name']}: {t['value']} (goal {t['goal']}) {'met' if t['met'] else 'MISSED'}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))

@@ -56,6 +56,44 @@ def one(n: int, dropout: float, dim: int) -> dict:
     }
 
 
+def targets_of(rows: list[dict]) -> list[dict]:
+    """The protocol's cost targets, on the rows that were measured."""
+
+    def pick(n: int, dropout: float) -> dict | None:
+        return next((r for r in rows if r["n"] == n and r["dropout"] == dropout), None)
+
+    out = []
+    for n, dropout, goal in ((100, 0.3, 0.5), (1000, 0.3, 5.0)):
+        r = pick(n, dropout)
+        if r is not None:
+            name = f"server s at n = {n}, {dropout:.0%} dropouts"
+            out.append(
+                {
+                    "name": name,
+                    "value": r["server_s"],
+                    "goal": f"<= {goal}",
+                    "met": r["server_s"] <= goal,
+                }
+            )
+    client = max(r["client_s"] for r in rows)
+    out.append({"name": "client s (max)", "value": client, "goal": "<= 0.1", "met": client <= 0.1})
+    full = [
+        r["upload_bytes_per_client"] / r["plain_upload_bytes_per_client"]
+        for r in rows
+        if r["dropout"] == 0.0
+    ]
+    up = round(max(full), 3)
+    out.append(
+        {
+            "name": "upload / plain (completing client)",
+            "value": up,
+            "goal": "<= 1.2",
+            "met": up <= 1.2,
+        }
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
@@ -78,9 +116,14 @@ def main() -> None:
                 f"{r['plain_server_s']:>15.5f}",
                 flush=True,
             )
+    targets = targets_of(rows)
+    for t in targets:
+        print(
+            f"target {t['name']}: {t['value']} (goal {t['goal']}) {'met' if t['met'] else 'MISSED'}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "targets": targets}, indent=2))
 
 
 if __name__ == "__main__":
