@@ -253,6 +253,12 @@ class DeploymentClient:
         one; several client processes on one machine must not oversubscribe it)."""
         from fedloom.data.storage import read_client
 
+        if not insecure and certs is not None and (Path(certs) / "ca.key").exists():
+            raise FedloomError(
+                f"--certs {str(certs)!r} holds the CA's private key (ca.key): a device needs "
+                "only its bundle, ca.pem and its own certificate and key (`fedloom certs "
+                "issue` writes it to DIR/NAME/)"
+            )
         torch.set_num_threads(threads)
         train, _ = read_client(data_dir)
         self.x = torch.from_numpy(train.x)
@@ -273,12 +279,6 @@ class DeploymentClient:
         else:
             if certs is None:
                 raise FedloomError("certs is required unless insecure is set (mTLS is default)")
-            if (Path(certs) / "ca.key").exists():
-                raise FedloomError(
-                    f"--certs {str(certs)!r} holds the CA's private key (ca.key): a device "
-                    "needs only its bundle (ca.pem and its own certificate and key; "
-                    f"`fedloom certs issue` writes it to CERTS/{self.name}/)"
-                )
             self.identity = load_identity(certs, self.name)
             self.channel = grpc.secure_channel(
                 target, channel_credentials(self.identity), options=wire.channel_options()

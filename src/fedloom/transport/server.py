@@ -933,8 +933,8 @@ class DeploymentServer(rpc.FedloomServicer):
     ) -> pb.UploadReply:
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         first = next(request_iterator, None)
-        if first is None and not context.is_active():  # cancelled by the transport
-            return pb.UploadReply(accepted=False, reason="stream cancelled")
+        if first is None and (transfer.stalled or not context.is_active()):  # cancelled
+            return pb.UploadReply(accepted=False, reason=transfer.stalled or "stream cancelled")
         if first is None or not first.HasField("header"):
             self._refuse(context, invalid, "malformed", "upload must start with a header")
         h = first.header
@@ -982,6 +982,8 @@ class DeploymentServer(rpc.FedloomServicer):
                     )
                 parts.append(chunk.data)
             kbps = _kbps(size - len(first.data), time.perf_counter() - started)
+        if transfer.stalled is not None:  # cancelled by the watchdog: counted there
+            return pb.UploadReply(accepted=False, reason=transfer.stalled)
         payload = b"".join(parts)
         if len(payload) != h.payload_bytes or wire.digest(payload) != h.sha256:
             self._refuse(
