@@ -172,11 +172,19 @@ def listen(options: ServerOptions) -> tuple[grpc.Server, int]:
     )
     address = f"{options.host}:{options.port}"
     try:
-        socket.getaddrinfo(options.host, options.port, type=socket.SOCK_STREAM)
+        found = socket.getaddrinfo(options.host, options.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as err:
         raise FedloomError(
             f"cannot listen on {address}: {options.host!r} does not resolve ({err})"
         ) from None
+    if options.port:  # a port in use: say so plainly before gRPC logs its own error
+        family, kind, proto, _, where = found[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                probe.bind(where)
+            except OSError as err:
+                raise FedloomError(f"cannot listen on {address}: {err.strerror}") from None
     try:
         if options.insecure:
             log.warning("serving WITHOUT TLS on %s: clients are not authenticated", address)
