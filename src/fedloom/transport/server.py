@@ -257,7 +257,7 @@ class _Transfer:
         elapsed = now - self.started
         if self.total is None:  # an upload's header has not arrived
             return f"no {self.kind} header within {grace:g} s" if elapsed > grace else None
-        if self.waiting:
+        if self.waiting or self.done >= self.total:  # queued, or every byte moved
             return None
         in_flight = min(self.slack, self.total - self.done)
         if self.done + in_flight < bytes_per_s * (elapsed - grace):
@@ -409,8 +409,22 @@ class DeploymentServer(rpc.FedloomServicer):
             need = cfg.clients_per_round
             k = sim.cohort_size(need, stats)
             deadline = None if cfg.deadline_s is None else now + cfg.deadline_s
-            dispatches = srv.begin_round(available, stats, now, k=k, deadline=deadline)
+            # under DP with fixed-size sampling the cohort is drawn from all N clients (the
+            # accountant's m / N); an offline pick fails at once as disconnected
+            pool = None if sim.sample_all else available
+            dispatches = srv.begin_round(pool, stats, now, k=k, deadline=deadline)
             sim.attempts += 1
+            refusal = sim.release_refusal([d.client_id for d in dispatches])
+            if refusal is not None:  # the budget: nobody is told, the run stops
+                started = time.perf_counter()
+                cohort = [d.client_id for d in dispatches]
+                result, extra = sim.withhold_round(cohort, refusal, now)
+                self._cond.release()
+                try:
+                    sim.finish_round(result, started, extra)
+                finally:
+                    self._cond.acquire()
+                return
             if sim.secure is not None and len(dispatches) < sim.config.secagg.min_clients:
                 # empty or one client (Poisson): nobody is told, the round is skipped
                 started = time.perf_counter()
@@ -439,15 +453,20 @@ class DeploymentServer(rpc.FedloomServicer):
                 failed = self._await_secure(rnd, ends)
             if sim.canaries is not None:  # privacy audit canaries join as in simulation
                 sim.inject_canaries()
+            sim.arm_replay()
             result = srv.close_round()
             self._round = None
             self._closed, self._closed_task = rnd.applied, rnd.task_id
-            if result.status == "aggregated":
+            self._cond.notify_all()
+        # the release is charged to the ledger (privacy.json written) before any client
+        # can download the new model version
+        self._finish_round(rnd, result, failed, time.time())
+        if result.status == "aggregated":
+            with self._cond:
                 self._models[srv.version] = srv.params.copy()
                 for old in sorted(self._models)[: -self.options.keep_versions]:
                     del self._models[old]
-            self._cond.notify_all()
-        self._finish_round(rnd, result, failed, time.time())
+                self._cond.notify_all()
 
     def _await_online(self) -> bool:
         """Wait (holding the condition) until ``min_clients`` clients are online; False if
@@ -532,6 +551,13 @@ class DeploymentServer(rpc.FedloomServicer):
             if self._stop.is_set():
                 break
             stage, replies = stages.close_stage()
+            if stage == "masked_input" and sim.privacy.distributed is not None:
+                # the budget, checked on the realised shares before the server unmasks
+                refusal = sim.release_refusal(stages.cohort, shares=len(replies))
+                if refusal is not None:
+                    stages.refuse_sum(refusal)
+                    sim.refuse_release(refusal)
+                    break
             self._cond.release()  # the protocol's work: let the RPC threads answer meanwhile
             try:
                 result = stages.run_step(stage, replies)
@@ -661,6 +687,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 "refused_in_round": dict(self.refused - self._refused_mark),
             }
             | self._secure_record(rnd),
+            uploaded=sorted(rnd.rejected),  # local DP: refused uploads were seen too
         )
         self._refused_mark = self.refused.copy()
         for cid, declared, used in result.clamped:
