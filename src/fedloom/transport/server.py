@@ -535,8 +535,17 @@ class DeploymentServer(rpc.FedloomServicer):
         while not stages.done and not self._stop.is_set():
             first = stages.stage == STAGES[0]
             until = deadline if first else time.time() + self.options.secagg_stage_timeout_s
+            report = time.monotonic() + self.options.status_every_s
             while stages.waiting() and not self._stop.is_set():
                 now = time.time()
+                if time.monotonic() >= report:  # say whom the stage waits for
+                    report = time.monotonic() + self.options.status_every_s
+                    log.info(
+                        "round %d, secure aggregation stage %s waits for %s",
+                        srv.round + 1,
+                        stages.stage,
+                        _names(set(stages.waiting())),
+                    )
                 silent = now - self.options.client_timeout_s
                 stages.drop(
                     [c for c in stages.waiting() if self._last_seen.get(c, -math.inf) < silent],
