@@ -10,7 +10,9 @@ Layout of ``runs/<name>/``::
 Every file is written atomically (temp file in the same folder, then ``Path.replace``)
 so a crash never leaves a half-written checkpoint or config behind. The metrics log is
 appended line by line; on resume it is cut back, atomically, to the checkpoint's round
-so no round is ever recorded twice.
+so no round is ever recorded twice. Nothing is thrown away unseen: a line that is not a
+valid record (damaged by hand or by the disk) is kept aside in
+``metrics.jsonl.damaged-<n>`` before the log is rewritten.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,41 @@ import numpy as np
 
 from fedloom.atomic import atomic_write_bytes, atomic_write_text
 from fedloom.config import RunConfig, load_config, to_toml
-from fedloom.errors import CheckpointError
+from fedloom.errors import CheckpointError, ConfigError, StorageError
 
 _CKPT = re.compile(r"^round-(\d{6,})\.npz$")
 _META = "__meta__"
+_NUMERIC = ("accuracy", "loss")  # fields the reports compute with
+
+
+def _valid_record(record: object) -> bool:
+    """A metrics record: a JSON object with an int ``round``, a str ``event`` and numeric
+    metrics (anything else in ``metrics.jsonl`` is damage)."""
+    if not isinstance(record, dict):
+        return False
+    rnd, event = record.get("round"), record.get("event")
+    if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+        return False
+    if not isinstance(event, str):
+        return False
+    return all(
+        isinstance(record[k], int | float) and not isinstance(record[k], bool)
+        for k in _NUMERIC
+        if k in record
+    )
+
+
+def keep_aside(path: Path, data: bytes | None = None) -> Path:
+    """Move ``path`` (or write ``data``) to the first free ``<path>.damaged-<n>``: damaged
+    files are set aside for inspection, never deleted."""
+    n = 1
+    while (aside := path.with_name(f"{path.name}.damaged-{n}")).exists():
+        n += 1
+    if data is None:
+        path.replace(aside)
+    else:
+        atomic_write_bytes(aside, data)
+    return aside
 
 
 def _json_default(obj: Any) -> Any:
@@ -56,17 +90,29 @@ class RunDirectory:
     def create(cls, config: RunConfig) -> RunDirectory:
         """A fresh directory ``output_dir/name`` (``name-2``, ``name-3`` ... if taken)."""
         root = Path(config.output_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        path, n = root / config.name, 1
-        while True:
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                n += 1
-                path = root / f"{config.name}-{n}"
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"output_dir = {str(root)!r} is a file, expected a directory")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            path, n = root / config.name, 1
+            while True:
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    n += 1
+                    path = root / f"{config.name}-{n}"
+        except OSError as err:
+            raise ConfigError(
+                f"output_dir = {str(root)!r}: cannot create the run directory "
+                f"{config.name!r} there: {err.strerror or err}"
+            ) from None
         run = cls(path)
-        atomic_write_text(run.config_path, to_toml(config))
+        try:
+            atomic_write_text(run.config_path, to_toml(config))
+        except OSError:
+            path.rmdir()
+            raise
         return run
 
     @classmethod
@@ -87,27 +133,45 @@ class RunDirectory:
         resume cuts the log back to that checkpoint and recomputes it.
         """
         line = json.dumps(record, default=_json_default, allow_nan=True)
-        with self.metrics_path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        try:
+            with self.metrics_path.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError as err:
+            raise StorageError(
+                f"cannot append to {str(self.metrics_path)!r}: {err.strerror or err}",
+                err.errno,
+            ) from None
 
-    def records(self) -> list[dict[str, Any]]:
-        """All complete records (a torn last line from a crash is ignored)."""
+    def _lines(self) -> list[tuple[bytes, dict[str, Any] | None]]:
+        """Every line of ``metrics.jsonl`` with its record (None: not a valid record)."""
         if not self.metrics_path.exists():
             return []
-        out = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+        out: list[tuple[bytes, dict[str, Any] | None]] = []
+        for raw in self.metrics_path.read_bytes().splitlines():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                record = None
+            out.append((raw, record if _valid_record(record) else None))
         return out
 
-    def truncate_records(self, last_round: int) -> None:
-        """Keep only records up to ``last_round`` (atomic rewrite)."""
-        kept = [r for r in self.records() if int(r.get("round", 0)) <= last_round]
+    def records(self) -> list[dict[str, Any]]:
+        """All valid records; damaged lines (a torn last line from a crash, hand edits)
+        are skipped here and set aside by ``truncate_records``."""
+        return [r for _, r in self._lines() if r is not None]
+
+    def truncate_records(self, last_round: int) -> Path | None:
+        """Keep only records up to ``last_round`` (atomic rewrite). Lines that are not
+        valid records are first written to ``metrics.jsonl.damaged-<n>``, whose path is
+        returned (None when every line was valid)."""
+        lines = self._lines()
+        damaged = [raw for raw, r in lines if r is None and raw.strip()]
+        aside = keep_aside(self.metrics_path, b"\n".join(damaged) + b"\n") if damaged else None
+        kept = [r for _, r in lines if r is not None and r["round"] <= last_round]
         kept = [r for r in kept if r.get("event") not in ("stop", "audit")]
         text = "".join(json.dumps(r, default=_json_default) + "\n" for r in kept)
         atomic_write_text(self.metrics_path, text)
+        return aside
 
     # checkpoints -------------------------------------------------------------
     def checkpoint_path(self, round: int) -> Path:
@@ -139,18 +203,37 @@ class RunDirectory:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files if k != _META}
                 meta = json.loads(str(z[_META]))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as err:
-            raise CheckpointError(f"checkpoint {str(path)!r} is unreadable: {err}") from None
+        except (
+            OSError,
+            EOFError,
+            ValueError,
+            KeyError,
+            zipfile.BadZipFile,
+            zlib.error,
+            json.JSONDecodeError,
+        ) as err:
+            reason = str(err) or type(err).__name__
+            if path.is_file() and path.stat().st_size == 0:
+                reason = "the file is empty"
+            raise CheckpointError(f"checkpoint {str(path)!r} is unreadable: {reason}") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("round"), int):
+            raise CheckpointError(f"checkpoint {str(path)!r} is unreadable: no round in its meta")
         return {"arrays": arrays, "meta": meta}
 
     def latest_checkpoint(self) -> tuple[Path, dict] | None:
-        """The newest readable checkpoint (older ones are tried if the newest is damaged)."""
+        """The newest readable checkpoint (older ones are tried if the newest is damaged;
+        the unreadable ones are listed in ``self.skipped``)."""
         errors = []
+        self.skipped: list[str] = []
         for path in reversed(self.checkpoints()):
             try:
                 return path, self.read_checkpoint(path)
             except CheckpointError as err:
                 errors.append(str(err))
+                self.skipped.append(path.name)
         if errors:
-            raise CheckpointError("no readable checkpoint: " + "; ".join(errors))
+            raise CheckpointError(
+                "no readable checkpoint: " + "; ".join(errors) + "; the run cannot continue "
+                f"from its saved state: start it again with `fedloom run {self.config_path}`"
+            )
         return None

@@ -115,7 +115,12 @@ def test_resume_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a run directory"):
         Simulation.resume(tmp_path)
     sim = Simulation.start(config(tmp_path))
-    with pytest.raises(CheckpointError, match="no checkpoint"):
+    assert [p.name for p in sim.run_dir.checkpoints()] == ["round-000000.npz"]
+    assert Simulation.resume(sim.run_dir.path).server.round == 0
+    sim.step()
+    for path in sim.run_dir.checkpoints():
+        path.unlink()
+    with pytest.raises(CheckpointError, match="recorded rounds up to 1 but has no checkpoint"):
         Simulation.resume(sim.run_dir.path)
 
 

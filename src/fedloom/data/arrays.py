@@ -20,6 +20,11 @@ def _as_features(x: np.ndarray, what: str = "x") -> np.ndarray:
     x = np.asarray(x)
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise DataError(f"{what} must be numeric, got dtype {x.dtype}")
+    if np.iscomplexobj(x):
+        raise DataError(
+            f"{what} has complex dtype {x.dtype}: its imaginary part would be lost; give real "
+            "features (e.g. the real and imaginary parts as separate columns)"
+        )
     if x.ndim != 2:
         raise DataError(f"{what} must be 2-D [samples, features], got shape {x.shape}")
     x = np.ascontiguousarray(x, dtype=np.float32)

@@ -20,6 +20,7 @@ from fedloom.data.sources import (
     synthetic_fedprox,
     train_test_split,
 )
+from fedloom.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,13 @@ def _source(data: DataConfig, part: PartitionConfig, seed: int) -> ArrayDataset:
 def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> FederatedData:
     """The configured dataset split into clients (deterministic in ``seed``)."""
     full = _source(data, part, seed)
+    present = np.unique(full.y)
+    if present.size < 2:
+        where = f"data.path = {str(data.path)!r}" if data.source == "file" else data.source
+        raise DataError(
+            f"{where}: every sample has the same label (class {int(present[0])}): a "
+            "classifier needs at least 2 classes; nothing could be learned"
+        )
     train, test = train_test_split(full, data.test_fraction, np.random.default_rng([seed, 1]))
     if data.standardize:
         train, test = standardize(train, test)

@@ -94,16 +94,35 @@ def synthetic_fedprox(
     return ArrayDataset(x.astype(np.float32), y, num_classes, groups)
 
 
+def _integral(values: np.ndarray) -> np.ndarray:
+    """Float labels or ids as int64 when they are whole numbers (1.0 is class 1); refuses
+    fractional ones, which would each become a class of their own (a regression target)."""
+    if not np.isfinite(values).all():
+        raise ValueError("contains NaN/inf")
+    fractional = np.flatnonzero(values != np.round(values))
+    if fractional.size:
+        raise ValueError(
+            f"{values[fractional[0]]!r} (row {fractional[0] + 1}) is not a whole number: "
+            "fractional values would each become a class of their own; give integer or "
+            "string class labels"
+        )
+    return values.astype(np.int64)
+
+
 def _encode(values: np.ndarray) -> tuple[np.ndarray, int]:
     """Map arbitrary labels/ids to 0..K-1 in sorted order of their (integer or string) value."""
     if values.dtype.kind in "US":
         try:
             values = values.astype(np.int64)
         except ValueError:
-            values = np.char.strip(values)
+            try:
+                values = _integral(values.astype(np.float64))
+            except ValueError as exc:
+                if "whole number" in str(exc) or "NaN" in str(exc):
+                    raise
+                values = np.char.strip(values)
     elif values.dtype.kind == "f":
-        if not np.isfinite(values).all():
-            raise ValueError("contains NaN/inf")
+        values = _integral(values)
     elif values.dtype.kind not in "iub":
         raise ValueError(f"unsupported dtype {values.dtype}")
     uniques, codes = np.unique(values, return_inverse=True)

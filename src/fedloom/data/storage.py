@@ -4,7 +4,8 @@ Layout under ``root``::
 
     manifest.json            {"format": 1, "num_clients", "num_classes", "num_features",
                               "has_holdout"}
-    client-000000/train.npz  arrays x (float32 [n, f]) and y (int64 [n])
+    client-000000/train.npz  arrays x (float32 [n, f]), y (int64 [n]) and client_id (the
+                             client it belongs to, so a device cannot use another's folder)
     client-000000/holdout.npz   (only when a hold-out partition was written)
     ...
 
@@ -37,8 +38,9 @@ def client_dir(root: Path, i: int) -> Path:
     return root / f"client-{i:06d}"
 
 
-def _write_npz(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    atomic_write(path, lambda fh: np.savez(fh, x=x, y=y), fsync=False)
+def _write_npz(path: Path, x: np.ndarray, y: np.ndarray, client_id: int) -> None:
+    cid = np.array(client_id, dtype=np.int64)
+    atomic_write(path, lambda fh: np.savez(fh, x=x, y=y, client_id=cid), fsync=False)
 
 
 def write_partition(
@@ -53,14 +55,16 @@ def write_partition(
                     f"holdout {field}={getattr(holdout, field)} does not match "
                     f"train {field}={getattr(train, field)}"
                 )
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root} is an existing file, expected a folder to write clients into")
     root.mkdir(parents=True, exist_ok=True)
     (root / MANIFEST).unlink(missing_ok=True)
     for i in range(train.num_clients):
         folder = client_dir(root, i)
         folder.mkdir(exist_ok=True)
-        _write_npz(folder / TRAIN_FILE, *train.client(i))
+        _write_npz(folder / TRAIN_FILE, *train.client(i), i)
         if holdout is not None:
-            _write_npz(folder / HOLDOUT_FILE, *holdout.client(i))
+            _write_npz(folder / HOLDOUT_FILE, *holdout.client(i), i)
         else:
             (folder / HOLDOUT_FILE).unlink(missing_ok=True)
     manifest = {
@@ -144,6 +148,24 @@ def read_partition(root: str | Path) -> tuple[ClientPartition, ClientPartition |
         return _pool(train, num_classes, num_features), None
     held = [_load_shard(f / HOLDOUT_FILE, num_classes, num_features) for f in folders]
     return _pool(train, num_classes, num_features), _pool(held, num_classes, num_features)
+
+
+def recorded_client(dir: str | Path) -> int | None:
+    """The client id ``fedloom data export`` recorded in the folder's ``train.npz`` (None
+    in folders written without one); a device checks it against its certificate's name."""
+    path = Path(dir) / TRAIN_FILE
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "client_id" not in archive.files:
+                return None
+            value = archive["client_id"]
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: client data file not found") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: corrupt client file: {exc}") from exc
+    if value.shape != () or not np.issubdtype(value.dtype, np.integer) or value < 0:
+        raise DataError(f"{path}: client_id must be one integer >= 0, got {value!r}")
+    return int(value)
 
 
 def read_client(dir: str | Path) -> tuple[ArrayDataset, ArrayDataset | None]:

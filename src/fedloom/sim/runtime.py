@@ -41,16 +41,17 @@ from fedloom.errors import (
 from fedloom.models import build_model
 from fedloom.optim import make_server_optimizer
 from fedloom.params import module_vector
-from fedloom.privacy.accounting import compose_epsilon
+from fedloom.privacy.accounting import MechanismEvent, compose_epsilon
 from fedloom.privacy.audit import AuditResult, audit, canary_directions, canary_scores
-from fedloom.privacy.ledger import PrivacyLedger
+from fedloom.privacy.central import Replay
+from fedloom.privacy.ledger import PrivacyLedger, release_digest
 from fedloom.privacy.plan import PrivacyPlan
 from fedloom.records import Dispatch, RoundResult, TrainPlan, Update
 from fedloom.runs import RunDirectory, keep_aside
 from fedloom.secagg.cohort import SecureAggregator, SecureRound
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.registry import ClientRegistry, Completion
-from fedloom.server.selection import PoissonSelector, make_selector
+from fedloom.server.selection import PoissonSelector, UniformSelector, make_selector
 from fedloom.server.stats import ClientStats
 from fedloom.server.sync import SyncServer
 from fedloom.sim import recovery
@@ -209,11 +210,18 @@ class Simulation:
                 "noise; run it in one process"
             )
         self.secure = self._secure_aggregator(config, params.size, shard)
-        selector = (
-            PoissonSelector(self.privacy.sampling_rate)
-            if self.privacy.enabled and self.privacy.sampling == "poisson"
-            else make_selector(sel.strategy, sel.max_share, **sel.params)
-        )
+        # Under DP the accountant assumes the cohort is a uniform sample of all N clients:
+        # Poisson at the planned rate (an offline client simply cannot join), or, with
+        # fixed-size sampling, exactly clients_per_round drawn uniformly from all N, the
+        # offline picks being dropouts (drawing from the clients online would raise each
+        # one's inclusion probability above m / N; see docs/privacy.md).
+        self.sample_all = self.privacy.enabled and self.privacy.sampling == "fixed"
+        if self.privacy.enabled and self.privacy.sampling == "poisson":
+            selector = PoissonSelector(self.privacy.sampling_rate)
+        elif self.sample_all:
+            selector = UniformSelector()
+        else:
+            selector = make_selector(sel.strategy, sel.max_share, **sel.params)
         self.server = SyncServer(
             params=params,
             num_clients=self.data.train.num_clients,
@@ -242,6 +250,8 @@ class Simulation:
         self.attempts = 0  # round attempts, retries included: the registry's round counter
         self.refused_rounds = 0  # consecutive simulated rounds whose every update was refused
         self.stopped: StopDecision | None = None
+        self._budget_stop: str | None = None  # a release refused for the privacy budget
+        self._release_digest = ""  # distributed / local DP: this attempt's release
 
     def _secure_aggregator(
         self, config: RunConfig, dim: int, shard: Shard | None
@@ -302,6 +312,17 @@ class Simulation:
         delta_a = min(self.privacy.delta, 0.01 / len(included))
         found = audit(scores, included, delta=delta_a)
         return found, delta_a, compose_epsilon(self.ledger.events, delta_a, self.privacy.accountant)
+
+    def _reopen_ledger(self) -> PrivacyLedger:
+        """The run's ledger as saved, every release kept (other ranks get rank 0's copy)."""
+        path = self._ledger_path()
+        if path is not None:
+            ledger = PrivacyLedger.load(path)
+            if self.shard is not None:
+                self.shard.broadcast(ledger.to_json())
+            return ledger
+        assert self.shard is not None
+        return PrivacyLedger.from_json(self.shard.broadcast(None))
 
     def _ledger_path(self) -> Path | None:
         """``privacy.json`` in the run directory (other ranks keep their ledger in memory)."""
@@ -432,10 +453,8 @@ class Simulation:
         sim.attempts = int(state["meta"]["attempts"])
         sim.refused_rounds = int(state["meta"].get("refused_rounds", 0))
         sim._restore_registry(state)
-        if sim.privacy.enabled:
-            path = sim._ledger_path()
-            sim.ledger = sim.privacy.ledger(None) if path is None else PrivacyLedger.load(path)
-            sim.ledger.truncate(sim.server.round)
+        if sim.privacy.enabled:  # append-only: releases made after the checkpoint stay
+            sim.ledger = sim._reopen_ledger()
         stop = state["meta"].get("stopped")
         sim.stopped = StopDecision(**stop) if stop else None
         if sim.writer and (aside := run.truncate_records(sim.server.round)) is not None:
@@ -580,15 +599,30 @@ class Simulation:
         need = srv.clients_per_round
         k = self.cohort_size(need, stats)
         deadline = None if srv.deadline_s is None else vt.now + srv.deadline_s
-        dispatches = self.server.begin_round(available, stats, vt.now, k=k, deadline=deadline)
+        pool = None if self.sample_all else available
+        dispatches = self.server.begin_round(pool, stats, vt.now, k=k, deadline=deadline)
         self.attempts += 1
         cohort = [d.client_id for d in dispatches]
+        refusal = self.release_refusal(cohort)
+        if refusal is not None:
+            result, extra = self.withhold_round(cohort, refusal, vt.now)
+            return self.finish_round(result, t0, extra)
+        offline: dict[int, str] = {}
+        if self.sample_all:  # drawn from all N: an offline pick is a dropout
+            online = set(available.tolist())
+            offline = {c: "offline when sampled" for c in cohort if c not in online}
+            for cid, reason in offline.items():
+                self.server.fail(cid, reason)
+            dispatches = [d for d in dispatches if d.client_id not in offline]
+            cohort = [d.client_id for d in dispatches]
         if self.secure is not None and len(cohort) < self.config.secagg.min_clients:
             result, extra = self.skip_small_secure_round(cohort)
             return self.finish_round(result, t0, extra)
         dispatches, outcome = self._play(dispatches, self.enough(need, len(dispatches)))
         for cid, reason in outcome.failed.items():
             self.server.fail(cid, reason)
+        if offline:
+            outcome = replace(outcome, failed={**offline, **outcome.failed})
         for cid in outcome.surplus:
             self.server.fail(cid, "surplus")
         delivered = set(outcome.delivered.tolist())
@@ -597,21 +631,20 @@ class Simulation:
         mine = todo if shard is None else shard.mine(todo)
         updates = run_dispatches(self.executor, self.server.params, mine)
         if self.privacy.local:
-            updates = [
-                replace(
-                    u,
-                    delta=self.privacy.privatize_locally(
-                        u.delta, self.config.seed, self.attempts, u.client_id
-                    ),
-                )
-                for u in updates
-            ]
+            updates = self._privatize(updates)
         if shard is not None and shard.mode == "gather":
             updates = [u for part in shard.gather(updates) for u in part]
         rejected: dict[int, str] = {}
         kinds: dict[str, int] = {}
         secure = None
-        if self.secure is not None:
+        refusal = None
+        if self.privacy.distributed is not None:  # before the server unmasks the sum
+            refusal = self.release_refusal(cohort, shares=len(updates))
+        if refusal is not None:
+            for cid in sorted(self.server.pending):
+                self.server.fail(cid, "privacy budget")
+            self.refuse_release(refusal)
+        elif self.secure is not None:
             secure = self._aggregate_securely(cohort, updates, todo, outcome)
             rejected = secure.rejected
         else:
@@ -625,6 +658,7 @@ class Simulation:
         combine = shard.allreduce if shard is not None and shard.mode == "allreduce" else None
         if self.canaries is not None:
             self.inject_canaries()
+        self.arm_replay()
         result = self.server.close_round(combine)
         self._register_round(dispatches, outcome, result, rejected)
         extra: dict[str, Any] = {} if secure is None else {"secagg": self._secure_record(secure)}
@@ -643,15 +677,20 @@ class Simulation:
         # every delivered update refused (e.g. training diverged): see finish_round
         refused_all = bool(rejected) and not result.completed and result.status != "retry"
         self.refused_rounds = self.refused_rounds + 1 if refused_all else 0
-        return self.finish_round(result, t0, extra)
+        return self.finish_round(result, t0, extra, uploaded=list(rejected))
 
     def finish_round(
-        self, result: RoundResult, started: float, extra: dict[str, Any]
+        self,
+        result: RoundResult,
+        started: float,
+        extra: dict[str, Any],
+        uploaded: list[int] | None = None,
     ) -> dict[str, Any]:
         """Evaluate, charge the privacy ledger, record and checkpoint a closed round: what
         every runtime (this simulator, the gRPC deployment) does after ``close_round``.
         ``started``: ``time.perf_counter()`` at the round's start; ``extra``: the runtime's
-        own fields for the round record."""
+        own fields for the round record; ``uploaded``: clients whose uploads the server saw
+        besides the completed ones (refused ones: local DP charges them too)."""
         rnd = result.round
         ev = self.config.evaluation
         metrics: dict[str, Any] = {}
@@ -669,12 +708,13 @@ class Simulation:
                 f"every update of the last {self.refused_rounds} rounds was refused (e.g. "
                 "training diverged: lower client.lr); see the round records' rejections",
             )
+        if self._budget_stop is not None:
+            self.stopped = StopDecision("privacy_budget", rnd, self._budget_stop)
+            self._budget_stop = None
         record = _round_record(result, metrics, time.perf_counter() - started)
-        if self.ledger is not None and result.status == "aggregated":
-            shares = len(result.completed) if self.privacy.distributed else None
-            event = self.privacy.event(shares=shares, cohort=len(result.selected))
-            record["epsilon"] = self.ledger.record(rnd, event)
-            record["clip_norm"] = self.server.dp.clip_norm if self.server.dp else None
+        if self.ledger is not None:
+            record |= self._charge(result, uploaded or [])
+        if self.ledger is not None and result.status == "aggregated" and self.stopped is None:
             if self.privacy.budget_policy == "stop" and self.ledger.would_exceed(
                 [self.privacy.event()]
             ):
@@ -690,6 +730,135 @@ class Simulation:
         if result.status != "retry" and ((every and rnd % every == 0) or self.finished):
             self._checkpoint(self.stopped)
         return record
+
+    def release_refusal(self, cohort: list[int], shares: int | None = None) -> str | None:
+        """Why this attempt's release would take the ledger's headline epsilon past the
+        budget (None: it fits, or there is no budget), checked before anything is released.
+
+        Central DP: the round's release (its noisy quorum count included), known before
+        anyone trains. Local DP: one more upload from every client of ``cohort``, before
+        dispatch. Distributed DP: a sum of ``shares`` noise shares split over ``cohort``,
+        once the masked inputs are in and before the server unmasks the sum.
+        """
+        ledger, plan = self.ledger, self.privacy
+        if ledger is None or ledger.budget is None:
+            return None
+        if plan.local:
+            over = ledger.would_exceed([plan.event()], clients=cohort)
+        elif plan.distributed is not None:
+            if not shares:
+                return None
+            over = ledger.would_exceed([plan.event(shares=shares, cohort=len(cohort))])
+        else:
+            over = ledger.would_exceed([plan.event()])
+        if not over:
+            return None
+        return (
+            f"privacy budget: this round's release would take epsilon past the budget "
+            f"{ledger.budget.epsilon:g} (spent {ledger.epsilon():.4g}); nothing was released"
+        )
+
+    def refuse_release(self, reason: str) -> None:
+        """The open round releases nothing (the budget): it closes as skipped and the run
+        stops with reason ``"privacy_budget"``. The runtime fails the pending clients."""
+        self.server.skip_round(reason)
+        self._budget_stop = reason
+
+    def withhold_round(
+        self, cohort: list[int], reason: str, now: float
+    ) -> tuple[RoundResult, dict[str, Any]]:
+        """Close a freshly selected round before anyone is told (:meth:`release_refusal`):
+        nothing trains, nothing is released, the run stops. Returns the result and the
+        round record's extra fields for :meth:`finish_round`."""
+        for cid in cohort:
+            self.server.fail(cid, "privacy budget")
+        self.refuse_release(reason)
+        result = self.server.close_round()
+        none = np.zeros(0, dtype=np.int64)
+        empty = Completion(none, none * 0.0, none * 0.0, none * 0.0, none, none, none * 0.0)
+        self.registry.record_round(self.attempts, now, none, empty, {}, {})
+        return result, {"attempt": self.attempts, "dispatched": 0, "withheld": reason}
+
+    def arm_replay(self) -> None:
+        """Before central DP's release: if this attempt was released (and charged) before a
+        resume, tell the mechanism, so that a release that differs is drawn afresh."""
+        dp = self.server.dp
+        if dp is None or dp.noise_on_clients or self.ledger is None:
+            return
+        charged = self.ledger.charged(self.attempts)
+        dp.replay = Replay(self.attempts, frozenset(e.digest for e in charged)) if charged else None
+
+    def _privatize(self, updates: list[Update]) -> list[Update]:
+        """Local DP: each upload clipped and noised (seeded per attempt and client in
+        simulation). An attempt replayed after a resume whose uploads differ from the ones
+        charged is noised again from a fresh stream keyed by the replay count."""
+
+        def noised(replay: int) -> list[Update]:
+            return [
+                replace(
+                    u,
+                    delta=self.privacy.privatize_locally(
+                        u.delta, self.config.seed, self.attempts, u.client_id, replay
+                    ),
+                )
+                for u in updates
+            ]
+
+        out = noised(0)
+        digest = release_digest(
+            np.array([u.client_id for u in out], dtype=np.int64), *[u.delta for u in out]
+        )
+        charged = () if self.ledger is None else self.ledger.charged(self.attempts)
+        same = not charged or self.ledger.is_charged(self.attempts, digest)
+        if self.shard is not None:  # every rank decides alike (each sees its own uploads)
+            same = float(self.shard.allreduce(np.array([0.0 if same else 1.0]))[0]) == 0.0
+        if not same:
+            out = noised(len(charged))
+            digest = release_digest(
+                np.array([u.client_id for u in out], dtype=np.int64), *[u.delta for u in out]
+            )
+        self._release_digest = digest
+        return out
+
+    def _charge(self, result: RoundResult, uploaded: list[int]) -> dict[str, Any]:
+        """Charge this attempt's release to the ledger (nothing if it repeats, bit for bit,
+        a release charged before a resume); the round record's privacy fields.
+
+        Central DP: the noisy average (with its noisy quorum count), or the noisy count
+        alone below the quorum. Distributed DP: every sum the server unmasked, whatever
+        the quorum then decided. Local DP: every upload the server saw, per client.
+        """
+        assert self.ledger is not None
+        plan, release = self.privacy, self.server.last_release
+        digest, self._release_digest = self._release_digest, ""
+        event: MechanismEvent | None = None
+        clients: list[int] | None = None
+        if plan.local:
+            clients = sorted(set(result.completed) | set(uploaded))
+            event = plan.event() if clients else None
+        elif result.skip_reason is not None:
+            event = None
+        elif plan.distributed is not None:
+            if result.completed:
+                event = plan.event(shares=len(result.completed), cohort=len(result.selected))
+        elif release is not None:
+            event = plan.event() if release.passes else plan.count_event()
+            digest = release.digest
+        out: dict[str, Any] = {}
+        if event is not None:
+            if self.ledger.is_charged(self.attempts, digest):
+                out["replayed"] = "identical to the release charged before the resume"
+            else:
+                self.ledger.record(
+                    result.round, event, attempt=self.attempts, digest=digest, clients=clients
+                )
+            out["epsilon"] = self.ledger.epsilon()
+            out |= self.ledger.secondary()
+        if release is not None:
+            out["clip_norm"] = self.server.dp.clip_norm if self.server.dp else None
+            if release.count is not None:
+                out["quorum_count"] = release.count
+        return out
 
     def _aggregate_securely(
         self, cohort: list[int], updates: list[Update], todo: list[Dispatch], outcome: RoundOutcome
@@ -707,14 +876,28 @@ class Simulation:
         online = self.virtual_time.population.availability.available(delivered, outcome.end)
         gone |= {int(c): "unmasking" for c in delivered[~online]}
         dp, plan = self.server.dp, self.privacy
-        secure = self.secure.aggregate(
-            cohort,
-            updates,
-            gone,
-            self.attempts,
-            dp_clip=None if dp is None or dp.noise_on_clients else dp.clip_norm,
-            distributed=None if plan.distributed is None else plan.round_mechanism(len(cohort)),
-        )
+
+        def aggregate(key: int) -> SecureRound:
+            return self.secure.aggregate(
+                cohort,
+                updates,
+                gone,
+                key,
+                dp_clip=None if dp is None or dp.noise_on_clients else dp.clip_norm,
+                distributed=None if plan.distributed is None else plan.round_mechanism(len(cohort)),
+            )
+
+        secure = aggregate(self.attempts)
+        if plan.distributed is not None and secure.total is not None:
+            # the noisy sum the server unmasks; a replay after resume that differs from the
+            # charged one is redone with fresh shares (randomness keyed by the replay count)
+            charged = () if self.ledger is None else self.ledger.charged(self.attempts)
+            digest = release_digest(secure.total.included, secure.total.delta)
+            if charged and not self.ledger.is_charged(self.attempts, digest):
+                secure = aggregate(self.attempts + (len(charged) << 40))
+                if secure.total is not None:
+                    digest = release_digest(secure.total.included, secure.total.delta)
+            self._release_digest = digest
         if secure.abort is not None:
             log.warning("secure aggregation aborted: %s", secure.abort)
         if secure.total is None:  # nothing to release: not even central DP's noise alone
@@ -785,7 +968,10 @@ class Simulation:
         return need
 
     def cohort_size(self, need: int, stats: ClientStats) -> int:
-        """How many clients to dispatch so that about ``need`` deliver (over-selection)."""
+        """How many clients to dispatch so that about ``need`` deliver (over-selection).
+        Exactly ``need`` under DP with fixed-size sampling: the accountant's cohort size."""
+        if self.sample_all:
+            return need
         factor = self.config.server.over_selection
         if factor == "auto":  # 1 / expected completion rate of clients seen so far
             seen = stats.selected > 0
