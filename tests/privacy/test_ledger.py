@@ -1,9 +1,10 @@
-"""The privacy ledger: running epsilon, privacy.json, resume (load/truncate), the budget."""
+"""The privacy ledger: running epsilon, privacy.json, append-only resume, views, the budget."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from fedloom.privacy import (
     compose_epsilon,
     epsilon,
 )
+from fedloom.privacy.ledger import HEADLINES, local_event
 
 DELTA = 1e-5
 ROUND = MechanismEvent("gaussian", 1.1, 0.05)
@@ -68,6 +70,8 @@ def test_json_layout(tmp_path):
     assert ledger.to_json() == {
         "accountant": "rdp",
         "budget": {"epsilon": 8.0, "delta": DELTA},
+        "view": "release",
+        "headline": HEADLINES["release"],
         "epsilon": eps,
         "delta": DELTA,
         "events": [
@@ -124,26 +128,44 @@ def test_a_thousand_identical_rounds_are_one_composition():
     assert eps == pytest.approx(epsilon(1.1, 0.05, 1000, DELTA, "rdp"), rel=1e-12)
 
 
-def test_truncate_then_rerecord_equals_never_recording(tmp_path):
-    resumed = PrivacyLedger(tmp_path / "a.json", Budget(20.0, DELTA), "rdp")
-    run(resumed, range(1, 6))
-    resumed.truncate(3)
-    assert [e.round for e in resumed.entries] == [1, 1, 2, 2, 3, 3]
-    assert read(tmp_path / "a.json") == resumed.to_json()
-    run(resumed, range(4, 8))
-
-    straight = PrivacyLedger(tmp_path / "b.json", Budget(20.0, DELTA), "rdp")
-    run(straight, range(1, 8))
-    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
-
-
-def test_resume_after_restart(tmp_path):
+def test_a_resumed_ledger_keeps_every_release_and_recognises_identical_replays(tmp_path):
     path = tmp_path / "privacy.json"
-    run(PrivacyLedger(path, Budget(20.0, DELTA), "rdp"), range(1, 6))
-    ledger = PrivacyLedger.load(path)  # the process restarted; its checkpoint is round 3
-    ledger.truncate(3)
-    assert ledger.epsilon() == compose_epsilon([ROUND, COUNT] * 3, DELTA, "rdp")
+    ledger = PrivacyLedger(path, Budget(20.0, DELTA), "rdp")
+    for attempt in range(1, 6):
+        ledger.record(attempt, ROUND, attempt=attempt, digest=f"d{attempt}")
+    ledger = PrivacyLedger.load(path)  # restarted from the checkpoint of round 3
+    assert len(ledger.entries) == 5, "nothing is forgotten"
+    assert ledger.is_charged(4, "d4") and not ledger.is_charged(4, "other")
+    assert not ledger.is_charged(6, "d4") and not ledger.is_charged(0, "")
+    eps = ledger.record(4, ROUND, attempt=4, digest="other")  # round 4 redone differently
+    assert ledger.entries[-1].replay == 1 and len(ledger.charged(4)) == 2
+    assert eps == pytest.approx(compose_epsilon([ROUND] * 6, DELTA, "rdp"))
     assert PrivacyLedger.load(path).to_json() == ledger.to_json()
+
+
+def test_server_view_takes_no_amplification_and_labels_the_model_view():
+    ledger = PrivacyLedger(None, None, "rdp", delta=DELTA, view="server")
+    eps = ledger.record(1, replace(ROUND, count=3))
+    assert eps == pytest.approx(epsilon(1.1, 1.0, 3, DELTA, "rdp"))
+    assert ledger.secondary()["model_epsilon"] == pytest.approx(
+        epsilon(1.1, 0.05, 3, DELTA, "rdp")
+    )
+    assert ledger.to_json()["secondary"]["model_epsilon"] < eps
+
+
+def test_local_view_is_the_worst_clients_composition_of_its_uploads():
+    upload = MechanismEvent("gaussian", 2.0, 0.05)  # sigma / C; one upload: sigma / 2C
+    ledger = PrivacyLedger(None, Budget(50.0, DELTA), "rdp", view="local")
+    for r in range(1, 9):
+        ledger.record(r, upload, clients=[0, r])  # client 0 uploads in all 8 rounds
+    assert ledger.participations()[0] == 8
+    assert ledger.epsilon() == pytest.approx(epsilon(1.0, 1.0, 8, DELTA, "rdp"))
+    assert local_event(upload) == MechanismEvent("gaussian", 1.0)
+    assert ledger.secondary()["model_epsilon"] < ledger.epsilon()
+    assert ledger.would_exceed([upload], clients=[0]) is False
+    once_more = epsilon(1.0, 1.0, 9, DELTA, "rdp")
+    assert ledger._planned([upload], clients=[5]) < once_more  # client 5 has 1 upload
+    assert ledger._planned([upload], clients=[0]) == pytest.approx(once_more)
 
 
 def test_a_new_ledger_does_not_overwrite_spent_budget(tmp_path):
@@ -262,14 +284,14 @@ def test_a_missing_file_is_a_checkpoint_error(tmp_path):
         PrivacyLedger.load(tmp_path / "missing.json")
 
 
-def test_rounds_never_go_back():
+def test_rounds_may_repeat_after_a_resume_but_are_counts():
     ledger = PrivacyLedger(None, None, "rdp", delta=DELTA)
     ledger.record(5, ROUND)
     ledger.record(5, COUNT)  # several releases in one round are fine
-    with pytest.raises(ConfigError, match="round = 4: before the last recorded round 5"):
-        ledger.record(4, ROUND)
+    ledger.record(4, ROUND)  # a replayed round after resume: appended, never rewritten
+    assert [e.round for e in ledger.entries] == [5, 5, 4]
     with pytest.raises(ConfigError, match="round = -1"):
-        ledger.truncate(-1)
+        ledger.record(-1, ROUND)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,17 @@ Under secure aggregation the server releases the securely summed updates the sam
 (each client clipped its own); with the distributed discrete Gaussian the clients already
 added the noise inside the sum (``noise_on_clients``), and the release only divides.
 
+With a quorum (``server.quorum``) the decision to apply, skip or retry a round is taken
+on a noisy count of the delivered updates (stddev ``quorum_stddev``, sensitivity 1), which
+is part of the round's release: the sum's noise is split so that the (sum, count) pair
+keeps the planned multiplier, and a round that falls below the quorum releases (and is
+charged for) the noisy count alone.
+
+A round replayed after a resume (``replay``) is released with the noise it had before
+only if that reproduces the release already charged bit for bit (nothing new is
+learned); otherwise it is drawn again from a fresh stream keyed by the replay count, so
+two different releases never share their noise.
+
 The guarantee covers the released model. Per-client training statistics the server
 keeps for scheduling (losses, durations) are not privatized.
 
@@ -23,9 +34,11 @@ Private Learning with Adaptive Clipping", NeurIPS 2021.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 
+from fedloom.privacy.ledger import release_digest
 from fedloom.privacy.mechanisms import (
     GeneratorNoise,
     NoiseSource,
@@ -34,6 +47,30 @@ from fedloom.privacy.mechanisms import (
     clip_rows,
     split_noise_multiplier,
 )
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A round attempt that was released (and charged) before a resume: the digests of
+    its charged releases and how many there are (the fresh stream's key)."""
+
+    attempt: int
+    published: frozenset[str]
+
+    @property
+    def count(self) -> int:
+        return len(self.published)
+
+
+@dataclass(frozen=True)
+class RoundRelease:
+    """What one round attempt released: whether it met the quorum, the noisy average update
+    (None below the quorum), the noisy count (None without a quorum) and its digest."""
+
+    passes: bool
+    delta: np.ndarray | None
+    count: float | None
+    digest: str
 
 
 class CentralDP:
@@ -48,8 +85,12 @@ class CentralDP:
         secure: bool = False,
         clipper: QuantileClipper | None = None,
         noise_on_clients: bool = False,
+        quorum_stddev: float | None = None,
     ) -> None:
         self.fixed_clip = float(clip_norm)
+        self.seed = seed
+        self.quorum_stddev = quorum_stddev
+        self.replay: Replay | None = None  # set by the runtime for a replayed attempt
         self.noise_on_clients = noise_on_clients
         self.noise_multiplier = float(noise_multiplier)
         self.expected_clients = float(expected_clients)
@@ -64,10 +105,20 @@ class CentralDP:
 
     @property
     def sum_noise_multiplier(self) -> float:
-        """The sum's share of the noise (all of it without adaptive clipping)."""
-        if self.clipper is None:
+        """The sum's share of the noise (all of it without adaptive clipping or a quorum).
+
+        Each count released beside the sum takes its share of the precision: adaptive
+        clipping's centred count (sensitivity 1/2, stddev ``count_stddev``) and the quorum
+        count (sensitivity 1, stddev ``quorum_stddev``).
+        """
+        precision = 0.0  # of the counts, as multipliers of their sensitivities
+        if self.clipper is not None:
+            precision += (2.0 * self.count_stddev) ** -2
+        if self.quorum_stddev is not None and not self.noise_on_clients:
+            precision += self.quorum_stddev**-2
+        if precision == 0.0:
             return self.noise_multiplier
-        return split_noise_multiplier(self.noise_multiplier, self.count_stddev)
+        return split_noise_multiplier(self.noise_multiplier, 0.5 * precision**-0.5)
 
     @property
     def count_stddev(self) -> float:
@@ -95,6 +146,42 @@ class CentralDP:
                 unclipped, received, self.noise, expected_clients=self.expected_clients
             )
         return delta
+
+    def release_round(
+        self, clipped_sum: np.ndarray, unclipped: float, received: int, quorum: int | None
+    ) -> RoundRelease:
+        """One round attempt's release: the noisy quorum count (with a ``quorum``), then, if
+        it meets the quorum, the noisy average update (:meth:`release`).
+
+        With ``replay`` set (a replayed attempt, seeded noise), the release is first drawn
+        from the checkpointed stream; if that does not reproduce a charged release it is
+        discarded unpublished and drawn again from a stream keyed by (attempt, replay
+        count), so the two releases never share noise. ``replay`` is cleared.
+        """
+        replay, self.replay = self.replay, None
+        saved = None if self.clipper is None else self.clipper.state_dict()
+        out = self._release_round(clipped_sum, unclipped, received, quorum)
+        if replay is None or self.secure or out.digest in replay.published:
+            return out
+        if self.clipper is not None and saved is not None:
+            self.clipper.load_state_dict(saved)
+        stream = self.noise
+        key = [self.seed, 8, 1, replay.attempt, replay.count]
+        self.noise = GeneratorNoise(np.random.default_rng(key))
+        try:
+            return self._release_round(clipped_sum, unclipped, received, quorum)
+        finally:
+            self.noise = stream
+
+    def _release_round(
+        self, clipped_sum: np.ndarray, unclipped: float, received: int, quorum: int | None
+    ) -> RoundRelease:
+        count = None  # without quorum_stddev the quorum is decided on the exact count
+        if quorum is not None and self.quorum_stddev is not None:
+            count = float(received + self.noise.normal(1, self.quorum_stddev)[0])
+        passes = quorum is None or (received if count is None else count) >= quorum
+        delta = self.release(clipped_sum, unclipped, received) if passes else None
+        return RoundRelease(passes, delta, count, release_digest(delta, count, self.clip_norm))
 
     def state_dict(self) -> dict:
         return {

@@ -2,9 +2,23 @@
 
 A run's privacy guarantee is the composition of everything it released, so the ledger is
 written to ``privacy.json`` (atomically) after every record and re-opened with
-:meth:`PrivacyLedger.load` on resume; a resumed run drops the releases after its checkpoint
-(:meth:`PrivacyLedger.truncate`), since those rounds are redone. A budget turns the ledger
-into a guard: a whole-run plan or the next release can be checked before any noise is drawn.
+:meth:`PrivacyLedger.load` on resume. It is append-only: a release made before a crash
+stays charged, and a round redone after resume is charged again unless its release is
+bit-for-bit one already charged (each entry keeps the round attempt it belongs to and the
+SHA-256 of what was released, so an identical replay, which reveals nothing new, is
+recognised). A budget turns the ledger into a guard: a whole-run plan or the next release
+is checked before any noise is drawn.
+
+What the headline epsilon means depends on the ledger's *view* (who the guarantee is
+against; see docs/privacy.md):
+
+- ``"release"`` (central DP): the released models, under add/remove of one client, with
+  amplification by the sampling the trusted server keeps secret.
+- ``"server"`` (distributed DP): against the server, which sees every round's cohort, so
+  without amplification by sampling; the amplified number is a labelled secondary view.
+- ``"local"`` (local DP): against the server, which sees each client's upload: the worst
+  client's composition of its own uploads (each ``local_epsilon``-LDP, replace-one); the
+  amplified central number of the released models is a labelled secondary view.
 
 References: McMahan, Ramage, Talwar & Zhang, "Learning Differentially Private Recurrent
 Language Models", ICLR 2018 (accounting a DP-FedAvg run); the accountants of
@@ -13,11 +27,15 @@ Language Models", ICLR 2018 (accounting a DP-FedAvg run); the accountants of
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
+
+import numpy as np
 
 from fedloom.atomic import atomic_write_text
 from fedloom.errors import CheckpointError, ConfigError, FedloomError
@@ -72,14 +90,69 @@ class PrivacyBudgetExceeded(FedloomError):
         self.budget = budget
 
 
+View = Literal["release", "server", "local"]
+
+HEADLINES: dict[str, str] = {
+    "release": (
+        "central DP of the released models (add/remove one client; the server is trusted "
+        "and keeps each round's cohort secret, so sampling amplifies)"
+    ),
+    "server": (
+        "distributed DP against the server, which sees each round's cohort: no "
+        "amplification by sampling (add/remove one client's update)"
+    ),
+    "local": (
+        "local DP against the server, which sees every upload: the worst client's "
+        "composition over its own uploads (each upload replace-one local DP)"
+    ),
+}
+MODEL_VIEW = (
+    "model_epsilon: the released models only, to observers who see neither uploads nor "
+    "cohorts (amplified by sampling); not a guarantee against the server"
+)
+
+
+def release_digest(*parts: np.ndarray | float | int | None) -> str:
+    """SHA-256 of a release (arrays by their bytes, numbers by their float64 bytes): how
+    a replayed round is told apart from the release already charged for it."""
+    h = hashlib.sha256()
+    for part in parts:
+        if part is None:
+            h.update(b"none")
+            continue
+        arr = np.ascontiguousarray(part if isinstance(part, np.ndarray) else np.float64(part))
+        h.update(arr.dtype.str.encode() + str(arr.shape).encode() + arr.tobytes())
+    return h.hexdigest()
+
+
+def local_event(event: MechanismEvent) -> MechanismEvent:
+    """One upload of a local-DP run as the server sees it: unsampled, replace-one.
+
+    A local run's events carry the add/remove multiplier ``sigma / C`` (Laplace:
+    ``scale / C``); replacing a client's update moves its upload by ``2C``, so one upload
+    is the unsampled mechanism with half that multiplier: exactly ``local_epsilon``.
+    """
+    return MechanismEvent(event.kind, event.noise_multiplier / 2, 1.0, 1)
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One recorded release: its round, mechanism, note and the run's epsilon after it."""
+    """One recorded release: its round, mechanism, note and the run's epsilon after it.
+
+    ``attempt``: the run's round-attempt counter (retries and replays after a resume
+    share a round number, never an attempt and replay); ``digest``: SHA-256 of what was
+    released (empty when not kept); ``replay``: how many releases of the same attempt
+    were charged before this one; ``clients``: whose uploads the server saw (local DP).
+    """
 
     round: int
     event: MechanismEvent
     note: str
     epsilon_after: float
+    attempt: int = 0
+    digest: str = ""
+    replay: int = 0
+    clients: tuple[int, ...] | None = None
 
 
 class PrivacyLedger:
@@ -90,7 +163,8 @@ class PrivacyLedger:
     when there is no budget. ``path=None`` keeps the ledger in memory only. A new ledger
     refuses to replace an existing file (that would forget spent budget): re-open it with
     :meth:`load`. Recording never refuses a release, which has already happened; ask
-    :meth:`would_exceed` before drawing the noise.
+    :meth:`would_exceed` before drawing the noise. ``view`` says whom the headline epsilon
+    is against (module docstring); the budget applies to the headline.
 
     The running epsilon is recomputed from all releases at each record, identical releases
     grouped (composition is commutative): a run repeating one mechanism costs one accountant
@@ -106,8 +180,10 @@ class PrivacyLedger:
         budget: Budget | None,
         accountant: Accountant = "pld",
         delta: float | None = None,
+        view: View = "release",
     ) -> None:
         _check_choice("accountant", accountant, get_args(Accountant))
+        _check_choice("view", view, get_args(View))
         if budget is not None and delta is not None and delta != budget.delta:
             raise ConfigError(f"delta = {delta!r}: differs from budget.delta = {budget.delta!r}")
         if budget is None and delta is None:
@@ -119,6 +195,7 @@ class PrivacyLedger:
         self.budget = budget
         self.accountant: Accountant = accountant
         self.delta = resolved
+        self.view: View = view
         self._entries: list[LedgerEntry] = []
         if self.path is not None:
             if self.path.exists():
@@ -134,7 +211,7 @@ class PrivacyLedger:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            ledger = cls._from_json(data)
+            ledger = cls.from_json(data)
         except OSError as exc:
             raise CheckpointError(f"cannot read privacy ledger {str(path)!r}: {exc}") from exc
         except (ValueError, KeyError, TypeError, ConfigError) as exc:
@@ -143,9 +220,10 @@ class PrivacyLedger:
         return ledger
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> PrivacyLedger:
+    def from_json(cls, data: dict[str, Any]) -> PrivacyLedger:
+        """A ledger (in memory) from :meth:`to_json`'s layout; raises on anything malformed."""
         budget = None if data["budget"] is None else Budget(**data["budget"])
-        ledger = cls(None, budget, data["accountant"], data["delta"])
+        ledger = cls(None, budget, data["accountant"], data["delta"], data.get("view", "release"))
         fields = ("kind", "noise_multiplier", "sampling_rate", "count", "sampling", "population")
         for raw in data["events"]:
             extra = {name: raw[name] for name in _DDG_FIELDS if name in raw}
@@ -153,8 +231,23 @@ class PrivacyLedger:
             eps = raw["epsilon_after"]
             if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0:
                 raise ValueError(f"epsilon_after = {eps!r} is not a non-negative number")
-            ledger._check_next(raw["round"], raw["note"])
-            ledger._entries.append(LedgerEntry(raw["round"], event, raw["note"], float(eps)))
+            ledger._check_entry(raw["round"], raw["note"])
+            attempt, replay = raw.get("attempt", 0), raw.get("replay", 0)
+            _check_count("attempt", attempt)
+            _check_count("replay", replay)
+            digest = raw.get("digest", "")
+            if not isinstance(digest, str):
+                raise ValueError(f"digest = {digest!r} is not a string")
+            clients = raw.get("clients")
+            if clients is not None:
+                for c in clients:
+                    _check_count("clients", c)
+                clients = tuple(int(c) for c in clients)
+            ledger._entries.append(
+                LedgerEntry(
+                    raw["round"], event, raw["note"], float(eps), attempt, digest, replay, clients
+                )
+            )
         if data["epsilon"] != ledger.epsilon():
             raise ValueError(
                 f"epsilon {data['epsilon']!r} is not the last event's {ledger.epsilon()!r}"
@@ -168,32 +261,93 @@ class PrivacyLedger:
 
     @property
     def events(self) -> tuple[MechanismEvent, ...]:
-        """The recorded mechanisms, in order (what the running epsilon composes)."""
+        """The recorded mechanisms, in order (what the model view composes)."""
         return tuple(entry.event for entry in self._entries)
 
-    def _check_next(self, round: int, note: str) -> None:
-        """Rounds never go back (truncate first); notes are text."""
+    def _check_entry(self, round: int, note: str) -> None:
+        """Rounds are counts (a replay after resume may repeat an earlier one); notes text."""
         _check_count("round", round)
-        last = self._entries[-1].round if self._entries else 0
-        if round < last:
-            raise ConfigError(
-                f"round = {round}: before the last recorded round {last} "
-                "(truncate the ledger to resume from an earlier round)"
-            )
         if not isinstance(note, str):
             raise ConfigError(f"note = {note!r}: must be a string")
 
-    def record(self, round: int, event: MechanismEvent, note: str = "") -> float:
-        """Append a release made in ``round``, save the file, and return the run's epsilon."""
-        self._check_next(round, note)
-        eps = compose_epsilon([*self.events, event], self.delta, self.accountant)
-        self._entries.append(LedgerEntry(int(round), event, note, eps))
+    def charged(self, attempt: int) -> tuple[LedgerEntry, ...]:
+        """The releases already charged for round attempt ``attempt`` (before a resume)."""
+        return tuple(e for e in self._entries if e.attempt == attempt and attempt > 0)
+
+    def is_charged(self, attempt: int, digest: str) -> bool:
+        """Was exactly this release (same attempt, same SHA-256) charged already?"""
+        return bool(digest) and any(e.digest == digest for e in self.charged(attempt))
+
+    def record(
+        self,
+        round: int,
+        event: MechanismEvent,
+        note: str = "",
+        *,
+        attempt: int = 0,
+        digest: str = "",
+        clients: Sequence[int] | None = None,
+    ) -> float:
+        """Append a release made in ``round`` (attempt ``attempt``), save the file, and return
+        the run's headline epsilon. ``clients``: whose uploads the server saw (local DP)."""
+        self._check_entry(round, note)
+        _check_count("attempt", attempt)
+        ids = None if clients is None else tuple(sorted(int(c) for c in clients))
+        entry = LedgerEntry(
+            int(round), event, note, 0.0, int(attempt), digest, len(self.charged(attempt)), ids
+        )
+        eps = self._headline([*self._entries, entry])
+        self._entries.append(replace(entry, epsilon_after=eps))
         self._save()
         return eps
 
     def epsilon(self) -> float:
-        """The epsilon (at ``self.delta``) spent by everything recorded so far."""
+        """The headline epsilon (at ``self.delta``) spent by everything recorded so far."""
         return self._entries[-1].epsilon_after if self._entries else 0.0
+
+    def secondary(self) -> dict[str, float]:
+        """Labelled secondary views (``MODEL_VIEW``): empty for central DP."""
+        if self.view == "release":
+            return {}
+        return {"model_epsilon": compose_epsilon(self.events, self.delta, self.accountant)}
+
+    def participations(self) -> Counter[int]:
+        """Local DP: how many of each client's uploads the server saw."""
+        counts: Counter[int] = Counter()
+        for entry in self._entries:
+            counts.update(entry.clients or ())
+        return counts
+
+    def _headline(self, entries: Sequence[LedgerEntry]) -> float:
+        """The headline epsilon of ``entries`` in this ledger's view. In the local view an
+        entry without ``clients`` (a planned release) charges every client."""
+        if self.view == "release":
+            return compose_epsilon([e.event for e in entries], self.delta, self.accountant)
+        if self.view == "server":
+            unsampled = [
+                replace(e.event, sampling_rate=1.0, sampling="poisson", population=None)
+                for e in entries
+            ]
+            return compose_epsilon(unsampled, self.delta, self.accountant)
+        per_client: dict[int, Counter[MechanismEvent]] = {}
+        everyone: Counter[MechanismEvent] = Counter()
+        for e in entries:
+            if e.clients is None:
+                everyone[local_event(e.event)] += e.event.count
+            else:
+                for c in e.clients:
+                    per_client.setdefault(c, Counter())[local_event(e.event)] += 1
+        signatures = {
+            frozenset((per_client.get(c, Counter()) + everyone).items()) for c in per_client
+        } or {frozenset(everyone.items())}
+        return max(
+            compose_epsilon(
+                [replace(ev, count=n) for ev, n in sorted(sig, key=repr)],
+                self.delta,
+                self.accountant,
+            )
+            for sig in signatures
+        )
 
     def remaining(self) -> float | None:
         """The budget's epsilon left (0 when overspent), or ``None`` without a budget."""
@@ -201,12 +355,19 @@ class PrivacyLedger:
             return None
         return max(0.0, self.budget.epsilon - self.epsilon())
 
-    def _planned(self, events: Sequence[MechanismEvent]) -> float:
-        return compose_epsilon([*self.events, *events], self.delta, self.accountant)
+    def _planned(
+        self, events: Sequence[MechanismEvent], clients: Sequence[int] | None = None
+    ) -> float:
+        ids = None if clients is None else tuple(int(c) for c in clients)
+        planned = [LedgerEntry(0, e, "", 0.0, clients=ids) for e in events]
+        return self._headline([*self._entries, *planned])
 
-    def would_exceed(self, events: Sequence[MechanismEvent]) -> bool:
-        """Would releasing ``events`` on top of the recorded ones exceed the budget?"""
-        return self.budget is not None and self._planned(events) > self.budget.epsilon
+    def would_exceed(
+        self, events: Sequence[MechanismEvent], clients: Sequence[int] | None = None
+    ) -> bool:
+        """Would releasing ``events`` on top of the recorded ones exceed the budget?
+        ``clients`` (local view): whose uploads they are (None: every client's)."""
+        return self.budget is not None and self._planned(events, clients) > self.budget.epsilon
 
     def check_plan(self, events: Sequence[MechanismEvent]) -> None:
         """Raise :class:`PrivacyBudgetExceeded` if the recorded releases plus the planned
@@ -217,30 +378,40 @@ class PrivacyLedger:
         if planned > self.budget.epsilon:
             raise PrivacyBudgetExceeded(planned, self.budget)
 
-    def truncate(self, round: int) -> None:
-        """Drop the releases recorded after ``round`` (resuming from its checkpoint); save."""
-        _check_count("round", round)
-        self._entries = [entry for entry in self._entries if entry.round <= round]
-        self._save()
-
     def to_json(self) -> dict[str, Any]:
-        """The ledger as saved in ``privacy.json`` (epsilon at ``delta`` after each event)."""
-        return {
+        """The ledger as saved in ``privacy.json`` (headline epsilon at ``delta`` after each
+        event; labelled secondary views beside it)."""
+        out: dict[str, Any] = {
             "accountant": self.accountant,
             "budget": None if self.budget is None else asdict(self.budget),
+            "view": self.view,
+            "headline": HEADLINES[self.view],
             "epsilon": self.epsilon(),
             "delta": self.delta,
-            "events": [
-                {
-                    "round": entry.round,
-                    **_event_json(entry.event),
-                    "note": entry.note,
-                    "epsilon_after": entry.epsilon_after,
-                }
-                for entry in self._entries
-            ],
         }
+        if self.view != "release":
+            out["secondary"] = {**self.secondary(), "label": MODEL_VIEW}
+        if self.view == "local":
+            counts = self.participations()
+            out["participations"] = {
+                "clients": len(counts),
+                "max_per_client": max(counts.values(), default=0),
+            }
+        out["events"] = [_entry_json(entry) for entry in self._entries]
+        return out
 
     def _save(self) -> None:
         if self.path is not None:
             atomic_write_text(self.path, json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def _entry_json(entry: LedgerEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {"round": entry.round, **_event_json(entry.event), "note": entry.note}
+    if entry.attempt:
+        out |= {"attempt": entry.attempt, "replay": entry.replay}
+    if entry.digest:
+        out["digest"] = entry.digest
+    if entry.clients is not None:
+        out["clients"] = list(entry.clients)
+    out["epsilon_after"] = entry.epsilon_after
+    return out

@@ -29,10 +29,12 @@ from fedloom.privacy.mechanisms import (
     SecureNoise,
     local_gaussian,
     local_laplace,
-    split_noise_multiplier,
 )
 from fedloom.records import TrainPlan
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
+
+QUORUM_STDDEV_FACTOR = 3.0
+"""Central DP with a quorum: the noisy count's stddev, in units of the noise multiplier."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class PrivacyPlan:
     secure_noise: bool = False
     expected_clients: int = 0
     distributed: DistributedDiscreteGaussian | None = None
+    quorum_stddev: float | None = None  # central DP with a quorum: the noisy count's stddev
 
     @classmethod
     def from_config(cls, config: RunConfig, num_clients: int, dim: int = 0) -> PrivacyPlan:
@@ -76,8 +79,10 @@ class PrivacyPlan:
                 distributed = (
                     DistributedDiscreteGaussian(p.clip_norm, dim, k, z, bits)
                     if z is not None
+                    # calibrated against the server, which sees each cohort: no
+                    # amplification by sampling (the ledger's headline, docs/privacy.md)
                     else DistributedDiscreteGaussian.for_epsilon(
-                        p.target_epsilon, delta, q, config.rounds, p.clip_norm, dim, k, bits
+                        p.target_epsilon, delta, 1.0, config.rounds, p.clip_norm, dim, k, bits
                     )
                 )
             except ConfigError as err:
@@ -131,6 +136,13 @@ class PrivacyPlan:
             secure_noise=p.secure_noise,
             expected_clients=k,
             distributed=distributed,
+            # the quorum is decided on a noisy count (sensitivity 1) that takes 1/9 of the
+            # round's precision: the sum's multiplier grows by 6% (sync.SyncServer.close_round)
+            quorum_stddev=(
+                QUORUM_STDDEV_FACTOR * z
+                if p.mode == "central" and config.server.quorum is not None
+                else None
+            ),
         )
 
     @staticmethod
@@ -175,6 +187,26 @@ class PrivacyPlan:
             self.population if self.sampling == "fixed" else None,
         )
 
+    def count_event(self) -> MechanismEvent:
+        """A round attempt below the quorum (central DP): only its noisy count is released
+        (sensitivity 1, stddev ``quorum_stddev``), over the same sampled cohort."""
+        assert self.quorum_stddev is not None
+        return MechanismEvent(
+            "gaussian",
+            self.quorum_stddev,
+            self.sampling_rate,
+            1,
+            self.sampling,
+            self.population if self.sampling == "fixed" else None,
+        )
+
+    @property
+    def view(self) -> str:
+        """Whom the ledger's headline epsilon is against (``fedloom.privacy.ledger``)."""
+        if self.local:
+            return "local"
+        return "server" if self.distributed is not None else "release"
+
     def round_mechanism(self, cohort: int) -> DistributedDiscreteGaussian:
         """Distributed DP's encoding for a round that dispatched ``cohort`` clients."""
         assert self.distributed is not None
@@ -197,10 +229,11 @@ class PrivacyPlan:
             secure=self.secure_noise,
             clipper=clipper,
             noise_on_clients=self.distributed is not None,
+            quorum_stddev=self.quorum_stddev,
         )
         if clipper is not None:  # fail now, not in the first round
             try:
-                split_noise_multiplier(self.noise_multiplier, dp.count_stddev)
+                dp.sum_noise_multiplier  # noqa: B018 (raises when the split is infeasible)
             except ConfigError as err:
                 raise ConfigError(
                     f"privacy.adaptive_clipping with privacy.count_stddev = "
@@ -210,18 +243,16 @@ class PrivacyPlan:
         return dp
 
     def privatize_locally(
-        self, delta: np.ndarray, seed: int, attempt: int, client: int
+        self, delta: np.ndarray, seed: int, attempt: int, client: int, replay: int = 0
     ) -> np.ndarray:
         """One client's upload clipped and noised on the client (local DP).
 
         Simulated noise is seeded per (attempt, client), so it does not depend on which
-        process or executor trained the client.
+        process or executor trained the client; ``replay`` > 0 (an attempt replayed after a
+        resume whose uploads differ from the charged ones) keys a fresh stream.
         """
-        noise = (
-            SecureNoise()
-            if self.secure_noise
-            else GeneratorNoise(np.random.default_rng([seed, 9, attempt, client]))
-        )
+        key = [seed, 9, attempt, client] + ([replay] if replay else [])
+        noise = SecureNoise() if self.secure_noise else GeneratorNoise(np.random.default_rng(key))
         if self.mechanism_kind == "laplace":
             return local_laplace(delta, self.clip_norm, self.local_epsilon, noise)
         return local_gaussian(delta, self.clip_norm, self.local_epsilon, self.delta, noise)
@@ -230,7 +261,13 @@ class PrivacyPlan:
         """The run's ledger; refuses (raises) a plan that cannot fit the budget."""
         if not self.enabled:
             return None
-        ledger = PrivacyLedger(path, self.budget, self.accountant, delta=self.delta)
+        ledger = PrivacyLedger(
+            path,
+            self.budget,
+            self.accountant,
+            delta=self.delta,
+            view=self.view,  # type: ignore[arg-type]
+        )
         if self.budget is not None and self.budget_policy == "refuse":
             ledger.check_plan([self.event(self.rounds)])
         return ledger

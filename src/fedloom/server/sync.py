@@ -28,7 +28,7 @@ from fedloom.aggregation import weighted_sum
 from fedloom.client.schedule import client_seeds
 from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.optim import ServerOptimizer
-from fedloom.privacy.central import CentralDP
+from fedloom.privacy.central import CentralDP, RoundRelease
 from fedloom.records import (
     ClientMetrics,
     ClientOutcomes,
@@ -166,6 +166,8 @@ class SyncServer:
         self.quorum_policy = quorum_policy
         self.max_retries = max_retries
         self.dp = dp
+        # central DP: the last closed round's release (noisy quorum count, digest)
+        self.last_release: RoundRelease | None = None
         if max_examples is not None and max_examples < 1:
             raise FedloomError(f"max_examples = {max_examples!r}, expected an int >= 1")
         self.max_examples = max_examples
@@ -437,18 +439,29 @@ class SyncServer:
         done = np.flatnonzero(counts > 0)
         total = float(counts.sum())
         status = "aggregated"
+        central = self.dp is not None and not self.dp.noise_on_clients
+        release = None
         # under central DP even an empty cohort releases noise; with the clients' noise, nothing
         if rnd.skip is not None:
             status = "skipped"
-        elif len(done) == 0 and (self.dp is None or self.dp.noise_on_clients):
+        elif len(done) == 0 and not central:
             status = "empty"
+        elif central:  # the quorum is decided on the release's noisy count
+            assert self.dp is not None
+            release = self.dp.release_round(packed[:d], packed[-2], len(done), self.quorum)
+            if not release.passes:
+                retry = self.quorum_policy == "retry" and self.retries < self.max_retries
+                status = "retry" if retry else "skipped"
         elif self.quorum is not None and len(done) < self.quorum:
             retry = self.quorum_policy == "retry" and self.retries < self.max_retries
             status = "retry" if retry else "skipped"
+        self.last_release = release
         norm, loss = 0.0, float("nan")
         contribution = np.zeros(k)
         if status == "aggregated":
-            if self.dp is not None:
+            if release is not None and release.delta is not None:
+                delta = release.delta
+            elif self.dp is not None:
                 delta = self.dp.release(packed[:d], packed[-2], len(done))
             elif secure is not None:
                 delta = (packed[:d] / secure.total.weight).astype(np.float32)
