@@ -167,6 +167,7 @@ def test_stalled_uploads_and_floods_cannot_hold_the_transfer_slots(tmp_path: Pat
         for future in stalls:
             assert future.exception(timeout=30).code() == grpc.StatusCode.CANCELLED
         # streams that never send a header are cancelled too
+        wait_until(lambda: transfers_of(server, 0) == 0)  # the cancelled handlers ended
         silent_streams = [stub.Upload.future(nothing(release), timeout=60) for _ in range(2)]
         for future in silent_streams:
             assert future.exception(timeout=30).code() == grpc.StatusCode.CANCELLED
@@ -197,9 +198,9 @@ def test_a_silent_client_and_a_dead_one_cannot_stall_rounds(
     server, certs, port, thread = serve(
         tmp_path,
         ["rounds=3"],
-        round_timeout_s=2.0,
+        round_timeout_s=3.0,
         status_every_s=0.5,
-        client_timeout_s=1.0,
+        client_timeout_s=2.0,
         heartbeat_s=0.2,
     )
     try:
@@ -320,6 +321,11 @@ def nothing(release: threading.Event) -> Iterator:
     """An upload stream that never sends its header."""
     release.wait(60)
     yield from ()
+
+
+def transfers_of(server: DeploymentServer, cid: int) -> int:
+    with server._transfer_lock:
+        return sum(t.cid == cid for t in server._transfers)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
