@@ -88,3 +88,18 @@ def test_certs_issue_writes_a_bundle_and_a_client_refuses_the_ca_folder(tmp_path
         + ["--certs", str(certs)],
     )
     assert "holds the CA's private key (ca.key)" in one_line_error(refused)
+
+
+def test_a_port_held_by_another_grpc_server_is_not_shared() -> None:
+    """gRPC binds with SO_REUSEPORT by default: a second server on the same port would
+    silently share it (and half the clients' calls) with the first."""
+    from fedloom.errors import FedloomError
+    from fedloom.transport.server import ServerOptions, listen
+
+    first, port = listen(ServerOptions(port=0, insecure=True))
+    first.start()
+    try:
+        with pytest.raises(FedloomError, match=f"cannot listen on 127.0.0.1:{port}"):
+            listen(ServerOptions(port=port, insecure=True))
+    finally:
+        first.stop(None)
