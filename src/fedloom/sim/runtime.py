@@ -714,16 +714,6 @@ class Simulation:
         record = _round_record(result, metrics, time.perf_counter() - started)
         if self.ledger is not None:
             record |= self._charge(result, uploaded or [])
-        if self.ledger is not None and result.status == "aggregated" and self.stopped is None:
-            if self.privacy.budget_policy == "stop" and self.ledger.would_exceed(
-                [self.privacy.event()]
-            ):
-                self.stopped = StopDecision(
-                    "privacy_budget",
-                    rnd,
-                    f"epsilon {record['epsilon']:.4g} spent; one more round would exceed the "
-                    f"budget {self.privacy.budget.epsilon:g}",
-                )
         record |= extra
         self._append(record)
         every = self.config.checkpoint.every
