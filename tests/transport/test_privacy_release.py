@@ -1,0 +1,108 @@
+"""The release path over gRPC: a model version leaves the server only after its release is
+charged, fixed-size sampling draws from all N, local DP's headline is the worst client's
+composition, and a budget is never crossed."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inprocess import serve_in_thread
+
+from fedloom.data.storage import client_dir
+from fedloom.privacy import epsilon
+from fedloom.privacy.calibration import analytic_gaussian_sigma
+from fedloom.transport.client import DeploymentClient
+from fedloom.transport.server import DeploymentServer, ServerOptions
+
+OPTIONS = ServerOptions(port=0, insecure=True, linger_s=0.5)
+
+
+def run_clients(server: DeploymentServer, port: int, root: Path, ids: list[int], thread) -> None:
+    for i in ids:
+        client = DeploymentClient(f"127.0.0.1:{port}", client_dir(root / "data", i), insecure=True)
+        threading.Thread(target=client.run, daemon=True).start()
+    thread.join(180)
+    alive = thread.is_alive()
+    server.stop()
+    assert not alive, "the run finished"
+
+
+def records(server: DeploymentServer, event: str = "round") -> list[dict]:
+    return [r for r in server.sim.run_dir.records() if r.get("event") == event]
+
+
+class Published(dict):
+    """The server's downloadable model versions, noting how many releases privacy.json
+    held on disk when each version became downloadable."""
+
+    def __init__(self, models: dict, ledger: Path) -> None:
+        super().__init__(models)
+        self.ledger = ledger
+        self.charged_when_published: list[tuple[int, int]] = []
+
+    def __setitem__(self, version: int, model: np.ndarray) -> None:
+        events = json.loads(self.ledger.read_text())["events"]
+        self.charged_when_published.append((version, len(events)))
+        super().__setitem__(version, model)
+
+
+def test_a_model_version_is_downloadable_only_after_its_release_is_charged(tmp_path):
+    overrides = ['privacy.mode="central"', "privacy.noise_multiplier=1.0", "rounds=3"]
+    server, port, thread = serve_in_thread(tmp_path, overrides, OPTIONS)
+    published = Published(server._models, server.sim.run_dir.path / "privacy.json")
+    server._models = published
+    run_clients(server, port, tmp_path, [0, 1, 2], thread)
+    assert [v for v, _ in published.charged_when_published] == [1, 2, 3]
+    for version, charged in published.charged_when_published:
+        assert charged >= version, f"version {version} was downloadable before being charged"
+
+
+def test_fixed_size_sampling_draws_from_all_clients_not_only_those_online(tmp_path):
+    overrides = [
+        'privacy.mode="central"',
+        'privacy.sampling="fixed"',
+        'privacy.accountant="rdp"',
+        "privacy.noise_multiplier=1.0",
+        "rounds=8",
+        "server.clients_per_round=2",
+    ]
+    server, port, thread = serve_in_thread(tmp_path, overrides, OPTIONS)
+    run_clients(server, port, tmp_path, [0, 1], thread)  # client 2 never comes online
+    rounds = records(server)
+    assert len(rounds) == 8 and all(r["dispatched"] == 2 for r in rounds)
+    # the offline client is drawn like any other (P[never in 8 rounds] = 3^-8): drawing
+    # only from the clients online would give each of them inclusion 1 instead of 2/3
+    assert sum(r["dropped"].get("disconnected", 0) for r in rounds) >= 1
+    ledger = json.loads((server.sim.run_dir.path / "privacy.json").read_text())
+    assert {(e["sampling_rate"], e["population"]) for e in ledger["events"]} == {(2 / 3, 3)}
+
+
+def test_local_dp_reports_the_worst_clients_composition_and_stops_at_the_budget(tmp_path):
+    delta, clip = 1e-5, 1.0
+    sigma = analytic_gaussian_sigma(8.0, delta, 2 * clip)  # replace-one: sensitivity 2C
+    z = sigma / (2 * clip)
+    two = epsilon(z, 1.0, 2, delta, "pld")  # each client uploads in every round
+    overrides = [
+        'privacy.mode="local"',
+        "privacy.local_epsilon=8",
+        f"privacy.delta={delta}",
+        f"privacy.budget_epsilon={two * 1.01}",  # room for two uploads per client, not three
+        'privacy.budget_policy="stop"',
+        "rounds=4",
+    ]
+    server, port, thread = serve_in_thread(tmp_path, overrides, OPTIONS)
+    run_clients(server, port, tmp_path, [0, 1, 2], thread)
+    rounds = records(server)
+    assert [r["status"] for r in rounds] == ["aggregated", "aggregated", "skipped"]
+    assert rounds[-1]["dispatched"] == 0, "the third upload was never asked for"
+    ledger = json.loads((server.sim.run_dir.path / "privacy.json").read_text())
+    assert ledger["view"] == "local"
+    assert ledger["epsilon"] == rounds[1]["epsilon"] == pytest.approx(two, rel=1e-9)
+    assert ledger["participations"] == {"clients": 3, "max_per_client": 2}
+    assert ledger["secondary"]["model_epsilon"] < ledger["epsilon"]
+    (stop,) = records(server, "stop")
+    assert stop["reason"] == "privacy_budget"
