@@ -191,7 +191,16 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
     if ledger_path.is_file():
         ledger = json.loads(ledger_path.read_text(encoding="utf-8"))
         spent = f"{ledger['epsilon']:.4g} at delta {ledger['delta']:.2g}"
-        rows.append(("privacy spent (epsilon)", spent))
+        view = {"server": " against the server", "local": " (local DP, worst client)"}
+        rows.append((f"privacy spent (epsilon){view.get(ledger.get('view'), '')}", spent))
+        secondary = ledger.get("secondary", {})
+        if "model_epsilon" in secondary:  # labelled: never the guarantee against the server
+            rows.append(
+                (
+                    "  released models only (amplified; not against the server)",
+                    f"{secondary['model_epsilon']:.4g}",
+                )
+            )
         if ledger.get("budget"):
             left = max(0.0, ledger["budget"]["epsilon"] - ledger["epsilon"])
             rows.append(

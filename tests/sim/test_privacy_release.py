@@ -11,6 +11,7 @@ import torch
 from fedloom.config import load_config
 from fedloom.privacy import epsilon
 from fedloom.privacy.calibration import analytic_gaussian_sigma
+from fedloom.report import summary_rows
 from fedloom.sim import Simulation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -286,3 +287,41 @@ def test_local_dp_headline_is_the_worst_clients_composition(tmp_path):
     assert "not a guarantee against the server" in ledger["secondary"]["label"]
     last = rounds_of(sim)[-1]
     assert last["epsilon"] == ledger["epsilon"] and last["model_epsilon"] == model
+    rows = dict(summary_rows(sim.run_dir))
+    assert rows["privacy spent (epsilon) (local DP, worst client)"].startswith(
+        f"{ledger['epsilon']:.4g}"
+    )
+    assert rows["  released models only (amplified; not against the server)"] == f"{model:.4g}"
+
+
+def test_distributed_sums_unmasked_below_the_quorum_are_charged(tmp_path):
+    config = load_config(
+        None,
+        [
+            f'output_dir="{tmp_path}"',
+            "rounds=4",
+            "partition.num_clients=40",
+            "server.clients_per_round=10",
+            "client.local_epochs=1",
+            'privacy.mode="distributed"',
+            'privacy.accountant="rdp"',
+            "privacy.noise_multiplier=2.0",
+            "secagg.enabled=true",
+            "devices.failure_prob=0.3",
+            "server.quorum=9",
+            'server.quorum_policy="retry"',
+            "server.max_retries=1",
+        ],
+    )
+    sim = Simulation.start(config)
+    sim.run()
+    records = rounds_of(sim)
+    below = [r for r in records if r["status"] != "aggregated" and r["completed"] > 0]
+    assert below, "some unmasked sums fell below the quorum"
+    # the server saw each of those noisy sums: every one is in the ledger
+    charged = {e.attempt: e for e in sim.ledger.entries}
+    for r in records:
+        if r["completed"] > 0 and r.get("skip_reason") is None:
+            event = charged[r["attempt"]].event
+            assert event == sim.privacy.event(shares=r["completed"], cohort=r["dispatched"])
+    assert len(sim.ledger.entries) == sum(r["completed"] > 0 for r in records)
