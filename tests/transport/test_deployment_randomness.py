@@ -131,7 +131,8 @@ def test_the_server_cannot_replay_a_clients_dp_sgd_noise(
 ) -> None:
     """The server knows the task seed, the plan and the model; replaying the seeded
     DP-SGD noise from them and subtracting it must not give the noiseless update: a
-    deployed client drew its own noise from the OS."""
+    deployed client drew its own noise from the OS (and its own batches, which one full
+    batch makes irrelevant here)."""
     received: dict[int, np.ndarray] = {}
     receive = SyncServer.receive
 
@@ -143,6 +144,7 @@ def test_the_server_cannot_replay_a_clients_dp_sgd_noise(
     overrides = [
         "rounds=1",
         "client.local_steps=1",
+        "client.batch_size=100000",  # one full batch: the device's own batch order is moot
         "client.dp_sgd_clip_norm=1.0",
         "client.dp_sgd_noise_multiplier=1.0",
     ]

@@ -358,8 +358,9 @@ class Simulation:
 
         ``selection``: the cohorts. ``dp_noise``: central DP and adaptive clipping's count
         noise on the server; local DP and distributed DP noise on the clients.
-        ``dp_sgd_noise``: the clients' DP-SGD noise (in a deployment each device draws
-        its own; the simulator keys it by the client's seed, even with secure_noise).
+        ``dp_sgd_noise``: the clients' DP-SGD noise and batches (in a deployment each
+        device draws its own; the simulator keys them by the client's seed, even with
+        secure_noise).
         """
         c = self.config.client
         dp_sgd = c.dp_sgd_clip_norm is not None and bool(c.dp_sgd_noise_multiplier)

@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -436,16 +437,20 @@ class DeploymentClient:
         spec = json.loads(task.plan_json)
         plan = TrainPlan(**{**spec, "betas": tuple(spec["betas"])})
         out = torch.empty(self.dim, dtype=torch.float32)
+        # DP-SGD's batches and noise are the device's secret: the server chose task.seed,
+        # and the sample-level guarantee assumes it can neither replay the noise nor see
+        # which examples each step sampled (without DP-SGD: the simulator's batches)
+        seed = int(task.seed) if plan.dp_sgd_clip is None else secrets.randbits(63)
         started = time.perf_counter()
         metrics = self.trainer.train(
             torch.from_numpy(params.copy()),
             self.x,
             self.y,
             plan,
-            int(task.seed),
+            seed,
             out=out,
             max_steps=int(task.max_steps) or None,
-            dp_noise=SecureNoise(),  # DP-SGD: never keyed by the seed the server chose
+            dp_noise=SecureNoise(),
         )
         return out.numpy(), metrics, time.perf_counter() - started
 
