@@ -74,7 +74,14 @@ class RoundRelease:
 
 
 class CentralDP:
-    """The server's DP-FedAvg release, round after round (state is checkpointable)."""
+    """The server's DP-FedAvg release, round after round (state is checkpointable).
+
+    Noise (the sum's and adaptive clipping's count noise) comes from the OS with
+    ``secure`` (:class:`SecureNoise`), otherwise from ``default_rng([seed, 8])``: a
+    replayable stream that anyone who knows the run seed can regenerate and subtract
+    from the releases. A deployment always sets ``secure`` (every client learns the
+    seed); only the simulator uses the seeded stream, for reproducible runs.
+    """
 
     def __init__(
         self,
