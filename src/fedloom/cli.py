@@ -104,6 +104,13 @@ def server(
             "(pending clients fail as 'deadline')"
         ),
     ] = 600.0,
+    start_timeout: Annotated[
+        float,
+        typer.Option(
+            help="without --min-clients, a round that waited this long for its clients to "
+            "come online starts with those online (the first round: --round-timeout)"
+        ),
+    ] = 60.0,
     min_transfer_kbps: Annotated[
         float, typer.Option(help="a model transfer slower than this is cancelled (stalled)")
     ] = 64.0,
@@ -145,6 +152,7 @@ def server(
             client_timeout_s=client_timeout,
             secagg_stage_timeout_s=secagg_stage_timeout,
             round_timeout_s=round_timeout,
+            start_timeout_s=start_timeout,
             min_transfer_kbps=min_transfer_kbps,
             transfer_grace_s=transfer_grace,
             max_transfers_per_client=max_client_transfers,

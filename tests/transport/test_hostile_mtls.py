@@ -199,6 +199,7 @@ def test_a_silent_client_and_a_dead_one_cannot_stall_rounds(
         tmp_path,
         ["rounds=3"],
         round_timeout_s=3.0,
+        start_timeout_s=2.0,
         status_every_s=0.5,
         client_timeout_s=2.0,
         heartbeat_s=0.2,

@@ -95,10 +95,12 @@ class ServerOptions:
     min_transfer_kbps: float = 64.0
     max_transfers_per_client: int = 2
     # a round with no server.deadline_s still ends after this long: clients still pending
-    # are failed as "deadline"; and a round waiting for --min-clients online clients
-    # (when min_clients is not set) starts with those online after this long, if they
-    # are at least the quorum
+    # are failed as "deadline"
     round_timeout_s: float = 600.0
+    # when min_clients is not set, a round that waited this long for the cohort's clients
+    # to be online starts with those online, if they reach the quorum (the first round
+    # this server plays waits up to round_timeout_s: clients may still be starting)
+    start_timeout_s: float = 60.0
     status_every_s: float = 10.0  # while waiting, log whom the server waits for this often
 
     def __post_init__(self) -> None:
@@ -112,7 +114,7 @@ class ServerOptions:
         ):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} = {getattr(self, name)!r} must be >= 0")
-        for name in ("round_timeout_s", "status_every_s"):
+        for name in ("round_timeout_s", "start_timeout_s", "status_every_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} = {getattr(self, name)!r} must be > 0")
         for name in (
@@ -336,6 +338,7 @@ class DeploymentServer(rpc.FedloomServicer):
         self._transfer_lock = threading.Lock()
         self.refused: Counter[str] = Counter()  # refused messages by kind, whole run
         self._refused_mark: Counter[str] = Counter()  # self.refused at the last round record
+        self._played = False  # a round was started by this server (process)
         # in task ids: a resumed server replays the round it died in under a new id, so
         # work begun for its predecessor (a half-run SecAgg+ protocol) is refused as stale
         self._instance = secrets.token_hex(3)
@@ -402,6 +405,7 @@ class DeploymentServer(rpc.FedloomServicer):
         with self._cond:
             if not self._await_online():
                 return
+            self._played = True
             now = time.time()
             available = np.array(self._online(now), dtype=np.int64)
             sim.registry.observe_availability(now, available)
@@ -472,9 +476,11 @@ class DeploymentServer(rpc.FedloomServicer):
         """Wait (holding the condition) until ``min_clients`` clients are online; False if
         the server stops meanwhile. Logs every ``status_every_s`` whom it waits for. When
         ``--min-clients`` was not given (it defaults to the cohort size), the round starts
-        after ``round_timeout_s`` with the clients online, if they reach the quorum (at
-        least one), so that one dead client cannot stall the run."""
+        after ``start_timeout_s`` (the server's first round: ``round_timeout_s``) with the
+        clients online, if they reach the quorum (at least one), so that one dead client
+        cannot stall the run."""
         quorum = self.sim.config.server.quorum or 1
+        patience = self.options.start_timeout_s if self._played else self.options.round_timeout_s
         started = time.monotonic()
         report = started + self.options.status_every_s
         while True:
@@ -486,7 +492,7 @@ class DeploymentServer(rpc.FedloomServicer):
             now = time.monotonic()
             if (
                 self.options.min_clients is None
-                and now - started >= self.options.round_timeout_s
+                and now - started >= patience
                 and len(online) >= quorum
             ):
                 log.warning(
