@@ -5,6 +5,7 @@ composition, and a budget is never crossed."""
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from inprocess import serve_in_thread
 from fedloom.data.storage import client_dir
 from fedloom.privacy import epsilon
 from fedloom.privacy.calibration import analytic_gaussian_sigma
+from fedloom.sim import Simulation
 from fedloom.transport.client import DeploymentClient
 from fedloom.transport.server import DeploymentServer, ServerOptions
 
@@ -106,3 +108,51 @@ def test_local_dp_reports_the_worst_clients_composition_and_stops_at_the_budget(
     assert ledger["secondary"]["model_epsilon"] < ledger["epsilon"]
     (stop,) = records(server, "stop")
     assert stop["reason"] == "privacy_budget"
+
+
+def test_a_killed_and_resumed_server_keeps_every_release_charged(tmp_path):
+    overrides = [
+        'privacy.mode="central"',
+        "privacy.noise_multiplier=1.0",
+        "rounds=4",
+        "checkpoint.every=2",
+    ]
+    server, port, thread = serve_in_thread(tmp_path, overrides, OPTIONS)
+    path = server.sim.run_dir.path
+    finish = server.sim.finish_round
+
+    def finish_then_die(result, *args, **kwargs):
+        record = finish(result, *args, **kwargs)
+        if result.round == 3:  # killed after round 3 (its newest checkpoint is round 2's)
+            server._stop.set()
+        return record
+
+    server.sim.finish_round = finish_then_die
+    for i in range(3):
+        folder = client_dir(tmp_path / "data", i)
+        client = DeploymentClient(f"127.0.0.1:{port}", folder, insecure=True)
+        threading.Thread(target=client.run, daemon=True).start()
+    thread.join(120)
+    server.stop()
+    first_life = json.loads((path / "privacy.json").read_text())["events"]
+    released = len(records(server))  # every round of the first life released a model
+    assert released == 3 and len(first_life) == 3
+
+    ready: queue.Queue[DeploymentServer] = queue.Queue()
+
+    def serve_resumed() -> None:  # the simulation belongs to the thread that plays it
+        resumed = DeploymentServer(Simulation.resume(path, deployment=True), OPTIONS)
+        resumed.start()
+        ready.put(resumed)
+        resumed.run()
+
+    second = threading.Thread(target=serve_resumed, daemon=True)
+    second.start()
+    resumed = ready.get(timeout=120)
+    run_clients(resumed, resumed.port, tmp_path, [0, 1, 2], second)
+    ledger = json.loads((path / "privacy.json").read_text())["events"]
+    assert ledger[: len(first_life)] == first_life, "nothing charged before the kill is lost"
+    replayed = ledger[len(first_life) :]
+    # round 3 was redone with fresh OS noise: a new release, charged again; then round 4
+    assert [(e["round"], e["replay"]) for e in replayed] == [(3, 1), (4, 0)]
+    assert len({e["digest"] for e in ledger}) == len(ledger)
