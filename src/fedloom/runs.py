@@ -119,7 +119,12 @@ class RunDirectory:
     def open(cls, path: Path) -> RunDirectory:
         run = cls(path)
         if not run.config_path.is_file():
-            raise CheckpointError(f"{str(path)!r} is not a run directory (no config.toml)")
+            hint = ""
+            if run.path.is_dir() and not any(
+                p.suffix != ".tmp" for p in run.path.iterdir()
+            ):  # a run killed while its directory was being created
+                hint = "; it is empty: the run stopped before it began, start it again"
+            raise CheckpointError(f"{str(path)!r} is not a run directory (no config.toml){hint}")
         return run
 
     def load_config(self) -> RunConfig:
