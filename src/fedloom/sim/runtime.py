@@ -484,8 +484,9 @@ class Simulation:
             changed = recovery.config_changes(saved, config, run.config_path)
             if changed:
                 notes["config_changes"] = changed
-        recovery.check_ledger(run, config)
         writer = shard is None or shard.is_writer
+        if writer:  # the other ranks receive rank 0's ledger
+            recovery.check_ledger(run, config)
         if writer and run.skipped:
             notes["damaged_checkpoints"] = recovery.set_aside_damaged_checkpoints(
                 run, run.skipped
