@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from inprocess import serve_in_thread
 
+from fedloom.config import load_config
 from fedloom.data.storage import client_dir
 from fedloom.privacy import epsilon
 from fedloom.privacy.calibration import analytic_gaussian_sigma
@@ -156,3 +157,34 @@ def test_a_killed_and_resumed_server_keeps_every_release_charged(tmp_path):
     # round 3 was redone with fresh OS noise: a new release, charged again; then round 4
     assert [(e["round"], e["replay"]) for e in replayed] == [(3, 1), (4, 0)]
     assert len({e["digest"] for e in ledger}) == len(ledger)
+
+
+def test_distributed_dp_over_grpc_refuses_to_unmask_past_the_budget(tmp_path):
+    run = [
+        "partition.num_clients=4",
+        "server.clients_per_round=4",  # Poisson at rate 1: every client, every round
+        "secagg.enabled=true",
+        'privacy.mode="distributed"',
+        'privacy.accountant="rdp"',
+        "privacy.noise_multiplier=1.0",
+        "rounds=3",
+    ]
+    probe = Simulation.start(load_config(None, [*run, f'output_dir="{tmp_path / "probe"}"']))
+    one, ledger = probe.privacy.event(shares=4, cohort=4), probe.ledger
+    assert ledger is not None
+    first = ledger._planned([one])
+    budget = 1.2 * first
+    assert ledger._planned([one, one]) > budget  # room for one secure sum, not two
+    options = ServerOptions(port=0, insecure=True, client_timeout_s=3.0, linger_s=0.5)
+    overrides = [*run, f"privacy.budget_epsilon={budget}", 'privacy.budget_policy="stop"']
+    server, port, thread = serve_in_thread(tmp_path, overrides, options)
+    run_clients(server, port, tmp_path, [0, 1, 2, 3], thread)
+    rounds = records(server)
+    assert [r["status"] for r in rounds] == ["aggregated", "skipped"]
+    assert "privacy budget" in rounds[1]["skip_reason"]
+    assert rounds[1]["completed"] == 0, "the second sum was never unmasked"
+    saved = json.loads((server.sim.run_dir.path / "privacy.json").read_text())
+    assert len(saved["events"]) == 1 and saved["epsilon"] == pytest.approx(first)
+    assert saved["epsilon"] <= budget
+    (stop,) = records(server, "stop")
+    assert stop["reason"] == "privacy_budget"
