@@ -165,7 +165,7 @@ def _throughput_server(conn: Any, root: str, hidden: int, certs: str) -> None:
             f'output_dir="{root}/runs-{hidden}"',
         ],
     )
-    sim = Simulation.start(config)
+    sim = Simulation.start(config, deployment=True)
     tls = DeploymentServer(sim, ServerOptions(port=0, certs=Path(certs)))
     plain = DeploymentServer(sim, ServerOptions(port=0, insecure=True))
     payload = wire.to_bytes(sim.server.params)
