@@ -188,3 +188,27 @@ def test_distributed_dp_over_grpc_refuses_to_unmask_past_the_budget(tmp_path):
     assert saved["epsilon"] <= budget
     (stop,) = records(server, "stop")
     assert stop["reason"] == "privacy_budget"
+
+
+def test_quorum_over_grpc_decides_on_a_noisy_count_and_charges_every_attempt(tmp_path):
+    overrides = [
+        'privacy.mode="central"',
+        'privacy.accountant="rdp"',
+        "privacy.noise_multiplier=1.0",
+        "rounds=3",
+        "server.quorum=2",
+        'server.quorum_policy="retry"',
+        "server.max_retries=1",
+    ]
+    options = ServerOptions(port=0, insecure=True, linger_s=0.5, min_clients=2)
+    server, port, thread = serve_in_thread(tmp_path, overrides, options)
+    run_clients(server, port, tmp_path, [0, 1], thread)  # client 2 never comes online
+    rounds = records(server)
+    entries = server.sim.ledger.entries
+    assert len(entries) == len(rounds), "retried and skipped attempts are charged too"
+    for r, e in zip(rounds, entries, strict=True):
+        assert e.attempt == r["attempt"]
+        assert r["quorum_count"] != round(r["quorum_count"])  # a noisy count decides
+        assert (r["status"] == "aggregated") == (r["quorum_count"] >= 2)
+        z = 1.0 if r["status"] == "aggregated" else 3.0
+        assert e.event.noise_multiplier == pytest.approx(z)
