@@ -99,7 +99,9 @@ class SecureAggregator:
     ``dim``: update length. ``max_examples`` (W): the public cap of the FedAvg weights.
     ``neighbours``: SecAgg+ degree, None for :func:`default_neighbours`, ``"all"`` for the
     complete graph (the original SecAgg). ``threshold``: the share of each client's share
-    holders that must survive, ``t = min(h, floor(threshold * h) + 1)``. ``clip``:
+    holders that must survive, ``t = min(h, floor(threshold * h) + 1)`` (a run's config
+    refuses ``threshold < 0.5``: without a consistency round, two disjoint groups of t
+    holders would let a dishonest server recover both of one client's secrets). ``clip``:
     per-coordinate range of the encoded delta (None: the DP clip norm, else 1).
     ``bits``, ``rounding``: the ring and its rounding (see ``FixedPoint``). ``seed``: the
     neighbour graphs, rotations and simulated randomness; ``secure_noise`` draws the
