@@ -287,7 +287,8 @@ class ClientRegistry:
         self._db.execute("PRAGMA synchronous=NORMAL")
         check = self._db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
-            raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+            first = [line for line in check.splitlines() if not line.startswith("***")][:1]
+            raise sqlite3.DatabaseError(f"integrity check failed: {'; '.join(first) or check}")
         self._db.executescript(_SCHEMA)
         rows = self._db.execute(f"SELECT id, {', '.join(_STATIC)} FROM clients ORDER BY id")
         columns = list(zip(*rows.fetchall(), strict=True)) or [()] * (len(_STATIC) + 1)
