@@ -25,13 +25,16 @@ from inprocess import serve_in_thread
 from fedloom.client.trainer import TorchTrainer
 from fedloom.config import load_config
 from fedloom.data.storage import client_dir, read_client
+from fedloom.errors import FedloomError
 from fedloom.models import build_model
 from fedloom.privacy.central import CentralDP
 from fedloom.records import Update
+from fedloom.secagg.cohort import SecureAggregator
 from fedloom.server.selection import PoissonSelector
 from fedloom.server.sync import SyncServer, client_seed
 from fedloom.sim.runtime import Simulation, plan_from_config
 from fedloom.transport.client import DeploymentClient
+from fedloom.transport.secure_round import SecureTaskSpec
 from fedloom.transport.server import DeploymentServer, ServerOptions
 
 OPTIONS = ServerOptions(port=0, insecure=True, client_timeout_s=5.0, heartbeat_s=0.25, linger_s=0.5)
@@ -307,3 +310,14 @@ def test_a_secure_sum_below_min_clients_is_never_unmasked(tmp_path: Path) -> Non
     assert "minimum of 3 inputs" in record["secagg"]["aborted"]
     assert record["status"] == "skipped" and record["completed"] == 0
     np.testing.assert_array_equal(server.sim.server.params, server.sim.initial_params)
+
+
+def test_a_device_refuses_a_secure_sum_of_one_client() -> None:
+    """Whatever the server's config says: a cohort of one would unmask this client's own
+    input, so the device refuses the task's spec (and leaves the protocol)."""
+    aggregator = SecureAggregator(10, 5)
+    pair = SecureTaskSpec.for_client(aggregator, 0, 2, 2, 1, None, None).to_json()
+    assert SecureTaskSpec.from_json(pair).num_clients == 2
+    alone = SecureTaskSpec.for_client(aggregator, 0, 1, 1, 1, None, None).to_json()
+    with pytest.raises(FedloomError, match="num_clients = 1; a secure sum needs at least 2"):
+        SecureTaskSpec.from_json(alone)
