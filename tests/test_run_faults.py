@@ -190,6 +190,7 @@ def test_damaged_metrics_lines_are_kept_aside(tmp_path, crashed, reference):
     lines = metrics.read_text().splitlines()
     bad = [lines[2][:40], '{"event": "round", "round": null}', "[1, 2]", '{"event": "x"}']
     bad.append('{"event": "round", "round": 3, "accuracy": "high"}')
+    bad.append('{"event": "round", "round": 4, "virtual_time": "late", "dropped": [1]}')
     metrics.write_text("\n".join([*lines[:2], *bad, *lines[2:]]) + "\n")
     assert runner.invoke(app, ["clients", str(path)]).exit_code == 0
     sim = resume_to_end(path)

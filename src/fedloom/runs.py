@@ -32,7 +32,18 @@ from fedloom.errors import CheckpointError, ConfigError, StorageError
 
 _CKPT = re.compile(r"^round-(\d{6,})\.npz$")
 _META = "__meta__"
-_NUMERIC = ("accuracy", "loss")  # fields the reports compute with
+# fields the reports compute with
+_NUMERIC = (
+    "accuracy",
+    "loss",
+    "fed_accuracy",
+    "fed_loss",
+    "fed_accuracy_p10",
+    "virtual_time",
+    "wall_s",
+    "rejected",
+    "epsilon",
+)
 
 
 def _valid_record(record: object) -> bool:
@@ -45,11 +56,14 @@ def _valid_record(record: object) -> bool:
         return False
     if not isinstance(event, str):
         return False
-    return all(
-        isinstance(record[k], int | float) and not isinstance(record[k], bool)
-        for k in _NUMERIC
-        if k in record
-    )
+    dropped = record.get("dropped", {})
+    if not isinstance(dropped, dict) or not all(_number(n) for n in dropped.values()):
+        return False
+    return all(_number(record[k]) for k in _NUMERIC if k in record)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def keep_aside(path: Path, data: bytes | None = None) -> Path:
