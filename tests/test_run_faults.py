@@ -205,7 +205,7 @@ def test_damaged_registry_is_kept_aside_and_rebuilt(tmp_path, crashed, reference
     db = path / "clients.sqlite"
     garbage = b"this is not a database" * 200
     db.write_bytes(garbage)
-    one_line_error(["clients", str(path)], "clients.sqlite")
+    one_line_error(["clients", str(path)], "clients.sqlite", "fedloom run --resume")
     sim = resume_to_end(path)
     assert np.array_equal(sim.server.params, reference)
     assert (path / "clients.sqlite.damaged-1").read_bytes() == garbage

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedloom.console import console, user_errors
-from fedloom.errors import DataError, FedloomError, RunInterrupted
+from fedloom.errors import CheckpointError, DataError, FedloomError, RunInterrupted
 from fedloom.transport.cli_certs import certs_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -272,7 +272,14 @@ def clients(
         path = run.path / "clients.sqlite"
         if not path.is_file():
             raise FedloomError(f"{str(run_dir)!r} has no client registry (clients.sqlite)")
-        with ClientRegistry(path) as registry:
+        try:
+            registry = ClientRegistry(path)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"{err}; `fedloom run --resume {run_dir}` keeps it aside and rebuilds it from "
+                "the newest checkpoint"
+            ) from None
+        with registry:
             rows = registry.summary()
     from fedloom.report import write_client_plots
 
