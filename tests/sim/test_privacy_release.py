@@ -281,6 +281,7 @@ def test_local_dp_headline_is_the_worst_clients_composition(tmp_path):
     assert epsilon(z, 1.0, 1, 1e-5, "rdp") >= 2.0
     assert ledger["epsilon"] == pytest.approx(epsilon(z, 1.0, worst, 1e-5, "rdp"))
     assert ledger["participations"]["max_per_client"] == worst
+    assert ledger["per_upload_epsilon"] == pytest.approx(2.0, rel=1e-3)
     # the amplified number is only a labelled secondary view of the released models
     model = ledger["secondary"]["model_epsilon"]
     assert model < ledger["epsilon"]

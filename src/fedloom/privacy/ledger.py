@@ -397,6 +397,9 @@ class PrivacyLedger:
                 "clients": len(counts),
                 "max_per_client": max(counts.values(), default=0),
             }
+            if self._entries:  # one upload's guarantee (the configured local_epsilon)
+                one = local_event(self._entries[-1].event)
+                out["per_upload_epsilon"] = compose_epsilon([one], self.delta, self.accountant)
         out["events"] = [_entry_json(entry) for entry in self._entries]
         return out
 
