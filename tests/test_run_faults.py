@@ -266,3 +266,24 @@ def test_every_file_kept(tmp_path, crashed):
     assert before <= {p.name for p in path.iterdir()}
     records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records].count("start") == 1
+
+
+def test_run_that_died_before_its_first_checkpoint_begins_again(tmp_path, reference, monkeypatch):
+    """Deterministically, what the kill at -1 above may hit: a run dies after writing its
+    start record, registry and ledger but before the round-0 checkpoint. The resume begins
+    again in the same directory, keeping the first attempt's files aside."""
+
+    def die(self, stop):  # noqa: ANN001, ARG001
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(Simulation, "_checkpoint", die)
+    with pytest.raises(SystemExit):
+        Simulation.start(load_config(None, tiny(tmp_path)))
+    monkeypatch.undo()
+    path = tmp_path / "fault"
+    assert not RunDirectory(path).checkpoints()
+    first = (path / "metrics.jsonl").read_bytes()
+    sim = resume_to_end(path)
+    assert np.array_equal(sim.server.params, reference)
+    assert (path / "metrics.jsonl.unfinished-1").read_bytes() == first
+    assert (path / "clients.sqlite.unfinished-1").exists()

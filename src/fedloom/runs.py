@@ -66,11 +66,11 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def keep_aside(path: Path, data: bytes | None = None) -> Path:
-    """Move ``path`` (or write ``data``) to the first free ``<path>.damaged-<n>``: damaged
+def keep_aside(path: Path, data: bytes | None = None, label: str = "damaged") -> Path:
+    """Move ``path`` (or write ``data``) to the first free ``<path>.<label>-<n>``: damaged
     files are set aside for inspection, never deleted."""
     n = 1
-    while (aside := path.with_name(f"{path.name}.damaged-{n}")).exists():
+    while (aside := path.with_name(f"{path.name}.{label}-{n}")).exists():
         n += 1
     if data is None:
         path.replace(aside)

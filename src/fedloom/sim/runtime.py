@@ -527,7 +527,8 @@ class Simulation:
     ) -> Simulation:
         """Resume a run stopped before its round-0 checkpoint: nothing was trained or
         released yet, so it begins again in its own directory, and what the first attempt
-        wrote is kept aside. A run with rounds recorded but no checkpoint left is refused."""
+        wrote is kept aside (``<name>.unfinished-<n>``). A run with rounds recorded but no
+        checkpoint left is refused."""
         rounds = [r["round"] for r in run.records() if r["event"] == "round"]
         if rounds:
             raise CheckpointError(
@@ -539,7 +540,7 @@ class Simulation:
             for name in ("metrics.jsonl", "privacy.json", "clients.sqlite"):
                 for suffix in ("", "-wal", "-shm"):
                     if (run.path / (name + suffix)).exists():
-                        keep_aside(run.path / (name + suffix))
+                        keep_aside(run.path / (name + suffix), label="unfinished")
         return cls._begin(config, run, shard, data, deployment, fresh=False)
 
     # running -----------------------------------------------------------------
@@ -619,6 +620,7 @@ class Simulation:
             cohort = [d.client_id for d in dispatches]
         if self.secure is not None and len(cohort) < self.config.secagg.min_clients:
             result, extra = self.skip_small_secure_round(cohort)
+            extra |= {"virtual_time": vt.now, "round_virtual_s": 0.0}
             return self.finish_round(result, t0, extra)
         dispatches, outcome = self._play(dispatches, self.enough(need, len(dispatches)))
         for cid, reason in outcome.failed.items():
