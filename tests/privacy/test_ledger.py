@@ -147,9 +147,8 @@ def test_server_view_takes_no_amplification_and_labels_the_model_view():
     ledger = PrivacyLedger(None, None, "rdp", delta=DELTA, view="server")
     eps = ledger.record(1, replace(ROUND, count=3))
     assert eps == pytest.approx(epsilon(1.1, 1.0, 3, DELTA, "rdp"))
-    assert ledger.secondary()["model_epsilon"] == pytest.approx(
-        epsilon(1.1, 0.05, 3, DELTA, "rdp")
-    )
+    model = epsilon(1.1, 0.05, 3, DELTA, "rdp")
+    assert ledger.secondary()["model_epsilon"] == pytest.approx(model)
     assert ledger.to_json()["secondary"]["model_epsilon"] < eps
 
 
@@ -159,11 +158,11 @@ def test_local_view_is_the_worst_clients_composition_of_its_uploads():
     for r in range(1, 9):
         ledger.record(r, upload, clients=[0, r])  # client 0 uploads in all 8 rounds
     assert ledger.participations()[0] == 8
-    assert ledger.epsilon() == pytest.approx(epsilon(1.0, 1.0, 8, DELTA, "rdp"))
+    assert ledger.epsilon() == pytest.approx(epsilon(1.0, 1.0, 8, DELTA, "pld"))  # exact
     assert local_event(upload) == MechanismEvent("gaussian", 1.0)
     assert ledger.secondary()["model_epsilon"] < ledger.epsilon()
     assert ledger.would_exceed([upload], clients=[0]) is False
-    once_more = epsilon(1.0, 1.0, 9, DELTA, "rdp")
+    once_more = epsilon(1.0, 1.0, 9, DELTA, "pld")
     assert ledger._planned([upload], clients=[5]) < once_more  # client 5 has 1 upload
     assert ledger._planned([upload], clients=[0]) == pytest.approx(once_more)
 

@@ -340,11 +340,10 @@ class PrivacyLedger:
         signatures = {
             frozenset((per_client.get(c, Counter()) + everyone).items()) for c in per_client
         } or {frozenset(everyone.items())}
+        # unsampled uploads: PLD composes Gaussians exactly (closed form), also for "rdp" runs
         return max(
             compose_epsilon(
-                [replace(ev, count=n) for ev, n in sorted(sig, key=repr)],
-                self.delta,
-                self.accountant,
+                [replace(ev, count=n) for ev, n in sorted(sig, key=repr)], self.delta, "pld"
             )
             for sig in signatures
         )
@@ -399,7 +398,7 @@ class PrivacyLedger:
             }
             if self._entries:  # one upload's guarantee (the configured local_epsilon)
                 one = local_event(self._entries[-1].event)
-                out["per_upload_epsilon"] = compose_epsilon([one], self.delta, self.accountant)
+                out["per_upload_epsilon"] = compose_epsilon([one], self.delta, "pld")
         out["events"] = [_entry_json(entry) for entry in self._entries]
         return out
 
