@@ -183,3 +183,23 @@ def test_server_never_sees_an_unmasked_vector() -> None:
     total = server.aggregate(_step(clients, requests, "unmasking"))
     expected = np.stack([c._x for c in clients]).sum(axis=0, dtype=np.uint32)
     np.testing.assert_array_equal(total, expected)
+
+
+@pytest.mark.parametrize(("threshold", "refused"), [(2, True), (3, False)])
+def test_a_majority_client_refuses_a_minority_threshold(threshold: int, refused: bool) -> None:
+    """Four clients, complete graph (4 share holders each): with t = 2 a server could ask
+    two holders for a client's self-mask seed and the other two for its mask key, so a
+    client that insists on a majority refuses before sharing anything; t = 3 is fine."""
+    fixed = FixedPoint(1.0, 4, 32)
+    server = SecAggServer(4, threshold, None, 3, fixed, seed=0)
+    clients = [
+        SecAggClient(i, np.zeros(3, np.uint32), threshold, majority=True) for i in range(4)
+    ]
+    requests = server.advertise_keys()
+    adverts = [c.advertise_keys(requests[c.index]) for c in clients]
+    keys = server.share_keys(adverts)
+    if refused:
+        with pytest.raises(SecAggError, match="not a majority"):
+            clients[0].share_keys(keys[0])
+    else:
+        assert set(clients[0].share_keys(keys[0]).ciphertexts) == {1, 2, 3}

@@ -312,6 +312,11 @@ class SecAggClient:
     client's certified public key) makes ``share_keys`` refuse any neighbour whose
     signature is missing or does not verify, or whose verify key is unknown: without it a
     malicious server could hand out its own keys as a neighbour's and learn the masks.
+    ``majority`` makes ``share_keys`` refuse a threshold ``t`` with ``2t <= holders``: the
+    server picks ``t``, and without a consistency round a minority threshold would let it
+    ask one group of holders for the self-mask seed and a disjoint group for the mask key
+    (an honest server's ``t = floor(threshold * h) + 1`` with ``threshold >= 0.5`` always
+    passes, also after dropouts shrink the holders).
 
     References: Bell et al. 2020, section 3; Bonawitz et al. 2017, sections 4 and 6.
     """
@@ -324,6 +329,7 @@ class SecAggClient:
         *,
         signing_key: SigningKey | None = None,
         verify_keys: Mapping[int, VerifyKey] | None = None,
+        majority: bool = False,
     ) -> None:
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise SecAggError(f"index must be an int >= 0, got {index!r}")
@@ -337,6 +343,7 @@ class SecAggClient:
         self.threshold = threshold
         self._signing_key = signing_key
         self._verify_keys = verify_keys  # read in share_keys; unknown types raise there
+        self._majority = majority
         self._x = x.copy()
         self._next = 0  # index into STAGES of the next stage to run
         self._round_id = b""
@@ -397,6 +404,13 @@ class SecAggClient:
             raise SecAggError(
                 f"client {self.index} has {len(message.keys)} live neighbours; "
                 f"threshold {self.threshold} needs at least {self.threshold - 1}"
+            )
+        holders = len(message.keys) + 1
+        if self._majority and 2 * self.threshold <= holders:
+            raise SecAggError(
+                f"client {self.index} refuses threshold {self.threshold} for {holders} share "
+                "holders: not a majority, so two disjoint groups of holders could give the "
+                "server both of its secrets"
             )
         self._keys = dict(message.keys)
         self._holders = sorted([self.index, *self._keys])

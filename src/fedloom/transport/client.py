@@ -480,6 +480,7 @@ class DeploymentClient:
                 spec.threshold,
                 signing_key=signing,
                 verify_keys=verify_keys if spec.signed else None,
+                majority=True,  # whatever threshold the server asks for
             )
             for stage in STAGES:
                 fetched = self._fetch_stage(task, stage)
