@@ -17,6 +17,7 @@ import pytest
 
 from fedloom.config import load_config
 from fedloom.errors import ConfigError
+from fedloom.privacy.central import CentralDP
 from fedloom.records import ClientMetrics, Update
 from fedloom.secagg.cohort import SecureAggregator
 from fedloom.server.selection import PoissonSelector
@@ -148,3 +149,30 @@ def test_the_protocol_aborts_rather_than_unmask_fewer_than_min_clients() -> None
 def test_unsafe_secure_sum_settings_are_refused(tmp_path, setting: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config(tmp_path, "secagg.enabled=true", "server.clients_per_round=4", setting)
+
+
+def test_the_simulators_seeded_noise_is_removable_by_whoever_knows_the_seed(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The premise of the deployment's OS noise, shown on the simulator: replaying
+    ``default_rng([seed, 8])`` recovers the exact clipped sums from the released models.
+    (The same attack over gRPC is left with sqrt(2) times the noise.)"""
+    sums: list[np.ndarray] = []
+    release = CentralDP.release
+
+    def keep(self, clipped_sum, unclipped, received):  # noqa: ANN001, ANN202
+        sums.append(np.array(clipped_sum, dtype=np.float64))
+        return release(self, clipped_sum, unclipped, received)
+
+    monkeypatch.setattr(CentralDP, "release", keep)
+    sim = Simulation.start(config(tmp_path, "rounds=2", "server.clients_per_round=2", *CENTRAL))
+    models = [sim.server.params.copy()]
+    for _ in range(2):
+        sim.step()
+        models.append(sim.server.params.copy())
+    replay = np.random.default_rng([sim.config.seed, 8])
+    m = sim.privacy.expected_clients
+    for t in (1, 2):
+        released = (models[t].astype(np.float64) - models[t - 1]) * m
+        guess = released - replay.normal(0.0, 0.05, released.size)
+        assert np.abs(guess - sums[t - 1]).max() < 1e-6

@@ -212,20 +212,22 @@ def test_deployed_cohorts_cannot_be_predicted_from_the_seed(tmp_path: Path) -> N
         ],
     )
     runs = [Simulation.start(cfg, deployment=True) for _ in range(2)]
+    seeded = Simulation.start(cfg)  # the simulator: exactly what the attacker predicts
     predicted = SyncServer(
         runs[0].server.params, 40, 20, runs[0].server.plan, runs[0].server.optimizer,
         runs[0].server.monitor, seed=cfg.seed, selector=PoissonSelector(0.5),
     )  # fmt: skip
-    drawn: list[list[tuple[int, ...]]] = [[], []]
+    drawn: list[list[tuple[int, ...]]] = [[], [], []]
     for _ in range(5):
         guess = tuple(d.client_id for d in predicted.begin_round())
-        for i, sim in enumerate(runs):
+        for i, sim in enumerate([*runs, seeded]):
             cohort = tuple(d.client_id for d in sim.server.begin_round())
             drawn[i].append(cohort)
             for c in cohort:
                 sim.server.fail(c, "not trained in this test")
             sim.server.close_round()
         assert drawn[0][-1] != guess and drawn[1][-1] != guess
+        assert drawn[2][-1] == guess
         for c in guess:
             predicted.fail(c, "not trained")
         predicted.close_round()
