@@ -17,6 +17,7 @@ last: a directory without a manifest is an incomplete write.
 from __future__ import annotations
 
 import json
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -101,10 +102,16 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+# np.load parses each array header with ast.literal_eval, which CPython 3.11 does not
+# make thread-safe (concurrent calls can raise "AST constructor recursion depth
+# mismatch"): client threads in one process read their folders one at a time.
+_NPZ_LOCK = threading.Lock()
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Load ``x`` and ``y`` from one client file, naming the file on any problem."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with _NPZ_LOCK, np.load(path, allow_pickle=False) as archive:
             missing = [key for key in ("x", "y") if key not in archive.files]
             if missing:
                 raise DataError(f"{path}: corrupt client file, missing array {missing[0]!r}")
@@ -155,7 +162,7 @@ def recorded_client(dir: str | Path) -> int | None:
     in folders written without one); a device checks it against its certificate's name."""
     path = Path(dir) / TRAIN_FILE
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with _NPZ_LOCK, np.load(path, allow_pickle=False) as archive:
             if "client_id" not in archive.files:
                 return None
             value = archive["client_id"]
