@@ -149,12 +149,25 @@ def main() -> None:
             f"{r['mode']:<22}{r['round_s']:>9.3f}{r['round_vs_plain']:>9.2f}"
             f"{r['up_bytes_per_client']:>13,}{r['up_vs_plain']:>9.3f}"
         )
+    targets = [
+        {
+            "name": f"{r['mode']}: accuracy - plain",
+            "value": round(r["accuracy"] - plain["accuracy"], 4),
+            "goal": "|diff| <= 0.005",
+            "met": abs(r["accuracy"] - plain["accuracy"]) <= 0.005,
+        }
+        for r in rows[1:]
+    ]
     result = {
         "rows": rows,
         "load_before": round(load, 2),
         "load_after": round(os.getloadavg()[0], 2),
         "total_s": round(time.perf_counter() - started, 1),
+        "targets": targets,
     }
+    for t in targets:
+        met = "met" if t["met"] else "MISSED"
+        print(f"target {t['name']}: {t['value']} (goal {t['goal']}) {met}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
