@@ -20,8 +20,9 @@ from fedloom.data.storage import client_dir
 from fedloom.transport import download, wire
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
+from fedloom.transport.certs import METADATA_CLIENT
 from fedloom.transport.client import DeploymentClient
-from fedloom.transport.server import METADATA_CLIENT, DeploymentServer, ServerOptions
+from fedloom.transport.server import DeploymentServer, ServerOptions
 
 
 def _by_protobuf(message: bytes) -> tuple[pb.DownloadHeader | None, bytes]:

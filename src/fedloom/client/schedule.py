@@ -34,6 +34,9 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _PAD = np.iinfo(np.uint64).max
 
+NO_CAP = np.iinfo(np.int64).max
+"""A client's step cap meaning "no cap" (``Dispatch.max_steps`` is None), as an int64."""
+
 
 def splitmix64(z: np.ndarray) -> np.ndarray:
     """The SplitMix64 finalizer applied elementwise to a uint64 array."""

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fedloom.client.schedule import examples_seen
+from fedloom.client.schedule import NO_CAP, examples_seen
 from fedloom.client.trainer import TorchTrainer
 from fedloom.data.arrays import ClientPartition
 from fedloom.records import ClientMetrics, Dispatch, TrainPlan, Update
@@ -76,8 +76,6 @@ def run_dispatches(
             updates.append(Update(d.client_id, d.round, d.version, res.deltas[k], n, metrics))
     return updates
 
-
-NO_CAP = np.iinfo(np.int64).max
 
 
 class SequentialExecutor:

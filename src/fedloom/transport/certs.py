@@ -32,6 +32,8 @@ from fedloom.errors import FedloomError
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 CLIENT_NAME = re.compile(r"^client-(\d{1,9})$")  # client N of the partition
+# with --insecure (no certificate), a client names itself in this metadata key
+METADATA_CLIENT = "x-fedloom-client"
 _CLOCK_SKEW = dt.timedelta(minutes=5)  # accept peers whose clocks run a little behind
 
 

@@ -47,6 +47,7 @@ from fedloom.transport import download, wire
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
 from fedloom.transport.certs import (
+    METADATA_CLIENT,
     CertError,
     Identity,
     channel_credentials,
@@ -56,7 +57,6 @@ from fedloom.transport.certs import (
 )
 from fedloom.transport.secagg_wire import client_to_pb, server_from_pb
 from fedloom.transport.secure_round import SecureTaskSpec
-from fedloom.transport.server import METADATA_CLIENT
 
 log = logging.getLogger("fedloom.client")
 T = TypeVar("T")

@@ -43,7 +43,7 @@ from typing import Any, NoReturn
 import grpc
 import numpy as np
 
-from fedloom.client.schedule import steps_for
+from fedloom.client.schedule import NO_CAP, steps_for
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError, FedloomError, UpdateRejected
 from fedloom.records import ClientMetrics, Dispatch, RoundResult, Update
@@ -51,13 +51,13 @@ from fedloom.secagg.crypto import SecAggError
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
 from fedloom.secagg.protocol import STAGES, MaskedInput
 from fedloom.server.registry import Completion
-from fedloom.sim.executor import NO_CAP
 from fedloom.sim.runtime import Simulation
 from fedloom.transport import download, wire
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
 from fedloom.transport.certs import (
     CLIENT_NAME,
+    METADATA_CLIENT,
     load_identity,
     peer_certificate,
     peer_name,
@@ -67,8 +67,6 @@ from fedloom.transport.secagg_wire import CLIENT_STAGE, client_from_pb
 from fedloom.transport.secure_round import SecureStages, SecureTaskSpec
 
 log = logging.getLogger("fedloom.server")
-
-METADATA_CLIENT = "x-fedloom-client"
 
 
 @dataclass(frozen=True)
