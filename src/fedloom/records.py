@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from fedloom.errors import RejectionKind, UpdateRejected
+
 
 @dataclass(frozen=True)
 class TrainPlan:
@@ -94,6 +96,39 @@ class ClientOutcomes:
 
 
 @dataclass(frozen=True)
+class Exclusion:
+    """A client left out of a round's aggregate, and why.
+
+    ``outcome`` is ``"rejected"`` (its update was refused; ``kind`` is a
+    :class:`~fedloom.errors.RejectionKind`) or ``"failed"`` (it did not deliver: ``kind``
+    is the failure reason the runtime gave, such as ``disconnected``, ``deadline`` or
+    ``surplus``); ``detail`` says what exactly happened.
+    """
+
+    client_id: int
+    outcome: Literal["rejected", "failed"]
+    kind: str
+    detail: str
+
+    @classmethod
+    def rejected(cls, client_id: int, err: UpdateRejected) -> Exclusion:
+        return cls(int(client_id), "rejected", RejectionKind(err.kind), err.reason)
+
+    @classmethod
+    def failed(cls, client_id: int, reason: str) -> Exclusion:
+        return cls(int(client_id), "failed", reason, reason)
+
+    def to_json(self) -> dict[str, object]:
+        """The form ``metrics.jsonl`` records carry."""
+        return {
+            "client": self.client_id,
+            "outcome": self.outcome,
+            "kind": str(self.kind),
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
 class RoundResult:
     """What happened in one synchronous round, as recorded in ``metrics.jsonl``."""
 
@@ -110,3 +145,7 @@ class RoundResult:
     skip_reason: str | None = None  # set by SyncServer.skip_round
     # (client, declared, used): example counts clamped to the client's bound (FedAvg weight)
     clamped: tuple[tuple[int, int, int], ...] = ()
+    # who is not in the aggregate and why: refused updates (also from clients outside the
+    # cohort) and selected clients that did not deliver, by client id. Under a sharded run
+    # (torch.distributed, allreduce) a rank knows only the refusals it saw itself.
+    excluded: tuple[Exclusion, ...] = ()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedloom.errors import FedloomError, UpdateRejected
+from fedloom.errors import FedloomError, RejectionKind, UpdateRejected
 from fedloom.optim import FedAvg
 from fedloom.privacy.central import CentralDP
 from fedloom.privacy.mechanisms import clip_rows
@@ -74,7 +74,9 @@ def test_bad_updates_are_not_sent_and_too_many_dropouts_abort() -> None:
     sent = updates(COHORT)
     sent[0] = Update(3, 1, 0, np.full(DIM, np.nan, np.float32), 5, sent[0].metrics)
     result = agg.aggregate(COHORT, sent, {3: "unmasking"}, attempt=3)
-    assert result.rejected == {3: "non-finite update or loss: not sent"}
+    assert list(result.rejected) == [3]
+    assert result.rejected[3].reason == "non-finite update or loss: not sent"
+    assert result.rejected[3].kind == RejectionKind.NONFINITE
     assert 3 not in result.total.included  # with nothing to send it is gone by masked_input
     assert result.dropped == {"masked_input": 1}
     assert (result.neighbours, result.threshold) == (7, 5)  # complete graph, t = floor(4) + 1

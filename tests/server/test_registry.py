@@ -11,12 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedloom.errors import CheckpointError, ConfigError, FedloomError
+from fedloom.errors import CheckpointError, ConfigError, FedloomError, UpdateRejected
+from fedloom.errors import RejectionKind as K
 from fedloom.server.registry import FLAGS, ClientRegistry, Completion, UnknownClient
 from fedloom.server.stats import ClientStats
 
 TABLES = ("clients", "participation", "evaluations", "checkins", "snapshots")
 
+
+
+def refusal(reason: str, kind: K) -> UpdateRejected:
+    return UpdateRejected(0, reason, kind)
 
 def make(tmp_path: Path, n: int = 5, **kwargs: float) -> ClientRegistry:
     reg = ClientRegistry(tmp_path / "clients.sqlite", **kwargs)
@@ -82,7 +87,10 @@ def play(reg: ClientRegistry, rounds: range) -> None:
                 contribution=rng.dirichlet(np.ones(3)),
             ),
             failed={int(sel[3]): "timeout"},
-            rejected={int(sel[4]): "stale update", int(sel[5]): "delta contains 2 NaN/inf values"},
+            rejected={
+                int(sel[4]): refusal("stale update", K.STALE_VERSION),
+                int(sel[5]): refusal("delta contains 2 NaN/inf values", K.NONFINITE),
+            },
         )
         reg.record_evaluation(r, sel[:2], rng.uniform(0, 1, 2), rng.uniform(0, 3, 2))
 
@@ -155,7 +163,10 @@ def test_record_round_learns_reliability_duration_loss_and_flags(tmp_path: Path)
         np.array([0, 1, 2, 4]),
         completion([0], duration=10.0, loss=np.array([1.5]), loss_sq=np.array([3.0])),
         failed={1: "timeout"},
-        rejected={2: "delta contains 3 NaN/inf values", 3: "stale update for round 0"},
+        rejected={
+            2: refusal("delta contains 3 NaN/inf values", K.NONFINITE),
+            3: refusal("stale update for round 0", K.STALE_VERSION),
+        },
     )
     s = reg.stats()
     assert s.selected.tolist() == [1, 1, 1, 0, 1]
@@ -209,20 +220,23 @@ def test_record_round_learns_reliability_duration_loss_and_flags(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
-    ("reason", "names"),
+    ("kind", "names"),
     [
-        ("delta contains 3 NaN/inf values", {"nonfinite_update"}),
-        ("non-finite values in the delta", {"nonfinite_update"}),
-        ("stale update for round 3 / model version 2", {"stale_update"}),
-        ("delta has shape (9,), expected (10,)", {"oversized_update"}),
-        ("payload size 9 MB over limit", {"oversized_update"}),
-        ("duplicate update for round 4", set()),
-        ("information leak suspected", set()),
+        (K.NONFINITE, {"nonfinite_update"}),
+        (K.STALE_VERSION, {"stale_update"}),
+        (K.STALE_TASK, {"stale_update"}),
+        (K.WRONG_SHAPE, {"oversized_update"}),
+        (K.OVERSIZED, {"oversized_update"}),
+        (K.DUPLICATE, set()),
+        (K.ANOMALY, set()),
     ],
 )
-def test_rejection_reasons_set_flags(tmp_path: Path, reason: str, names: set[str]) -> None:
+def test_rejection_kinds_set_flags(tmp_path: Path, kind: K, names: set[str]) -> None:
+    # the kind decides, never the wording: this reason mentions NaN, size and staleness
+    reason = "a stale NaN of odd size"
     with make(tmp_path) as reg:
-        reg.record_round(1, 0.0, np.array([2]), completion([]), {}, {2: reason})
+        reg.record_round(1, 0.0, np.array([2]), completion([]), {}, {2: refusal(reason, kind)})
+        assert reg.history(2)[0]["reason"] == reason
         flags = int(reg.stats().flags[2])
         assert flags == sum(FLAGS[n] for n in names | {"rejected_update"})
         assert set(reg.summary()[2]["flags"]) == names | {"rejected_update"}
@@ -248,8 +262,21 @@ def test_rejection_reasons_set_flags(tmp_path: Path, reason: str, names: set[str
             UnknownClient,
             "failed: unknown client 8",
         ),
-        (lambda: ([0, 1], completion([0]), {}, {0: "stale"}), FedloomError, "client 0 has more"),
-        (lambda: ([0, 1], completion([0]), {1: "a"}, {1: "b"}), FedloomError, "client 1 has more"),
+        (
+            lambda: ([0, 1], completion([0]), {}, {0: refusal("stale", K.STALE_VERSION)}),
+            FedloomError,
+            "client 0 has more",
+        ),
+        (
+            lambda: ([0, 1], completion([0]), {1: "a"}, {1: refusal("b", K.DUPLICATE)}),
+            FedloomError,
+            "client 1 has more",
+        ),
+        (
+            lambda: ([0, 1], completion([0]), {}, {1: "stale"}),
+            FedloomError,
+            "rejection of client 1 = 'stale', expected an UpdateRejected",
+        ),
         (lambda: ([0, 1], completion([0]), {"1": "a"}, {}), FedloomError, "failed client id = '1'"),
         (lambda: ([0, 1], completion([0]), {1: None}, {}), FedloomError, "reason for client 1"),
     ],

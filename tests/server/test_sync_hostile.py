@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedloom.errors import UpdateRejected
+from fedloom.errors import RejectionKind, UpdateRejected
 from fedloom.optim import FedAvg
 from fedloom.records import ClientMetrics, Dispatch, TrainPlan, Update
 from fedloom.server.convergence import ConvergenceMonitor
@@ -152,3 +152,34 @@ def test_a_stale_update_keeps_its_kind() -> None:
     with pytest.raises(UpdateRejected) as info:
         server.receive(replace(update(d0, 0.1), version=7))
     assert info.value.kind == "stale_version"
+
+
+def test_round_result_names_each_excluded_client_and_why() -> None:
+    server = SyncServer(
+        np.zeros(DIM, np.float32), 6, 4, TrainPlan(), FedAvg(lr=1.0), ConvergenceMonitor(), 0
+    )
+    ds = server.begin_round()
+    chosen = [d.client_id for d in ds]
+    outsider = next(c for c in range(6) if c not in chosen)
+    a, b, c, e = ds
+    with pytest.raises(UpdateRejected):
+        server.receive(update(a, np.float32(np.nan)))
+    with pytest.raises(UpdateRejected):  # refused, then made good by a valid update
+        server.receive(update(b, 0.01, n=0))
+    server.receive(update(b, 0.01))
+    server.fail(c.client_id, "disconnected")
+    with pytest.raises(UpdateRejected):
+        server.receive(replace(update(a, 0.01), client_id=outsider))
+    result = server.close_round()  # e never answered
+    got = {x.client_id: (x.outcome, x.kind) for x in result.excluded}
+    assert got == {
+        a.client_id: ("rejected", RejectionKind.NONFINITE),
+        c.client_id: ("failed", "disconnected"),
+        e.client_id: ("failed", "no update"),
+        outsider: ("rejected", RejectionKind.UNSELECTED),
+    }
+    assert [x.client_id for x in result.excluded] == sorted(got)
+    assert result.rejected == 3 and result.completed == (b.client_id,)
+    nan = next(x for x in result.excluded if x.client_id == a.client_id)
+    assert "NaN/inf" in nan.detail
+    assert nan.to_json()["kind"] == "nonfinite"

@@ -1,5 +1,7 @@
 """Selection, dropout handling and the client registry inside simulated runs."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -81,6 +83,12 @@ def test_over_selection_keeps_the_first_arrivals(tmp_path):
     assert any(r["surplus"] > 0 for r in recs)
     stats = sim.registry.stats()
     assert stats.selected.sum() == sum(r["dispatched"] - r["surplus"] for r in recs)
+    for r in recs:  # each record names who is not in the aggregate and why
+        failed = [e for e in r["excluded"] if e["outcome"] == "failed"]
+        assert len(failed) == r["dispatched"] - r["completed"]
+        reasons = Counter(e["kind"] for e in failed if e["kind"] != "surplus")
+        assert reasons == Counter(r["dropped"])
+        assert sum(e["kind"] == "surplus" for e in failed) == r["surplus"]
 
 
 def test_partial_work_from_stragglers_is_aggregated(tmp_path):

@@ -46,6 +46,7 @@ from typing import Literal
 
 import numpy as np
 
+from fedloom.errors import RejectionKind, UpdateRejected
 from fedloom.privacy.mechanisms import GeneratorNoise, NoiseSource, SecureNoise, clip_rows
 from fedloom.records import Update
 from fedloom.secagg.crypto import SecAggError
@@ -89,7 +90,7 @@ class SecureRound:
     neighbours: int
     threshold: int
     dropped: dict[str, int] = field(default_factory=dict)
-    rejected: dict[int, str] = field(default_factory=dict)
+    rejected: dict[int, UpdateRejected] = field(default_factory=dict)
     abort: str | None = None
 
 
@@ -216,11 +217,13 @@ class SecureAggregator:
             raise SecAggError(f"unknown dropout stage(s) {bad_stage}; stages are {STAGES}")
         if distributed is not None and dp_clip is not None:
             raise SecAggError("distributed DP clips with its own clip norm: pass dp_clip=None")
-        rejected = {}
+        rejected: dict[int, UpdateRejected] = {}
         sending = []
         for u in updates:
             if not (np.all(np.isfinite(u.delta)) and math.isfinite(u.metrics.train_loss)):
-                rejected[u.client_id] = "non-finite update or loss: not sent"
+                rejected[u.client_id] = UpdateRejected(
+                    u.client_id, "non-finite update or loss: not sent", RejectionKind.NONFINITE
+                )
             else:
                 sending.append(u)
         n = len(ids)

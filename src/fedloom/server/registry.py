@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import sqlite3
 import zlib
 from dataclasses import dataclass
@@ -31,7 +30,13 @@ from typing import NoReturn
 
 import numpy as np
 
-from fedloom.errors import CheckpointError, ConfigError, FedloomError
+from fedloom.errors import (
+    CheckpointError,
+    ConfigError,
+    FedloomError,
+    RejectionKind,
+    UpdateRejected,
+)
 from fedloom.server.stats import HOURS, ClientStats
 
 FLAGS: dict[str, int] = {
@@ -41,12 +46,14 @@ FLAGS: dict[str, int] = {
     "oversized_update": 8,
 }
 
-# A rejection reason sets these flags (besides rejected_update) when it matches.
-_REASON_FLAGS: tuple[tuple[re.Pattern[str], int], ...] = (
-    (re.compile(r"\bnan\b|\binf(inite|inity)?\b|non-?finite", re.I), FLAGS["nonfinite_update"]),
-    (re.compile(r"stale", re.I), FLAGS["stale_update"]),
-    (re.compile(r"shape|size", re.I), FLAGS["oversized_update"]),
-)
+# The flag a rejection's kind sets besides rejected_update (other kinds set only that).
+_KIND_FLAGS: dict[RejectionKind, int] = {
+    RejectionKind.NONFINITE: FLAGS["nonfinite_update"],
+    RejectionKind.STALE_VERSION: FLAGS["stale_update"],
+    RejectionKind.STALE_TASK: FLAGS["stale_update"],
+    RejectionKind.WRONG_SHAPE: FLAGS["oversized_update"],
+    RejectionKind.OVERSIZED: FLAGS["oversized_update"],
+}
 
 # Working state: name -> (dtype, initial value, one column per hour of day).
 _STATE: dict[str, tuple[type, float, bool]] = {
@@ -459,12 +466,13 @@ class ClientRegistry:
         selected: np.ndarray,
         completion: Completion,
         failed: dict[int, str],
-        rejected: dict[int, str],
+        rejected: dict[int, UpdateRejected],
     ) -> None:
         """Learn from one round's outcome and log one participation row per client.
 
         Each selected client completed (in ``completion``) or not (failed with the reason
-        in ``failed``, or rejected); rejected clients need not be selected (an update
+        in ``failed``, or rejected: the refusal, whose kind sets the client's anomaly
+        flags and whose reason is logged); rejected clients need not be selected (an update
         from outside the cohort is still an anomaly worth flagging). Reliability is the
         mean of a discounted Beta(1, 1) posterior over completions:
         ``a = decay*a + done``, ``b = decay*b + (1 - done)``, ``(a + 1) / (a + b + 2)``.
@@ -480,10 +488,15 @@ class ClientRegistry:
         done_ids = self._ids("completion.ids", completion.ids)
         fail_ids = self._ids("failed", self._keys("failed", failed))
         rej_ids = self._ids("rejected", self._keys("rejected", rejected))
-        reasons = {**failed, **rejected}
-        for cid, reason in reasons.items():
+        for cid, reason in failed.items():
             if not isinstance(reason, str):
                 raise FedloomError(f"reason for client {cid} = {reason!r}, expected a str")
+        for cid, err in rejected.items():
+            if not isinstance(err, UpdateRejected):
+                raise FedloomError(
+                    f"rejection of client {cid} = {err!r}, expected an UpdateRejected"
+                )
+        reasons = {**failed, **{cid: err.reason for cid, err in rejected.items()}}
         in_sel = np.zeros(self.num_clients, dtype=bool)
         in_sel[sel] = True
         for field, ids in (("completion.ids", done_ids), ("failed", fail_ids)):
@@ -543,7 +556,9 @@ class ClientRegistry:
         s["duration"][done_ids] = np.where(
             np.isnan(old), c.duration, k * c.duration + (1 - k) * old
         )
-        bits = np.array([_reason_flags(rejected[cid]) for cid in rej_ids.tolist()], dtype=np.int32)
+        bits = np.array(
+            [_kind_flags(rejected[cid].kind) for cid in rej_ids.tolist()], dtype=np.int32
+        )
         s["flags"][rej_ids] |= bits
         self._round = r
 
@@ -730,13 +745,9 @@ class ClientRegistry:
         self.close()
 
 
-def _reason_flags(reason: str) -> int:
-    """The anomaly bits a rejection reason sets (``rejected_update`` always)."""
-    bits = FLAGS["rejected_update"]
-    for pattern, bit in _REASON_FLAGS:
-        if pattern.search(reason):
-            bits |= bit
-    return bits
+def _kind_flags(kind: RejectionKind) -> int:
+    """The anomaly bits a rejection of ``kind`` sets (``rejected_update`` always)."""
+    return FLAGS["rejected_update"] | _KIND_FLAGS.get(kind, 0)
 
 
 def _online_prob(online: np.ndarray, seen: np.ndarray) -> np.ndarray:

@@ -27,12 +27,14 @@ import numpy as np
 from fedloom.aggregation import weighted_sum
 from fedloom.client.schedule import client_seeds
 from fedloom.errors import FedloomError, UpdateRejected
+from fedloom.errors import RejectionKind as _K
 from fedloom.optim import ServerOptimizer
 from fedloom.privacy.central import CentralDP, RoundRelease
 from fedloom.records import (
     ClientMetrics,
     ClientOutcomes,
     Dispatch,
+    Exclusion,
     RoundResult,
     TrainPlan,
     Update,
@@ -68,14 +70,27 @@ def _validate_metrics(cid: int, m: ClientMetrics) -> None:
     ):
         number = isinstance(value, int | float | np.integer | np.floating)
         if not number or isinstance(value, bool) or math.isinf(value):
-            raise UpdateRejected(cid, f"{name} = {value!r} is not a finite number", "nonfinite")
+            raise UpdateRejected(cid, f"{name} = {value!r} is not a finite number", _K.NONFINITE)
         if math.isnan(value) and not nan_ok:
-            raise UpdateRejected(cid, f"{name} = {value!r} is not a finite number", "nonfinite")
+            raise UpdateRejected(cid, f"{name} = {value!r} is not a finite number", _K.NONFINITE)
     if m.epochs < 0:
-        raise UpdateRejected(cid, f"epochs = {m.epochs!r}, expected >= 0", "bad_count")
+        raise UpdateRejected(cid, f"epochs = {m.epochs!r}, expected >= 0", _K.BAD_COUNT)
     steps = m.steps
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
-        raise UpdateRejected(cid, f"steps = {steps!r}, expected an int >= 0", "bad_count")
+        raise UpdateRejected(cid, f"steps = {steps!r}, expected an int >= 0", _K.BAD_COUNT)
+
+
+def _exclusions(rnd: _OpenRound, done: set[int]) -> tuple[Exclusion, ...]:
+    """Who is not in the round's aggregate and why, by client id: refused updates (from
+    inside or outside the cohort; not one a client made good by a later update), then
+    selected clients that failed or never answered."""
+    out = {
+        cid: Exclusion.rejected(cid, err) for cid, err in rnd.refusals.items() if cid not in done
+    }
+    for cid in rnd.selected:
+        if cid not in done and cid not in out:
+            out[cid] = Exclusion.failed(cid, rnd.failed.get(cid, "no update"))
+    return tuple(out[cid] for cid in sorted(out))
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,7 @@ class _OpenRound:
     updates: dict[int, Update] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
     rejected: int = 0
+    refusals: dict[int, UpdateRejected] = field(default_factory=dict)  # client -> its last
     secure: _Secure | None = None
     clamped: dict[int, tuple[int, int]] = field(default_factory=dict)  # client -> (declared, used)
     skip: str | None = None  # why the round releases nothing (see SyncServer.skip_round)
@@ -227,9 +243,11 @@ class SyncServer:
         """
         try:
             self._validate(update)
-        except UpdateRejected:
+        except UpdateRejected as err:
             if self._open is not None:
                 self._open.rejected += 1
+                if isinstance(update.client_id, int | np.integer):
+                    self._open.refusals[int(update.client_id)] = err
             raise
         rnd = self._open
         assert rnd is not None
@@ -310,47 +328,53 @@ class SyncServer:
     def _validate(self, u: Update) -> None:
         cid = u.client_id
         if self._open is None:
-            raise UpdateRejected(cid, "no round is open")
+            raise UpdateRejected(cid, "no round is open", _K.NO_ROUND)
         if self._open.secure is not None:
-            raise UpdateRejected(cid, "this round was aggregated securely")
+            raise UpdateRejected(cid, "this round was aggregated securely", _K.SECURE_ROUND)
         if cid not in self._open.row:
-            raise UpdateRejected(cid, f"client was not selected for round {self._open.round}")
+            raise UpdateRejected(
+                cid, f"client was not selected for round {self._open.round}", _K.UNSELECTED
+            )
         if cid in self._open.updates:
-            raise UpdateRejected(cid, f"duplicate update for round {self._open.round}")
+            raise UpdateRejected(
+                cid, f"duplicate update for round {self._open.round}", _K.DUPLICATE
+            )
         if cid in self._open.failed:
-            raise UpdateRejected(cid, "client was already marked failed this round")
+            raise UpdateRejected(
+                cid, "client was already marked failed this round", _K.ALREADY_FAILED
+            )
         if u.round != self._open.round or u.version != self.version:
             raise UpdateRejected(
                 cid,
                 f"stale update for round {u.round} / model version {u.version}; "
                 f"expected round {self._open.round} / version {self.version}",
-                "stale_version",
+                _K.STALE_VERSION,
             )
         delta = u.delta
         if not isinstance(delta, np.ndarray) or delta.shape != (self.dim,):
             shape = getattr(delta, "shape", type(delta).__name__)
             raise UpdateRejected(
-                cid, f"delta has shape {shape}, expected ({self.dim},)", "wrong_shape"
+                cid, f"delta has shape {shape}, expected ({self.dim},)", _K.WRONG_SHAPE
             )
         if delta.dtype != np.float32:
             raise UpdateRejected(
-                cid, f"delta has dtype {delta.dtype}, expected float32", "wrong_shape"
+                cid, f"delta has dtype {delta.dtype}, expected float32", _K.WRONG_SHAPE
             )
         if not np.isfinite(delta).all():
             bad = int(np.count_nonzero(~np.isfinite(delta)))
-            raise UpdateRejected(cid, f"delta contains {bad} NaN/inf values", "nonfinite")
+            raise UpdateRejected(cid, f"delta contains {bad} NaN/inf values", _K.NONFINITE)
         norm = float(np.linalg.norm(delta.astype(np.float64)))
         if not norm <= MAX_UPDATE_NORM:
             raise UpdateRejected(
                 cid,
                 f"delta has L2 norm {norm:.3g}, over {MAX_UPDATE_NORM:.3g} (its square "
                 "overflows float32: a diverged or hostile update)",
-                "overflow",
+                _K.OVERFLOW,
             )
         count = u.num_examples
         if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
             raise UpdateRejected(
-                cid, f"num_examples = {u.num_examples!r}, expected an int >= 1", "bad_count"
+                cid, f"num_examples = {u.num_examples!r}, expected an int >= 1", _K.BAD_COUNT
             )
         _validate_metrics(cid, u.metrics)
 
@@ -508,6 +532,7 @@ class SyncServer:
             clients=clients,
             skip_reason=rnd.skip,
             clamped=tuple((c, n, m) for c, (n, m) in sorted(rnd.clamped.items())),
+            excluded=_exclusions(rnd, {int(c) for c in sel[done]}),
         )
 
     def observe(self, metrics: dict[str, float]) -> StopDecision | None:

@@ -638,7 +638,7 @@ class Simulation:
             updates = self._privatize(updates)
         if shard is not None and shard.mode == "gather":
             updates = [u for part in shard.gather(updates) for u in part]
-        rejected: dict[int, str] = {}
+        rejected: dict[int, UpdateRejected] = {}
         kinds: dict[str, int] = {}
         secure = None
         refusal = None
@@ -656,7 +656,7 @@ class Simulation:
                 try:
                     self.server.receive(update)
                 except UpdateRejected as err:
-                    rejected[update.client_id] = err.reason
+                    rejected[update.client_id] = err
                     kinds[err.kind] = kinds.get(err.kind, 0) + 1
                     log.warning("%s", err)
         combine = shard.allreduce if shard is not None and shard.mode == "allreduce" else None
@@ -1032,7 +1032,7 @@ class Simulation:
         dispatches: list[Dispatch],
         outcome: RoundOutcome,
         result: RoundResult,
-        rejected: dict[int, str],
+        rejected: dict[int, UpdateRejected],
     ) -> None:
         """Tell the registry who was asked, who delivered, how fast, and who failed why.
 
@@ -1143,6 +1143,8 @@ def _round_record(result: RoundResult, metrics: dict[str, Any], wall_s: float) -
         "completed": len(result.completed),
         "failed": len(result.failed),
         "rejected": result.rejected,
+        # who is not in the aggregate and why (refused updates, failures and dropouts)
+        "excluded": [e.to_json() for e in result.excluded],
         "num_examples": result.num_examples,
         "train_loss": result.train_loss,
         "update_norm": result.update_norm,

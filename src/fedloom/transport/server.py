@@ -46,6 +46,7 @@ import numpy as np
 from fedloom.client.schedule import NO_CAP, steps_for
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError, FedloomError, UpdateRejected
+from fedloom.errors import RejectionKind as _K
 from fedloom.records import ClientMetrics, Dispatch, RoundResult, Update
 from fedloom.secagg.crypto import SecAggError
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
@@ -276,7 +277,7 @@ class _Round:
     needed: int | None  # deliveries that make the rest surplus (None: await everyone)
     arrival: dict[int, float] = dataclasses.field(default_factory=dict)
     applied: dict[int, bytes] = dataclasses.field(default_factory=dict)  # client -> sha256
-    rejected: dict[int, str] = dataclasses.field(default_factory=dict)
+    rejected: dict[int, UpdateRejected] = dataclasses.field(default_factory=dict)
     up_kbps: dict[int, float] = dataclasses.field(default_factory=dict)  # measured transfers
     down_kbps: dict[int, float] = dataclasses.field(default_factory=dict)
     bytes_up: int = 0
@@ -334,8 +335,8 @@ class DeploymentServer(rpc.FedloomServicer):
         self._scheduler = TransferScheduler(options.max_transfers)
         self._transfers: set[_Transfer] = set()  # in progress, for the stall watchdog
         self._transfer_lock = threading.Lock()
-        self.refused: Counter[str] = Counter()  # refused messages by kind, whole run
-        self._refused_mark: Counter[str] = Counter()  # self.refused at the last round record
+        self.refused: Counter[_K] = Counter()  # refused messages by kind, whole run
+        self._refused_mark: Counter[_K] = Counter()  # self.refused at the last round record
         self._played = False  # a round was started by this server (process)
         # in task ids: a resumed server replays the round it died in under a new id, so
         # work begun for its predecessor (a half-run SecAgg+ protocol) is refused as stale
@@ -741,7 +742,7 @@ class DeploymentServer(rpc.FedloomServicer):
 
     # identity and refusals ----------------------------------------------------
     def _refuse(
-        self, context: grpc.ServicerContext, code: grpc.StatusCode, kind: str, message: str
+        self, context: grpc.ServicerContext, code: grpc.StatusCode, kind: _K, message: str
     ) -> NoReturn:
         self.refused[kind] += 1
         log.warning("refused (%s): %s", kind, message)
@@ -765,7 +766,7 @@ class DeploymentServer(rpc.FedloomServicer):
             self._refuse(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "too_many_transfers",
+                _K.TOO_MANY_TRANSFERS,
                 f"client-{cid} already has {open_now} transfers open (at most {limit}); "
                 f"{kind} refused",
             )
@@ -789,7 +790,7 @@ class DeploymentServer(rpc.FedloomServicer):
                         t.stalled = why
                         stalled.append(t)
             for t in stalled:
-                self.refused["stalled"] += 1
+                self.refused[_K.STALLED] += 1
                 log.warning("refused (stalled): client-%d: %s; cancelled", t.cid, t.stalled)
                 t.context.cancel()
 
@@ -804,7 +805,7 @@ class DeploymentServer(rpc.FedloomServicer):
             self._refuse(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
-                "unknown_client",
+                _K.UNKNOWN_CLIENT,
                 f"unknown client {name!r}: expected client-N with N < {self.num_clients}",
             )
         cid = int(match.group(1))
@@ -819,7 +820,7 @@ class DeploymentServer(rpc.FedloomServicer):
             self._refuse(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "bad_count",
+                _K.BAD_COUNT,
                 f"client-{cid} joined with num_examples = {request.num_examples}, expected >= 1",
             )
         with self._cond:
@@ -909,7 +910,7 @@ class DeploymentServer(rpc.FedloomServicer):
             self._refuse(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "stale_version",
+                _K.STALE_VERSION,
                 f"model version {version} is not available (current {self.sim.server.version})",
             )
         messages, payload_bytes = self._prepared(version, base)
@@ -984,7 +985,7 @@ class DeploymentServer(rpc.FedloomServicer):
         if first is None and (transfer.stalled or not context.is_active()):  # cancelled
             return pb.UploadReply(accepted=False, reason=transfer.stalled or "stream cancelled")
         if first is None or not first.HasField("header"):
-            self._refuse(context, invalid, "malformed", "upload must start with a header")
+            self._refuse(context, invalid, _K.MALFORMED, "upload must start with a header")
         h = first.header
         with self._cond:
             rnd = self._round
@@ -1002,7 +1003,7 @@ class DeploymentServer(rpc.FedloomServicer):
             self._refuse(
                 context,
                 invalid,
-                "wrong_shape",
+                _K.WRONG_SHAPE,
                 f"update of dim {h.dim}, dtype {h.dtype!r}, {h.payload_bytes} bytes; expected "
                 f"dim {dim}, {dtype.name!r}, {dtype.itemsize * dim} bytes",
             )
@@ -1010,7 +1011,7 @@ class DeploymentServer(rpc.FedloomServicer):
             self._refuse(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "stale_task",
+                _K.STALE_TASK,
                 f"task {h.task_id!r} is not open for client-{cid}",
             )
         parts, size = [first.data], len(first.data)
@@ -1025,7 +1026,7 @@ class DeploymentServer(rpc.FedloomServicer):
                     self._refuse(
                         context,
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        "oversized",
+                        _K.OVERSIZED,
                         f"upload exceeds its declared {h.payload_bytes} bytes",
                     )
                 parts.append(chunk.data)
@@ -1035,7 +1036,7 @@ class DeploymentServer(rpc.FedloomServicer):
         payload = b"".join(parts)
         if len(payload) != h.payload_bytes or wire.digest(payload) != h.sha256:
             self._refuse(
-                context, invalid, "corrupt", "upload is truncated or fails its sha256 check"
+                context, invalid, _K.CORRUPT, "upload is truncated or fails its sha256 check"
             )
         if secure is not None:
             return self._apply_masked(cid, h, payload, context, kbps, secure)
@@ -1068,7 +1069,7 @@ class DeploymentServer(rpc.FedloomServicer):
                     rnd.up_kbps[cid] = kbps
                     self._cond.notify_all()
                 return pb.UploadReply(accepted=True, duplicate=duplicate)
-        self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "secagg", why)
+        self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, _K.SECAGG, why)
 
     # secure aggregation -------------------------------------------------------
     def _secure_round(
@@ -1080,14 +1081,14 @@ class DeploymentServer(rpc.FedloomServicer):
             self._refuse(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "stale_task",
+                _K.STALE_TASK,
                 f"no secure aggregation is open for task {task_id!r}",
             )
         if cid not in rnd.secure.index:
             self._refuse(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
-                "secagg",
+                _K.SECAGG,
                 f"client-{cid} is not in the cohort of task {task_id!r}",
             )
         return rnd, rnd.secure
@@ -1103,7 +1104,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 try:
                     message = secure.fetch(cid, request.stage)
                 except SecAggError as err:
-                    self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "secagg", str(err))
+                    self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, _K.SECAGG, str(err))
                 if message is not None:
                     rnd.bytes_down += message.ByteSize()
                     return message
@@ -1128,7 +1129,7 @@ class DeploymentServer(rpc.FedloomServicer):
             self._refuse(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "malformed",
+                _K.MALFORMED,
                 f"SecAggSend carries {request.WhichOneof('body')!r}, not a client reply",
             )
         digest = wire.digest(request.SerializeToString(deterministic=True))
@@ -1142,7 +1143,7 @@ class DeploymentServer(rpc.FedloomServicer):
                         secure.attach_certificate(cid, certificate)
                 duplicate = secure.submit(cid, stage, message, digest)
             except SecAggError as err:
-                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "secagg", str(err))
+                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, _K.SECAGG, str(err))
             if not duplicate:
                 rnd.bytes_up += request.ByteSize()
                 self._cond.notify_all()
@@ -1176,15 +1177,15 @@ class DeploymentServer(rpc.FedloomServicer):
             if cid in applied:
                 if applied[cid] == h.sha256:
                     return pb.UploadReply(accepted=True, duplicate=True)
-                code, kind = grpc.StatusCode.ALREADY_EXISTS, "replay"
+                code, kind = grpc.StatusCode.ALREADY_EXISTS, _K.REPLAY
                 why = f"a different update from client-{cid} was already applied to this task"
             elif not current or rnd is None:
-                code, kind, why = grpc.StatusCode.FAILED_PRECONDITION, "stale_task", "round closed"
+                code, kind, why = grpc.StatusCode.FAILED_PRECONDITION, _K.STALE_TASK, "round closed"
             else:
                 try:
                     self.sim.server.receive(update)
                 except UpdateRejected as err:
-                    rnd.rejected[cid] = err.reason
+                    rnd.rejected[cid] = err
                     code, kind = grpc.StatusCode.INVALID_ARGUMENT, err.kind
                     why = str(err)
                 else:
