@@ -65,11 +65,13 @@ def _clients(target: str, data: str, certs: str, ids: list[int], done: Any) -> N
 
 
 def play(root: Path, mode: str, clients: int, rounds: int) -> dict[str, Any]:
+    from grpc_tooling import start_in_thread
+
     from fedloom.config import load_config
     from fedloom.data.federated import build_federated_data
     from fedloom.data.storage import write_partition
     from fedloom.transport.certs import init_ca, issue
-    from fedloom.transport.server import ServerOptions, start_in_thread
+    from fedloom.transport.server import ServerOptions
 
     root.mkdir(parents=True)
     certs = root / "certs"

@@ -590,7 +590,7 @@ def concurrent_clients(root: Path, clients: int, processes: int, rounds: int) ->
 
 
 def slow_link(root: Path, clients: int, hidden: int, rounds: int) -> dict:
-    from fedloom.transport.faultproxy import FaultProxy
+    from grpc_tooling import FaultProxy
 
     config, data = _write_run(
         root,

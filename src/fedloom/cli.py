@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedloom.cli_certs import certs_app
 from fedloom.console import console, user_errors
 from fedloom.errors import CheckpointError, DataError, FedloomError, RunInterrupted
-from fedloom.transport.cli_certs import certs_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from server_thread import start_in_thread
+
 from fedloom.config import load_config
 from fedloom.data.federated import build_federated_data
 from fedloom.data.storage import client_dir, write_partition
 from fedloom.transport.certs import bundle_dir as _bundle
 from fedloom.transport.client import DeploymentClient
-from fedloom.transport.server import DeploymentServer, ServerOptions, start_in_thread
+from fedloom.transport.server import DeploymentServer, ServerOptions
 
 SMALL_RUN = [
     "rounds=2",

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
+from fedloom.cli_certs import certs_app
 from fedloom.errors import FedloomError
 from fedloom.transport.certs import (
     CertError,
@@ -29,7 +30,6 @@ from fedloom.transport.certs import (
     signing_key,
     verified_client_key,
 )
-from fedloom.transport.cli_certs import certs_app
 
 runner = CliRunner()
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from deployment import Deployment
+from faultproxy import FaultProxy
 
 from fedloom.secagg.cohort import SecureAggregator
 from fedloom.transport.certs import issue
-from fedloom.transport.faultproxy import FaultProxy
 
 ATOL = 1e-4  # vectorized (simulator) vs sequential (client) training: ~1e-6 per round
 

@@ -13,8 +13,7 @@ from contextlib import closing, suppress
 
 import grpc
 import pytest
-
-from fedloom.transport.faultproxy import FaultProxy
+from faultproxy import FaultProxy
 
 
 class _Echo(socketserver.BaseRequestHandler):

@@ -45,11 +45,11 @@ from fedloom.privacy.accounting import MechanismEvent, compose_epsilon
 from fedloom.privacy.audit import AuditResult, audit, canary_directions, canary_scores
 from fedloom.privacy.central import Replay
 from fedloom.privacy.ledger import PrivacyLedger, release_digest
-from fedloom.privacy.plan import PrivacyPlan
 from fedloom.records import Dispatch, RoundResult, TrainPlan, Update
 from fedloom.runs import RunDirectory, keep_aside
 from fedloom.secagg.cohort import SecureAggregator, SecureRound
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
+from fedloom.server.privacy_plan import PrivacyPlan
 from fedloom.server.registry import ClientRegistry, Completion
 from fedloom.server.selection import PoissonSelector, UniformSelector, make_selector
 from fedloom.server.stats import ClientStats

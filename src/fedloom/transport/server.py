@@ -26,7 +26,6 @@ import itertools
 import json
 import logging
 import math
-import queue
 import re
 import secrets
 import socket
@@ -1218,32 +1217,3 @@ def open_simulation(config: RunConfig, resume: Path | None) -> Simulation:
         return Simulation.resume(resume, deployment=True)
     return Simulation.start(config, deployment=True)
 
-
-def start_in_thread(
-    config: RunConfig, options: ServerOptions, timeout_s: float = 300.0
-) -> tuple[DeploymentServer, threading.Thread]:
-    """A server for ``config``, started in a background thread that builds the simulation
-    (its SQLite registry belongs to that thread) and then plays the rounds. Returns the
-    server, whose ``port`` is bound, and the thread, which ends with the run. For tests,
-    benchmarks and programs that embed a server."""
-    ready: queue.Queue[DeploymentServer | BaseException] = queue.Queue()
-
-    def serve() -> None:
-        try:
-            server = DeploymentServer(Simulation.start(config, deployment=True), options)
-            server.start()
-        except BaseException as err:
-            ready.put(err)
-            raise
-        ready.put(server)
-        try:
-            server.run()
-        finally:
-            server.stop()
-
-    thread = threading.Thread(target=serve, name="fedloom-server", daemon=True)
-    thread.start()
-    started = ready.get(timeout=timeout_s)
-    if isinstance(started, BaseException):
-        raise started
-    return started, thread
