@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedloom.errors import ConfigError
+from fedloom.records import PLAN_BOUNDS, TrainPlan
 
 
 class _Section(BaseModel):
@@ -67,25 +68,30 @@ class ModelConfig(_Section):
     hidden: tuple[Annotated[int, Field(ge=1)], ...] = (32,)
 
 
+_PLAN = TrainPlan()  # the defaults of a client's training settings (bounds: PLAN_BOUNDS)
+_BETA = Annotated[float, Field(**PLAN_BOUNDS["betas"])]
+
+
 class ClientConfig(_Section):
-    local_epochs: int = Field(5, ge=1)
-    local_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(32, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1, description="SGD only")
-    nesterov: bool = False
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
-        0.9,
-        0.999,
-    )
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    prox_mu: float = Field(0.0, ge=0)
+    """A client's training settings: ``TrainPlan``'s defaults and bounds (records.py)."""
+
+    local_epochs: int = Field(_PLAN.local_epochs, **PLAN_BOUNDS["local_epochs"])
+    local_steps: int | None = Field(_PLAN.local_steps, **PLAN_BOUNDS["local_steps"])
+    batch_size: int = Field(_PLAN.batch_size, **PLAN_BOUNDS["batch_size"])
+    optimizer: Literal["sgd", "adam"] = _PLAN.optimizer
+    lr: float = Field(_PLAN.lr, **PLAN_BOUNDS["lr"])
+    momentum: float = Field(_PLAN.momentum, description="SGD only", **PLAN_BOUNDS["momentum"])
+    nesterov: bool = _PLAN.nesterov
+    betas: tuple[_BETA, _BETA] = _PLAN.betas
+    eps: float = Field(_PLAN.eps, **PLAN_BOUNDS["eps"])
+    weight_decay: float = Field(_PLAN.weight_decay, **PLAN_BOUNDS["weight_decay"])
+    prox_mu: float = Field(_PLAN.prox_mu, **PLAN_BOUNDS["prox_mu"])
     dp_sgd_clip_norm: float | None = Field(
-        None, gt=0, description="sample-level DP-SGD: clip each per-sample gradient"
+        _PLAN.dp_sgd_clip,
+        description="sample-level DP-SGD: clip each per-sample gradient",
+        **PLAN_BOUNDS["dp_sgd_clip"],
     )
-    dp_sgd_noise_multiplier: float = Field(0.0, ge=0)
+    dp_sgd_noise_multiplier: float = Field(_PLAN.dp_sgd_noise, **PLAN_BOUNDS["dp_sgd_noise"])
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> ClientConfig:
@@ -389,6 +395,44 @@ class CheckpointConfig(_Section):
     keep: int = Field(3, ge=1)
 
 
+class TransformSpec(BaseModel):
+    """One transform of a chain: ``name`` (a registered name such as ``"clip_l2"``, or
+    ``"package.module:attribute"``) and its parameters as the other keys, e.g.
+    ``{ name = "clip_l2", clip_norm = 1.0 }``. Built once when the config loads, so an
+    unknown name or a bad parameter is refused before any work starts."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _builds(self) -> TransformSpec:
+        from fedloom.transforms.base import build
+
+        try:
+            build(self.name, self.params)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+
+class TransformsConfig(_Section):
+    """Update transforms (see docs/transforms.md): ``client`` runs on each client's update
+    before upload (before local DP noise and secure encoding), ``server`` on the received
+    rows before they are reduced (not under secure aggregation, which has no rows)."""
+
+    client: tuple[TransformSpec, ...] = ()
+    server: tuple[TransformSpec, ...] = ()
+
+    def specs(self, side: Literal["client", "server"]) -> list[tuple[str, dict[str, Any]]]:
+        """``(name, params)`` of one side's chain, as ``transforms.build_chain`` takes."""
+        return [(t.name, t.params) for t in getattr(self, side)]
+
+
 class RunConfig(_Section):
     """The whole experiment."""
 
@@ -415,6 +459,7 @@ class RunConfig(_Section):
     simulation: SimulationConfig = SimulationConfig()
     distributed: DistributedConfig = DistributedConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    transforms: TransformsConfig = TransformsConfig()
 
     @model_validator(mode="after")
     def _cohort_fits(self) -> RunConfig:
@@ -454,6 +499,11 @@ class RunConfig(_Section):
                     "differential privacy needs server.over_selection = 1: the sampling "
                     "rate the accountant uses is clients_per_round / num_clients"
                 )
+        if self.secagg.enabled and self.transforms.server:
+            raise ValueError(
+                "transforms.server needs the clients' rows; under secagg.enabled = true the "
+                "server sees only their sum (use client transforms)"
+            )
         n = self.partition.num_clients
         k = self.server.clients_per_round
         if n and k > n:

@@ -24,14 +24,13 @@ from typing import Literal
 
 import numpy as np
 
-from fedloom.aggregation import weighted_sum
+from fedloom.aggregation import Reducer, WeightedMean
 from fedloom.client.schedule import client_seeds
 from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.errors import RejectionKind as _K
 from fedloom.optim import ServerOptimizer
 from fedloom.privacy.central import CentralDP, RoundRelease
 from fedloom.records import (
-    ClientMetrics,
     ClientOutcomes,
     Dispatch,
     Exclusion,
@@ -43,8 +42,20 @@ from fedloom.secagg.cohort import SecureSum
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.selection import Selector, UniformSelector
 from fedloom.server.stats import ClientStats
+from fedloom.transforms.base import (
+    ClientStates,
+    Context,
+    Transform,
+    flatten_state,
+    unflatten_state,
+)
+from fedloom.transforms.clipping import AdaptiveClipL2, ClipL2
+from fedloom.transforms.privacy import CentralRelease
+from fedloom.transforms.validation import MAX_UPDATE_NORM, Validate
 
 Combine = Callable[[np.ndarray], np.ndarray]
+_XFORM = "xform.server."  # checkpoint arrays holding the server transforms' state
+_CLIENT_XFORM = "xform.client."  # ... and the simulated clients' (see SyncServer.__init__)
 
 
 def client_seed(run_seed: int, round: int, client_id: int) -> int:
@@ -52,32 +63,8 @@ def client_seed(run_seed: int, round: int, client_id: int) -> int:
     return int(client_seeds(run_seed, round, np.array([client_id]))[0])
 
 
-# The largest update norm a server accepts: sqrt of float32's maximum, so the square of
-# every admitted row's norm, the dot product of any two admitted rows (Cauchy-Schwarz) and
-# any weighted mean of them stay finite in float32. Larger is a diverged or hostile update
-# (3e38 in every coordinate is finite, but its norm and the cohort's sums are not).
-MAX_UPDATE_NORM = float(np.sqrt(np.finfo(np.float32).max))
-
-
-def _validate_metrics(cid: int, m: ClientMetrics) -> None:
-    """Refuse statistics that would poison the round's sums or the registry: the training
-    loss and epochs must be finite, steps a count; the squared loss may be NaN (not
-    reported) but never infinite."""
-    for name, value, nan_ok in (
-        ("train_loss", m.train_loss, False),
-        ("train_loss_sq", m.train_loss_sq, True),
-        ("epochs", m.epochs, False),
-    ):
-        number = isinstance(value, int | float | np.integer | np.floating)
-        if not number or isinstance(value, bool) or math.isinf(value):
-            raise UpdateRejected(cid, f"{name} = {value!r} is not a finite number", _K.NONFINITE)
-        if math.isnan(value) and not nan_ok:
-            raise UpdateRejected(cid, f"{name} = {value!r} is not a finite number", _K.NONFINITE)
-    if m.epochs < 0:
-        raise UpdateRejected(cid, f"epochs = {m.epochs!r}, expected >= 0", _K.BAD_COUNT)
-    steps = m.steps
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
-        raise UpdateRejected(cid, f"steps = {steps!r}, expected an int >= 0", _K.BAD_COUNT)
+# MAX_UPDATE_NORM stays importable from here; the checks live in transforms.validation
+__all__ = ["MAX_UPDATE_NORM", "SyncServer", "client_seed"]
 
 
 def _exclusions(rnd: _OpenRound, done: set[int]) -> tuple[Exclusion, ...]:
@@ -148,6 +135,9 @@ class SyncServer:
         dp: CentralDP | None = None,
         os_selection: bool = False,
         max_examples: int | None = None,
+        reducer: Reducer | None = None,
+        transforms: Transform | None = None,
+        client_states: ClientStates | None = None,
     ) -> None:
         """``quorum``: the fewest aggregated updates a round may apply. A round below it
         leaves the model unchanged and is either skipped (the round still counts) or,
@@ -164,7 +154,21 @@ class SyncServer:
         ``max_examples``: the most examples one update may weigh in FedAvg (a declared
         count above it, or above the client's bound from :meth:`bound_examples`, is
         clamped and recorded in ``RoundResult.clamped``), so that no client can replace
-        the model by declaring a huge count."""
+        the model by declaring a huge count.
+
+        ``close_round`` runs the server chain: decode (a secure round's sums) -> validate
+        (:class:`~fedloom.transforms.validation.Validate`, on receipt) -> ``transforms``
+        (a server transform chain over the cohort's rows, e.g. from the config's
+        ``[transforms] server``; its state is checkpointed) -> reduce (``reducer``,
+        default the FedAvg weighted mean; under ``dp`` the clipped rows' plain sum) ->
+        central DP (:class:`~fedloom.transforms.privacy.CentralRelease`, with the audit
+        canaries of :meth:`add_canaries`) -> ``optimizer``. Row transforms and a reducer
+        that is not decomposable need the rows, so they refuse secure sums and, under
+        ``combine``, see only one shard's rows.
+
+        ``client_states``: in simulation, every client's transform state (the simulator
+        plays the clients and applies their chain); it is written into and restored from
+        this server's checkpoints. A deployed client keeps its own instead."""
         if params.dtype != np.float32 or params.ndim != 1:
             raise FedloomError("global parameters must be a 1-D float32 vector")
         self.params = params.copy()
@@ -187,6 +191,11 @@ class SyncServer:
         if max_examples is not None and max_examples < 1:
             raise FedloomError(f"max_examples = {max_examples!r}, expected an int >= 1")
         self.max_examples = max_examples
+        self.validation = Validate(int(params.shape[0]))
+        self.reducer: Reducer = reducer or WeightedMean()
+        self.transforms = transforms
+        self.transform_state = {} if transforms is None else transforms.init(int(params.shape[0]))
+        self.client_states = client_states
         # per-client weight bounds the runtime knows (registered sizes, counts at join)
         self._example_bound = np.full(num_clients, np.iinfo(np.int64).max, dtype=np.int64)
         self._canary_sum: np.ndarray | None = None
@@ -350,33 +359,7 @@ class SyncServer:
                 f"expected round {self._open.round} / version {self.version}",
                 _K.STALE_VERSION,
             )
-        delta = u.delta
-        if not isinstance(delta, np.ndarray) or delta.shape != (self.dim,):
-            shape = getattr(delta, "shape", type(delta).__name__)
-            raise UpdateRejected(
-                cid, f"delta has shape {shape}, expected ({self.dim},)", _K.WRONG_SHAPE
-            )
-        if delta.dtype != np.float32:
-            raise UpdateRejected(
-                cid, f"delta has dtype {delta.dtype}, expected float32", _K.WRONG_SHAPE
-            )
-        if not np.isfinite(delta).all():
-            bad = int(np.count_nonzero(~np.isfinite(delta)))
-            raise UpdateRejected(cid, f"delta contains {bad} NaN/inf values", _K.NONFINITE)
-        norm = float(np.linalg.norm(delta.astype(np.float64)))
-        if not norm <= MAX_UPDATE_NORM:
-            raise UpdateRejected(
-                cid,
-                f"delta has L2 norm {norm:.3g}, over {MAX_UPDATE_NORM:.3g} (its square "
-                "overflows float32: a diverged or hostile update)",
-                _K.OVERFLOW,
-            )
-        count = u.num_examples
-        if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
-            raise UpdateRejected(
-                cid, f"num_examples = {u.num_examples!r}, expected an int >= 1", _K.BAD_COUNT
-            )
-        _validate_metrics(cid, u.metrics)
+        self.validation.check(u)
 
     def skip_round(self, reason: str) -> None:
         """Close the open round, when it closes, as ``"skipped"`` with ``reason``: nothing
@@ -435,7 +418,17 @@ class SyncServer:
         secure = rnd.secure
         if secure is not None and combine is not None:
             raise FedloomError("a secure sum is the whole cohort's already: it cannot be combined")
-        if secure is not None:  # sums only: no per-client loss or contribution
+        rowwise = self.transforms is not None or not self.reducer.decomposable
+        if secure is not None and rowwise:
+            raise FedloomError(
+                "server row transforms and a non-decomposable reducer need the rows; a secure "
+                "round has only their sum"
+            )
+        if combine is not None and not self.reducer.decomposable:
+            raise FedloomError(f"reducer {type(self.reducer).__name__} cannot be combined")
+        matrix = rnd.matrix[rows]
+        # the server chain: decode -> validate -> transforms -> reduce -> central DP -> optimizer
+        if secure is not None:  # decode: the secure transform's server half gave these sums
             rows = np.array([rnd.row[int(c)] for c in secure.total.included], dtype=np.int64)
             packed[:d] = secure.total.delta
             packed[-2] = secure.total.unclipped
@@ -443,12 +436,14 @@ class SyncServer:
             per_client[1:3, rows] = np.nan
             per_client[3, rows] = secure.steps
         elif ups:  # in selection order, so arrival order cannot change the sum
+            # validate ran on receipt (Validate.check); then the server's row transforms
+            matrix = self._transform_rows(matrix, rnd, ups, w)
             if self.dp is not None:  # DP-FedAvg: equal weights of clipped updates
-                clipped, unclipped = self.dp.clip(rnd.matrix[rows])
+                clipped, unclipped = self._dp_clip().clip(matrix)
                 packed[:d] = clipped.sum(axis=0, dtype=np.float64)
                 packed[-2] = unclipped
             else:
-                packed[:d] = weighted_sum(rnd.matrix[rows], w)
+                packed[:d] = self.reducer.partial(matrix, w)
             per_client[0, rows] = w
             per_client[1, rows] = w * np.array([u.metrics.train_loss for u in ups])
             per_client[2, rows] = w * np.array([u.metrics.train_loss_sq for u in ups])
@@ -472,7 +467,9 @@ class SyncServer:
             status = "empty"
         elif central:  # the quorum is decided on the release's noisy count
             assert self.dp is not None
-            release = self.dp.release_round(packed[:d], packed[-2], len(done), self.quorum)
+            release = CentralRelease(self.dp, self.quorum).release(
+                packed[:d], packed[-2], len(done)
+            )
             if not release.passes:
                 retry = self.quorum_policy == "retry" and self.retries < self.max_retries
                 status = "retry" if retry else "skipped"
@@ -488,9 +485,9 @@ class SyncServer:
             elif self.dp is not None:
                 delta = self.dp.release(packed[:d], packed[-2], len(done))
             elif secure is not None:
-                delta = (packed[:d] / secure.total.weight).astype(np.float32)
+                delta = self.reducer.finish(packed[:d], secure.total.weight)
             else:
-                delta = (packed[:d] / total).astype(np.float32)
+                delta = self.reducer.finish(packed[:d], total)
             self.params, self.opt_state = self.optimizer.step(self.params, delta, self.opt_state)
             self.version += 1
             norm = float(np.linalg.norm(delta.astype(np.float64)))
@@ -501,7 +498,7 @@ class SyncServer:
             if norm > 0 and ups and self.dp is None:
                 # projected on the unit direction, so the float32 products cannot overflow
                 unit = (delta / np.float32(norm)).astype(np.float32)
-                contribution[rows] = w * (rnd.matrix[rows] @ unit) / (total * norm)
+                contribution[rows] = w * (matrix @ unit) / (total * norm)
             if combine is not None:
                 contribution = np.asarray(combine(contribution), dtype=np.float64)
         if status == "retry":
@@ -535,6 +532,34 @@ class SyncServer:
             excluded=_exclusions(rnd, {int(c) for c in sel[done]}),
         )
 
+    def _dp_clip(self) -> ClipL2 | AdaptiveClipL2:
+        """Central DP's clipping stage at the current (fixed or adaptive) clip norm."""
+        assert self.dp is not None
+        if self.dp.clipper is not None:
+            return AdaptiveClipL2(self.dp.clipper)
+        return ClipL2(self.dp.fixed_clip)
+
+    def _transform_rows(
+        self, matrix: np.ndarray, rnd: _OpenRound, ups: list[Update], w: np.ndarray
+    ) -> np.ndarray:
+        """The server's row transforms over the received rows (selection order)."""
+        if self.transforms is None:
+            return matrix
+        ctx = Context(
+            round=rnd.round,
+            client_ids=np.array([u.client_id for u in ups], dtype=np.int64),
+            weights=w,
+            seed=self.seed,
+            losses=np.array([u.metrics.train_loss for u in ups], dtype=np.float64),
+        )
+        out, self.transform_state = self.transforms.apply(matrix, self.transform_state, ctx)
+        out = np.asarray(out, dtype=np.float32)
+        if out.shape != matrix.shape:
+            raise FedloomError(
+                f"server transforms returned rows of shape {out.shape}, expected {matrix.shape}"
+            )
+        return out
+
     def observe(self, metrics: dict[str, float]) -> StopDecision | None:
         """Feed the round's evaluation to convergence monitoring; a decision means stop."""
         value = metrics.get(self.monitor.metric)
@@ -548,6 +573,10 @@ class SyncServer:
             raise FedloomError("cannot checkpoint while a round is open")
         arrays = {"params": self.params}
         arrays.update({f"opt.{k}": np.asarray(v) for k, v in self.opt_state.items()})
+        flat = flatten_state(self.transform_state)
+        arrays.update({_XFORM + k: v for k, v in flat.items()})
+        if self.client_states is not None:
+            arrays.update(self.client_states.arrays(_CLIENT_XFORM))
         return {
             "arrays": arrays,
             "meta": {
@@ -571,6 +600,17 @@ class SyncServer:
         self.opt_state = {
             k.removeprefix("opt."): np.array(v) for k, v in arrays.items() if k.startswith("opt.")
         }
+        if self.transforms is not None:
+            saved = {k.removeprefix(_XFORM): v for k, v in arrays.items() if k.startswith(_XFORM)}
+            fresh = flatten_state(self.transforms.init(self.dim))
+            if set(saved) != set(fresh):
+                raise FedloomError(
+                    f"checkpoint server transform state has {sorted(saved)}, the configured "
+                    f"transforms {sorted(fresh)}"
+                )
+            self.transform_state = unflatten_state(saved)
+        if self.client_states is not None:
+            self.client_states.load_arrays(arrays, _CLIENT_XFORM)
         self.round = int(meta["round"])
         self.version = int(meta["version"])
         self.retries = 0
