@@ -6,23 +6,48 @@ string keys shared by convention.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
 
-from fedloom.errors import RejectionKind, UpdateRejected
+from fedloom.errors import ConfigError, RejectionKind, UpdateRejected
+
+# One source of truth for a client's training settings: TrainPlan's defaults and these
+# bounds (pydantic's names: ge, gt, lt). ``ClientConfig`` takes both from here, and a
+# TrainPlan checks them on construction, wherever it comes from (config, code, the wire).
+PLAN_BOUNDS: dict[str, dict[str, float]] = {
+    "local_epochs": {"ge": 1},
+    "local_steps": {"ge": 1},
+    "batch_size": {"ge": 1},
+    "lr": {"gt": 0},
+    "momentum": {"ge": 0, "lt": 1},
+    "betas": {"ge": 0, "lt": 1},  # each of the two
+    "eps": {"gt": 0},
+    "weight_decay": {"ge": 0},
+    "prox_mu": {"ge": 0},
+    "dp_sgd_clip": {"gt": 0},
+    "dp_sgd_noise": {"ge": 0},
+}
+_INT_FIELDS = ("local_epochs", "local_steps", "batch_size")
+_OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """What a client is asked to do in one round (sized per client by the server)."""
+    """What a client is asked to do in one round (sized per client by the server).
 
-    local_epochs: int = 1
+    Checked on construction (bounds in ``PLAN_BOUNDS``): a bad value raises ``ConfigError``
+    naming the field and the value, so a plan from a config, from code or from the wire
+    is refused before any training.
+    """
+
+    local_epochs: int = 5
     local_steps: int | None = None
     batch_size: int = 32
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.0
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
@@ -31,6 +56,49 @@ class TrainPlan:
     prox_mu: float = 0.0
     dp_sgd_clip: float | None = None  # sample-level DP-SGD: per-sample gradient L2 bound
     dp_sgd_noise: float = 0.0  # DP-SGD noise multiplier (noise stddev / dp_sgd_clip)
+
+    def __post_init__(self) -> None:
+        for name, bounds in PLAN_BOUNDS.items():
+            value = getattr(self, name)
+            if value is None and name in ("local_steps", "dp_sgd_clip"):
+                continue
+            if name == "betas":
+                if not isinstance(value, tuple) or len(value) != 2:
+                    raise ConfigError(f"plan.betas = {value!r}: expected two numbers")
+                for i, beta in enumerate(value):
+                    _check_bound(f"betas[{i}]", beta, bounds, integer=False)
+            else:
+                _check_bound(name, value, bounds, integer=name in _INT_FIELDS)
+        if self.optimizer not in _OPTIMIZERS:
+            raise ConfigError(f"plan.optimizer = {self.optimizer!r}: expected one of {_OPTIMIZERS}")
+        if not isinstance(self.nesterov, bool):
+            raise ConfigError(f"plan.nesterov = {self.nesterov!r}: expected a bool")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("plan.nesterov = True needs plan.momentum > 0")
+        if self.optimizer == "adam" and self.momentum:
+            raise ConfigError(
+                f"plan.momentum = {self.momentum!r} applies to sgd; adam uses plan.betas"
+            )
+        if self.dp_sgd_noise and self.dp_sgd_clip is None:
+            raise ConfigError(
+                f"plan.dp_sgd_noise = {self.dp_sgd_noise!r} needs plan.dp_sgd_clip"
+            )
+
+
+def _check_bound(name: str, value: object, bounds: dict[str, float], integer: bool) -> None:
+    """Raise ``ConfigError`` unless ``value`` is a finite number (an int if ``integer``)
+    within ``bounds``."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        want = "an int" if integer else "a number"
+        raise ConfigError(f"plan.{name} = {value!r}: expected {want}")
+    if not math.isfinite(value):
+        raise ConfigError(f"plan.{name} = {value!r}: expected a finite number")
+    for op, limit in bounds.items():
+        ok = {"ge": value >= limit, "gt": value > limit, "lt": value < limit}[op]
+        if not ok:
+            sign = {"ge": ">=", "gt": ">", "lt": "<"}[op]
+            raise ConfigError(f"plan.{name} = {value!r}: must be {sign} {limit:g}")
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ def test_no_examples_raises(n: int) -> None:
 
 @pytest.mark.parametrize(("n", "batch_size"), [(10, 4), (33, 32)])
 def test_batches_are_full_except_the_last(n: int, batch_size: int) -> None:
-    sizes = [len(b) for b in batch_schedule(n, TrainPlan(batch_size=batch_size), 0)]
+    sizes = [len(b) for b in batch_schedule(n, TrainPlan(local_epochs=1, batch_size=batch_size), 0)]
     full, last = divmod(n, batch_size)
     assert sizes == [batch_size] * full + ([last] if last else [])
 
