@@ -377,10 +377,10 @@ def _timed_client_class():
             finally:
                 self.phases[-1]["download_s"] += time.perf_counter() - t0
 
-        def _train(self, task: Any, params: Any) -> Any:
+        def _train(self, task: Any, plan: Any, params: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return super()._train(task, params)
+                return super()._train(task, plan, params)
             finally:
                 self.phases[-1]["train_s"] += time.perf_counter() - t0
 

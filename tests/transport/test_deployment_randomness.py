@@ -11,7 +11,6 @@ fewer than ``secagg.min_clients`` clients is skipped without anyone learning any
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sqlite3
 import threading
@@ -56,7 +55,7 @@ class Spy(DeploymentClient):
 
     def _setup(self, reply) -> None:  # noqa: ANN001
         super()._setup(reply)
-        self.seed = json.loads(reply.model_json)["seed"]
+        self.seed = int(reply.model.seed)
 
     def _download(self, version: int) -> np.ndarray:
         params = super()._download(version)
@@ -318,8 +317,8 @@ def test_a_device_refuses_a_secure_sum_of_one_client() -> None:
     """Whatever the server's config says: a cohort of one would unmask this client's own
     input, so the device refuses the task's spec (and leaves the protocol)."""
     aggregator = SecureAggregator(10, 5)
-    pair = SecureTaskSpec.for_client(aggregator, 0, 2, 2, 1, None, None).to_json()
-    assert SecureTaskSpec.from_json(pair).num_clients == 2
-    alone = SecureTaskSpec.for_client(aggregator, 0, 1, 1, 1, None, None).to_json()
+    pair = SecureTaskSpec.for_client(aggregator, 0, 2, 2, 1, None, None).to_pb()
+    assert SecureTaskSpec.from_pb(pair).num_clients == 2
+    alone = SecureTaskSpec.for_client(aggregator, 0, 1, 1, 1, None, None).to_pb()
     with pytest.raises(FedloomError, match="num_clients = 1; a secure sum needs at least 2"):
-        SecureTaskSpec.from_json(alone)
+        SecureTaskSpec.from_pb(alone)

@@ -173,7 +173,7 @@ def test_hostile_secure_aggregation_messages_are_refused(live_secagg) -> None:  
     stub = stub_for(certs, "client-000000", port)
     stub.Join(pb.JoinRequest(num_examples=1), timeout=60)
     task, silent = first_task(stub)
-    spec = SecureTaskSpec.from_json(task.secagg_json)
+    spec = SecureTaskSpec.from_pb(task.secagg)
     assert (spec.num_clients, spec.threshold) == (3, 2)
 
     def fetch(stage: str, task_id: str = task.task_id, wait: float = 0.0) -> pb.SecAggMessage:

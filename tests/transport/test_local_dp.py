@@ -11,14 +11,15 @@ from inprocess import serve_in_thread
 
 from fedloom.data.storage import client_dir
 from fedloom.privacy.calibration import analytic_gaussian_sigma
-from fedloom.transport.client import DeploymentClient, privatize
+from fedloom.transport.client import DeploymentClient
+from fedloom.transport.messages import LocalDP
 from fedloom.transport.server import ServerOptions
 
 
 def test_privatize_clips_and_noises_with_fresh_randomness() -> None:
     delta = np.full(1000, 0.5, dtype=np.float32)  # L2 norm 15.8
-    spec = {"mechanism": "gaussian", "clip": 1.0, "epsilon": 8.0, "delta": 1e-5}
-    a, b = privatize(delta, spec), privatize(delta, spec)
+    spec = LocalDP.from_pb(LocalDP("gaussian", 1.0, 8.0, 1e-5).to_pb())  # as the device reads it
+    a, b = spec.apply(delta), spec.apply(delta)
     assert a.dtype == np.float32 and a.shape == delta.shape
     assert not np.array_equal(a, b)  # OS randomness, never a seed from the server
     clipped = delta / np.linalg.norm(delta)

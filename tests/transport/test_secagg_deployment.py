@@ -46,8 +46,8 @@ class RecordingClient(DeploymentClient):
         self.quit_at = quit_at
         self.delta: np.ndarray | None = None
 
-    def _train(self, task, params):  # noqa: ANN001, ANN202
-        delta, metrics, train_s = super()._train(task, params)
+    def _train(self, task, plan, params):  # noqa: ANN001, ANN202
+        delta, metrics, train_s = super()._train(task, plan, params)
         self.delta = delta.copy()
         return delta, metrics, train_s
 

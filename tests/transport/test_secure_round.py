@@ -58,10 +58,10 @@ class Cohort:
         self.encoded = []
         self.clients = []
         for i in range(n):
-            spec = SecureTaskSpec.from_json(
+            spec = SecureTaskSpec.from_pb(
                 SecureTaskSpec.for_client(
                     self.aggregator, i, n, self.protocol.threshold, 1, None, None
-                ).to_json()
+                ).to_pb()
             )
             row = spec.encode(self.deltas[i], 10, ClientMetrics(0.5, 3, 1.0))
             self.encoded.append(row)
@@ -268,17 +268,36 @@ def test_a_low_order_public_key_is_refused_before_it_reaches_the_peers() -> None
 def test_task_spec_round_trips_and_refuses_malformed_specs() -> None:
     aggregator = SecureAggregator(DIM, max_examples=10, bits=16, rounding="stochastic")
     spec = SecureTaskSpec.for_client(aggregator, 2, 5, 3, 7, 0.5, None)
-    again = SecureTaskSpec.from_json(spec.to_json())
+    msg = spec.to_pb()
+    again = SecureTaskSpec.from_pb(pb.SecureTaskSpec.FromString(msg.SerializeToString()))
     assert again == spec and again.aggregator().bits == 16
     assert again.aggregator().secure_noise  # the device's own randomness
-    with pytest.raises(FedloomError, match="malformed"):
-        SecureTaskSpec.from_json("{")
-    with pytest.raises(FedloomError, match="index 5"):
-        SecureTaskSpec.from_json(spec.to_json().replace('"index": 2', '"index": 5'))
-    with pytest.raises(FedloomError, match="encoding"):
-        SecureTaskSpec.from_json(spec.to_json().replace('"bits"', '"bytes"'))
-    with pytest.raises(FedloomError, match="bits"):
-        SecureTaskSpec.from_json(spec.to_json().replace('"bits": 16', '"bits": 12'))
+
+    def hostile(**change: object) -> pb.SecureTaskSpec:
+        bad = pb.SecureTaskSpec()
+        bad.CopyFrom(msg)
+        for name, value in change.items():
+            target, _, field = name.rpartition("__")
+            holder = getattr(bad, target) if target else bad
+            if value is None:
+                holder.ClearField(field)
+            else:
+                setattr(holder, field, value)
+        return bad
+
+    for change, match in [
+        ({"encoding": None}, "encoding is missing"),
+        ({"index": 5}, "index 5"),
+        ({"index": -1}, "index = -1"),
+        ({"threshold": 0}, "threshold 0"),
+        ({"encoding__bits": 12}, "bits"),
+        ({"encoding__dim": 0}, "dim"),
+        ({"encoding__rounding": "up"}, "rounding"),
+        ({"encoding__clip": float("nan")}, "encoding.clip = nan"),
+        ({"dp_clip": -1.0}, "dp_clip = -1.0"),
+    ]:
+        with pytest.raises(FedloomError, match=match):
+            SecureTaskSpec.from_pb(hostile(**change))
     with pytest.raises(SecAggError, match="not finite"):
         spec.encode(np.full(DIM, np.nan, np.float32), 10, ClientMetrics(0.1, 1, 1.0))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import random
 import re
@@ -55,6 +54,7 @@ from fedloom.transport.certs import (
     signing_key,
     verified_client_key,
 )
+from fedloom.transport.messages import LocalDP, MessageError, ModelSpec, plan_from_pb
 from fedloom.transport.secagg_wire import client_to_pb, server_from_pb
 from fedloom.transport.secure_round import SecureTaskSpec
 
@@ -162,18 +162,6 @@ def with_retries(
             delay = next(delays)
             log.info("%s failed (%s); retrying in %.2f s", what, problem, delay)
             time.sleep(delay)
-
-
-def privatize(delta: np.ndarray, spec: dict) -> np.ndarray:
-    """Local DP on the device: clip and noise the update with the OS CSPRNG, so that
-    nothing the server sends decides the noise (the simulator seeds it instead)."""
-    from fedloom.privacy.mechanisms import SecureNoise, local_gaussian, local_laplace
-
-    if spec["mechanism"] == "laplace":
-        noisy = local_laplace(delta, spec["clip"], spec["epsilon"], SecureNoise())
-    else:
-        noisy = local_gaussian(delta, spec["clip"], spec["epsilon"], spec["delta"], SecureNoise())
-    return np.asarray(noisy, dtype=np.float32)
 
 
 class _BackgroundHash:
@@ -329,15 +317,18 @@ class DeploymentClient:
             self.channel.close()
 
     def _setup(self, reply: pb.JoinReply) -> None:
+        """Build the model the server names, once its spec passes its checks and its size
+        matches the server's ``dim`` (before anything is allocated)."""
         from fedloom.client.trainer import TorchTrainer
-        from fedloom.config import ModelConfig
-        from fedloom.models import build_model
 
-        spec = json.loads(reply.model_json)
-        model = build_model(
-            ModelConfig(**spec["model"]), spec["num_features"], spec["num_classes"], spec["seed"]
-        )
-        self.trainer = TorchTrainer(model)
+        if not reply.HasField("model"):
+            raise MessageError("join reply: model is missing")
+        spec = ModelSpec.from_pb(reply.model)
+        if spec.parameters() != reply.dim:
+            raise MessageError(
+                f"join reply: dim = {reply.dim}, but the model has {spec.parameters()} parameters"
+            )
+        self.trainer = TorchTrainer(spec.build())
         if self.trainer.dim != reply.dim:
             raise FedloomError(f"model has {self.trainer.dim} parameters, server {reply.dim}")
         self.dim = int(reply.dim)
@@ -354,13 +345,26 @@ class DeploymentClient:
                 log.debug("heartbeat failed: %s", err.code())
 
     def _work(self, task: pb.Task) -> None:
-        """Download, train, upload; a refused step abandons this task (the server moved on)."""
+        """Download, train, upload; a refused step abandons this task (the server moved on),
+        and so does a task that fails its checks (refused here, before any work)."""
+        try:
+            if not task.HasField("plan"):
+                raise MessageError("task.plan is missing")
+            plan = plan_from_pb(task.plan)
+            for name in ("seed", "max_steps", "round", "version"):
+                if getattr(task, name) < 0:
+                    raise MessageError(f"task.{name} = {getattr(task, name)}: expected >= 0")
+            local_dp = LocalDP.from_pb(task.local_dp) if task.HasField("local_dp") else None
+        except MessageError as err:
+            self.stats.refused += 1
+            log.warning("task %s refused: %s", task.task_id, err)
+            return
         try:
             params = self._call("download", lambda: self._download(task.version))
-            delta, metrics, train_s = self._train(task, params)
-            if task.local_dp_json:
-                delta = privatize(delta, json.loads(task.local_dp_json))
-            if task.secagg_json:
+            delta, metrics, train_s = self._train(task, plan, params)
+            if local_dp is not None:
+                delta = local_dp.apply(delta)
+            if task.HasField("secagg"):
                 reply = self._secure_sum(task, delta, metrics)
                 if reply is None:
                     return
@@ -433,9 +437,9 @@ class DeploymentClient:
         self.held = (version, params)
         return params
 
-    def _train(self, task: pb.Task, params: np.ndarray) -> tuple[np.ndarray, ClientMetrics, float]:
-        spec = json.loads(task.plan_json)
-        plan = TrainPlan(**{**spec, "betas": tuple(spec["betas"])})
+    def _train(
+        self, task: pb.Task, plan: TrainPlan, params: np.ndarray
+    ) -> tuple[np.ndarray, ClientMetrics, float]:
         out = torch.empty(self.dim, dtype=torch.float32)
         # DP-SGD's batches and noise are the device's secret: the server chose task.seed,
         # and the sample-level guarantee assumes it can neither replay the noise nor see
@@ -461,7 +465,7 @@ class DeploymentClient:
         stages (the masked input by ``Upload``). None when this client leaves the round:
         the server dropped it or aborted, or the protocol refused a message (logged)."""
         try:
-            spec = SecureTaskSpec.from_json(task.secagg_json)
+            spec = SecureTaskSpec.from_pb(task.secagg)
         except FedloomError as err:
             log.warning("task %s: %s", task.task_id, err)
             self._leave(task, str(err))

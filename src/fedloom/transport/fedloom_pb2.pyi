@@ -16,22 +16,144 @@ class JoinRequest(_message.Message):
     def __init__(self, num_examples: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("client_id", "dim", "run", "heartbeat_s", "chunk_bytes", "version", "model_json")
+    __slots__ = ("client_id", "dim", "run", "heartbeat_s", "chunk_bytes", "version", "model", "client_transforms")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
-    MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     dim: int
     run: str
     heartbeat_s: float
     chunk_bytes: int
     version: int
-    model_json: str
-    def __init__(self, client_id: _Optional[int] = ..., dim: _Optional[int] = ..., run: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., chunk_bytes: _Optional[int] = ..., version: _Optional[int] = ..., model_json: _Optional[str] = ...) -> None: ...
+    model: ModelSpec
+    client_transforms: _containers.RepeatedCompositeFieldContainer[TransformSpec]
+    def __init__(self, client_id: _Optional[int] = ..., dim: _Optional[int] = ..., run: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., chunk_bytes: _Optional[int] = ..., version: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., client_transforms: _Optional[_Iterable[_Union[TransformSpec, _Mapping]]] = ...) -> None: ...
+
+class TransformSpec(_message.Message):
+    __slots__ = ("name", "params_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    params_json: str
+    def __init__(self, name: _Optional[str] = ..., params_json: _Optional[str] = ...) -> None: ...
+
+class ModelSpec(_message.Message):
+    __slots__ = ("kind", "hidden", "num_features", "num_classes", "seed")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    NUM_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    hidden: _containers.RepeatedScalarFieldContainer[int]
+    num_features: int
+    num_classes: int
+    seed: int
+    def __init__(self, kind: _Optional[str] = ..., hidden: _Optional[_Iterable[int]] = ..., num_features: _Optional[int] = ..., num_classes: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class TrainPlan(_message.Message):
+    __slots__ = ("local_epochs", "local_steps", "batch_size", "optimizer", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay", "prox_mu", "dp_sgd_clip", "dp_sgd_noise")
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    NESTEROV_FIELD_NUMBER: _ClassVar[int]
+    BETA1_FIELD_NUMBER: _ClassVar[int]
+    BETA2_FIELD_NUMBER: _ClassVar[int]
+    EPS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    PROX_MU_FIELD_NUMBER: _ClassVar[int]
+    DP_SGD_CLIP_FIELD_NUMBER: _ClassVar[int]
+    DP_SGD_NOISE_FIELD_NUMBER: _ClassVar[int]
+    local_epochs: int
+    local_steps: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    nesterov: bool
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    prox_mu: float
+    dp_sgd_clip: float
+    dp_sgd_noise: float
+    def __init__(self, local_epochs: _Optional[int] = ..., local_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., prox_mu: _Optional[float] = ..., dp_sgd_clip: _Optional[float] = ..., dp_sgd_noise: _Optional[float] = ...) -> None: ...
+
+class LocalDP(_message.Message):
+    __slots__ = ("mechanism", "clip", "epsilon", "delta")
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    mechanism: str
+    clip: float
+    epsilon: float
+    delta: float
+    def __init__(self, mechanism: _Optional[str] = ..., clip: _Optional[float] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+
+class SecureEncoding(_message.Message):
+    __slots__ = ("dim", "max_examples", "clip", "bits", "rounding", "seed")
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDING_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    dim: int
+    max_examples: int
+    clip: float
+    bits: int
+    rounding: str
+    seed: int
+    def __init__(self, dim: _Optional[int] = ..., max_examples: _Optional[int] = ..., clip: _Optional[float] = ..., bits: _Optional[int] = ..., rounding: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class DistributedDG(_message.Message):
+    __slots__ = ("clip_norm", "dim", "shares", "noise_multiplier", "bits", "beta", "headroom")
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    HEADROOM_FIELD_NUMBER: _ClassVar[int]
+    clip_norm: float
+    dim: int
+    shares: int
+    noise_multiplier: float
+    bits: int
+    beta: float
+    headroom: float
+    def __init__(self, clip_norm: _Optional[float] = ..., dim: _Optional[int] = ..., shares: _Optional[int] = ..., noise_multiplier: _Optional[float] = ..., bits: _Optional[int] = ..., beta: _Optional[float] = ..., headroom: _Optional[float] = ...) -> None: ...
+
+class SecureTaskSpec(_message.Message):
+    __slots__ = ("index", "num_clients", "threshold", "attempt", "encoding", "dp_clip", "distributed", "signed")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    DP_CLIP_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTED_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    num_clients: int
+    threshold: int
+    attempt: int
+    encoding: SecureEncoding
+    dp_clip: float
+    distributed: DistributedDG
+    signed: bool
+    def __init__(self, index: _Optional[int] = ..., num_clients: _Optional[int] = ..., threshold: _Optional[int] = ..., attempt: _Optional[int] = ..., encoding: _Optional[_Union[SecureEncoding, _Mapping]] = ..., dp_clip: _Optional[float] = ..., distributed: _Optional[_Union[DistributedDG, _Mapping]] = ..., signed: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ()
@@ -48,7 +170,7 @@ class TaskRequest(_message.Message):
     def __init__(self, wait_s: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "task_id", "round", "version", "seed", "plan_json", "deadline_unix", "max_steps", "retry_after_s", "local_dp_json", "secagg_json")
+    __slots__ = ("kind", "task_id", "round", "version", "seed", "plan", "deadline_unix", "max_steps", "retry_after_s", "local_dp", "secagg")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         WAIT: _ClassVar[Task.Kind]
@@ -62,24 +184,24 @@ class Task(_message.Message):
     ROUND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
-    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
-    LOCAL_DP_JSON_FIELD_NUMBER: _ClassVar[int]
-    SECAGG_JSON_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_DP_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     kind: Task.Kind
     task_id: str
     round: int
     version: int
     seed: int
-    plan_json: str
+    plan: TrainPlan
     deadline_unix: float
     max_steps: int
     retry_after_s: float
-    local_dp_json: str
-    secagg_json: str
-    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., seed: _Optional[int] = ..., plan_json: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., max_steps: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., local_dp_json: _Optional[str] = ..., secagg_json: _Optional[str] = ...) -> None: ...
+    local_dp: LocalDP
+    secagg: SecureTaskSpec
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., seed: _Optional[int] = ..., plan: _Optional[_Union[TrainPlan, _Mapping]] = ..., deadline_unix: _Optional[float] = ..., max_steps: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., local_dp: _Optional[_Union[LocalDP, _Mapping]] = ..., secagg: _Optional[_Union[SecureTaskSpec, _Mapping]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("version", "base_version")

@@ -4,7 +4,7 @@ and its client processes.
 The same sans-IO state machines as in simulation (:mod:`fedloom.secagg.protocol`) run on
 both ends; this module holds what the network adds.
 
-- :class:`SecureTaskSpec` travels in the task (``Task.secagg_json``): the client's
+- :class:`SecureTaskSpec` travels in the task (``Task.secagg``): the client's
   protocol index, the cohort size and threshold, and how to encode its update
   (:class:`~fedloom.secagg.cohort.SecureAggregator`'s parameters, the round's DP clip or
   distributed-DP mechanism). Rounding and noise come from the device's own entropy.
@@ -27,7 +27,6 @@ Privacy-Preserving Machine Learning", CCS 2017, section 4 (the rounds and their 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -69,20 +68,64 @@ class SecureTaskSpec:
     distributed: dict[str, Any] | None = None  # distributed DP: the round's mechanism
     signed: bool = False  # sign the advertised keys, verify the neighbours' (certificates)
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+    def to_pb(self) -> pb.SecureTaskSpec:
+        e = self.encoding
+        msg = pb.SecureTaskSpec(
+            index=self.index,
+            num_clients=self.num_clients,
+            threshold=self.threshold,
+            attempt=self.attempt,
+            encoding=pb.SecureEncoding(
+                dim=e["dim"],
+                max_examples=e["max_examples"],
+                bits=e["bits"],
+                rounding=e["rounding"],
+                seed=e["seed"],
+            ),
+            signed=self.signed,
+        )
+        if e["clip"] is not None:
+            msg.encoding.clip = e["clip"]
+        if self.dp_clip is not None:
+            msg.dp_clip = self.dp_clip
+        if self.distributed is not None:
+            msg.distributed.CopyFrom(pb.DistributedDG(**self.distributed))
+        return msg
 
     @classmethod
-    def from_json(cls, text: str) -> SecureTaskSpec:
-        """Parse and check a task's spec; a malformed one raises ``FedloomError``."""
-        try:
-            raw = json.loads(text)
-            spec = cls(**raw)
-        except (ValueError, TypeError) as err:
-            raise FedloomError(f"malformed secagg task spec: {err}") from None
-        ints = {"index": spec.index, "num_clients": spec.num_clients, "threshold": spec.threshold}
-        for name, value in ints.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    def from_pb(cls, msg: pb.SecureTaskSpec) -> SecureTaskSpec:
+        """Read and check a task's spec; a malformed one raises ``FedloomError`` naming the
+        field and its value."""
+        if not msg.HasField("encoding"):
+            raise FedloomError("secagg task spec: encoding is missing")
+        e = msg.encoding
+        encoding = {
+            "dim": int(e.dim),
+            "max_examples": int(e.max_examples),
+            "clip": float(e.clip) if e.HasField("clip") else None,
+            "bits": int(e.bits),
+            "rounding": e.rounding,
+            "seed": int(e.seed),
+        }
+        distributed = None
+        if msg.HasField("distributed"):
+            d = msg.distributed
+            distributed = {name: getattr(d, name) for name in _DDG_FIELDS}
+            for name in ("dim", "shares", "bits"):
+                distributed[name] = int(distributed[name])
+        spec = cls(
+            int(msg.index),
+            int(msg.num_clients),
+            int(msg.threshold),
+            int(msg.attempt),
+            encoding,
+            float(msg.dp_clip) if msg.HasField("dp_clip") else None,
+            distributed,
+            bool(msg.signed),
+        )
+        for name in ("index", "num_clients", "threshold", "attempt"):
+            if getattr(spec, name) < 0:
+                value = getattr(spec, name)
                 raise FedloomError(f"secagg task spec: {name} = {value!r}, expected an int >= 0")
         if spec.num_clients < 2:  # whatever the server asks: a sum of one input is that input
             raise FedloomError(
@@ -94,14 +137,15 @@ class SecureTaskSpec:
                 f"secagg task spec: index {spec.index}, threshold {spec.threshold} do not fit "
                 f"a cohort of {spec.num_clients}"
             )
-        if not isinstance(spec.encoding, dict) or set(spec.encoding) != set(_ENCODING_FIELDS):
-            raise FedloomError(f"secagg task spec: encoding must give {_ENCODING_FIELDS}")
-        if not isinstance(spec.signed, bool):
-            raise FedloomError(f"secagg task spec: signed = {spec.signed!r}, expected a bool")
-        if spec.distributed is not None and (
-            not isinstance(spec.distributed, dict) or set(spec.distributed) != set(_DDG_FIELDS)
-        ):
-            raise FedloomError(f"secagg task spec: distributed must give {_DDG_FIELDS}")
+        if spec.dp_clip is not None and not (math.isfinite(spec.dp_clip) and spec.dp_clip > 0):
+            raise FedloomError(
+                f"secagg task spec: dp_clip = {spec.dp_clip!r}, expected a finite number > 0"
+            )
+        clip = encoding["clip"]
+        if clip is not None and not (math.isfinite(clip) and clip > 0):
+            raise FedloomError(
+                f"secagg task spec: encoding.clip = {clip!r}, expected a finite number > 0"
+            )
         try:  # the encoder and mechanism check their own values
             spec.aggregator()
             spec.mechanism()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
-import json
 import logging
 import math
 import re
@@ -63,6 +62,7 @@ from fedloom.transport.certs import (
     peer_name,
     server_credentials,
 )
+from fedloom.transport.messages import LocalDP, ModelSpec, plan_to_pb
 from fedloom.transport.secagg_wire import CLIENT_STAGE, client_from_pb
 from fedloom.transport.secure_round import SecureStages, SecureTaskSpec
 
@@ -304,16 +304,14 @@ class DeploymentServer(rpc.FedloomServicer):
         self.sim = sim
         plan = sim.privacy
         self._local_dp = (
-            json.dumps(
-                {
-                    "mechanism": plan.mechanism_kind,
-                    "clip": plan.clip_norm,
-                    "epsilon": plan.local_epsilon,
-                    "delta": plan.delta,
-                }
-            )
+            LocalDP(
+                plan.mechanism_kind,  # type: ignore[arg-type]
+                plan.clip_norm,
+                plan.local_epsilon,
+                plan.delta,
+            ).to_pb()
             if plan.local
-            else ""
+            else None
         )
         self.options = options
         self.num_clients = sim.data.train.num_clients
@@ -344,15 +342,14 @@ class DeploymentServer(rpc.FedloomServicer):
         self._stop = threading.Event()
         self._grpc: grpc.Server | None = None
         self.port = 0
-        model = sim.config.model.model_dump(mode="json")
-        self._model_json = json.dumps(
-            {
-                "model": model,
-                "num_features": sim.data.num_features,
-                "num_classes": sim.data.num_classes,
-                "seed": sim.config.seed,
-            }
+        self.model_spec = ModelSpec(
+            sim.config.model.kind,
+            tuple(sim.config.model.hidden),
+            sim.data.num_features,
+            sim.data.num_classes,
+            sim.config.seed,
         )
+        self._model_pb = self.model_spec.to_pb()
 
     # lifecycle ----------------------------------------------------------------
     def start(self, listener: tuple[grpc.Server, int] | None = None) -> int:
@@ -834,7 +831,7 @@ class DeploymentServer(rpc.FedloomServicer):
             heartbeat_s=self.options.heartbeat_s,
             chunk_bytes=self.options.chunk_bytes,
             version=self.sim.server.version,
-            model_json=self._model_json,
+            model=self._model_pb,
         )
 
     def Heartbeat(
@@ -871,18 +868,18 @@ class DeploymentServer(rpc.FedloomServicer):
             round=d.round,
             version=d.version,
             seed=d.seed,
-            plan_json=json.dumps(dataclasses.asdict(d.plan)),
+            plan=plan_to_pb(d.plan),
             deadline_unix=d.deadline or 0.0,
             max_steps=d.max_steps or 0,
-            local_dp_json=self._local_dp,
-            secagg_json=self._secure_spec(rnd, d.client_id),
+            local_dp=self._local_dp,
+            secagg=self._secure_spec(rnd, d.client_id),
         )
 
-    def _secure_spec(self, rnd: _Round, cid: int) -> str:
-        """``Task.secagg_json``: what ``cid`` needs for the round's secure sum, "" if none."""
+    def _secure_spec(self, rnd: _Round, cid: int) -> pb.SecureTaskSpec | None:
+        """``Task.secagg``: what ``cid`` needs for the round's secure sum, None if none."""
         stages, aggregator = rnd.secure, self.sim.secure
         if stages is None or aggregator is None:
-            return ""
+            return None
         spec = SecureTaskSpec.for_client(
             aggregator,
             stages.index[cid],
@@ -892,7 +889,7 @@ class DeploymentServer(rpc.FedloomServicer):
             rnd.dp_clip,
             rnd.distributed,
         )
-        return spec.to_json()
+        return spec.to_pb()
 
     def Download(
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
