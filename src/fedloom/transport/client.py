@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import random
 import re
@@ -59,6 +60,9 @@ from fedloom.transport.secagg_wire import client_to_pb, server_from_pb
 from fedloom.transport.secure_round import SecureTaskSpec
 
 log = logging.getLogger("fedloom.client")
+
+TRANSFORM_STATE = "transform_state.npz"
+"""A client's update-transform state, in its data folder (written atomically)."""
 T = TypeVar("T")
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -254,6 +258,11 @@ class DeploymentClient:
         self.y = torch.from_numpy(train.y)
         self.name = name or Path(data_dir).name
         _check_data_owner(data_dir, self.name)
+        # the update transforms the server names at join, and their state (this client's)
+        self.transform_state_path = Path(data_dir) / TRANSFORM_STATE
+        self.transforms: Any = None
+        self.transform_state: dict[str, Any] = {}
+        self.client_id = -1
         self.retry = retry or RetryPolicy()
         self.rng = random.Random(seed)
         self.limiter = RateLimiter(max_upload_kbps)
@@ -332,6 +341,47 @@ class DeploymentClient:
         if self.trainer.dim != reply.dim:
             raise FedloomError(f"model has {self.trainer.dim} parameters, server {reply.dim}")
         self.dim = int(reply.dim)
+        self.client_id = int(reply.client_id)
+        self._setup_transforms(reply)
+
+    def _setup_transforms(self, reply: pb.JoinReply) -> None:
+        """Build the client chain the server names from this device's own code (a name
+        it cannot import refuses the run) and load this client's state for it."""
+        if not reply.client_transforms:
+            return
+        from fedloom.transforms.base import build_chain, load_client_state
+
+        specs = []
+        for t in reply.client_transforms:
+            try:
+                params = json.loads(t.params_json or "{}")
+            except json.JSONDecodeError as err:
+                raise MessageError(f"join reply: transform {t.name!r} params: {err}") from None
+            if not isinstance(params, dict):
+                raise MessageError(f"join reply: transform {t.name!r} params must be an object")
+            specs.append((t.name, params))
+        self.transforms = build_chain(specs)
+        self.transform_state = load_client_state(
+            self.transform_state_path, self.transforms, self.dim
+        )
+
+    def _transform(
+        self, task: pb.Task, delta: np.ndarray, metrics: ClientMetrics
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The client chain over this update; the new state is kept once the server has
+        accepted the update (:meth:`_work`)."""
+        from fedloom.transforms.base import Context, apply_one
+
+        ctx = Context(
+            round=int(task.round),
+            client_ids=np.array([self.client_id], dtype=np.int64),
+            weights=np.array([len(self.y)], dtype=np.float64),
+            losses=np.array([metrics.train_loss], dtype=np.float64),
+            seed=int(task.seed),
+            secure=True,
+        )
+        out, state = apply_one(self.transforms, delta, self.transform_state, ctx)
+        return np.asarray(out, dtype=np.float32), state
 
     def _heartbeats(self, every: float) -> None:
         while not self._stop.wait(every):
@@ -362,6 +412,9 @@ class DeploymentClient:
         try:
             params = self._call("download", lambda: self._download(task.version))
             delta, metrics, train_s = self._train(task, plan, params)
+            state = None
+            if self.transforms is not None:
+                delta, state = self._transform(task, delta, metrics)
             if local_dp is not None:
                 delta = local_dp.apply(delta)
             if task.HasField("secagg"):
@@ -374,6 +427,11 @@ class DeploymentClient:
             self.stats.refused += 1
             log.warning("task %s refused by the server: %s", task.task_id, err.details())
             return
+        if state is not None:  # the server holds the update: the state moves on, atomically
+            from fedloom.transforms.base import save_client_state
+
+            save_client_state(self.transform_state_path, state)
+            self.transform_state = state
         self.stats.rounds += 1
         self.stats.duplicates += int(reply.duplicate)
         log.info(

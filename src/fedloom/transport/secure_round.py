@@ -48,6 +48,7 @@ from fedloom.secagg.protocol import (
     SecAggServer,
     check_advert,
 )
+from fedloom.transforms.secure import secure_masking
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport.secagg_wire import server_to_pb
 
@@ -185,10 +186,9 @@ class SecureTaskSpec:
         if not (np.all(np.isfinite(delta)) and math.isfinite(metrics.train_loss)):
             raise SecAggError("the update or its loss is not finite: not sent")
         update = Update(-1, 0, 0, np.asarray(delta, dtype=np.float32), num_examples, metrics)
-        encoded = self.aggregator().encode(
-            [update], self.num_clients, self.attempt, self.dp_clip, self.mechanism()
-        )
-        return encoded[0]
+        # the secure transform's client half
+        halves = secure_masking(self.aggregator(), self.dp_clip, self.mechanism())
+        return halves.client.encode([update], self.num_clients, self.attempt)[0]
 
 
 class SecureStages:
