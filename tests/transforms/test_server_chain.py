@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedloom.aggregation import WeightedMean
-from fedloom.errors import FedloomError
+from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.optim import FedAvg
 from fedloom.records import ClientMetrics, TrainPlan, Update
 from fedloom.secagg.cohort import SecureSum
@@ -109,3 +109,27 @@ def test_simulated_clients_states_are_saved_with_the_server() -> None:
     fresh = ClientStates(chain(Calls()), D)
     server(client_states=fresh).load_state_dict(state)
     assert {c: int(s["0"]["n"]) for c, s in fresh.states.items()} == {1: 1, 3: 1}
+
+
+def test_a_simulated_clients_state_advances_only_if_the_server_holds_its_update() -> None:
+    class Calls:
+        def init(self, dim):
+            return {"n": np.zeros((), np.int64)}
+
+        def apply(self, updates, state, ctx):
+            return updates, {"n": state["n"] + 1}
+
+    store = ClientStates(chain(Calls()), D)
+    srv = server(client_states=store)
+    ds = srv.begin_round()
+    ids = np.array([d.client_id for d in ds], dtype=np.int64)
+    store.apply(np.zeros((len(ids), D), np.float32), Context(1, ids), stage=True)
+    assert store.states == {}  # staged, not kept yet
+    good, bad = ds[0], ds[1]
+    srv.receive(Update(good.client_id, 1, 0, np.ones(D, np.float32), 2, ClientMetrics(1, 1, 1)))
+    with pytest.raises(UpdateRejected):  # a non-finite update is refused
+        nan = np.full(D, np.nan, np.float32)
+        srv.receive(Update(bad.client_id, 1, 0, nan, 2, ClientMetrics(1.0, 1, 1.0)))
+    srv.close_round()
+    assert {c: int(s["0"]["n"]) for c, s in store.states.items()} == {good.client_id: 1}
+    assert store.pending == {}

@@ -501,6 +501,9 @@ class SyncServer:
                 contribution[rows] = w * (matrix @ unit) / (total * norm)
             if combine is not None:
                 contribution = np.asarray(combine(contribution), dtype=np.float64)
+        if self.client_states is not None:  # the simulated clients whose updates it holds
+            held = rnd.updates.keys() if secure is None else secure.total.included.tolist()
+            self.client_states.commit(held)
         if status == "retry":
             self.retries += 1
         else:

@@ -177,10 +177,12 @@ class ClientStates:
         self.transform = transform
         self.dim = dim
         self.states: dict[int, State] = {}
+        self.pending: dict[int, State] = {}  # staged by apply(stage=True), see commit
 
-    def apply(self, updates: np.ndarray, ctx: Context) -> np.ndarray:
+    def apply(self, updates: np.ndarray, ctx: Context, stage: bool = False) -> np.ndarray:
         """Run the transform over the cohort's rows (``ctx.client_ids`` order) and keep
-        each client's new state."""
+        each client's new state; with ``stage``, hold it until :meth:`commit` (a device
+        keeps its new state only once the server holds its update)."""
         ids = [int(c) for c in ctx.client_ids]
         if len(ids) != updates.shape[0]:
             raise FedloomError(f"{len(ids)} client ids for {updates.shape[0]} update rows")
@@ -189,9 +191,18 @@ class ClientStates:
         fresh = self.transform.init(self.dim)
         stacked = stack_states([self.states.get(c, fresh) for c in ids])
         out, new = self.transform.apply(updates, stacked, ctx)
+        target = self.pending if stage else self.states
         for c, s in zip(ids, unstack_states(new, len(ids)), strict=True):
-            self.states[c] = s
+            target[c] = s
         return out
+
+    def commit(self, accepted: Iterable[int]) -> None:
+        """Keep the staged states of the ``accepted`` clients (the server holds their
+        updates); the others' are dropped, as a device whose upload failed drops its."""
+        for c in accepted:
+            if int(c) in self.pending:
+                self.states[int(c)] = self.pending[int(c)]
+        self.pending = {}
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """Every client's state as flat arrays named ``{prefix}{client}.{key}`` (and one
