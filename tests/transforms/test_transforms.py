@@ -99,6 +99,17 @@ def test_client_states_keep_each_clients_state_and_round_trip_through_arrays() -
     np.testing.assert_array_equal(again.states[7]["nested"]["last"], out[0])
 
 
+def test_a_chain_mixing_stateless_and_stateful_transforms_survives_storage() -> None:
+    store = ClientStates(chain(Scale(2.0), Count()), D)
+    for _ in range(2):
+        store.apply(np.ones((1, D), np.float32), ctx_for([5]))
+        again = ClientStates(store.transform, D)
+        again.load_arrays(store.arrays("x."), "x.")
+        store = again
+    out = store.apply(np.ones((1, D), np.float32), ctx_for([5]))
+    np.testing.assert_array_equal(out, np.full((1, D), 4.0, np.float32))  # 2 * 1 + 2 calls
+
+
 def test_registry_builds_by_name_and_by_module_path() -> None:
     assert isinstance(build("clip_l2", {"clip_norm": 1.0}), ClipL2)
     t = build(f"{__name__}:Scale", {"factor": 3.0})

@@ -91,8 +91,8 @@ class Chain:
 
     def apply(self, updates: np.ndarray, state: State, ctx: Context) -> tuple[np.ndarray, State]:
         new: State = {}
-        for i, t in enumerate(self.transforms):
-            updates, new[str(i)] = t.apply(updates, state[str(i)], ctx)
+        for i, t in enumerate(self.transforms):  # an empty state has no leaves to store
+            updates, new[str(i)] = t.apply(updates, state.get(str(i), {}), ctx)
         return updates, new
 
     @property
