@@ -378,6 +378,7 @@ class DeploymentClient:
             weights=np.array([len(self.y)], dtype=np.float64),
             losses=np.array([metrics.train_loss], dtype=np.float64),
             seed=int(task.seed),
+            noise=SecureNoise(),  # the device's own randomness, never a seed from the server
             secure=True,
         )
         out, state = apply_one(self.transforms, delta, self.transform_state, ctx)
