@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from fedloom.assemble import start_simulation
 from fedloom.client.trainer import TorchTrainer, evaluate_model
 from fedloom.config import load_config
 from fedloom.records import TrainPlan
-from fedloom.sim import Simulation
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "digits_iid.toml"
 
@@ -33,7 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         extra = [f'output_dir="{tmp}"'] + (["rounds=3"] if args.quick else [])
         cfg = load_config(EXAMPLE, extra)
-        sim = Simulation.start(cfg)
+        sim = start_simulation(cfg)
         initial = sim.server.params.copy()
         fed = sim.run()
 
@@ -50,7 +50,7 @@ def main() -> None:
             seed=cfg.seed,
             out=out,
         )
-        acc = float(evaluate_model(central.model, *sim.test_tensors)[1].mean())
+        acc = float(evaluate_model(central.model, *sim.engine.evaluator.test_tensors)[1].mean())
     result = {
         "fedavg_accuracy": round(fed.accuracy, 4),
         "central_accuracy": round(acc, 4),

@@ -139,7 +139,7 @@ def bench(label: str, clients: int, per_round: int, rounds: int, out: Path) -> d
         "executor": vec.executor.name,
         "fedloom_acc": vec.evaluate()["accuracy"],
         "sequential_acc": seq.evaluate()["accuracy"],
-        "plain_acc": plain.accuracy(vec.test_tensors),
+        "plain_acc": plain.accuracy(vec.engine.evaluator.test_tensors),
     }
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
+from fedloom.assemble import start_simulation
 from fedloom.config import load_config
-from fedloom.sim import Simulation
 
 CLIENTS = 1000
 
@@ -48,7 +48,7 @@ def run(tmp: Path, eps: float, rounds: int, canaries: int) -> dict:
             "privacy.clip_norm=0.5",
             f"privacy.audit_canaries={canaries}",
         ]
-    sim = Simulation.start(load_config(None, sets))
+    sim = start_simulation(load_config(None, sets))
     summary = sim.run()
     out: dict = {"accuracy": round(summary.accuracy, 4)}
     found = next((r for r in sim.run_dir.records() if r.get("event") == "audit"), None)

@@ -38,10 +38,10 @@ def one(registered: int, cohort: int, rounds: int) -> dict:
     import numpy as np
     import torch
 
+    from fedloom.assemble import start_simulation
     from fedloom.config import load_config
     from fedloom.data import ArrayDataset, ClientPartition
     from fedloom.data.federated import FederatedData
-    from fedloom.sim import Simulation
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -67,7 +67,7 @@ def one(registered: int, cohort: int, rounds: int) -> dict:
                 'simulation.executor="vectorized"',
             ],
         )
-        sim = Simulation.start(cfg, data=FederatedData(train, None, test))
+        sim = start_simulation(cfg, data=FederatedData(train, None, test))
         sim.step()  # warm-up
         times = []
         for _ in range(rounds):

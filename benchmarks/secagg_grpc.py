@@ -105,12 +105,12 @@ def play(root: Path, mode: str, clients: int, rounds: int) -> dict[str, Any]:
     thread.join(600)
     for p in procs:
         p.join(30)
-    records = [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
+    records = [r for r in server.engine.run_dir.records() if r.get("event") == "round"]
     later = records[1:]
     row: dict[str, Any] = {
         "mode": mode,
         "clients": clients,
-        "dim": server.sim.server.dim,
+        "dim": server.engine.server.dim,
         "rounds": [r["status"] for r in records],
         "included": [r.get("secagg", {}).get("included", r["completed"]) for r in records],
         "round_s": round(statistics.median(r["wall_s"] for r in later), 3),

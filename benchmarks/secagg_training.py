@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedloom.assemble import start_simulation
 from fedloom.config import load_config
 from fedloom.privacy import accounting
-from fedloom.sim import Simulation
 
 EPSILON = 8.0
 DP = ['privacy.accountant="rdp"', f"privacy.target_epsilon={EPSILON}"]
@@ -68,7 +68,7 @@ def one(settings: list[str], rounds: int | None, out: Path, seed: int = 0) -> di
     for cache in (accounting._rdp_curve, accounting._compose_groups):
         cache.cache_clear()  # every run pays for its own accounting, as in a fresh process
     start = time.perf_counter()
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     summary = sim.run()
     wall = time.perf_counter() - start
     records = [r for r in sim.run_dir.records() if r["event"] == "round"]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from fedloom.assemble import start_simulation
 from fedloom.config import load_config
 from fedloom.report import time_to_accuracy
 from fedloom.sim import Simulation
@@ -57,7 +58,7 @@ def write_trace(path: Path, compute_ms: np.ndarray, failure: np.ndarray) -> Path
 
 def run(tmp: Path, name: str, sets: list[str]) -> Simulation:
     cfg = load_config(None, [f'output_dir="{tmp}"', f'name="{name}"', "checkpoint.every=0", *sets])
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     sim.run()
     return sim
 

@@ -150,10 +150,10 @@ def _raw_server(payload: bytes, certs: Path | None):
 def _throughput_server(conn: Any, root: str, hidden: int, certs: str) -> None:
     """Child process: a fedloom server with and without TLS and the raw baselines."""
     logging.disable(logging.WARNING)
+    from fedloom.assemble import deployment_server, start_simulation
     from fedloom.config import load_config
-    from fedloom.sim.runtime import Simulation
     from fedloom.transport import wire
-    from fedloom.transport.server import DeploymentServer, ServerOptions
+    from fedloom.transport.server import ServerOptions
 
     config = load_config(
         None,
@@ -165,9 +165,9 @@ def _throughput_server(conn: Any, root: str, hidden: int, certs: str) -> None:
             f'output_dir="{root}/runs-{hidden}"',
         ],
     )
-    sim = Simulation.start(config, deployment=True)
-    tls = DeploymentServer(sim, ServerOptions(port=0, certs=Path(certs)))
-    plain = DeploymentServer(sim, ServerOptions(port=0, insecure=True))
+    sim = start_simulation(config, deployment=True)
+    tls = deployment_server(sim, ServerOptions(port=0, certs=Path(certs)))
+    plain = deployment_server(sim, ServerOptions(port=0, insecure=True))
     payload = wire.to_bytes(sim.server.params)
     raw_tls, raw_tls_port = _raw_server(payload, Path(certs))
     raw_plain, raw_plain_port = _raw_server(payload, None)

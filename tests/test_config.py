@@ -171,7 +171,7 @@ def test_secagg_settings_round_trip(tmp_path):
 
 
 def test_distributed_dp_too_fine_for_its_ring_is_refused_before_training(tmp_path):
-    from fedloom.sim import Simulation
+    from fedloom.assemble import start_simulation
 
     cfg = load_config(
         None,
@@ -185,5 +185,5 @@ def test_distributed_dp_too_fine_for_its_ring_is_refused_before_training(tmp_pat
         ],
     )
     with pytest.raises(ConfigError, match="secagg.bits = 16 .* below the 1/2"):
-        Simulation.start(cfg)
+        start_simulation(cfg)
     assert not any(tmp_path.iterdir())

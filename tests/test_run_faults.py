@@ -19,9 +19,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fedloom.assemble import resume_simulation, start_simulation
 from fedloom.cli import app
 from fedloom.config import load_config
 from fedloom.runs import RunDirectory
+from fedloom.server.engine import RoundEngine
 from fedloom.sim import Simulation
 
 runner = CliRunner()
@@ -55,7 +57,7 @@ def final_params(path: Path) -> np.ndarray:
 def reference(tmp_path_factory) -> np.ndarray:
     """The final model of an uninterrupted run."""
     out = tmp_path_factory.mktemp("reference")
-    sim = Simulation.start(load_config(None, tiny(out)))
+    sim = start_simulation(load_config(None, tiny(out)))
     sim.run()
     return sim.server.params.copy()
 
@@ -64,7 +66,7 @@ def reference(tmp_path_factory) -> np.ndarray:
 def crashed(tmp_path_factory) -> Path:
     """A run that died after round 5 (checkpoints at rounds 0, 2 and 4)."""
     out = tmp_path_factory.mktemp("crashed")
-    sim = Simulation.start(load_config(None, tiny(out)))
+    sim = start_simulation(load_config(None, tiny(out)))
     for _ in range(5):
         sim.step()
     sim.registry.close()
@@ -78,7 +80,7 @@ def copy_of(run: Path, tmp_path: Path) -> Path:
 
 
 def resume_to_end(path: Path) -> Simulation:
-    sim = Simulation.resume(path)
+    sim = resume_simulation(path)
     sim.run()
     return sim
 
@@ -144,7 +146,7 @@ def test_sigterm_saves_a_checkpoint_between_rounds(tmp_path):
     """SIGTERM mid-run: the round in progress finishes, is checkpointed, and the process
     exits 143 saying how to continue; the resumed run equals an uninterrupted one."""
     longer = "rounds=60"
-    ref = Simulation.start(load_config(None, tiny(tmp_path / "ref", longer)))
+    ref = start_simulation(load_config(None, tiny(tmp_path / "ref", longer)))
     ref.run()
     path = tmp_path / "fault"
     proc = start_run(tmp_path, longer)
@@ -248,7 +250,7 @@ def test_deleted_checkpoints_with_recorded_rounds_say_how_to_recover(tmp_path, c
 
 def test_missing_privacy_ledger_is_refused(tmp_path):
     private = ['privacy.mode="central"', "privacy.noise_multiplier=1.0", "rounds=3"]
-    sim = Simulation.start(load_config(None, tiny(tmp_path, *private)))
+    sim = start_simulation(load_config(None, tiny(tmp_path, *private)))
     sim.step()
     sim.step()
     path = sim.run_dir.path
@@ -276,9 +278,9 @@ def test_run_that_died_before_its_first_checkpoint_begins_again(tmp_path, refere
     def die(self, stop):  # noqa: ANN001, ARG001
         raise SystemExit("killed")
 
-    monkeypatch.setattr(Simulation, "_checkpoint", die)
+    monkeypatch.setattr(RoundEngine, "checkpoint", die)
     with pytest.raises(SystemExit):
-        Simulation.start(load_config(None, tiny(tmp_path)))
+        start_simulation(load_config(None, tiny(tmp_path)))
     monkeypatch.undo()
     path = tmp_path / "fault"
     assert not RunDirectory(path).checkpoints()

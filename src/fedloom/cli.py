@@ -53,12 +53,12 @@ def run(
             cfg = RunDirectory.open(resume).load_config()
         else:
             cfg = load_config(config, set_)
+        from fedloom.assemble import resume_simulation, start_simulation
         from fedloom.distributed.runtime import shard_from_env, shutdown
-        from fedloom.sim import Simulation
 
         shard = shard_from_env(cfg.distributed.mode)
         try:
-            sim = Simulation.resume(resume, shard) if resume else Simulation.start(cfg, shard)
+            sim = resume_simulation(resume, shard) if resume else start_simulation(cfg, shard)
             if shard is None or shard.is_writer:
                 _run_with_progress(sim)
             else:
@@ -132,13 +132,8 @@ def server(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with user_errors():
-        from fedloom.transport.server import (
-            DeploymentServer,
-            ServerOptions,
-            check_settings,
-            listen,
-            open_simulation,
-        )
+        from fedloom.assemble import deployment_server, open_deployment
+        from fedloom.transport.server import ServerOptions, check_settings, listen
 
         if resume is not None and (config is not None or set_):
             raise FedloomError("--resume takes the run's saved config; drop CONFIG and --set")
@@ -165,8 +160,8 @@ def server(
         if cfg is not None:
             check_settings(cfg, options)
         listener = listen(options)  # before the run directory: a bad address leaves none
-        sim = open_simulation(cfg, resume)
-        deployment = DeploymentServer(sim, options)
+        sim = open_deployment(cfg, resume)
+        deployment = deployment_server(sim, options)
         bound = deployment.start(listener)
         console.print(f"run directory: [bold]{sim.run_dir.path}[/]")
         console.print(f"listening on {host}:{bound}")
@@ -335,62 +330,42 @@ def privacy_sweep(
     set_: Annotated[list[str], typer.Option("--set", help="override one setting")] = [],  # noqa: B006
 ) -> None:
     """Run the experiment at each privacy budget (noise calibrated for each) and plot
-    accuracy against epsilon: the privacy-utility trade-off."""
+    accuracy against epsilon: the privacy-utility trade-off (``fedloom.privacy.sweep``)."""
     import json
-    import math
 
-    from fedloom.config import load_config, parse_config
+    from fedloom.assemble import trial_runner
+    from fedloom.atomic import atomic_write_text
+    from fedloom.config import load_config
+    from fedloom.privacy import sweep
     from fedloom.report import write_sweep_plot
-    from fedloom.sim import Simulation
 
     with user_errors():
         targets = _epsilons(epsilons)
         if any(not (e > 0) for e in targets):
             raise FedloomError(f"--epsilons {epsilons!r}: every epsilon must be > 0 (or inf)")
         base = load_config(config, set_)
-        rows = []
-        for eps in targets:
-            data = base.model_dump(mode="json", exclude_none=True)
-            data["name"] = f"{base.name}-eps{eps:g}"
-            privacy = data.setdefault("privacy", {})
-            privacy.pop("noise_multiplier", None)
-            privacy.pop("local_epsilon", None)
-            if math.isinf(eps):
-                privacy["mode"] = "off"
-                privacy.pop("target_epsilon", None)
-            else:
-                privacy["mode"] = "central"
-                privacy["target_epsilon"] = eps
-            sim = Simulation.start(parse_config(data, f"sweep epsilon {eps:g}"))
-            console.print(f"epsilon {eps:g}: run directory {sim.run_dir.path}")
-            summary = sim.run()
-            rows.append(
-                {
-                    "epsilon": eps,
-                    "accuracy": summary.accuracy,
-                    "best_accuracy": summary.best_accuracy,
-                    "noise_multiplier": sim.privacy.noise_multiplier
-                    if sim.privacy.enabled
-                    else 0.0,
-                    "spent_epsilon": sim.ledger.epsilon() if sim.ledger else math.inf,
-                    "run": str(sim.run_dir.path),
-                }
-            )
+        result = sweep(
+            targets,
+            trial_runner(base),
+            on_trial=lambda row: console.print(
+                f"epsilon {row.epsilon:g}: run directory {row.outcome.run}"
+            ),
+        )
+    rows = result.to_json()["rows"]
     out = Path(base.output_dir) / f"{base.name}-sweep"
     out.mkdir(parents=True, exist_ok=True)
-    from fedloom.atomic import atomic_write_text
-
-    atomic_write_text(out / "sweep.json", json.dumps({"rows": rows}, indent=2, default=str))
+    atomic_write_text(out / "sweep.json", json.dumps(result.to_json(), indent=2, default=str))
     table = Table(title="privacy-utility trade-off")
     for col in ("target epsilon", "noise multiplier", "spent epsilon", "final accuracy", "best"):
         table.add_column(col, justify="right")
-    for r in rows:
+    for r in result.rows:
+        o = r.outcome
         table.add_row(
-            f"{r['epsilon']:g}",
-            f"{r['noise_multiplier']:.4g}",
-            f"{r['spent_epsilon']:.4g}",
-            f"{r['accuracy']:.4f}",
-            f"{r['best_accuracy']:.4f}",
+            f"{r.epsilon:g}",
+            f"{o.noise_multiplier:.4g}",
+            f"{o.spent_epsilon:.4g}",
+            f"{o.accuracy:.4f}",
+            f"{o.best_accuracy:.4f}",
         )
     console.print(table)
     console.print(f"table: {out / 'sweep.json'}")
@@ -410,72 +385,57 @@ def privacy_plan(
     set_: Annotated[list[str], typer.Option("--set", help="override one setting")] = [],  # noqa: B006
 ) -> None:
     """Search clients per round, rounds and clip norm for the best accuracy at a fixed
-    epsilon: each candidate's noise is calibrated to the budget and the experiment is run."""
-    import itertools
+    epsilon: each candidate's noise is calibrated to the budget and the experiment is run
+    (``fedloom.privacy.plan``)."""
     import json
 
+    from fedloom.assemble import trial_runner
     from fedloom.atomic import atomic_write_text
-    from fedloom.config import load_config, parse_config
-    from fedloom.sim import Simulation
+    from fedloom.config import load_config
+    from fedloom.privacy import PlanRow, plan
+
+    def progress(item: PlanRow | tuple[int, int, float, str]) -> None:
+        if isinstance(item, PlanRow):
+            console.print(
+                f"k={item.clients_per_round} rounds={item.rounds} clip={item.clip_norm:g}: "
+                f"accuracy {item.outcome.accuracy:.4f}"
+            )
+        else:
+            k, r, c, why = item
+            console.print(f"skipped k={k} rounds={r} clip={c:g}: {escape(why)}")
 
     with user_errors():
         if not epsilon > 0:
             raise FedloomError(f"--epsilon {epsilon!r}: must be > 0")
         base = load_config(config, set_)
-        grid = {
-            "clients_per_round": _grid(clients_per_round, int, base.server.clients_per_round),
-            "rounds": _grid(rounds, int, base.rounds),
-            "clip_norm": _grid(clip_norms, float, base.privacy.clip_norm),
-        }
-        rows = []
-        for k, r, c in itertools.product(*grid.values()):
-            data = base.model_dump(mode="json", exclude_none=True)
-            data["name"] = f"{base.name}-plan-k{k}-r{r}-c{c:g}"
-            data["rounds"] = r
-            data.setdefault("server", {})["clients_per_round"] = k
-            privacy = data.setdefault("privacy", {})
-            privacy.pop("noise_multiplier", None)
-            privacy.update(mode="central", target_epsilon=epsilon, clip_norm=c)
-            try:
-                sim = Simulation.start(parse_config(data, f"plan k={k} rounds={r} clip={c:g}"))
-            except FedloomError as err:  # e.g. a cohort larger than the population
-                console.print(f"skipped k={k} rounds={r} clip={c:g}: {err}")
-                continue
-            summary = sim.run()
-            rows.append(
-                {
-                    "clients_per_round": k,
-                    "rounds": r,
-                    "clip_norm": c,
-                    "noise_multiplier": sim.privacy.noise_multiplier,
-                    "accuracy": summary.accuracy,
-                    "run": str(sim.run_dir.path),
-                }
-            )
-            console.print(f"k={k} rounds={r} clip={c:g}: accuracy {summary.accuracy:.4f}")
-        if not rows:
-            raise FedloomError("no candidate configuration could run")
-    rows.sort(key=lambda row: -row["accuracy"])
+        result = plan(
+            epsilon,
+            trial_runner(base),
+            _grid(clients_per_round, int, base.server.clients_per_round),
+            _grid(rounds, int, base.rounds),
+            _grid(clip_norms, float, base.privacy.clip_norm),
+            on_trial=progress,
+        )
     out = Path(base.output_dir) / f"{base.name}-plan"
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "plan.json", json.dumps({"epsilon": epsilon, "rows": rows}, indent=2))
+    atomic_write_text(out / "plan.json", json.dumps(result.to_json(), indent=2))
     table = Table(title=f"settings at epsilon {epsilon:g}, best first")
     for col in ("clients/round", "rounds", "clip norm", "noise multiplier", "accuracy"):
         table.add_column(col, justify="right")
-    for row in rows:
+    for row in result.rows:
         table.add_row(
-            str(row["clients_per_round"]),
-            str(row["rounds"]),
-            f"{row['clip_norm']:g}",
-            f"{row['noise_multiplier']:.4g}",
-            f"{row['accuracy']:.4f}",
+            str(row.clients_per_round),
+            str(row.rounds),
+            f"{row.clip_norm:g}",
+            f"{row.outcome.noise_multiplier:.4g}",
+            f"{row.outcome.accuracy:.4f}",
         )
     console.print(table)
-    best = rows[0]
+    best = result.best
     console.print(
         "recommended: "
-        f"--set server.clients_per_round={best['clients_per_round']} "
-        f"--set rounds={best['rounds']} --set privacy.clip_norm={best['clip_norm']:g} "
+        f"--set server.clients_per_round={best.clients_per_round} "
+        f"--set rounds={best.rounds} --set privacy.clip_norm={best.clip_norm:g} "
         f"--set privacy.mode='\"central\"' --set privacy.target_epsilon={epsilon:g}"
     )
     console.print(f"table: {out / 'plan.json'}")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedloom.assemble import start_simulation
 from fedloom.config import load_config
 from fedloom.runs import RunDirectory
-from fedloom.sim import Simulation
 
 COMMON = [
     "rounds=4",
@@ -53,7 +53,7 @@ def single(tmp_path_factory):
     """The same experiment in this process: the reference."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("single")
-    sim = Simulation.start(load_config(None, [*COMMON, 'name="single"', f'output_dir="{out}"']))
+    sim = start_simulation(load_config(None, [*COMMON, 'name="single"', f'output_dir="{out}"']))
     sim.run()
     return sim.run_dir
 

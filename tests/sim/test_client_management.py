@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from fedloom.assemble import resume_simulation, start_simulation
 from fedloom.config import load_config
 from fedloom.errors import ConfigError
 from fedloom.server.registry import FLAGS, ClientRegistry
-from fedloom.sim import Simulation
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def start(tmp_path, *extra):
             *extra,
         ],
     )
-    return Simulation.start(cfg)
+    return start_simulation(cfg)
 
 
 def rounds(sim):
@@ -124,7 +124,7 @@ def test_registry_survives_resume_exactly(tmp_path):
         crashed.step()
     path = crashed.run_dir.path
     crashed.registry.close()
-    resumed = Simulation.resume(path)
+    resumed = resume_simulation(path)
     resumed.run()
     assert np.array_equal(resumed.server.params, full.server.params)
     a, b = full.registry.stats(), resumed.registry.stats()

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedloom.assemble import start_simulation
 from fedloom.config import load_config
-from fedloom.sim import Simulation
-from fedloom.sim.runtime import REFUSED_ROUNDS_STOP
+from fedloom.server.engine import REFUSED_ROUNDS_STOP
 
 
 def config(tmp_path: Path, *extra: str):  # noqa: ANN201
@@ -31,7 +31,7 @@ def config(tmp_path: Path, *extra: str):  # noqa: ANN201
 
 
 def test_a_diverging_run_refuses_its_updates_and_stops_in_one_line(tmp_path: Path) -> None:
-    sim = Simulation.start(config(tmp_path, "client.lr=1e18", "client.local_steps=1"))
+    sim = start_simulation(config(tmp_path, "client.lr=1e18", "client.local_steps=1"))
     summary = sim.run()  # used to end in "completion.loss_sq = inf" (exit 2)
     assert summary.stop_reason == "updates_refused"
     assert "every update of the last 3 rounds was refused" in summary.stop_detail
@@ -48,7 +48,7 @@ def test_a_diverging_run_refuses_its_updates_and_stops_in_one_line(tmp_path: Pat
 
 
 def test_example_counts_over_the_cap_are_clamped_and_recorded(tmp_path: Path) -> None:
-    sim = Simulation.start(config(tmp_path, "rounds=1", "server.max_examples_per_client=3"))
+    sim = start_simulation(config(tmp_path, "rounds=1", "server.max_examples_per_client=3"))
     sim.run()
     (record,) = [r for r in sim.run_dir.records() if r.get("event") == "round"]
     assert record["num_examples"] == 3 * record["completed"]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedloom.assemble import start_simulation
 from fedloom.config import load_config
 from fedloom.errors import ConfigError
-from fedloom.sim import Simulation
 from fedloom.sim.memory import check_memory, effective_batch_size, estimate, parameter_count
 
 SMALL = ["partition.num_clients=6", "server.clients_per_round=3", "rounds=2"]
@@ -22,7 +22,7 @@ def one_thread():
 
 def test_huge_batch_size_is_capped_by_the_largest_client(tmp_path):
     """``client.batch_size = 10**9`` once built a [K, S, 10**9] schedule (tens of GB)."""
-    sim = Simulation.start(
+    sim = start_simulation(
         load_config(None, [f'output_dir="{tmp_path}"', *SMALL, "client.batch_size=1000000000"])
     )
     largest = int(sim.data.train.sizes().max())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedloom.assemble import resume_simulation, start_simulation
 from fedloom.config import load_config
 from fedloom.privacy import epsilon
 from fedloom.privacy.calibration import analytic_gaussian_sigma
@@ -67,14 +68,14 @@ def spy_releases(sim: Simulation) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def test_kill_and_resume_keeps_every_release_and_equals_the_uninterrupted_run(tmp_path):
     extra = ("privacy.noise_multiplier=1.0",)
-    full = Simulation.start(cfg(tmp_path / "a", *extra))
+    full = start_simulation(cfg(tmp_path / "a", *extra))
     full.run()
-    crashed = Simulation.start(cfg(tmp_path / "b", *extra))
+    crashed = start_simulation(cfg(tmp_path / "b", *extra))
     for _ in range(3):  # killed after round 3; the newest checkpoint is round 2
         crashed.step()
     before = ledger_of(crashed)["events"]
     assert [e["round"] for e in before] == [1, 2, 3]
-    resumed = Simulation.resume(crashed.run_dir.path)
+    resumed = resume_simulation(crashed.run_dir.path)
     assert len(resumed.ledger.entries) == 3, "the ledger is never truncated by resume"
     resumed.run()
     # the replayed round 3 is the same release bit for bit: charged once, nothing new
@@ -86,12 +87,12 @@ def test_kill_and_resume_keeps_every_release_and_equals_the_uninterrupted_run(tm
 
 def test_a_replayed_round_with_another_cohort_gets_fresh_noise_and_is_charged(tmp_path):
     extra = ("privacy.noise_multiplier=1.0",)
-    crashed = Simulation.start(cfg(tmp_path, *extra))
+    crashed = start_simulation(cfg(tmp_path, *extra))
     for _ in range(2):
         crashed.step()  # checkpoint at round 2
     first = spy_releases(crashed)
     crashed.step()  # round 3 released, then the server dies
-    resumed = Simulation.resume(crashed.run_dir.path)
+    resumed = resume_simulation(crashed.run_dir.path)
     resumed.server.rng = np.random.default_rng(12345)  # round 3 redone with another cohort
     second = spy_releases(resumed)
     before = resumed.server.params.copy()
@@ -117,10 +118,10 @@ def test_a_replayed_round_with_another_cohort_gets_fresh_noise_and_is_charged(tm
 
 def test_a_deployment_replay_draws_from_the_os_and_is_always_charged(tmp_path):
     extra = ("privacy.noise_multiplier=1.0",)
-    crashed = Simulation.start(cfg(tmp_path, *extra), deployment=True)
+    crashed = start_simulation(cfg(tmp_path, *extra), deployment=True)
     for _ in range(3):
         crashed.step()
-    resumed = Simulation.resume(crashed.run_dir.path, deployment=True)
+    resumed = resume_simulation(crashed.run_dir.path, deployment=True)
     resumed.step()  # round 3 again: same cohort, fresh OS noise, a new release
     assert [(e.round, e.replay) for e in resumed.ledger.entries] == [
         (1, 0),
@@ -148,7 +149,7 @@ def test_fixed_size_sampling_on_the_device_trace_is_the_accountants(tmp_path):
             "stopping.target=1.0",
         ],
     )
-    sim = Simulation.start(config)
+    sim = start_simulation(config)
     online_seen = []
     while not sim.finished:
         online_seen.append(len(sim.virtual_time.available()))
@@ -183,7 +184,7 @@ def test_quorum_is_decided_on_a_noisy_count_and_every_attempt_is_charged(tmp_pat
         "server.max_retries=2",
         "devices.failure_prob=0.35",
     )
-    sim = Simulation.start(config)
+    sim = start_simulation(config)
     sim.run()
     records = rounds_of(sim)
     entries = sim.ledger.entries
@@ -222,7 +223,7 @@ def test_distributed_dp_with_dropouts_never_spends_past_the_budget(tmp_path):
             "devices.failure_prob=0.3",  # fewer shares than planned: less noise per round
         ],
     )
-    sim = Simulation.start(config)
+    sim = start_simulation(config)
     summary = sim.run()
     ledger = ledger_of(sim)
     assert ledger["epsilon"] <= 3
@@ -241,7 +242,7 @@ def test_central_budget_refuses_the_release_that_would_cross_it(tmp_path):
         "privacy.budget_epsilon=4",
         'privacy.budget_policy="stop"',
     )
-    sim = Simulation.start(config)
+    sim = start_simulation(config)
     summary = sim.run()
     assert summary.stop_reason == "privacy_budget" and summary.rounds < 50
     assert ledger_of(sim)["epsilon"] <= 4
@@ -268,7 +269,7 @@ def test_local_dp_headline_is_the_worst_clients_composition(tmp_path):
             'privacy.accountant="rdp"',
         ],
     )
-    sim = Simulation.start(config)
+    sim = start_simulation(config)
     sim.run()
     ledger = ledger_of(sim)
     assert ledger["view"] == "local"
@@ -315,7 +316,7 @@ def test_distributed_sums_unmasked_below_the_quorum_are_charged(tmp_path):
             "server.max_retries=1",
         ],
     )
-    sim = Simulation.start(config)
+    sim = start_simulation(config)
     sim.run()
     records = rounds_of(sim)
     below = [r for r in records if r["status"] != "aggregated" and r["completed"] > 0]

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from fedloom.assemble import resume_simulation, start_simulation
 from fedloom.config import load_config
 from fedloom.errors import ConfigError
 from fedloom.privacy import PrivacyBudgetExceeded, epsilon
-from fedloom.sim import Simulation
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def dp_config(tmp_path, *extra):
 
 
 def test_dp_run_records_epsilon_and_ledger(tmp_path):
-    sim = Simulation.start(dp_config(tmp_path, "privacy.noise_multiplier=1.0"))
+    sim = start_simulation(dp_config(tmp_path, "privacy.noise_multiplier=1.0"))
     sim.run()
     rounds = [r for r in sim.run_dir.records() if r["event"] == "round"]
     eps = [r["epsilon"] for r in rounds]
@@ -47,7 +47,7 @@ def test_dp_run_records_epsilon_and_ledger(tmp_path):
 
 
 def test_target_epsilon_is_met(tmp_path):
-    sim = Simulation.start(dp_config(tmp_path, "privacy.target_epsilon=3"))
+    sim = start_simulation(dp_config(tmp_path, "privacy.target_epsilon=3"))
     sim.run()
     final = [r for r in sim.run_dir.records() if r["event"] == "round"][-1]["epsilon"]
     assert 2.9 < final <= 3.0
@@ -56,7 +56,7 @@ def test_target_epsilon_is_met(tmp_path):
 def test_plan_beyond_budget_is_refused_before_any_work(tmp_path):
     cfg = dp_config(tmp_path, "privacy.noise_multiplier=0.5", "privacy.budget_epsilon=1")
     with pytest.raises(PrivacyBudgetExceeded, match="budget"):
-        Simulation.start(cfg)
+        start_simulation(cfg)
     assert not any(tmp_path.iterdir()), "no run directory is left behind"
 
 
@@ -68,12 +68,12 @@ def test_run_stops_when_the_budget_is_reached(tmp_path):
         "privacy.budget_epsilon=4",
         'privacy.budget_policy="stop"',
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     summary = sim.run()
     assert summary.stop_reason == "privacy_budget" and summary.rounds < 50
     spent = json.loads((sim.run_dir.path / "privacy.json").read_text())["epsilon"]
     assert spent <= 4
-    assert Simulation.resume(sim.run_dir.path).finished
+    assert resume_simulation(sim.run_dir.path).finished
 
 
 def test_resume_with_adaptive_clipping_equals_uninterrupted(tmp_path):
@@ -83,14 +83,14 @@ def test_resume_with_adaptive_clipping_equals_uninterrupted(tmp_path):
         "privacy.clip_norm=0.1",
         "privacy.count_stddev=2",
     )
-    full = Simulation.start(dp_config(tmp_path / "a", *extra))
+    full = start_simulation(dp_config(tmp_path / "a", *extra))
     full.run()
     clips = [r["clip_norm"] for r in full.run_dir.records() if r["event"] == "round"]
     assert len(set(clips)) > 1, "the clip norm adapts"
-    crashed = Simulation.start(dp_config(tmp_path / "b", *extra))
+    crashed = start_simulation(dp_config(tmp_path / "b", *extra))
     for _ in range(3):
         crashed.step()
-    resumed = Simulation.resume(crashed.run_dir.path)
+    resumed = resume_simulation(crashed.run_dir.path)
     resumed.run()
     assert np.array_equal(resumed.server.params, full.server.params)
     a = json.loads((full.run_dir.path / "privacy.json").read_text())
@@ -101,7 +101,7 @@ def test_resume_with_adaptive_clipping_equals_uninterrupted(tmp_path):
 def test_infeasible_noise_split_fails_before_training(tmp_path):
     cfg = dp_config(tmp_path, "privacy.noise_multiplier=1.0", "privacy.adaptive_clipping=true")
     with pytest.raises(ConfigError, match="privacy.count_stddev"):
-        Simulation.start(cfg)
+        start_simulation(cfg)
 
 
 @pytest.mark.parametrize(
@@ -133,7 +133,7 @@ def test_local_dp_noises_every_upload(tmp_path):
             'privacy.accountant="rdp"',
         ],
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     seen = []
     receive = sim.server.receive
 
@@ -166,7 +166,7 @@ def test_canary_audit_bound_is_valid_and_sensitive(tmp_path, z):
             'privacy.accountant="rdp"',
         ],
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     sim.run()
     found = next(r for r in sim.run_dir.records() if r["event"] == "audit")
     assert found["epsilon_lower"] <= found["accountant_epsilon"]
@@ -186,7 +186,7 @@ def test_dp_sgd_run_reports_its_planned_sample_level_epsilon(tmp_path):
             "client.dp_sgd_noise_multiplier=1.1",
         ],
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     sim.run()
     start = sim.run_dir.records()[0]
     sizes = sim.data.train.sizes()
@@ -209,7 +209,7 @@ def test_local_laplace_runs_and_is_accounted_with_pld(tmp_path):
             "privacy.local_epsilon=10",
         ],
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     sim.run()
     ledger = json.loads((sim.run_dir.path / "privacy.json").read_text())
     assert {e["kind"] for e in ledger["events"]} == {"laplace"}

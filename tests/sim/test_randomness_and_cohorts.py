@@ -15,6 +15,7 @@ import sqlite3
 import numpy as np
 import pytest
 
+from fedloom.assemble import start_simulation
 from fedloom.config import load_config
 from fedloom.errors import ConfigError
 from fedloom.privacy.central import CentralDP
@@ -44,7 +45,7 @@ def rounds_of(sim: Simulation) -> list[dict]:
 
 def test_the_simulator_says_its_noise_and_cohorts_follow_the_seed(tmp_path) -> None:
     cfg = config(tmp_path / "a", "rounds=2", "server.clients_per_round=2", *CENTRAL)
-    runs = [Simulation.start(cfg) for _ in range(2)]
+    runs = [start_simulation(cfg) for _ in range(2)]
     for sim in runs:
         sim.run()
     (start,) = [r for r in runs[0].run_dir.records() if r["event"] == "start"]
@@ -59,7 +60,7 @@ def test_the_simulator_says_its_noise_and_cohorts_follow_the_seed(tmp_path) -> N
     cfg = config(
         tmp_path / "b", "server.clients_per_round=2", *CENTRAL, "privacy.secure_noise=true"
     )
-    assert Simulation.start(cfg).randomness()["dp_noise"] == "os"
+    assert start_simulation(cfg).randomness()["dp_noise"] == "os"
 
 
 class EveryoneSampled(PoissonSelector):
@@ -70,7 +71,7 @@ class EveryoneSampled(PoissonSelector):
 
 
 def test_a_poisson_cohort_larger_than_clients_per_round_is_aggregated_whole(tmp_path) -> None:
-    sim = Simulation.start(config(tmp_path, "rounds=2", "server.clients_per_round=2", *CENTRAL))
+    sim = start_simulation(config(tmp_path, "rounds=2", "server.clients_per_round=2", *CENTRAL))
     sim.server.selector = EveryoneSampled()
     sim.run()
     for r in rounds_of(sim):
@@ -94,7 +95,7 @@ def test_secure_rounds_of_no_client_or_one_are_skipped_and_reveal_nothing(tmp_pa
     cfg = config(
         tmp_path, "rounds=3", "server.clients_per_round=2", "secagg.enabled=true", *CENTRAL
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     sim.server.selector = TooFew()
     trained: list[int] = []
     aggregate = sim.secure.aggregate
@@ -165,7 +166,7 @@ def test_the_simulators_seeded_noise_is_removable_by_whoever_knows_the_seed(
         return release(self, clipped_sum, unclipped, received)
 
     monkeypatch.setattr(CentralDP, "release", keep)
-    sim = Simulation.start(config(tmp_path, "rounds=2", "server.clients_per_round=2", *CENTRAL))
+    sim = start_simulation(config(tmp_path, "rounds=2", "server.clients_per_round=2", *CENTRAL))
     models = [sim.server.params.copy()]
     for _ in range(2):
         sim.step()

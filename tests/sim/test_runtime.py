@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from fedloom.assemble import resume_simulation, start_simulation
 from fedloom.config import load_config
 from fedloom.errors import CheckpointError
 from fedloom.runs import RunDirectory
-from fedloom.sim import Simulation
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def config(tmp_path, *extra: str):
 
 
 def test_default_experiment_learns(tmp_path):
-    sim = Simulation.start(config(tmp_path, "rounds=15"))
+    sim = start_simulation(config(tmp_path, "rounds=15"))
     summary = sim.run()
     assert summary.accuracy > 0.8  # chance is 0.1
     assert summary.stop_reason == "max_rounds" and summary.rounds == 15
@@ -46,7 +46,7 @@ def test_default_experiment_learns(tmp_path):
 
 def test_run_directory_contents(tmp_path):
     cfg = config(tmp_path, "rounds=7")
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     sim.run()
     run = sim.run_dir
     assert run.path == tmp_path / cfg.name
@@ -62,20 +62,20 @@ def test_run_directory_contents(tmp_path):
     assert state["meta"]["round"] == 7
     assert not list(run.path.rglob("*.tmp"))
     # a second run with the same name gets its own directory
-    assert Simulation.start(cfg).run_dir.path == tmp_path / f"{cfg.name}-2"
+    assert start_simulation(cfg).run_dir.path == tmp_path / f"{cfg.name}-2"
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    full = Simulation.start(config(tmp_path / "a", 'server.optimizer.name="fedadam"'))
+    full = start_simulation(config(tmp_path / "a", 'server.optimizer.name="fedadam"'))
     full.run()
 
-    crashed = Simulation.start(config(tmp_path / "b", 'server.optimizer.name="fedadam"'))
+    crashed = start_simulation(config(tmp_path / "b", 'server.optimizer.name="fedadam"'))
     for _ in range(5):  # checkpoint at round 3; rounds 4-5 are lost in the "crash"
         crashed.step()
     path = crashed.run_dir.path
     del crashed
 
-    resumed = Simulation.resume(path)
+    resumed = resume_simulation(path)
     assert resumed.server.round == 3
     resumed.run()
     assert np.array_equal(resumed.server.params, full.server.params)
@@ -92,9 +92,9 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 
 def test_resume_finished_run_is_a_no_op(tmp_path):
-    sim = Simulation.start(config(tmp_path, "rounds=3"))
+    sim = start_simulation(config(tmp_path, "rounds=3"))
     sim.run()
-    again = Simulation.resume(sim.run_dir.path)
+    again = resume_simulation(sim.run_dir.path)
     assert again.finished
     summary = again.run()
     assert summary.rounds == 3
@@ -102,10 +102,10 @@ def test_resume_finished_run_is_a_no_op(tmp_path):
 
 
 def test_resume_skips_a_damaged_checkpoint(tmp_path):
-    sim = Simulation.start(config(tmp_path, "rounds=7"))
+    sim = start_simulation(config(tmp_path, "rounds=7"))
     sim.run()
     sim.run_dir.checkpoints()[-1].write_bytes(b"not a zip file")
-    resumed = Simulation.resume(sim.run_dir.path)
+    resumed = resume_simulation(sim.run_dir.path)
     assert resumed.server.round == 6
     resumed.run()
     assert np.array_equal(resumed.server.params, sim.server.params)
@@ -113,19 +113,19 @@ def test_resume_skips_a_damaged_checkpoint(tmp_path):
 
 def test_resume_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a run directory"):
-        Simulation.resume(tmp_path)
-    sim = Simulation.start(config(tmp_path))
+        resume_simulation(tmp_path)
+    sim = start_simulation(config(tmp_path))
     assert [p.name for p in sim.run_dir.checkpoints()] == ["round-000000.npz"]
-    assert Simulation.resume(sim.run_dir.path).server.round == 0
+    assert resume_simulation(sim.run_dir.path).server.round == 0
     sim.step()
     for path in sim.run_dir.checkpoints():
         path.unlink()
     with pytest.raises(CheckpointError, match="recorded rounds up to 1 but has no checkpoint"):
-        Simulation.resume(sim.run_dir.path)
+        resume_simulation(sim.run_dir.path)
 
 
 def test_early_stopping_records_reason(tmp_path):
-    sim = Simulation.start(config(tmp_path, "rounds=40", "stopping.target=0.5"))
+    sim = start_simulation(config(tmp_path, "rounds=40", "stopping.target=0.5"))
     summary = sim.run()
     assert summary.stop_reason == "target_reached"
     assert summary.rounds < 40 and summary.accuracy >= 0.5
@@ -134,11 +134,11 @@ def test_early_stopping_records_reason(tmp_path):
     # the final checkpoint carries the decision, so a resume does not train on
     state = sim.run_dir.read_checkpoint(sim.run_dir.checkpoints()[-1])
     assert state["meta"]["stopped"]["reason"] == "target_reached"
-    assert Simulation.resume(sim.run_dir.path).finished
+    assert resume_simulation(sim.run_dir.path).finished
 
 
 def test_federated_evaluation_on_client_holdouts(tmp_path):
-    sim = Simulation.start(
+    sim = start_simulation(
         config(tmp_path, "rounds=4", "data.client_holdout=0.3", "evaluation.federated_every=2")
     )
     sim.run()
@@ -150,7 +150,7 @@ def test_federated_evaluation_on_client_holdouts(tmp_path):
 
 
 def test_metrics_are_json_lines(tmp_path):
-    sim = Simulation.start(config(tmp_path, "rounds=2"))
+    sim = start_simulation(config(tmp_path, "rounds=2"))
     sim.run()
     for line in sim.run_dir.metrics_path.read_text().splitlines():
         assert isinstance(json.loads(line), dict)
@@ -183,6 +183,6 @@ def test_users_own_csv_with_natural_partition(tmp_path):
             "server.clients_per_round=3",
         ],
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     assert sim.data.train.num_clients == 6 and sim.data.num_features == 5
     assert sim.run().accuracy > 0.85

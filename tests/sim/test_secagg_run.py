@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedloom.assemble import resume_simulation, start_simulation
 from fedloom.config import load_config
 from fedloom.errors import ConfigError
 from fedloom.secagg.cohort import SecureAggregator
@@ -69,9 +70,9 @@ def flip_margin_fraction(sim: Simulation, params: np.ndarray, eps: float) -> flo
 
 def test_secagg_run_reaches_the_plain_accuracy_within_the_encoding_error(tmp_path):
     extra = ("rounds=8", "checkpoint.every=0")
-    plain = Simulation.start(config(tmp_path / "plain", *extra))
+    plain = start_simulation(config(tmp_path / "plain", *extra))
     plain.run()
-    secure = Simulation.start(config(tmp_path / "secure", *extra, "secagg.enabled=true"))
+    secure = start_simulation(config(tmp_path / "secure", *extra, "secagg.enabled=true"))
     seen = spy_rounds(secure)
     secure.run()
     clip = secure.secure.value_range(None)
@@ -106,7 +107,7 @@ def test_secagg_run_reaches_the_plain_accuracy_within_the_encoding_error(tmp_pat
 
 def test_clients_dropping_during_the_protocol_still_aggregate(tmp_path):
     cfg = config(tmp_path, "rounds=8", "secagg.enabled=true", "devices.failure_prob=0.25")
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     sim.run()
     records = rounds_of(sim)
     dropped = [r for r in records if r["secagg"]["dropped"].get("masked_input")]
@@ -132,7 +133,7 @@ def test_a_sparse_graph_with_over_selection_aborts_rather_than_unmask_too_little
         "server.over_selection=1.5",  # surplus clients' late masked inputs are not used
         "secagg.neighbours=6",
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     sim.run()
     for r in rounds_of(sim):
         assert ("aborted" in r["secagg"]) == (r["status"] == "skipped")
@@ -151,9 +152,9 @@ def test_central_dp_under_secagg_is_the_same_release(tmp_path):
         "privacy.clip_norm=0.1",
         "privacy.count_stddev=2",
     )
-    plain = Simulation.start(config(tmp_path / "plain", *extra))
+    plain = start_simulation(config(tmp_path / "plain", *extra))
     plain.run()
-    secure = Simulation.start(config(tmp_path / "secure", *extra, "secagg.enabled=true"))
+    secure = start_simulation(config(tmp_path / "secure", *extra, "secagg.enabled=true"))
     secure.run()
     a, b = rounds_of(plain), rounds_of(secure)
     assert [r["epsilon"] for r in a] == [r["epsilon"] for r in b]  # the ledger is unchanged
@@ -176,7 +177,7 @@ def test_distributed_discrete_gaussian_trains_and_is_accounted(tmp_path):
         "secagg.enabled=true",
         "secagg.bits=16",
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     summary = sim.run()
     assert summary.accuracy > 0.6  # chance is 0.1
     records = rounds_of(sim)
@@ -205,7 +206,7 @@ def test_loss_based_selection_runs_without_per_client_losses(tmp_path):
     cfg = config(
         tmp_path, "rounds=4", 'selection.strategy="oort"', "secagg.enabled=true", "secagg.bits=16"
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     sim.run()
     stats = sim.registry.stats()
     assert np.isnan(stats.loss).all() and np.isnan(stats.loss_sq).all()
@@ -223,7 +224,7 @@ def test_a_16_bit_ring_halves_the_masked_input(tmp_path):
             f"secagg.bits={bits}",
             f'secagg.rounding="{rounding}"',
         )
-        runs[bits] = Simulation.start(cfg)
+        runs[bits] = start_simulation(cfg)
         runs[bits].run()
     assert runs[16].secure.upload_bytes() * 2 == runs[32].secure.upload_bytes()
     up = {bits: rounds_of(sim)[-1]["secagg"]["upload_bytes"] for bits, sim in runs.items()}
@@ -238,12 +239,12 @@ def test_resume_with_secagg_equals_uninterrupted(tmp_path):
         "secagg.enabled=true",
         'secagg.rounding="stochastic"',
     )
-    full = Simulation.start(config(tmp_path / "a", *extra))
+    full = start_simulation(config(tmp_path / "a", *extra))
     full.run()
-    crashed = Simulation.start(config(tmp_path / "b", *extra))
+    crashed = start_simulation(config(tmp_path / "b", *extra))
     for _ in range(3):
         crashed.step()
-    resumed = Simulation.resume(crashed.run_dir.path)
+    resumed = resume_simulation(crashed.run_dir.path)
     resumed.run()
     assert np.array_equal(resumed.server.params, full.server.params)
 
@@ -251,7 +252,7 @@ def test_resume_with_secagg_equals_uninterrupted(tmp_path):
 def test_secagg_is_refused_under_torchrun(tmp_path):
     shard = Shard(0, 1, "allreduce", lambda x: x, lambda x: [x], lambda x: x)
     with pytest.raises(ConfigError, match="secagg.enabled = true under torchrun"):
-        Simulation.start(config(tmp_path, "secagg.enabled=true"), shard=shard)
+        start_simulation(config(tmp_path, "secagg.enabled=true"), shard=shard)
     assert not any(tmp_path.iterdir())
 
 
@@ -259,7 +260,7 @@ def test_aggregator_is_built_from_the_config(tmp_path):
     cfg = config(
         tmp_path, "rounds=1", "secagg.enabled=true", 'secagg.neighbours="all"', "secagg.clip=0.5"
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     assert isinstance(sim.secure, SecureAggregator)
     assert sim.secure.graph(10) == (None, 6) and sim.secure.value_range(None) == 0.5
     assert sim.secure.max_examples == int(sim.data.train.sizes().max())
@@ -270,7 +271,7 @@ def test_signed_keys_cost_bytes_but_not_the_model(tmp_path):
     for signed in (False, True):
         cfg = config(tmp_path / str(signed), "rounds=2", "secagg.enabled=true")
         cfg = cfg.model_copy(update={"secagg": cfg.secagg.model_copy(update={"signed": signed})})
-        runs[signed] = Simulation.start(cfg)
+        runs[signed] = start_simulation(cfg)
         runs[signed].run()
     assert runs[True].secure.signed and not runs[False].secure.signed
     assert np.array_equal(runs[True].server.params, runs[False].server.params)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from fedloom.assemble import resume_simulation, start_simulation
 from fedloom.config import load_config
-from fedloom.sim import Simulation
 from fedloom.sim.availability import IntervalTrace
 from fedloom.sim.devices import uniform_population
 from fedloom.sim.network import NetworkConditions, link_flap
@@ -119,7 +119,7 @@ def test_clients_never_online_are_never_selected(tmp_path):
             f'devices.trace="{trace}"',
         ],
     )
-    sim = Simulation.start(cfg)
+    sim = start_simulation(cfg)
     trained: list[int] = []
     inner = sim.executor.train_cohort
 
@@ -143,12 +143,12 @@ def test_resume_with_virtual_time_failures_and_deadline(tmp_path):
         'devices.availability="diurnal"',
         "server.deadline_s=300",
     ]
-    full = Simulation.start(load_config(None, [f'output_dir="{tmp_path / "a"}"', *extra]))
+    full = start_simulation(load_config(None, [f'output_dir="{tmp_path / "a"}"', *extra]))
     full.run()
-    crashed = Simulation.start(load_config(None, [f'output_dir="{tmp_path / "b"}"', *extra]))
+    crashed = start_simulation(load_config(None, [f'output_dir="{tmp_path / "b"}"', *extra]))
     for _ in range(5):
         crashed.step()
-    resumed = Simulation.resume(crashed.run_dir.path)
+    resumed = resume_simulation(crashed.run_dir.path)
     resumed.run()
     assert np.array_equal(resumed.server.params, full.server.params)
     times = [r["virtual_time"] for r in full.run_dir.records() if r["event"] == "round"]

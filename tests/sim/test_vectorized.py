@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from fedloom.assemble import start_simulation
 from fedloom.client.schedule import (
     batch_schedule,
     client_seeds,
@@ -23,7 +24,6 @@ from fedloom.errors import ConfigError
 from fedloom.models import MLP
 from fedloom.params import module_vector
 from fedloom.records import TrainPlan
-from fedloom.sim import Simulation
 from fedloom.sim.executor import SequentialExecutor
 from fedloom.sim.vectorized import VectorizedExecutor, unsupported_reason
 
@@ -166,7 +166,7 @@ def test_simulation_executors_agree(tmp_path):
                 f'simulation.executor="{executor}"',
             ],
         )
-        sim = Simulation.start(cfg)
+        sim = start_simulation(cfg)
         sim.run()
         return sim
 
@@ -182,7 +182,7 @@ def test_explicit_vectorized_with_impossible_device(tmp_path):
         pytest.skip("a CUDA device is present")
     cfg = load_config(None, [f'output_dir="{tmp_path}"', 'simulation.device="cuda"'])
     with pytest.raises(ConfigError, match="simulation.device"):
-        Simulation.start(cfg)
+        start_simulation(cfg)
 
 
 DP_PLANS = [

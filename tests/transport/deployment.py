@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fedloom.assemble import start_simulation
 from fedloom.config import load_config
 from fedloom.data.federated import build_federated_data
 from fedloom.data.storage import client_dir, write_partition
 from fedloom.runs import RunDirectory
-from fedloom.sim.runtime import Simulation
 from fedloom.transport.certs import init_ca, issue
 
 CONFIG = """
@@ -163,7 +163,7 @@ class Deployment:
     def simulated_params(self) -> tuple[np.ndarray, float]:
         """The same config run in the simulator: final model and test accuracy."""
         config = self.config.model_copy(update={"output_dir": self.root / "sim"})
-        sim = Simulation.start(config)
+        sim = start_simulation(config)
         summary = sim.run()
         return sim.server.params, summary.accuracy
 

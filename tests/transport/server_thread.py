@@ -6,8 +6,8 @@ from __future__ import annotations
 import queue
 import threading
 
+from fedloom.assemble import deployment_server, open_deployment
 from fedloom.config import RunConfig
-from fedloom.sim.runtime import Simulation
 from fedloom.transport.server import DeploymentServer, ServerOptions
 
 
@@ -21,7 +21,7 @@ def start_in_thread(
 
     def serve() -> None:
         try:
-            server = DeploymentServer(Simulation.start(config, deployment=True), options)
+            server = deployment_server(open_deployment(config, None), options)
             server.start()
         except BaseException as err:
             ready.put(err)

@@ -21,6 +21,7 @@ import pytest
 import torch
 from inprocess import serve_in_thread
 
+from fedloom.assemble import plan_from_config, start_simulation
 from fedloom.client.trainer import TorchTrainer
 from fedloom.config import load_config
 from fedloom.data.storage import client_dir, read_client
@@ -31,7 +32,6 @@ from fedloom.records import Update
 from fedloom.secagg.cohort import SecureAggregator
 from fedloom.server.selection import PoissonSelector
 from fedloom.server.sync import SyncServer, client_seed
-from fedloom.sim.runtime import Simulation, plan_from_config
 from fedloom.transport.client import DeploymentClient
 from fedloom.transport.secure_round import SecureTaskSpec
 from fedloom.transport.server import DeploymentServer, ServerOptions
@@ -71,7 +71,7 @@ def run(
     options = dataclasses.replace(OPTIONS, min_clients=3)
     server, port, thread = serve_in_thread(root, overrides, options)
     if selector is not None:  # before any client joins, so before the first round
-        server.sim.server.selector = selector
+        server.engine.server.selector = selector
     clients = [
         Spy(f"127.0.0.1:{port}", client_dir(root / "data", i), name=f"client-{i}", insecure=True)
         for i in range(3)
@@ -89,7 +89,7 @@ def run(
 
 
 def rounds_of(server: DeploymentServer) -> list[dict]:
-    return [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
+    return [r for r in server.engine.run_dir.records() if r.get("event") == "round"]
 
 
 def test_a_client_with_the_seed_and_every_release_cannot_remove_the_central_noise(
@@ -108,8 +108,8 @@ def test_a_client_with_the_seed_and_every_release_cannot_remove_the_central_nois
 
     monkeypatch.setattr(CentralDP, "release", keep)
     server, clients = run(tmp_path, ["rounds=3", *CENTRAL])
-    spy, sim = clients[0], server.sim
-    start = next(r for r in sim.run_dir.records() if r.get("event") == "start")
+    spy, engine = clients[0], server.engine
+    start = next(r for r in engine.run_dir.records() if r.get("event") == "start")
     assert start["randomness"] == {
         "runtime": "deployment",
         "selection": "os",
@@ -117,9 +117,9 @@ def test_a_client_with_the_seed_and_every_release_cannot_remove_the_central_nois
         "dp_sgd_noise": "none",
     }
     assert [r["completed"] for r in rounds_of(server)] == [3, 3, 3]  # q = 1: everyone
-    assert spy.seed == sim.config.seed and sorted(spy.models) == [0, 1, 2]
+    assert spy.seed == engine.settings.seed and sorted(spy.models) == [0, 1, 2]
     scale = 1.0 * 0.05  # noise_multiplier * clip_norm
-    m = sim.privacy.expected_clients  # the release divides by it; server lr is 1
+    m = engine.privacy.expected_clients  # the release divides by it; server lr is 1
     replay = np.random.default_rng([spy.seed, 8])
     for t in (1, 2):
         released = (spy.models[t].astype(np.float64) - spy.models[t - 1]) * m
@@ -151,22 +151,22 @@ def test_the_server_cannot_replay_a_clients_dp_sgd_noise(
         "client.dp_sgd_noise_multiplier=1.0",
     ]
     server, _ = run(tmp_path, overrides)
-    sim = server.sim
+    engine, spec = server.engine, server.model_spec
     assert sorted(received) == [0, 1, 2]
-    start = next(r for r in sim.run_dir.records() if r.get("event") == "start")
+    start = next(r for r in engine.run_dir.records() if r.get("event") == "start")
     assert start["randomness"]["dp_sgd_noise"] == "os"
-    cfg = sim.config
+    cfg = engine.run_dir.load_config()
     plan = plan_from_config(cfg)
     quiet = dataclasses.replace(plan, dp_sgd_noise=0.0)
     trainer = TorchTrainer(
-        build_model(cfg.model, sim.data.num_features, sim.data.num_classes, cfg.seed)
+        build_model(cfg.model, spec.num_features, spec.num_classes, cfg.seed)
     )
-    start_params = torch.from_numpy(sim.initial_params.copy())
+    start_params = torch.from_numpy(engine.initial_params.copy())
     for cid, delta in received.items():
         train, _ = read_client(client_dir(tmp_path / "data", cid))
         x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
         seed = client_seed(cfg.seed, 1, cid)  # what the server put in the task
-        replayed, noiseless = torch.empty(sim.server.dim), torch.empty(sim.server.dim)
+        replayed, noiseless = torch.empty(engine.server.dim), torch.empty(engine.server.dim)
         trainer.train(start_params, x, y, plan, seed, out=replayed)
         trainer.train(start_params, x, y, quiet, seed, out=noiseless)
         server_noise = (replayed - noiseless).numpy().astype(np.float64)  # the replay
@@ -210,8 +210,8 @@ def test_deployed_cohorts_cannot_be_predicted_from_the_seed(tmp_path: Path) -> N
             *CENTRAL,
         ],
     )
-    runs = [Simulation.start(cfg, deployment=True) for _ in range(2)]
-    seeded = Simulation.start(cfg)  # the simulator: exactly what the attacker predicts
+    runs = [start_simulation(cfg, deployment=True) for _ in range(2)]
+    seeded = start_simulation(cfg)  # the simulator: exactly what the attacker predicts
     predicted = SyncServer(
         runs[0].server.params, 40, 20, runs[0].server.plan, runs[0].server.optimizer,
         runs[0].server.monitor, seed=cfg.seed, selector=PoissonSelector(0.5),
@@ -253,7 +253,7 @@ def test_secure_rounds_of_no_client_or_one_are_skipped_and_reveal_nothing(
     model change carries client 0's update or loss. The run goes on."""
     overrides = ["rounds=3", "server.clients_per_round=2", "secagg.enabled=true", *CENTRAL]
     server, clients = run(tmp_path, overrides, TooFew())
-    sim = server.sim
+    sim = server.engine
     r1, r2, r3 = rounds_of(server)
     for r, size in ((r1, 0), (r2, 1)):
         assert r["status"] == "skipped" and r["completed"] == 0, r
@@ -310,7 +310,7 @@ def test_a_secure_sum_below_min_clients_is_never_unmasked(tmp_path: Path) -> Non
     assert record["secagg"]["threshold"] == 2  # the threshold alone would unmask two
     assert "minimum of 3 inputs" in record["secagg"]["aborted"]
     assert record["status"] == "skipped" and record["completed"] == 0
-    np.testing.assert_array_equal(server.sim.server.params, server.sim.initial_params)
+    np.testing.assert_array_equal(server.engine.server.params, server.engine.initial_params)
 
 
 def test_a_device_refuses_a_secure_sum_of_one_client() -> None:

@@ -124,7 +124,7 @@ def _client(target: str, root: Path, dim: int) -> DeploymentClient:
 
 def test_the_generated_stub_still_reads_the_servers_download_stream(live) -> None:  # noqa: ANN001
     server, _ = live
-    version = server.sim.server.version
+    version = server.engine.server.version
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=wire.channel_options())
     chunks = list(
         rpc.FedloomStub(channel).Download(
@@ -137,13 +137,13 @@ def test_the_generated_stub_still_reads_the_servers_download_stream(live) -> Non
     payload = b"".join(c.data for c in chunks)
     assert len(chunks) > 1 and chunks[0].header.encoding == "raw"
     assert not any(c.HasField("header") for c in chunks[1:])
-    assert payload == wire.to_bytes(server.sim.server.params)
+    assert payload == wire.to_bytes(server.engine.server.params)
     assert chunks[0].header.sha256 == hashlib.sha256(payload).digest()
 
 
 def test_client_downloads_whole_models_and_exact_deltas(live) -> None:  # noqa: ANN001
     server, root = live
-    srv = server.sim.server
+    srv = server.engine.server
     client = _client(f"127.0.0.1:{server.port}", root, srv.dim)
     version = srv.version
     whole = client._download(version)

@@ -163,7 +163,7 @@ def test_hostile_messages_are_refused_and_everyone_else_is_served(live) -> None:
     silent.set()
     thread.join(120)
     assert not thread.is_alive()
-    rounds = [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
+    rounds = [r for r in server.engine.run_dir.records() if r.get("event") == "round"]
     assert [(r["completed"], r["rejected"]) for r in rounds] == [(3, 2), (2, 0)]
     assert rounds[1]["dropped"] == {"disconnected": 1}
 
@@ -209,10 +209,10 @@ def test_hostile_secure_aggregation_messages_are_refused(live_secagg) -> None:  
     stale = grpc.StatusCode.FAILED_PRECONDITION
     assert "no secure aggregation" in refused(lambda: send(other_task, timeout=30), stale)
     assert "unknown stage" in refused(lambda: fetch("gossip"), invalid)
-    plain = wire.to_bytes(np.zeros(server.sim.server.dim, np.float32))
+    plain = wire.to_bytes(np.zeros(server.engine.server.dim, np.float32))
     header = pb.UploadHeader(
         task_id=task.task_id,
-        dim=server.sim.server.dim,
+        dim=server.engine.server.dim,
         dtype="float32",
         payload_bytes=len(plain),
         sha256=wire.digest(plain),
@@ -242,7 +242,7 @@ def test_hostile_secure_aggregation_messages_are_refused(live_secagg) -> None:  
     silent.set()
     thread.join(120)
     assert not thread.is_alive()
-    (record,) = [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
+    (record,) = [r for r in server.engine.run_dir.records() if r.get("event") == "round"]
     assert record["status"] == "aggregated" and record["completed"] == 2
     assert record["secagg"]["included"] == 2
     assert record["secagg"]["dropped"] == {"share_keys": 1}

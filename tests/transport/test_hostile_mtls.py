@@ -51,7 +51,7 @@ def serve(
 
 
 def rounds_of(server: DeploymentServer) -> list[dict]:
-    return [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
+    return [r for r in server.engine.run_dir.records() if r.get("event") == "round"]
 
 
 def finish(server: DeploymentServer, thread: threading.Thread) -> None:
@@ -88,7 +88,7 @@ def test_poisoned_statistics_overflow_and_huge_counts(tmp_path: Path) -> None:
         stub = stub_for(certs, "client-000000", port, max_send=64 << 20)
         stub.Join(pb.JoinRequest(num_examples=2**62), timeout=60)  # lies at join too
         task, silent = first_task(stub)
-        dim = server.sim.server.dim
+        dim = server.engine.server.dim
         small = wire.to_bytes(np.full(dim, 0.001, np.float32))
         for change, what in (
             ({"train_loss_sq": float("inf")}, "train_loss_sq = inf"),
@@ -117,12 +117,12 @@ def test_poisoned_statistics_overflow_and_huge_counts(tmp_path: Path) -> None:
     assert record["status"] == "aggregated" and record["completed"] == 3
     assert record["rejected"] == 6
     assert record["refused_in_round"] == {"nonfinite": 3, "bad_count": 2, "overflow": 1}
-    size = int(server.sim.data.train.sizes()[0])
+    size = int(server.sizes[0])
     assert record["clamped_examples"] == {"0": [2**62, size]}
     # not replaced: with 2**62 the new model would be initial + own to float precision
-    moved = server.sim.server.params - server.sim.initial_params
+    moved = server.engine.server.params - server.engine.initial_params
     assert np.abs(moved - own).mean() > 0.2
-    with ClientRegistry(server.sim.run_dir.path / "clients.sqlite") as registry:
+    with ClientRegistry(server.engine.run_dir.path / "clients.sqlite") as registry:
         (row,) = registry.history(0)  # the registry logged the bounded weight
     assert row["outcome"] == "completed" and row["num_examples"] == size
 
@@ -148,7 +148,7 @@ def test_stalled_uploads_and_floods_cannot_hold_the_transfer_slots(tmp_path: Pat
         stub = stub_for(certs, "client-000000", port)
         stub.Join(pb.JoinRequest(num_examples=1), timeout=60)
         task, silent = first_task(stub)
-        dim = server.sim.server.dim
+        dim = server.engine.server.dim
         raw = wire.to_bytes(np.full(dim, 0.001, np.float32))
         release = threading.Event()
         stalls = [

@@ -41,8 +41,8 @@ def test_local_dp_run_over_grpc_is_accounted(tmp_path: Path) -> None:
     alive = thread.is_alive()
     server.stop()
     assert not alive
-    rounds = [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
+    rounds = [r for r in server.engine.run_dir.records() if r.get("event") == "round"]
     assert [r["completed"] for r in rounds] == [3, 3]
     assert rounds[-1]["epsilon"] > 0
-    ledger = json.loads((server.sim.run_dir.path / "privacy.json").read_text())
+    ledger = json.loads((server.engine.run_dir.path / "privacy.json").read_text())
     assert ledger  # the local releases were charged to the run's ledger

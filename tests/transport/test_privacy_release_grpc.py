@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from inprocess import serve_in_thread
 
+from fedloom.assemble import deployment_server, resume_simulation, start_simulation
 from fedloom.config import load_config
 from fedloom.data.storage import client_dir
 from fedloom.privacy import epsilon
 from fedloom.privacy.calibration import analytic_gaussian_sigma
-from fedloom.sim import Simulation
 from fedloom.transport.client import DeploymentClient
 from fedloom.transport.server import DeploymentServer, ServerOptions
 
@@ -35,7 +35,7 @@ def run_clients(server: DeploymentServer, port: int, root: Path, ids: list[int],
 
 
 def records(server: DeploymentServer, event: str = "round") -> list[dict]:
-    return [r for r in server.sim.run_dir.records() if r.get("event") == event]
+    return [r for r in server.engine.run_dir.records() if r.get("event") == event]
 
 
 class Published(dict):
@@ -56,7 +56,7 @@ class Published(dict):
 def test_a_model_version_is_downloadable_only_after_its_release_is_charged(tmp_path):
     overrides = ['privacy.mode="central"', "privacy.noise_multiplier=1.0", "rounds=3"]
     server, port, thread = serve_in_thread(tmp_path, overrides, OPTIONS)
-    published = Published(server._models, server.sim.run_dir.path / "privacy.json")
+    published = Published(server._models, server.engine.run_dir.path / "privacy.json")
     server._models = published
     run_clients(server, port, tmp_path, [0, 1, 2], thread)
     assert [v for v, _ in published.charged_when_published] == [1, 2, 3]
@@ -80,7 +80,7 @@ def test_fixed_size_sampling_draws_from_all_clients_not_only_those_online(tmp_pa
     # the offline client is drawn like any other (P[never in 8 rounds] = 3^-8): drawing
     # only from the clients online would give each of them inclusion 1 instead of 2/3
     assert sum(r["dropped"].get("disconnected", 0) for r in rounds) >= 1
-    ledger = json.loads((server.sim.run_dir.path / "privacy.json").read_text())
+    ledger = json.loads((server.engine.run_dir.path / "privacy.json").read_text())
     assert {(e["sampling_rate"], e["population"]) for e in ledger["events"]} == {(2 / 3, 3)}
 
 
@@ -102,7 +102,7 @@ def test_local_dp_reports_the_worst_clients_composition_and_stops_at_the_budget(
     rounds = records(server)
     assert [r["status"] for r in rounds] == ["aggregated", "aggregated", "skipped"]
     assert rounds[-1]["dispatched"] == 0, "the third upload was never asked for"
-    ledger = json.loads((server.sim.run_dir.path / "privacy.json").read_text())
+    ledger = json.loads((server.engine.run_dir.path / "privacy.json").read_text())
     assert ledger["view"] == "local"
     assert ledger["epsilon"] == rounds[1]["epsilon"] == pytest.approx(two, rel=1e-9)
     assert ledger["participations"] == {"clients": 3, "max_per_client": 2}
@@ -119,8 +119,8 @@ def test_a_killed_and_resumed_server_keeps_every_release_charged(tmp_path):
         "checkpoint.every=2",
     ]
     server, port, thread = serve_in_thread(tmp_path, overrides, OPTIONS)
-    path = server.sim.run_dir.path
-    finish = server.sim.finish_round
+    path = server.engine.run_dir.path
+    finish = server.engine.finish_round
 
     def finish_then_die(result, *args, **kwargs):
         record = finish(result, *args, **kwargs)
@@ -128,7 +128,7 @@ def test_a_killed_and_resumed_server_keeps_every_release_charged(tmp_path):
             server._stop.set()
         return record
 
-    server.sim.finish_round = finish_then_die
+    server.engine.finish_round = finish_then_die
     for i in range(3):
         folder = client_dir(tmp_path / "data", i)
         client = DeploymentClient(f"127.0.0.1:{port}", folder, insecure=True)
@@ -142,7 +142,7 @@ def test_a_killed_and_resumed_server_keeps_every_release_charged(tmp_path):
     ready: queue.Queue[DeploymentServer] = queue.Queue()
 
     def serve_resumed() -> None:  # the simulation belongs to the thread that plays it
-        resumed = DeploymentServer(Simulation.resume(path, deployment=True), OPTIONS)
+        resumed = deployment_server(resume_simulation(path, deployment=True), OPTIONS)
         resumed.start()
         ready.put(resumed)
         resumed.run()
@@ -169,7 +169,7 @@ def test_distributed_dp_over_grpc_refuses_to_unmask_past_the_budget(tmp_path):
         "privacy.noise_multiplier=1.0",
         "rounds=3",
     ]
-    probe = Simulation.start(load_config(None, [*run, f'output_dir="{tmp_path / "probe"}"']))
+    probe = start_simulation(load_config(None, [*run, f'output_dir="{tmp_path / "probe"}"']))
     one, ledger = probe.privacy.event(shares=4, cohort=4), probe.ledger
     assert ledger is not None
     first = ledger._planned([one])
@@ -183,7 +183,7 @@ def test_distributed_dp_over_grpc_refuses_to_unmask_past_the_budget(tmp_path):
     assert [r["status"] for r in rounds] == ["aggregated", "skipped"]
     assert "privacy budget" in rounds[1]["skip_reason"]
     assert rounds[1]["completed"] == 0, "the second sum was never unmasked"
-    saved = json.loads((server.sim.run_dir.path / "privacy.json").read_text())
+    saved = json.loads((server.engine.run_dir.path / "privacy.json").read_text())
     assert len(saved["events"]) == 1 and saved["epsilon"] == pytest.approx(first)
     assert saved["epsilon"] <= budget
     (stop,) = records(server, "stop")
@@ -204,7 +204,7 @@ def test_quorum_over_grpc_decides_on_a_noisy_count_and_charges_every_attempt(tmp
     server, port, thread = serve_in_thread(tmp_path, overrides, options)
     run_clients(server, port, tmp_path, [0, 1], thread)  # client 2 never comes online
     rounds = records(server)
-    entries = server.sim.ledger.entries
+    entries = server.engine.ledger.entries
     assert len(entries) == len(rounds), "retried and skipped attempts are charged too"
     for r, e in zip(rounds, entries, strict=True):
         assert e.attempt == r["attempt"]

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 from inprocess import client_threads, serve_in_thread
 
+from fedloom.assemble import deployment_server, start_simulation
 from fedloom.config import load_config
 from fedloom.data.storage import client_dir
 from fedloom.errors import ConfigError
 from fedloom.secagg.cohort import AUX_SLOTS
 from fedloom.secagg.crypto import generate_keypair
 from fedloom.secagg.protocol import STAGES
-from fedloom.sim.runtime import Simulation
 from fedloom.transport.certs import init_ca, issue
 from fedloom.transport.client import DeploymentClient
 from fedloom.transport.secure_round import SecureStages, SecureTaskSpec
-from fedloom.transport.server import DeploymentServer, ServerOptions
+from fedloom.transport.server import ServerOptions
 
 CLIENTS = 4  # complete graph, threshold 3
 RUN = [
@@ -86,7 +86,7 @@ def play(root: Path, quitters: dict[int, str]) -> tuple[dict, list[RecordingClie
     assert not thread.is_alive()
     for t in threads:
         t.join(30)
-    (record,) = [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
+    (record,) = [r for r in server.engine.run_dir.records() if r.get("event") == "round"]
     return record, clients, server
 
 
@@ -107,8 +107,8 @@ def test_a_client_vanishing_at_any_stage_leaves_the_exact_sum_of_the_rest(
     # a client that sent its masked input is in the sum even if it vanished afterwards
     included = [0, 1, 2, 3] if stage == "unmasking" else [0, 1, 2]
     assert record["secagg"]["included"] == record["completed"] == len(included)
-    expected = fedavg(server.sim.initial_params, clients, included)
-    np.testing.assert_allclose(server.sim.server.params, expected, atol=1e-5)
+    expected = fedavg(server.engine.initial_params, clients, included)
+    np.testing.assert_allclose(server.engine.server.params, expected, atol=1e-5)
     if stage != "unmasking":
         assert record["dropped"] == {"disconnected": 1}
 
@@ -117,7 +117,7 @@ def test_too_few_clients_abort_the_round_and_nothing_is_unmasked(tmp_path: Path)
     record, _, server = play(tmp_path, {2: "masked_input", 3: "masked_input"})
     assert "below the threshold" in record["secagg"]["aborted"]
     assert record["status"] != "aggregated" and record["completed"] == 0
-    np.testing.assert_array_equal(server.sim.server.params, server.sim.initial_params)
+    np.testing.assert_array_equal(server.engine.server.params, server.engine.initial_params)
 
 
 def play_signed(root: Path, tamper: bool) -> tuple[dict, object]:
@@ -146,7 +146,7 @@ def play_signed(root: Path, tamper: bool) -> tuple[dict, object]:
         client_threads(port, root, [0, 1, 2], certs)
         thread.join(120)
         assert not thread.is_alive()
-    (record,) = [r for r in server.sim.run_dir.records() if r.get("event") == "round"]
+    (record,) = [r for r in server.engine.run_dir.records() if r.get("event") == "round"]
     return record, server
 
 
@@ -167,8 +167,8 @@ def test_signed_keys_need_mtls(tmp_path: Path) -> None:
         None, ["secagg.enabled=true", "secagg.signed=true", f"output_dir={tmp_path}"]
     )
     with pytest.raises(ConfigError, match="needs mTLS"):
-        DeploymentServer(
-            Simulation.start(config, deployment=True), ServerOptions(port=0, insecure=True)
+        deployment_server(
+            start_simulation(config, deployment=True), ServerOptions(port=0, insecure=True)
         )
 
 
@@ -191,4 +191,4 @@ def test_a_malformed_secure_sum_is_refused_and_the_server_goes_on(tmp_path: Path
     assert "weight" in record["secagg"]["aborted"]
     assert record["secagg"]["included"] == record["completed"] == 0
     assert record["dropped"] == {"secure sum refused": CLIENTS}
-    np.testing.assert_array_equal(server.sim.server.params, server.sim.initial_params)
+    np.testing.assert_array_equal(server.engine.server.params, server.engine.initial_params)

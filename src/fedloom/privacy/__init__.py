@@ -3,6 +3,9 @@
 Importing this package is cheap: dp-accounting and scipy are imported inside the functions
 that need them.
 
+``sweep`` and ``plan`` (``tradeoff``) run an experiment at several privacy settings
+through a runner (``fedloom.assemble.trial_runner``).
+
 References: see ``accounting``, ``calibration``, ``mechanisms``, ``central``, ``ledger``
 and ``audit``.
 """
@@ -18,6 +21,17 @@ from fedloom.privacy.accounting import (
 from fedloom.privacy.audit import AuditResult, audit, epsilon_lower_bound
 from fedloom.privacy.calibration import analytic_gaussian_sigma, gaussian_delta, laplace_scale
 from fedloom.privacy.ledger import Budget, PrivacyBudgetExceeded, PrivacyLedger
+from fedloom.privacy.tradeoff import (
+    PlanResult,
+    PlanRow,
+    SweepResult,
+    SweepRow,
+    Trial,
+    TrialOutcome,
+    TrialRunner,
+    plan,
+    sweep,
+)
 
 __all__ = [
     "Accountant",
@@ -35,4 +49,13 @@ __all__ = [
     "gaussian_delta",
     "laplace_scale",
     "noise_multiplier_for",
+    "plan",
+    "PlanResult",
+    "PlanRow",
+    "sweep",
+    "SweepResult",
+    "SweepRow",
+    "Trial",
+    "TrialOutcome",
+    "TrialRunner",
 ]

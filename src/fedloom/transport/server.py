@@ -1,7 +1,8 @@
-"""The deployment server: the simulator's round logic, driven by real clients over gRPC.
+"""The deployment server: the round engine, driven by real clients over gRPC.
 
-``DeploymentServer`` wraps a ``Simulation`` (same config, run directory, ``SyncServer``,
-selection, registry, privacy ledger, evaluation and checkpoints) and replaces its
+``DeploymentServer`` is the network event source for a ``RoundEngine`` (the same engine
+the simulator drives: ``SyncServer``, cohort policy, registry, privacy ledger,
+evaluation, records and checkpoints; ``fedloom.assemble`` builds both) and replaces the
 virtual timeline with the network: a round's cohort is drawn from the clients that are
 online now (seen within ``client_timeout_s``), each selected client fetches its task by
 long-polling ``GetTask``, downloads the model in chunks (as an exact delta when it
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import json
 import logging
 import math
 import re
@@ -31,7 +33,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,8 +51,8 @@ from fedloom.records import ClientMetrics, Dispatch, RoundResult, Update
 from fedloom.secagg.crypto import SecAggError
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
 from fedloom.secagg.protocol import STAGES, MaskedInput
-from fedloom.server.registry import Completion
-from fedloom.sim.runtime import Simulation
+from fedloom.server.engine import RoundEngine, count_reasons
+from fedloom.transforms.secure import secure_masking
 from fedloom.transport import download, wire
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport import fedloom_pb2_grpc as rpc
@@ -289,20 +291,27 @@ class _Round:
 class DeploymentServer(rpc.FedloomServicer):
     """Serves one run (new or resumed) to client processes until it finishes."""
 
-    def __init__(self, sim: Simulation, options: ServerOptions) -> None:
-        if sim.config.secagg.signed and options.insecure:
+    def __init__(
+        self,
+        engine: RoundEngine,
+        options: ServerOptions,
+        sizes: np.ndarray,
+        model_spec: ModelSpec,
+        client_transforms: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    ) -> None:
+        """``engine``: the run's round engine, built for a deployment (OS randomness:
+        ``fedloom.assemble.deployment_server`` refuses any other); ``sizes``: each
+        registered client's data size, which bounds its updates' weight; ``model_spec``:
+        what a client builds its model from (``Join``); ``client_transforms``: the
+        ``(name, params)`` of the chain each client applies to its update (``Join``; the
+        client builds it from its own code and keeps its state)."""
+        if engine.secure is not None and engine.secure.signed and options.insecure:
             raise ConfigError(
                 "secagg.signed = true needs mTLS: clients sign their keys with their "
                 "certificate keys (drop --insecure)"
             )
-        if not sim.deployment:
-            raise ConfigError(
-                "the deployment server needs a Simulation built with deployment=True (see "
-                "open_simulation): a simulation's DP noise and cohorts follow the run seed, "
-                "which every client learns"
-            )
-        self.sim = sim
-        plan = sim.privacy
+        self.engine = engine
+        plan = engine.privacy
         self._local_dp = (
             LocalDP(
                 plan.mechanism_kind,  # type: ignore[arg-type]
@@ -314,17 +323,19 @@ class DeploymentServer(rpc.FedloomServicer):
             else None
         )
         self.options = options
-        self.num_clients = sim.data.train.num_clients
-        cfg = sim.config.server
-        _check_cohort(self.num_clients, cfg.quorum, options.min_clients)
-        self.min_clients = options.min_clients or min(cfg.clients_per_round, self.num_clients)
+        self.num_clients = len(sizes)
+        self.sizes = sizes
+        _check_cohort(self.num_clients, engine.server.quorum, options.min_clients)
+        per_round = engine.cohort.clients_per_round
+        self.min_clients = options.min_clients or min(per_round, self.num_clients)
         # no update weighs more than its client's registered data size (see bound_examples)
-        sizes = sim.data.train.sizes()
-        sim.server.bound_examples(np.arange(len(sizes)), np.maximum(sizes, 1))
+        engine.server.bound_examples(np.arange(len(sizes)), np.maximum(sizes, 1))
         self._cond = threading.Condition()
         self._last_seen: dict[int, float] = {}  # client id -> time.time() of its last call
         self._round: _Round | None = None
-        self._models: dict[int, np.ndarray] = {sim.server.version: sim.server.params.copy()}
+        self._models: dict[int, np.ndarray] = {
+            engine.server.version: engine.server.params.copy()
+        }
         self._downloads: dict[tuple[int, int], tuple[list[bytes], int]] = {}
         self._prepare_lock = threading.Lock()
         self._closed: dict[int, bytes] = {}  # the last closed round's applied uploads
@@ -342,14 +353,12 @@ class DeploymentServer(rpc.FedloomServicer):
         self._stop = threading.Event()
         self._grpc: grpc.Server | None = None
         self.port = 0
-        self.model_spec = ModelSpec(
-            sim.config.model.kind,
-            tuple(sim.config.model.hidden),
-            sim.data.num_features,
-            sim.data.num_classes,
-            sim.config.seed,
-        )
-        self._model_pb = self.model_spec.to_pb()
+        self.model_spec = model_spec
+        self._model_pb = model_spec.to_pb()
+        self._transforms_pb = [
+            pb.TransformSpec(name=name, params_json=json.dumps(dict(params)))
+            for name, params in client_transforms
+        ]
 
     # lifecycle ----------------------------------------------------------------
     def start(self, listener: tuple[grpc.Server, int] | None = None) -> int:
@@ -372,10 +381,10 @@ class DeploymentServer(rpc.FedloomServicer):
         the simulation: its SQLite registry belongs to it), then linger so that polling
         clients learn the run is done."""
         try:
-            while not self.sim.finished and not self._stop.is_set():
+            while not self.engine.finished and not self._stop.is_set():
                 self._play_round()
             if not self._stop.is_set():
-                self.sim.run()  # no rounds are left: writes the stop (and audit) records
+                self.engine.conclude()  # no rounds are left: the stop (and audit) records
             with self._cond:
                 self._cond.notify_all()
             self._stop.wait(self.options.linger_s)
@@ -395,52 +404,45 @@ class DeploymentServer(rpc.FedloomServicer):
         return sorted(c for c, seen in self._last_seen.items() if seen >= limit)
 
     def _play_round(self) -> None:
-        sim, srv = self.sim, self.sim.server
-        cfg = sim.config.server
+        engine, srv = self.engine, self.engine.server
         with self._cond:
             if not self._await_online():
                 return
             self._played = True
             now = time.time()
             available = np.array(self._online(now), dtype=np.int64)
-            sim.registry.observe_availability(now, available)
-            stats = sim.registry.stats()
-            need = cfg.clients_per_round
-            k = sim.cohort_size(need, stats)
-            deadline = None if cfg.deadline_s is None else now + cfg.deadline_s
             # under DP with fixed-size sampling the cohort is drawn from all N clients (the
             # accountant's m / N); an offline pick fails at once as disconnected
-            pool = None if sim.sample_all else available
-            dispatches = srv.begin_round(pool, stats, now, k=k, deadline=deadline)
-            sim.attempts += 1
-            refusal = sim.release_refusal([d.client_id for d in dispatches])
+            dispatches = engine.open_round(available)
+            deadline = dispatches[0].deadline if dispatches else None
+            cohort = [d.client_id for d in dispatches]
+            refusal = engine.release_refusal(cohort)
             if refusal is not None:  # the budget: nobody is told, the run stops
                 started = time.perf_counter()
-                cohort = [d.client_id for d in dispatches]
-                result, extra = sim.withhold_round(cohort, refusal, now)
+                result, extra = engine.withhold_round(cohort, refusal)
                 self._cond.release()
                 try:
-                    sim.finish_round(result, started, extra)
+                    engine.finish_round(result, started, extra)
                 finally:
                     self._cond.acquire()
                 return
-            if sim.secure is not None and len(dispatches) < sim.config.secagg.min_clients:
+            if engine.too_small_for_secagg(cohort):
                 # empty or one client (Poisson): nobody is told, the round is skipped
                 started = time.perf_counter()
-                result, extra = sim.skip_small_secure_round([d.client_id for d in dispatches])
+                result, extra = engine.skip_small_secure_round(cohort)
                 self._cond.release()  # evaluation and checkpoint without the lock
                 try:
-                    sim.finish_round(result, started, extra)
+                    engine.finish_round(result, started, extra)
                 finally:
                     self._cond.acquire()
                 return
             rnd = _Round(
-                f"{dispatches[0].round}.{sim.attempts}.{self._instance}" if dispatches else "",
+                f"{dispatches[0].round}.{engine.attempts}.{self._instance}" if dispatches else "",
                 time.perf_counter(),
                 {d.client_id: d for d in dispatches},
-                sim.enough(need, len(dispatches)),  # never cuts a Poisson cohort
+                engine.enough(len(dispatches)),  # never cuts a Poisson cohort
             )
-            if sim.secure is not None:
+            if engine.secure is not None:
                 self._open_secure(rnd, [d.client_id for d in dispatches])
             self._round = rnd
             self._cond.notify_all()
@@ -450,10 +452,8 @@ class DeploymentServer(rpc.FedloomServicer):
                 failed = self._await_cohort(rnd, ends)
             else:
                 failed = self._await_secure(rnd, ends)
-            if sim.canaries is not None:  # privacy audit canaries join as in simulation
-                sim.inject_canaries()
-            sim.arm_replay()
-            result = srv.close_round()
+            # privacy audit canaries join as in simulation; replays armed after a resume
+            result = engine.close_round()
             self._round = None
             self._closed, self._closed_task = rnd.applied, rnd.task_id
             self._cond.notify_all()
@@ -474,7 +474,7 @@ class DeploymentServer(rpc.FedloomServicer):
         after ``start_timeout_s`` (the server's first round: ``round_timeout_s``) with the
         clients online, if they reach the quorum (at least one), so that one dead client
         cannot stall the run."""
-        quorum = self.sim.config.server.quorum or 1
+        quorum = self.engine.server.quorum or 1
         patience = self.options.start_timeout_s if self._played else self.options.round_timeout_s
         started = time.monotonic()
         report = started + self.options.status_every_s
@@ -492,7 +492,7 @@ class DeploymentServer(rpc.FedloomServicer):
             ):
                 log.warning(
                     "round %d starts with the %d clients online (wanted %d; waited %.0f s)",
-                    self.sim.server.round + 1,
+                    self.engine.server.round + 1,
                     len(online),
                     self.min_clients,
                     now - started,
@@ -503,7 +503,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 missing = sorted(set(range(self.num_clients)) - set(online))
                 log.info(
                     "round %d waits for %d online clients: %d online (%s), not online: %s",
-                    self.sim.server.round + 1,
+                    self.engine.server.round + 1,
                     self.min_clients,
                     len(online),
                     _names(online),
@@ -513,14 +513,14 @@ class DeploymentServer(rpc.FedloomServicer):
 
     def _open_secure(self, rnd: _Round, cohort: list[int]) -> None:
         """Start the round's SecAgg+: its encoding and the protocol's server side."""
-        sim = self.sim
-        assert sim.secure is not None
-        dp, plan = sim.server.dp, sim.privacy
+        engine = self.engine
+        assert engine.secure is not None
+        dp, plan = engine.server.dp, engine.privacy
         n = len(cohort)
         rnd.dp_clip = None if dp is None or dp.noise_on_clients else dp.clip_norm
         rnd.distributed = None if plan.distributed is None else plan.round_mechanism(n)
-        protocol = sim.secure.protocol(n, sim.attempts, rnd.distributed)
-        rnd.secure = SecureStages(rnd.task_id, cohort, protocol, signed=sim.secure.signed)
+        protocol = engine.secure.protocol(n, engine.attempts, rnd.distributed)
+        rnd.secure = SecureStages(rnd.task_id, cohort, protocol, signed=engine.secure.signed)
 
     def _await_secure(self, rnd: _Round, deadline: float | None) -> dict[int, str]:
         """Play the round's SecAgg+ stages (holding the condition, released while the
@@ -531,8 +531,8 @@ class DeploymentServer(rpc.FedloomServicer):
         stage waits at most ``secagg_stage_timeout_s``. At any stage a client silent for
         ``client_timeout_s`` is dropped at once.
         """
-        sim, srv, stages = self.sim, self.sim.server, rnd.secure
-        assert stages is not None and sim.secure is not None
+        engine, srv, stages = self.engine, self.engine.server, rnd.secure
+        assert stages is not None and engine.secure is not None
         while not stages.done and not self._stop.is_set():
             first = stages.stage == STAGES[0]
             until = deadline if first else time.time() + self.options.secagg_stage_timeout_s
@@ -561,12 +561,12 @@ class DeploymentServer(rpc.FedloomServicer):
             if self._stop.is_set():
                 break
             stage, replies = stages.close_stage()
-            if stage == "masked_input" and sim.privacy.distributed is not None:
+            if stage == "masked_input" and engine.privacy.distributed is not None:
                 # the budget, checked on the realised shares before the server unmasks
-                refusal = sim.release_refusal(stages.cohort, shares=len(replies))
+                refusal = engine.release_refusal(stages.cohort, shares=len(replies))
                 if refusal is not None:
                     stages.refuse_sum(refusal)
-                    sim.refuse_release(refusal)
+                    engine.refuse_release(refusal)
                     break
             self._cond.release()  # the protocol's work: let the RPC threads answer meanwhile
             try:
@@ -579,15 +579,12 @@ class DeploymentServer(rpc.FedloomServicer):
             self._cond.notify_all()
         if stages.total is not None:
             included = np.array(stages.included, dtype=np.int64)
-            secure = sim.secure.decode(
-                stages.total,
-                included,
-                len(stages.cohort),
-                sim.attempts,
-                rnd.dp_clip,
-                rnd.distributed,
+            # the secure transform's server half: the unmasked ring sum back to float sums
+            halves = secure_masking(engine.secure, rnd.dp_clip, rnd.distributed)
+            secure = halves.server.decode(
+                stages.total, included, len(stages.cohort), engine.attempts
             )
-            sizes = sim.data.train.sizes()[included]
+            sizes = self.sizes[included]
             caps = np.array([rnd.dispatches[int(c)].max_steps or NO_CAP for c in included])
             try:  # a client may have encoded anything: the sum itself can be malformed
                 srv.receive_secure_sum(secure, sizes, steps_for(sizes, srv.plan, caps))
@@ -609,7 +606,7 @@ class DeploymentServer(rpc.FedloomServicer):
     def _await_cohort(self, rnd: _Round, deadline: float | None) -> dict[int, str]:
         """Wait (holding the condition) until no selected client is pending; fail the
         silent ones, the late ones and, once enough delivered, the surplus."""
-        srv = self.sim.server
+        srv = self.engine.server
         failed: dict[int, str] = {}
 
         def fail(cid: int, reason: str) -> None:
@@ -651,23 +648,14 @@ class DeploymentServer(rpc.FedloomServicer):
         self, rnd: _Round, result: RoundResult, failed: dict[int, str], now: float
     ) -> None:
         """Registry, evaluation, privacy ledger, records and checkpoint, as in simulation."""
-        sim = self.sim
-        c = result.clients
+        engine = self.engine
+        ids = result.clients.ids
         surplus = {cid for cid, why in failed.items() if why == "surplus"}
         asked = np.array(sorted(set(rnd.dispatches) - surplus), dtype=np.int64)
-        sim.registry.record_round(
-            sim.attempts,
-            now,
+        engine.record_round(
             asked,
-            Completion(
-                ids=c.ids,
-                duration=np.array([rnd.arrival[int(i)] - rnd.started for i in c.ids]),
-                loss=c.train_loss,
-                loss_sq=c.train_loss_sq,
-                num_examples=c.num_examples,
-                steps=c.steps,
-                contribution=c.contribution,
-            ),
+            result,
+            np.array([rnd.arrival[int(i)] - rnd.started for i in ids]),
             {cid: why for cid, why in failed.items() if cid not in surplus},
             # a client may retry after a refusal: only a refusal it never made good counts
             {
@@ -675,20 +663,21 @@ class DeploymentServer(rpc.FedloomServicer):
                 for cid, why in rnd.rejected.items()
                 if cid not in failed and cid not in rnd.applied
             },
+            now=now,
         )
         measured = np.array(sorted(rnd.up_kbps.keys() | rnd.down_kbps.keys()), dtype=np.int64)
-        sim.registry.record_bandwidth(
+        engine.registry.record_bandwidth(
             measured,
             np.array([rnd.up_kbps.get(int(c), np.nan) for c in measured]),
             np.array([rnd.down_kbps.get(int(c), np.nan) for c in measured]),
         )
-        record = sim.finish_round(
+        record = engine.finish_round(
             result,
             rnd.started,
             {
-                "attempt": sim.attempts,
+                "attempt": engine.attempts,
                 "dispatched": len(rnd.dispatches),
-                "dropped": dict(Counter(w for c, w in failed.items() if c not in surplus)),
+                "dropped": count_reasons({c: w for c, w in failed.items() if c not in surplus}),
                 "surplus": len(surplus),
                 "bytes_up": rnd.bytes_up,
                 "bytes_down": rnd.bytes_down,
@@ -730,7 +719,7 @@ class DeploymentServer(rpc.FedloomServicer):
             "dropped": dict(stages.dropped),
             "server_s": stages.server_s,
             "masked_input_bytes": protocol.dim * protocol.bits // 8,
-            "plain_upload_bytes": 4 * self.sim.server.dim,
+            "plain_upload_bytes": 4 * self.engine.server.dim,
         }
         if stages.abort is not None:
             out["aborted"] = stages.abort
@@ -821,17 +810,18 @@ class DeploymentServer(rpc.FedloomServicer):
             )
         with self._cond:
             # the weight of this client's updates never exceeds what it declared here
-            self.sim.server.bound_examples(np.array([cid]), np.array([request.num_examples]))
+            self.engine.server.bound_examples(np.array([cid]), np.array([request.num_examples]))
             self._cond.notify_all()  # a round may be waiting for clients
         log.info("client %d joined (%s)", cid, request.device or "unknown device")
         return pb.JoinReply(
             client_id=cid,
-            dim=self.sim.server.dim,
-            run=self.sim.run_dir.path.name,
+            dim=self.engine.server.dim,
+            run=self.engine.run_dir.path.name,
             heartbeat_s=self.options.heartbeat_s,
             chunk_bytes=self.options.chunk_bytes,
-            version=self.sim.server.version,
+            version=self.engine.server.version,
             model=self._model_pb,
+            client_transforms=self._transforms_pb,
         )
 
     def Heartbeat(
@@ -846,10 +836,10 @@ class DeploymentServer(rpc.FedloomServicer):
         until = time.time() + wait
         with self._cond:
             while True:
-                if self._done.is_set() or (self.sim.finished and self._round is None):
+                if self._done.is_set() or (self.engine.finished and self._round is None):
                     return pb.Task(kind=pb.Task.DONE)
                 rnd = self._round
-                srv = self.sim.server
+                srv = self.engine.server
                 if rnd is not None and cid in rnd.dispatches and cid in srv.pending:
                     # under SecAgg+ a client that began the protocol has its task already
                     secure = rnd.secure
@@ -877,7 +867,7 @@ class DeploymentServer(rpc.FedloomServicer):
 
     def _secure_spec(self, rnd: _Round, cid: int) -> pb.SecureTaskSpec | None:
         """``Task.secagg``: what ``cid`` needs for the round's secure sum, None if none."""
-        stages, aggregator = rnd.secure, self.sim.secure
+        stages, aggregator = rnd.secure, self.engine.secure
         if stages is None or aggregator is None:
             return None
         spec = SecureTaskSpec.for_client(
@@ -885,7 +875,7 @@ class DeploymentServer(rpc.FedloomServicer):
             stages.index[cid],
             len(stages.cohort),
             stages.protocol.threshold,
-            self.sim.attempts,
+            self.engine.attempts,
             rnd.dp_clip,
             rnd.distributed,
         )
@@ -907,7 +897,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 _K.STALE_VERSION,
-                f"model version {version} is not available (current {self.sim.server.version})",
+                f"model version {version} is not available (current {self.engine.server.version})",
             )
         messages, payload_bytes = self._prepared(version, base)
         with self._transfer(cid, "download", context, self.options.chunk_bytes) as transfer:
@@ -991,7 +981,7 @@ class DeploymentServer(rpc.FedloomServicer):
             known |= h.task_id == self._closed_task and cid in self._closed  # a late retry
         # under SecAgg+ the upload is the masked input: an integer vector of the ring
         dim, dtype = (
-            (self.sim.server.dim, np.dtype(np.float32))
+            (self.engine.server.dim, np.dtype(np.float32))
             if secure is None
             else (secure.protocol.dim, secure.protocol.dtype)
         )
@@ -1157,7 +1147,7 @@ class DeploymentServer(rpc.FedloomServicer):
             cid,
             int(h.round),
             int(h.version),
-            wire.as_float32(payload, self.sim.server.dim, "update"),
+            wire.as_float32(payload, self.engine.server.dim, "update"),
             int(h.num_examples),
             ClientMetrics(float(h.train_loss), int(h.steps), float(h.epochs), h.train_loss_sq),
         )
@@ -1179,7 +1169,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 code, kind, why = grpc.StatusCode.FAILED_PRECONDITION, _K.STALE_TASK, "round closed"
             else:
                 try:
-                    self.sim.server.receive(update)
+                    self.engine.server.receive(update)
                 except UpdateRejected as err:
                     rnd.rejected[cid] = err
                     code, kind = grpc.StatusCode.INVALID_ARGUMENT, err.kind
@@ -1206,11 +1196,4 @@ def _names(ids: list[int] | set[int], most: int = 20) -> str:
 def _kbps(nbytes: int, seconds: float) -> float:
     """A transfer's rate in kbit/s; NaN when nothing was timed (a one-chunk payload)."""
     return nbytes * 8 / 1000 / seconds if nbytes > 0 and seconds > 0 else float("nan")
-
-
-def open_simulation(config: RunConfig, resume: Path | None) -> Simulation:
-    """A new run for ``config``, or the run in ``resume`` continued from its checkpoint."""
-    if resume is not None:
-        return Simulation.resume(resume, deployment=True)
-    return Simulation.start(config, deployment=True)
 

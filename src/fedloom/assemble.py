@@ -1,0 +1,698 @@
+"""The composition root: the one place that maps a ``RunConfig`` to objects.
+
+Everything below it (the core, the round engine, the runtimes) takes constructor
+arguments; this module reads the config and builds the run: data, model, trainer,
+executor, privacy plan, secure aggregator, selector and cohort policy, ``SyncServer``,
+registry and ``RoundEngine``, and around them a ``Simulation`` (virtual time) or a
+``DeploymentServer`` (the network). ``fedloom run`` and ``fedloom server`` build through
+it; so do programs that start or resume runs (:func:`start_simulation`,
+:func:`resume_simulation`, :func:`open_deployment` with :func:`deployment_server`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedloom.client.evaluation import Evaluator
+from fedloom.client.schedule import steps_for
+from fedloom.client.trainer import TorchTrainer
+from fedloom.config import RunConfig, parse_config
+from fedloom.data.federated import FederatedData, build_federated_data
+from fedloom.errors import CheckpointError, ConfigError, FedloomError
+from fedloom.models import build_model
+from fedloom.optim import make_server_optimizer
+from fedloom.params import module_vector
+from fedloom.privacy.accounting import epsilon, noise_multiplier_for
+from fedloom.privacy.audit import canary_directions
+from fedloom.privacy.calibration import analytic_gaussian_sigma
+from fedloom.privacy.ledger import Budget, PrivacyLedger
+from fedloom.privacy.tradeoff import Trial, TrialOutcome, TrialRunner
+from fedloom.records import TrainPlan
+from fedloom.runs import RunDirectory, keep_aside
+from fedloom.secagg.cohort import SecureAggregator
+from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
+from fedloom.server.cohort import CohortPolicy
+from fedloom.server.convergence import ConvergenceMonitor
+from fedloom.server.engine import REGISTRY_PREFIX, EngineSettings, RoundEngine
+from fedloom.server.privacy_plan import QUORUM_STDDEV_FACTOR, PrivacyPlan
+from fedloom.server.registry import ClientRegistry
+from fedloom.server.sync import SyncServer
+from fedloom.sim import recovery
+from fedloom.sim.devices import Population
+from fedloom.sim.executor import Executor, SequentialExecutor
+from fedloom.sim.memory import check_memory, effective_batch_size
+from fedloom.sim.population import build_network, build_population
+from fedloom.sim.runtime import Simulation
+from fedloom.sim.shard import Shard
+from fedloom.sim.timeline import VirtualTime
+from fedloom.sim.vectorized import VectorizedExecutor, unsupported_reason
+from fedloom.transforms.base import Chain, ClientStates, build_chain
+from fedloom.transport.messages import ModelSpec
+from fedloom.transport.server import DeploymentServer, ServerOptions
+
+log = logging.getLogger("fedloom")
+
+
+# settings -> core objects ----------------------------------------------------------
+def plan_from_config(config: RunConfig, sizes: np.ndarray | None = None) -> TrainPlan:
+    """The clients' training plan; with the clients' data ``sizes``, the batch size is
+    capped by the largest client (a larger batch trains exactly as that one)."""
+    c = config.client
+    return TrainPlan(
+        local_epochs=c.local_epochs,
+        local_steps=c.local_steps,
+        batch_size=c.batch_size if sizes is None else effective_batch_size(c.batch_size, sizes),
+        optimizer=c.optimizer,
+        lr=c.lr,
+        momentum=c.momentum,
+        nesterov=c.nesterov,
+        betas=c.betas,
+        eps=c.eps,
+        weight_decay=c.weight_decay,
+        prox_mu=c.prox_mu,
+        dp_sgd_clip=c.dp_sgd_clip_norm,
+        dp_sgd_noise=c.dp_sgd_noise_multiplier,
+    )
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"simulation.device = {name!r} but no CUDA device is available")
+    return name
+
+
+def make_executor(
+    config: RunConfig, trainer: TorchTrainer, data: FederatedData, shard: Shard | None = None
+) -> tuple[Executor, str]:
+    """The configured executor and a note saying why it was chosen."""
+    sim = config.simulation
+    reason = unsupported_reason(trainer.model)
+    if sim.executor == "sequential":
+        return SequentialExecutor(trainer, data.train), "requested in config"
+    if reason is not None:
+        if sim.executor == "vectorized":
+            raise ConfigError(f"simulation.executor = 'vectorized' is impossible: {reason}")
+        log.warning("falling back to the sequential executor: %s", reason)
+        return SequentialExecutor(trainer, data.train), f"fallback: {reason}"
+    device = resolve_device(sim.device)
+    if device == "cuda" and shard is not None and torch.cuda.device_count() > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank)) % torch.cuda.device_count()}"
+    vec = VectorizedExecutor(
+        copy.deepcopy(trainer.model),
+        data.train,
+        device=device,
+        memory_budget_mb=sim.memory_budget_mb,
+    )
+    return vec, f"{vec.backend} gradients on {device}"
+
+
+def monitor_from_config(config: RunConfig) -> ConvergenceMonitor:
+    s = config.stopping
+    return ConvergenceMonitor(
+        metric=s.metric,
+        mode="max" if s.metric == "accuracy" else "min",
+        patience=s.patience,
+        min_delta=s.min_delta,
+        target=s.target,
+        smoothing=s.smoothing,
+        plateau_window=s.plateau_window,
+        plateau_tolerance=s.plateau_tolerance,
+    )
+
+
+
+def privacy_plan(config: RunConfig, num_clients: int, dim: int = 0) -> PrivacyPlan:
+    """The run's plan; ``dim`` (the model size) is needed by distributed DP."""
+    p = config.privacy
+    if p.mode == "off":
+        return PrivacyPlan(enabled=False)
+    k = config.server.clients_per_round
+    q = k / num_clients
+    delta = p.delta if p.delta is not None else 1.0 / num_clients**1.1
+    z = p.noise_multiplier
+    distributed = None
+    if p.mode == "distributed":
+        bits = config.secagg.bits
+        try:
+            distributed = (
+                DistributedDiscreteGaussian(p.clip_norm, dim, k, z, bits)
+                if z is not None
+                # calibrated against the server, which sees each cohort: no
+                # amplification by sampling (the ledger's headline, docs/privacy.md)
+                else DistributedDiscreteGaussian.for_epsilon(
+                    p.target_epsilon, delta, 1.0, config.rounds, p.clip_norm, dim, k, bits
+                )
+            )
+        except ConfigError as err:
+            raise ConfigError(
+                f"privacy.mode = 'distributed' with secagg.bits = {bits} and "
+                f"server.clients_per_round = {k}: {err}"
+            ) from None
+        z = distributed.noise_multiplier
+    elif p.mode == "local":
+        assert p.local_epsilon is not None
+        # each upload is local_epsilon-LDP under replace-one (sensitivity 2C); the ledger
+        # accounts the run's user-level add/remove guarantee (sensitivity C):
+        # Gaussian z = sigma / C, Laplace scale / C = 2 / local_epsilon
+        if p.local_mechanism == "laplace":
+            z = 2.0 / p.local_epsilon
+        else:
+            z = analytic_gaussian_sigma(p.local_epsilon, delta, 2 * p.clip_norm) / p.clip_norm
+    elif z is None:
+        assert p.target_epsilon is not None
+        z = noise_multiplier_for(
+            p.target_epsilon,
+            q,
+            config.rounds,
+            delta,
+            accountant=p.accountant,
+            sampling=p.sampling,
+            population=num_clients,
+        )
+    budget = None if p.budget_epsilon is None else Budget(p.budget_epsilon, delta)
+    return PrivacyPlan(
+        enabled=True,
+        local=p.mode == "local",
+        mechanism_kind={"local": p.local_mechanism, "distributed": "distributed_dg"}.get(
+            p.mode, "gaussian"
+        ),
+        local_epsilon=p.local_epsilon or 0.0,
+        sampling=p.sampling,
+        sampling_rate=q,
+        population=num_clients,
+        delta=delta,
+        noise_multiplier=z,
+        accountant=p.accountant,
+        rounds=config.rounds,
+        budget=budget,
+        budget_policy=p.budget_policy,
+        clip_norm=p.clip_norm,
+        adaptive=p.adaptive_clipping,
+        target_quantile=p.target_quantile,
+        clip_learning_rate=p.clip_learning_rate,
+        count_stddev=p.count_stddev,
+        secure_noise=p.secure_noise,
+        expected_clients=k,
+        distributed=distributed,
+        # the quorum is decided on a noisy count (sensitivity 1) that takes 1/9 of the
+        # round's precision: the sum's multiplier grows by 6% (sync.SyncServer.close_round)
+        quorum_stddev=(
+            QUORUM_STDDEV_FACTOR * z
+            if p.mode == "central" and config.server.quorum is not None
+            else None
+        ),
+    )
+
+
+def dp_sgd_epsilon(config: RunConfig, sizes: np.ndarray, delta: float) -> float | None:
+    """Planned sample-level epsilon of client-side DP-SGD for the worst-off client.
+
+    Conservative: the client is assumed to take part in every round, and its
+    mini-batches (shuffled epochs) are accounted as Poisson samples at rate
+    ``batch_size / n`` of the smallest client, over all its local steps. None when
+    DP-SGD is off or adds no noise.
+    """
+    c = config.client
+    if c.dp_sgd_clip_norm is None or not c.dp_sgd_noise_multiplier:
+        return None
+    n = int(np.min(sizes))
+    plan = TrainPlan(
+        local_epochs=c.local_epochs, local_steps=c.local_steps, batch_size=c.batch_size
+    )
+    steps = int(steps_for(np.array([n]), plan)[0])
+    rate = min(1.0, c.batch_size / n)
+    return epsilon(
+        c.dp_sgd_noise_multiplier, rate, steps * config.rounds, delta, accountant="rdp"
+    )
+
+
+
+def cohort_policy(config: RunConfig, privacy: PrivacyPlan) -> CohortPolicy:
+    """Who a round asks: DP fixes the sampling (the accountant's), else the selector."""
+    sampling = privacy.sampling if privacy.enabled else "selector"
+    return CohortPolicy(
+        config.server.clients_per_round,
+        config.server.over_selection,
+        sampling,  # type: ignore[arg-type]
+        privacy.sampling_rate,
+    )
+
+
+def engine_settings(config: RunConfig) -> EngineSettings:
+    return EngineSettings(
+        rounds=config.rounds,
+        seed=config.seed,
+        deadline_s=config.server.deadline_s,
+        evaluate_every=config.evaluation.every,
+        federated_every=config.evaluation.federated_every,
+        checkpoint_every=config.checkpoint.every,
+        checkpoint_keep=config.checkpoint.keep,
+        secagg_min_clients=config.secagg.min_clients,
+        config_text=recovery.config_text(config),
+    )
+
+
+def secure_aggregator(
+    config: RunConfig, dim: int, max_examples: int, secure_noise: bool, shard: Shard | None
+) -> SecureAggregator | None:
+    """SecAgg+ over every round's updates (None when ``secagg.enabled`` is false)."""
+    s = config.secagg
+    if not s.enabled:
+        return None
+    if shard is not None:
+        raise ConfigError(
+            "secagg.enabled = true under torchrun is not supported: the protocol needs "
+            "every client's masked input in one process; run it in one process"
+        )
+    return SecureAggregator(
+        dim,
+        max_examples,
+        s.neighbours,
+        s.threshold,
+        s.clip,
+        s.bits,
+        s.rounding,
+        config.seed,
+        secure_noise=secure_noise,
+        signed=s.signed,
+        min_clients=s.min_clients,
+    )
+
+
+def make_canaries(config: RunConfig, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Audit canaries: random directions at the clip norm, each included w.p. 1/2."""
+    m = config.privacy.audit_canaries
+    if not m:
+        return None
+    directions = canary_directions(m, dim, np.random.default_rng([config.seed, 10]))
+    included = np.random.default_rng([config.seed, 11]).random(m) < 0.5
+    return directions, included
+
+
+def registry_name(shard: Shard | None) -> str:
+    """The registry's file: rank 0's is the run's, each extra rank keeps its own copy."""
+    if shard is None or shard.is_writer:
+        return "clients.sqlite"
+    return f"clients.rank{shard.rank}.sqlite"
+
+
+def open_registry(
+    config: RunConfig,
+    run: RunDirectory,
+    shard: Shard | None,
+    data: FederatedData,
+    population: Population,
+) -> ClientRegistry:
+    """The client registry in the run directory, with every client registered."""
+    cfg = config.registry
+    registry = ClientRegistry(
+        run.path / registry_name(shard), cfg.reliability_decay, cfg.duration_smoothing
+    )
+    train = data.train
+    hist = train.label_histograms().astype(np.float64)
+    p = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+    registry.register(
+        train.sizes(),
+        entropy,
+        tier=population.tier,
+        compute_ms_per_sample=population.compute_ms_per_sample,
+        up_kbps=population.up_kbps,
+        down_kbps=population.down_kbps,
+    )
+    return registry
+
+
+# runs -----------------------------------------------------------------------------
+def transforms(
+    config: RunConfig, dim: int, shard: Shard | None, deployment: bool
+) -> tuple[Chain | None, ClientStates | None]:
+    """The server's transform chain and, in simulation, the home of every simulated
+    client's transform state (``[transforms]``; a deployed client keeps its own)."""
+    t = config.transforms
+    server_chain = build_chain(t.specs("server")) if t.server else None
+    client_chain = build_chain(t.specs("client")) if t.client else None
+    if client_chain is None or deployment:
+        return server_chain, None
+    if shard is not None and client_chain.stateful:
+        raise ConfigError(
+            "transforms.client keeps per-client state, which a sharded run (torchrun) "
+            "would split over its processes; run it in one process"
+        )
+    return server_chain, ClientStates(client_chain, dim)
+
+
+def build_simulation(
+    config: RunConfig,
+    run: RunDirectory,
+    shard: Shard | None = None,
+    data: FederatedData | None = None,
+    deployment: bool = False,
+) -> Simulation:
+    """Every object of the run in ``run``, nothing recorded yet.
+
+    ``data`` replaces the configured dataset (for programmatic use; a resumed run rebuilds
+    its data from the config, so pass the same data to :func:`resume_simulation`).
+
+    ``deployment``: the rounds are driven by real clients (the gRPC server). Then every
+    random draw that protects someone comes from the OS, whatever the config says:
+    central DP noise and adaptive clipping's count noise (as with
+    ``privacy.secure_noise``) and the cohort draws (``SyncServer.os_selection``), because
+    every client learns the run seed. The simulator keeps them seeded by the run seed, so
+    a simulated run can be replayed exactly; ``Simulation.randomness`` says which holds,
+    and the start and resume records carry it.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    data = data or build_federated_data(config.data, config.partition, config.seed)
+    check_memory(  # before the model is built: refuse what cannot fit
+        config,
+        data.num_features,
+        data.num_classes,
+        data.train.sizes(),
+        len(data.test) + (0 if data.holdout is None else len(data.holdout.y)),
+    )
+    model = build_model(config.model, data.num_features, data.num_classes, config.seed)
+    trainer = TorchTrainer(model)
+    executor, note = make_executor(config, trainer, data, shard)
+    opt = config.server.optimizer.model_dump()
+    sel, srv = config.selection, config.server
+    num_clients = data.train.num_clients
+    params = module_vector(model)
+    privacy = privacy_plan(config, num_clients, params.size)
+    if deployment:
+        privacy = replace(privacy, secure_noise=True)
+    if shard is not None and privacy.secure_noise:
+        raise ConfigError(
+            "privacy.secure_noise under torchrun would give each process different "
+            "noise; run it in one process"
+        )
+    secure = secure_aggregator(
+        config, params.size, int(data.train.sizes().max()), privacy.secure_noise, shard
+    )
+    cohort = cohort_policy(config, privacy)
+    server_chain, client_states = transforms(config, params.size, shard, deployment)
+    server = SyncServer(
+        params=params,
+        num_clients=num_clients,
+        clients_per_round=srv.clients_per_round,
+        plan=plan_from_config(config, data.train.sizes()),
+        optimizer=make_server_optimizer(opt.pop("name"), **opt),
+        monitor=monitor_from_config(config),
+        seed=config.seed,
+        selector=cohort.selector(sel.strategy, sel.max_share, sel.params),
+        quorum=srv.quorum,
+        quorum_policy=srv.quorum_policy,
+        max_retries=srv.max_retries,
+        dp=privacy.mechanism(config.seed),
+        os_selection=deployment,
+        max_examples=srv.max_examples_per_client,
+        transforms=server_chain,
+        client_states=client_states,
+    )
+    population = build_population(config.devices, num_clients, config.seed)
+    virtual_time = VirtualTime(population, build_network(config.network, population), config.seed)
+    evaluator = Evaluator(trainer, data.test, data.holdout, config.evaluation.batch_size)
+    engine = RoundEngine(
+        server,
+        open_registry(config, run, shard, data, population),
+        cohort,
+        engine_settings(config),
+        run,
+        evaluator,
+        has_holdout=data.holdout is not None,
+        # a deployment's rounds happen in wall-clock time, a simulation's in virtual time
+        now=time.time if deployment else lambda: virtual_time.now,
+        privacy=privacy,
+        secure=secure,
+        canaries=make_canaries(config, server.dim),
+        writer=shard is None or shard.is_writer,
+        checkpoint_meta=lambda: {"clock": virtual_time.clock.state_dict()},
+    )
+    return Simulation(
+        config, run, engine, data, trainer, executor, note, virtual_time, shard, deployment
+    )
+
+
+def start_simulation(
+    config: RunConfig,
+    shard: Shard | None = None,
+    data: FederatedData | None = None,
+    deployment: bool = False,
+) -> Simulation:
+    """A new run in a fresh directory, with the initial model evaluated as round 0
+    (``deployment``: see :func:`build_simulation`)."""
+    if shard is None:
+        run = RunDirectory.create(config)
+    else:  # rank 0 picks the directory, the others learn its name
+        path = RunDirectory.create(config).path if shard.is_writer else None
+        run = RunDirectory(shard.broadcast(path))
+    return _begin(config, run, shard, data, deployment, fresh=True)
+
+
+def _ledger_path(run: RunDirectory, shard: Shard | None) -> Path | None:
+    """``privacy.json`` in the run directory (other ranks keep their ledger in memory)."""
+    return run.path / "privacy.json" if shard is None or shard.is_writer else None
+
+
+def _begin(
+    config: RunConfig,
+    run: RunDirectory,
+    shard: Shard | None,
+    data: FederatedData | None,
+    deployment: bool,
+    fresh: bool,
+) -> Simulation:
+    """Build the run in ``run``, record round 0 and checkpoint it, so that a run stopped
+    at any later moment can be resumed (``fresh``: the directory is new, and removed
+    again if the run is refused before it starts)."""
+    try:
+        sim = build_simulation(config, run, shard, data, deployment)
+        sim.engine.ledger = sim.privacy.ledger(_ledger_path(run, shard))
+    except FedloomError:  # refused before any round (e.g. over the privacy budget)
+        if fresh and (shard is None or shard.is_writer):
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    sizes = sim.data.train.sizes()
+    sim.engine.append(
+        {
+            "event": "start",
+            "round": 0,
+            "clients": sim.data.train.num_clients,
+            "params": sim.server.dim,
+            "executor": sim.executor.name,
+            "executor_note": sim.executor_note,
+            "processes": shard.world if shard else 1,
+            "randomness": sim.randomness(),
+            "dp_sgd_epsilon": dp_sgd_epsilon(config, sizes, 1.0 / sizes.sum() ** 1.1),
+            **sim.engine.evaluate(federated=sim.data.holdout is not None),
+        }
+    )
+    sim.engine.checkpoint(None)
+    return sim
+
+
+def resume_simulation(
+    path: Path,
+    shard: Shard | None = None,
+    data: FederatedData | None = None,
+    deployment: bool = False,
+) -> Simulation:
+    """Continue the run in ``path`` from its newest checkpoint (``deployment``: see
+    :func:`build_simulation`)."""
+    run = RunDirectory.open(path)
+    config = run.load_config()
+    found = run.latest_checkpoint()
+    if found is None:
+        return _restart(config, run, shard, data, deployment)
+    ckpt_path, state = found
+    notes = _repair(config, run, shard, state)
+    sim = build_simulation(config, run, shard, data, deployment)
+    engine = sim.engine
+    sim.server.load_state_dict(state)
+    sim.virtual_time.clock.load_state_dict(state["meta"]["clock"])
+    engine.load_state(state)
+    _restore_registry(engine, run, state)
+    if sim.privacy.enabled:  # append-only: releases made after the checkpoint stay
+        engine.ledger = _reopen_ledger(run, shard)
+    if engine.writer and (aside := run.truncate_records(sim.server.round)) is not None:
+        notes["damaged_records"] = f"kept aside as {aside.name}"
+    engine.append(
+        {
+            "event": "resume",
+            "round": sim.server.round,
+            "checkpoint": ckpt_path.name,
+            "randomness": sim.randomness(),
+            **notes,
+        }
+    )
+    return sim
+
+
+def _reopen_ledger(run: RunDirectory, shard: Shard | None) -> PrivacyLedger:
+    """The run's ledger as saved, every release kept (other ranks get rank 0's copy)."""
+    path = _ledger_path(run, shard)
+    if path is not None:
+        ledger = PrivacyLedger.load(path)
+        if shard is not None:
+            shard.broadcast(ledger.to_json())
+        return ledger
+    assert shard is not None
+    return PrivacyLedger.from_json(shard.broadcast(None))
+
+
+def _repair(
+    config: RunConfig, run: RunDirectory, shard: Shard | None, state: dict
+) -> dict[str, Any]:
+    """Before a resume builds anything: refuse what cannot be repaired (settings edited
+    since the checkpoint, a lost privacy ledger) and set damaged files aside (newer
+    checkpoints, the registry database). Returns notes for the resume record."""
+    notes: dict[str, Any] = {}
+    saved = state["meta"].get("config")
+    if isinstance(saved, str):
+        changed = recovery.config_changes(saved, config, run.config_path)
+        if changed:
+            notes["config_changes"] = changed
+    writer = shard is None or shard.is_writer
+    if writer:  # the other ranks receive rank 0's ledger
+        recovery.check_ledger(run, config)
+    if writer and run.skipped:
+        notes["damaged_checkpoints"] = recovery.set_aside_damaged_checkpoints(run, run.skipped)
+    registry = recovery.prepare_registry(run.path / registry_name(shard))
+    if registry is not None:
+        notes["registry"] = registry
+    return notes
+
+
+def _restore_registry(engine: RoundEngine, run: RunDirectory, state: dict) -> None:
+    """The registry as of the checkpoint: its own snapshot or, when the database was lost
+    or damaged, the copy of that snapshot the checkpoint carries."""
+    registry, attempts = engine.registry, engine.attempts
+    if attempts in registry.snapshot_rounds():
+        registry.restore(attempts)
+        return
+    arrays = {
+        k.removeprefix(REGISTRY_PREFIX): v
+        for k, v in state["arrays"].items()
+        if k.startswith(REGISTRY_PREFIX)
+    }
+    if not arrays:
+        raise CheckpointError(
+            f"registry {str(registry.path)!r} has no snapshot of round {attempts} and the "
+            f"checkpoint carries no copy of it; start the run again with "
+            f"`fedloom run {run.config_path}`"
+        )
+    registry.restore_snapshot_arrays(attempts, arrays)
+
+
+def _restart(
+    config: RunConfig,
+    run: RunDirectory,
+    shard: Shard | None,
+    data: FederatedData | None,
+    deployment: bool,
+) -> Simulation:
+    """Resume a run stopped before its round-0 checkpoint: nothing was trained or released
+    yet, so it begins again in its own directory, and what the first attempt wrote is kept
+    aside (``<name>.unfinished-<n>``). A run with rounds recorded but no checkpoint left
+    is refused."""
+    rounds = [r["round"] for r in run.records() if r["event"] == "round"]
+    if rounds:
+        raise CheckpointError(
+            f"run {str(run.path)!r} recorded rounds up to {max(rounds)} but has no "
+            f"checkpoint left in {str(run.checkpoint_dir)!r}; its state is lost: start "
+            f"it again with `fedloom run {run.config_path}`"
+        )
+    if shard is None or shard.is_writer:
+        for name in ("metrics.jsonl", "privacy.json", "clients.sqlite"):
+            for suffix in ("", "-wal", "-shm"):
+                if (run.path / (name + suffix)).exists():
+                    keep_aside(run.path / (name + suffix), label="unfinished")
+    return _begin(config, run, shard, data, deployment, fresh=False)
+
+
+# the deployment ---------------------------------------------------------------------
+def open_deployment(config: RunConfig | None, resume: Path | None) -> Simulation:
+    """The run a deployment server drives: new for ``config``, or the run in ``resume``
+    continued from its checkpoint; built with ``deployment=True`` (OS randomness)."""
+    if resume is not None:
+        return resume_simulation(resume, deployment=True)
+    assert config is not None
+    return start_simulation(config, deployment=True)
+
+
+def deployment_server(sim: Simulation, options: ServerOptions) -> DeploymentServer:
+    """The gRPC server driving ``sim``'s round engine with real clients. It learns the
+    clients' registered data sizes (their updates' weight bound) and the model spec
+    clients build their model from."""
+    if not sim.deployment:
+        raise ConfigError(
+            "the deployment server needs a run built with deployment=True (see "
+            "open_deployment): a simulation's DP noise and cohorts follow the run seed, "
+            "which every client learns"
+        )
+    spec = ModelSpec(
+        sim.config.model.kind,
+        tuple(sim.config.model.hidden),
+        sim.data.num_features,
+        sim.data.num_classes,
+        sim.config.seed,
+    )
+    return DeploymentServer(
+        sim.engine, options, sim.data.train.sizes(), spec, sim.config.transforms.specs("client")
+    )
+
+
+
+def trial_config(base: RunConfig, trial: Trial) -> RunConfig:
+    """``base`` with ``trial``'s privacy settings (and cohort size, rounds, clip norm where
+    it gives them), as one experiment of ``fedloom.privacy.sweep`` / ``plan``."""
+    data = base.model_dump(mode="json", exclude_none=True)
+    data["name"] = f"{base.name}-{trial.name}"
+    privacy = data.setdefault("privacy", {})
+    privacy.pop("noise_multiplier", None)
+    privacy.pop("local_epsilon", None)
+    privacy["mode"] = trial.mode
+    if trial.target_epsilon is None:
+        privacy.pop("target_epsilon", None)
+    else:
+        privacy["target_epsilon"] = trial.target_epsilon
+    if trial.clip_norm is not None:
+        privacy["clip_norm"] = trial.clip_norm
+    if trial.clients_per_round is not None:
+        data.setdefault("server", {})["clients_per_round"] = trial.clients_per_round
+    if trial.rounds is not None:
+        data["rounds"] = trial.rounds
+    return parse_config(data, f"trial {trial.name}")
+
+
+def trial_runner(base: RunConfig) -> TrialRunner:
+    """The runner ``fedloom.privacy.sweep`` / ``plan`` take: each trial is a new simulated
+    run of ``base`` with the trial's settings, in its own run directory."""
+
+    def run(trial: Trial) -> TrialOutcome:
+        sim = start_simulation(trial_config(base, trial))
+        summary = sim.run()
+        return TrialOutcome(
+            accuracy=summary.accuracy,
+            best_accuracy=summary.best_accuracy,
+            noise_multiplier=sim.privacy.noise_multiplier if sim.privacy.enabled else 0.0,
+            spent_epsilon=sim.ledger.epsilon() if sim.ledger else math.inf,
+            run=str(sim.run_dir.path),
+        )
+
+    return run
