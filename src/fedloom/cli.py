@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -13,6 +13,9 @@ from rich.table import Table
 from fedloom.cli_certs import certs_app
 from fedloom.console import console, user_errors
 from fedloom.errors import CheckpointError, DataError, FedloomError, RunInterrupted
+
+if TYPE_CHECKING:
+    from fedloom.records import RoundReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -486,11 +489,11 @@ def _run_with_progress(sim) -> None:  # noqa: ANN001 - Simulation imported lazil
             "rounds", total=total, completed=sim.server.round, acc="-", loss="-"
         )
 
-        def on_round(record: dict) -> None:
+        def on_round(report: RoundReport) -> None:
             fields = {}
-            if "accuracy" in record:
-                fields = {"acc": f"{record['accuracy']:.4f}", "loss": f"{record['loss']:.4f}"}
-            progress.update(task, completed=record["round"], **fields)
+            if report.accuracy is not None and report.loss is not None:
+                fields = {"acc": f"{report.accuracy:.4f}", "loss": f"{report.loss:.4f}"}
+            progress.update(task, completed=report.round, **fields)
 
         sim.run(on_round)
     table = Table(title="summary", show_header=False)

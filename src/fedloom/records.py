@@ -197,6 +197,33 @@ class Exclusion:
 
 
 @dataclass(frozen=True)
+class RoundReport:
+    """What a round callback receives (``Simulation.run(on_round=...)``) once a round is
+    recorded: its result, the evaluation made after it (metric name -> value, empty when
+    the round was not evaluated), the privacy spent so far (None without DP) and its wall
+    time. The same round's line in ``metrics.jsonl`` carries these and the runtime's own
+    fields."""
+
+    result: RoundResult
+    attempt: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    epsilon: float | None = None
+    wall_s: float = 0.0
+
+    @property
+    def round(self) -> int:
+        return self.result.round
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics.get("accuracy")
+
+    @property
+    def loss(self) -> float | None:
+        return self.metrics.get("loss")
+
+
+@dataclass(frozen=True)
 class RoundResult:
     """What happened in one synchronous round, as recorded in ``metrics.jsonl``."""
 

@@ -27,7 +27,7 @@ from fedloom.privacy.accounting import MechanismEvent, compose_epsilon
 from fedloom.privacy.audit import AuditResult, audit, canary_scores
 from fedloom.privacy.central import Replay
 from fedloom.privacy.ledger import PrivacyLedger
-from fedloom.records import Dispatch, RoundResult
+from fedloom.records import Dispatch, RoundReport, RoundResult
 from fedloom.secagg.cohort import SecureAggregator
 from fedloom.server.cohort import CohortPolicy
 from fedloom.server.convergence import StopDecision
@@ -116,6 +116,7 @@ class RoundEngine:
         self.attempts = 0  # round attempts, retries included: the registry's round counter
         self.refused_rounds = 0  # consecutive rounds whose every update was refused
         self.stopped: StopDecision | None = None
+        self.last_report: RoundReport | None = None  # the last recorded round, typed
         self._budget_stop: str | None = None  # a release refused for the privacy budget
         self.release_digest = ""  # distributed / local DP: this attempt's release
 
@@ -303,10 +304,19 @@ class RoundEngine:
         if self._budget_stop is not None:
             self.stopped = StopDecision("privacy_budget", rnd, self._budget_stop)
             self._budget_stop = None
-        record = round_record(result, metrics, time.perf_counter() - started)
+        wall_s = time.perf_counter() - started
+        record = round_record(result, metrics, wall_s)
         if self.ledger is not None:
             record |= self._charge(result, uploaded or [])
         record |= extra
+        epsilon = record.get("epsilon")
+        self.last_report = RoundReport(
+            result,
+            self.attempts,
+            {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+            None if epsilon is None else float(epsilon),
+            wall_s,
+        )
         self.append(record)
         every = s.checkpoint_every
         if result.status != "retry" and ((every and rnd % every == 0) or self.finished):

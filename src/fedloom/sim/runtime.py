@@ -30,7 +30,7 @@ from fedloom.data.federated import FederatedData
 from fedloom.errors import FedloomError, RunInterrupted, UpdateRejected
 from fedloom.privacy.ledger import PrivacyLedger, release_digest
 from fedloom.privacy.mechanisms import GeneratorNoise
-from fedloom.records import Dispatch, RoundResult, Update
+from fedloom.records import Dispatch, RoundReport, RoundResult, Update
 from fedloom.runs import RunDirectory
 from fedloom.secagg.cohort import SecureAggregator, SecureRound
 from fedloom.server.convergence import StopDecision
@@ -154,14 +154,15 @@ class Simulation:
     def finished(self) -> bool:
         return self.engine.finished
 
-    def run(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
-        """Run rounds until the configured count or a stop decision."""
+    def run(self, on_round: Callable[[RoundReport], None] | None = None) -> RunSummary:
+        """Run rounds until the configured count or a stop decision; ``on_round`` gets each
+        recorded round's typed report."""
         started = time.perf_counter()
         with recovery.StopSignals(enabled=self.shard is None) as signals:
             while not self.finished:
                 record = self.step()
-                if on_round is not None:
-                    on_round(record)
+                if on_round is not None and self.engine.last_report is not None:
+                    on_round(self.engine.last_report)
                 if signals.caught and record.get("status") != "retry":
                     self.engine.checkpoint(self.stopped)
                     self.engine.append(
