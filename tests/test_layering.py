@@ -33,6 +33,7 @@ CORE = {
     "errors",
     "atomic",
     "runs",
+    "metrics",
     "transforms",
     "aggregation",
     "optim",

@@ -244,7 +244,9 @@ class Simulation:
         combine = shard.allreduce if shard is not None and shard.mode == "allreduce" else None
         result = engine.close_round(combine)
         self._register_round(dispatches, outcome, result, rejected)
-        extra: dict[str, Any] = {} if secure is None else {"secagg": self._secure_record(secure)}
+        extra: dict[str, Any] = (
+            {} if secure is None else {"secagg": self._secure_record(secure, len(cohort))}
+        )
         extra |= {
             "attempt": self.attempts,
             "dispatched": len(dispatches),
@@ -368,13 +370,17 @@ class Simulation:
             self.server.receive_secure_sum(secure.total, sizes, steps)
         return secure
 
-    def _secure_record(self, secure: SecureRound) -> dict[str, Any]:
-        """The round's SecAgg cost: who is in the sum, seconds, bytes per client."""
+    def _secure_record(self, secure: SecureRound, cohort: int) -> dict[str, Any]:
+        """The round's SecAgg cost: who is in the sum, seconds, bytes per client (the keys
+        of ``fedloom.metrics.SecAggRecord``, as in a deployment)."""
+        assert self.secure is not None
         out: dict[str, Any] = {
             "included": 0 if secure.total is None else len(secure.total.included),
+            "cohort": cohort,
             "neighbours": secure.neighbours,
             "threshold": secure.threshold,
             "dropped": secure.dropped,
+            "masked_input_bytes": self.secure.upload_bytes(self.privacy.distributed),
             "plain_upload_bytes": 4 * self.server.dim,
         }
         if secure.report is not None:

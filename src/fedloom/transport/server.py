@@ -707,13 +707,15 @@ class DeploymentServer(rpc.FedloomServicer):
         )
 
     def _secure_record(self, rnd: _Round) -> dict[str, Any]:
-        """The round's SecAgg+ facts for its record (nothing without secure aggregation)."""
+        """The round's SecAgg+ facts for its record (nothing without secure aggregation;
+        the keys of ``fedloom.metrics.SecAggRecord``, as in simulation)."""
         stages = rnd.secure
         if stages is None:
             return {}
         protocol = stages.protocol
         out: dict[str, Any] = {
             "included": len(stages.included),
+            "cohort": len(stages.cohort),
             "neighbours": len(protocol.neighbours[0]),
             "threshold": protocol.threshold,
             "dropped": dict(stages.dropped),

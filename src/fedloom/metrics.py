@@ -1,0 +1,192 @@
+"""The schema of ``metrics.jsonl``: one model per event kind, the same for every runtime.
+
+Each line of a run's ``metrics.jsonl`` is one record whose ``event`` names its kind
+(``start``, ``resume``, ``round``, ``interrupt``, ``stop``, ``audit``). The simulator and
+the gRPC deployment write them through the same round engine, and :func:`validate`
+holds both to these models: a field a runtime adds must be declared here (unknown keys
+are refused), and fields only one runtime can measure are optional and say so. A round
+record's ``secagg`` part has the same keys in both runtimes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from fedloom.errors import FedloomError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Record(_Strict):
+    round: int = Field(ge=0)
+
+
+class _Evaluated(_Strict):
+    """The global model's metrics, when it was evaluated (``evaluation.every``)."""
+
+    accuracy: float | None = None
+    loss: float | None = None
+    # the clients' hold-outs (``evaluation.federated_every``, and at the last round)
+    fed_accuracy: float | None = None
+    fed_loss: float | None = None
+    fed_accuracy_p10: float | None = None
+    fed_clients: int | None = None
+
+
+Source = Literal["os", "seed", "none"]
+
+
+class Randomness(_Strict):
+    runtime: Literal["simulation", "deployment"]
+    selection: Literal["os", "seed"]
+    dp_noise: Source
+    dp_sgd_noise: Source
+
+
+class StartRecord(_Record, _Evaluated):
+    event: Literal["start"]
+    clients: int
+    params: int
+    executor: str
+    executor_note: str
+    processes: int
+    randomness: Randomness
+    dp_sgd_epsilon: float | None
+
+
+class ResumeRecord(_Record):
+    event: Literal["resume"]
+    checkpoint: str
+    randomness: Randomness
+    config_changes: dict[str, list[Any]] | None = None
+    damaged_checkpoints: list[str] | None = None
+    registry: str | None = None
+    damaged_records: str | None = None
+
+
+class SecAggRecord(_Strict):
+    """A round's secure aggregation. Both runtimes: who is in the sum, the graph, who
+    dropped at which stage, the server's seconds and the bytes of one masked input against
+    a plain float32 upload. Only the simulator, which plays every client, measures the
+    clients' seconds and all their protocol bytes (``client_s``, ``upload_bytes``,
+    ``download_bytes``). A round skipped before the protocol has only ``included``,
+    ``cohort`` and ``aborted``."""
+
+    included: int
+    cohort: int
+    neighbours: int | None = None
+    threshold: int | None = None
+    dropped: dict[str, int] | None = None
+    server_s: float | None = None
+    masked_input_bytes: int | None = None
+    plain_upload_bytes: int | None = None
+    client_s: float | None = None
+    upload_bytes: int | None = None
+    download_bytes: int | None = None
+    aborted: str | None = None
+
+
+class Exclusion(_Strict):
+    client: int
+    outcome: Literal["rejected", "failed"]
+    kind: str
+    detail: str
+
+
+class RoundRecord(_Record, _Evaluated):
+    """One round attempt (retries included). ``round``: the model version it produced or
+    would have produced; ``attempt``: the registry's round counter."""
+
+    event: Literal["round"]
+    status: Literal["aggregated", "empty", "skipped", "retry"]
+    selected: int
+    completed: int
+    failed: int
+    rejected: int
+    excluded: list[Exclusion] = []
+    num_examples: int
+    train_loss: float | None
+    update_norm: float | None
+    wall_s: float
+    skip_reason: str | None = None
+    clamped_examples: dict[str, list[int]] | None = None
+    # the privacy ledger (DP runs)
+    epsilon: float | None = None
+    model_epsilon: float | None = None
+    replayed: str | None = None
+    clip_norm: float | None = None
+    quorum_count: float | None = None
+    # what the runtime saw
+    attempt: int
+    dispatched: int
+    withheld: str | None = None
+    secagg: SecAggRecord | None = None
+    dropped: dict[str, int] | None = None  # failure reason -> clients (surplus excluded)
+    surplus: int | None = None
+    rejections: dict[str, int] | None = None  # refused updates by kind
+    # simulator only: the virtual timeline
+    virtual_time: float | None = None
+    round_virtual_s: float | None = None
+    events: int | None = None
+    partial: int | None = None
+    # deployment only: the network
+    bytes_up: int | None = None
+    bytes_down: int | None = None
+    refused_messages: dict[str, int] | None = None
+    refused_in_round: dict[str, int] | None = None
+
+
+class InterruptRecord(_Record):
+    event: Literal["interrupt"]
+    signal: str
+
+
+class StopRecord(_Record):
+    event: Literal["stop"]
+    reason: str
+    detail: str
+    stop_round: int
+
+
+class AuditRecord(_Record):
+    event: Literal["audit"]
+    epsilon_lower: float
+    delta: float
+    accountant_epsilon: float
+    confidence: float
+    canaries: int
+    guesses: int
+    correct: int
+
+
+Record = Annotated[
+    StartRecord | ResumeRecord | RoundRecord | InterruptRecord | StopRecord | AuditRecord,
+    Field(discriminator="event"),
+]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Record)
+
+
+class RecordError(FedloomError):
+    """A ``metrics.jsonl`` record that does not fit the schema."""
+
+
+def parse(record: dict[str, Any]) -> BaseModel:
+    """``record`` as its typed model; ``RecordError`` names the event, round and field."""
+    try:
+        return _ADAPTER.validate_python(record)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RecordError(
+            f"metrics record {record.get('event')!r} of round {record.get('round')!r}: "
+            f"{where}: {first['msg']}"
+        ) from None
+
+
+def validate(records: list[dict[str, Any]]) -> list[BaseModel]:
+    """Every record of a run, typed (raises on the first that does not fit)."""
+    return [parse(r) for r in records]
