@@ -133,3 +133,22 @@ def test_a_simulated_clients_state_advances_only_if_the_server_holds_its_update(
     srv.close_round()
     assert {c: int(s["0"]["n"]) for c, s in store.states.items()} == {good.client_id: 1}
     assert store.pending == {}
+
+
+def test_server_transforms_draw_seeded_noise_in_simulation_and_the_os_in_a_deployment() -> None:
+    class Noisy:
+        def init(self, dim):
+            return {}
+
+        def apply(self, updates, state, ctx):
+            noise = ctx.noise.normal(updates.size, 1.0).reshape(updates.shape)
+            return (updates + noise).astype(np.float32), state
+
+    def final(os_selection: bool) -> np.ndarray:
+        srv = server(transforms=chain(Noisy()), os_selection=os_selection)
+        play(srv, {})
+        srv.close_round()
+        return srv.params
+
+    np.testing.assert_array_equal(final(False), final(False))  # replays exactly
+    assert not np.array_equal(final(True), final(True))  # OS randomness: never the same

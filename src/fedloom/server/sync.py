@@ -30,6 +30,7 @@ from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.errors import RejectionKind as _K
 from fedloom.optim import ServerOptimizer
 from fedloom.privacy.central import CentralDP, RoundRelease
+from fedloom.privacy.mechanisms import GeneratorNoise, SecureNoise
 from fedloom.records import (
     ClientOutcomes,
     Dispatch,
@@ -554,6 +555,11 @@ class SyncServer:
             weights=w,
             seed=self.seed,
             losses=np.array([u.metrics.train_loss for u in ups], dtype=np.float64),
+            # a deployment's randomness comes from the OS; the simulator's replays exactly
+            noise=SecureNoise()
+            if self.os_selection
+            else GeneratorNoise(np.random.default_rng([self.seed, 19, rnd.round, self.retries])),
+            secure=self.os_selection,
         )
         out, self.transform_state = self.transforms.apply(matrix, self.transform_state, ctx)
         out = np.asarray(out, dtype=np.float32)
