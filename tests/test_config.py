@@ -187,3 +187,37 @@ def test_distributed_dp_too_fine_for_its_ring_is_refused_before_training(tmp_pat
     with pytest.raises(ConfigError, match="secagg.bits = 16 .* below the 1/2"):
         start_simulation(cfg)
     assert not any(tmp_path.iterdir())
+
+
+
+def test_client_settings_have_one_source_of_defaults_bounds_and_rules() -> None:
+    """ClientConfig takes TrainPlan's defaults and bounds, and its rules between settings
+    are TrainPlan's, reported under the config's names."""
+    from fedloom.config import ClientConfig
+    from fedloom.records import TrainPlan
+
+    c, plan = ClientConfig(), TrainPlan()
+    assert (c.local_epochs, c.local_steps, c.batch_size, c.optimizer, c.lr) == (
+        plan.local_epochs,
+        plan.local_steps,
+        plan.batch_size,
+        plan.optimizer,
+        plan.lr,
+    )
+    assert (c.betas, c.eps, c.dp_sgd_clip_norm, c.dp_sgd_noise_multiplier) == (
+        plan.betas,
+        plan.eps,
+        plan.dp_sgd_clip,
+        plan.dp_sgd_noise,
+    )
+    for overrides, match in [
+        (["client.lr=0"], "client.lr"),
+        (["client.momentum=1.0"], "client.momentum"),
+        (['client.optimizer="adam"', "client.momentum=0.5"], "client.momentum = 0.5 applies"),
+        (
+            ["client.dp_sgd_noise_multiplier=1.0"],
+            "client.dp_sgd_noise_multiplier = 1.0 needs client.dp_sgd_clip_norm",
+        ),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, overrides)

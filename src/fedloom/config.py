@@ -94,14 +94,21 @@ class ClientConfig(_Section):
     dp_sgd_noise_multiplier: float = Field(_PLAN.dp_sgd_noise, **PLAN_BOUNDS["dp_sgd_noise"])
 
     @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> ClientConfig:
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("client.nesterov = true needs client.momentum > 0")
-        if self.optimizer == "adam" and self.momentum:
-            raise ValueError("client.momentum applies to sgd; adam uses client.betas")
-        if self.dp_sgd_noise_multiplier and self.dp_sgd_clip_norm is None:
-            raise ValueError("client.dp_sgd_noise_multiplier needs client.dp_sgd_clip_norm")
+    def _a_valid_plan(self) -> ClientConfig:
+        """The rules between settings are TrainPlan's (one place), named as in the config."""
+        try:
+            values = {_PLAN_NAMES.get(k, k): v for k, v in self.model_dump().items()}
+            TrainPlan(**{k: v for k, v in values.items() if k in _PLAN.__dataclass_fields__})
+        except ConfigError as err:
+            message = str(err)
+            for plan_name, config_name in _PLAN_NAMES.items():
+                message = message.replace(f"plan.{config_name}", f"client.{plan_name}")
+            raise ValueError(message.replace("plan.", "client.")) from None
         return self
+
+
+# ClientConfig's names for TrainPlan's fields, where they differ
+_PLAN_NAMES = {"dp_sgd_clip_norm": "dp_sgd_clip", "dp_sgd_noise_multiplier": "dp_sgd_noise"}
 
 
 class FedAvgConfig(_Section):
