@@ -46,6 +46,7 @@ from fedloom.server.stats import ClientStats
 from fedloom.transforms.base import (
     ClientStates,
     Context,
+    State,
     Transform,
     flatten_state,
     unflatten_state,
@@ -56,6 +57,7 @@ from fedloom.transforms.validation import MAX_UPDATE_NORM, Validate
 
 Combine = Callable[[np.ndarray], np.ndarray]
 _XFORM = "xform.server."  # checkpoint arrays holding the server transforms' state
+_DECODE = "xform.decode."  # ... the decoders' (two-sided transforms' server halves)
 _CLIENT_XFORM = "xform.client."  # ... and the simulated clients' (see SyncServer.__init__)
 
 
@@ -139,6 +141,7 @@ class SyncServer:
         reducer: Reducer | None = None,
         transforms: Transform | None = None,
         client_states: ClientStates | None = None,
+        decoders: Transform | None = None,
     ) -> None:
         """``quorum``: the fewest aggregated updates a round may apply. A round below it
         leaves the model unchanged and is either skipped (the round still counts) or,
@@ -169,7 +172,11 @@ class SyncServer:
 
         ``client_states``: in simulation, every client's transform state (the simulator
         plays the clients and applies their chain); it is written into and restored from
-        this server's checkpoints. A deployed client keeps its own instead."""
+        this server's checkpoints. A deployed client keeps its own instead.
+
+        ``decoders``: the server halves of the clients' two-sided transforms (the decode
+        step), applied to each update on receipt between a check of what arrived and a
+        check of what it decodes to; their state is checkpointed. Not with secure sums."""
         if params.dtype != np.float32 or params.ndim != 1:
             raise FedloomError("global parameters must be a 1-D float32 vector")
         self.params = params.copy()
@@ -197,6 +204,8 @@ class SyncServer:
         self.transforms = transforms
         self.transform_state = {} if transforms is None else transforms.init(int(params.shape[0]))
         self.client_states = client_states
+        self.decoders = decoders
+        self.decode_state = {} if decoders is None else decoders.init(int(params.shape[0]))
         # per-client weight bounds the runtime knows (registered sizes, counts at join)
         self._example_bound = np.full(num_clients, np.iinfo(np.int64).max, dtype=np.int64)
         self._canary_sum: np.ndarray | None = None
@@ -253,12 +262,18 @@ class SyncServer:
         """
         try:
             self._validate(update)
+            decode_state = None
+            if self.decoders is not None:  # decode, then check what it decodes to
+                update, decode_state = self._decode(update)
+                self.validation.check(update)
         except UpdateRejected as err:
             if self._open is not None:
                 self._open.rejected += 1
                 if isinstance(update.client_id, int | np.integer):
                     self._open.refusals[int(update.client_id)] = err
             raise
+        if decode_state is not None:
+            self.decode_state = decode_state
         rnd = self._open
         assert rnd is not None
         limit = int(self._example_bound[update.client_id])
@@ -269,6 +284,26 @@ class SyncServer:
             update = replace(update, num_examples=limit)
         rnd.matrix[rnd.row[update.client_id]] = update.delta
         rnd.updates[update.client_id] = update
+
+    def _decode(self, update: Update) -> tuple[Update, State]:
+        """One update through the decoders (the two-sided transforms' server halves)."""
+        assert self.decoders is not None
+        ctx = Context(
+            round=int(update.round),
+            client_ids=np.array([update.client_id], dtype=np.int64),
+            weights=np.array([update.num_examples], dtype=np.float64),
+            seed=self.seed,
+            secure=self.os_selection,
+        )
+        try:
+            rows, state = self.decoders.apply(update.delta[None], self.decode_state, ctx)
+        except (FedloomError, ValueError, ArithmeticError) as err:
+            raise UpdateRejected(
+                update.client_id, f"update cannot be decoded: {err}", _K.MALFORMED
+            ) from None
+        delta = np.asarray(rows)
+        delta = delta[0] if delta.ndim == 2 and delta.shape[0] == 1 else delta
+        return replace(update, delta=delta), state
 
     def bound_examples(self, client_ids: np.ndarray, limits: np.ndarray) -> None:
         """Cap the example count each of ``client_ids`` may weigh with (the lowest bound
@@ -301,6 +336,8 @@ class SyncServer:
         rnd = self._open
         if rnd is None:
             raise FedloomError("no round is open")
+        if self.decoders is not None:
+            raise FedloomError("a secure sum cannot be decoded per client (two-sided transforms)")
         if rnd.updates or rnd.secure is not None:
             raise FedloomError(
                 f"round {rnd.round} already has updates or a secure sum; a secure sum "
@@ -586,6 +623,7 @@ class SyncServer:
         arrays.update({_XFORM + k: v for k, v in flat.items()})
         if self.client_states is not None:
             arrays.update(self.client_states.arrays(_CLIENT_XFORM))
+        arrays.update({_DECODE + k: v for k, v in flatten_state(self.decode_state).items()})
         return {
             "arrays": arrays,
             "meta": {
@@ -620,6 +658,13 @@ class SyncServer:
             self.transform_state = unflatten_state(saved)
         if self.client_states is not None:
             self.client_states.load_arrays(arrays, _CLIENT_XFORM)
+        if self.decoders is not None:
+            saved = {k.removeprefix(_DECODE): v for k, v in arrays.items() if k.startswith(_DECODE)}
+            if set(saved) != set(flatten_state(self.decoders.init(self.dim))):
+                raise FedloomError(
+                    f"checkpoint decoder state has {sorted(saved)}, not the configured one's"
+                )
+            self.decode_state = unflatten_state(saved)
         self.round = int(meta["round"])
         self.version = int(meta["version"])
         self.retries = 0

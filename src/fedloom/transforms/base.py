@@ -315,20 +315,38 @@ def resolve(name: str) -> Callable[..., Transform]:
     return factory
 
 
-def build(name: str, params: Mapping[str, Any] | None = None) -> Transform:
-    """The transform ``name`` made with ``params``; bad parameters raise ``ConfigError``."""
+def build(name: str, params: Mapping[str, Any] | None = None) -> Transform | TwoSided:
+    """The transform ``name`` made with ``params`` (one-sided or :class:`TwoSided`); bad
+    parameters raise ``ConfigError``."""
     factory = resolve(name)
     try:
         t = factory(**dict(params or {}))
     except (TypeError, ValueError, FedloomError) as err:
         raise ConfigError(f"transform {name!r} with params {dict(params or {})!r}: {err}") from None
-    chain(t)  # checks it is a transform
+    if isinstance(t, TwoSided):
+        chain(t.client, t.server)  # checks both halves are transforms
+    else:
+        chain(t)
     return t
 
 
 def build_chain(specs: Iterable[tuple[str, Mapping[str, Any]]]) -> Chain:
-    """A chain from ``(name, params)`` pairs, as a config lists them."""
-    return chain(*(build(name, params) for name, params in specs))
+    """A one-sided chain from ``(name, params)`` pairs, as a config lists them."""
+    built = [build(name, params) for name, params in specs]
+    two = [type(t).__name__ for t in built if isinstance(t, TwoSided)]
+    if two:
+        raise ConfigError(f"two-sided transforms belong to the client chain, got {two}")
+    return chain(*built)  # type: ignore[arg-type]
+
+
+def build_sides(specs: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[Chain, Chain | None]:
+    """The client chain of ``[transforms] client`` and the server halves of its two-sided
+    transforms, in reverse order (decoding undoes the last encoding first); None when
+    every transform is one-sided."""
+    built = [build(name, params) for name, params in specs]
+    client = chain(*(t.client if isinstance(t, TwoSided) else t for t in built))
+    halves = [t.server for t in reversed(built) if isinstance(t, TwoSided)]
+    return client, chain(*halves) if halves else None
 
 
 def _load_builtins() -> None:
