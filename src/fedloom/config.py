@@ -439,6 +439,24 @@ class TransformsConfig(_Section):
         """``(name, params)`` of one side's chain, as ``transforms.build_chain`` takes."""
         return [(t.name, t.params) for t in getattr(self, side)]
 
+    def two_sided(self) -> list[str]:
+        """The client transforms with a server half (decoded by the server on receipt)."""
+        from fedloom.transforms.base import TwoSided, build
+
+        return [t.name for t in self.client if isinstance(build(t.name, t.params), TwoSided)]
+
+    @model_validator(mode="after")
+    def _server_one_sided(self) -> TransformsConfig:
+        from fedloom.transforms.base import TwoSided, build
+
+        for t in self.server:
+            if isinstance(build(t.name, t.params), TwoSided):
+                raise ValueError(
+                    f"transforms.server: {t.name!r} is two-sided; list it under "
+                    "transforms.client (its server half runs on receipt)"
+                )
+        return self
+
 
 class RunConfig(_Section):
     """The whole experiment."""
@@ -510,6 +528,11 @@ class RunConfig(_Section):
             raise ValueError(
                 "transforms.server needs the clients' rows; under secagg.enabled = true the "
                 "server sees only their sum (use client transforms)"
+            )
+        if self.secagg.enabled and (two := self.transforms.two_sided()):
+            raise ValueError(
+                f"transforms.client {two} have a server half that decodes each update; under "
+                "secagg.enabled = true the server sees only the sum"
             )
         n = self.partition.num_clients
         k = self.server.clients_per_round

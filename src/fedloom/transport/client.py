@@ -349,7 +349,7 @@ class DeploymentClient:
         it cannot import refuses the run) and load this client's state for it."""
         if not reply.client_transforms:
             return
-        from fedloom.transforms.base import build_chain, load_client_state
+        from fedloom.transforms.base import build_sides, load_client_state
 
         specs = []
         for t in reply.client_transforms:
@@ -360,7 +360,7 @@ class DeploymentClient:
             if not isinstance(params, dict):
                 raise MessageError(f"join reply: transform {t.name!r} params must be an object")
             specs.append((t.name, params))
-        self.transforms = build_chain(specs)
+        self.transforms = build_sides(specs)[0]  # the client halves; the server decodes
         self.transform_state = load_client_state(
             self.transform_state_path, self.transforms, self.dim
         )
