@@ -166,6 +166,12 @@ def test_hostile_messages_are_refused_and_everyone_else_is_served(live) -> None:
     rounds = [r for r in server.engine.run_dir.records() if r.get("event") == "round"]
     assert [(r["completed"], r["rejected"]) for r in rounds] == [(3, 2), (2, 0)]
     assert rounds[1]["dropped"] == {"disconnected": 1}
+    # who was left out and why: nobody in round 1 (client 0 made its refusals good), then
+    # client 0 as disconnected
+    assert rounds[0]["excluded"] == []
+    assert rounds[1]["excluded"] == [
+        {"client": 0, "outcome": "failed", "kind": "disconnected", "detail": "disconnected"}
+    ]
 
 
 def test_hostile_secure_aggregation_messages_are_refused(live_secagg) -> None:  # noqa: ANN001

@@ -127,6 +127,33 @@ def test_poisoned_statistics_overflow_and_huge_counts(tmp_path: Path) -> None:
     assert row["outcome"] == "completed" and row["num_examples"] == size
 
 
+def test_a_client_whose_update_is_refused_is_named_in_the_round_record(tmp_path: Path) -> None:
+    """The round record says which client was left out and why (the refusal's kind), as
+    RoundResult.excluded does in the simulator; the registry flags it by that kind."""
+    server, certs, port, thread = serve(tmp_path, [])
+    try:
+        client_threads(port, tmp_path, [1, 2], certs)
+        stub = stub_for(certs, "client-000000", port)
+        stub.Join(pb.JoinRequest(num_examples=10), timeout=60)
+        task, silent = first_task(stub)
+        dim = server.engine.server.dim
+        nan = wire.to_bytes(np.full(dim, np.nan, np.float32))
+        assert "NaN" in refused(lambda: upload(stub, header_for(task, nan, dim), nan), INVALID)
+        silent.set()  # and never makes it good
+        finish(server, thread)
+    finally:
+        server.stop()
+    (record,) = rounds_of(server)
+    assert record["completed"] == 2 and record["rejected"] == 1
+    (excluded,) = record["excluded"]
+    assert (excluded["client"], excluded["outcome"]) == (0, "rejected")
+    assert excluded["kind"] == "nonfinite"
+    assert "NaN/inf" in excluded["detail"]
+    with ClientRegistry(server.engine.run_dir.path / "clients.sqlite") as registry:
+        assert "nonfinite_update" in registry.summary()[0]["flags"]
+        assert registry.history(0)[0]["outcome"] == "rejected"
+
+
 def test_stalled_uploads_and_floods_cannot_hold_the_transfer_slots(tmp_path: Path) -> None:
     """Client 0 takes both transfer slots with uploads that send a header and stall, and
     floods more streams; the watchdog cancels the stalled ones, the flood is refused at

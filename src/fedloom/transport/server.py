@@ -652,17 +652,16 @@ class DeploymentServer(rpc.FedloomServicer):
         ids = result.clients.ids
         surplus = {cid for cid, why in failed.items() if why == "surplus"}
         asked = np.array(sorted(set(rnd.dispatches) - surplus), dtype=np.int64)
+        # a client may retry after a refusal: only a refusal it never made good counts, and
+        # it counts as the client's outcome even if the client then went silent (as in
+        # RoundResult.excluded), so that the registry flags it by the refusal's kind
+        refused = {cid: err for cid, err in rnd.rejected.items() if cid not in rnd.applied}
         engine.record_round(
             asked,
             result,
             np.array([rnd.arrival[int(i)] - rnd.started for i in ids]),
-            {cid: why for cid, why in failed.items() if cid not in surplus},
-            # a client may retry after a refusal: only a refusal it never made good counts
-            {
-                cid: why
-                for cid, why in rnd.rejected.items()
-                if cid not in failed and cid not in rnd.applied
-            },
+            {cid: why for cid, why in failed.items() if cid not in surplus | refused.keys()},
+            refused,
             now=now,
         )
         measured = np.array(sorted(rnd.up_kbps.keys() | rnd.down_kbps.keys()), dtype=np.int64)
