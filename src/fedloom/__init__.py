@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "fedloom.errors",
     "DataError": "fedloom.errors",
     "UpdateRejected": "fedloom.errors",
+    "RejectionKind": "fedloom.errors",
     "CheckpointError": "fedloom.errors",
     # parameters and records
     "ParamLayout": "fedloom.params",
@@ -28,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "Dispatch": "fedloom.records",
     "Update": "fedloom.records",
     "RoundResult": "fedloom.records",
+    "Exclusion": "fedloom.records",
+    "RoundReport": "fedloom.records",
     # data
     "ArrayDataset": "fedloom.data",
     "ClientPartition": "fedloom.data",
