@@ -150,7 +150,7 @@ def _raw_server(payload: bytes, certs: Path | None):
 def _throughput_server(conn: Any, root: str, hidden: int, certs: str) -> None:
     """Child process: a fedloom server with and without TLS and the raw baselines."""
     logging.disable(logging.WARNING)
-    from fedloom.assemble import deployment_server, start_simulation
+    from fedloom.assemble import deployment_server, open_deployment
     from fedloom.config import load_config
     from fedloom.transport import wire
     from fedloom.transport.server import ServerOptions
@@ -165,10 +165,10 @@ def _throughput_server(conn: Any, root: str, hidden: int, certs: str) -> None:
             f'output_dir="{root}/runs-{hidden}"',
         ],
     )
-    sim = start_simulation(config, deployment=True)
+    sim = open_deployment(config, None)
     tls = deployment_server(sim, ServerOptions(port=0, certs=Path(certs)))
     plain = deployment_server(sim, ServerOptions(port=0, insecure=True))
-    payload = wire.to_bytes(sim.server.params)
+    payload = wire.to_bytes(sim.engine.server.params)
     raw_tls, raw_tls_port = _raw_server(payload, Path(certs))
     raw_plain, raw_plain_port = _raw_server(payload, None)
     conn.send(
@@ -177,8 +177,8 @@ def _throughput_server(conn: Any, root: str, hidden: int, certs: str) -> None:
             "plain": plain.start(),
             "raw_tls": raw_tls_port,
             "raw_plain": raw_plain_port,
-            "version": sim.server.version,
-            "dim": sim.server.dim,
+            "version": sim.engine.server.version,
+            "dim": sim.engine.server.dim,
             "bytes": len(payload),
         }
     )

@@ -17,7 +17,8 @@ import math
 import os
 import shutil
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ from fedloom.sim.runtime import Simulation
 from fedloom.sim.shard import Shard
 from fedloom.sim.timeline import VirtualTime
 from fedloom.sim.vectorized import VectorizedExecutor, unsupported_reason
-from fedloom.transforms.base import Chain, ClientStates, build_chain
+from fedloom.transforms.base import Chain, ClientStates, build_chain, build_sides
 from fedloom.transport.messages import ModelSpec
 from fedloom.transport.server import DeploymentServer, ServerOptions
 
@@ -340,20 +341,23 @@ def open_registry(
 # runs -----------------------------------------------------------------------------
 def transforms(
     config: RunConfig, dim: int, shard: Shard | None, deployment: bool
-) -> tuple[Chain | None, ClientStates | None]:
-    """The server's transform chain and, in simulation, the home of every simulated
-    client's transform state (``[transforms]``; a deployed client keeps its own)."""
+) -> tuple[Chain | None, Chain | None, ClientStates | None]:
+    """The server's transform chain, the decoders (server halves of the clients'
+    two-sided transforms) and, in simulation, the home of every simulated client's
+    transform state (``[transforms]``; a deployed client keeps its own)."""
     t = config.transforms
     server_chain = build_chain(t.specs("server")) if t.server else None
-    client_chain = build_chain(t.specs("client")) if t.client else None
-    if client_chain is None or deployment:
-        return server_chain, None
-    if shard is not None and client_chain.stateful:
+    client_chain, decoders = build_sides(t.specs("client")) if t.client else (None, None)
+    stateful = [c for c in (client_chain, decoders) if c is not None and c.stateful]
+    if shard is not None and stateful:
         raise ConfigError(
-            "transforms.client keeps per-client state, which a sharded run (torchrun) "
-            "would split over its processes; run it in one process"
+            "transforms.client keeps state (per client, or a decoder's on the server), "
+            "which a sharded run (torchrun) would split over its processes; run it in one "
+            "process"
         )
-    return server_chain, ClientStates(client_chain, dim)
+    if client_chain is None or deployment:
+        return server_chain, decoders, None
+    return server_chain, decoders, ClientStates(client_chain, dim)
 
 
 def build_simulation(
@@ -386,9 +390,43 @@ def build_simulation(
         data.train.sizes(),
         len(data.test) + (0 if data.holdout is None else len(data.holdout.y)),
     )
-    model = build_model(config.model, data.num_features, data.num_classes, config.seed)
-    trainer = TorchTrainer(model)
+    trainer = TorchTrainer(
+        build_model(config.model, data.num_features, data.num_classes, config.seed)
+    )
     executor, note = make_executor(config, trainer, data, shard)
+    population = build_population(config.devices, data.train.num_clients, config.seed)
+    virtual_time = VirtualTime(population, build_network(config.network, population), config.seed)
+    engine = _engine(
+        config,
+        run,
+        shard,
+        data,
+        trainer,
+        deployment,
+        population,
+        # a deployment's rounds happen in wall-clock time, a simulation's in virtual time
+        now=time.time if deployment else lambda: virtual_time.now,
+        checkpoint_meta=lambda: {"clock": virtual_time.clock.state_dict()},
+    )
+    return Simulation(
+        config, run, engine, data, trainer, executor, note, virtual_time, shard, deployment
+    )
+
+
+def _engine(
+    config: RunConfig,
+    run: RunDirectory,
+    shard: Shard | None,
+    data: FederatedData,
+    trainer: TorchTrainer,
+    deployment: bool,
+    population: Population,
+    now: Callable[[], float],
+    checkpoint_meta: Callable[[], dict[str, Any]] | None,
+) -> RoundEngine:
+    """The run's round engine over ``trainer``'s model: privacy plan, secure aggregator,
+    cohort policy, server (with its transform chain), registry, evaluator, canaries."""
+    model = trainer.model
     opt = config.server.optimizer.model_dump()
     sel, srv = config.selection, config.server
     num_clients = data.train.num_clients
@@ -405,7 +443,7 @@ def build_simulation(
         config, params.size, int(data.train.sizes().max()), privacy.secure_noise, shard
     )
     cohort = cohort_policy(config, privacy)
-    server_chain, client_states = transforms(config, params.size, shard, deployment)
+    server_chain, decoders, client_states = transforms(config, params.size, shard, deployment)
     server = SyncServer(
         params=params,
         num_clients=num_clients,
@@ -423,11 +461,10 @@ def build_simulation(
         max_examples=srv.max_examples_per_client,
         transforms=server_chain,
         client_states=client_states,
+        decoders=decoders,
     )
-    population = build_population(config.devices, num_clients, config.seed)
-    virtual_time = VirtualTime(population, build_network(config.network, population), config.seed)
     evaluator = Evaluator(trainer, data.test, data.holdout, config.evaluation.batch_size)
-    engine = RoundEngine(
+    return RoundEngine(
         server,
         open_registry(config, run, shard, data, population),
         cohort,
@@ -435,16 +472,12 @@ def build_simulation(
         run,
         evaluator,
         has_holdout=data.holdout is not None,
-        # a deployment's rounds happen in wall-clock time, a simulation's in virtual time
-        now=time.time if deployment else lambda: virtual_time.now,
+        now=now,
         privacy=privacy,
         secure=secure,
         canaries=make_canaries(config, server.dim),
         writer=shard is None or shard.is_writer,
-        checkpoint_meta=lambda: {"clock": virtual_time.clock.state_dict()},
-    )
-    return Simulation(
-        config, run, engine, data, trainer, executor, note, virtual_time, shard, deployment
+        checkpoint_meta=checkpoint_meta,
     )
 
 
@@ -487,23 +520,44 @@ def _begin(
         if fresh and (shard is None or shard.is_writer):
             shutil.rmtree(run.path, ignore_errors=True)
         raise
-    sizes = sim.data.train.sizes()
-    sim.engine.append(
+    _record_start(
+        config,
+        sim.engine,
+        sim.data,
+        sim.executor.name,
+        sim.executor_note,
+        shard.world if shard else 1,
+        sim.randomness(),
+    )
+    return sim
+
+
+def _record_start(
+    config: RunConfig,
+    engine: RoundEngine,
+    data: FederatedData,
+    executor: str,
+    note: str,
+    processes: int,
+    randomness: dict[str, str],
+) -> None:
+    """Round 0: the start record (the initial model evaluated) and its checkpoint."""
+    sizes = data.train.sizes()
+    engine.append(
         {
             "event": "start",
             "round": 0,
-            "clients": sim.data.train.num_clients,
-            "params": sim.server.dim,
-            "executor": sim.executor.name,
-            "executor_note": sim.executor_note,
-            "processes": shard.world if shard else 1,
-            "randomness": sim.randomness(),
+            "clients": data.train.num_clients,
+            "params": engine.server.dim,
+            "executor": executor,
+            "executor_note": note,
+            "processes": processes,
+            "randomness": randomness,
             "dp_sgd_epsilon": dp_sgd_epsilon(config, sizes, 1.0 / sizes.sum() ** 1.1),
-            **sim.engine.evaluate(federated=sim.data.holdout is not None),
+            **engine.evaluate(federated=data.holdout is not None),
         }
     )
-    sim.engine.checkpoint(None)
-    return sim
+    engine.checkpoint(None)
 
 
 def resume_simulation(
@@ -522,25 +576,38 @@ def resume_simulation(
     ckpt_path, state = found
     notes = _repair(config, run, shard, state)
     sim = build_simulation(config, run, shard, data, deployment)
-    engine = sim.engine
-    sim.server.load_state_dict(state)
     sim.virtual_time.clock.load_state_dict(state["meta"]["clock"])
+    _continue(sim.engine, run, shard, state, ckpt_path, notes, sim.randomness())
+    return sim
+
+
+def _continue(
+    engine: RoundEngine,
+    run: RunDirectory,
+    shard: Shard | None,
+    state: dict,
+    ckpt_path: Path,
+    notes: dict[str, Any],
+    randomness: dict[str, str],
+) -> None:
+    """A freshly built engine as of the checkpoint ``state``: server, counters, registry,
+    the ledger as saved; ``metrics.jsonl`` cut back to the checkpoint; the resume record."""
+    engine.server.load_state_dict(state)
     engine.load_state(state)
     _restore_registry(engine, run, state)
-    if sim.privacy.enabled:  # append-only: releases made after the checkpoint stay
+    if engine.privacy.enabled:  # append-only: releases made after the checkpoint stay
         engine.ledger = _reopen_ledger(run, shard)
-    if engine.writer and (aside := run.truncate_records(sim.server.round)) is not None:
+    if engine.writer and (aside := run.truncate_records(engine.server.round)) is not None:
         notes["damaged_records"] = f"kept aside as {aside.name}"
     engine.append(
         {
             "event": "resume",
-            "round": sim.server.round,
+            "round": engine.server.round,
             "checkpoint": ckpt_path.name,
-            "randomness": sim.randomness(),
+            "randomness": randomness,
             **notes,
         }
     )
-    return sim
 
 
 def _reopen_ledger(run: RunDirectory, shard: Shard | None) -> PrivacyLedger:
@@ -610,6 +677,13 @@ def _restart(
     yet, so it begins again in its own directory, and what the first attempt wrote is kept
     aside (``<name>.unfinished-<n>``). A run with rounds recorded but no checkpoint left
     is refused."""
+    _set_aside_unfinished(run, shard)
+    return _begin(config, run, shard, data, deployment, fresh=False)
+
+
+def _set_aside_unfinished(run: RunDirectory, shard: Shard | None) -> None:
+    """Before a run stopped ahead of its round-0 checkpoint begins again: refuse one with
+    rounds recorded (its state is lost), keep the first attempt's files aside."""
     rounds = [r["round"] for r in run.records() if r["event"] == "round"]
     if rounds:
         raise CheckpointError(
@@ -622,40 +696,93 @@ def _restart(
             for suffix in ("", "-wal", "-shm"):
                 if (run.path / (name + suffix)).exists():
                     keep_aside(run.path / (name + suffix), label="unfinished")
-    return _begin(config, run, shard, data, deployment, fresh=False)
 
 
 # the deployment ---------------------------------------------------------------------
-def open_deployment(config: RunConfig | None, resume: Path | None) -> Simulation:
+@dataclass
+class DeploymentRun:
+    """What a deployment server drives: the run's config, directory and round engine, and
+    the data the server still builds (each client's registered size and the central
+    evaluation sets). No executor and no virtual time: the clients train, the network
+    is the clock."""
+
+    config: RunConfig
+    run_dir: RunDirectory
+    engine: RoundEngine
+    data: FederatedData
+
+    def randomness(self) -> dict[str, str]:
+        return self.engine.privacy.randomness(True, _dp_sgd(self.config))
+
+
+def _dp_sgd(config: RunConfig) -> bool:
+    c = config.client
+    return c.dp_sgd_clip_norm is not None and bool(c.dp_sgd_noise_multiplier)
+
+
+def _build_deployment(config: RunConfig, run: RunDirectory) -> DeploymentRun:
+    """The deployment's objects in ``run``, nothing recorded yet. Every draw that
+    protects someone comes from the OS (see :func:`build_simulation`). The registry
+    registers the configured device profiles as the simulator does, so that the selectors
+    start from the same facts; measured bandwidth then replaces them."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    data = build_federated_data(config.data, config.partition, config.seed)
+    trainer = TorchTrainer(
+        build_model(config.model, data.num_features, data.num_classes, config.seed)
+    )
+    population = build_population(config.devices, data.train.num_clients, config.seed)
+    engine = _engine(config, run, None, data, trainer, True, population, time.time, None)
+    return DeploymentRun(config, run, engine, data)
+
+
+def _begin_deployment(config: RunConfig, run: RunDirectory, fresh: bool) -> DeploymentRun:
+    try:
+        deployed = _build_deployment(config, run)
+        deployed.engine.ledger = deployed.engine.privacy.ledger(_ledger_path(run, None))
+    except FedloomError:  # refused before any round (e.g. over the privacy budget)
+        if fresh:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    note = "each client trains on its own device"
+    _record_start(config, deployed.engine, deployed.data, "clients", note, 1, deployed.randomness())
+    return deployed
+
+
+def open_deployment(config: RunConfig | None, resume: Path | None) -> DeploymentRun:
     """The run a deployment server drives: new for ``config``, or the run in ``resume``
-    continued from its checkpoint; built with ``deployment=True`` (OS randomness)."""
-    if resume is not None:
-        return resume_simulation(resume, deployment=True)
-    assert config is not None
-    return start_simulation(config, deployment=True)
+    continued from its newest checkpoint (repaired and checked as a simulation's)."""
+    if resume is None:
+        assert config is not None
+        return _begin_deployment(config, RunDirectory.create(config), fresh=True)
+    run = RunDirectory.open(resume)
+    config = run.load_config()
+    found = run.latest_checkpoint()
+    if found is None:
+        _set_aside_unfinished(run, None)
+        return _begin_deployment(config, run, fresh=False)
+    ckpt_path, state = found
+    notes = _repair(config, run, None, state)
+    deployed = _build_deployment(config, run)
+    _continue(deployed.engine, run, None, state, ckpt_path, notes, deployed.randomness())
+    return deployed
 
 
-def deployment_server(sim: Simulation, options: ServerOptions) -> DeploymentServer:
-    """The gRPC server driving ``sim``'s round engine with real clients. It learns the
-    clients' registered data sizes (their updates' weight bound) and the model spec
-    clients build their model from."""
-    if not sim.deployment:
-        raise ConfigError(
-            "the deployment server needs a run built with deployment=True (see "
-            "open_deployment): a simulation's DP noise and cohorts follow the run seed, "
-            "which every client learns"
-        )
+def deployment_server(run: DeploymentRun, options: ServerOptions) -> DeploymentServer:
+    """The gRPC server driving ``run``'s round engine with real clients. It learns the
+    clients' registered data sizes (their updates' weight bound), the model spec clients
+    build their model from and the client transform chain they run."""
+    config, data = run.config, run.data
     spec = ModelSpec(
-        sim.config.model.kind,
-        tuple(sim.config.model.hidden),
-        sim.data.num_features,
-        sim.data.num_classes,
-        sim.config.seed,
+        config.model.kind,
+        tuple(config.model.hidden),
+        data.num_features,
+        data.num_classes,
+        config.seed,
     )
     return DeploymentServer(
-        sim.engine, options, sim.data.train.sizes(), spec, sim.config.transforms.specs("client")
+        run.engine, options, data.train.sizes(), spec, config.transforms.specs("client")
     )
-
 
 
 def trial_config(base: RunConfig, trial: Trial) -> RunConfig:

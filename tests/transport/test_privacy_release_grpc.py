@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from inprocess import serve_in_thread
 
-from fedloom.assemble import deployment_server, resume_simulation, start_simulation
+from fedloom.assemble import deployment_server, open_deployment, start_simulation
 from fedloom.config import load_config
 from fedloom.data.storage import client_dir
 from fedloom.privacy import epsilon
@@ -142,7 +142,7 @@ def test_a_killed_and_resumed_server_keeps_every_release_charged(tmp_path):
     ready: queue.Queue[DeploymentServer] = queue.Queue()
 
     def serve_resumed() -> None:  # the simulation belongs to the thread that plays it
-        resumed = deployment_server(resume_simulation(path, deployment=True), OPTIONS)
+        resumed = deployment_server(open_deployment(None, path), OPTIONS)
         resumed.start()
         ready.put(resumed)
         resumed.run()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from inprocess import client_threads, serve_in_thread
 
-from fedloom.assemble import deployment_server, start_simulation
+from fedloom.assemble import deployment_server, open_deployment
 from fedloom.config import load_config
 from fedloom.data.storage import client_dir
 from fedloom.errors import ConfigError
@@ -168,7 +168,7 @@ def test_signed_keys_need_mtls(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="needs mTLS"):
         deployment_server(
-            start_simulation(config, deployment=True), ServerOptions(port=0, insecure=True)
+            open_deployment(config, None), ServerOptions(port=0, insecure=True)
         )
 
 

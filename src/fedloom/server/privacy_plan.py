@@ -95,6 +95,28 @@ class PrivacyPlan:
             return "local"
         return "server" if self.distributed is not None else "release"
 
+    def randomness(self, deployment: bool, dp_sgd: bool) -> dict[str, str]:
+        """Where the draws that protect someone come from: ``"os"`` (the OS CSPRNG, or
+        fresh OS entropy per round), ``"seed"`` (derived from the run seed: reproducible,
+        and removable by anyone who knows the seed) or ``"none"`` (not drawn).
+
+        ``selection``: the cohorts. ``dp_noise``: central DP and adaptive clipping's count
+        noise on the server; local DP and distributed DP noise on the clients.
+        ``dp_sgd_noise``: the clients' DP-SGD noise and batches (in a deployment each
+        device draws its own; the simulator keys them by the client's seed, even with
+        secure_noise). The start and resume records carry it.
+        """
+        if deployment:
+            noise, selection, sgd = "os", "os", "os"
+        else:
+            noise, selection, sgd = "os" if self.secure_noise else "seed", "seed", "seed"
+        return {
+            "runtime": "deployment" if deployment else "simulation",
+            "selection": selection,
+            "dp_noise": noise if self.enabled else "none",
+            "dp_sgd_noise": sgd if dp_sgd else "none",
+        }
+
     def round_mechanism(self, cohort: int) -> DistributedDiscreteGaussian:
         """Distributed DP's encoding for a round that dispatched ``cohort`` clients."""
         assert self.distributed is not None

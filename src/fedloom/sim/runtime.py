@@ -126,28 +126,10 @@ class Simulation:
 
     # construction ------------------------------------------------------------
     def randomness(self) -> dict[str, str]:
-        """Where the draws that protect someone come from: ``"os"`` (the OS CSPRNG, or
-        fresh OS entropy per round), ``"seed"`` (derived from the run seed: reproducible,
-        and removable by anyone who knows the seed) or ``"none"`` (not drawn).
-
-        ``selection``: the cohorts. ``dp_noise``: central DP and adaptive clipping's count
-        noise on the server; local DP and distributed DP noise on the clients.
-        ``dp_sgd_noise``: the clients' DP-SGD noise and batches (in a deployment each
-        device draws its own; the simulator keys them by the client's seed, even with
-        secure_noise).
-        """
+        """Where the draws that protect someone come from (``PrivacyPlan.randomness``)."""
         c = self.config.client
         dp_sgd = c.dp_sgd_clip_norm is not None and bool(c.dp_sgd_noise_multiplier)
-        if self.deployment:
-            noise, selection, sgd = "os", "os", "os"
-        else:
-            noise, selection, sgd = "os" if self.privacy.secure_noise else "seed", "seed", "seed"
-        return {
-            "runtime": "deployment" if self.deployment else "simulation",
-            "selection": selection,
-            "dp_noise": noise if self.privacy.enabled else "none",
-            "dp_sgd_noise": sgd if dp_sgd else "none",
-        }
+        return self.privacy.randomness(self.deployment, dp_sgd)
 
     # running -----------------------------------------------------------------
     @property
