@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedloom.assemble import build_simulation
 from fedloom.client.schedule import batch_schedule
 from fedloom.client.trainer import evaluate_model
 from fedloom.config import load_config
@@ -67,7 +68,7 @@ def make_sim(
             f'simulation.executor="{executor}"',
         ],
     )
-    return Simulation(cfg, RunDirectory.create(cfg))
+    return build_simulation(cfg, RunDirectory.create(cfg))
 
 
 class PlainLoop:

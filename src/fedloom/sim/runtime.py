@@ -76,9 +76,9 @@ class Simulation:
         shard: Shard | None = None,
         deployment: bool = False,
     ) -> None:
-        """Built by ``fedloom.assemble.build_simulation``. ``deployment``: the engine is
-        driven by real clients (``DeploymentServer``), not by this simulator's rounds:
-        every draw that protects someone comes from the OS (see :meth:`randomness`)."""
+        """Built by ``fedloom.assemble.build_simulation``. ``deployment``: draw as a
+        deployment does, every draw that protects someone from the OS (see
+        :meth:`randomness`); a real deployment is an ``assemble.DeploymentRun``."""
         self.config = config
         self.run_dir = run
         self.engine = engine
@@ -124,7 +124,6 @@ class Simulation:
     def initial_params(self) -> np.ndarray:
         return self.engine.initial_params
 
-    # construction ------------------------------------------------------------
     def randomness(self) -> dict[str, str]:
         """Where the draws that protect someone come from (``PrivacyPlan.randomness``)."""
         c = self.config.client
