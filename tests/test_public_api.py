@@ -35,6 +35,11 @@ EXPECTED = {
     "make_server_optimizer",
     "partition",
     "weighted_mean",
+    "start_simulation",
+    "resume_simulation",
+    "open_deployment",
+    "deployment_server",
+    "RoundEngine",
 }
 
 

@@ -41,7 +41,12 @@ _EXPORTS: dict[str, str] = {
     "make_server_optimizer": "fedloom.optim",
     "SyncServer": "fedloom.server.sync",
     "ConvergenceMonitor": "fedloom.server.convergence",
-    # running
+    # running: built from a config by the composition root (fedloom.assemble)
+    "start_simulation": "fedloom.assemble",
+    "resume_simulation": "fedloom.assemble",
+    "open_deployment": "fedloom.assemble",
+    "deployment_server": "fedloom.assemble",
+    "RoundEngine": "fedloom.server.engine",
     "Simulation": "fedloom.sim",
     "RunDirectory": "fedloom.runs",
     # deployment over gRPC
