@@ -289,3 +289,14 @@ def test_run_that_died_before_its_first_checkpoint_begins_again(tmp_path, refere
     assert np.array_equal(sim.server.params, reference)
     assert (path / "metrics.jsonl.unfinished-1").read_bytes() == first
     assert (path / "clients.sqlite.unfinished-1").exists()
+
+
+def test_a_deployment_run_is_not_resumed_in_the_simulator(tmp_path):
+    """A deployment's checkpoints carry no virtual clock: resuming one as a simulation says
+    how to continue it instead of failing on a missing key."""
+    from fedloom.assemble import open_deployment
+    from fedloom.errors import CheckpointError
+
+    deployed = open_deployment(load_config(None, tiny(tmp_path)), None)
+    with pytest.raises(CheckpointError, match="fedloom server --resume"):
+        resume_simulation(deployed.run_dir.path)

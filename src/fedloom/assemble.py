@@ -574,6 +574,11 @@ def resume_simulation(
     if found is None:
         return _restart(config, run, shard, data, deployment)
     ckpt_path, state = found
+    if "clock" not in state["meta"]:
+        raise CheckpointError(
+            f"checkpoint {str(ckpt_path)!r} was written by a deployment server (it has no "
+            f"virtual clock); continue it with `fedloom server --resume {run.path}`"
+        )
     notes = _repair(config, run, shard, state)
     sim = build_simulation(config, run, shard, data, deployment)
     sim.virtual_time.clock.load_state_dict(state["meta"]["clock"])
