@@ -20,9 +20,9 @@ from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
 from fedloom.transforms.base import Context, State, TwoSided
 
 
-class SecureEncode:
-    """The client half: rows (with ``ctx.weights`` as example counts and ``ctx.losses``)
-    to ring vectors for a cohort of ``ctx.stats["num_clients"]`` in ``ctx.attempt``."""
+class _SecureHalf:
+    """What both halves share: the aggregator's ring and seeds, the DP clip the rows were
+    encoded under and the distributed-DP encoding (stateless: ``init`` gives ``{}``)."""
 
     def __init__(
         self,
@@ -34,6 +34,11 @@ class SecureEncode:
 
     def init(self, dim: int) -> State:
         return {}
+
+
+class SecureEncode(_SecureHalf):
+    """The client half: rows (with ``ctx.weights`` as example counts and ``ctx.losses``)
+    to ring vectors for a cohort of ``ctx.stats["num_clients"]`` in ``ctx.attempt``."""
 
     def apply(self, updates: np.ndarray, state: State, ctx: Context) -> tuple[np.ndarray, State]:
         k = updates.shape[0]
@@ -53,21 +58,10 @@ class SecureEncode:
         )
 
 
-class SecureDecode:
+class SecureDecode(_SecureHalf):
     """The server half: the unmasked ring sum ``[1, slots]`` of the clients in
     ``ctx.client_ids`` to float sums ``[1, d + 3]`` (delta, weight, weighted loss,
     unclipped count); :meth:`decode` gives the typed :class:`SecureSum`."""
-
-    def __init__(
-        self,
-        aggregator: SecureAggregator,
-        dp_clip: float | None = None,
-        distributed: DistributedDiscreteGaussian | None = None,
-    ) -> None:
-        self.aggregator, self.dp_clip, self.distributed = aggregator, dp_clip, distributed
-
-    def init(self, dim: int) -> State:
-        return {}
 
     def decode(
         self, total: np.ndarray, included: np.ndarray, num_clients: int, attempt: int
