@@ -25,11 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedloom.client.evaluation import Evaluator
+from fedloom.client.evaluation import Evaluation, Evaluator
 from fedloom.client.schedule import steps_for
 from fedloom.client.trainer import TorchTrainer
 from fedloom.config import RunConfig, parse_config
+from fedloom.data.arrays import ArrayDataset
 from fedloom.data.federated import FederatedData, build_federated_data
+from fedloom.data.storage import read_eval_set
 from fedloom.errors import CheckpointError, ConfigError, FedloomError
 from fedloom.models import build_model
 from fedloom.optim import make_server_optimizer
@@ -45,7 +47,7 @@ from fedloom.secagg.cohort import SecureAggregator
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
 from fedloom.server.cohort import CohortPolicy
 from fedloom.server.convergence import ConvergenceMonitor
-from fedloom.server.engine import REGISTRY_PREFIX, EngineSettings, RoundEngine
+from fedloom.server.engine import REGISTRY_PREFIX, EngineSettings, Evaluate, RoundEngine
 from fedloom.server.privacy_plan import QUORUM_STDDEV_FACTOR, PrivacyPlan
 from fedloom.server.registry import ClientRegistry
 from fedloom.server.sync import SyncServer
@@ -383,6 +385,12 @@ def build_simulation(
     if config.threads:
         torch.set_num_threads(config.threads)
     data = data or build_federated_data(config.data, config.partition, config.seed)
+    for name, given, found in (
+        ("num_features", config.model.num_features, data.num_features),
+        ("num_classes", config.model.num_classes, data.num_classes),
+    ):
+        if given is not None and given != found:
+            raise ConfigError(f"model.{name} = {given}, but the data have {found}")
     check_memory(  # before the model is built: refuse what cannot fit
         config,
         data.num_features,
@@ -396,14 +404,23 @@ def build_simulation(
     executor, note = make_executor(config, trainer, data, shard)
     population = build_population(config.devices, data.train.num_clients, config.seed)
     virtual_time = VirtualTime(population, build_network(config.network, population), config.seed)
+    sizes = data.train.sizes()
+    clients = ClientFacts(
+        data.train.num_clients,
+        int(sizes.max()),
+        sizes,
+        lambda: open_registry(config, run, shard, data, population),
+        Evaluator(trainer, data.test, data.holdout, config.evaluation.batch_size),
+        data.holdout is not None,
+        config.server.max_examples_per_client,
+    )
     engine = _engine(
         config,
         run,
         shard,
-        data,
+        clients,
         trainer,
         deployment,
-        population,
         # a deployment's rounds happen in wall-clock time, a simulation's in virtual time
         now=time.time if deployment else lambda: virtual_time.now,
         checkpoint_meta=lambda: {"clock": virtual_time.clock.state_dict()},
@@ -413,14 +430,28 @@ def build_simulation(
     )
 
 
+@dataclass(frozen=True)
+class ClientFacts:
+    """What the round engine is built from about the clients: in simulation the
+    partition the simulator holds; in a deployment the config (N, the size cap) and
+    what clients report when they join."""
+
+    num_clients: int
+    max_examples: int  # secure aggregation's public bound W on the FedAvg weights
+    sizes: np.ndarray | None  # every client's data size (caps the batch size), if known
+    registry: Callable[[], ClientRegistry]
+    evaluator: Evaluate
+    has_holdout: bool
+    weight_cap: int | None  # the most examples one update may weigh (None: no cap)
+
+
 def _engine(
     config: RunConfig,
     run: RunDirectory,
     shard: Shard | None,
-    data: FederatedData,
+    clients: ClientFacts,
     trainer: TorchTrainer,
     deployment: bool,
-    population: Population,
     now: Callable[[], float],
     checkpoint_meta: Callable[[], dict[str, Any]] | None,
 ) -> RoundEngine:
@@ -429,7 +460,7 @@ def _engine(
     model = trainer.model
     opt = config.server.optimizer.model_dump()
     sel, srv = config.selection, config.server
-    num_clients = data.train.num_clients
+    num_clients = clients.num_clients
     params = module_vector(model)
     privacy = privacy_plan(config, num_clients, params.size)
     if deployment:
@@ -440,7 +471,7 @@ def _engine(
             "noise; run it in one process"
         )
     secure = secure_aggregator(
-        config, params.size, int(data.train.sizes().max()), privacy.secure_noise, shard
+        config, params.size, clients.max_examples, privacy.secure_noise, shard
     )
     cohort = cohort_policy(config, privacy)
     server_chain, decoders, client_states = transforms(config, params.size, shard, deployment)
@@ -448,7 +479,7 @@ def _engine(
         params=params,
         num_clients=num_clients,
         clients_per_round=srv.clients_per_round,
-        plan=plan_from_config(config, data.train.sizes()),
+        plan=plan_from_config(config, clients.sizes),
         optimizer=make_server_optimizer(opt.pop("name"), **opt),
         monitor=monitor_from_config(config),
         seed=config.seed,
@@ -458,20 +489,19 @@ def _engine(
         max_retries=srv.max_retries,
         dp=privacy.mechanism(config.seed),
         os_selection=deployment,
-        max_examples=srv.max_examples_per_client,
+        max_examples=clients.weight_cap,
         transforms=server_chain,
         client_states=client_states,
         decoders=decoders,
     )
-    evaluator = Evaluator(trainer, data.test, data.holdout, config.evaluation.batch_size)
     return RoundEngine(
         server,
-        open_registry(config, run, shard, data, population),
+        clients.registry(),
         cohort,
         engine_settings(config),
         run,
-        evaluator,
-        has_holdout=data.holdout is not None,
+        clients.evaluator,
+        has_holdout=clients.has_holdout,
         now=now,
         privacy=privacy,
         secure=secure,
@@ -704,17 +734,34 @@ def _set_aside_unfinished(run: RunDirectory, shard: Shard | None) -> None:
 
 
 # the deployment ---------------------------------------------------------------------
+# A deployment server holds no client data (docs/architecture.md, "Deployment over
+# gRPC"). A client may report at most this many examples when it joins (a larger report
+# is refused), unless server.max_examples_per_client says otherwise; no update weighs
+# more in FedAvg. Under secure aggregation it is also the public bound W of the encoded
+# weights (min(n, W) / W): set it near the largest client's size for precision.
+DEPLOYMENT_MAX_EXAMPLES = 100_000
+# the shape of the built-in datasets, known without loading them
+_DIGITS_SHAPE = (64, 10)
+
+
+def deployment_cap(config: RunConfig) -> int:
+    """The most examples a deployed client may report at its join and weigh with."""
+    return config.server.max_examples_per_client or DEPLOYMENT_MAX_EXAMPLES
+
+
 @dataclass
 class DeploymentRun:
-    """What a deployment server drives: the run's config, directory and round engine, and
-    the data the server still builds (each client's registered size and the central
-    evaluation sets). No executor and no virtual time: the clients train, the network
-    is the clock."""
+    """What a deployment server drives: the run's config, directory and round engine, the
+    model's shape (from the config, or the central evaluation set) and that set, when the
+    server was given one. No client data, no executor and no virtual time: the clients
+    hold their data and train, the network is the clock."""
 
     config: RunConfig
     run_dir: RunDirectory
     engine: RoundEngine
-    data: FederatedData
+    num_features: int
+    num_classes: int
+    eval_set: ArrayDataset | None = None
 
     def randomness(self) -> dict[str, str]:
         return self.engine.privacy.randomness(True, _dp_sgd(self.config))
@@ -725,68 +772,207 @@ def _dp_sgd(config: RunConfig) -> bool:
     return c.dp_sgd_clip_norm is not None and bool(c.dp_sgd_noise_multiplier)
 
 
-def _build_deployment(config: RunConfig, run: RunDirectory) -> DeploymentRun:
-    """The deployment's objects in ``run``, nothing recorded yet. Every draw that
-    protects someone comes from the OS (see :func:`build_simulation`). The registry
-    registers the configured device profiles as the simulator does, so that the selectors
-    start from the same facts; measured bandwidth then replaces them."""
+def deployment_shape(config: RunConfig, eval_set: ArrayDataset | None) -> tuple[int, int]:
+    """``(num_features, num_classes)`` of a deployment's model, from what the server may
+    know without client data: ``model.num_features`` / ``model.num_classes``, else the
+    shape of a built-in data source (digits, synthetic), else the central evaluation
+    set. Refused in one line when none gives it, or when they disagree."""
+    m, d = config.model, config.data
+    builtin: tuple[int | None, int | None] = {
+        "digits": _DIGITS_SHAPE,
+        "synthetic": (d.synthetic.num_features, d.synthetic.num_classes),
+    }.get(d.source, (None, None))
+    features = m.num_features or builtin[0]
+    classes = m.num_classes or builtin[1]
+    if eval_set is not None:
+        if features is not None and features != eval_set.num_features:
+            raise ConfigError(
+                f"--eval-data has {eval_set.num_features} features but the model takes "
+                f"{features} (model.num_features or data.source = {d.source!r})"
+            )
+        top = int(eval_set.y.max())
+        if classes is not None and top >= classes:
+            raise ConfigError(
+                f"--eval-data has label {top} but the model has {classes} classes "
+                f"(model.num_classes or data.source = {d.source!r})"
+            )
+        features = features or eval_set.num_features
+        classes = classes or eval_set.num_classes
+    if features is None or classes is None:
+        raise ConfigError(
+            "a deployment server holds no client data, so the model's shape must be given: "
+            "set model.num_features and model.num_classes in the config (or give "
+            "--eval-data FILE.npz)"
+        )
+    return features, classes
+
+
+def _check_deployment(config: RunConfig, eval_set: ArrayDataset | None) -> None:
+    """Refuse what a server without client data cannot do, before anything is built."""
+    if config.partition.num_clients < 1:
+        raise ConfigError(
+            "a deployment needs partition.num_clients (the number of clients N, which the "
+            "privacy accountant uses too); the server does not read the data to count them"
+        )
+    s = config.stopping
+    if eval_set is None and (
+        s.target is not None or s.patience is not None or s.plateau_window is not None
+    ):
+        raise ConfigError(
+            f"stopping on {s.metric} needs an evaluation: give the server --eval-data "
+            "FILE.npz (without it a deployment records no accuracy or loss)"
+        )
+
+
+def _no_evaluation(params: np.ndarray, federated: bool = False) -> Evaluation:
+    """A deployment without a central evaluation set: nothing is evaluated."""
+    return Evaluation({})
+
+
+def open_deployment_registry(
+    config: RunConfig, run: RunDirectory, population: Population
+) -> ClientRegistry:
+    """The registry of a deployment: clients ``0 .. N-1`` (``partition.num_clients``)
+    registered as unknown (data size 0, label entropy 0) with the configured device
+    profiles, until each joins and reports its data (``ClientRegistry.report``). A
+    resumed run's registry keeps the reports it holds."""
+    cfg = config.registry
+    registry = ClientRegistry(
+        run.path / registry_name(None), cfg.reliability_decay, cfg.duration_smoothing
+    )
+    n = config.partition.num_clients
+    if registry.num_clients == 0:
+        registry.register(
+            np.zeros(n, np.int64),
+            np.zeros(n),
+            tier=population.tier,
+            compute_ms_per_sample=population.compute_ms_per_sample,
+            up_kbps=population.up_kbps,
+            down_kbps=population.down_kbps,
+        )
+    elif registry.num_clients != n:
+        raise CheckpointError(
+            f"registry {str(registry.path)!r} holds {registry.num_clients} clients, the "
+            f"config {n} (partition.num_clients)"
+        )
+    return registry
+
+
+def _build_deployment(
+    config: RunConfig, run: RunDirectory, eval_set: ArrayDataset | None
+) -> DeploymentRun:
+    """The deployment's objects in ``run``, nothing recorded yet, and no client data: the
+    model's shape and N come from the config (or the central evaluation set), each
+    client's data size from its join. Every draw that protects someone comes from the OS
+    (see :func:`build_simulation`). The registry registers the configured device
+    profiles as the simulator does; measured bandwidth then replaces them."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    data = build_federated_data(config.data, config.partition, config.seed)
-    trainer = TorchTrainer(
-        build_model(config.model, data.num_features, data.num_classes, config.seed)
+    _check_deployment(config, eval_set)
+    features, classes = deployment_shape(config, eval_set)
+    trainer = TorchTrainer(build_model(config.model, features, classes, config.seed))
+    n = config.partition.num_clients
+    population = build_population(config.devices, n, config.seed)
+    batch = config.evaluation.batch_size
+    clients = ClientFacts(
+        n,
+        deployment_cap(config),
+        None,  # unknown: a client's batch is capped by its own data
+        lambda: open_deployment_registry(config, run, population),
+        _no_evaluation if eval_set is None else Evaluator(trainer, eval_set, None, batch),
+        False,
+        deployment_cap(config),
     )
-    population = build_population(config.devices, data.train.num_clients, config.seed)
-    engine = _engine(config, run, None, data, trainer, True, population, time.time, None)
-    return DeploymentRun(config, run, engine, data)
+    engine = _engine(config, run, None, clients, trainer, True, time.time, None)
+    return DeploymentRun(config, run, engine, features, classes, eval_set)
 
 
-def _begin_deployment(config: RunConfig, run: RunDirectory, fresh: bool) -> DeploymentRun:
+def _begin_deployment(
+    config: RunConfig, run: RunDirectory, fresh: bool, eval_set: ArrayDataset | None
+) -> DeploymentRun:
+    """A new deployment in ``run``: its start record (round 0, the initial model evaluated
+    on the central set if there is one) and checkpoint."""
     try:
-        deployed = _build_deployment(config, run)
+        deployed = _build_deployment(config, run, eval_set)
         deployed.engine.ledger = deployed.engine.privacy.ledger(_ledger_path(run, None))
     except FedloomError:  # refused before any round (e.g. over the privacy budget)
         if fresh:
             shutil.rmtree(run.path, ignore_errors=True)
         raise
-    note = "each client trains on its own device"
-    _record_start(config, deployed.engine, deployed.data, "clients", note, 1, deployed.randomness())
+    engine = deployed.engine
+    evaluation = (
+        f"central evaluation set (--eval-data, {len(eval_set.y)} examples)"
+        if eval_set is not None
+        else "none: no central evaluation set (--eval-data) was given, so rounds record "
+        "no accuracy or loss"
+    )
+    engine.append(
+        {
+            "event": "start",
+            "round": 0,
+            "clients": config.partition.num_clients,
+            "params": engine.server.dim,
+            "executor": "clients",
+            "executor_note": "each client trains on its own device",
+            "processes": 1,
+            "randomness": deployed.randomness(),
+            # the worst-off client's DP-SGD epsilon needs its data size: each client knows it
+            "dp_sgd_epsilon": None,
+            "evaluation": evaluation,
+            **engine.evaluate(),
+        }
+    )
+    engine.checkpoint(None)
     return deployed
 
 
-def open_deployment(config: RunConfig | None, resume: Path | None) -> DeploymentRun:
+def open_deployment(
+    config: RunConfig | None, resume: Path | None, eval_data: Path | None = None
+) -> DeploymentRun:
     """The run a deployment server drives: new for ``config``, or the run in ``resume``
-    continued from its newest checkpoint (repaired and checked as a simulation's)."""
+    continued from its newest checkpoint (repaired and checked as a simulation's). The
+    server builds no dataset and no partition; ``eval_data``: an optional central
+    evaluation set (``.npz`` with ``x``, ``y``; give it again on resume)."""
+    saved = config if resume is None else RunDirectory.open(resume).load_config()
+    assert saved is not None
+    eval_set = None
+    if eval_data is not None:
+        eval_set = read_eval_set(eval_data, saved.model.num_classes)
+    _check_deployment(saved, eval_set)  # before a run directory exists
+    deployment_shape(saved, eval_set)
     if resume is None:
-        assert config is not None
-        return _begin_deployment(config, RunDirectory.create(config), fresh=True)
+        return _begin_deployment(saved, RunDirectory.create(saved), True, eval_set)
     run = RunDirectory.open(resume)
     config = run.load_config()
     found = run.latest_checkpoint()
     if found is None:
         _set_aside_unfinished(run, None)
-        return _begin_deployment(config, run, fresh=False)
+        return _begin_deployment(config, run, False, eval_set)
     ckpt_path, state = found
     notes = _repair(config, run, None, state)
-    deployed = _build_deployment(config, run)
+    deployed = _build_deployment(config, run, eval_set)
     _continue(deployed.engine, run, None, state, ckpt_path, notes, deployed.randomness())
     return deployed
 
 
 def deployment_server(run: DeploymentRun, options: ServerOptions) -> DeploymentServer:
-    """The gRPC server driving ``run``'s round engine with real clients. It learns the
-    clients' registered data sizes (their updates' weight bound), the model spec clients
-    build their model from and the client transform chain they run."""
-    config, data = run.config, run.data
+    """The gRPC server driving ``run``'s round engine with real clients: the model spec
+    clients build their model from, the client transform chain they run, and the cap on
+    the example count a client may report at its join."""
+    config = run.config
     spec = ModelSpec(
         config.model.kind,
         tuple(config.model.hidden),
-        data.num_features,
-        data.num_classes,
+        run.num_features,
+        run.num_classes,
         config.seed,
     )
     return DeploymentServer(
-        run.engine, options, data.train.sizes(), spec, config.transforms.specs("client")
+        run.engine,
+        options,
+        spec,
+        config.transforms.specs("client"),
+        max_examples=deployment_cap(config),
     )
 
 

@@ -127,8 +127,18 @@ def server(
         Optional[Path],  # noqa: UP045
         typer.Option(help="continue the run in this directory from its last checkpoint"),
     ] = None,
+    eval_data: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="central evaluation set (.npz with x, y) the rounds are evaluated on "
+            "(without it none is recorded; give it again with --resume)"
+        ),
+    ] = None,
 ) -> None:
-    """Serve a federated run to client processes over gRPC (mTLS unless --insecure)."""
+    """Serve a federated run to client processes over gRPC (mTLS unless --insecure).
+
+    The server holds no client data: the model's shape and the number of clients come
+    from the config, each client's data size from its join."""
     import logging
 
     from fedloom.config import load_config
@@ -163,7 +173,7 @@ def server(
         if cfg is not None:
             check_settings(cfg, options)
         listener = listen(options)  # before the run directory: a bad address leaves none
-        sim = open_deployment(cfg, resume)
+        sim = open_deployment(cfg, resume, eval_data)
         deployment = deployment_server(sim, options)
         bound = deployment.start(listener)
         console.print(f"run directory: [bold]{sim.run_dir.path}[/]")
@@ -200,6 +210,10 @@ def client(
     patience: Annotated[
         float, typer.Option(help="give up after the server is unreachable this many seconds")
     ] = 120.0,
+    share_labels: Annotated[
+        bool,
+        typer.Option(help="report this client's label histogram at join (default: counts only)"),
+    ] = False,
 ) -> None:
     """Join a federated run as one client process and train until the server is done."""
     import logging
@@ -218,6 +232,7 @@ def client(
             insecure=insecure,
             max_upload_kbps=max_upload_kbps,
             retry=RetryPolicy(patience_s=patience),
+            share_labels=share_labels,
         )
         stats = worker.run()
     console.print(
@@ -240,6 +255,12 @@ def data_export(
         typer.Option(help="TOML config whose data and partition to export"),
     ] = None,
     set_: Annotated[list[str], typer.Option("--set", help="override one setting")] = [],  # noqa: B006
+    eval_out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--eval", help="also write the test split here (.npz) for `fedloom server --eval-data`"
+        ),
+    ] = None,
 ) -> None:
     """Write a config's client partition as per-client folders (for real client processes)."""
     from fedloom.config import load_config
@@ -249,10 +270,13 @@ def data_export(
             raise DataError(f"OUT = {str(out)!r} is an existing file, expected a folder to write")
         cfg = load_config(config, set_)
         from fedloom.data.federated import build_federated_data
-        from fedloom.data.storage import write_partition
+        from fedloom.data.storage import write_eval_set, write_partition
 
         data = build_federated_data(cfg.data, cfg.partition, cfg.seed)
         write_partition(out, data.train, data.holdout)
+        if eval_out is not None:
+            write_eval_set(eval_out, data.test)
+            console.print(f"wrote the evaluation set to [bold]{eval_out}[/]")
     console.print(f"wrote {data.train.num_clients} client folders to [bold]{out}[/]")
 
 

@@ -66,6 +66,10 @@ class PartitionConfig(_Section):
 class ModelConfig(_Section):
     kind: Literal["mlp", "logistic"] = "mlp"
     hidden: tuple[Annotated[int, Field(ge=1)], ...] = (32,)
+    # the data's shape, for a deployment server (which holds no data); the simulator
+    # checks them against the data it builds
+    num_features: int | None = Field(None, ge=1, description="input features (deployment)")
+    num_classes: int | None = Field(None, ge=2, description="classes (deployment)")
 
 
 _PLAN = TrainPlan()  # the defaults of a client's training settings (bounds: PLAN_BOUNDS)

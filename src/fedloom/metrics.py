@@ -56,6 +56,7 @@ class StartRecord(_Record, _Evaluated):
     processes: int
     randomness: Randomness
     dp_sgd_epsilon: float | None
+    evaluation: str | None = None  # a deployment: what its rounds are evaluated on
 
 
 class ResumeRecord(_Record):

@@ -3,6 +3,11 @@
 ``Deployment`` writes a small run config, exports its client data, issues mTLS
 certificates, and starts ``python -m fedloom server`` / ``client`` processes on
 127.0.0.1 (or wherever a test points them), killing whatever is left at the end.
+
+The server is given no client data: its config names a data source that cannot load
+(``DATALESS``: the model's shape is given instead) and it evaluates on the test split
+only (``--eval-data``), while each client reads its own folder; the simulator the
+tests compare with builds the same data from the test's config.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 from fedloom.assemble import start_simulation
 from fedloom.config import load_config
 from fedloom.data.federated import build_federated_data
-from fedloom.data.storage import client_dir, write_partition
+from fedloom.data.storage import client_dir, write_eval_set, write_partition
 from fedloom.runs import RunDirectory
 from fedloom.transport.certs import init_ca, issue
 
@@ -32,6 +37,7 @@ output_dir = "{runs}"
 num_clients = {clients}
 [server]
 clients_per_round = {clients}
+{cap}
 [client]
 local_epochs = {epochs}
 [checkpoint]
@@ -39,6 +45,14 @@ every = 1
 keep = 50
 {extra}
 """
+# the server's settings on top of the test's config: a data source that would fail to
+# load (the server must not build the data), and the model's shape in its place
+DATALESS = [
+    'data.source="file"',
+    'data.path="/nonexistent/no-client-data-on-the-server.csv"',
+    "model.num_features=64",
+    "model.num_classes=10",
+]
 STARTUP_S = 120.0  # generous: the first torch import on a busy CI machine is slow
 
 
@@ -50,15 +64,19 @@ class Deployment:
         self.root = root
         self.clients = clients
         self.config_path = root / "run.toml"
-        self.config_path.write_text(
-            CONFIG.format(
-                rounds=rounds, runs=root / "runs", clients=clients, epochs=epochs, extra=extra
-            )
-        )
+        settings = dict(rounds=rounds, runs=root / "runs", clients=clients, epochs=epochs)
+        self.config_path.write_text(CONFIG.format(**settings, extra=extra, cap=""))
         self.config = load_config(self.config_path)
         data = build_federated_data(self.config.data, self.config.partition, self.config.seed)
+        # the FedAvg weight cap at the largest client (a no-op for the simulator), so that
+        # SecAgg's public weight bound W is the simulator's in the deployment too
+        cap = f"max_examples_per_client = {int(data.train.sizes().max())}"
+        self.config_path.write_text(CONFIG.format(**settings, extra=extra, cap=cap))
+        self.config = load_config(self.config_path)
         self.data_root = root / "data"
         write_partition(self.data_root, data.train, data.holdout)
+        self.eval_path = root / "eval.npz"  # the test split: the simulator evaluates on it
+        write_eval_set(self.eval_path, data.test)
         self.certs = root / "certs"
         init_ca(self.certs)
         issue(self.certs, "server", kind="server")
@@ -75,8 +93,12 @@ class Deployment:
 
     def start_server(self, *extra: str, resume: Path | None = None) -> int:
         args = [sys.executable, "-m", "fedloom", "server"]
-        args += ["--resume", str(resume)] if resume else [str(self.config_path)]
+        if resume:
+            args += ["--resume", str(resume)]
+        else:
+            args += [str(self.config_path)] + [a for s in DATALESS for a in ("--set", s)]
         args += ["--port", str(self.port), "--certs", str(self.certs), "--client-timeout", "4"]
+        args += ["--eval-data", str(self.eval_path)]
         log = open(self.root / f"server-{len(self.procs)}.log", "w")  # noqa: SIM115
         self.server = subprocess.Popen(
             [*args, *extra], stdout=log, stderr=subprocess.STDOUT, env=self.env()

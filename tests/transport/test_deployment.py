@@ -54,11 +54,49 @@ def test_mtls_run_matches_the_simulator(deployment: Deployment) -> None:
     rounds = rounds_of(d)
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert all(r["status"] == "aggregated" and r["completed"] == d.clients for r in rounds)
+    # the server held no client data: its config's data source cannot load, it evaluated
+    # on the central set it was given, and each client's size is what it reported
+    start = d.records()[0]
+    assert start["evaluation"].startswith("central evaluation set"), start
+    assert d.run_path is not None
+    assert "no-client-data-on-the-server" in (d.run_path / "config.toml").read_text()
     raw = 4 * d.clients * d.final_params().size
     assert all(r["bytes_up"] == raw for r in rounds)
     assert rounds[0]["bytes_down"] == raw  # nothing held yet: the whole model
     assert all(0 < r["bytes_down"] < raw for r in rounds[1:])  # exact deltas, compressed
     assert_matches_simulator(d)
+
+
+def test_central_dp_over_mtls_matches_the_simulator(tmp_path: Path) -> None:
+    """Central DP (every client sampled, fixed size): the deployment draws its noise from
+    the OS, the simulator from the run seed, so the two models differ by the noise. With a
+    tiny noise multiplier (0 is refused: it gives no privacy) everything else, the
+    clipping and the DP average included, must agree within the equivalence tolerance
+    plus a margin for the noise: its standard deviation per coordinate is z * C / k per
+    round and run, and later rounds' training amplifies it (about 20-fold in this run
+    at z = 1e-4), so the margin is 100 such deviations, still far below the tolerance."""
+    z, clip, rounds = 1e-6, 1.0, 3
+    extra = (
+        f'[privacy]\nmode = "central"\nnoise_multiplier = {z}\nclip_norm = {clip}\n'
+        'sampling = "fixed"\naccountant = "rdp"\n'
+    )
+    d = Deployment(tmp_path, rounds=rounds, extra=extra)
+    try:
+        d.start_server()
+        clients = [d.start_client(i) for i in range(d.clients)]
+        d.wait_server()
+        for proc in clients:
+            assert proc.wait(60) == 0, d.logs()
+    finally:
+        d.close()
+    rounds_seen = rounds_of(d)
+    assert [r["round"] for r in rounds_seen] == list(range(1, rounds + 1))
+    assert all(r["completed"] == d.clients and r["epsilon"] > 0 for r in rounds_seen)
+    assert d.records()[0]["randomness"]["dp_noise"] == "os"
+    params, accuracy = d.simulated_params()
+    sigma = 2 * z * clip / d.clients * np.sqrt(rounds)
+    assert np.abs(d.final_params() - params).max() < ATOL + 100 * sigma, d.logs()
+    assert rounds_seen[-1]["accuracy"] == pytest.approx(accuracy, abs=0.01)
 
 
 def test_secure_aggregation_over_mtls_matches_the_simulator(tmp_path: Path) -> None:

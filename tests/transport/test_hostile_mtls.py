@@ -81,12 +81,15 @@ def header_for(task: pb.Task, payload: bytes, dim: int, **change: object) -> pb.
 
 def test_poisoned_statistics_overflow_and_huge_counts(tmp_path: Path) -> None:
     """Each message that used to end the server (exit 2) is refused on the attacker's
-    stream with its kind; 2**62 examples weigh only the client's registered size."""
+    stream with its kind; a join claiming 2**62 examples is refused (above the cap), and
+    an update claiming 2**62 weighs only what the client reported at its join."""
     server, certs, port, thread = serve(tmp_path, [])
     try:
         client_threads(port, tmp_path, [1, 2], certs)
         stub = stub_for(certs, "client-000000", port, max_send=64 << 20)
-        stub.Join(pb.JoinRequest(num_examples=2**62), timeout=60)  # lies at join too
+        why = refused(lambda: stub.Join(pb.JoinRequest(num_examples=2**62), timeout=60), INVALID)
+        assert "exceeds server.max_examples_per_client" in why
+        stub.Join(pb.JoinRequest(num_examples=300), timeout=60)
         task, silent = first_task(stub)
         dim = server.engine.server.dim
         small = wire.to_bytes(np.full(dim, 0.001, np.float32))
@@ -112,12 +115,13 @@ def test_poisoned_statistics_overflow_and_huge_counts(tmp_path: Path) -> None:
         finish(server, thread)
     finally:
         server.stop()
-    assert dict(server.refused) == {"nonfinite": 3, "bad_count": 2, "overflow": 1}
+    assert dict(server.refused) == {"nonfinite": 3, "bad_count": 3, "overflow": 1}
     (record,) = rounds_of(server)
     assert record["status"] == "aggregated" and record["completed"] == 3
     assert record["rejected"] == 6
-    assert record["refused_in_round"] == {"nonfinite": 3, "bad_count": 2, "overflow": 1}
+    assert record["refused_in_round"] == {"nonfinite": 3, "bad_count": 3, "overflow": 1}
     size = int(server.sizes[0])
+    assert size == 300
     assert record["clamped_examples"] == {"0": [2**62, size]}
     # not replaced: with 2**62 the new model would be initial + own to float precision
     moved = server.engine.server.params - server.engine.initial_params
@@ -167,10 +171,11 @@ def test_stalled_uploads_and_floods_cannot_hold_the_transfer_slots(tmp_path: Pat
         min_transfer_kbps=16,  # 2 kB/s: the stalled uploads are cancelled after ~5 s
     )
     try:
-        # clients 1 and 2 are online (heartbeats) but start working only later
+        # clients 1 and 2 are online (joined, heartbeats) but start working only later
         present = [stub_for(certs, f"client-00000{i}", port) for i in (1, 2)]
         quiet = threading.Event()
         for s in present:
+            s.Join(pb.JoinRequest(num_examples=10**4), timeout=60)  # rejoin later: lower
             threading.Thread(target=beat, args=(s, quiet), daemon=True).start()
         stub = stub_for(certs, "client-000000", port)
         stub.Join(pb.JoinRequest(num_examples=1), timeout=60)

@@ -60,6 +60,17 @@ def test_impossible_server_settings_fail_in_one_line(
     assert not (tmp_path / "runs").exists()  # nothing was created
 
 
+def test_a_bad_eval_set_or_no_model_shape_fails_in_one_line(tmp_path: Path) -> None:
+    """The server holds no client data: a central evaluation set it cannot use, or a
+    config that gives no model shape, is refused before a run directory exists."""
+    missing = tmp_path / "missing.npz"
+    assert "file not found" in one_line_error(server(tmp_path, "--eval-data", str(missing)))
+    no_shape = ["--set", 'data.source="file"', "--set", 'data.path="/nonexistent.csv"']
+    text = one_line_error(server(tmp_path, "--port", "0", *no_shape))
+    assert "set model.num_features and model.num_classes" in text
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_port_in_use_fails_in_one_line_and_leaves_no_run(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

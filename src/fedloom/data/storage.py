@@ -17,6 +17,7 @@ last: a directory without a manifest is an incomplete write.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import zipfile
 from pathlib import Path
@@ -200,3 +201,34 @@ def read_client(dir: str | Path) -> tuple[ArrayDataset, ArrayDataset | None]:
     train = _load_shard(dir / TRAIN_FILE, num_classes, num_features)
     holdout = _load_shard(holdout_path, num_classes, num_features) if has_holdout else None
     return train, holdout
+
+
+def write_eval_set(path: str | Path, data: ArrayDataset) -> None:
+    """A central evaluation set as ``.npz`` (``x`` float32 [n, f], ``y`` int64 [n]): what
+    a deployment server may be given (``fedloom server --eval-data``), never client data."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, x=data.x, y=data.y)
+    os.replace(tmp, path)
+
+
+def read_eval_set(path: str | Path, num_classes: int | None = None) -> ArrayDataset:
+    """A central evaluation set from ``path`` (see :func:`write_eval_set`), validated:
+    finite features, integer labels in ``[0, num_classes)`` (default: the largest label
+    + 1), at least one example. Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--eval-data {str(path)!r}: file not found")
+    x, y = _read_npz(path)
+    if len(y) == 0:
+        raise DataError(f"{path}: the evaluation set has no examples")
+    try:
+        if num_classes is None:
+            if not np.issubdtype(y.dtype, np.integer):
+                raise DataError(f"labels y must be integers, got {y.dtype}")
+            num_classes = max(2, int(y.max()) + 1)
+        return ArrayDataset(x, y, num_classes)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from exc

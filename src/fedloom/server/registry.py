@@ -364,6 +364,27 @@ class ClientRegistry:
         self._static = static
         self._state = _fresh_state(n)
 
+    def report(self, client: int, data_size: int, label_entropy: float) -> None:
+        """What a deployed client reported about its data when it joined: its example
+        count and label entropy replace the registered (unknown: 0) ones. Only the
+        deployment calls it; the simulator registers the partition it holds."""
+        c = _int("client", client)
+        if not 0 <= c < self.num_clients:
+            raise FedloomError(f"client {c} is not registered (0..{self.num_clients - 1})")
+        size = _int("data_size", data_size)
+        entropy = float(label_entropy)
+        if size < 0 or not (math.isfinite(entropy) and entropy >= 0):
+            raise FedloomError(
+                f"client {c}: data_size = {size}, label_entropy = {entropy}; expected >= 0"
+            )
+        with self._db:
+            self._db.execute(
+                "UPDATE clients SET data_size = ?, label_entropy = ? WHERE id = ?",
+                (size, entropy, c),
+            )
+        self._static["data_size"][c] = size
+        self._static["label_entropy"][c] = entropy
+
     def _verify_registration(self, static: dict[str, np.ndarray]) -> None:
         n = len(static["data_size"])
         if n != self.num_clients:

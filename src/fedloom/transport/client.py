@@ -241,9 +241,12 @@ class DeploymentClient:
         retry: RetryPolicy | None = None,
         seed: int | None = None,
         threads: int = 1,
+        share_labels: bool = False,
     ) -> None:
         """``threads``: torch threads for local training (small models train fastest on
-        one; several client processes on one machine must not oversubscribe it)."""
+        one; several client processes on one machine must not oversubscribe it);
+        ``share_labels``: report this client's label histogram when it joins (by default
+        it reports only its example counts)."""
         from fedloom.data.storage import read_client
 
         if not insecure and certs is not None and (Path(certs) / "ca.key").exists():
@@ -253,9 +256,18 @@ class DeploymentClient:
                 "issue` writes it to DIR/NAME/)"
             )
         torch.set_num_threads(threads)
-        train, _ = read_client(data_dir)
+        train, holdout = read_client(data_dir)
         self.x = torch.from_numpy(train.x)
         self.y = torch.from_numpy(train.y)
+        # what this client reports about its data at its join (the server holds none)
+        self.report = pb.JoinRequest(
+            num_examples=len(train.y),
+            holdout_examples=0 if holdout is None else len(holdout.y),
+            label_counts=(
+                np.bincount(train.y, minlength=train.num_classes).tolist() if share_labels else []
+            ),
+            device="cpu",
+        )
         self.name = name or Path(data_dir).name
         _check_data_owner(data_dir, self.name)
         # the update transforms the server names at join, and their state (this client's)
@@ -295,7 +307,7 @@ class DeploymentClient:
         reply = self._call(
             "join",
             lambda: self.stub.Join(
-                pb.JoinRequest(num_examples=len(self.y), device="cpu"),
+                self.report,
                 metadata=self._metadata,
                 timeout=self.retry.call_timeout_s,
             ),

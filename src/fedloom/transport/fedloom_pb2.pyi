@@ -8,12 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinRequest(_message.Message):
-    __slots__ = ("num_examples", "device")
+    __slots__ = ("num_examples", "device", "holdout_examples", "label_counts")
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LABEL_COUNTS_FIELD_NUMBER: _ClassVar[int]
     num_examples: int
     device: str
-    def __init__(self, num_examples: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    holdout_examples: int
+    label_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, num_examples: _Optional[int] = ..., device: _Optional[str] = ..., holdout_examples: _Optional[int] = ..., label_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("client_id", "dim", "run", "heartbeat_s", "chunk_bytes", "version", "model", "client_transforms")

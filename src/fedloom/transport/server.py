@@ -295,16 +295,21 @@ class DeploymentServer(rpc.FedloomServicer):
         self,
         engine: RoundEngine,
         options: ServerOptions,
-        sizes: np.ndarray,
         model_spec: ModelSpec,
         client_transforms: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        *,
+        max_examples: int,
     ) -> None:
         """``engine``: the run's round engine, built for a deployment (OS randomness:
-        ``fedloom.assemble.deployment_server`` refuses any other); ``sizes``: each
-        registered client's data size, which bounds its updates' weight; ``model_spec``:
+        ``fedloom.assemble.deployment_server`` refuses any other); ``model_spec``:
         what a client builds its model from (``Join``); ``client_transforms``: the
         ``(name, params)`` of the chain each client applies to its update (``Join``; the
-        client builds it from its own code and keeps its state)."""
+        client builds it from its own code and keeps its state); ``max_examples``: the
+        most examples a client may report at its join (a larger report is refused).
+
+        The server holds no client data: each client's data size is what it reported
+        when it joined (kept in the registry, so a resumed run knows it), and it bounds
+        that client's FedAvg weight."""
         if engine.secure is not None and engine.secure.signed and options.insecure:
             raise ConfigError(
                 "secagg.signed = true needs mTLS: clients sign their keys with their "
@@ -323,13 +328,24 @@ class DeploymentServer(rpc.FedloomServicer):
             else None
         )
         self.options = options
-        self.num_clients = len(sizes)
-        self.sizes = sizes
+        self.num_clients = engine.server.num_clients
+        if max_examples < 1:
+            raise ConfigError(f"max_examples = {max_examples!r} must be >= 1")
+        self.max_examples = int(max_examples)
+        self.num_classes = model_spec.num_classes
+        # each client's reported data size (0: not joined yet); only joined clients are
+        # online, so only they are drawn by the selectors (size-weighted ones see 0)
+        self.sizes = engine.registry.stats().data_size.astype(np.int64)
+        self.holdout_sizes: dict[int, int] = {}  # reported hold-out sizes, this process
+        # join reports not yet in the registry, whose SQLite connection belongs to the
+        # round thread (applied there, before each round's cohort is drawn)
+        self._reports: dict[int, tuple[int, float]] = {}
         _check_cohort(self.num_clients, engine.server.quorum, options.min_clients)
         per_round = engine.cohort.clients_per_round
         self.min_clients = options.min_clients or min(per_round, self.num_clients)
-        # no update weighs more than its client's registered data size (see bound_examples)
-        engine.server.bound_examples(np.arange(len(sizes)), np.maximum(sizes, 1))
+        # no update weighs more than its client's reported data size (see bound_examples)
+        joined = np.flatnonzero(self.sizes > 0)
+        engine.server.bound_examples(joined, self.sizes[joined])
         self._cond = threading.Condition()
         self._last_seen: dict[int, float] = {}  # client id -> time.time() of its last call
         self._round: _Round | None = None
@@ -383,6 +399,8 @@ class DeploymentServer(rpc.FedloomServicer):
         try:
             while not self.engine.finished and not self._stop.is_set():
                 self._play_round()
+            with self._cond:  # late joins too: the registry holds every report
+                self._apply_reports()
             if not self._stop.is_set():
                 self.engine.conclude()  # no rounds are left: the stop (and audit) records
             with self._cond:
@@ -400,14 +418,25 @@ class DeploymentServer(rpc.FedloomServicer):
 
     # rounds -------------------------------------------------------------------
     def _online(self, now: float) -> list[int]:
+        """Clients that joined (reported their data) and were seen recently."""
         limit = now - self.options.client_timeout_s
-        return sorted(c for c, seen in self._last_seen.items() if seen >= limit)
+        return sorted(
+            c for c, seen in self._last_seen.items() if seen >= limit and self.sizes[c] > 0
+        )
+
+    def _apply_reports(self) -> None:
+        """Put the join reports received since the last round into the registry (call
+        under the lock, in the round thread)."""
+        for cid, (size, entropy) in sorted(self._reports.items()):
+            self.engine.registry.report(cid, size, entropy)
+        self._reports.clear()
 
     def _play_round(self) -> None:
         engine, srv = self.engine, self.engine.server
         with self._cond:
             if not self._await_online():
                 return
+            self._apply_reports()
             self._played = True
             now = time.time()
             available = np.array(self._online(now), dtype=np.int64)
@@ -802,18 +831,24 @@ class DeploymentServer(rpc.FedloomServicer):
     # RPCs ---------------------------------------------------------------------
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         cid = self._client(context)
-        if request.num_examples < 1:
-            self._refuse(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                _K.BAD_COUNT,
-                f"client-{cid} joined with num_examples = {request.num_examples}, expected >= 1",
-            )
+        size, entropy = self._join_report(cid, request, context)
         with self._cond:
-            # the weight of this client's updates never exceeds what it declared here
-            self.engine.server.bound_examples(np.array([cid]), np.array([request.num_examples]))
+            # the lowest report wins: the weight of this client's updates never exceeds
+            # what it declared at any join (see SyncServer.bound_examples)
+            old = int(self.sizes[cid])
+            self.sizes[cid] = size if old == 0 else min(old, size)
+            self.holdout_sizes[cid] = int(request.holdout_examples)
+            self._reports[cid] = (int(self.sizes[cid]), entropy)
+            self.engine.server.bound_examples(np.array([cid]), np.array([size]))
             self._cond.notify_all()  # a round may be waiting for clients
-        log.info("client %d joined (%s)", cid, request.device or "unknown device")
+        log.info(
+            "client %d joined (%s): %d examples, %d held out, label histogram %s",
+            cid,
+            request.device or "unknown device",
+            size,
+            request.holdout_examples,
+            "shared" if request.label_counts else "not shared",
+        )
         return pb.JoinReply(
             client_id=cid,
             dim=self.engine.server.dim,
@@ -824,6 +859,45 @@ class DeploymentServer(rpc.FedloomServicer):
             model=self._model_pb,
             client_transforms=self._transforms_pb,
         )
+
+    def _join_report(
+        self, cid: int, request: pb.JoinRequest, context: grpc.ServicerContext
+    ) -> tuple[int, float]:
+        """``cid``'s reported data size and label entropy, or a refusal (``bad_count``)
+        naming what cannot be true: a count below 1 or above ``max_examples`` (so no
+        client can dominate the FedAvg weights by what it claims), a negative hold-out, a
+        label histogram with more classes than the model, negative counts, or counts that
+        do not add up to the example count. A histogram not shared counts as balanced
+        (the entropy of the uniform distribution)."""
+        n, cap = int(request.num_examples), self.max_examples
+        counts = np.array(request.label_counts, dtype=np.int64)
+        why = None
+        if n < 1:
+            why = f"num_examples = {n}, expected >= 1"
+        elif n > cap:
+            why = (
+                f"num_examples = {n} exceeds server.max_examples_per_client = {cap} "
+                "(the most examples one client may report and weigh with)"
+            )
+        elif not 0 <= request.holdout_examples <= cap:
+            why = f"holdout_examples = {request.holdout_examples}, expected 0..{cap}"
+        elif counts.size > self.num_classes:
+            why = f"a label histogram of {counts.size} classes; the model has {self.num_classes}"
+        elif counts.size and counts.min() < 0:
+            why = f"a negative label count ({int(counts.min())})"
+        elif counts.size and int(counts.sum()) != n:
+            why = f"a label histogram sums to {int(counts.sum())}, but num_examples = {n}"
+        if why is not None:
+            self._refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                _K.BAD_COUNT,
+                f"client-{cid} joined with {why}",
+            )
+        if not counts.size:
+            return n, math.log(self.num_classes)
+        p = counts[counts > 0] / n
+        return n, float(-(p * np.log(p)).sum())
 
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
