@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedloom.client.evaluation import Evaluation, Evaluator
+from fedloom.client.evaluation import Evaluation, Evaluator, ReportedEvaluation
 from fedloom.client.schedule import steps_for
 from fedloom.client.trainer import TorchTrainer
 from fedloom.config import RunConfig, parse_config
@@ -815,18 +815,31 @@ def _check_deployment(config: RunConfig, eval_set: ArrayDataset | None) -> None:
             "privacy accountant uses too); the server does not read the data to count them"
         )
     s = config.stopping
-    if eval_set is None and (
-        s.target is not None or s.patience is not None or s.plateau_window is not None
+    if (
+        eval_set is None
+        and config.secagg.enabled
+        and (s.target is not None or s.patience is not None or s.plateau_window is not None)
     ):
         raise ConfigError(
             f"stopping on {s.metric} needs an evaluation: give the server --eval-data "
-            "FILE.npz (without it a deployment records no accuracy or loss)"
+            "FILE.npz (under secure aggregation clients report no metrics of their own)"
         )
 
 
 def _no_evaluation(params: np.ndarray, federated: bool = False) -> Evaluation:
-    """A deployment without a central evaluation set: nothing is evaluated."""
+    """A deployment under secure aggregation without a central evaluation set: nothing is
+    evaluated (clients send nothing about themselves but masked inputs)."""
     return Evaluation({})
+
+
+def _deployment_evaluator(
+    config: RunConfig, trainer: TorchTrainer, eval_set: ArrayDataset | None
+) -> Evaluate:
+    """The central set's evaluator; without one, the clients' reported evaluations of the
+    model they received (none under secure aggregation)."""
+    if eval_set is not None:
+        return Evaluator(trainer, eval_set, None, config.evaluation.batch_size)
+    return _no_evaluation if config.secagg.enabled else ReportedEvaluation()
 
 
 def open_deployment_registry(
@@ -873,13 +886,12 @@ def _build_deployment(
     trainer = TorchTrainer(build_model(config.model, features, classes, config.seed))
     n = config.partition.num_clients
     population = build_population(config.devices, n, config.seed)
-    batch = config.evaluation.batch_size
     clients = ClientFacts(
         n,
         deployment_cap(config),
         None,  # unknown: a client's batch is capped by its own data
         lambda: open_deployment_registry(config, run, population),
-        _no_evaluation if eval_set is None else Evaluator(trainer, eval_set, None, batch),
+        _deployment_evaluator(config, trainer, eval_set),
         False,
         deployment_cap(config),
     )
@@ -900,12 +912,19 @@ def _begin_deployment(
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     engine = deployed.engine
-    evaluation = (
-        f"central evaluation set (--eval-data, {len(eval_set.y)} examples)"
-        if eval_set is not None
-        else "none: no central evaluation set (--eval-data) was given, so rounds record "
-        "no accuracy or loss"
-    )
+    if eval_set is not None:
+        evaluation = f"central evaluation set (--eval-data, {len(eval_set.y)} examples)"
+    elif config.secagg.enabled:
+        evaluation = (
+            "none: no central evaluation set (--eval-data) was given and under secure "
+            "aggregation clients report no metrics, so rounds record no evaluation"
+        )
+    else:
+        evaluation = (
+            "reported by clients: no central evaluation set (--eval-data) was given, so "
+            "fed_* are the clients' evaluations of the model they received on their own "
+            "hold-outs (what they claim; none from clients without a hold-out)"
+        )
     engine.append(
         {
             "event": "start",

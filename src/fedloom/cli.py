@@ -131,7 +131,7 @@ def server(
         Optional[Path],  # noqa: UP045
         typer.Option(
             help="central evaluation set (.npz with x, y) the rounds are evaluated on "
-            "(without it none is recorded; give it again with --resume)"
+            "(without it: what clients report on their hold-outs; again with --resume)"
         ),
     ] = None,
 ) -> None:

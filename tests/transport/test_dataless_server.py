@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 from server_thread import start_in_thread
 
 import fedloom.assemble as assemble
@@ -43,10 +44,10 @@ DATALESS = [
 OPTIONS = ServerOptions(port=0, insecure=True, linger_s=0.5, client_timeout_s=5.0)
 
 
-def export_clients(root: Path) -> Path:
+def export_clients(root: Path, *extra: str) -> Path:
     """The clients' folders, written from the built-in digits partition (what each device
     holds; the server never reads them)."""
-    config = load_config(None, DATALESS[1:3])
+    config = load_config(None, [*DATALESS[1:3], *extra])
     data = build_federated_data(config.data, config.partition, config.seed)
     write_partition(root / "data", data.train, data.holdout)
     return root / "data"
@@ -219,9 +220,12 @@ def test_early_stopping_needs_an_evaluation_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(assemble, "build_federated_data", no_data)
-    config = config_for(tmp_path, "stopping.patience=2")
+    """Under secure aggregation clients report no metrics: without --eval-data there is
+    nothing to stop on."""
+    config = config_for(tmp_path, "stopping.patience=2", "secagg.enabled=true")
     with pytest.raises(ConfigError, match="--eval-data"):
         open_deployment(config, None)
+    open_deployment(config_for(tmp_path / "plain", "stopping.patience=2"), None)
 
 
 def test_the_simulator_refuses_a_model_shape_its_data_contradict(tmp_path: Path) -> None:
@@ -233,3 +237,70 @@ def test_the_simulator_refuses_a_model_shape_its_data_contradict(tmp_path: Path)
     )
     with pytest.raises(ConfigError, match="model.num_classes = 9, but the data have 10"):
         start_simulation(config)
+
+
+def test_without_an_eval_set_rounds_record_what_clients_report_on_their_hold_outs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each client evaluates the model it received on its hold-out before training and
+    reports it with its update; the round records the example-weighted mean (and the
+    10th percentile client), here checked against the initial model evaluated on the
+    clients' hold-outs independently."""
+    from fedloom.client.trainer import TorchTrainer, evaluate_model
+    from fedloom.models import build_model
+
+    monkeypatch.setattr(assemble, "build_federated_data", no_data)
+    data = export_clients(tmp_path, "data.client_holdout=0.3")
+    server, thread = start_in_thread(config_for(tmp_path), OPTIONS, timeout_s=120)
+    try:
+        for i in range(CLIENTS):
+            target = f"127.0.0.1:{server.port}"
+            client = DeploymentClient(target, client_dir(data, i), insecure=True)
+            threading.Thread(target=client.run, daemon=True).start()
+        thread.join(120)
+        assert not thread.is_alive(), "the run did not finish"
+    finally:
+        server.stop()
+    records = server.engine.run_dir.records()
+    assert records[0]["evaluation"].startswith("reported by clients")
+    first, second = [r for r in records if r.get("event") == "round"]
+    assert first["fed_clients"] == second["fed_clients"] == CLIENTS
+    config = config_for(tmp_path)
+    trainer = TorchTrainer(build_model(config.model, 64, 10, config.seed))
+    trainer.flat.load(server.engine.initial_params)
+    accuracy, loss, count = [], [], []
+    for i in range(CLIENTS):
+        holdout = read_client(client_dir(data, i))[1]
+        assert holdout is not None and len(holdout.y)
+        with torch.no_grad():
+            lo, right = evaluate_model(
+                trainer.model, torch.from_numpy(holdout.x), torch.from_numpy(holdout.y)
+            )
+        accuracy.append(right.mean())
+        loss.append(lo.mean())
+        count.append(len(right))
+    w = np.array(count) / sum(count)
+    assert first["fed_accuracy"] == pytest.approx(float(w @ np.array(accuracy)), abs=1e-6)
+    assert first["fed_loss"] == pytest.approx(float(w @ np.array(loss)), rel=1e-5)
+    assert first["fed_accuracy_p10"] == pytest.approx(np.percentile(accuracy, 10), abs=1e-6)
+    assert second["fed_accuracy"] != first["fed_accuracy"]  # the next model, reported
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind", "match"),
+    [
+        ({"eval_loss": float("nan")}, "nonfinite", "eval_loss = nan"),
+        ({"eval_accuracy": 1.5}, "malformed", "eval_accuracy = 1.5"),
+        ({"eval_loss": -1.0}, "malformed", "eval_loss = -1.0"),
+        ({"eval_examples": 11}, "bad_count", "eval_examples = 11, expected 0..10"),
+    ],
+)
+def test_a_reported_evaluation_out_of_range_is_refused(
+    fields: dict, kind: str, match: str
+) -> None:
+    from fedloom.transport.server import reported_evaluation_error
+
+    honest = {"eval_loss": 0.5, "eval_accuracy": 0.8, "eval_examples": 10}
+    assert reported_evaluation_error(pb.UploadHeader(**honest), 10) is None
+    found = reported_evaluation_error(pb.UploadHeader(**{**honest, **fields}), 10)
+    assert found is not None and found[0] == kind and match in found[1]

@@ -67,3 +67,36 @@ class Evaluator:
             "fed_clients": int(has.sum()),
         }
         return Evaluation(out, (np.flatnonzero(has), per_client, per_loss))
+
+
+class ReportedEvaluation:
+    """The evaluator of a deployment without a central evaluation set: what the round's
+    clients reported about the model they received, each evaluated on its own hold-out
+    before training (``fed_*``: the example-weighted mean loss and accuracy, the 10th
+    percentile client's accuracy, how many reported). It describes the model the round
+    started from, not the one it produced, and it is what clients claim: a hostile client
+    can report any value in range, which the server cannot check without its data."""
+
+    def __init__(self) -> None:
+        self._reports: dict[int, tuple[float, float, int]] = {}
+
+    def report(self, reports: dict[int, tuple[float, float, int]]) -> None:
+        """The round's reports: client id -> (loss, accuracy, examples), already checked."""
+        self._reports = dict(reports)
+
+    def __call__(self, params: np.ndarray, federated: bool = False) -> Evaluation:
+        reports, self._reports = self._reports, {}
+        if not reports:
+            return Evaluation({})
+        ids = np.array(sorted(reports), dtype=np.int64)
+        loss, accuracy, count = (
+            np.array([reports[int(c)][k] for c in ids], dtype=np.float64) for k in range(3)
+        )
+        w = count / count.sum()
+        metrics = {
+            "fed_accuracy": float(w @ accuracy),
+            "fed_loss": float(w @ loss),
+            "fed_accuracy_p10": float(np.percentile(accuracy, 10)),
+            "fed_clients": len(ids),
+        }
+        return Evaluation(metrics, (ids, accuracy, loss))

@@ -609,6 +609,8 @@ class SyncServer:
     def observe(self, metrics: dict[str, float]) -> StopDecision | None:
         """Feed the round's evaluation to convergence monitoring; a decision means stop."""
         value = metrics.get(self.monitor.metric)
+        if value is None:  # a deployment without a central set: the clients' hold-outs
+            value = metrics.get(f"fed_{self.monitor.metric}")
         if value is None:
             return None
         return self.monitor.observe(self.round, value)

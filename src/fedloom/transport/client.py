@@ -259,6 +259,11 @@ class DeploymentClient:
         train, holdout = read_client(data_dir)
         self.x = torch.from_numpy(train.x)
         self.y = torch.from_numpy(train.y)
+        self.holdout = (
+            None
+            if holdout is None or not len(holdout.y)
+            else (torch.from_numpy(holdout.x), torch.from_numpy(holdout.y))
+        )
         # what this client reports about its data at its join (the server holds none)
         self.report = pb.JoinRequest(
             num_examples=len(train.y),
@@ -424,6 +429,8 @@ class DeploymentClient:
             return
         try:
             params = self._call("download", lambda: self._download(task.version))
+            # under SecAgg+ the server learns nothing about one client: no evaluation
+            evaluation = None if task.HasField("secagg") else self._evaluate(params)
             delta, metrics, train_s = self._train(task, plan, params)
             state = None
             if self.transforms is not None:
@@ -435,7 +442,9 @@ class DeploymentClient:
                 if reply is None:
                     return
             else:
-                reply = self._call("upload", lambda: self._upload(task, delta, metrics, train_s))
+                reply = self._call(
+                    "upload", lambda: self._upload(task, delta, metrics, train_s, evaluation)
+                )
         except grpc.RpcError as err:
             self.stats.refused += 1
             log.warning("task %s refused by the server: %s", task.task_id, err.details())
@@ -507,6 +516,18 @@ class DeploymentClient:
         self.stats.bytes_down += size
         self.held = (version, params)
         return params
+
+    def _evaluate(self, params: np.ndarray) -> tuple[float, float, int] | None:
+        """The received model's mean loss and accuracy on this client's hold-out (None
+        without one), reported with the update (``UploadHeader.eval_*``)."""
+        if self.holdout is None:
+            return None
+        from fedloom.client.trainer import evaluate_model
+
+        self.trainer.flat.load(params)
+        with torch.no_grad():
+            loss, correct = evaluate_model(self.trainer.model, *self.holdout)
+        return float(loss.mean()), float(correct.mean()), len(correct)
 
     def _train(
         self, task: pb.Task, plan: TrainPlan, params: np.ndarray
@@ -638,9 +659,11 @@ class DeploymentClient:
         vector: np.ndarray,
         metrics: ClientMetrics | None,
         train_s: float,
+        evaluation: tuple[float, float, int] | None = None,
     ) -> pb.UploadReply:
         """Stream one update (float32), or under SecAgg+ a masked input (unsigned ints,
-        ``metrics`` None: the server learns no per-client loss or step count)."""
+        ``metrics`` None: the server learns no per-client loss or step count);
+        ``evaluation``: the received model's (loss, accuracy, examples) on the hold-out."""
         payload = np.ascontiguousarray(vector, dtype=vector.dtype.newbyteorder("<")).tobytes()
         facts = (
             {}
@@ -653,6 +676,9 @@ class DeploymentClient:
                 "train_s": train_s,
             }
         )
+        if metrics is not None and evaluation is not None:
+            names = ("eval_loss", "eval_accuracy", "eval_examples")
+            facts |= dict(zip(names, evaluation, strict=True))
         header = pb.UploadHeader(
             task_id=task.task_id,
             round=task.round,

@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 import grpc
 import numpy as np
 
+from fedloom.client.evaluation import ReportedEvaluation
 from fedloom.client.schedule import NO_CAP, steps_for
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError, FedloomError, UpdateRejected
@@ -280,6 +281,8 @@ class _Round:
     applied: dict[int, bytes] = dataclasses.field(default_factory=dict)  # client -> sha256
     rejected: dict[int, UpdateRejected] = dataclasses.field(default_factory=dict)
     up_kbps: dict[int, float] = dataclasses.field(default_factory=dict)  # measured transfers
+    # applied uploads' evaluations of the received model: (loss, accuracy, examples)
+    evaluations: dict[int, tuple[float, float, int]] = dataclasses.field(default_factory=dict)
     down_kbps: dict[int, float] = dataclasses.field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
@@ -693,6 +696,11 @@ class DeploymentServer(rpc.FedloomServicer):
             refused,
             now=now,
         )
+        if isinstance(engine.evaluator, ReportedEvaluation):  # no central evaluation set
+            completed = set(result.completed)
+            engine.evaluator.report(
+                {c: e for c, e in rnd.evaluations.items() if c in completed}
+            )
         measured = np.array(sorted(rnd.up_kbps.keys() | rnd.down_kbps.keys()), dtype=np.int64)
         engine.registry.record_bandwidth(
             measured,
@@ -1218,6 +1226,17 @@ class DeploymentServer(rpc.FedloomServicer):
         context: grpc.ServicerContext,
         kbps: float,
     ) -> pb.UploadReply:
+        evaluation = None
+        if h.eval_examples:
+            with self._cond:
+                holdout = self.holdout_sizes.get(cid)
+            refusal = reported_evaluation_error(h, holdout)
+            if refusal is not None:
+                kind, why = refusal
+                invalid = grpc.StatusCode.INVALID_ARGUMENT
+                self._refuse(context, invalid, kind, f"client-{cid}: {why}")
+            if holdout is not None:  # joined this server process: its hold-out is known
+                evaluation = (float(h.eval_loss), float(h.eval_accuracy), int(h.eval_examples))
         update = Update(
             cid,
             int(h.round),
@@ -1251,6 +1270,8 @@ class DeploymentServer(rpc.FedloomServicer):
                     why = str(err)
                 else:
                     rnd.applied[cid] = h.sha256
+                    if evaluation is not None:
+                        rnd.evaluations[cid] = evaluation
                     rnd.arrival[cid] = time.perf_counter()
                     rnd.bytes_up += len(payload)
                     rnd.up_kbps[cid] = kbps
@@ -1259,6 +1280,24 @@ class DeploymentServer(rpc.FedloomServicer):
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             why = f"update for task {h.task_id!r} from client-{cid} is stale: {why}"
         self._refuse(context, code, kind, why)
+
+
+def reported_evaluation_error(
+    h: pb.UploadHeader, holdout: int | None
+) -> tuple[_K, str] | None:
+    """Why the evaluation an upload reports cannot be taken, with the refusal's kind
+    (None if it can): a loss that is not finite or negative, an accuracy outside [0, 1],
+    or more examples than the hold-out the client reported at its join (``holdout``;
+    None: it joined an earlier server process, so the report is not used)."""
+    loss, accuracy, n = float(h.eval_loss), float(h.eval_accuracy), int(h.eval_examples)
+    if not math.isfinite(loss) or not math.isfinite(accuracy):
+        return _K.NONFINITE, f"eval_loss = {loss}, eval_accuracy = {accuracy}"
+    if loss < 0 or not 0.0 <= accuracy <= 1.0:
+        return _K.MALFORMED, f"eval_loss = {loss} (>= 0), eval_accuracy = {accuracy} (0..1)"
+    if n < 0 or (holdout is not None and n > holdout):
+        limit = "?" if holdout is None else holdout
+        return _K.BAD_COUNT, f"eval_examples = {n}, expected 0..{limit} (its hold-out at join)"
+    return None
 
 
 def _names(ids: list[int] | set[int], most: int = 20) -> str:
