@@ -10,11 +10,10 @@ import pathlib
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_errors import one_line_error, runner
 
 from fedloom.cli import app
 
-runner = CliRunner()
 SMALL = [
     "--set",
     "rounds=2",
@@ -28,18 +27,6 @@ SMALL = [
 @pytest.fixture(autouse=True)
 def one_thread():
     torch.set_num_threads(1)
-
-
-def one_line_error(args: list[str], *needles: str) -> str:
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.output  # progress may precede
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def run_args(out: pathlib.Path, *extra: str) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_errors import one_line_error, runner
 
 from fedloom.assemble import resume_simulation, start_simulation
 from fedloom.cli import app
@@ -26,7 +26,6 @@ from fedloom.runs import RunDirectory
 from fedloom.server.engine import RoundEngine
 from fedloom.sim import Simulation
 
-runner = CliRunner()
 ROUNDS = 6
 TINY = [
     f"rounds={ROUNDS}",
@@ -83,18 +82,6 @@ def resume_to_end(path: Path) -> Simulation:
     sim = resume_simulation(path)
     sim.run()
     return sim
-
-
-def one_line_error(args: list[str], *needles: str) -> str:
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.output  # progress may precede
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def start_run(out: Path, *extra: str) -> subprocess.Popen:
