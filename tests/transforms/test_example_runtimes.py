@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "transport"))
 
-from inprocess import SMALL_RUN, serve_in_thread  # noqa: E402
+from inprocess import SMALL_RUN, run_insecure_clients, serve_in_thread  # noqa: E402
 
 from fedloom.assemble import resume_simulation, start_simulation  # noqa: E402
 from fedloom.config import load_config, to_toml  # noqa: E402
@@ -77,13 +76,7 @@ def test_the_example_runs_in_the_simulator_and_over_grpc(tmp_path: Path) -> None
     options = ServerOptions(port=0, insecure=True, linger_s=0.5)
     server, port, thread = serve_in_thread(tmp_path / "grpc", [ENTRY], options)
     data = tmp_path / "grpc" / "data"
-    for i in range(3):
-        client = DeploymentClient(f"127.0.0.1:{port}", client_dir(data, i), insecure=True)
-        threading.Thread(target=client.run, daemon=True).start()
-    thread.join(120)
-    alive = thread.is_alive()
-    server.stop()
-    assert not alive
+    run_insecure_clients(server, thread, tmp_path / "grpc", [0, 1, 2], timeout_s=120)
     deployed, arrays = last_params(next((tmp_path / "grpc" / "runs").iterdir()))
     np.testing.assert_allclose(deployed, simulated, atol=ATOL)
     # a deployed client keeps its own state in its data folder; the server holds none

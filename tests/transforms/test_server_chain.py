@@ -94,14 +94,17 @@ def test_row_transforms_refuse_a_secure_sum() -> None:
         srv.close_round()
 
 
+class Calls:
+    """A client transform counting the rounds its client took part in."""
+
+    def init(self, dim):
+        return {"n": np.zeros((), np.int64)}
+
+    def apply(self, updates, state, ctx):
+        return updates, {"n": state["n"] + 1}
+
+
 def test_simulated_clients_states_are_saved_with_the_server() -> None:
-    class Calls:
-        def init(self, dim):
-            return {"n": np.zeros((), np.int64)}
-
-        def apply(self, updates, state, ctx):
-            return updates, {"n": state["n"] + 1}
-
     store = ClientStates(chain(Calls()), D)
     srv = server(client_states=store)
     store.apply(np.zeros((2, D), np.float32), Context(1, np.array([1, 3])))
@@ -112,13 +115,6 @@ def test_simulated_clients_states_are_saved_with_the_server() -> None:
 
 
 def test_a_simulated_clients_state_advances_only_if_the_server_holds_its_update() -> None:
-    class Calls:
-        def init(self, dim):
-            return {"n": np.zeros((), np.int64)}
-
-        def apply(self, updates, state, ctx):
-            return updates, {"n": state["n"] + 1}
-
     store = ClientStates(chain(Calls()), D)
     srv = server(client_states=store)
     ds = srv.begin_round()

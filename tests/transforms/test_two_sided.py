@@ -4,7 +4,6 @@ decodes each update on receipt, in the simulator and over gRPC alike."""
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +11,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "transport"))
 
-from inprocess import SMALL_RUN, serve_in_thread  # noqa: E402
+from inprocess import SMALL_RUN, run_insecure_clients, serve_in_thread  # noqa: E402
 
 from fedloom.assemble import start_simulation  # noqa: E402
 from fedloom.config import load_config  # noqa: E402
-from fedloom.data.storage import client_dir  # noqa: E402
 from fedloom.errors import ConfigError, RejectionKind, UpdateRejected  # noqa: E402
 from fedloom.optim import FedAvg  # noqa: E402
 from fedloom.records import ClientMetrics, TrainPlan, Update  # noqa: E402
 from fedloom.server.convergence import ConvergenceMonitor  # noqa: E402
 from fedloom.server.sync import SyncServer  # noqa: E402
 from fedloom.transforms import TwoSided, chain  # noqa: E402
-from fedloom.transport.client import DeploymentClient  # noqa: E402
 from fedloom.transport.server import ServerOptions  # noqa: E402
 
 ATOL = 1e-4  # simulator vs deployed clients' training (as in test_deployment)
@@ -79,14 +76,7 @@ def test_the_server_half_decodes_uploads_over_grpc(tmp_path: Path) -> None:
     plain = run(tmp_path / "plain").params
     options = ServerOptions(port=0, insecure=True, linger_s=0.5)
     server, port, thread = serve_in_thread(tmp_path / "grpc", [FLIP], options)
-    data = tmp_path / "grpc" / "data"
-    for i in range(3):
-        client = DeploymentClient(f"127.0.0.1:{port}", client_dir(data, i), insecure=True)
-        threading.Thread(target=client.run, daemon=True).start()
-    thread.join(120)
-    alive = thread.is_alive()
-    server.stop()
-    assert not alive
+    run_insecure_clients(server, thread, tmp_path / "grpc", [0, 1, 2], timeout_s=120)
     np.testing.assert_allclose(server.engine.server.params, plain, atol=ATOL)
     assert int(server.engine.server.decode_state["0"]["decoded"]) == 6
 

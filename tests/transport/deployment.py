@@ -173,6 +173,15 @@ class Deployment:
         code = self.server.wait(timeout)
         assert code == 0, f"server exited with {code}: {self.logs()}"
 
+    def play(self) -> None:
+        """Start the server and every client, then wait until the run ends and every
+        client has exited 0."""
+        self.start_server()
+        clients = [self.start_client(i) for i in range(self.clients)]
+        self.wait_server()
+        for proc in clients:
+            assert proc.wait(60) == 0, self.logs()
+
     def records(self) -> list[dict]:
         assert self.run_path is not None
         return RunDirectory(self.run_path).records()

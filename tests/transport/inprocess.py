@@ -56,3 +56,22 @@ def client_threads(port: int, root: Path, ids: list[int], certs: Path) -> list[t
     for t in threads:
         t.start()
     return threads
+
+
+def run_insecure_clients(
+    server: DeploymentServer,
+    thread: threading.Thread,
+    root: Path,
+    ids: list[int],
+    timeout_s: float = 180.0,
+) -> None:
+    """Honest plaintext clients (threads) for ``ids`` against ``server`` until its run
+    ends; the server is stopped either way, and a run that did not end fails the test."""
+    for i in ids:
+        folder = client_dir(root / "data", i)
+        client = DeploymentClient(f"127.0.0.1:{server.port}", folder, insecure=True)
+        threading.Thread(target=client.run, daemon=True).start()
+    thread.join(timeout_s)
+    alive = thread.is_alive()
+    server.stop()
+    assert not alive, "the run did not finish"

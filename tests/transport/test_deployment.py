@@ -46,11 +46,7 @@ def rounds_of(d: Deployment) -> list[dict]:
 
 def test_mtls_run_matches_the_simulator(deployment: Deployment) -> None:
     d = deployment
-    d.start_server()
-    clients = [d.start_client(i) for i in range(d.clients)]
-    d.wait_server()
-    for proc in clients:
-        assert proc.wait(60) == 0, d.logs()
+    d.play()
     rounds = rounds_of(d)
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert all(r["status"] == "aggregated" and r["completed"] == d.clients for r in rounds)
@@ -82,11 +78,7 @@ def test_central_dp_over_mtls_matches_the_simulator(tmp_path: Path) -> None:
     )
     d = Deployment(tmp_path, rounds=rounds, extra=extra)
     try:
-        d.start_server()
-        clients = [d.start_client(i) for i in range(d.clients)]
-        d.wait_server()
-        for proc in clients:
-            assert proc.wait(60) == 0, d.logs()
+        d.play()
     finally:
         d.close()
     rounds_seen = rounds_of(d)
@@ -105,11 +97,7 @@ def test_secure_aggregation_over_mtls_matches_the_simulator(tmp_path: Path) -> N
     extra = '[secagg]\nenabled = true\nbits = 16\nrounding = "stochastic"\nclip = 0.5\n'
     d = Deployment(tmp_path, rounds=3, extra=extra)
     try:
-        d.start_server()
-        clients = [d.start_client(i) for i in range(d.clients)]
-        d.wait_server()
-        for proc in clients:
-            assert proc.wait(60) == 0, d.logs()
+        d.play()
     finally:
         d.close()
     rounds = rounds_of(d)

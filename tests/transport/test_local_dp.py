@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
-from inprocess import serve_in_thread
+from inprocess import run_insecure_clients, serve_in_thread
 
-from fedloom.data.storage import client_dir
 from fedloom.privacy.calibration import analytic_gaussian_sigma
-from fedloom.transport.client import DeploymentClient
 from fedloom.transport.messages import LocalDP
 from fedloom.transport.server import ServerOptions
 
@@ -32,15 +29,7 @@ def test_local_dp_run_over_grpc_is_accounted(tmp_path: Path) -> None:
     options = ServerOptions(port=0, insecure=True, linger_s=0.5)
     overrides = ['privacy.mode="local"', "privacy.local_epsilon=8"]
     server, port, thread = serve_in_thread(tmp_path, overrides, options)
-    for i in range(3):
-        client = DeploymentClient(
-            f"127.0.0.1:{port}", client_dir(tmp_path / "data", i), insecure=True
-        )
-        threading.Thread(target=client.run, daemon=True).start()
-    thread.join(180)
-    alive = thread.is_alive()
-    server.stop()
-    assert not alive
+    run_insecure_clients(server, thread, tmp_path, [0, 1, 2])
     rounds = [r for r in server.engine.run_dir.records() if r.get("event") == "round"]
     assert [r["completed"] for r in rounds] == [3, 3]
     assert rounds[-1]["epsilon"] > 0

@@ -4,17 +4,14 @@ gRPC runs (plain, secure aggregation with central DP) validate against
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
-from inprocess import serve_in_thread
+from inprocess import run_insecure_clients, serve_in_thread
 
 from fedloom.assemble import start_simulation
 from fedloom.config import load_config
-from fedloom.data.storage import client_dir
 from fedloom.metrics import RecordError, RoundRecord, SecAggRecord, StartRecord, parse, validate
-from fedloom.transport.client import DeploymentClient
 from fedloom.transport.server import ServerOptions
 
 SMALL = ["rounds=2", "partition.num_clients=4", "server.clients_per_round=3"]
@@ -38,15 +35,7 @@ def _simulated(tmp_path: Path, extra: list[str]) -> list[dict]:
 def _deployed(tmp_path: Path, extra: list[str]) -> list[dict]:
     options = ServerOptions(port=0, insecure=True, linger_s=0.5, min_clients=3)
     server, port, thread = serve_in_thread(tmp_path, extra, options)
-    for i in range(3):
-        client = DeploymentClient(
-            f"127.0.0.1:{port}", client_dir(tmp_path / "data", i), insecure=True
-        )
-        threading.Thread(target=client.run, daemon=True).start()
-    thread.join(120)
-    alive = thread.is_alive()
-    server.stop()
-    assert not alive, "the run did not finish"
+    run_insecure_clients(server, thread, tmp_path, [0, 1, 2], timeout_s=120)
     return server.engine.run_dir.records()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from inprocess import serve_in_thread
+from inprocess import run_insecure_clients, serve_in_thread
 
 from fedloom.assemble import deployment_server, open_deployment, start_simulation
 from fedloom.config import load_config
@@ -22,16 +22,6 @@ from fedloom.transport.client import DeploymentClient
 from fedloom.transport.server import DeploymentServer, ServerOptions
 
 OPTIONS = ServerOptions(port=0, insecure=True, linger_s=0.5)
-
-
-def run_clients(server: DeploymentServer, port: int, root: Path, ids: list[int], thread) -> None:
-    for i in ids:
-        client = DeploymentClient(f"127.0.0.1:{port}", client_dir(root / "data", i), insecure=True)
-        threading.Thread(target=client.run, daemon=True).start()
-    thread.join(180)
-    alive = thread.is_alive()
-    server.stop()
-    assert not alive, "the run finished"
 
 
 def records(server: DeploymentServer, event: str = "round") -> list[dict]:
@@ -58,7 +48,7 @@ def test_a_model_version_is_downloadable_only_after_its_release_is_charged(tmp_p
     server, port, thread = serve_in_thread(tmp_path, overrides, OPTIONS)
     published = Published(server._models, server.engine.run_dir.path / "privacy.json")
     server._models = published
-    run_clients(server, port, tmp_path, [0, 1, 2], thread)
+    run_insecure_clients(server, thread, tmp_path, [0, 1, 2])
     assert [v for v, _ in published.charged_when_published] == [1, 2, 3]
     for version, charged in published.charged_when_published:
         assert charged >= version, f"version {version} was downloadable before being charged"
@@ -74,7 +64,7 @@ def test_fixed_size_sampling_draws_from_all_clients_not_only_those_online(tmp_pa
         "server.clients_per_round=2",
     ]
     server, port, thread = serve_in_thread(tmp_path, overrides, OPTIONS)
-    run_clients(server, port, tmp_path, [0, 1], thread)  # client 2 never comes online
+    run_insecure_clients(server, thread, tmp_path, [0, 1])  # client 2 never comes online
     rounds = records(server)
     assert len(rounds) == 8 and all(r["dispatched"] == 2 for r in rounds)
     # the offline client is drawn like any other (P[never in 8 rounds] = 3^-8): drawing
@@ -98,7 +88,7 @@ def test_local_dp_reports_the_worst_clients_composition_and_stops_at_the_budget(
         "rounds=4",
     ]
     server, port, thread = serve_in_thread(tmp_path, overrides, OPTIONS)
-    run_clients(server, port, tmp_path, [0, 1, 2], thread)
+    run_insecure_clients(server, thread, tmp_path, [0, 1, 2])
     rounds = records(server)
     assert [r["status"] for r in rounds] == ["aggregated", "aggregated", "skipped"]
     assert rounds[-1]["dispatched"] == 0, "the third upload was never asked for"
@@ -150,7 +140,7 @@ def test_a_killed_and_resumed_server_keeps_every_release_charged(tmp_path):
     second = threading.Thread(target=serve_resumed, daemon=True)
     second.start()
     resumed = ready.get(timeout=120)
-    run_clients(resumed, resumed.port, tmp_path, [0, 1, 2], second)
+    run_insecure_clients(resumed, second, tmp_path, [0, 1, 2])
     ledger = json.loads((path / "privacy.json").read_text())["events"]
     assert ledger[: len(first_life)] == first_life, "nothing charged before the kill is lost"
     replayed = ledger[len(first_life) :]
@@ -178,7 +168,7 @@ def test_distributed_dp_over_grpc_refuses_to_unmask_past_the_budget(tmp_path):
     options = ServerOptions(port=0, insecure=True, client_timeout_s=3.0, linger_s=0.5)
     overrides = [*run, f"privacy.budget_epsilon={budget}", 'privacy.budget_policy="stop"']
     server, port, thread = serve_in_thread(tmp_path, overrides, options)
-    run_clients(server, port, tmp_path, [0, 1, 2, 3], thread)
+    run_insecure_clients(server, thread, tmp_path, [0, 1, 2, 3])
     rounds = records(server)
     assert [r["status"] for r in rounds] == ["aggregated", "skipped"]
     assert "privacy budget" in rounds[1]["skip_reason"]
@@ -202,7 +192,7 @@ def test_quorum_over_grpc_decides_on_a_noisy_count_and_charges_every_attempt(tmp
     ]
     options = ServerOptions(port=0, insecure=True, linger_s=0.5, min_clients=2)
     server, port, thread = serve_in_thread(tmp_path, overrides, options)
-    run_clients(server, port, tmp_path, [0, 1], thread)  # client 2 never comes online
+    run_insecure_clients(server, thread, tmp_path, [0, 1])  # client 2 never comes online
     rounds = records(server)
     entries = server.engine.ledger.entries
     assert len(entries) == len(rounds), "retried and skipped attempts are charged too"
