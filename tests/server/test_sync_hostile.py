@@ -17,7 +17,8 @@ from fedloom.optim import FedAvg
 from fedloom.records import ClientMetrics, Dispatch, TrainPlan, Update
 from fedloom.server.convergence import ConvergenceMonitor
 from fedloom.server.registry import ClientRegistry, Completion
-from fedloom.server.sync import MAX_UPDATE_NORM, SyncServer
+from fedloom.server.sync import SyncServer
+from fedloom.transforms.validation import MAX_UPDATE_NORM
 
 DIM = 6
 

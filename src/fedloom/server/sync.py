@@ -53,7 +53,7 @@ from fedloom.transforms.base import (
 )
 from fedloom.transforms.clipping import AdaptiveClipL2, ClipL2
 from fedloom.transforms.privacy import CentralRelease
-from fedloom.transforms.validation import MAX_UPDATE_NORM, Validate
+from fedloom.transforms.validation import Validate
 
 Combine = Callable[[np.ndarray], np.ndarray]
 _XFORM = "xform.server."  # checkpoint arrays holding the server transforms' state
@@ -64,10 +64,6 @@ _CLIENT_XFORM = "xform.client."  # ... and the simulated clients' (see SyncServe
 def client_seed(run_seed: int, round: int, client_id: int) -> int:
     """The seed of one client's local work in one round (independent of executor and order)."""
     return int(client_seeds(run_seed, round, np.array([client_id]))[0])
-
-
-# MAX_UPDATE_NORM stays importable from here; the checks live in transforms.validation
-__all__ = ["MAX_UPDATE_NORM", "SyncServer", "client_seed"]
 
 
 def _exclusions(rnd: _OpenRound, done: set[int]) -> tuple[Exclusion, ...]:
