@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from fedloom.config import ModelConfig
+from fedloom.errors import ConfigError
 from fedloom.models import MLP, build_model
 from fedloom.params import module_vector
 
@@ -83,3 +85,18 @@ def test_mlp_without_hidden_is_logistic() -> None:
     mlp = MLP(4, (), 3)
     assert len(mlp) == 1 and isinstance(mlp[0], nn.Linear)
     assert (mlp[0].in_features, mlp[0].out_features) == (4, 3)
+
+
+def test_weights_are_those_of_an_mlp_built_under_the_seed() -> None:
+    """The seed draws the same initial weights as before models became tasks, so runs
+    and checkpoints of earlier versions reproduce."""
+    model = build_model(ModelConfig(hidden=(8,)), 6, 3, seed=11)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        expected = MLP(6, (8,), 3)
+    assert (module_vector(model) == module_vector(expected)).all()
+
+
+def test_image_models_need_image_shaped_data() -> None:
+    with pytest.raises(ConfigError, match=r"model.kind = 'cnn' needs images \[C, H, W\]"):
+        build_model(ModelConfig(kind="cnn"), 64, 10, seed=0)

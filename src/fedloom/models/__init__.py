@@ -1,5 +1,21 @@
-"""Lightweight models for federated training on small devices."""
+"""Lightweight models for federated training on small devices: an MLP for any example
+shape, a LeNet-style CNN for images and a GRU character model, each a ``Task`` built
+from a seed (``builtin_task``), and what one forward pass costs (``model_stats``)."""
 
-from fedloom.models.zoo import MLP, build_model
+from fedloom.models.char import CharGRU, GRULayer
+from fedloom.models.cnn import LeNet
+from fedloom.models.mlp import MLP
+from fedloom.models.stats import ModelStats, model_stats
+from fedloom.models.zoo import BUILTIN_KINDS, build_model, builtin_task
 
-__all__ = ["MLP", "build_model"]
+__all__ = [
+    "BUILTIN_KINDS",
+    "MLP",
+    "CharGRU",
+    "GRULayer",
+    "LeNet",
+    "ModelStats",
+    "build_model",
+    "builtin_task",
+    "model_stats",
+]
