@@ -42,9 +42,20 @@ CORE = {
     "data",
     "models",
     "client",
+    "task",
 }
 ORCHESTRATION = {"server"}
-FACES = {"cli", "cli_certs", "report", "console", "assemble", "__main__", "__init__"}
+FACES = {
+    "cli",
+    "cli_certs",
+    "report",
+    "console",
+    "progress",
+    "api",
+    "assemble",
+    "__main__",
+    "__init__",
+}
 # what each runtime may import besides itself
 RUNTIMES = {
     "sim": CORE | ORCHESTRATION,

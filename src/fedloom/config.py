@@ -32,20 +32,62 @@ class SyntheticConfig(_Section):
     num_classes: int = Field(10, ge=2)
 
 
+FOLDER_SOURCES = ("mnist", "cifar10", "femnist", "shakespeare", "huggingface")
+LEAF_SOURCES = ("femnist", "shakespeare")  # partitioned by their users: natural by default
+
+
 class DataConfig(_Section):
-    source: Literal["digits", "synthetic", "file"] = "digits"
-    path: Path | None = None
+    """Where the data comes from (``fedloom.data``): bundled digits, FedProx synthetic
+    data, a user's .npz/.csv file, or a standard dataset read from a folder the user has
+    (MNIST's IDX files, CIFAR-10's binary batches, LEAF's FEMNIST or Shakespeare JSON, a
+    Hugging Face dataset saved with ``save_to_disk``); nothing is downloaded."""
+
+    source: Literal[
+        "digits", "synthetic", "file", "mnist", "cifar10", "femnist", "shakespeare", "huggingface"
+    ] = "digits"
+    path: Path | None = Field(None, description="the file (file) or folder (dataset sources)")
     label_column: str | int = -1
-    group_column: str | int | None = None
-    test_fraction: float = Field(0.2, gt=0, lt=1)
+    group_column: str | int | None = Field(
+        None, description="per-sample client ids: a file's column or a huggingface column"
+    )
+    x_column: str | None = Field(None, description="huggingface: the input column")
+    y_column: str | None = Field(None, description="huggingface: the target column")
+    train_split: str = Field("train", description="huggingface: the training split")
+    test_split: str = Field(
+        "test", description='huggingface: the test split ("": take test_fraction of train)'
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="held out for testing when the source has no test split"
+    )
     standardize: bool = True
     client_holdout: float = Field(0.0, ge=0, lt=1)
     synthetic: SyntheticConfig = SyntheticConfig()
 
     @model_validator(mode="after")
     def _path_for_files(self) -> DataConfig:
-        if self.source == "file" and self.path is None:
-            raise ValueError("data.source = 'file' needs data.path")
+        if self.path is None and self.source == "file":
+            raise ValueError("data.source = 'file' needs data.path (a .npz or .csv file)")
+        if self.path is None and self.source in FOLDER_SOURCES:
+            raise ValueError(
+                f"data.source = {self.source!r} needs data.path (the folder of its files; "
+                "nothing is downloaded)"
+            )
+        if self.source == "huggingface":
+            if self.x_column is None or self.y_column is None:
+                raise ValueError(
+                    "data.source = 'huggingface' needs data.x_column and data.y_column"
+                )
+            if self.group_column is not None and not isinstance(self.group_column, str):
+                raise ValueError("data.group_column must be a column name for huggingface")
+            if self.test_split == self.train_split:
+                raise ValueError(
+                    f"data.test_split = data.train_split = {self.train_split!r}: the test set "
+                    "would be the training data"
+                )
+        elif self.x_column is not None or self.y_column is not None:
+            raise ValueError(
+                f"data.x_column and data.y_column apply to huggingface, not {self.source!r}"
+            )
         return self
 
 
@@ -63,13 +105,47 @@ class PartitionConfig(_Section):
         return self
 
 
+BUILTIN_MODELS = ("mlp", "logistic", "cnn", "char")
+_OPTION = str | int | float | bool | list[str | int | float | bool]
+
+
 class ModelConfig(_Section):
-    kind: Literal["mlp", "logistic"] = "mlp"
+    """The model: a built-in kind (``fedloom.models``) or a user task by import path,
+    ``"module:package.module:attribute"`` (``fedloom.task.import_task``)."""
+
+    kind: str = Field("mlp", description="mlp, logistic, cnn, char or module:pkg.mod:attr")
     hidden: tuple[Annotated[int, Field(ge=1)], ...] = (32,)
+    norm: Literal["none", "group", "batch"] = Field(
+        "none", description="cnn: normalization (group trains vectorized; batch has buffers)"
+    )
+    options: dict[str, _OPTION] = Field(
+        default_factory=dict, description="keyword arguments of a module: task factory"
+    )
+    input_shape: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(
+        None, description="one example's shape (deployment; the simulator checks the data)"
+    )
     # the data's shape, for a deployment server (which holds no data); the simulator
     # checks them against the data it builds
     num_features: int | None = Field(None, ge=1, description="input features (deployment)")
     num_classes: int | None = Field(None, ge=2, description="classes (deployment)")
+    targets: Literal["classes", "tokens", "values"] | None = Field(
+        None, description="what y holds (deployment; the simulator reads the data)"
+    )
+
+    @model_validator(mode="after")
+    def _known_kind(self) -> ModelConfig:
+        from fedloom.task import MODULE_PREFIX
+
+        if self.kind in BUILTIN_MODELS:
+            if self.options:
+                raise ValueError(f"model.options apply to module: tasks, not {self.kind!r}")
+            return self
+        if not re.fullmatch(rf"{MODULE_PREFIX}[\w.]+:[\w.]+", self.kind):
+            raise ValueError(
+                f"model.kind = {self.kind!r}: expected one of {', '.join(BUILTIN_MODELS)} "
+                f"or '{MODULE_PREFIX}package.module:attribute'"
+            )
+        return self
 
 
 _PLAN = TrainPlan()  # the defaults of a client's training settings (bounds: PLAN_BOUNDS)
@@ -369,7 +445,9 @@ class EvaluationConfig(_Section):
 
 
 class StoppingConfig(_Section):
-    metric: Literal["accuracy", "loss"] = "accuracy"
+    metric: str | None = Field(
+        None, description="loss or a metric of the task (default: its first metric)"
+    )
     target: float | None = None
     patience: int | None = Field(None, ge=1)
     min_delta: float = Field(0.0, ge=0)
@@ -465,9 +543,7 @@ class TransformsConfig(_Section):
 class RunConfig(_Section):
     """The whole experiment."""
 
-    name: str = Field(
-        "digits-fedavg", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100
-    )
+    name: str = Field("digits-fedavg", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     seed: int = Field(0, ge=0, le=2**63 - 1, description="a signed 64-bit integer")
     rounds: int = Field(50, ge=1)
     output_dir: Path = Path("runs")
@@ -490,14 +566,27 @@ class RunConfig(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     transforms: TransformsConfig = TransformsConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _leaf_users_are_clients(cls, values: Any) -> Any:
+        """A LEAF source's clients are its users unless the partition says otherwise:
+        partition.method defaults to 'natural' and partition.num_clients to 0 (all)."""
+        if not isinstance(values, dict):
+            return values
+        data, part = values.get("data"), values.get("partition", {})
+        source = data.get("source") if isinstance(data, dict) else getattr(data, "source", None)
+        if source not in LEAF_SOURCES or not isinstance(part, dict) or "method" in part:
+            return values
+        return {**values, "partition": {"method": "natural", "num_clients": 0, **part}}
+
     @model_validator(mode="after")
     def _cohort_fits(self) -> RunConfig:
         if self.partition.method == "natural" and not (
-            self.data.source == "synthetic" or self.data.group_column is not None
+            self.data.source in ("synthetic", *LEAF_SOURCES) or self.data.group_column is not None
         ):
             raise ValueError(
-                "partition.method = 'natural' needs per-sample client ids: "
-                "data.source = 'synthetic', or a file with data.group_column"
+                "partition.method = 'natural' needs per-sample client ids: data.source = "
+                "'synthetic', 'femnist' or 'shakespeare', or data.group_column"
             )
         if self.secagg.enabled and self.secagg.min_clients > self.server.clients_per_round:
             raise ValueError(

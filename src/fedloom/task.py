@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fedloom.errors import ConfigError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -277,6 +278,29 @@ class ResolvedTask:
         return next(iter(self.metrics), "loss")
 
 
+@dataclass(frozen=True)
+class DataShape:
+    """What a task needs to know about its data: one example's shape, the targets, the
+    number of classes (None for regression) and the model's output width (classes, or
+    the regression target's width)."""
+
+    sample_shape: tuple[int, ...]
+    targets: Targets
+    num_classes: int | None
+    outputs: int
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray, num_classes: int | None) -> DataShape:
+        """The shape of arrays ``x`` ``[n, ...]`` and ``y`` (as ``ArrayDataset`` holds them)."""
+        if num_classes is None:
+            targets: Targets = "values"
+            outputs = 1 if y.ndim == 1 else int(y.shape[1])
+        else:
+            targets = "tokens" if y.ndim == 2 else "classes"
+            outputs = int(num_classes)
+        return cls(tuple(int(s) for s in x.shape[1:]), targets, num_classes, outputs)
+
+
 # tasks from import paths ------------------------------------------------------------
 def import_task(kind: str, options: Mapping[str, Any] | None = None) -> Task:
     """The task named by ``model.kind = "module:pkg.mod:attr"`` (``attr`` may be dotted).
@@ -329,3 +353,84 @@ def import_task(kind: str, options: Mapping[str, Any] | None = None) -> Task:
     raise ConfigError(
         f"model.kind = {kind!r} returned {type(made).__name__}; expected a Task or an nn.Module"
     )
+
+
+# checking a task against its data before any work -----------------------------------
+def check_fit(
+    task: ResolvedTask,
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int | None,
+) -> None:
+    """Run the model, the loss and every metric on two examples and refuse, in one line,
+    what would otherwise fail mid-run: inputs the model cannot take, outputs the loss
+    cannot score (or that give a non-finite or non-scalar loss), fewer output classes
+    than the labels need, a metric that fails."""
+    import torch
+
+    if task.task.input_shape is not None and tuple(x.shape[1:]) != task.task.input_shape:
+        raise ConfigError(
+            f"task {task.name!r} takes inputs of shape {list(task.task.input_shape)}, but "
+            f"the data's examples have shape {list(x.shape[1:])}"
+        )
+    xb, yb = torch.from_numpy(x[:2]), torch.from_numpy(y[:2])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                out = model(xb)
+            except Exception as err:  # noqa: BLE001 - any failure is the user's to see
+                raise ConfigError(
+                    f"task {task.name!r}: the model cannot take inputs of shape "
+                    f"{list(x.shape[1:])} ({x.dtype}): {type(err).__name__}: {_first_line(err)}"
+                ) from None
+            if not isinstance(out, torch.Tensor):
+                raise ConfigError(
+                    f"task {task.name!r}: the model returned {type(out).__name__}, not a tensor"
+                )
+            if num_classes is not None and task.targets != "values":
+                width = int(out.shape[-1]) if out.ndim >= 2 else 1
+                if width < num_classes:
+                    raise ConfigError(
+                        f"task {task.name!r}: the model outputs {width} classes but the labels "
+                        f"need {num_classes} (labels 0..{num_classes - 1})"
+                    )
+            what = f"outputs of shape {list(out.shape)} and targets of shape {list(yb.shape)}"
+            try:
+                loss = task.loss.fn(out, yb)
+            except Exception as err:  # noqa: BLE001
+                raise ConfigError(
+                    f"task {task.name!r}: loss {task.loss.name!r} fails on {what}: "
+                    f"{type(err).__name__}: {_first_line(err)}"
+                ) from None
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+                raise ConfigError(
+                    f"task {task.name!r}: loss {task.loss.name!r} must return a scalar, got "
+                    f"{shape} for {what}"
+                )
+            if not torch.isfinite(loss):
+                raise ConfigError(
+                    f"task {task.name!r}: loss {task.loss.name!r} is {float(loss)} on {what}"
+                )
+            for name, each in task.metrics_each().items():
+                try:
+                    values = each(out, yb)
+                except Exception as err:  # noqa: BLE001
+                    raise ConfigError(
+                        f"task {task.name!r}: metric {name!r} fails on {what}: "
+                        f"{type(err).__name__}: {_first_line(err)}"
+                    ) from None
+                if tuple(values.shape) != (len(yb),):
+                    raise ConfigError(
+                        f"task {task.name!r}: metric {name!r} must give one value per example "
+                        f"(shape [{len(yb)}]), got {list(values.shape)} for {what}"
+                    )
+    finally:
+        model.train(was_training)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
