@@ -38,10 +38,13 @@ def test_round_trip_with_holdout(tmp_path: Path) -> None:
     write_partition(root, train, held)
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest == {
-        "format": 1,
+        "format": 2,
         "num_clients": 4,
         "num_classes": 5,
         "num_features": 4,
+        "sample_shape": [4],
+        "x_dtype": "float32",
+        "targets": "classes",
         "has_holdout": True,
     }
     assert sorted(p.name for p in (root / "client-000003").iterdir()) == [
@@ -94,8 +97,8 @@ def test_corrupt_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(DataError, match="manifest.json: corrupt"):
         read_partition(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": 2}))
-    with pytest.raises(DataError, match="unsupported format 2"):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 3}))
+    with pytest.raises(DataError, match="unsupported format 3"):
         read_partition(tmp_path)
     with pytest.raises(DataError, match="manifest.json: manifest not found"):
         read_partition(tmp_path / "elsewhere")
@@ -105,7 +108,7 @@ def test_wrong_shapes_in_files_are_named(tmp_path: Path) -> None:
     write_partition(tmp_path, make_partition())
     target = tmp_path / "client-000000" / "train.npz"
     np.savez(target, x=np.zeros((2, 3)), y=np.zeros(2, int))
-    with pytest.raises(DataError, match="client-000000.train.npz: has 3 features"):
+    with pytest.raises(DataError, match=r"client-000000.train.npz: has sample shape \[3\]"):
         read_partition(tmp_path)
     np.savez(target, x=np.zeros((2, 4)), y=np.array([0, 9]))
     with pytest.raises(DataError, match=r"client-000000.train.npz: y\[1\] = 9"):

@@ -1,22 +1,39 @@
 """In-memory containers for a centralized dataset and for all clients' shards of it.
 
 Both containers validate and normalize their arrays once, at construction, so every later
-consumer (partitioners, trainers, storage) can rely on float32 C-contiguous features and int64
-labels in ``[0, num_classes)`` without re-checking.
+consumer (partitioners, trainers, storage) can rely on what they hold without re-checking:
+
+- ``x`` ``[n, ...]`` (at least 2-D): real features as finite float32 (images
+  ``[n, C, H, W]``, tables ``[n, f]``), or integer ids as int64 >= 0 (token sequences
+  ``[n, T]``, categorical inputs), always C-contiguous;
+- ``y``: with ``num_classes`` an int, int64 class labels ``[n]`` (``"classes"``) or token
+  targets ``[n, T]`` (``"tokens"``) in ``[0, num_classes)``; with ``num_classes=None``,
+  finite float32 regression targets ``[n]`` or ``[n, k]`` (``"values"``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedloom.errors import DataError
 
+if TYPE_CHECKING:
+    from fedloom.task import Targets
 
-def _as_features(x: np.ndarray, what: str = "x") -> np.ndarray:
-    """Return ``x`` as a finite float32 C-contiguous 2-D array, or raise naming the problem."""
+
+def _at(index: np.ndarray) -> str:
+    """``[3]`` or ``[3, 7]``: an element's index as the error messages write it."""
+    return "[" + ", ".join(str(int(i)) for i in index) + "]"
+
+
+def _as_inputs(x: np.ndarray, what: str = "x") -> np.ndarray:
+    """``x`` as float32 (real features, finite) or int64 (ids, >= 0), C-contiguous and at
+    least 2-D, or raise naming the problem and its first offending element."""
     x = np.asarray(x)
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise DataError(f"{what} must be numeric, got dtype {x.dtype}")
@@ -25,58 +42,122 @@ def _as_features(x: np.ndarray, what: str = "x") -> np.ndarray:
             f"{what} has complex dtype {x.dtype}: its imaginary part would be lost; give real "
             "features (e.g. the real and imaginary parts as separate columns)"
         )
-    if x.ndim != 2:
-        raise DataError(f"{what} must be 2-D [samples, features], got shape {x.shape}")
+    if x.ndim < 2:
+        raise DataError(f"{what} must be at least 2-D [samples, ...], got shape {x.shape}")
+    if np.issubdtype(x.dtype, np.integer):
+        if x.dtype == np.uint64 and x.size and x.max() > np.iinfo(np.int64).max:
+            raise DataError(f"{what} holds ids above the int64 range (max {x.max()})")
+        x = np.ascontiguousarray(x, dtype=np.int64)
+        negative = x < 0
+        if negative.any():
+            at = np.argwhere(negative)[0]
+            raise DataError(
+                f"{what}{_at(at)} = {x[tuple(at)]}: integer inputs are token or category "
+                "ids and must be >= 0 (give float features as a float array)"
+            )
+        return x
     x = np.ascontiguousarray(x, dtype=np.float32)
     finite = np.isfinite(x)
     if not finite.all():
-        row, col = np.argwhere(~finite)[0]
-        raise DataError(
-            f"{what} contains NaN/inf (first at row {row}, feature {col}: {x[row, col]})"
-        )
+        at = np.argwhere(~finite)[0]
+        where = f"feature {at[1]}" if x.ndim == 2 else f"element {_at(at[1:])}"
+        raise DataError(f"{what} contains NaN/inf (first at row {at[0]}, {where}: {x[tuple(at)]})")
     return x
 
 
-def _as_labels(y: np.ndarray, n: int, num_classes: int, what: str = "y") -> np.ndarray:
-    """Return ``y`` as int64 [n] within ``[0, num_classes)``, or raise naming the problem."""
+def _as_targets(y: np.ndarray, n: int, num_classes: int | None, what: str = "y") -> np.ndarray:
+    """``y`` as int64 labels ``[n]`` / tokens ``[n, T]`` in ``[0, num_classes)``, or, with
+    ``num_classes=None``, as finite float32 regression targets ``[n]`` / ``[n, k]``."""
     y = np.asarray(y)
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{what} must hold integer class labels, got dtype {y.dtype}")
-    if y.ndim != 1 or y.shape[0] != n:
+    if num_classes is None:
+        if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) or np.iscomplexobj(y):
+            raise DataError(f"{what} must hold real regression targets, got dtype {y.dtype}")
+        if y.ndim not in (1, 2) or y.shape[0] != n or (y.ndim == 2 and y.shape[1] == 0):
+            raise DataError(
+                f"{what} must be regression targets [{n}] or [{n}, k] (one row per row of x), "
+                f"got shape {y.shape}"
+            )
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        finite = np.isfinite(y)
+        if not finite.all():
+            at = np.argwhere(~finite)[0]
+            raise DataError(f"{what}{_at(at)} = {y[tuple(at)]}: regression targets must be finite")
+        return y
+    if not (np.issubdtype(y.dtype, np.integer) or (y.size == 0 and y.dtype.kind in "fb")):
         raise DataError(
-            f"{what} must be 1-D with {n} labels (one per row of x), got shape {y.shape}"
+            f"{what} must hold integer class labels, got dtype {y.dtype} "
+            "(num_classes=None takes real-valued regression targets)"
+        )
+    if y.ndim not in (1, 2) or y.shape[0] != n or (y.ndim == 2 and y.shape[1] == 0):
+        raise DataError(
+            f"{what} must be 1-D with {n} labels (one per row of x) or token targets "
+            f"[{n}, T], got shape {y.shape}"
         )
     y = np.ascontiguousarray(y, dtype=np.int64)
-    bad = np.flatnonzero((y < 0) | (y >= num_classes))
-    if bad.size:
-        raise DataError(f"{what}[{bad[0]}] = {y[bad[0]]} is outside [0, num_classes={num_classes})")
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        at = np.argwhere(bad)[0]
+        raise DataError(
+            f"{what}{_at(at)} = {y[tuple(at)]} is outside [0, num_classes={num_classes})"
+        )
     return y
 
 
-def _check_num_classes(num_classes: int) -> None:
-    if int(num_classes) < 1:
+def _check_num_classes(num_classes: int | None) -> int | None:
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
+        raise DataError(
+            f"num_classes must be an integer >= 1 (or None for regression), got {num_classes!r}"
+        )
+    if num_classes < 1:
         raise DataError(f"num_classes must be >= 1, got {num_classes}")
+    return int(num_classes)
+
+
+class _Shaped:
+    """What ``x``, ``y`` and ``num_classes`` say about the data, shared by both containers."""
+
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int | None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One example's shape, ``x.shape[1:]``."""
+        return tuple(int(s) for s in self.x.shape[1:])
+
+    @property
+    def num_features(self) -> int:
+        """Values per example (the product of ``sample_shape``)."""
+        return math.prod(self.sample_shape)
+
+    @property
+    def targets(self) -> Targets:
+        """What ``y`` holds: ``"classes"``, ``"tokens"`` or ``"values"``."""
+        if self.num_classes is None:
+            return "values"
+        return "tokens" if self.y.ndim == 2 else "classes"
 
 
 @dataclass(frozen=True, eq=False)
-class ArrayDataset:
-    """A labelled feature matrix, optionally with each sample's natural client id (``groups``).
+class ArrayDataset(_Shaped):
+    """Examples ``x``, targets ``y``, optionally each sample's natural client id (``groups``).
 
-    Validated on construction: ``x`` is converted to float32 C-contiguous [n, f] and must be
-    finite; ``y`` to int64 [n] within ``[0, num_classes)``; ``groups`` to int64 [n].
+    Validated on construction (see the module docstring); ``groups`` becomes int64 [n].
     """
 
     x: np.ndarray
     y: np.ndarray
-    num_classes: int
+    num_classes: int | None
     groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        _check_num_classes(self.num_classes)
-        x = _as_features(self.x)
+        num_classes = _check_num_classes(self.num_classes)
+        x = _as_inputs(self.x)
         object.__setattr__(self, "x", x)
-        object.__setattr__(self, "y", _as_labels(self.y, x.shape[0], self.num_classes))
-        object.__setattr__(self, "num_classes", int(self.num_classes))
+        object.__setattr__(self, "y", _as_targets(self.y, x.shape[0], num_classes))
+        object.__setattr__(self, "num_classes", num_classes)
         if self.groups is not None:
             groups = np.asarray(self.groups)
             if not np.issubdtype(groups.dtype, np.integer):
@@ -91,11 +172,6 @@ class ArrayDataset:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    @property
-    def num_features(self) -> int:
-        """Number of feature columns."""
-        return int(self.x.shape[1])
-
     def subset(self, idx: np.ndarray) -> ArrayDataset:
         """Rows ``idx`` (integer indices or boolean mask) as a new dataset (copies the rows)."""
         idx = np.asarray(idx)
@@ -104,7 +180,7 @@ class ArrayDataset:
 
 
 @dataclass(frozen=True, eq=False)
-class ClientPartition:
+class ClientPartition(_Shaped):
     """All clients' samples in one compact pool: client i owns rows offsets[i]:offsets[i+1].
 
     Compact so that 100,000 registered clients cost only an offsets array; only a cohort's
@@ -114,11 +190,11 @@ class ClientPartition:
     x: np.ndarray
     y: np.ndarray
     offsets: np.ndarray
-    num_classes: int
+    num_classes: int | None
 
     def __post_init__(self) -> None:
-        _check_num_classes(self.num_classes)
-        x = _as_features(self.x)
+        num_classes = _check_num_classes(self.num_classes)
+        x = _as_inputs(self.x)
         n = x.shape[0]
         offsets = np.asarray(self.offsets)
         if not np.issubdtype(offsets.dtype, np.integer) or offsets.ndim != 1 or offsets.size < 1:
@@ -140,9 +216,9 @@ class ClientPartition:
                 f"offsets[{i + 1}]={offsets[i + 1]} (client {i} would have a negative size)"
             )
         object.__setattr__(self, "x", x)
-        object.__setattr__(self, "y", _as_labels(self.y, n, self.num_classes))
+        object.__setattr__(self, "y", _as_targets(self.y, n, num_classes))
         object.__setattr__(self, "offsets", offsets)
-        object.__setattr__(self, "num_classes", int(self.num_classes))
+        object.__setattr__(self, "num_classes", num_classes)
 
     @classmethod
     def from_indices(cls, data: ArrayDataset, parts: Sequence[np.ndarray]) -> ClientPartition:
@@ -169,11 +245,6 @@ class ClientPartition:
         """Number of registered clients (including any with zero samples)."""
         return int(self.offsets.size - 1)
 
-    @property
-    def num_features(self) -> int:
-        """Number of feature columns."""
-        return int(self.x.shape[1])
-
     def sizes(self) -> np.ndarray:
         """Samples per client, int64 [num_clients]."""
         return np.diff(self.offsets)
@@ -195,7 +266,13 @@ class ClientPartition:
         return np.repeat(np.arange(self.num_clients, dtype=np.int64), self.sizes())
 
     def label_histograms(self) -> np.ndarray:
-        """Per-client label counts, int64 [num_clients, num_classes]."""
+        """Per-client label counts, int64 [num_clients, num_classes] (class labels only:
+        token and regression targets have no per-example label to count)."""
+        if self.targets != "classes" or self.num_classes is None:
+            raise DataError(
+                f"label histograms need class labels, but this partition's targets are "
+                f"{self.targets!r}"
+            )
         flat = self.client_index() * self.num_classes + self.y
         counts = np.bincount(flat, minlength=self.num_clients * self.num_classes)
         return counts.astype(np.int64).reshape(self.num_clients, self.num_classes)

@@ -199,9 +199,18 @@ def partition(
     classes_per_client: int = 2,
     min_size: int = 1,
 ) -> list[np.ndarray]:
-    """Dispatch to a partitioner by name; ``num_clients=0`` with "natural" uses every group."""
+    """Dispatch to a partitioner by name; ``num_clients=0`` with "natural" uses every group.
+
+    "iid" and "natural" split any data; "dirichlet" and "shards" skew clients by class
+    label, so they need class labels (``data.targets == "classes"``).
+    """
     if method == "iid":
         return iid(len(data), num_clients, rng, min_size)
+    if method in ("dirichlet", "shards") and data.targets != "classes":
+        raise DataError(
+            f"partition.method = {method!r} splits clients by class label, but the data's "
+            f"targets are {data.targets!r}, not class labels; use 'iid' or 'natural'"
+        )
     if method == "dirichlet":
         return dirichlet(data.y, num_clients, alpha, rng, min_size)
     if method == "shards":

@@ -220,9 +220,10 @@ def _read_npz(
 def load_arrays(
     path: str | Path, label_column: str | int = -1, group_column: str | int | None = None
 ) -> ArrayDataset:
-    """Load a user dataset from ``.npz`` (arrays ``x``, ``y``, optional ``groups``/``client_id``)
-    or ``.csv`` (header row; label column by name or index, optional client-id column, every
-    other column a numeric feature).
+    """Load a user dataset from ``.npz`` (arrays ``x`` ``[n, ...]``, ``y``, optional
+    ``groups``/``client_id``) or ``.csv`` (header row; label column by name or index,
+    optional client-id column, every other column a numeric feature). An integer ``x`` in an
+    ``.npz`` is kept as ids (token or category ids); store real features as floats.
 
     Labels (integers or strings) are re-coded to ``0..C-1`` in sorted order of their distinct
     values, so ``num_classes`` is the number of distinct labels in this file; client ids are
@@ -242,8 +243,11 @@ def load_arrays(
             raise DataError(f"{path}: no feature columns besides the label/group columns")
     elif suffix == ".npz":
         x, labels, groups = _read_npz(path, group_column)
-        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-            raise DataError(f"{path}: array 'x' must be non-empty 2-D, got shape {x.shape}")
+        if x.ndim < 2 or x.size == 0:
+            raise DataError(
+                f"{path}: array 'x' must be non-empty [samples, ...] (at least 2-D), "
+                f"got shape {x.shape}"
+            )
         if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
             raise DataError(
                 f"{path}: array 'y' must be 1-D with {x.shape[0]} labels, got shape {labels.shape}"
@@ -286,18 +290,28 @@ def train_test_split(
 
 
 def standardize(train: ArrayDataset, *others: ArrayDataset) -> tuple[ArrayDataset, ...]:
-    """Z-score features with mean/std fitted on ``train`` only (zero std -> 1), applied to all.
+    """Z-score every input element (each pixel, each feature) with mean/std fitted on
+    ``train`` only (zero std -> 1), applied to all. Integer inputs (token or category ids)
+    are returned unchanged: ids have no scale to normalize.
 
     Fitting on train alone keeps test statistics from leaking into preprocessing.
     """
     if len(train) == 0:
         raise DataError("standardize: the training set is empty")
     for i, other in enumerate(others):
-        if other.num_features != train.num_features:
+        if other.sample_shape != train.sample_shape:
             raise DataError(
-                f"standardize: dataset #{i + 1} has {other.num_features} features but train "
-                f"has {train.num_features}"
+                f"standardize: dataset #{i + 1} has {other.num_features} features of shape "
+                f"{list(other.sample_shape)} but train has {train.num_features} of shape "
+                f"{list(train.sample_shape)}"
             )
+        if other.x.dtype != train.x.dtype:
+            raise DataError(
+                f"standardize: dataset #{i + 1} has {other.x.dtype} inputs but train has "
+                f"{train.x.dtype}"
+            )
+    if np.issubdtype(train.x.dtype, np.integer):
+        return (train, *others)
     x = train.x.astype(np.float64)
     mean = x.mean(axis=0)
     std = x.std(axis=0)

@@ -47,9 +47,21 @@ class CohortPolicy:
             return UniformSelector()
         return make_selector(strategy, max_share, **params)
 
-    def pool(self, available: np.ndarray) -> np.ndarray | None:
-        """Whom the selector draws from: the clients online, or None (all N)."""
-        return None if self.sample_all else available
+    def pool(self, available: np.ndarray, stats: ClientStats | None = None) -> np.ndarray | None:
+        """Whom the selector draws from: the clients online, or None (all N).
+
+        With ``stats``, a client online with no training examples is not eligible: it has
+        nothing to train on. (In a deployment every client online joined with at least
+        one example; in simulation a partition may leave clients empty.) Under fixed-size
+        DP sampling the draw stays over all N, the accountant's population, so an empty
+        pick is the runtime's to treat as a dropout.
+        """
+        if self.sample_all:
+            return None
+        if stats is None:
+            return available
+        ids = np.asarray(available, dtype=np.int64)
+        return ids[stats.data_size[ids] > 0]
 
     def size(self, stats: ClientStats) -> int:
         """How many clients to dispatch so that about ``clients_per_round`` deliver

@@ -133,7 +133,7 @@ class RoundEngine:
         stats = self.registry.stats()
         k = self.cohort.size(stats)
         deadline = None if self.settings.deadline_s is None else now + self.settings.deadline_s
-        pool = self.cohort.pool(available)
+        pool = self.cohort.pool(available, stats)
         dispatches = self.server.begin_round(pool, stats, now, k=k, deadline=deadline)
         self.attempts += 1
         return dispatches
