@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedloom.config import DataConfig, PartitionConfig
+from fedloom.config import LEAF_SOURCES, DataConfig, PartitionConfig
 from fedloom.data.arrays import ArrayDataset, ClientPartition
+from fedloom.data.datasets import load_cifar10, load_huggingface, load_mnist, read_leaf
 from fedloom.data.partition import METHODS, partition
 from fedloom.data.sources import (
     load_arrays,
@@ -22,7 +23,7 @@ from fedloom.data.sources import (
     synthetic_fedprox,
     train_test_split,
 )
-from fedloom.errors import DataError
+from fedloom.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from fedloom.task import Targets
@@ -244,12 +245,16 @@ class FederatedData:
         return cls(clients, holdout, test)
 
 
-def _source(data: DataConfig, part: PartitionConfig, seed: int) -> ArrayDataset:
+def _source(
+    data: DataConfig, part: PartitionConfig, seed: int
+) -> tuple[ArrayDataset, ArrayDataset | None, tuple[str, ...] | None]:
+    """The configured data, the source's own test split (None: carve one out) and, for
+    LEAF, its users (every one a natural client, with or without training samples)."""
     if data.source == "digits":
-        return load_digits()
+        return load_digits(), None, None
     if data.source == "synthetic":
         s = data.synthetic
-        return synthetic_fedprox(
+        synthetic = synthetic_fedprox(
             num_clients=part.num_clients or 30,
             alpha=s.alpha,
             beta=s.beta,
@@ -257,36 +262,88 @@ def _source(data: DataConfig, part: PartitionConfig, seed: int) -> ArrayDataset:
             num_features=s.num_features,
             num_classes=s.num_classes,
         )
+        return synthetic, None, None
     assert data.path is not None
-    return load_arrays(data.path, label_column=data.label_column, group_column=data.group_column)
+    if data.source in LEAF_SOURCES:
+        leaf = read_leaf(data.path, data.source)
+        return leaf.train, leaf.test, leaf.users
+    if data.source == "huggingface":
+        assert data.x_column is not None and data.y_column is not None
+        group = data.group_column
+        train, test = load_huggingface(
+            data.path,
+            data.x_column,
+            data.y_column,
+            split=data.train_split,
+            test_split=data.test_split or None,
+            group_column=group if isinstance(group, str) else None,
+        )
+        return train, test, None
+    if data.source in ("mnist", "cifar10"):
+        train, test = (load_mnist if data.source == "mnist" else load_cifar10)(data.path)
+        return train, test, None
+    full = load_arrays(data.path, label_column=data.label_column, group_column=data.group_column)
+    return full, None, None
 
 
 def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> FederatedData:
-    """The configured dataset split into clients (deterministic in ``seed``)."""
-    full = _source(data, part, seed)
-    present = np.unique(full.y)
-    if present.size < 2:
-        where = f"data.path = {str(data.path)!r}" if data.source == "file" else data.source
-        raise DataError(
-            f"{where}: every sample has the same label (class {int(present[0])}): a "
-            "classifier needs at least 2 classes; nothing could be learned"
+    """The configured dataset split into clients (deterministic in ``seed``); a source's
+    own test split is the test set, else ``data.test_fraction`` of the samples is."""
+    full, source_test, users = _source(data, part, seed)
+    where = (
+        f"data.source = {data.source!r}"
+        if data.path is None
+        else f"data.source = {data.source!r} (data.path = {str(data.path)!r})"
+    )
+    if full.targets == "classes":
+        present = np.unique(full.y)
+        if present.size < 2:
+            raise DataError(
+                f"{where}: every sample has the same label (class {int(present[0])}): a "
+                "classifier needs at least 2 classes; nothing could be learned"
+            )
+    elif part.method in ("dirichlet", "shards"):
+        raise ConfigError(
+            f"partition.method = {part.method!r} splits clients by class label, but {where} "
+            f"has {full.targets!r} targets; use 'iid' or 'natural'"
         )
-    train, test = train_test_split(full, data.test_fraction, np.random.default_rng([seed, 1]))
+    if users is None or part.method != "natural":
+        settings = dict(
+            num_clients=part.num_clients,
+            alpha=part.alpha,
+            classes_per_client=part.classes_per_client,
+            min_size=part.min_size,
+        )
+        return FederatedData._split(
+            full,
+            source_test,
+            data.test_fraction,
+            part.method,
+            settings,
+            data.standardize,
+            data.client_holdout,
+            seed,
+        )
+    # a LEAF source's natural clients are its users, those without training samples too
+    if source_test is None:
+        train, test = train_test_split(full, data.test_fraction, np.random.default_rng([seed, 1]))
+    else:
+        train, test = full, source_test
     if data.standardize:
         train, test = standardize(train, test)
-    parts = partition(
-        part.method,
-        train,
-        part.num_clients,
-        np.random.default_rng([seed, 2]),
-        alpha=part.alpha,
-        classes_per_client=part.classes_per_client,
-        min_size=part.min_size,
-    )
-    clients = ClientPartition.from_indices(train, parts)
-    holdout = None
-    if data.client_holdout > 0:
-        clients, holdout = clients.split_holdout(
-            data.client_holdout, np.random.default_rng([seed, 3])
+    assert train.groups is not None
+    sizes = np.bincount(train.groups, minlength=len(users))
+    small = np.flatnonzero((sizes > 0) & (sizes < part.min_size))
+    if small.size:
+        raise DataError(
+            f"{where}: user {users[small[0]]!r} has {sizes[small[0]]} training samples, "
+            f"fewer than partition.min_size = {part.min_size}"
         )
-    return FederatedData(clients, holdout, test)
+    if part.num_clients not in (0, len(users)):
+        raise DataError(
+            f"partition.num_clients = {part.num_clients} but {where} has {len(users)} users; "
+            f"use {len(users)} or 0"
+        )
+    parts = np.split(np.argsort(train.groups, kind="stable"), np.cumsum(sizes)[:-1])
+    clients = ClientPartition.from_indices(train, parts)
+    return FederatedData._finish(clients, test, data.client_holdout, seed)
