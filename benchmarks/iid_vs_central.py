@@ -50,7 +50,8 @@ def main() -> None:
             seed=cfg.seed,
             out=out,
         )
-        acc = float(evaluate_model(central.model, *sim.engine.evaluator.test_tensors)[1].mean())
+        test = sim.engine.evaluator.test_tensors
+        acc = float(evaluate_model(central.model, *test)[1]["accuracy"].mean())
     result = {
         "fedavg_accuracy": round(fed.accuracy, 4),
         "central_accuracy": round(acc, 4),

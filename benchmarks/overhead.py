@@ -111,7 +111,7 @@ class PlainLoop:
                 p.copy_(sum(s[name] * (w / total) for s, w in zip(states, weights, strict=True)))
 
     def accuracy(self, test: tuple[torch.Tensor, torch.Tensor]) -> float:
-        return float(evaluate_model(self.model, *test)[1].mean())
+        return float(evaluate_model(self.model, *test)[1]["accuracy"].mean())
 
 
 def bench(label: str, clients: int, per_round: int, rounds: int, out: Path) -> dict:

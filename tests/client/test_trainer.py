@@ -320,15 +320,16 @@ def test_trainer_after_evaluation_still_trains_identically() -> None:
 def test_evaluate_model_matches_cross_entropy(batch_size: int) -> None:
     model = make_model(2)
     x, y = make_data(20, seed=9)
-    losses, correct = evaluate_model(model, x, y, batch_size=batch_size)
+    losses, metrics = evaluate_model(model, x, y, batch_size=batch_size)
+    correct = metrics["accuracy"]
     with torch.no_grad():
         logits = model(x)
         expected = F.cross_entropy(logits, y, reduction="none").numpy()
         expected_correct = (logits.argmax(dim=1) == y).numpy()
+    assert list(metrics) == ["accuracy"]
     assert losses.shape == (20,) and correct.shape == (20,)
-    assert correct.dtype == np.bool_
     np.testing.assert_allclose(losses, expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(correct, expected_correct)
+    np.testing.assert_array_equal(correct, expected_correct.astype(np.float32))
     assert 0 < correct.sum() < 20  # both outcomes occur, so the check is not vacuous
 
 
@@ -336,8 +337,7 @@ def test_evaluate_model_on_flat_module_and_empty_input() -> None:
     model = make_model(0)
     TorchTrainer(model)  # parameters now live in flat buffers
     x, y = make_data(5, seed=10)
-    losses, correct = evaluate_model(model, x, y)
+    losses, _ = evaluate_model(model, x, y)
     assert losses.shape == (5,) and np.isfinite(losses).all()
-    empty_l, empty_c = evaluate_model(model, x[:0], y[:0])
-    assert empty_l.shape == (0,) and empty_c.shape == (0,)
-    assert empty_c.dtype == np.bool_
+    empty_l, empty_m = evaluate_model(model, x[:0], y[:0])
+    assert empty_l.shape == (0,) and empty_m["accuracy"].shape == (0,)

@@ -273,9 +273,10 @@ def test_without_an_eval_set_rounds_record_what_clients_report_on_their_hold_out
         holdout = read_client(client_dir(data, i))[1]
         assert holdout is not None and len(holdout.y)
         with torch.no_grad():
-            lo, right = evaluate_model(
+            lo, values = evaluate_model(
                 trainer.model, torch.from_numpy(holdout.x), torch.from_numpy(holdout.y)
             )
+        right = values["accuracy"]
         accuracy.append(right.mean())
         loss.append(lo.mean())
         count.append(len(right))

@@ -14,20 +14,29 @@ import torch
 
 from fedloom.client.trainer import TorchTrainer, evaluate_model
 from fedloom.data.arrays import ArrayDataset, ClientPartition
+from fedloom.task import ResolvedTask
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """A model's metrics; ``clients``: per-client hold-out results (ids, accuracy, loss)
-    for the registry, None when no hold-out was evaluated."""
+    for the registry (accuracy None for a task without an ``accuracy`` metric), None
+    when no hold-out was evaluated."""
 
     metrics: dict[str, float]
-    clients: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    clients: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
 
 
 class Evaluator:
     """Central test-set metrics and, if asked, the clients' hold-out metrics, computed
-    with ``trainer``'s model (one reused object)."""
+    with ``trainer``'s model (one reused object) on ``task``'s loss and metrics (None:
+    the trainer's task).
+
+    Keys: ``loss`` and every metric by name (the test set's means); with the hold-outs,
+    ``fed_loss`` and ``fed_<metric>`` (example-weighted means), the percentile client of
+    the primary metric (``fed_<primary>_p10`` when higher is better: the worst-served
+    tenth; ``_p90`` when lower is) and ``fed_clients``.
+    """
 
     def __init__(
         self,
@@ -35,8 +44,10 @@ class Evaluator:
         test: ArrayDataset,
         holdout: ClientPartition | None,
         batch_size: int,
+        task: ResolvedTask | None = None,
     ) -> None:
         self.trainer = trainer
+        self.task = trainer.task if task is None else task
         self.test_tensors = (torch.from_numpy(test.x), torch.from_numpy(test.y))
         self.holdout = holdout
         self.batch_size = batch_size
@@ -45,28 +56,32 @@ class Evaluator:
     def has_holdout(self) -> bool:
         return self.holdout is not None
 
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+        """Per-example values of every metric and of the loss (key ``loss``), float64."""
+        loss, values = evaluate_model(
+            self.trainer.model, x, y, batch_size=self.batch_size, task=self.task
+        )
+        return {n: v.astype(np.float64) for n, v in (*values.items(), ("loss", loss))}
+
     def __call__(self, params: np.ndarray, federated: bool = False) -> Evaluation:
         self.trainer.flat.load(params)
-        bs = self.batch_size
-        loss, correct = evaluate_model(self.trainer.model, *self.test_tensors, batch_size=bs)
-        out = {"accuracy": float(correct.mean()), "loss": float(loss.mean())}
+        out = {name: float(v.mean()) for name, v in self._evaluate(*self.test_tensors).items()}
         holdout = self.holdout
         if not (federated and holdout is not None):
             return Evaluation(out)
-        x, y = torch.from_numpy(holdout.x), torch.from_numpy(holdout.y)
-        h_loss, h_correct = evaluate_model(self.trainer.model, x, y, batch_size=bs)
+        each = self._evaluate(torch.from_numpy(holdout.x), torch.from_numpy(holdout.y))
         sizes = holdout.sizes()
         has = sizes > 0
         starts = holdout.offsets[:-1][has]
-        per_client = np.add.reduceat(h_correct.astype(np.float64), starts) / sizes[has]
-        per_loss = np.add.reduceat(h_loss.astype(np.float64), starts) / sizes[has]
-        out |= {
-            "fed_accuracy": float(h_correct.mean()),
-            "fed_loss": float(h_loss.mean()),
-            "fed_accuracy_p10": float(np.percentile(per_client, 10)),
-            "fed_clients": int(has.sum()),
-        }
-        return Evaluation(out, (np.flatnonzero(has), per_client, per_loss))
+        per_client = {n: np.add.reduceat(v, starts) / sizes[has] for n, v in each.items()}
+        primary = self.task.primary
+        maximize = self.task.maximize(primary)
+        tail = 10 if maximize else 90
+        out |= {f"fed_{name}": float(v.mean()) for name, v in each.items()}
+        out[f"fed_{primary}_p{tail}"] = float(np.percentile(per_client[primary], tail))
+        out["fed_clients"] = int(has.sum())
+        accuracy = per_client.get("accuracy") if "accuracy" in self.task.metrics else None
+        return Evaluation(out, (np.flatnonzero(has), accuracy, per_client["loss"]))
 
 
 class ReportedEvaluation:

@@ -1,9 +1,10 @@
-"""Local training of a torch classifier, reusing one model object per process.
+"""Local training of any torch model on its task's loss, reusing one model object per process.
 
 The model's parameters are views of one flat buffer (``FlatModule``), so starting a
 client is a single copy of the global vector, the SGD step (momentum, weight decay,
 FedProx proximal term) is a few whole-vector operations, and the update leaves as a
-flat delta without ever building a per-client model or optimizer.
+flat delta without ever building a per-client model or optimizer. The loss is the
+task's (``fedloom.task``): cross-entropy for class labels unless the task says otherwise.
 
 References: McMahan et al., "Communication-Efficient Learning of Deep Networks from
 Decentralized Data" (FedAvg), AISTATS 2017; Li et al., "Federated Optimization in
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedloom.client import local_optim
@@ -23,14 +23,24 @@ from fedloom.client.schedule import batch_schedule
 from fedloom.params import FlatModule
 from fedloom.privacy.mechanisms import NoiseSource, per_sample_clip
 from fedloom.records import ClientMetrics, TrainPlan
+from fedloom.task import ResolvedTask, Task
+
+
+def classifier_task(model: nn.Module) -> ResolvedTask:
+    """The task of a classifier of class labels: cross-entropy, accuracy."""
+    return Task(model).resolved("classes")
 
 
 class TorchTrainer:
-    """Trains any float32 torch classifier on a client's arrays with mini-batch SGD."""
+    """Trains any float32 torch model on a client's arrays with mini-batch SGD, on
+    ``task``'s loss (None: a classifier's cross-entropy). A model with buffers
+    (BatchNorm) trains in train mode and keeps its running statistics in the module."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, task: ResolvedTask | None = None) -> None:
         self.flat = FlatModule(model)
         self.model = model
+        self.task = classifier_task(model) if task is None else task
+        self._loss = self.task.loss.fn
         self._per_sample = None  # torch.func per-sample gradients, built on first DP-SGD use
 
     @property
@@ -68,7 +78,7 @@ class TorchTrainer:
             index = torch.from_numpy(idx)
             grads.zero_()
             if plan.dp_sgd_clip is None:
-                loss = F.cross_entropy(self.model(x[index]), y[index])
+                loss = self._loss(self.model(x[index]), y[index])
                 loss.backward()
             else:
                 loss = self._dp_sgd_gradient(x[index], y[index], plan, seed, step, dp_noise)
@@ -98,8 +108,9 @@ class TorchTrainer:
     ) -> torch.Tensor:
         """Write one DP-SGD gradient into the flat gradient buffer; return the batch loss.
 
-        Per-sample gradients come from ``torch.func`` (vmap over samples of grad), are
-        clipped to ``plan.dp_sgd_clip``, summed, noised and divided by the batch size.
+        Per-sample gradients come from ``torch.func`` (vmap over samples of grad of the
+        task's loss on a one-example batch), are clipped to ``plan.dp_sgd_clip``,
+        summed, noised and divided by the batch size.
         """
         if self._per_sample is None:
             self._per_sample = self._per_sample_fn()
@@ -118,30 +129,44 @@ class TorchTrainer:
             total.add_(noise, alpha=plan.dp_sgd_noise * clip)
         self.flat.grads.copy_(total / len(y))
         with torch.no_grad():
-            return F.cross_entropy(self.model(x), y)
+            return self._loss(self.model(x), y)
 
     def _per_sample_fn(self):  # noqa: ANN202 - a torch.func transform
         from torch.func import functional_call, grad, vmap
 
+        loss_fn = self._loss
+
         def loss_one(params: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-            logits = functional_call(self.model, params, (xi.unsqueeze(0),))
-            return F.cross_entropy(logits, yi.unsqueeze(0))
+            outputs = functional_call(self.model, params, (xi.unsqueeze(0),))
+            return loss_fn(outputs, yi.unsqueeze(0))
 
         return vmap(grad(loss_one), in_dims=(None, 0, 0))
 
 
 @torch.inference_mode()
 def evaluate_model(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example cross-entropy loss and correctness of ``model`` on ``(x, y)``."""
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 1024,
+    task: ResolvedTask | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-example loss of ``model`` on ``(x, y)`` and the per-example value of every
+    metric of ``task`` (None: a classifier's cross-entropy and accuracy), by name;
+    evaluated ``batch_size`` examples at a time, in eval mode."""
+    task = classifier_task(model) if task is None else task
+    loss_each, metrics_each = task.loss_each(), task.metrics_each()
     model.eval()
-    losses, correct = [], []
+    losses: list[torch.Tensor] = []
+    values: dict[str, list[torch.Tensor]] = {name: [] for name in metrics_each}
     for start in range(0, len(y), batch_size):
-        logits = model(x[start : start + batch_size])
+        outputs = model(x[start : start + batch_size])
         target = y[start : start + batch_size]
-        losses.append(F.cross_entropy(logits, target, reduction="none"))
-        correct.append(logits.argmax(dim=1) == target)
-    if not losses:
-        return np.zeros(0, np.float32), np.zeros(0, bool)
-    return torch.cat(losses).numpy(), torch.cat(correct).numpy()
+        losses.append(loss_each(outputs, target).float())
+        for name, each in metrics_each.items():
+            values[name].append(each(outputs, target).float())
+
+    def joined(parts: list[torch.Tensor]) -> np.ndarray:
+        return torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
+
+    return joined(losses), {name: joined(parts) for name, parts in values.items()}

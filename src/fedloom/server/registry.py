@@ -87,7 +87,7 @@ CREATE TABLE IF NOT EXISTS participation (
     steps INTEGER, contribution REAL, PRIMARY KEY (round, client_id));
 CREATE INDEX IF NOT EXISTS participation_client ON participation (client_id, round);
 CREATE TABLE IF NOT EXISTS evaluations (
-    round INTEGER NOT NULL, client_id INTEGER NOT NULL, accuracy REAL NOT NULL,
+    round INTEGER NOT NULL, client_id INTEGER NOT NULL, accuracy REAL,
     loss REAL NOT NULL, PRIMARY KEY (round, client_id));
 CREATE INDEX IF NOT EXISTS evaluations_client ON evaluations (client_id, round);
 CREATE TABLE IF NOT EXISTS checkins (
@@ -591,17 +591,21 @@ class ClientRegistry:
         return np.array(keys, dtype=np.int64)
 
     def record_evaluation(
-        self, round: int, ids: np.ndarray, accuracy: np.ndarray, loss: np.ndarray
+        self, round: int, ids: np.ndarray, accuracy: np.ndarray | None, loss: np.ndarray
     ) -> None:
         """Per-client hold-out metrics of round ``round``'s model (table ``evaluations``);
-        the accuracy is also kept in memory as ``last_accuracy``."""
+        the accuracy is also kept in memory as ``last_accuracy``. ``accuracy`` None: the
+        task has no accuracy metric (stored as NULL, ``last_accuracy`` left as it is)."""
         r = _int("round", round, minimum=0)
         cids = self._ids("ids", ids)
-        acc = _vector("accuracy", accuracy, len(cids), ids=cids, minimum=0)
-        if (bad := acc > 1).any():
-            _first_bad("accuracy", acc, bad, cids, "<= 1")
+        acc = None
+        if accuracy is not None:
+            acc = _vector("accuracy", accuracy, len(cids), ids=cids, minimum=0)
+            if (bad := acc > 1).any():
+                _first_bad("accuracy", acc, bad, cids, "<= 1")
         lss = _vector("loss", loss, len(cids), ids=cids)
-        rows = zip([r] * len(cids), cids.tolist(), acc.tolist(), lss.tolist(), strict=True)
+        stored = [None] * len(cids) if acc is None else acc.tolist()
+        rows = zip([r] * len(cids), cids.tolist(), stored, lss.tolist(), strict=True)
         try:
             with self._db:
                 self._db.executemany("INSERT INTO evaluations VALUES (?, ?, ?, ?)", rows)
@@ -611,7 +615,8 @@ class ClientRegistry:
             raise FedloomError(
                 f"round {r}: an evaluation of client {int(again[0])} is already logged"
             ) from exc
-        self._state["last_accuracy"][cids] = acc
+        if acc is not None:
+            self._state["last_accuracy"][cids] = acc
 
     def record_bandwidth(
         self, client_ids: np.ndarray, up_kbps: np.ndarray, down_kbps: np.ndarray

@@ -1,8 +1,9 @@
 """Per-client gradients of a whole cohort of MLPs with batched matrix products.
 
 For the common small-model case (an ``nn.Sequential`` of ``Linear`` layers with ReLU
-or Tanh between them, trained with cross-entropy) the forward and backward passes of
-K clients are a handful of ``baddbmm``/``bmm`` calls on ``[K, B, width]`` tensors. That
+or Tanh between them, possibly flattening each example first, trained with the built-in
+cross-entropy on class labels) the forward and backward passes of K clients are a
+handful of ``baddbmm``/``bmm`` calls on ``[K, B, width]`` tensors. That
 is faster than ``vmap(grad(...))`` for such models and avoids the several seconds that
 ``torch.func`` spends importing its compiler stack on first use. Other models use the
 ``torch.func`` path in ``vectorized.py``.
@@ -10,6 +11,7 @@ is faster than ``vmap(grad(...))`` for such models and avoids the several second
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,14 +32,38 @@ class _Layer:
     act: str | None  # activation applied after this layer: "relu", "tanh" or None
 
 
-def mlp_layers(model: nn.Module) -> list[_Layer] | None:
-    """The layer plan of a Linear/ReLU/Tanh ``nn.Sequential``, or None if not such a model."""
+def _plain(model: nn.Sequential, sample_shape: tuple[int, ...]) -> bool:
+    """Whether ``model``'s forward is its layers in order on each example flattened
+    (by fedloom's ``MLP`` or a leading ``nn.Flatten``) or already 1-D, not a custom
+    forward or N-D examples fed to ``Linear`` layers as they are."""
+    from fedloom.models.mlp import MLP
+
+    forward = type(model).forward
+    if isinstance(model, MLP) and forward is MLP.forward:
+        return model.sample_dims == len(sample_shape)
+    if forward is not nn.Sequential.forward:
+        return False
+    first = model[0]
+    if isinstance(first, nn.Flatten):
+        return (first.start_dim, first.end_dim) == (1, -1)
+    return len(sample_shape) == 1
+
+
+def mlp_layers(model: nn.Module, sample_shape: tuple[int, ...]) -> list[_Layer] | None:
+    """The layer plan of a Linear/ReLU/Tanh ``nn.Sequential`` (a leading ``nn.Flatten``,
+    or fedloom's ``MLP`` flattening its examples, included) for examples of
+    ``sample_shape``, or None if not such a model."""
     if not isinstance(model, nn.Sequential) or len(model) == 0:
+        return None
+    shape = tuple(sample_shape)
+    if not _plain(model, shape):
         return None
     layout = ParamLayout.from_module(model)
     offsets = {s.name: s.offset for s in layout}
     layers: list[_Layer] = []
-    for name, mod in model.named_children():
+    for i, (name, mod) in enumerate(model.named_children()):
+        if i == 0 and isinstance(mod, nn.Flatten):
+            continue
         if isinstance(mod, nn.Linear):
             b = f"{name}.bias"
             layers.append(
@@ -57,6 +83,8 @@ def mlp_layers(model: nn.Module) -> list[_Layer] | None:
             return None
     if not layers or layers[-1].act is not None:
         return None
+    if layers[0].in_f != math.prod(shape):
+        return None
     return layers
 
 
@@ -72,7 +100,8 @@ DpGradFn = Callable[
 def make_grad_fns(layers: list[_Layer], dim: int) -> tuple[GradFn, DpGradFn]:
     """Two batched gradient functions for a cohort of MLPs.
 
-    ``grad_fn(params [K, d], x [K, B, F], y [K, B], mask [K, B]) -> (grads [K, d], loss [K])``:
+    ``grad_fn(params [K, d], x [K, B, ...], y [K, B], mask [K, B]) -> (grads [K, d], loss [K])``
+    (each example flattened to the first layer's width):
     the loss of client k is the mean cross-entropy over its unmasked samples, exactly what
     ``F.cross_entropy`` computes on the unpadded batch. ``dp_grad_fn(..., clip)`` returns
     instead the sum of per-sample gradients each clipped to ``clip`` (DP-SGD).
@@ -93,7 +122,7 @@ def make_grad_fns(layers: list[_Layer], dim: int) -> tuple[GradFn, DpGradFn]:
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Each layer's input and pre-activation, and the log-probabilities."""
         inputs, pre = [], []
-        h = x
+        h = x.reshape(x.shape[0], x.shape[1], -1)
         for layer in layers:
             w = weight(params, layer)
             inputs.append(h)

@@ -77,7 +77,6 @@ def run_dispatches(
     return updates
 
 
-
 class SequentialExecutor:
     """Trains the cohort one client after another with a single model object."""
 

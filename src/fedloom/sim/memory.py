@@ -3,26 +3,38 @@
 Settings, not data, decide most of a run's memory: the model's parameter count times the
 copies the trainer, executor, server and server optimizer keep; the cohort's ``[K, d]``
 update matrix; the vectorized executor's chunk (its batch schedule grows with the batch
-size); and the evaluation batch. ``check_memory`` adds these up from the config and the
-clients' data sizes, before the model is even built, and refuses a run that would not fit
-(the available memory, or ``simulation.memory_limit_mb``) with a one-line error naming the
-setting that costs most. The batch size is first capped by the largest client's data:
-a batch larger than every client trains exactly as one of that size.
+size, its activations with the batch and the model); and the evaluation batch.
+``check_memory_for`` adds these up from the config, the built model (its parameter count,
+and the bytes of its activations for one example, measured by one forward pass with
+hooks) and the clients' data sizes, before any training, and refuses a run that would not
+fit (the available memory, or ``simulation.memory_limit_mb``) with a one-line error naming
+the setting that costs most. ``check_memory`` does the same for the MLP of the config
+without building it. The batch size is first capped by the largest client's data: a
+batch larger than every client trains exactly as one of that size.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 _F32 = 4
 _INDEX = 8 + 4  # one scheduled sample: int64 row index and float32 mask
+# a training batch keeps every activation for the backward pass, which adds their
+# gradients and the next layer's working copy
+ACTIVATION_COPIES = 3
 _OPT_SLOTS = {"fedavg": 0, "fedavgm": 1, "fedadagrad": 1, "fedadam": 2, "fedyogi": 2}
 
 
@@ -48,22 +60,84 @@ class MemoryTerm:
     detail: str
 
 
-def estimate(
-    config: RunConfig, num_features: int, num_classes: int, sizes: np.ndarray, test_size: int
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, tuple | list):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+
+
+def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the outputs of every leaf module (each call counted) in one forward pass
+    of ``model`` on ``x`` (one example: ``[1, ...]``): what a training batch keeps per
+    example for the backward pass. Run in eval mode without gradients (no running
+    statistics change), with torch's RNG restored afterwards."""
+    import torch
+
+    total = 0
+
+    def count(_module: nn.Module, _inputs: Any, outputs: Any) -> None:
+        nonlocal total
+        total += sum(t.numel() * t.element_size() for t in _tensors(outputs))
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+def client_bytes(
+    dim: int,
+    batch_size: int,
+    optimizer_slots: int,
+    example_bytes: float,
+    activation: float,
+    per_sample_grads: bool,
+) -> float:
+    """Peak memory of one client in a vectorized chunk: its parameters, gradient and
+    working copies with ``optimizer_slots`` state vectors, and per example of the batch
+    its input, its activations (``ACTIVATION_COPIES`` times ``activation`` bytes) and,
+    under DP-SGD, its materialized gradient."""
+    per_example = example_bytes + ACTIVATION_COPIES * activation
+    if per_sample_grads:
+        per_example += _F32 * dim
+    return _F32 * dim * (4 + optimizer_slots) + batch_size * per_example
+
+
+def _terms(
+    config: RunConfig,
+    d: int,
+    model_setting: str,
+    example_bytes: float,
+    activation: float,
+    sizes: np.ndarray,
+    test_size: int,
 ) -> list[MemoryTerm]:
-    """The run's peak memory beyond its data, part by part (bytes)."""
-    d = parameter_count(config, num_features, num_classes)
+    """The estimate's parts for a model of ``d`` parameters whose examples take
+    ``example_bytes`` and whose forward pass ``activation`` bytes per example."""
     c, srv, sim = config.client, config.server, config.simulation
     slots = _OPT_SLOTS[srv.optimizer.name]
     vectorized = sim.executor != "sequential"
     # trainer parameters and gradients, server parameters and the initial copy, the
     # round's float64 sum, optimizer state, the executor's model, a checkpoint's buffers
     copies = 4 + 2 + slots + int(vectorized) + 2 * (1 + slots)
-    hidden = () if config.model.kind == "logistic" else config.model.hidden
-    shown = "model.kind = 'logistic'" if not hidden else f"model.hidden = {list(hidden)}"
     terms = [
         MemoryTerm(
-            shown,
+            model_setting,
             copies * _F32 * d,
             f"{d:,} parameters x {copies} copies (trainer, server, optimizer, checkpoint)",
         )
@@ -81,12 +155,9 @@ def estimate(
     b = effective_batch_size(c.batch_size, sizes)
     largest = int(sizes.max(initial=0))
     steps = c.local_steps or c.local_epochs * -(-largest // b)
-    widths = sum(hidden) + num_classes
     local = 2 if c.optimizer == "adam" else (1 if c.momentum else 0)
-    per_sample = num_features + 6 * widths
-    if c.dp_sgd_clip_norm is not None:
-        per_sample += d  # per-sample gradients
-    per_client = _F32 * (d * (4 + local) + b * per_sample) + _INDEX * steps * b
+    dp = c.dp_sgd_clip_norm is not None
+    per_client = client_bytes(d, b, local, example_bytes, activation, dp) + _INDEX * steps * b
     if vectorized:
         budget = sim.memory_budget_mb * 2**20
         chunk = min(k, max(1, int(budget // per_client)))
@@ -96,19 +167,56 @@ def estimate(
         terms.append(
             MemoryTerm(
                 f"client.batch_size = {c.batch_size}",
-                chunk * per_client,
+                int(chunk * per_client),
                 f"{chunk} client(s) training at once, batch {b}, {steps} steps",
             )
         )
     e = min(config.evaluation.batch_size, max(test_size, 1))
+    # without gradients only a layer's input and output are alive: the sum of all leaf
+    # outputs already bounds an inference pass
     terms.append(
         MemoryTerm(
             f"evaluation.batch_size = {config.evaluation.batch_size}",
-            3 * _F32 * e * (num_features + widths),
-            f"evaluation batch of {e} x {num_features + widths:,} activations",
+            int(e * (example_bytes + activation)),
+            f"evaluation batch of {e} x {_size(example_bytes + activation)} "
+            "(example and activations)",
         )
     )
     return terms
+
+
+def _model_setting(config: RunConfig) -> str:
+    if config.model.kind == "mlp":
+        return f"model.hidden = {list(config.model.hidden)}"
+    return f"model.kind = {config.model.kind!r}"
+
+
+def estimate(
+    config: RunConfig, num_features: int, num_classes: int, sizes: np.ndarray, test_size: int
+) -> list[MemoryTerm]:
+    """The run's peak memory beyond its data, part by part (bytes), for the MLP of the
+    config on ``num_features`` features, without building it."""
+    d = parameter_count(config, num_features, num_classes)
+    hidden = () if config.model.kind == "logistic" else config.model.hidden
+    # a Linear and its activation per hidden width, the logits
+    activation = _F32 * (2 * sum(hidden) + num_classes)
+    return _terms(
+        config, d, _model_setting(config), _F32 * num_features, activation, sizes, test_size
+    )
+
+
+def estimate_for(
+    config: RunConfig, model: nn.Module, x: np.ndarray, sizes: np.ndarray, test_size: int
+) -> list[MemoryTerm]:
+    """The run's peak memory beyond its data, part by part (bytes), for the built
+    ``model`` on examples like ``x`` (``[n, ...]``, n >= 1; only its first example is
+    used, for one probing forward pass)."""
+    import torch
+
+    d = sum(p.numel() for p in model.parameters())
+    one = np.ascontiguousarray(x[:1])
+    activation = activation_bytes(model, torch.from_numpy(one))
+    return _terms(config, d, _model_setting(config), one.nbytes, activation, sizes, test_size)
 
 
 def available_bytes() -> int | None:
@@ -135,11 +243,8 @@ def _size(n: float) -> str:
     raise AssertionError  # pragma: no cover
 
 
-def check_memory(
-    config: RunConfig, num_features: int, num_classes: int, sizes: np.ndarray, test_size: int
-) -> int:
-    """Refuse (``ConfigError``) a run whose estimate exceeds the bound; return the estimate."""
-    terms = estimate(config, num_features, num_classes, sizes, test_size)
+def _refuse_over(config: RunConfig, terms: list[MemoryTerm]) -> int:
+    """Refuse (``ConfigError``) an estimate over the bound; return its total."""
     total = sum(t.bytes for t in terms)
     limit_mb = config.simulation.memory_limit_mb
     if limit_mb is not None:
@@ -157,3 +262,19 @@ def check_memory(
             "raise simulation.memory_limit_mb if the estimate is too cautious)"
         )
     return total
+
+
+def check_memory(
+    config: RunConfig, num_features: int, num_classes: int, sizes: np.ndarray, test_size: int
+) -> int:
+    """Refuse (``ConfigError``) a run of the config's MLP whose estimate exceeds the
+    bound; return the estimate."""
+    return _refuse_over(config, estimate(config, num_features, num_classes, sizes, test_size))
+
+
+def check_memory_for(
+    config: RunConfig, model: nn.Module, x: np.ndarray, sizes: np.ndarray, test_size: int
+) -> int:
+    """Refuse (``ConfigError``) a run of the built ``model`` on examples like ``x`` whose
+    estimate exceeds the bound; return the estimate (see :func:`estimate_for`)."""
+    return _refuse_over(config, estimate_for(config, model, x, sizes, test_size))

@@ -519,15 +519,15 @@ class DeploymentClient:
 
     def _evaluate(self, params: np.ndarray) -> tuple[float, float, int] | None:
         """The received model's mean loss and accuracy on this client's hold-out (None
-        without one), reported with the update (``UploadHeader.eval_*``)."""
-        if self.holdout is None:
+        without one, or when the task reports no ``accuracy``), reported with the update
+        (``UploadHeader.eval_*``)."""
+        if self.holdout is None or "accuracy" not in self.trainer.task.metrics:
             return None
         from fedloom.client.trainer import evaluate_model
 
         self.trainer.flat.load(params)
-        with torch.no_grad():
-            loss, correct = evaluate_model(self.trainer.model, *self.holdout)
-        return float(loss.mean()), float(correct.mean()), len(correct)
+        loss, values = evaluate_model(self.trainer.model, *self.holdout, task=self.trainer.task)
+        return float(loss.mean()), float(values["accuracy"].mean()), len(loss)
 
     def _train(
         self, task: pb.Task, plan: TrainPlan, params: np.ndarray
