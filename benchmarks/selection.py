@@ -30,7 +30,7 @@ from scipy.stats import spearmanr
 
 from fedloom.assemble import start_simulation
 from fedloom.config import load_config
-from fedloom.report import time_to_accuracy
+from fedloom.report import time_to_target
 from fedloom.sim import Simulation
 
 SEEDS = (0, 1, 2)
@@ -88,7 +88,7 @@ def oort_vs_uniform(tmp: Path, seed: int, rounds: int, target: float) -> dict:
     out = {}
     for strategy in ("uniform", "oort"):
         sim = run(tmp, f"{strategy}-{seed}", [*common, f'selection.strategy="{strategy}"'])
-        tta = time_to_accuracy(sim.run_dir.records(), target)
+        tta = time_to_target(sim.run_dir.records(), "accuracy", target)
         out[strategy] = {"tta": tta, "acc": final_accuracy(sim)}
     return out
 

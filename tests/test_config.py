@@ -70,7 +70,7 @@ def test_round_trip_of_tables_in_lists(tmp_path):
         ("[client]\nlr = nan\n", ["client.lr", "nan"]),
         ("[client]\nnesterov = true\n", ["client.nesterov", "momentum"]),
         ("[client]\ndp_sgd_noise_multiplier = 1.0\n", ["dp_sgd_clip_norm"]),
-        ("[stopping]\ntarget = 1.5\n", ["stopping.target", "1.5"]),
+        ('[stopping]\nmetric = "accuracy"\ntarget = 1.5\n', ["stopping.target", "1.5"]),
         ('[partition]\nmethod = "natural"\n', ["natural", "group_column"]),
         ("[secagg]\nbits = 8\n", ["secagg.bits", "8"]),
         ("[secagg]\nthreshold = 0\n", ["secagg.threshold", "0"]),
@@ -187,7 +187,6 @@ def test_distributed_dp_too_fine_for_its_ring_is_refused_before_training(tmp_pat
     with pytest.raises(ConfigError, match="secagg.bits = 16 .* below the 1/2"):
         start_simulation(cfg)
     assert not any(tmp_path.iterdir())
-
 
 
 def test_client_settings_have_one_source_of_defaults_bounds_and_rules() -> None:

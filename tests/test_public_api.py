@@ -7,6 +7,14 @@ import fedloom
 
 EXPECTED = {
     "ArrayDataset",
+    "ClientMetrics",
+    "FederatedData",
+    "Loss",
+    "Metric",
+    "RunSummary",
+    "Task",
+    "load_model",
+    "simulate",
     "CheckpointError",
     "ClientPartition",
     "ConfigError",

@@ -31,10 +31,16 @@ _EXPORTS: dict[str, str] = {
     "RoundResult": "fedloom.records",
     "Exclusion": "fedloom.records",
     "RoundReport": "fedloom.records",
+    "ClientMetrics": "fedloom.records",
+    # what is learned
+    "Task": "fedloom.task",
+    "Loss": "fedloom.task",
+    "Metric": "fedloom.task",
     # data
     "ArrayDataset": "fedloom.data",
     "ClientPartition": "fedloom.data",
     "partition": "fedloom.data",
+    "FederatedData": "fedloom.data.federated",
     # training, aggregation, server
     "TorchTrainer": "fedloom.client",
     "weighted_mean": "fedloom.aggregation",
@@ -49,6 +55,10 @@ _EXPORTS: dict[str, str] = {
     "RoundEngine": "fedloom.server.engine",
     "Simulation": "fedloom.sim",
     "RunDirectory": "fedloom.runs",
+    "RunSummary": "fedloom.sim.runtime",
+    # the library entry points
+    "simulate": "fedloom.api",
+    "load_model": "fedloom.api",
     # deployment over gRPC
     "DeploymentServer": "fedloom.transport.server",
     "ServerOptions": "fedloom.transport.server",

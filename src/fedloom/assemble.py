@@ -12,6 +12,7 @@ it; so do programs that start or resume runs (:func:`start_simulation`,
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -28,12 +29,12 @@ import torch
 from fedloom.client.evaluation import Evaluation, Evaluator, ReportedEvaluation
 from fedloom.client.schedule import steps_for
 from fedloom.client.trainer import TorchTrainer
-from fedloom.config import RunConfig, parse_config
+from fedloom.config import BUILTIN_MODELS, RunConfig, parse_config
 from fedloom.data.arrays import ArrayDataset
 from fedloom.data.federated import FederatedData, build_federated_data
 from fedloom.data.storage import read_eval_set
 from fedloom.errors import CheckpointError, ConfigError, FedloomError
-from fedloom.models import build_model
+from fedloom.models import builtin_task, model_stats
 from fedloom.optim import make_server_optimizer
 from fedloom.params import module_vector
 from fedloom.privacy.accounting import epsilon, noise_multiplier_for
@@ -54,17 +55,21 @@ from fedloom.server.sync import SyncServer
 from fedloom.sim import recovery
 from fedloom.sim.devices import Population
 from fedloom.sim.executor import Executor, SequentialExecutor
-from fedloom.sim.memory import check_memory, effective_batch_size
+from fedloom.sim.executor_trial import pick_faster
+from fedloom.sim.memory import check_memory_for, effective_batch_size
 from fedloom.sim.population import build_network, build_population
 from fedloom.sim.runtime import Simulation
 from fedloom.sim.shard import Shard
 from fedloom.sim.timeline import VirtualTime
 from fedloom.sim.vectorized import VectorizedExecutor, unsupported_reason
+from fedloom.task import MODULE_PREFIX, DataShape, ResolvedTask, Task, check_fit, import_task
 from fedloom.transforms.base import Chain, ClientStates, build_chain, build_sides
 from fedloom.transport.messages import ModelSpec
 from fedloom.transport.server import DeploymentServer, ServerOptions
 
 log = logging.getLogger("fedloom")
+# clients in the measured trial that picks the executor (``simulation.executor = "auto"``)
+TRIAL_CLIENTS = 8
 
 
 # settings -> core objects ----------------------------------------------------------
@@ -98,35 +103,90 @@ def resolve_device(name: str) -> str:
 
 
 def make_executor(
-    config: RunConfig, trainer: TorchTrainer, data: FederatedData, shard: Shard | None = None
+    config: RunConfig,
+    trainer: TorchTrainer,
+    data: FederatedData,
+    shard: Shard | None = None,
+    chosen: str | None = None,
 ) -> tuple[Executor, str]:
-    """The configured executor and a note saying why it was chosen."""
+    """The configured executor and a note saying why it was chosen.
+
+    ``auto`` trains a small cohort with both executors and keeps the faster (measured,
+    so the choice is right for this model on this machine, never the slower one by
+    default); ``chosen`` (a resumed run's start record) repeats the original choice so
+    the resumed run trains exactly as the original. Under torchrun every process must
+    choose alike, so there ``auto`` takes the vectorized executor whenever it can."""
     sim = config.simulation
+    task = trainer.task
     reason = unsupported_reason(trainer.model)
-    if sim.executor == "sequential":
-        return SequentialExecutor(trainer, data.train), "requested in config"
-    if reason is not None:
+    sequential = SequentialExecutor(trainer, data.train)
+    if sim.executor == "sequential" or chosen == "sequential":
+        return sequential, "requested in config" if chosen is None else "as the run began"
+    vec: VectorizedExecutor | None = None
+    if reason is None:
+        device = resolve_device(sim.device)
+        if device == "cuda" and shard is not None and torch.cuda.device_count() > 1:
+            rank = int(os.environ.get("LOCAL_RANK", shard.rank))
+            device = f"cuda:{rank % torch.cuda.device_count()}"
+        try:
+            vec = VectorizedExecutor(
+                copy.deepcopy(trainer.model),
+                data.train,
+                device=device,
+                memory_budget_mb=sim.memory_budget_mb,
+                task=task,
+            )
+        except ValueError as err:  # e.g. an operation torch.func.vmap cannot batch
+            reason = str(err)
+    if vec is None:
         if sim.executor == "vectorized":
             raise ConfigError(f"simulation.executor = 'vectorized' is impossible: {reason}")
-        log.warning("falling back to the sequential executor: %s", reason)
-        return SequentialExecutor(trainer, data.train), f"fallback: {reason}"
-    device = resolve_device(sim.device)
-    if device == "cuda" and shard is not None and torch.cuda.device_count() > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank)) % torch.cuda.device_count()}"
-    vec = VectorizedExecutor(
-        copy.deepcopy(trainer.model),
-        data.train,
-        device=device,
-        memory_budget_mb=sim.memory_budget_mb,
+        log.info("using the sequential executor: %s", reason)
+        return sequential, f"sequential: {reason}"
+    if sim.executor == "vectorized" or chosen == "vectorized":
+        why = "requested in config" if chosen is None else "as the run began"
+        return vec, f"{vec.backend} gradients on {vec.device} ({why})"
+    if shard is not None or vec.device.type != "cpu":
+        return vec, f"{vec.backend} gradients on {vec.device}"
+    return _measured_choice(config, trainer, data, sequential, vec)
+
+
+def _measured_choice(
+    config: RunConfig,
+    trainer: TorchTrainer,
+    data: FederatedData,
+    sequential: Executor,
+    vec: VectorizedExecutor,
+) -> tuple[Executor, str]:
+    """``auto``: time both executors on the same small cohort (the largest clients, two
+    local steps) and keep the faster; the note gives both times."""
+    sizes = data.train.sizes()
+    ids = np.sort(np.argsort(-sizes, kind="stable")[: min(TRIAL_CLIENTS, int((sizes > 0).sum()))])
+    if len(ids) == 0:
+        return vec, f"{vec.backend} gradients on {vec.device}"
+    plan = replace(plan_from_config(config, sizes), local_steps=2, local_epochs=1)
+    params = module_vector(trainer.model)
+    seeds = np.arange(len(ids), dtype=np.int64)
+    best, timings = pick_faster([vec, sequential], params, ids, seeds, plan)
+    shown = ", ".join(
+        f"{name} {t * 1e3:.2f} ms" if isinstance(t, float) else f"{name} failed: {t}"
+        for name, t in timings.items()
     )
-    return vec, f"{vec.backend} gradients on {device}"
+    what = f"{vec.backend} gradients on {vec.device}" if best is vec else "one client at a time"
+    return best, f"{what}; measured per client update: {shown}"
 
 
-def monitor_from_config(config: RunConfig) -> ConvergenceMonitor:
+def monitor_from_config(config: RunConfig, task: ResolvedTask) -> ConvergenceMonitor:
+    """Early stopping on ``stopping.metric`` (default: the task's first metric), in the
+    direction the task gives it."""
     s = config.stopping
+    metric = s.metric or task.primary
+    maximize = task.maximize(metric)
+    if metric == "accuracy" and s.target is not None and not 0 < s.target <= 1:
+        raise ConfigError(f"stopping.target = {s.target} is not an accuracy in (0, 1]")
     return ConvergenceMonitor(
-        metric=s.metric,
-        mode="max" if s.metric == "accuracy" else "min",
+        metric=metric,
+        mode="max" if maximize else "min",
         patience=s.patience,
         min_delta=s.min_delta,
         target=s.target,
@@ -134,7 +194,6 @@ def monitor_from_config(config: RunConfig) -> ConvergenceMonitor:
         plateau_window=s.plateau_window,
         plateau_tolerance=s.plateau_tolerance,
     )
-
 
 
 def privacy_plan(config: RunConfig, num_clients: int, dim: int = 0) -> PrivacyPlan:
@@ -237,10 +296,7 @@ def dp_sgd_epsilon(config: RunConfig, sizes: np.ndarray, delta: float) -> float 
     )
     steps = int(steps_for(np.array([n]), plan)[0])
     rate = min(1.0, c.batch_size / n)
-    return epsilon(
-        c.dp_sgd_noise_multiplier, rate, steps * config.rounds, delta, accountant="rdp"
-    )
-
+    return epsilon(c.dp_sgd_noise_multiplier, rate, steps * config.rounds, delta, accountant="rdp")
 
 
 def cohort_policy(config: RunConfig, privacy: PrivacyPlan) -> CohortPolicy:
@@ -319,16 +375,19 @@ def open_registry(
     data: FederatedData,
     population: Population,
 ) -> ClientRegistry:
-    """The client registry in the run directory, with every client registered."""
+    """The client registry in the run directory, with every client registered (the
+    label entropy is a data-quality signal of class labels; other targets register 0)."""
     cfg = config.registry
     registry = ClientRegistry(
         run.path / registry_name(shard), cfg.reliability_decay, cfg.duration_smoothing
     )
     train = data.train
-    hist = train.label_histograms().astype(np.float64)
-    p = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+    entropy = np.zeros(train.num_clients)
+    if train.targets == "classes":
+        hist = train.label_histograms().astype(np.float64)
+        p = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
     registry.register(
         train.sizes(),
         entropy,
@@ -362,17 +421,59 @@ def transforms(
     return server_chain, decoders, ClientStates(client_chain, dim)
 
 
+def resolve_task(config: RunConfig, shape: DataShape, task: Task | None = None) -> ResolvedTask:
+    """The run's task for data of ``shape``: ``task`` when one is given (from Python), a
+    ``module:`` path from ``model.kind``, or the built-in kind built for the shape."""
+    m = config.model
+    if task is None:
+        if m.kind.startswith(MODULE_PREFIX):
+            task = import_task(m.kind, m.options)
+        else:
+            task = builtin_task(
+                m.kind, shape.sample_shape, shape.targets, shape.outputs, tuple(m.hidden), m.norm
+            )
+    return task.resolved(shape.targets)
+
+
+def task_record(
+    task: ResolvedTask, model: torch.nn.Module, shape: DataShape, int_inputs: bool
+) -> dict[str, Any]:
+    """The start record's description of the task: what it is, what it reports, the
+    data's shape, and how big its model is (parameters, FLOPs and activation bytes of one
+    example; ``int_inputs``: examples are token ids)."""
+    dtype = torch.int64 if int_inputs else torch.float32
+    stats = model_stats(model, shape.sample_shape, dtype)
+    return {
+        "name": task.name,
+        "reference": task.task.reference,
+        "targets": task.targets,
+        "loss": task.loss.name,
+        "metrics": list(task.metrics),
+        "maximize": [m for m, spec in task.metrics.items() if spec.maximize],
+        "input_shape": list(shape.sample_shape),
+        "num_classes": shape.num_classes,
+        "outputs": shape.outputs,
+        "parameters": stats.parameters,
+        "flops": stats.flops,
+        "activation_bytes": stats.activation_bytes,
+    }
+
+
 def build_simulation(
     config: RunConfig,
     run: RunDirectory,
     shard: Shard | None = None,
     data: FederatedData | None = None,
     deployment: bool = False,
+    task: Task | None = None,
+    executor: str | None = None,
 ) -> Simulation:
     """Every object of the run in ``run``, nothing recorded yet.
 
-    ``data`` replaces the configured dataset (for programmatic use; a resumed run rebuilds
-    its data from the config, so pass the same data to :func:`resume_simulation`).
+    ``data`` replaces the configured dataset and ``task`` the configured model (for
+    programmatic use; a resumed run rebuilds both from the config, so pass the same data
+    and task to :func:`resume_simulation`). ``executor``: the executor the run began
+    with, repeated on resume.
 
     ``deployment``: the rounds are driven by real clients (the gRPC server). Then every
     random draw that protects someone comes from the OS, whatever the config says:
@@ -388,20 +489,23 @@ def build_simulation(
     for name, given, found in (
         ("num_features", config.model.num_features, data.num_features),
         ("num_classes", config.model.num_classes, data.num_classes),
+        ("input_shape", config.model.input_shape, data.sample_shape),
     ):
-        if given is not None and given != found:
+        if given is not None and tuple(np.atleast_1d(given)) != tuple(np.atleast_1d(found)):
             raise ConfigError(f"model.{name} = {given}, but the data have {found}")
-    check_memory(  # before the model is built: refuse what cannot fit
+    shape = DataShape.of(data.train.x, data.train.y, data.num_classes)
+    resolved = resolve_task(config, shape, task)
+    model = resolved.task.build_model(config.seed)
+    check_fit(resolved, model, data.train.x[:2], data.train.y[:2], data.num_classes)
+    check_memory_for(  # before anything large is allocated: refuse what cannot fit
         config,
-        data.num_features,
-        data.num_classes,
+        model,
+        data.train.x,
         data.train.sizes(),
         len(data.test) + (0 if data.holdout is None else len(data.holdout.y)),
     )
-    trainer = TorchTrainer(
-        build_model(config.model, data.num_features, data.num_classes, config.seed)
-    )
-    executor, note = make_executor(config, trainer, data, shard)
+    trainer = TorchTrainer(model, resolved)
+    executor_used, note = make_executor(config, trainer, data, shard, executor)
     population = build_population(config.devices, data.train.num_clients, config.seed)
     virtual_time = VirtualTime(population, build_network(config.network, population), config.seed)
     sizes = data.train.sizes()
@@ -410,7 +514,7 @@ def build_simulation(
         int(sizes.max()),
         sizes,
         lambda: open_registry(config, run, shard, data, population),
-        Evaluator(trainer, data.test, data.holdout, config.evaluation.batch_size),
+        Evaluator(trainer, data.test, data.holdout, config.evaluation.batch_size, task=resolved),
         data.holdout is not None,
         config.server.max_examples_per_client,
     )
@@ -426,7 +530,7 @@ def build_simulation(
         checkpoint_meta=lambda: {"clock": virtual_time.clock.state_dict()},
     )
     return Simulation(
-        config, run, engine, data, trainer, executor, note, virtual_time, shard, deployment
+        config, run, engine, data, trainer, executor_used, note, virtual_time, shard, deployment
     )
 
 
@@ -481,7 +585,7 @@ def _engine(
         clients_per_round=srv.clients_per_round,
         plan=plan_from_config(config, clients.sizes),
         optimizer=make_server_optimizer(opt.pop("name"), **opt),
-        monitor=monitor_from_config(config),
+        monitor=monitor_from_config(config, trainer.task),
         seed=config.seed,
         selector=cohort.selector(sel.strategy, sel.max_share, sel.params),
         quorum=srv.quorum,
@@ -516,15 +620,16 @@ def start_simulation(
     shard: Shard | None = None,
     data: FederatedData | None = None,
     deployment: bool = False,
+    task: Task | None = None,
 ) -> Simulation:
     """A new run in a fresh directory, with the initial model evaluated as round 0
-    (``deployment``: see :func:`build_simulation`)."""
+    (``data``, ``task``, ``deployment``: see :func:`build_simulation`)."""
     if shard is None:
         run = RunDirectory.create(config)
     else:  # rank 0 picks the directory, the others learn its name
         path = RunDirectory.create(config).path if shard.is_writer else None
         run = RunDirectory(shard.broadcast(path))
-    return _begin(config, run, shard, data, deployment, fresh=True)
+    return _begin(config, run, shard, data, deployment, task, fresh=True)
 
 
 def _ledger_path(run: RunDirectory, shard: Shard | None) -> Path | None:
@@ -538,13 +643,14 @@ def _begin(
     shard: Shard | None,
     data: FederatedData | None,
     deployment: bool,
+    task: Task | None,
     fresh: bool,
 ) -> Simulation:
     """Build the run in ``run``, record round 0 and checkpoint it, so that a run stopped
     at any later moment can be resumed (``fresh``: the directory is new, and removed
     again if the run is refused before it starts)."""
     try:
-        sim = build_simulation(config, run, shard, data, deployment)
+        sim = build_simulation(config, run, shard, data, deployment, task)
         sim.engine.ledger = sim.privacy.ledger(_ledger_path(run, shard))
     except FedloomError:  # refused before any round (e.g. over the privacy budget)
         if fresh and (shard is None or shard.is_writer):
@@ -558,6 +664,12 @@ def _begin(
         sim.executor_note,
         shard.world if shard else 1,
         sim.randomness(),
+        task_record(
+            sim.trainer.task,
+            sim.trainer.model,
+            DataShape.of(sim.data.train.x, sim.data.train.y, sim.data.num_classes),
+            np.issubdtype(sim.data.train.x.dtype, np.integer),
+        ),
     )
     return sim
 
@@ -570,6 +682,7 @@ def _record_start(
     note: str,
     processes: int,
     randomness: dict[str, str],
+    task: dict[str, Any],
 ) -> None:
     """Round 0: the start record (the initial model evaluated) and its checkpoint."""
     sizes = data.train.sizes()
@@ -583,6 +696,7 @@ def _record_start(
             "executor_note": note,
             "processes": processes,
             "randomness": randomness,
+            "task": task,
             "dp_sgd_epsilon": dp_sgd_epsilon(config, sizes, 1.0 / sizes.sum() ** 1.1),
             **engine.evaluate(federated=data.holdout is not None),
         }
@@ -595,14 +709,16 @@ def resume_simulation(
     shard: Shard | None = None,
     data: FederatedData | None = None,
     deployment: bool = False,
+    task: Task | None = None,
 ) -> Simulation:
-    """Continue the run in ``path`` from its newest checkpoint (``deployment``: see
-    :func:`build_simulation`)."""
+    """Continue the run in ``path`` from its newest checkpoint, with the executor it began
+    with (``data``, ``task``, ``deployment``: see :func:`build_simulation`; a run started
+    with a task object from Python needs the same task again)."""
     run = RunDirectory.open(path)
     config = run.load_config()
     found = run.latest_checkpoint()
     if found is None:
-        return _restart(config, run, shard, data, deployment)
+        return _restart(config, run, shard, data, deployment, task)
     ckpt_path, state = found
     if "clock" not in state["meta"]:
         raise CheckpointError(
@@ -610,10 +726,24 @@ def resume_simulation(
             f"virtual clock); continue it with `fedloom server --resume {run.path}`"
         )
     notes = _repair(config, run, shard, state)
-    sim = build_simulation(config, run, shard, data, deployment)
+    start = next((r for r in run.records() if r.get("event") == "start"), {})
+    _check_task_given(start, task, run.path)
+    executor = start.get("executor") if config.simulation.executor == "auto" else None
+    sim = build_simulation(config, run, shard, data, deployment, task, executor)
     sim.virtual_time.clock.load_state_dict(state["meta"]["clock"])
     _continue(sim.engine, run, shard, state, ckpt_path, notes, sim.randomness())
     return sim
+
+
+def _check_task_given(start: dict[str, Any], task: Task | None, path: Path) -> None:
+    """A run that began with a task object from Python (no import path in its config)
+    resumes only with a task again: rebuilt from the config it would train another model."""
+    info = start.get("task") or {}
+    if task is None and info.get("reference") is None and info.get("name") not in BUILTIN_MODELS:
+        raise ConfigError(
+            f"run {str(path)!r} trained task {info.get('name')!r} given from Python; resume "
+            "it with the same task: resume_simulation(path, task=...)"
+        )
 
 
 def _continue(
@@ -707,13 +837,14 @@ def _restart(
     shard: Shard | None,
     data: FederatedData | None,
     deployment: bool,
+    task: Task | None,
 ) -> Simulation:
     """Resume a run stopped before its round-0 checkpoint: nothing was trained or released
     yet, so it begins again in its own directory, and what the first attempt wrote is kept
     aside (``<name>.unfinished-<n>``). A run with rounds recorded but no checkpoint left
     is refused."""
     _set_aside_unfinished(run, shard)
-    return _begin(config, run, shard, data, deployment, fresh=False)
+    return _begin(config, run, shard, data, deployment, task, fresh=False)
 
 
 def _set_aside_unfinished(run: RunDirectory, shard: Shard | None) -> None:
@@ -759,9 +890,18 @@ class DeploymentRun:
     config: RunConfig
     run_dir: RunDirectory
     engine: RoundEngine
-    num_features: int
-    num_classes: int
+    shape: DataShape
+    task: ResolvedTask
+    model: torch.nn.Module  # the initial model (its weights live in the engine's server)
     eval_set: ArrayDataset | None = None
+
+    @property
+    def num_features(self) -> int:
+        return int(np.prod(self.shape.sample_shape))
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.shape.num_classes
 
     def randomness(self) -> dict[str, str]:
         return self.engine.privacy.randomness(True, _dp_sgd(self.config))
@@ -772,39 +912,55 @@ def _dp_sgd(config: RunConfig) -> bool:
     return c.dp_sgd_clip_norm is not None and bool(c.dp_sgd_noise_multiplier)
 
 
-def deployment_shape(config: RunConfig, eval_set: ArrayDataset | None) -> tuple[int, int]:
-    """``(num_features, num_classes)`` of a deployment's model, from what the server may
-    know without client data: ``model.num_features`` / ``model.num_classes``, else the
-    shape of a built-in data source (digits, synthetic), else the central evaluation
-    set. Refused in one line when none gives it, or when they disagree."""
+def deployment_shape(config: RunConfig, eval_set: ArrayDataset | None) -> DataShape:
+    """The shape of a deployment's data, from what the server may know without client
+    data: ``model.input_shape`` (or ``model.num_features``), ``model.num_classes`` and
+    ``model.targets``, else the shape of a built-in data source (digits, synthetic),
+    else the central evaluation set. Refused in one line when none gives it, or when
+    they disagree."""
     m, d = config.model, config.data
     builtin: tuple[int | None, int | None] = {
         "digits": _DIGITS_SHAPE,
         "synthetic": (d.synthetic.num_features, d.synthetic.num_classes),
     }.get(d.source, (None, None))
     features = m.num_features or builtin[0]
-    classes = m.num_classes or builtin[1]
+    shape: tuple[int, ...] | None = m.input_shape or ((features,) if features else None)
+    regression = eval_set is not None and eval_set.num_classes is None
+    targets = m.targets or ("values" if regression else "classes")
+    classes = None if targets == "values" else (m.num_classes or builtin[1])
     if eval_set is not None:
-        if features is not None and features != eval_set.num_features:
+        found = DataShape.of(eval_set.x, eval_set.y, eval_set.num_classes)
+        if shape is not None and int(np.prod(shape)) != int(np.prod(found.sample_shape)):
             raise ConfigError(
-                f"--eval-data has {eval_set.num_features} features but the model takes "
-                f"{features} (model.num_features or data.source = {d.source!r})"
+                f"--eval-data examples have shape {list(found.sample_shape)} but the model takes "
+                f"{list(shape)} (model.input_shape / model.num_features or data.source = "
+                f"{d.source!r})"
             )
-        top = int(eval_set.y.max())
-        if classes is not None and top >= classes:
+        if found.targets != targets and m.targets is not None:
             raise ConfigError(
-                f"--eval-data has label {top} but the model has {classes} classes "
-                f"(model.num_classes or data.source = {d.source!r})"
+                f"--eval-data holds {found.targets} targets but model.targets = {m.targets!r}"
             )
-        features = features or eval_set.num_features
-        classes = classes or eval_set.num_classes
-    if features is None or classes is None:
+        if classes is not None and found.num_classes is not None:
+            top = int(eval_set.y.max())
+            if top >= classes:
+                raise ConfigError(
+                    f"--eval-data has label {top} but the model has {classes} classes "
+                    f"(model.num_classes or data.source = {d.source!r})"
+                )
+        shape = shape or found.sample_shape
+        classes = classes or found.num_classes
+        if targets == "values":
+            return DataShape(tuple(shape), targets, None, found.outputs)
+    if shape is None or (classes is None and targets != "values"):
         raise ConfigError(
             "a deployment server holds no client data, so the model's shape must be given: "
-            "set model.num_features and model.num_classes in the config (or give "
-            "--eval-data FILE.npz)"
+            "set model.num_features (or model.input_shape) and model.num_classes in the "
+            "config (or give --eval-data FILE.npz)"
         )
-    return features, classes
+    if targets == "values":
+        return DataShape(tuple(shape), targets, None, 1)
+    assert classes is not None
+    return DataShape(tuple(shape), targets, classes, classes)
 
 
 def _check_deployment(config: RunConfig, eval_set: ArrayDataset | None) -> None:
@@ -838,7 +994,7 @@ def _deployment_evaluator(
     """The central set's evaluator; without one, the clients' reported evaluations of the
     model they received (none under secure aggregation)."""
     if eval_set is not None:
-        return Evaluator(trainer, eval_set, None, config.evaluation.batch_size)
+        return Evaluator(trainer, eval_set, None, config.evaluation.batch_size, task=trainer.task)
     return _no_evaluation if config.secagg.enabled else ReportedEvaluation()
 
 
@@ -882,8 +1038,12 @@ def _build_deployment(
     if config.threads:
         torch.set_num_threads(config.threads)
     _check_deployment(config, eval_set)
-    features, classes = deployment_shape(config, eval_set)
-    trainer = TorchTrainer(build_model(config.model, features, classes, config.seed))
+    shape = deployment_shape(config, eval_set)
+    task = resolve_task(config, shape)
+    model = task.task.build_model(config.seed)
+    if eval_set is not None:
+        check_fit(task, model, eval_set.x[:2], eval_set.y[:2], shape.num_classes)
+    trainer = TorchTrainer(model, task)
     n = config.partition.num_clients
     population = build_population(config.devices, n, config.seed)
     clients = ClientFacts(
@@ -896,7 +1056,7 @@ def _build_deployment(
         deployment_cap(config),
     )
     engine = _engine(config, run, None, clients, trainer, True, time.time, None)
-    return DeploymentRun(config, run, engine, features, classes, eval_set)
+    return DeploymentRun(config, run, engine, shape, task, model, eval_set)
 
 
 def _begin_deployment(
@@ -936,6 +1096,12 @@ def _begin_deployment(
             "processes": 1,
             "randomness": deployed.randomness(),
             # the worst-off client's DP-SGD epsilon needs its data size: each client knows it
+            "task": task_record(
+                deployed.task,
+                deployed.model,
+                deployed.shape,
+                any(isinstance(m, torch.nn.Embedding) for m in deployed.model.modules()),
+            ),
             "dp_sgd_epsilon": None,
             "evaluation": evaluation,
             **engine.evaluate(),
@@ -979,12 +1145,16 @@ def deployment_server(run: DeploymentRun, options: ServerOptions) -> DeploymentS
     clients build their model from, the client transform chain they run, and the cap on
     the example count a client may report at its join."""
     config = run.config
+    m, shape = config.model, run.shape
     spec = ModelSpec(
-        config.model.kind,
-        tuple(config.model.hidden),
-        run.num_features,
-        run.num_classes,
+        m.kind,
+        tuple(m.hidden),
+        shape.sample_shape,
+        shape.targets,
+        shape.outputs,
         config.seed,
+        m.norm,
+        json.dumps(m.options) if m.options else "",
     )
     return DeploymentServer(
         run.engine,

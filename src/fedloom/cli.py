@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedloom.cli_certs import certs_app
@@ -15,7 +14,7 @@ from fedloom.console import console, user_errors
 from fedloom.errors import CheckpointError, DataError, FedloomError, RunInterrupted
 
 if TYPE_CHECKING:
-    from fedloom.records import RoundReport
+    pass
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -214,6 +213,13 @@ def client(
         bool,
         typer.Option(help="report this client's label histogram at join (default: counts only)"),
     ] = False,
+    trust: Annotated[
+        list[str],
+        typer.Option(
+            help="a package whose code the server may name (a module: model or transform); "
+            "repeat for several"
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Join a federated run as one client process and train until the server is done."""
     import logging
@@ -233,6 +239,7 @@ def client(
             max_upload_kbps=max_upload_kbps,
             retry=RetryPolicy(patience_s=patience),
             share_labels=share_labels,
+            trust=tuple(trust),
         )
         stats = worker.run()
     console.print(
@@ -497,29 +504,11 @@ def _num(value: float, digits: int) -> str:
 
 
 def _run_with_progress(sim) -> None:  # noqa: ANN001 - Simulation imported lazily
+    from fedloom.progress import run_with_progress
     from fedloom.report import summary_rows, write_plots
 
-    total = sim.config.rounds
     console.print(f"run directory: [bold]{sim.run_dir.path}[/]")
-    columns = (
-        TextColumn("round"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("acc {task.fields[acc]}  loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(
-            "rounds", total=total, completed=sim.server.round, acc="-", loss="-"
-        )
-
-        def on_round(report: RoundReport) -> None:
-            fields = {}
-            if report.accuracy is not None and report.loss is not None:
-                fields = {"acc": f"{report.accuracy:.4f}", "loss": f"{report.loss:.4f}"}
-            progress.update(task, completed=report.round, **fields)
-
-        sim.run(on_round)
+    run_with_progress(sim)
     table = Table(title="summary", show_header=False)
     for key, value in summary_rows(sim.run_dir):
         table.add_row(key, value)

@@ -10,9 +10,10 @@ record's ``secagg`` part has the same keys in both runtimes.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from fedloom.errors import FedloomError
 
@@ -25,16 +26,51 @@ class _Record(_Strict):
     round: int = Field(ge=0)
 
 
-class _Evaluated(_Strict):
-    """The global model's metrics, when it was evaluated (``evaluation.every``)."""
+class _Evaluated(BaseModel):
+    """The global model's metrics, when it was evaluated (``evaluation.every``): ``loss``
+    and every metric the task reports, by the task's names (a classifier's ``accuracy``,
+    a regression's ``mse`` and ``mae``); on the clients' hold-outs the same with a
+    ``fed_`` prefix, the 10th (maximized) or 90th (minimized) percentile client's first
+    metric and ``fed_clients``. The task's metric names are extra fields here, checked
+    against the names the start record's ``task`` lists (:func:`validate`)."""
 
-    accuracy: float | None = None
+    model_config = ConfigDict(extra="allow")
+
     loss: float | None = None
-    # the clients' hold-outs (``evaluation.federated_every``, and at the last round)
-    fed_accuracy: float | None = None
     fed_loss: float | None = None
-    fed_accuracy_p10: float | None = None
     fed_clients: int | None = None
+
+    @model_validator(mode="after")
+    def _metric_values(self) -> _Evaluated:
+        for name, value in (self.model_extra or {}).items():
+            if not _METRIC.fullmatch(name):
+                raise ValueError(f"unknown field {name!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise ValueError(f"metric {name!r} = {value!r} is not a number")
+        return self
+
+
+_METRIC = re.compile(r"(fed_)?[A-Za-z_]\w*")
+
+
+class TaskRecord(_Strict):
+    """What the run learns: the task, its loss and metrics (those higher-is-better in
+    ``maximize``) and the size of its model."""
+
+    name: str
+    reference: str | None
+    targets: Literal["classes", "tokens", "values"]
+    loss: str
+    metrics: list[str]
+    maximize: list[str]
+    input_shape: list[int]
+    num_classes: int | None
+    outputs: int
+    parameters: int
+    flops: int
+    activation_bytes: int
 
 
 Source = Literal["os", "seed", "none"]
@@ -47,7 +83,8 @@ class Randomness(_Strict):
     dp_sgd_noise: Source
 
 
-class StartRecord(_Record, _Evaluated):
+class StartRecord(_Evaluated, _Record):
+    model_config = ConfigDict(extra="allow")  # the task's metrics (_Evaluated)
     event: Literal["start"]
     clients: int
     params: int
@@ -55,6 +92,7 @@ class StartRecord(_Record, _Evaluated):
     executor_note: str
     processes: int
     randomness: Randomness
+    task: TaskRecord | None = None
     dp_sgd_epsilon: float | None
     evaluation: str | None = None  # a deployment: what its rounds are evaluated on
 
@@ -98,9 +136,11 @@ class Exclusion(_Strict):
     detail: str
 
 
-class RoundRecord(_Record, _Evaluated):
+class RoundRecord(_Evaluated, _Record):
     """One round attempt (retries included). ``round``: the model version it produced or
     would have produced; ``attempt``: the registry's round counter."""
+
+    model_config = ConfigDict(extra="allow")  # the task's metrics (_Evaluated)
 
     event: Literal["round"]
     status: Literal["aggregated", "empty", "skipped", "retry"]
@@ -189,5 +229,18 @@ def parse(record: dict[str, Any]) -> BaseModel:
 
 
 def validate(records: list[dict[str, Any]]) -> list[BaseModel]:
-    """Every record of a run, typed (raises on the first that does not fit)."""
-    return [parse(r) for r in records]
+    """Every record of a run, typed (raises on the first that does not fit); the metrics
+    of evaluated records must be the ones the start record's task names."""
+    typed = [parse(r) for r in records]
+    start = next((t for t in typed if isinstance(t, StartRecord)), None)
+    names = ["accuracy"] if start is None or start.task is None else start.task.metrics
+    primary = names[0] if names else "loss"
+    allowed = {*names, *(f"fed_{n}" for n in names), f"fed_{primary}_p10", f"fed_{primary}_p90"}
+    for record, t in zip(records, typed, strict=True):
+        for name in (t.model_extra or {}) if isinstance(t, _Evaluated) else ():
+            if name not in allowed:
+                raise RecordError(
+                    f"metrics record {record.get('event')!r} of round {record.get('round')!r}: "
+                    f"{name!r} is not a metric of the run's task ({', '.join(names)})"
+                )
+    return typed

@@ -11,20 +11,32 @@ from fedloom.atomic import atomic_write
 from fedloom.runs import RunDirectory
 
 
+def task_metrics(records: list[dict[str, Any]]) -> tuple[list[str], set[str]]:
+    """The run's metric names (the task's, first one first; a run recorded before tasks
+    were named reports accuracy) and those where higher is better."""
+    start = next((r for r in records if r.get("event") == "start"), {})
+    task = start.get("task") or {"metrics": ["accuracy"], "maximize": ["accuracy"]}
+    return list(task["metrics"]), set(task["maximize"])
+
+
 def write_plots(run: RunDirectory) -> list[Path]:
-    """Accuracy and loss per round as PNGs under ``report/``; returns the files written."""
+    """Every task metric and the loss per round as PNGs under ``report/`` (and the first
+    metric against virtual time); returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in run.records() if "accuracy" in r]
+    all_records = run.records()
+    names, _ = task_metrics(all_records)
+    primary = names[0] if names else "loss"
+    records = [r for r in all_records if "loss" in r and primary in r]
     if not records:
         return []
     rounds = [r["round"] for r in records]
     run.report_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for metric, label in (("accuracy", "test accuracy"), ("loss", "test loss")):
+    for metric, label in [*((n, f"test {n}") for n in names), ("loss", "test loss")]:
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
         ax.plot(rounds, [r[metric] for r in records], marker="o", ms=3, label=label)
         fed = [(r["round"], r[f"fed_{metric}"]) for r in records if f"fed_{metric}" in r]
@@ -44,16 +56,16 @@ def write_plots(run: RunDirectory) -> list[Path]:
         unit, scale = ("s", 1.0) if end < 120 else ("min", 60.0) if end < 7200 else ("h", 3600.0)
         ax.plot(
             [r["virtual_time"] / scale for r in timed],
-            [r["accuracy"] for r in timed],
+            [r[primary] for r in timed],
             marker="o",
             ms=3,
         )
         ax.set_xlabel(f"virtual time ({unit})")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"{run.path.name}: time to accuracy")
+        ax.set_ylabel(f"test {primary}")
+        ax.set_title(f"{run.path.name}: {primary} against virtual time")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        written.append(_save(fig, run.report_dir / "accuracy_vs_time.png"))
+        written.append(_save(fig, run.report_dir / f"{primary}_vs_time.png"))
     return written
 
 
@@ -146,28 +158,33 @@ def write_sweep_plot(folder: Path, rows: list[dict[str, Any]]) -> Path:
 def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
     """Key facts of a run as (label, value) rows for a table."""
     records = run.records()
-    evals = [r for r in records if "accuracy" in r]
+    names, maximize = task_metrics(records)
+    primary = names[0] if names else "loss"
+    evals = [r for r in records if primary in r]
     rounds = [r for r in records if r.get("event") == "round"]
     stop: dict[str, Any] = next((r for r in records if r.get("event") == "stop"), {})
     rows = [("run directory", str(run.path)), ("rounds", str(len(rounds)))]
     if evals:
-        best = max(evals, key=lambda r: r["accuracy"])
-        rows += [
-            ("final test accuracy", f"{evals[-1]['accuracy']:.4f}"),
-            ("final test loss", f"{evals[-1]['loss']:.4f}"),
-            ("best test accuracy", f"{best['accuracy']:.4f} (round {best['round']})"),
-        ]
-        if "fed_accuracy" in evals[-1]:
-            rows.append(("client hold-out accuracy", f"{evals[-1]['fed_accuracy']:.4f}"))
-            rows.append(("  10th percentile client", f"{evals[-1]['fed_accuracy_p10']:.4f}"))
+        sign = 1.0 if primary in maximize else -1.0
+        best = max(evals, key=lambda r: sign * r[primary])
+        last = evals[-1]
+        rows += [(f"final test {n}", f"{last[n]:.4f}") for n in [*names, "loss"] if n in last]
+        rows.append((f"best test {primary}", f"{best[primary]:.4f} (round {best['round']})"))
+        if f"fed_{primary}" in last:
+            rows.append((f"client hold-out {primary}", f"{last[f'fed_{primary}']:.4f}"))
+            for pct, label in (("p10", "10th"), ("p90", "90th")):
+                if f"fed_{primary}_{pct}" in last:
+                    value = last[f"fed_{primary}_{pct}"]
+                    rows.append((f"  {label} percentile client", f"{value:.4f}"))
     if rounds and "virtual_time" in rounds[-1]:
         rows.append(("virtual time", _duration(rounds[-1]["virtual_time"])))
         stopping = run.load_config().stopping
         target = stopping.target
-        if target is not None and stopping.metric == "accuracy":
-            tta = time_to_accuracy(records, target)
+        metric = stopping.metric or primary
+        if target is not None and metric in names:
+            tta = time_to_target(records, metric, target, metric in maximize)
             shown = _duration(tta) if tta is not None else "not reached"
-            rows.append((f"virtual time to accuracy {target}", shown))
+            rows.append((f"virtual time to {metric} {target}", shown))
         dropped: dict[str, int] = {}
         for r in rounds:
             for reason, n in r.get("dropped", {}).items():
@@ -221,10 +238,15 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
     return [(k, v if not (isinstance(v, float) and math.isnan(v)) else "n/a") for k, v in rows]
 
 
-def time_to_accuracy(records: list[dict[str, Any]], target: float) -> float | None:
-    """Virtual seconds until the test accuracy first reached ``target`` (None if never)."""
+def time_to_target(
+    records: list[dict[str, Any]], metric: str, target: float, maximize: bool = True
+) -> float | None:
+    """Virtual seconds until ``metric`` first reached ``target`` (``>=`` when higher is
+    better, else ``<=``; None if never)."""
     for r in records:
-        if r.get("event") == "round" and r.get("accuracy", -1.0) >= target:
+        if r.get("event") != "round" or r.get(metric) is None:
+            continue
+        if (r[metric] >= target) if maximize else (r[metric] <= target):
             return float(r["virtual_time"])
     return None
 

@@ -173,7 +173,7 @@ def test_the_model_spec_comes_from_the_config_or_the_eval_set(
     monkeypatch.setattr(assemble, "build_federated_data", no_data)
     bare = [d for d in DATALESS if not d.startswith("model.")]
     config = load_config(None, [*bare, f'output_dir="{tmp_path / "runs"}"'])
-    with pytest.raises(ConfigError, match="model.num_features and model.num_classes"):
+    with pytest.raises(ConfigError, match=r"model.num_features \(or model.input_shape\) and"):
         open_deployment(config, None)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     rng = np.random.default_rng(0)
@@ -185,7 +185,7 @@ def test_the_model_spec_comes_from_the_config_or_the_eval_set(
     assert 0 <= start["accuracy"] <= 1  # evaluated on the central set
     # the config's shape and the eval set's must agree
     other = config_for(tmp_path / "b")
-    with pytest.raises(ConfigError, match="has 7 features but the model takes 64"):
+    with pytest.raises(ConfigError, match=r"examples have shape \[7\] but the model takes \[64\]"):
         open_deployment(other, None, eval_data=path)
 
 
@@ -195,7 +195,8 @@ def test_the_built_in_sources_shape_is_the_data_s(tmp_path: Path) -> None:
         config = load_config(None, [*DATALESS[1:3], f"data.source={source}"])
         data = build_federated_data(config.data, config.partition, config.seed)
         shape = assemble.deployment_shape(config, None)
-        assert shape == (data.num_features, data.num_classes)
+        assert shape.sample_shape == data.sample_shape
+        assert (shape.num_classes, shape.targets) == (data.num_classes, "classes")
 
 
 def test_a_bad_eval_set_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -232,9 +233,7 @@ def test_the_simulator_refuses_a_model_shape_its_data_contradict(tmp_path: Path)
     """The simulator holds the data: a config's model shape must be the data's."""
     from fedloom.assemble import start_simulation
 
-    config = load_config(
-        None, [*DATALESS[1:3], "model.num_classes=9", f'output_dir="{tmp_path}"']
-    )
+    config = load_config(None, [*DATALESS[1:3], "model.num_classes=9", f'output_dir="{tmp_path}"'])
     with pytest.raises(ConfigError, match="model.num_classes = 9, but the data have 10"):
         start_simulation(config)
 
@@ -296,9 +295,7 @@ def test_without_an_eval_set_rounds_record_what_clients_report_on_their_hold_out
         ({"eval_examples": 11}, "bad_count", "eval_examples = 11, expected 0..10"),
     ],
 )
-def test_a_reported_evaluation_out_of_range_is_refused(
-    fields: dict, kind: str, match: str
-) -> None:
+def test_a_reported_evaluation_out_of_range_is_refused(fields: dict, kind: str, match: str) -> None:
     from fedloom.transport.server import reported_evaluation_error
 
     honest = {"eval_loss": 0.5, "eval_accuracy": 0.8, "eval_examples": 10}

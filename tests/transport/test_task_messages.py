@@ -10,10 +10,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import torch
 
 from fedloom.config import load_config
 from fedloom.data.federated import build_federated_data
 from fedloom.data.storage import client_dir, write_partition
+from fedloom.errors import ConfigError
 from fedloom.records import TrainPlan
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport.client import DeploymentClient
@@ -85,14 +87,21 @@ def test_local_dp_round_trips_and_refuses_bad_values() -> None:
 
 
 def test_model_spec_knows_its_size_before_building() -> None:
-    spec = ModelSpec("mlp", (16, 8), 10, 3, 7)
+    spec = ModelSpec("mlp", (16, 8), (10,), "classes", 3, 7)
     assert ModelSpec.from_pb(wire(spec.to_pb())) == spec
-    model = spec.build()
-    assert spec.parameters() == sum(p.numel() for p in model.parameters())
-    logistic = ModelSpec("logistic", (16,), 10, 3, 7)  # hidden widths ignored
-    assert logistic.parameters() == 11 * 3
+    _, model = spec.build()
+    assert spec.known_parameters() == sum(p.numel() for p in model.parameters())
+    logistic = ModelSpec("logistic", (16,), (10,), "classes", 3, 7)  # hidden widths ignored
+    assert logistic.known_parameters() == 11 * 3
+    cnn = ModelSpec("cnn", (32,), (1, 8, 8), "classes", 10, 7, "group")
+    assert ModelSpec.from_pb(wire(cnn.to_pb())) == cnn and cnn.known_parameters() is None
+    task, model = cnn.build()
+    assert task.name == "cnn" and model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     for msg, match in [
-        (pb.ModelSpec(kind="cnn", num_features=4, num_classes=2), "model.kind = 'cnn'"),
+        (pb.ModelSpec(kind="resnet", num_features=4, num_classes=2), "model.kind = 'resnet'"),
+        (pb.ModelSpec(kind="mlp", num_features=4, num_classes=2, targets="x"), "targets = 'x'"),
+        (pb.ModelSpec(kind="cnn", input_shape=[1, 8, 8, 2, 2], num_classes=2), "input_shape"),
+        (pb.ModelSpec(kind="cnn", input_shape=[1, 8, 8], num_classes=2, norm="x"), "norm = 'x'"),
         (pb.ModelSpec(kind="mlp", hidden=[0], num_features=4, num_classes=2), r"hidden\[0\] = 0"),
         (pb.ModelSpec(kind="mlp", num_features=4, num_classes=1), "num_classes = 1"),
         (pb.ModelSpec(kind="mlp", num_features=4, num_classes=2, seed=-1), "seed = -1"),
@@ -119,14 +128,35 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeploymentClien
 
 
 def test_device_refuses_a_model_whose_size_does_not_match(device: DeploymentClient) -> None:
-    spec = ModelSpec("mlp", (4,), 64, 10, 0)
-    reply = pb.JoinReply(dim=spec.parameters() + 1, model=spec.to_pb())
+    spec = ModelSpec("mlp", (4,), (64,), "classes", 10, 0)
+    reply = pb.JoinReply(dim=spec.known_parameters() + 1, model=spec.to_pb())
     with pytest.raises(MessageError, match=r"dim = \d+, but the model has \d+ parameters"):
         device._setup(reply)
     with pytest.raises(MessageError, match="model is missing"):
         device._setup(pb.JoinReply(dim=10))
-    device._setup(pb.JoinReply(dim=spec.parameters(), model=spec.to_pb()))
-    assert device.dim == spec.parameters()
+    device._setup(pb.JoinReply(dim=spec.known_parameters(), model=spec.to_pb()))
+    assert device.dim == spec.known_parameters()
+
+
+def test_device_refuses_code_it_does_not_trust_and_data_that_does_not_fit(
+    device: DeploymentClient,
+) -> None:
+    """A server naming a module: model makes the device import that code: refused unless
+    the device trusts the package. A built-in model its data cannot feed is refused at
+    join, before any round."""
+    hostile = ModelSpec(
+        "module:subprocess:run", (), (64,), "classes", 10, 0, "none", '{"args": "true"}'
+    )
+    with pytest.raises(
+        MessageError, match="does not trust; start the client with --trust subprocess"
+    ):
+        device._setup(pb.JoinReply(dim=10, model=hostile.to_pb()))
+    cnn = ModelSpec("cnn", (8,), (1, 8, 8), "classes", 10, 0)
+    with pytest.raises(
+        ConfigError,
+        match=r"takes inputs of shape \[1, 8, 8\], but the data.s examples have shape \[64\]",
+    ):
+        device._setup(pb.JoinReply(dim=10, model=cnn.to_pb()))
 
 
 @pytest.mark.parametrize(

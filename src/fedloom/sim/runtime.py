@@ -49,15 +49,33 @@ log = logging.getLogger("fedloom")
 
 @dataclass(frozen=True)
 class RunSummary:
-    path: Path
+    """How a run ended. ``metric`` is the task's first metric (``accuracy`` for a
+    classifier, ``mse`` for a regression), ``value`` its final and ``best_value`` its best
+    evaluated value (in the task's direction, at ``best_round``); ``metrics`` is every
+    metric of the last evaluation. ``state_dict``: the trained model, when asked for
+    (``fedloom.simulate``); ``path`` is None for a run kept in memory."""
+
+    path: Path | None
     rounds: int
     stop_reason: str
     stop_detail: str
-    accuracy: float
-    loss: float
-    best_accuracy: float
+    metric: str
+    value: float
+    best_value: float
     best_round: int
+    metrics: dict[str, float]
+    loss: float
     wall_s: float
+    state_dict: dict[str, Any] | None = None
+
+    @property
+    def accuracy(self) -> float:
+        """The final test accuracy (NaN for a task that reports none)."""
+        return self.metrics.get("accuracy", math.nan)
+
+    @property
+    def best_accuracy(self) -> float:
+        return self.best_value if self.metric == "accuracy" else math.nan
 
 
 class Simulation:
@@ -172,9 +190,14 @@ class Simulation:
             result, extra = engine.withhold_round(cohort, refusal)
             return engine.finish_round(result, t0, extra)
         offline: dict[int, str] = {}
-        if engine.cohort.sample_all:  # drawn from all N: an offline pick is a dropout
+        if engine.cohort.sample_all:  # drawn from all N: an offline or empty pick drops out
             online = set(available.tolist())
-            offline = {c: "offline when sampled" for c in cohort if c not in online}
+            sizes = self.data.train.sizes()
+            offline = {
+                c: "offline when sampled" if c not in online else "no training data"
+                for c in cohort
+                if c not in online or sizes[c] == 0
+            }
             for cid, reason in offline.items():
                 self.server.fail(cid, reason)
             dispatches = [d for d in dispatches if d.client_id not in offline]
@@ -265,8 +288,7 @@ class Simulation:
         # staged: a client's new state is kept once the server accepts its update
         rows = states.apply(np.stack([u.delta for u in updates]), ctx, stage=True)
         return [
-            replace(u, delta=np.asarray(rows[i], dtype=np.float32))
-            for i, u in enumerate(updates)
+            replace(u, delta=np.asarray(rows[i], dtype=np.float32)) for i, u in enumerate(updates)
         ]
 
     def _privatize(self, updates: list[Update]) -> list[Update]:
@@ -458,19 +480,25 @@ class Simulation:
         return self.engine.evaluate(federated)
 
     def summary(self, wall_s: float) -> RunSummary:
-        rounds = [r for r in self.run_dir.records() if "accuracy" in r]
+        task = self.trainer.task
+        metric = task.primary
+        records = self.run_dir.records()
+        rounds = [r for r in records if metric in r]
         last = rounds[-1] if rounds else {}
-        best = max(rounds, key=lambda r: r["accuracy"]) if rounds else {}
-        stop = next((r for r in self.run_dir.records() if r.get("event") == "stop"), {})
+        sign = 1.0 if task.maximize(metric) else -1.0
+        best = max(rounds, key=lambda r: sign * r[metric]) if rounds else {}
+        stop = next((r for r in records if r.get("event") == "stop"), {})
+        names = ["loss", *task.metrics]
         return RunSummary(
             path=self.run_dir.path,
             rounds=self.server.round,
             stop_reason=stop.get("reason", "unknown"),
             stop_detail=stop.get("detail", ""),
-            accuracy=last.get("accuracy", math.nan),
-            loss=last.get("loss", math.nan),
-            best_accuracy=best.get("accuracy", math.nan),
+            metric=metric,
+            value=last.get(metric, math.nan),
+            best_value=best.get(metric, math.nan),
             best_round=best.get("round", 0),
+            metrics={n: last[n] for n in names if n in last},
+            loss=last.get("loss", math.nan),
             wall_s=wall_s,
         )
-

@@ -55,7 +55,14 @@ from fedloom.transport.certs import (
     signing_key,
     verified_client_key,
 )
-from fedloom.transport.messages import LocalDP, MessageError, ModelSpec, plan_from_pb
+from fedloom.transport.messages import (
+    MAX_MODEL_PARAMETERS,
+    LocalDP,
+    MessageError,
+    ModelSpec,
+    check_trusted,
+    plan_from_pb,
+)
 from fedloom.transport.secagg_wire import client_to_pb, server_from_pb
 from fedloom.transport.secure_round import SecureTaskSpec
 
@@ -242,11 +249,13 @@ class DeploymentClient:
         seed: int | None = None,
         threads: int = 1,
         share_labels: bool = False,
+        trust: tuple[str, ...] = (),
     ) -> None:
         """``threads``: torch threads for local training (small models train fastest on
         one; several client processes on one machine must not oversubscribe it);
         ``share_labels``: report this client's label histogram when it joins (by default
-        it reports only its example counts)."""
+        it reports only its example counts); ``trust``: packages whose code the server
+        may name (a ``module:`` model or transform); any other is refused."""
         from fedloom.data.storage import read_client
 
         if not insecure and certs is not None and (Path(certs) / "ca.key").exists():
@@ -257,6 +266,13 @@ class DeploymentClient:
             )
         torch.set_num_threads(threads)
         train, holdout = read_client(data_dir)
+        if share_labels and train.targets != "classes":
+            raise FedloomError(
+                f"--share-labels reports a label histogram, but this client's targets are "
+                f"{train.targets}, not class labels"
+            )
+        self.data = train
+        self.trust = tuple(trust)
         self.x = torch.from_numpy(train.x)
         self.y = torch.from_numpy(train.y)
         self.holdout = (
@@ -346,15 +362,22 @@ class DeploymentClient:
         """Build the model the server names, once its spec passes its checks and its size
         matches the server's ``dim`` (before anything is allocated)."""
         from fedloom.client.trainer import TorchTrainer
+        from fedloom.task import check_fit
 
         if not reply.HasField("model"):
             raise MessageError("join reply: model is missing")
         spec = ModelSpec.from_pb(reply.model)
-        if spec.parameters() != reply.dim:
+        known = spec.known_parameters()
+        if known is not None and known != reply.dim:
             raise MessageError(
-                f"join reply: dim = {reply.dim}, but the model has {spec.parameters()} parameters"
+                f"join reply: dim = {reply.dim}, but the model has {known} parameters"
             )
-        self.trainer = TorchTrainer(spec.build())
+        if reply.dim > MAX_MODEL_PARAMETERS:
+            raise MessageError(f"join reply: dim = {reply.dim}, over {MAX_MODEL_PARAMETERS}")
+        task, model = spec.build(self.trust)
+        # this client's data must fit the model before any round (one line otherwise)
+        check_fit(task, model, self.data.x[:2], self.data.y[:2], self.data.num_classes)
+        self.trainer = TorchTrainer(model, task)
         if self.trainer.dim != reply.dim:
             raise FedloomError(f"model has {self.trainer.dim} parameters, server {reply.dim}")
         self.dim = int(reply.dim)
@@ -370,6 +393,8 @@ class DeploymentClient:
 
         specs = []
         for t in reply.client_transforms:
+            if ":" in t.name:  # a user transform: code this client must trust
+                check_trusted(f"transform {t.name!r}", t.name, self.trust)
             try:
                 params = json.loads(t.params_json or "{}")
             except json.JSONDecodeError as err:

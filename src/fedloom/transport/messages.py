@@ -8,6 +8,7 @@ A task's secure-aggregation part is :class:`fedloom.transport.secure_round.Secur
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -20,6 +21,8 @@ from fedloom.transport import fedloom_pb2 as pb
 
 if TYPE_CHECKING:
     import torch
+
+    from fedloom.task import ResolvedTask
 
 # A model a device agrees to build: more parameters than this is not a small edge model
 # (and building it could exhaust the device's memory before any other check runs).
@@ -135,62 +138,137 @@ class LocalDP:
 
 
 # -- the model ---------------------------------------------------------------------------
+_BUILTIN = ("mlp", "logistic", "cnn", "char")
+_TARGETS = ("classes", "tokens", "values")
+_NORMS = ("none", "group", "batch")
+MAX_INPUT_RANK = 4  # one example: features, tokens, or channels x height x width (+1)
+MAX_INPUT_SIZE = 1 << 24
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """The model a client builds: the config's kind and hidden widths, the data's shape
-    and the seed of the initial weights."""
+    """The model a client builds: the config's kind (a built-in one, or a task by import
+    path) with its settings, the shape of one example, what the targets are, the output
+    width (classes, or the regression target's width) and the seed of the initial weights.
 
-    kind: Literal["mlp", "logistic"]
+    A ``module:`` kind makes the client import code the server names, so a client builds
+    one only from a module it was told to trust (``fedloom client --trust PACKAGE``); the
+    server never decides what code a device runs.
+    """
+
+    kind: str
     hidden: tuple[int, ...]
-    num_features: int
-    num_classes: int
+    input_shape: tuple[int, ...]
+    targets: Literal["classes", "tokens", "values"]
+    outputs: int
     seed: int
+    norm: str = "none"
+    options_json: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("mlp", "logistic"):
-            raise MessageError(f"model.kind = {self.kind!r}: expected 'mlp' or 'logistic'")
+        from fedloom.task import MODULE_PREFIX
+
+        if self.kind not in _BUILTIN and not (
+            self.kind.startswith(MODULE_PREFIX) and self.kind.count(":") == 2
+        ):
+            raise MessageError(
+                f"model.kind = {self.kind!r}: expected one of {_BUILTIN} or "
+                f"'{MODULE_PREFIX}package.module:attribute'"
+            )
         for i, width in enumerate(self.hidden):
             _int(f"model.hidden[{i}]", width, 1)
-        _int("model.num_features", self.num_features, 1)
-        _int("model.num_classes", self.num_classes, 2)
-        _int("model.seed", self.seed, 0)
-        if self.parameters() > MAX_MODEL_PARAMETERS:
+        if not 1 <= len(self.input_shape) <= MAX_INPUT_RANK:
             raise MessageError(
-                f"model has {self.parameters()} parameters, over {MAX_MODEL_PARAMETERS}"
+                f"model.input_shape = {list(self.input_shape)}: expected 1..{MAX_INPUT_RANK} sizes"
             )
+        for i, size in enumerate(self.input_shape):
+            _int(f"model.input_shape[{i}]", size, 1, MAX_INPUT_SIZE)
+        if int(np.prod(self.input_shape, dtype=np.int64)) > MAX_INPUT_SIZE:
+            raise MessageError(f"model.input_shape = {list(self.input_shape)}: too large")
+        if self.targets not in _TARGETS:
+            raise MessageError(f"model.targets = {self.targets!r}: expected one of {_TARGETS}")
+        _int("model.num_classes", self.outputs, 1 if self.targets == "values" else 2)
+        _int("model.seed", self.seed, 0)
+        if self.norm not in _NORMS:
+            raise MessageError(f"model.norm = {self.norm!r}: expected one of {_NORMS}")
+        known = self.known_parameters()
+        if known is not None and known > MAX_MODEL_PARAMETERS:
+            raise MessageError(f"model has {known} parameters, over {MAX_MODEL_PARAMETERS}")
+        self.options()
 
-    def widths(self) -> list[int]:
+    def options(self) -> dict:
+        """A ``module:`` task's keyword arguments (checked: a JSON object)."""
+        if not self.options_json:
+            return {}
+        try:
+            value = json.loads(self.options_json)
+        except json.JSONDecodeError as err:
+            raise MessageError(f"model.options_json: {err}") from None
+        if not isinstance(value, dict):
+            raise MessageError("model.options_json must be a JSON object")
+        return value
+
+    def known_parameters(self) -> int | None:
+        """The parameter count of an MLP, known before building it (None for other kinds,
+        which are counted once built)."""
+        if self.kind not in ("mlp", "logistic"):
+            return None
         hidden = [] if self.kind == "logistic" else list(self.hidden)
-        return [self.num_features, *hidden, self.num_classes]
-
-    def parameters(self) -> int:
-        """The model's parameter count, known before building it."""
-        w = self.widths()
+        w = [int(np.prod(self.input_shape)), *hidden, self.outputs]
         return sum((a + 1) * b for a, b in zip(w, w[1:], strict=False))
 
     def to_pb(self) -> pb.ModelSpec:
         return pb.ModelSpec(
             kind=self.kind,
             hidden=list(self.hidden),
-            num_features=self.num_features,
-            num_classes=self.num_classes,
+            num_features=int(np.prod(self.input_shape)),
+            num_classes=self.outputs,
             seed=self.seed,
+            input_shape=list(self.input_shape),
+            targets=self.targets,
+            norm=self.norm,
+            options_json=self.options_json,
         )
 
     @classmethod
     def from_pb(cls, msg: pb.ModelSpec) -> ModelSpec:
+        shape = tuple(int(s) for s in msg.input_shape) or (int(msg.num_features),)
         return cls(
-            msg.kind,  # type: ignore[arg-type]  # checked in __post_init__
+            msg.kind,
             tuple(int(h) for h in msg.hidden),
-            int(msg.num_features),
+            shape,
+            msg.targets or "classes",  # type: ignore[arg-type]  # checked in __post_init__
             int(msg.num_classes),
             int(msg.seed),
+            msg.norm or "none",
+            msg.options_json,
         )
 
-    def build(self) -> torch.nn.Module:
-        """The model, with the seed's initial weights (torch is imported only here)."""
-        from fedloom.config import ModelConfig
-        from fedloom.models import build_model
+    def build(self, trust: tuple[str, ...] = ()) -> tuple[ResolvedTask, torch.nn.Module]:
+        """The task and its model with the seed's initial weights (torch is imported only
+        here). A ``module:`` kind is imported only from a package in ``trust``."""
+        from fedloom.models import builtin_task
+        from fedloom.task import MODULE_PREFIX, import_task
 
-        config = ModelConfig(kind=self.kind, hidden=self.hidden)
-        return build_model(config, self.num_features, self.num_classes, self.seed)
+        if self.kind.startswith(MODULE_PREFIX):
+            check_trusted(f"model.kind = {self.kind!r}", self.kind[len(MODULE_PREFIX) :], trust)
+            task = import_task(self.kind, self.options())
+        else:
+            task = builtin_task(
+                self.kind, self.input_shape, self.targets, self.outputs, self.hidden, self.norm
+            )
+        resolved = task.resolved(self.targets)
+        return resolved, task.build_model(self.seed)
+
+
+def check_trusted(what: str, path: str, trust: tuple[str, ...]) -> None:
+    """Refuse code a server names (``package.module:attribute``) unless its package is one
+    the client trusts: importing a module runs it, and a hostile server must not pick
+    what a device executes."""
+    module = path.partition(":")[0]
+    if not any(module == t or module.startswith(t + ".") for t in trust):
+        top = module.split(".")[0]
+        raise MessageError(
+            f"{what}: the server names code in {module!r}, which this client does not "
+            f"trust; start the client with --trust {top} to let it run that package's code"
+        )

@@ -335,7 +335,8 @@ class DeploymentServer(rpc.FedloomServicer):
         if max_examples < 1:
             raise ConfigError(f"max_examples = {max_examples!r} must be >= 1")
         self.max_examples = int(max_examples)
-        self.num_classes = model_spec.num_classes
+        # label histograms describe class labels; other targets share none (entropy 0)
+        self.num_classes = model_spec.outputs if model_spec.targets == "classes" else 0
         # each client's reported data size (0: not joined yet); only joined clients are
         # online, so only they are drawn by the selectors (size-weighted ones see 0)
         self.sizes = engine.registry.stats().data_size.astype(np.int64)
@@ -352,9 +353,7 @@ class DeploymentServer(rpc.FedloomServicer):
         self._cond = threading.Condition()
         self._last_seen: dict[int, float] = {}  # client id -> time.time() of its last call
         self._round: _Round | None = None
-        self._models: dict[int, np.ndarray] = {
-            engine.server.version: engine.server.params.copy()
-        }
+        self._models: dict[int, np.ndarray] = {engine.server.version: engine.server.params.copy()}
         self._downloads: dict[tuple[int, int], tuple[list[bytes], int]] = {}
         self._prepare_lock = threading.Lock()
         self._closed: dict[int, bytes] = {}  # the last closed round's applied uploads
@@ -698,9 +697,7 @@ class DeploymentServer(rpc.FedloomServicer):
         )
         if isinstance(engine.evaluator, ReportedEvaluation):  # no central evaluation set
             completed = set(result.completed)
-            engine.evaluator.report(
-                {c: e for c, e in rnd.evaluations.items() if c in completed}
-            )
+            engine.evaluator.report({c: e for c, e in rnd.evaluations.items() if c in completed})
         measured = np.array(sorted(rnd.up_kbps.keys() | rnd.down_kbps.keys()), dtype=np.int64)
         engine.registry.record_bandwidth(
             measured,
@@ -890,7 +887,11 @@ class DeploymentServer(rpc.FedloomServicer):
         elif not 0 <= request.holdout_examples <= cap:
             why = f"holdout_examples = {request.holdout_examples}, expected 0..{cap}"
         elif counts.size > self.num_classes:
-            why = f"a label histogram of {counts.size} classes; the model has {self.num_classes}"
+            why = (
+                f"a label histogram of {counts.size} classes; the model has {self.num_classes}"
+                if self.num_classes
+                else "a label histogram, but the model's targets are not class labels"
+            )
         elif counts.size and counts.min() < 0:
             why = f"a negative label count ({int(counts.min())})"
         elif counts.size and int(counts.sum()) != n:
@@ -903,7 +904,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 f"client-{cid} joined with {why}",
             )
         if not counts.size:
-            return n, math.log(self.num_classes)
+            return n, math.log(self.num_classes) if self.num_classes else 0.0
         p = counts[counts > 0] / n
         return n, float(-(p * np.log(p)).sum())
 
@@ -1282,9 +1283,7 @@ class DeploymentServer(rpc.FedloomServicer):
         self._refuse(context, code, kind, why)
 
 
-def reported_evaluation_error(
-    h: pb.UploadHeader, holdout: int | None
-) -> tuple[_K, str] | None:
+def reported_evaluation_error(h: pb.UploadHeader, holdout: int | None) -> tuple[_K, str] | None:
     """Why the evaluation an upload reports cannot be taken, with the refusal's kind
     (None if it can): a loss that is not finite or negative, an accuracy outside [0, 1],
     or more examples than the hold-out the client reported at its join (``holdout``;
@@ -1310,4 +1309,3 @@ def _names(ids: list[int] | set[int], most: int = 20) -> str:
 def _kbps(nbytes: int, seconds: float) -> float:
     """A transfer's rate in kbit/s; NaN when nothing was timed (a one-chunk payload)."""
     return nbytes * 8 / 1000 / seconds if nbytes > 0 and seconds > 0 else float("nan")
-
