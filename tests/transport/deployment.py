@@ -24,7 +24,7 @@ import numpy as np
 
 from fedloom.assemble import start_simulation
 from fedloom.config import load_config
-from fedloom.data.federated import build_federated_data
+from fedloom.data.federated import FederatedData, build_federated_data
 from fedloom.data.storage import client_dir, write_eval_set, write_partition
 from fedloom.runs import RunDirectory
 from fedloom.transport.certs import init_ca, issue
@@ -53,21 +53,35 @@ DATALESS = [
     "model.num_features=64",
     "model.num_classes=10",
 ]
+HERE = str(Path(__file__).resolve().parent)
 STARTUP_S = 120.0  # generous: the first torch import on a busy CI machine is slow
 
 
 class Deployment:
     def __init__(
-        self, root: Path, clients: int = 5, rounds: int = 4, epochs: int = 2, extra: str = ""
+        self,
+        root: Path,
+        clients: int = 5,
+        rounds: int = 4,
+        epochs: int = 2,
+        extra: str = "",
+        data: FederatedData | None = None,
+        shape: tuple[str, ...] = ("model.num_features=64", "model.num_classes=10"),
     ) -> None:
-        """``extra``: TOML appended to the run config (whole tables, e.g. ``[secagg]``)."""
+        """``extra``: TOML appended to the run config (whole tables, e.g. ``[secagg]``);
+        ``data``: the clients' data instead of the config's (the simulator the test
+        compares with gets it too); ``shape``: the settings that tell the data-free
+        server the model's shape."""
         self.root = root
         self.clients = clients
         self.config_path = root / "run.toml"
+        self.server_settings = [*DATALESS[:2], *shape]
         settings = dict(rounds=rounds, runs=root / "runs", clients=clients, epochs=epochs)
         self.config_path.write_text(CONFIG.format(**settings, extra=extra, cap=""))
         self.config = load_config(self.config_path)
-        data = build_federated_data(self.config.data, self.config.partition, self.config.seed)
+        self.data = data
+        if data is None:
+            data = build_federated_data(self.config.data, self.config.partition, self.config.seed)
         # the FedAvg weight cap at the largest client (a no-op for the simulator), so that
         # SecAgg's public weight bound W is the simulator's in the deployment too
         cap = f"max_examples_per_client = {int(data.train.sizes().max())}"
@@ -89,14 +103,18 @@ class Deployment:
 
     @staticmethod
     def env() -> dict[str, str]:
-        return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        """Unbuffered logs, one thread, and this folder importable (``user_nets``: a
+        user's model code the processes may be told to trust)."""
+        path = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)
+        return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
     def start_server(self, *extra: str, resume: Path | None = None) -> int:
         args = [sys.executable, "-m", "fedloom", "server"]
         if resume:
             args += ["--resume", str(resume)]
         else:
-            args += [str(self.config_path)] + [a for s in DATALESS for a in ("--set", s)]
+            args += [str(self.config_path)]
+            args += [a for s in self.server_settings for a in ("--set", s)]
         args += ["--port", str(self.port), "--certs", str(self.certs), "--client-timeout", "4"]
         args += ["--eval-data", str(self.eval_path)]
         log = open(self.root / f"server-{len(self.procs)}.log", "w")  # noqa: SIM115
@@ -194,7 +212,7 @@ class Deployment:
     def simulated_params(self) -> tuple[np.ndarray, float]:
         """The same config run in the simulator: final model and test accuracy."""
         config = self.config.model_copy(update={"output_dir": self.root / "sim"})
-        sim = start_simulation(config)
+        sim = start_simulation(config, data=self.data)
         summary = sim.run()
         return sim.server.params, summary.accuracy
 
