@@ -1,12 +1,33 @@
-"""Client updates per second: plain PyTorch loop vs fedloom sequential vs vectorized.
+"""Client updates per second: hand-written PyTorch loops vs fedloom sequential vs vectorized.
 
-Scenarios (MLP 64-32-10, 1 local epoch, batch 32, SGD lr 0.05, every client trained
-once per pass from the same global model):
-- ``digits``: scikit-learn digits (standardized), 100 IID clients of about 14 samples;
-- ``synthetic``: 1,000 clients x 50 samples x 64 Gaussian features, 10 classes.
-The plain loop deep-copies the model and builds ``torch.optim.SGD`` per client. Each
-method is warmed up, then the methods are timed in turn, ``--repeats`` times, and the
-median pass is reported. Measured with 1 torch thread and again with all threads.
+Workloads (1 local epoch, batch 32, SGD lr 0.05, every client trained once per pass
+from the same global model):
+- ``digits``: MLP 64-32-10 on scikit-learn digits (standardized), 100 IID clients of
+  about 18 samples;
+- ``synthetic``: the same MLP, 1,000 clients x 50 samples x 64 Gaussian features;
+- ``cnn`` / ``cnn_group``: the built-in LeNet-style CNN (conv 16 and 32, head 64; no
+  normalization / GroupNorm) on the digits as ``[n, 1, 8, 8]`` images, 100 IID clients;
+- ``char``: the built-in GRU character model (embedding 8, GRU 128) on synthetic token
+  sequences ``[n, 80]`` (a random Markov chain over 80 characters) with the next
+  character as label, 20 clients x 16 sequences (a client update costs 0.1-0.6 s on
+  one core, so this keeps the run to a few minutes).
+
+Implementations, all on the same mini-batches (fedloom's seeded schedule):
+- ``plain``: deep-copies the model and builds ``torch.optim.SGD`` per client (MLP
+  workloads only; the baseline of the earlier figures);
+- ``plain_reused``: one module and one ``torch.optim.SGD`` for every client: copy the
+  global weights in, train the client's batches, take the delta;
+- ``plain_vmap``: ``torch.func``: the cohort's parameters stacked, ``vmap(grad(loss))``
+  over ``functional_call`` each step (short batches padded and masked), SGD by hand;
+- ``sequential`` and ``vectorized``: fedloom's executors.
+
+On one cohort the deltas of every implementation are checked against the sequential
+executor's (max abs difference, goal <= 1e-4), so all of them compute the same updates;
+that pass is also every implementation's warm-up. Then they are timed in turn,
+``--repeats`` times, and the median pass is reported with the ratio to ``plain_reused``.
+One torch thread (``--threads 1,2`` measures again with two). ``auto``: ``pick_faster`` on
+the trial cohort the simulator uses (its largest clients, two local steps), checked
+against the executor that was faster in the full measurement.
 
 ``--device cuda --cohorts 1000,10000,100000`` runs only the vectorized executor on the
 synthetic workload with those cohort sizes (the GPU check).
@@ -23,11 +44,13 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fedloom.client.schedule import (
     batch_schedule,
@@ -37,19 +60,37 @@ from fedloom.client.schedule import (
     steps_for,
 )
 from fedloom.client.trainer import TorchTrainer
-from fedloom.data import ClientPartition, load_digits, standardize
+from fedloom.data import ArrayDataset, ClientPartition, load_digits, standardize
 from fedloom.data.partition import iid
-from fedloom.models import MLP
+from fedloom.models import MLP, builtin_task
 from fedloom.params import module_vector
 from fedloom.records import TrainPlan
 from fedloom.sim.executor import SequentialExecutor
+from fedloom.sim.executor_trial import pick_faster
 from fedloom.sim.vectorized import VectorizedExecutor
+from fedloom.task import ResolvedTask
 
 PLAN = TrainPlan(local_epochs=1, batch_size=32, lr=0.05)
+DELTA_TOLERANCE = 1e-4
+VOCAB, SEQ = 80, 80
+Train = Callable[[np.ndarray, np.ndarray, np.ndarray, TrainPlan], np.ndarray]
 
 
-def digits_clients() -> ClientPartition:
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: nn.Module
+    task: ResolvedTask
+    data: ClientPartition
+    deepcopy_baseline: bool  # also time the deep-copying plain loop
+    vmap_chunk: int  # clients per vmap call in the plain torch.func loop (bounds memory)
+
+
+# data --------------------------------------------------------------------------------
+def digits_clients(images: bool = False) -> ClientPartition:
     data = standardize(load_digits())[0]
+    if images:
+        data = ArrayDataset(data.x.reshape(-1, 1, 8, 8), data.y, data.num_classes)
     return ClientPartition.from_indices(data, iid(len(data), 100, np.random.default_rng(0)))
 
 
@@ -62,49 +103,315 @@ def synthetic_clients(num_clients: int, samples: int = 50, features: int = 64) -
     return ClientPartition(x, y, offsets, 10)
 
 
-def plain_loop(model: torch.nn.Module, data: ClientPartition, seeds: np.ndarray) -> None:
+def char_clients(num_clients: int, samples: int = 16) -> ClientPartition:
+    """Each client's text is a walk on one random Markov chain over ``VOCAB`` characters
+    (each character has a few likely successors); its examples are windows of ``SEQ``
+    characters labelled with the character that follows."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(VOCAB, VOCAB)) * 3.0
+    cum = np.cumsum(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), axis=1)
+    length = samples + SEQ
+    text = np.empty((num_clients, length), dtype=np.int64)
+    text[:, 0] = rng.integers(VOCAB, size=num_clients)
+    for t in range(1, length):
+        u = rng.random(num_clients)[:, None]
+        text[:, t] = np.minimum((cum[text[:, t - 1]] < u).sum(1), VOCAB - 1)
+    windows = np.lib.stride_tricks.sliding_window_view(text, SEQ + 1, axis=1)[:, :samples]
+    x = np.ascontiguousarray(windows[..., :SEQ]).reshape(-1, SEQ)
+    y = np.ascontiguousarray(windows[..., SEQ]).reshape(-1)
+    offsets = np.arange(0, len(x) + 1, samples, dtype=np.int64)
+    return ClientPartition(x, y, offsets, VOCAB)
+
+
+def workloads(quick: bool) -> list[Workload]:
+    def builtin(kind: str, data: ClientPartition, **options) -> tuple[nn.Module, ResolvedTask]:
+        task = builtin_task(kind, data.sample_shape, "classes", data.num_classes, **options)
+        return task.build_model(0), task.resolved("classes")
+
+    def mlp(data: ClientPartition) -> tuple[nn.Module, ResolvedTask]:
+        return builtin("mlp", data, hidden=(32,))
+
+    digits, images = digits_clients(), digits_clients(images=True)
+    synthetic = synthetic_clients(200 if quick else 1000)
+    chars = char_clients(8 if quick else 20)
+    return [
+        Workload("digits", *mlp(digits), digits, True, 1000),
+        Workload("synthetic", *mlp(synthetic), synthetic, True, 1000),
+        Workload("cnn", *builtin("cnn", images, hidden=(64,)), images, False, 100),
+        Workload(
+            "cnn_group", *builtin("cnn", images, hidden=(64,), norm="group"), images, False, 100
+        ),
+        Workload("char", *builtin("char", chars, hidden=(128,)), chars, False, 20),
+    ]
+
+
+# hand-written baselines ----------------------------------------------------------------
+def deepcopy_loop(model: nn.Module, data: ClientPartition) -> Train:
     """A hand-written FedAvg client loop: deepcopy, fresh SGD, same batches as fedloom."""
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    start = model.state_dict()
-    for cid in range(data.num_clients):
-        lo, hi = int(data.offsets[cid]), int(data.offsets[cid + 1])
-        local = copy.deepcopy(model)
-        opt = torch.optim.SGD(local.parameters(), lr=PLAN.lr)
-        for idx in batch_schedule(hi - lo, PLAN, int(seeds[cid])):
-            index = torch.from_numpy(idx + lo)
-            opt.zero_grad()
-            F.cross_entropy(local(x[index]), y[index]).backward()
-            opt.step()
-        _ = {k: v - start[k] for k, v in local.state_dict().items()}
+
+    def train(g: np.ndarray, ids: np.ndarray, seeds: np.ndarray, plan: TrainPlan) -> np.ndarray:
+        start = torch.from_numpy(g)
+        nn.utils.vector_to_parameters(start.clone(), model.parameters())
+        out = torch.empty((len(ids), len(g)))
+        for row, (cid, seed) in enumerate(zip(ids, seeds, strict=True)):
+            lo, hi = int(data.offsets[cid]), int(data.offsets[cid + 1])
+            local = copy.deepcopy(model)
+            opt = torch.optim.SGD(local.parameters(), lr=plan.lr)
+            for idx in batch_schedule(hi - lo, plan, int(seed)):
+                index = torch.from_numpy(idx + lo)
+                opt.zero_grad()
+                F.cross_entropy(local(x[index]), y[index]).backward()
+                opt.step()
+            with torch.no_grad():
+                torch.sub(nn.utils.parameters_to_vector(local.parameters()), start, out=out[row])
+        return out.numpy()
+
+    return train
 
 
-def timed(fn: Callable[[], None]) -> float:
+def reused_loop(model: nn.Module, data: ClientPartition) -> Train:
+    """One module and one ``torch.optim.SGD`` for every client: per client, copy the
+    global weights in, train its batches, take the delta."""
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=PLAN.lr)
+    model.train()
+
+    def train(g: np.ndarray, ids: np.ndarray, seeds: np.ndarray, plan: TrainPlan) -> np.ndarray:
+        start = torch.from_numpy(g)
+        chunks = start.split([p.numel() for p in params])
+        pieces = [c.view_as(p) for c, p in zip(chunks, params, strict=True)]
+        for group in opt.param_groups:
+            group["lr"] = plan.lr
+        out = torch.empty((len(ids), len(g)))
+        for row, (cid, seed) in enumerate(zip(ids, seeds, strict=True)):
+            lo, hi = int(data.offsets[cid]), int(data.offsets[cid + 1])
+            with torch.no_grad():
+                torch._foreach_copy_(params, pieces)
+            for idx in batch_schedule(hi - lo, plan, int(seed)):
+                index = torch.from_numpy(idx + lo)
+                opt.zero_grad()
+                F.cross_entropy(model(x[index]), y[index]).backward()
+                opt.step()
+            with torch.no_grad():
+                torch.sub(nn.utils.parameters_to_vector(params), start, out=out[row])
+        return out.numpy()
+
+    return train
+
+
+def vmap_loop(model: nn.Module, data: ClientPartition, chunk: int) -> Train:
+    """``torch.func``: stacked parameters of ``chunk`` clients at a time, per step
+    ``vmap(grad(loss))`` of ``functional_call`` on the clients' padded batches (padding
+    masked out of the mean), then an SGD step by hand."""
+    from torch.func import functional_call, grad, vmap
+
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    numels = [p.numel() for p in model.parameters()]
+    model.train()
+
+    def loss(params: dict, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
+        each = F.cross_entropy(functional_call(model, params, (xb,)), yb, reduction="none")
+        return (each * mb).sum() / mb.sum().clamp(min=1.0)
+
+    grads_of = vmap(grad(loss))
+
+    def train(g: np.ndarray, ids: np.ndarray, seeds: np.ndarray, plan: TrainPlan) -> np.ndarray:
+        start = torch.from_numpy(g)
+        pieces = [c.view(s) for c, s in zip(start.split(numels), shapes, strict=True)]
+        out = torch.empty((len(ids), len(g)))
+        for lo in range(0, len(ids), chunk):
+            part, part_seeds = ids[lo : lo + chunk], seeds[lo : lo + chunk]
+            k = len(part)
+            sched = cohort_schedule(data.sizes()[part], part_seeds, plan)
+            index = torch.from_numpy(sched.index + data.offsets[part][:, None, None])
+            mask = torch.from_numpy(sched.mask).float()
+            params = {
+                n: p.unsqueeze(0).expand(k, *p.shape).clone()
+                for n, p in zip(names, pieces, strict=True)
+            }
+            for s in range(index.shape[1]):
+                rows = index[:, s]
+                grads = grads_of(params, x[rows], y[rows], mask[:, s])
+                torch._foreach_add_(list(params.values()), list(grads.values()), alpha=-plan.lr)
+            stacked = torch.cat([p.reshape(k, -1) for p in params.values()], dim=1)
+            torch.sub(stacked, start, out=out[lo : lo + k])
+        return out.numpy()
+
+    return train
+
+
+# measurement ---------------------------------------------------------------------------
+def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def measure(data: ClientPartition, repeats: int) -> dict[str, float]:
-    model = MLP(data.x.shape[1], [32], 10)
-    g = module_vector(model)
-    ids = np.arange(data.num_clients)
-    seeds = client_seeds(0, 1, ids)
-    seq = SequentialExecutor(TorchTrainer(copy.deepcopy(model)), data)
-    vec = VectorizedExecutor(copy.deepcopy(model), data)
-    methods = {
-        "plain": lambda: plain_loop(model, data, seeds),
-        "sequential": lambda: seq.train_cohort(g, ids, seeds, PLAN),
-        "vectorized": lambda: vec.train_cohort(g, ids, seeds, PLAN),
+def implementations(
+    w: Workload,
+) -> tuple[dict[str, Train], VectorizedExecutor, SequentialExecutor]:
+    """Every implementation of one pass over ``w``'s clients, each with its own model,
+    and the two executors (for the ``auto`` trial)."""
+
+    def fresh() -> nn.Module:
+        return copy.deepcopy(w.model)
+
+    seq = SequentialExecutor(TorchTrainer(fresh(), w.task), w.data)
+    vec = VectorizedExecutor(fresh(), w.data, task=w.task)
+    methods: dict[str, Train] = {}
+    if w.deepcopy_baseline:
+        methods["plain"] = deepcopy_loop(fresh(), w.data)
+    methods["plain_reused"] = reused_loop(fresh(), w.data)
+    methods["plain_vmap"] = vmap_loop(fresh(), w.data, w.vmap_chunk)
+    methods["sequential"] = lambda g, ids, seeds, plan: seq.train_cohort(g, ids, seeds, plan).deltas
+    methods["vectorized"] = lambda g, ids, seeds, plan: vec.train_cohort(g, ids, seeds, plan).deltas
+    return methods, vec, seq
+
+
+def delta_check(methods: dict[str, Train], g: np.ndarray, ids: np.ndarray) -> dict[str, float]:
+    """Max abs difference of each implementation's deltas from the sequential executor's
+    on one cohort (other seeds than the timed passes); also every implementation's
+    warm-up pass (lazy imports, allocator)."""
+    seeds = client_seeds(7, 2, ids)
+    ref = methods["sequential"](g, ids, seeds, PLAN)
+    return {
+        name: float(np.abs(train(g, ids, seeds, PLAN) - ref).max())
+        for name, train in methods.items()
+        if name != "sequential"
     }
-    for fn in methods.values():  # warm-up (lazy imports, allocator)
-        fn()
+
+
+def measure(methods: dict[str, Train], g: np.ndarray, ids: np.ndarray, repeats: int) -> dict:
+    seeds = client_seeds(0, 1, ids)
     times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeats):
-        for name, fn in methods.items():
-            times[name].append(timed(fn))
+        for name, train in methods.items():
+            times[name].append(timed(lambda train=train: train(g, ids, seeds, PLAN)))
     return {name: round(len(ids) / statistics.median(t), 1) for name, t in times.items()}
 
 
+def auto_choice(
+    w: Workload,
+    vec: VectorizedExecutor,
+    seq: SequentialExecutor,
+    g: np.ndarray,
+    rates: dict[str, float],
+) -> dict:
+    """What ``pick_faster`` chooses on the simulator's trial cohort, against the faster
+    executor of the full measurement."""
+    from fedloom.assemble import TRIAL_CLIENTS  # not needed by the GPU check
+
+    sizes = w.data.sizes()
+    ids = np.sort(np.argsort(-sizes, kind="stable")[:TRIAL_CLIENTS])
+    plan = replace(PLAN, local_steps=2, local_epochs=1)
+    best, timings = pick_faster([vec, seq], g, ids, np.arange(len(ids), dtype=np.int64), plan)
+    faster = max(("vectorized", "sequential"), key=lambda name: rates[name])
+    return {
+        "picked": best.name,
+        "trial_ms_per_update": {
+            n: round(t * 1e3, 4) if isinstance(t, float) else t for n, t in timings.items()
+        },
+        "faster_measured": faster,
+        "vectorized_over_sequential": round(rates["vectorized"] / rates["sequential"], 3),
+    }
+
+
+def targets_of(results: dict[str, dict]) -> list[dict]:
+    """The throughput goal, the agreement of every implementation's deltas, and ``auto``
+    never choosing the slower executor."""
+    out = []
+    synthetic = results["synthetic"]["updates_per_s"].get("1")
+    if synthetic is not None:
+        ratio = round(synthetic["vectorized"] / synthetic["plain"], 2)
+        out.append(
+            {
+                "name": "synthetic mlp: vectorized / plain loop (deepcopy), 1 thread",
+                "value": ratio,
+                "goal": ">= 10",
+                "met": ratio >= 10,
+            }
+        )
+    for name, r in results.items():
+        worst = max(r["max_abs_delta_diff"].values())
+        out.append(
+            {
+                "name": f"{name}: deltas of every implementation agree with sequential",
+                "value": worst,
+                "goal": f"<= {DELTA_TOLERANCE:g}",
+                "met": worst <= DELTA_TOLERANCE,
+            }
+        )
+    for name, r in results.items():
+        a = r["auto"]
+        out.append(
+            {
+                "name": f"{name} vectorized/sequential executor: auto picks the faster",
+                "value": a["picked"],
+                "goal": f"{a['faster_measured']} (vectorized/sequential "
+                f"{a['vectorized_over_sequential']}x in the full measurement)",
+                "met": a["picked"] == a["faster_measured"],
+            }
+        )
+    return out
+
+
+def cpu_benchmark(quick: bool, repeats: int, thread_counts: list[int]) -> dict:
+    load_before = os.getloadavg()[0]
+    results: dict[str, dict] = {}
+    for w in workloads(quick):
+        torch.set_num_threads(1)
+        methods, vec, seq = implementations(w)
+        g = module_vector(w.model)
+        ids = np.arange(w.data.num_clients)
+        r = results[w.name] = {
+            "clients": int(w.data.num_clients),
+            "examples": int(len(w.data.y)),
+            "sample_shape": list(w.data.sample_shape),
+            "parameters": int(len(g)),
+            "vectorized_backend": vec.backend,
+            "max_abs_delta_diff": delta_check(methods, g, ids),
+            "updates_per_s": {},
+        }
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            rates = r["updates_per_s"][str(threads)] = measure(methods, g, ids, repeats)
+            base = rates["plain_reused"]
+            shown = "  ".join(
+                f"{n} {v:,.0f} ({v / base:.2f}x)" for n, v in rates.items() if n != "plain_reused"
+            )
+            print(
+                f"{w.name:<10} threads={threads}: plain_reused {base:,.0f}  {shown}"
+                "  client-updates/s (x: vs plain_reused)",
+                flush=True,
+            )
+        torch.set_num_threads(thread_counts[0])  # the trial, at the first thread count
+        r["auto"] = auto_choice(w, vec, seq, g, r["updates_per_s"][str(thread_counts[0])])
+        diff = max(r["max_abs_delta_diff"].values())
+        print(
+            f"{w.name:<10} max |delta - sequential| {diff:.1e}; auto picked "
+            f"{r['auto']['picked']} ({r['auto']['trial_ms_per_update']} ms per update), "
+            f"faster measured: {r['auto']['faster_measured']}",
+            flush=True,
+        )
+    out: dict = {
+        "plan": {"local_epochs": 1, "batch_size": PLAN.batch_size, "lr": PLAN.lr},
+        "repeats": repeats,
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "workloads": results,
+    }
+    out["targets"] = targets_of(results)
+    for t in out["targets"]:
+        print(
+            f"target {t['name']}: {t['value']} (goal {t['goal']}) {'met' if t['met'] else 'MISSED'}"
+        )
+    return out
+
+
+# GPU check -------------------------------------------------------------------------------
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -175,7 +482,10 @@ def gpu_check(device: str, cohorts: list[int], repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--quick", action="store_true", help="1 repeat, 200 synthetic clients")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 repeat, 200 synthetic and 8 char clients"
+    )
+    parser.add_argument("--threads", default="1", help="comma-separated torch thread counts")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cohorts", default="", help="GPU check: comma-separated cohort sizes")
@@ -184,21 +494,7 @@ def main() -> None:
     if args.cohorts:
         out = gpu_check(args.device, [int(c) for c in args.cohorts.split(",")], repeats)
     else:
-        scenarios = {
-            "digits": digits_clients(),
-            "synthetic": synthetic_clients(200 if args.quick else 1000),
-        }
-        out = {}
-        for threads in (1, os.cpu_count() or 1):
-            torch.set_num_threads(threads)
-            for name, data in scenarios.items():
-                out.setdefault(name, {})[str(threads)] = r = measure(data, repeats)
-                print(
-                    f"{name:<10} threads={threads}: plain {r['plain']:>10,.0f}  "
-                    f"sequential {r['sequential']:>10,.0f}  vectorized {r['vectorized']:>10,.0f}"
-                    f"  client-updates/s  (vectorized/plain {r['vectorized'] / r['plain']:.1f}x,"
-                    f" sequential/plain {r['sequential'] / r['plain']:.2f}x)"
-                )
+        out = cpu_benchmark(args.quick, repeats, [int(t) for t in args.threads.split(",")])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))
