@@ -26,7 +26,6 @@ from fedloom.client.trainer import TorchTrainer
 from fedloom.config import load_config
 from fedloom.data.storage import client_dir, read_client
 from fedloom.errors import FedloomError
-from fedloom.models import build_model
 from fedloom.privacy.central import CentralDP
 from fedloom.records import Update
 from fedloom.secagg.cohort import SecureAggregator
@@ -158,9 +157,8 @@ def test_the_server_cannot_replay_a_clients_dp_sgd_noise(
     cfg = engine.run_dir.load_config()
     plan = plan_from_config(cfg)
     quiet = dataclasses.replace(plan, dp_sgd_noise=0.0)
-    trainer = TorchTrainer(
-        build_model(cfg.model, spec.num_features, spec.num_classes, cfg.seed)
-    )
+    task, model = spec.build()
+    trainer = TorchTrainer(model, task)
     start_params = torch.from_numpy(engine.initial_params.copy())
     for cid, delta in received.items():
         train, _ = read_client(client_dir(tmp_path / "data", cid))

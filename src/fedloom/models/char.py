@@ -40,8 +40,10 @@ class GRULayer(nn.Module):
         gates_x = self.input(x)
         h = gates_x.new_zeros((*gates_x.shape[:-2], self.width))
         states = []
-        for t in range(x.shape[-2]):
-            xr, xz, xn = gates_x[..., t, :].chunk(3, -1)
+        # one unbind, not an index per step: each index's backward would build a
+        # full-size zero gradient, making the backward quadratic in the length
+        for step in gates_x.unbind(-2):
+            xr, xz, xn = step.chunk(3, -1)
             hr, hz, hn = self.hidden(h).chunk(3, -1)
             r = torch.sigmoid(xr + hr)
             z = torch.sigmoid(xz + hz)
