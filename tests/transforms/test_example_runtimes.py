@@ -23,6 +23,7 @@ from fedloom.errors import ConfigError  # noqa: E402
 from fedloom.runs import RunDirectory  # noqa: E402
 from fedloom.transport import fedloom_pb2 as pb  # noqa: E402
 from fedloom.transport.client import DeploymentClient  # noqa: E402
+from fedloom.transport.messages import MessageError  # noqa: E402
 from fedloom.transport.server import ServerOptions  # noqa: E402
 
 ROOT = Path(__file__).parents[2]
@@ -76,7 +77,9 @@ def test_the_example_runs_in_the_simulator_and_over_grpc(tmp_path: Path) -> None
     options = ServerOptions(port=0, insecure=True, linger_s=0.5)
     server, port, thread = serve_in_thread(tmp_path / "grpc", [ENTRY], options)
     data = tmp_path / "grpc" / "data"
-    run_insecure_clients(server, thread, tmp_path / "grpc", [0, 1, 2], timeout_s=120)
+    run_insecure_clients(
+        server, thread, tmp_path / "grpc", [0, 1, 2], timeout_s=120, trust=("damp_by_visits",)
+    )
     deployed, arrays = last_params(next((tmp_path / "grpc" / "runs").iterdir()))
     np.testing.assert_allclose(deployed, simulated, atol=ATOL)
     # a deployed client keeps its own state in its data folder; the server holds none
@@ -117,8 +120,14 @@ def test_a_client_without_the_transforms_code_refuses_to_join(tmp_path: Path) ->
     config = load_config(None, SMALL_RUN)
     data = build_federated_data(config.data, config.partition, config.seed)
     write_partition(tmp_path, data.train, data.holdout)
-    client = DeploymentClient("127.0.0.1:1", client_dir(tmp_path, 0), insecure=True)
     reply = pb.JoinReply(client_transforms=[pb.TransformSpec(name="missing_mod:T")])
+    untrusting = DeploymentClient("127.0.0.1:1", client_dir(tmp_path, 0), insecure=True)
+    with pytest.raises(MessageError, match="does not trust; start the client with --trust"):
+        untrusting._setup_transforms(reply)  # server-named code the device never agreed to
+    untrusting.channel.close()
+    client = DeploymentClient(
+        "127.0.0.1:1", client_dir(tmp_path, 0), insecure=True, trust=("missing_mod",)
+    )
     with pytest.raises(ConfigError, match="missing_mod:T"):
         client._setup_transforms(reply)  # the join reply of a server naming unknown code
     assert not (client_dir(tmp_path, 0) / "transform_state.npz").exists()

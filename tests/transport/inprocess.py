@@ -64,12 +64,14 @@ def run_insecure_clients(
     root: Path,
     ids: list[int],
     timeout_s: float = 180.0,
+    trust: tuple[str, ...] = (),
 ) -> None:
     """Honest plaintext clients (threads) for ``ids`` against ``server`` until its run
-    ends; the server is stopped either way, and a run that did not end fails the test."""
+    ends; the server is stopped either way, and a run that did not end fails the test.
+    ``trust``: packages whose code the clients let the server name."""
     for i in ids:
         folder = client_dir(root / "data", i)
-        client = DeploymentClient(f"127.0.0.1:{server.port}", folder, insecure=True)
+        client = DeploymentClient(f"127.0.0.1:{server.port}", folder, insecure=True, trust=trust)
         threading.Thread(target=client.run, daemon=True).start()
     thread.join(timeout_s)
     alive = thread.is_alive()
