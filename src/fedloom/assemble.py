@@ -871,8 +871,15 @@ def _set_aside_unfinished(run: RunDirectory, shard: Shard | None) -> None:
 # more in FedAvg. Under secure aggregation it is also the public bound W of the encoded
 # weights (min(n, W) / W): set it near the largest client's size for precision.
 DEPLOYMENT_MAX_EXAMPLES = 100_000
-# the shape of the built-in datasets, known without loading them
-_DIGITS_SHAPE = (64, 10)
+# one example's shape and the classes of the built-in and standard datasets, known
+# without loading them
+_SOURCE_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((64,), 10),
+    "mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "femnist": ((1, 28, 28), 62),
+    "shakespeare": ((80,), 80),
+}
 
 
 def deployment_cap(config: RunConfig) -> int:
@@ -915,16 +922,15 @@ def _dp_sgd(config: RunConfig) -> bool:
 def deployment_shape(config: RunConfig, eval_set: ArrayDataset | None) -> DataShape:
     """The shape of a deployment's data, from what the server may know without client
     data: ``model.input_shape`` (or ``model.num_features``), ``model.num_classes`` and
-    ``model.targets``, else the shape of a built-in data source (digits, synthetic),
-    else the central evaluation set. Refused in one line when none gives it, or when
-    they disagree."""
+    ``model.targets``, else the shape of a built-in or standard data source (digits,
+    synthetic, mnist, cifar10, femnist, shakespeare), else the central evaluation set.
+    Refused in one line when none gives it, or when they disagree."""
     m, d = config.model, config.data
-    builtin: tuple[int | None, int | None] = {
-        "digits": _DIGITS_SHAPE,
-        "synthetic": (d.synthetic.num_features, d.synthetic.num_classes),
-    }.get(d.source, (None, None))
-    features = m.num_features or builtin[0]
-    shape: tuple[int, ...] | None = m.input_shape or ((features,) if features else None)
+    shapes = {**_SOURCE_SHAPES, "synthetic": ((d.synthetic.num_features,), d.synthetic.num_classes)}
+    builtin: tuple[tuple[int, ...] | None, int | None] = shapes.get(d.source, (None, None))
+    shape: tuple[int, ...] | None = m.input_shape or (
+        (m.num_features,) if m.num_features else builtin[0]
+    )
     regression = eval_set is not None and eval_set.num_classes is None
     targets = m.targets or ("values" if regression else "classes")
     classes = None if targets == "values" else (m.num_classes or builtin[1])

@@ -415,6 +415,7 @@ def check_fit(
                 raise ConfigError(
                     f"task {task.name!r}: loss {task.loss.name!r} is {float(loss)} on {what}"
                 )
+            _check_mean(f"loss {task.loss.name!r}", task.name, loss, task.loss_each(), out, yb)
             for name, each in task.metrics_each().items():
                 try:
                     values = each(out, yb)
@@ -428,8 +429,34 @@ def check_fit(
                         f"task {task.name!r}: metric {name!r} must give one value per example "
                         f"(shape [{len(yb)}]), got {list(values.shape)} for {what}"
                     )
+                batch = task.metrics[name].fn(out, yb)
+                _check_mean(f"metric {name!r}", task.name, batch, lambda o, t, v=values: v, out, yb)
     finally:
         model.train(was_training)
+
+
+def _check_mean(
+    what: str,
+    task: str,
+    batch: torch.Tensor,
+    each: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    out: torch.Tensor,
+    y: torch.Tensor,
+) -> None:
+    """Refuse a loss or metric that is not the mean of its one-example values: fedloom
+    masks padding, evaluates in chunks and averages over clients example by example, which
+    is right only for means (a sum, or a statistic of the whole batch such as R² against
+    the batch's own variance, would silently report something else)."""
+    import torch
+
+    values = each(out, y)
+    mean = values.double().mean()
+    if not (torch.isfinite(mean) and torch.isclose(batch.double(), mean, rtol=1e-4, atol=1e-6)):
+        raise ConfigError(
+            f"task {task!r}: {what} is not a mean over examples: {float(batch):.6g} on a "
+            f"batch of {len(y)} but {float(mean):.6g} averaged over its examples one by one; "
+            "write it as a batch mean of per-example values"
+        )
 
 
 def _first_line(err: BaseException) -> str:

@@ -201,6 +201,23 @@ def test_bad_tasks_stop_before_any_work_with_one_line(
             "must return a scalar",
         ),
     ]
+
+    def r2(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # a whole-batch statistic
+        return 1 - ((out.squeeze(-1) - y) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+
+    linear = nn.Linear(5, 1)
+    cases += [
+        (
+            regression_data(),
+            fedloom.Task(linear, metrics={"r2": r2}),
+            "metric 'r2' is not a mean over examples",
+        ),
+        (
+            regression_data(),
+            fedloom.Task(linear, loss=lambda o, y: ((o[:, 0] - y) ** 2).sum()),
+            "is not a mean over examples",
+        ),
+    ]
     for data, task, match in cases:
         with pytest.raises(ConfigError, match=match) as err:
             start_simulation(config(tmp_path), data=data, task=task)
