@@ -56,7 +56,7 @@ from fedloom.sim import recovery
 from fedloom.sim.devices import Population
 from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.executor_trial import pick_faster
-from fedloom.sim.memory import check_memory_for, effective_batch_size
+from fedloom.sim.memory import check_memory, check_memory_for, effective_batch_size
 from fedloom.sim.population import build_network, build_population
 from fedloom.sim.runtime import Simulation
 from fedloom.sim.shard import Shard
@@ -495,20 +495,18 @@ def build_simulation(
             raise ConfigError(f"model.{name} = {given}, but the data have {found}")
     shape = DataShape.of(data.train.x, data.train.y, data.num_classes)
     resolved = resolve_task(config, shape, task)
+    sizes = data.train.sizes()
+    test_size = len(data.test) + (0 if data.holdout is None else len(data.holdout.y))
+    if task is None and config.model.kind in ("mlp", "logistic"):  # known without building it
+        check_memory(config, int(np.prod(shape.sample_shape)), shape.outputs, sizes, test_size)
     model = resolved.task.build_model(config.seed)
     check_fit(resolved, model, data.train.x[:2], data.train.y[:2], data.num_classes)
-    check_memory_for(  # before anything large is allocated: refuse what cannot fit
-        config,
-        model,
-        data.train.x,
-        data.train.sizes(),
-        len(data.test) + (0 if data.holdout is None else len(data.holdout.y)),
-    )
+    # every model, measured once built, before anything of the run is allocated
+    check_memory_for(config, model, data.train.x, sizes, test_size)
     trainer = TorchTrainer(model, resolved)
     executor_used, note = make_executor(config, trainer, data, shard, executor)
     population = build_population(config.devices, data.train.num_clients, config.seed)
     virtual_time = VirtualTime(population, build_network(config.network, population), config.seed)
-    sizes = data.train.sizes()
     clients = ClientFacts(
         data.train.num_clients,
         int(sizes.max()),

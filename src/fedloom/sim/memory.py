@@ -8,7 +8,7 @@ size, its activations with the batch and the model); and the evaluation batch.
 and the bytes of its activations for one example, measured by one forward pass with
 hooks) and the clients' data sizes, before any training, and refuses a run that would not
 fit (the available memory, or ``simulation.memory_limit_mb``) with a one-line error naming
-the setting that costs most. ``check_memory`` does the same for the MLP of the config
+the setting that costs most. ``check_memory`` does the same for a built-in MLP from the config
 without building it. The batch size is first capped by the largest client's data: a
 batch larger than every client trains exactly as one of that size.
 """
