@@ -1,9 +1,11 @@
 """What one forward pass of a model costs: parameters, FLOPs and activation memory.
 
 The numbers go into a run's start record, so the device profiles of a simulation can
-be read against the model: FLOPs of one example's forward pass as torch's
-``FlopCounterMode`` counts them (matrix products and convolutions, 2 per
-multiply-add; elementwise ops are not counted), and the bytes of every leaf module's
+be read against the model: FLOPs of one example's forward pass in its ``nn.Linear`` and
+convolution layers (2 per multiply-add, as torch's ``FlopCounterMode`` counts them;
+elementwise ops, and matrix products written outside such layers, are not counted),
+counted with forward hooks because ``FlopCounterMode`` costs seconds of imports in
+every process that starts a run, and the bytes of every leaf module's
 output for one example (what a backward pass keeps, up to the elementwise
 intermediates between modules). A module called several times (a GRU's recurrent map
 at every step) counts every call.
@@ -16,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass(frozen=True)
@@ -51,19 +52,22 @@ def model_stats(
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     x = torch.zeros((1, *input_shape), dtype=input_dtype, device=device)
-    activation = 0
+    activation = flops = 0
 
-    def count(_module: nn.Module, _inputs: object, output: object) -> None:
-        nonlocal activation
+    def count(module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal activation, flops
         activation += _nbytes(output)
+        if isinstance(module, nn.Linear) and isinstance(output, torch.Tensor):
+            flops += 2 * output.numel() * module.in_features
+        elif isinstance(module, nn.modules.conv._ConvNd) and isinstance(output, torch.Tensor):
+            flops += 2 * output.numel() * module.weight[0].numel()
 
     modes = {m: m.training for m in model.modules()}
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     hooks = [m.register_forward_hook(count) for m in leaves]
-    counter = FlopCounterMode(display=False)
     try:
         model.eval()
-        with torch.no_grad(), counter:
+        with torch.no_grad():
             model(x)
     finally:
         for h in hooks:
@@ -72,6 +76,6 @@ def model_stats(
             m.training = training
     return ModelStats(
         parameters=sum(p.numel() for p in model.parameters()),
-        flops=int(counter.get_total_flops()),
+        flops=flops,
         activation_bytes=activation,
     )
