@@ -76,7 +76,9 @@ def test_the_server_half_decodes_uploads_over_grpc(tmp_path: Path) -> None:
     plain = run(tmp_path / "plain").params
     options = ServerOptions(port=0, insecure=True, linger_s=0.5)
     server, port, thread = serve_in_thread(tmp_path / "grpc", [FLIP], options)
-    run_insecure_clients(server, thread, tmp_path / "grpc", [0, 1, 2], timeout_s=120)
+    run_insecure_clients(
+        server, thread, tmp_path / "grpc", [0, 1, 2], timeout_s=120, trust=(__name__,)
+    )
     np.testing.assert_allclose(server.engine.server.params, plain, atol=ATOL)
     assert int(server.engine.server.decode_state["0"]["decoded"]) == 6
 
