@@ -67,7 +67,7 @@ def test_a_bad_eval_set_or_no_model_shape_fails_in_one_line(tmp_path: Path) -> N
     assert "file not found" in one_line_error(server(tmp_path, "--eval-data", str(missing)))
     no_shape = ["--set", 'data.source="file"', "--set", 'data.path="/nonexistent.csv"']
     text = one_line_error(server(tmp_path, "--port", "0", *no_shape))
-    assert "set model.num_features and model.num_classes" in text
+    assert "set model.num_features (or model.input_shape) and model.num_classes" in text
     assert not (tmp_path / "runs").exists()
 
 
