@@ -101,7 +101,7 @@ def load_model(run_dir: str | Path, task: Task | None = None) -> nn.Module:
     """The trained model of the run in ``run_dir`` (its newest checkpoint), built from the
     run's config, or from ``task`` for a run whose task was given from Python. Buffers
     (e.g. BatchNorm statistics) are not federated and keep their initial values."""
-    from fedloom.assemble import resolve_task
+    from fedloom.assemble import check_task_given, resolve_task
     from fedloom.client.trainer import TorchTrainer
     from fedloom.runs import RunDirectory
     from fedloom.task import DataShape
@@ -116,11 +116,9 @@ def load_model(run_dir: str | Path, task: Task | None = None) -> nn.Module:
     info = start.get("task")
     if info is None:
         raise CheckpointError(f"run {str(run.path)!r} records no task (no start record)")
-    if task is None and info.get("reference") is None and config.model.kind != info["name"]:
-        raise ConfigError(
-            f"run {str(run.path)!r} trained task {info['name']!r} given from Python; "
-            "load it with the same task: load_model(run_dir, task=...)"
-        )
+    check_task_given(
+        start, task, config, run.path, "load it with the same task: load_model(run_dir, task=...)"
+    )
     shape = DataShape(
         tuple(info["input_shape"]), info["targets"], info["num_classes"], info["outputs"]
     )

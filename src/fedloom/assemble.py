@@ -29,7 +29,7 @@ import torch
 from fedloom.client.evaluation import Evaluation, Evaluator, ReportedEvaluation
 from fedloom.client.schedule import steps_for
 from fedloom.client.trainer import TorchTrainer
-from fedloom.config import BUILTIN_MODELS, RunConfig, parse_config
+from fedloom.config import RunConfig, parse_config
 from fedloom.data.arrays import ArrayDataset
 from fedloom.data.federated import FederatedData, build_federated_data
 from fedloom.data.storage import read_eval_set
@@ -725,7 +725,13 @@ def resume_simulation(
         )
     notes = _repair(config, run, shard, state)
     start = next((r for r in run.records() if r.get("event") == "start"), {})
-    _check_task_given(start, task, run.path)
+    check_task_given(
+        start,
+        task,
+        config,
+        run.path,
+        "resume it with the same task: resume_simulation(path, task=...)",
+    )
     executor = start.get("executor") if config.simulation.executor == "auto" else None
     sim = build_simulation(config, run, shard, data, deployment, task, executor)
     sim.virtual_time.clock.load_state_dict(state["meta"]["clock"])
@@ -733,14 +739,16 @@ def resume_simulation(
     return sim
 
 
-def _check_task_given(start: dict[str, Any], task: Task | None, path: Path) -> None:
-    """A run that began with a task object from Python (no import path in its config)
-    resumes only with a task again: rebuilt from the config it would train another model."""
+def check_task_given(
+    start: dict[str, Any], task: Task | None, config: RunConfig, path: Path, remedy: str
+) -> None:
+    """A run that began with a task object from Python (no import path, and not the
+    config's built-in ``model.kind``) is rebuilt only from a task again: from the config
+    it would be another model. ``remedy``: the call to make instead."""
     info = start.get("task") or {}
-    if task is None and info.get("reference") is None and info.get("name") not in BUILTIN_MODELS:
+    if task is None and info.get("reference") is None and info.get("name") != config.model.kind:
         raise ConfigError(
-            f"run {str(path)!r} trained task {info.get('name')!r} given from Python; resume "
-            "it with the same task: resume_simulation(path, task=...)"
+            f"run {str(path)!r} trained task {info.get('name')!r} given from Python; {remedy}"
         )
 
 
