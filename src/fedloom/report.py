@@ -21,7 +21,8 @@ def task_metrics(records: list[dict[str, Any]]) -> tuple[list[str], set[str]]:
 
 def write_plots(run: RunDirectory) -> list[Path]:
     """Every task metric and the loss per round as PNGs under ``report/`` (and the first
-    metric against virtual time); returns the files written."""
+    metric against virtual time, and against uploaded bytes when the rounds count them);
+    returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,6 +67,17 @@ def write_plots(run: RunDirectory) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         written.append(_save(fig, run.report_dir / f"{primary}_vs_time.png"))
+    sent = [(b, v) for b, v in _bytes_up_curve(all_records, primary) if b > 0]  # log axis
+    if sent:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        ax.plot([b / 1e6 for b, _ in sent], [v for _, v in sent], marker="o", ms=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("uploaded, cumulative (MB)")
+        ax.set_ylabel(f"test {primary}")
+        ax.set_title(f"{run.path.name}: {primary} against uploaded bytes")
+        ax.grid(alpha=0.3, which="both")
+        fig.tight_layout()
+        written.append(_save(fig, run.report_dir / f"{primary}_vs_bytes.png"))
     return written
 
 
@@ -191,6 +203,8 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
                 dropped[reason] = dropped.get(reason, 0) + n
         if dropped:
             rows.append(("dropped clients", ", ".join(f"{n} {k}" for k, n in dropped.items())))
+    if any(r.get("bytes_up") is not None for r in rounds):
+        rows += _bytes_rows(run, records, rounds, primary, names, maximize)
     if rounds:
         wall = sum(r["wall_s"] for r in rounds)
         rows.append(("training wall time", f"{wall:.2f} s ({wall / len(rounds):.3f} s/round)"))
@@ -249,6 +263,80 @@ def time_to_target(
         if (r[metric] >= target) if maximize else (r[metric] <= target):
             return float(r["virtual_time"])
     return None
+
+
+def bytes_to_target(
+    records: list[dict[str, Any]], metric: str, target: float, maximize: bool = True
+) -> int | None:
+    """Bytes the clients had uploaded (all round attempts so far, this one included) when
+    ``metric`` first reached ``target`` (``>=`` when higher is better, else ``<=``); None
+    if never, or if the rounds do not count their bytes (a run recorded before they did)."""
+    for sent, value in _bytes_up_curve(records, metric):
+        if (value >= target) if maximize else (value <= target):
+            return sent
+    return None
+
+
+def _bytes_up_curve(records: list[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
+    """(cumulative bytes uploaded, ``metric``) at every evaluated round; empty when no
+    round counts its bytes."""
+    rounds = [r for r in records if r.get("event") == "round"]
+    if not any(r.get("bytes_up") is not None for r in rounds):
+        return []
+    curve, sent = [], 0
+    for r in rounds:
+        sent += int(r.get("bytes_up") or 0)
+        if r.get(metric) is not None:
+            curve.append((sent, float(r[metric])))
+    return curve
+
+
+def _bytes_rows(
+    run: RunDirectory,
+    records: list[dict[str, Any]],
+    rounds: list[dict[str, Any]],
+    primary: str,
+    names: list[str],
+    maximize: set[str],
+) -> list[tuple[str, str]]:
+    """Summary rows of a run whose rounds count their bytes: totals up and down, the
+    codec and overall compression ratio (when uploads were compressed) and the bytes
+    uploaded until the stopping target (when one is set)."""
+    rows = [("bytes uploaded", _bytes(sum(int(r.get("bytes_up") or 0) for r in rounds)))]
+    if any(r.get("bytes_down") is not None for r in rounds):
+        down = sum(int(r.get("bytes_down") or 0) for r in rounds)
+        rows.append(("bytes downloaded", _bytes(down)))
+    compressed = [r["compression"] for r in rounds if isinstance(r.get("compression"), dict)]
+    if compressed:
+        codecs = sorted({c["codec"] for c in compressed})
+        rows.append(("compression codec", ", ".join(codecs)))
+        payload = sum(int(c["payload_bytes"]) for c in compressed)
+        raw = sum(int(c["raw_bytes"]) for c in compressed)
+        if payload > 0:
+            rows.append(
+                (
+                    "compression ratio (float32 / payload bytes)",
+                    f"{raw / payload:.2f}x ({_bytes(raw)} as float32)",
+                )
+            )
+    stopping = run.load_config().stopping if run.config_path.is_file() else None
+    if stopping is not None and stopping.target is not None:
+        metric = stopping.metric or primary
+        if metric in names:
+            sent = bytes_to_target(records, metric, stopping.target, metric in maximize)
+            shown = _bytes(sent) if sent is not None else "not reached"
+            rows.append((f"bytes uploaded to {metric} {stopping.target}", shown))
+    return rows
+
+
+def _bytes(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    if n < 1_000_000:
+        return f"{n / 1e3:.1f} kB"
+    if n < 1_000_000_000:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e9:.2f} GB"
 
 
 def _duration(seconds: float) -> str:
