@@ -205,3 +205,22 @@ def test_empty_inputs():
     assert bits.elias_gamma_decode(b"", 0)[1] == 0
     out, used = bits.index_decode(bits.index_encode(np.zeros(0, dtype=np.int64), 50), 50, 0)
     assert len(out) == 0 and used == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 2**40), max_size=30), max_size=6))
+def test_grouped_encoders_match_one_group_at_a_time(groups):
+    counts = np.array([len(g) for g in groups], dtype=np.int64)
+    flat = np.array([v for g in groups for v in g], dtype=np.uint64)
+    gamma = bits.elias_gamma_encode_rows(flat, counts)
+    flags = flat % 3 == 0
+    packed = bits.pack_bits_rows(flags, counts)
+    start = 0
+    for g, code, pb in zip(groups, gamma, packed, strict=True):
+        part = np.array(g, dtype=np.uint64)
+        assert code == bits.elias_gamma_encode(part)
+        assert pb == bits.pack_uint((part % 3 == 0).astype(np.uint64), 1)
+        assert len(pb) == math.ceil(len(g) / 8)
+        start += len(g)
+    with pytest.raises(ValueError, match="sum to"):
+        bits.pack_bits_rows(flags, np.append(counts, 1))

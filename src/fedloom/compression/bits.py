@@ -82,6 +82,26 @@ def pack_uint(values: np.ndarray, bits: int) -> bytes:
     return np.packbits(bitarr.ravel()).tobytes()
 
 
+def pack_bits_rows(flags: np.ndarray, counts: np.ndarray) -> list[bytes]:
+    """:func:`pack_uint` with ``bits=1`` of consecutive groups of ``flags`` (``counts[r]``
+    for group r) in one vectorized pass; group r takes exactly ``ceil(counts[r] / 8)``
+    bytes."""
+    arr = np.asarray(flags).astype(bool).astype(np.uint8)
+    counts = np.asarray(counts, dtype=np.int64)
+    if arr.ndim != 1 or np.any(counts < 0) or int(counts.sum()) != len(arr):
+        raise ValueError(f"counts must be >= 0 and sum to {len(arr)} flags")
+    group_bytes = -(-counts // 8)
+    byte_starts = np.cumsum(group_bytes) - group_bytes
+    first = np.cumsum(counts) - counts
+    pos = 8 * np.repeat(byte_starts, counts) + np.arange(len(arr)) - np.repeat(first, counts)
+    bitarr = np.zeros(8 * int(group_bytes.sum()), dtype=np.uint8)
+    bitarr[pos] = arr
+    packed = np.packbits(bitarr).tobytes()
+    return [
+        packed[a : a + n] for a, n in zip(byte_starts.tolist(), group_bytes.tolist(), strict=True)
+    ]
+
+
 def unpack_uint(data: Data, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_uint`: ``count`` values of ``bits`` bits from the start of
     ``data`` as uint64. Reads ``ceil(count * bits / 8)`` bytes; more may follow. Shorter
@@ -190,21 +210,41 @@ def elias_gamma_encode(values: np.ndarray) -> bytes:
     Size: exactly ``ceil(sum(2 * floor(log2 v) + 1) / 8)`` bytes.
     """
     arr = _as_u64(values, "values")
+    return elias_gamma_encode_rows(arr, np.array([len(arr)]))[0]
+
+
+def elias_gamma_encode_rows(values: np.ndarray, counts: np.ndarray) -> list[bytes]:
+    """:func:`elias_gamma_encode` of consecutive groups of ``values`` (``counts[r]`` values
+    for group r) in one vectorized pass; group r's bytes are exactly
+    ``ceil(sum(2 * floor(log2 v) + 1) / 8)`` over its values."""
+    arr = _as_u64(values, "values")
+    counts = np.asarray(counts, dtype=np.int64)
+    if np.any(counts < 0) or int(counts.sum()) != len(arr):
+        raise ValueError(f"counts must be >= 0 and sum to {len(arr)} values")
     if arr.size and int(arr.min()) < 1:
         raise ValueError(f"Elias-gamma values must be >= 1, got minimum {int(arr.min())}")
-    if not arr.size:
-        return b""
     nlog = _floor_log2(arr)
     lengths = (2 * nlog + 1).astype(np.int64)
-    starts = np.cumsum(lengths) - lengths
-    bitarr = np.zeros(int(lengths.sum()), dtype=np.uint8)
+    cum = np.concatenate([[0], np.cumsum(lengths)])
+    ends = np.cumsum(counts)
+    group_first = ends - counts
+    group_bits = cum[ends] - cum[group_first]
+    group_bytes = -(-group_bits // 8)
+    byte_starts = np.cumsum(group_bytes) - group_bytes
+    group_of = np.repeat(np.arange(len(counts)), counts)
+    # each code's first bit: its group's first bit, plus the bits before it in the group
+    starts = 8 * byte_starts[group_of] + cum[:-1] - cum[group_first][group_of]
+    bitarr = np.zeros(8 * int(group_bytes.sum()), dtype=np.uint8)
     nlog_i = nlog.astype(np.int64)
     # bit j of the binary part (j = 0 is the leading 1) sits at start + nlog + j
-    for j in range(int(nlog_i.max()) + 1):
+    for j in range(int(nlog_i.max()) + 1 if arr.size else 0):
         sel = nlog_i >= j
         shift = (nlog[sel] - _U64(j)).astype(_U64)
         bitarr[starts[sel] + nlog_i[sel] + j] = ((arr[sel] >> shift) & _U64(1)).astype(np.uint8)
-    return np.packbits(bitarr).tobytes()
+    packed = np.packbits(bitarr).tobytes()
+    return [
+        packed[a : a + n] for a, n in zip(byte_starts.tolist(), group_bytes.tolist(), strict=True)
+    ]
 
 
 def elias_gamma_decode(data: Data, count: int) -> tuple[np.ndarray, int]:
