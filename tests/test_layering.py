@@ -35,6 +35,7 @@ CORE = {
     "runs",
     "metrics",
     "transforms",
+    "compression",
     "aggregation",
     "optim",
     "privacy",

@@ -29,6 +29,10 @@ import torch
 from fedloom.client.evaluation import Evaluation, Evaluator, ReportedEvaluation
 from fedloom.client.schedule import steps_for
 from fedloom.client.trainer import TorchTrainer
+from fedloom.compression.adaptive import AdaptivePolicy
+from fedloom.compression.codec import make_codec
+from fedloom.compression.download import ModelBroadcast
+from fedloom.compression.pipeline import Compression
 from fedloom.config import RunConfig, parse_config
 from fedloom.data.arrays import ArrayDataset
 from fedloom.data.federated import FederatedData, build_federated_data
@@ -63,8 +67,14 @@ from fedloom.sim.shard import Shard
 from fedloom.sim.timeline import VirtualTime
 from fedloom.sim.vectorized import VectorizedExecutor, unsupported_reason
 from fedloom.task import MODULE_PREFIX, DataShape, ResolvedTask, Task, check_fit, import_task
-from fedloom.transforms.base import Chain, ClientStates, build_chain, build_sides
-from fedloom.transport.messages import ModelSpec
+from fedloom.transforms.base import (
+    Chain,
+    ClientStates,
+    build_chain,
+    build_sides,
+    flatten_state,
+)
+from fedloom.transport.messages import CompressionSpec, ModelSpec
 from fedloom.transport.server import DeploymentServer, ServerOptions
 
 log = logging.getLogger("fedloom")
@@ -421,6 +431,37 @@ def transforms(
     return server_chain, decoders, ClientStates(client_chain, dim)
 
 
+def compression(
+    config: RunConfig, model: torch.nn.Module, shard: Shard | None, deployment: bool
+) -> tuple[Compression | None, ClientStates | None]:
+    """The run's upload compression (``[compression]``) and, in simulation, the home of
+    every simulated client's compression state (a deployed client keeps its own)."""
+    c = config.compression
+    if not c.enabled:
+        return None, None
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    comp = Compression.build(c.codec, c.params, shapes, c.error_feedback, c.warmup_rounds)
+    dim = sum(int(np.prod(s)) for s in shapes)
+    if shard is not None and flatten_state(comp.init(dim)):
+        raise ConfigError(
+            f"compression.codec = {c.codec!r} (error_feedback = {c.error_feedback}) keeps "
+            "state per client, which a sharded run (torchrun) would split over its "
+            "processes; run it in one process"
+        )
+    return comp, None if deployment else ClientStates(comp, dim)  # type: ignore[arg-type]
+
+
+def model_broadcast(
+    config: RunConfig, model: torch.nn.Module, params: np.ndarray
+) -> ModelBroadcast | None:
+    """Compressed downloads (``compression.download``): the broadcast model clients hold."""
+    c = config.compression
+    if c.download == "none":
+        return None
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    return ModelBroadcast(make_codec(c.download, c.download_params, shapes), params, config.seed)
+
+
 def resolve_task(config: RunConfig, shape: DataShape, task: Task | None = None) -> ResolvedTask:
     """The run's task for data of ``shape``: ``task`` when one is given (from Python), a
     ``module:`` path from ``model.kind``, or the built-in kind built for the shape."""
@@ -577,6 +618,8 @@ def _engine(
     )
     cohort = cohort_policy(config, privacy)
     server_chain, decoders, client_states = transforms(config, params.size, shard, deployment)
+    upload, upload_states = compression(config, model, shard, deployment)
+    broadcast = model_broadcast(config, model, params)
     server = SyncServer(
         params=params,
         num_clients=num_clients,
@@ -595,6 +638,9 @@ def _engine(
         transforms=server_chain,
         client_states=client_states,
         decoders=decoders,
+        compression=upload,
+        upload_states=upload_states,
+        broadcast=broadcast,
     )
     return RoundEngine(
         server,
@@ -1174,7 +1220,17 @@ def deployment_server(run: DeploymentRun, options: ServerOptions) -> DeploymentS
         spec,
         config.transforms.specs("client"),
         max_examples=deployment_cap(config),
+        compression=compression_spec(config),
+        adaptive=AdaptivePolicy(config.compression.margin) if config.compression.adaptive else None,
     )
+
+
+def compression_spec(config: RunConfig) -> CompressionSpec | None:
+    """What a deployed client is told of the run's upload compression (None: off)."""
+    c = config.compression
+    if not c.enabled:
+        return None
+    return CompressionSpec(c.codec, json.dumps(c.params), c.error_feedback, c.warmup_rounds)
 
 
 def trial_config(base: RunConfig, trial: Trial) -> RunConfig:

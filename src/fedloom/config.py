@@ -540,6 +540,56 @@ class TransformsConfig(_Section):
         return self
 
 
+class CompressionConfig(_Section):
+    """Compressed communication (docs/compression.md): ``codec`` encodes every upload
+    (``params`` are its constructor's: bits, fraction, levels, rank, bucket, rotate, ...),
+    with per-client ``error_feedback`` residuals and DGC's sparsity warm-up over the first
+    ``warmup_rounds``; ``adaptive`` picks each client's setting per round from its
+    bandwidth and the deadline (the upload may take ``margin`` of the time left);
+    ``download`` encodes the model each client downloads as the delta from the model
+    it holds (``"none"``: the float32 model)."""
+
+    codec: str = "none"
+    params: dict[str, Any] = {}
+    error_feedback: bool = False
+    warmup_rounds: int = Field(0, ge=0)
+    adaptive: bool = False
+    margin: float = Field(0.8, gt=0, le=1)
+    download: str = "none"
+    download_params: dict[str, Any] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.codec != "none"
+
+    @model_validator(mode="after")
+    def _known(self) -> CompressionConfig:
+        from fedloom.compression.codec import codec_names, make_codec
+
+        for field, name, params in (
+            ("codec", self.codec, self.params),
+            ("download", self.download, self.download_params),
+        ):
+            if name == "none":
+                if params:
+                    raise ValueError(f"compression.{field} = 'none' takes no parameters")
+                continue
+            if name not in codec_names():
+                raise ValueError(
+                    f"compression.{field} = {name!r}: expected 'none' or one of {codec_names()}"
+                )
+            try:
+                make_codec(name, params, shapes=[(1,)])
+            except ConfigError as err:
+                raise ValueError(f"compression.{field}: {err}") from None
+        if not self.enabled and (self.error_feedback or self.adaptive or self.warmup_rounds):
+            raise ValueError(
+                "compression.error_feedback, adaptive and warmup_rounds need a "
+                "compression.codec (it is 'none')"
+            )
+        return self
+
+
 class RunConfig(_Section):
     """The whole experiment."""
 
@@ -565,6 +615,7 @@ class RunConfig(_Section):
     distributed: DistributedConfig = DistributedConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     transforms: TransformsConfig = TransformsConfig()
+    compression: CompressionConfig = CompressionConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -627,11 +678,29 @@ class RunConfig(_Section):
                 f"transforms.client {two} have a server half that decodes each update; under "
                 "secagg.enabled = true the server sees only the sum"
             )
+        self._compression_composes()
         n = self.partition.num_clients
         k = self.server.clients_per_round
         if n and k > n:
             raise ValueError(f"server.clients_per_round = {k} exceeds partition.num_clients = {n}")
         return self
+
+    def _compression_composes(self) -> None:
+        """Compression composes with central DP (the server decodes, clips and noises) and
+        local DP (clip, noise, then compress); with secure aggregation the server holds
+        only the sum, which no per-client codec can decode."""
+        c = self.compression
+        if c.enabled and self.secagg.enabled:
+            raise ValueError(
+                f"compression.codec = {c.codec!r} with secagg.enabled = true: the server "
+                "sees only the masked sum, which cannot be decoded per client (secure "
+                "aggregation already sends a fixed-point ring of secagg.bits bits)"
+            )
+        if c.adaptive and self.server.deadline_s is None:
+            raise ValueError(
+                "compression.adaptive = true needs server.deadline_s: the setting is chosen "
+                "so that the upload fits before the deadline"
+            )
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -129,6 +129,22 @@ class SecAggRecord(_Strict):
     aborted: str | None = None
 
 
+class CompressionRecord(_Strict):
+    """A round's compressed uploads (both runtimes): the codec, the bytes of the accepted
+    payloads against float32 rows (``ratio`` = float32 bytes / payload bytes), the setting
+    each client encoded with (client id -> bits, kept fraction, levels or rank), and the
+    model download's mode and bytes against a float32 model."""
+
+    codec: str
+    payloads: int
+    payload_bytes: int
+    raw_bytes: int
+    ratio: float
+    settings: dict[str, float]
+    download: str | None = None
+    download_ratio: float | None = None
+
+
 class Exclusion(_Strict):
     client: int
     outcome: Literal["rejected", "failed"]
@@ -174,9 +190,12 @@ class RoundRecord(_Evaluated, _Record):
     round_virtual_s: float | None = None
     events: int | None = None
     partial: int | None = None
-    # deployment only: the network
+    compression: CompressionRecord | None = None
+    # the bytes the clients uploaded and downloaded this round (both runtimes; in a
+    # deployment as the transport counted them, in the simulator the encoded payloads)
     bytes_up: int | None = None
     bytes_down: int | None = None
+    # deployment only: the network
     refused_messages: dict[str, int] | None = None
     refused_in_round: dict[str, int] | None = None
 

@@ -80,9 +80,7 @@ class TrainPlan:
                 f"plan.momentum = {self.momentum!r} applies to sgd; adam uses plan.betas"
             )
         if self.dp_sgd_noise and self.dp_sgd_clip is None:
-            raise ConfigError(
-                f"plan.dp_sgd_noise = {self.dp_sgd_noise!r} needs plan.dp_sgd_clip"
-            )
+            raise ConfigError(f"plan.dp_sgd_noise = {self.dp_sgd_noise!r} needs plan.dp_sgd_clip")
 
 
 def _check_bound(name: str, value: object, bounds: dict[str, float], integer: bool) -> None:
@@ -112,6 +110,7 @@ class Dispatch:
     seed: int
     deadline: float | None = None  # time by which the update must arrive (runtime's clock)
     max_steps: int | None = None  # partial work: at most this many local steps
+    compression: float | None = None  # the codec's setting for this client's upload
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,9 @@ class ClientMetrics:
 
 @dataclass(frozen=True)
 class Update:
-    """A client's answer to a ``Dispatch``: its model delta (local minus global)."""
+    """A client's answer to a ``Dispatch``: its model delta (local minus global), or,
+    under compression, the encoded ``payload`` of it (``delta`` then empty until the
+    server decodes it)."""
 
     client_id: int
     round: int
@@ -134,6 +135,7 @@ class Update:
     delta: np.ndarray
     num_examples: int
     metrics: ClientMetrics
+    payload: bytes | None = None
 
 
 @dataclass(frozen=True, eq=False)

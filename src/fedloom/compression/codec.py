@@ -152,7 +152,9 @@ def make_codec(
     try:
         return factory(**kwargs)
     except (TypeError, ValueError, FedloomError) as err:
-        raise ConfigError(f"compression codec {name!r} with {dict(params or {})!r}: {err}") from None
+        raise ConfigError(
+            f"compression codec {name!r} with {dict(params or {})!r}: {err}"
+        ) from None
 
 
 def check_finite(values: np.ndarray, what: str = "payload") -> np.ndarray:

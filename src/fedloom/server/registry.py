@@ -631,6 +631,15 @@ class ClientRegistry:
             blended = np.where(np.isnan(old), new, (1 - k) * old + k * new)
             self._state[name][ids] = np.where(np.isnan(new), old, blended)
 
+    def bandwidth(self, client_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The measured (up, down) link speeds of ``client_ids`` in kbit/s, NaN where no
+        transfer of the client was measured yet (:meth:`record_bandwidth`)."""
+        ids = self._ids("client_ids", client_ids)
+        return (
+            self._state["measured_up_kbps"][ids].copy(),
+            self._state["measured_down_kbps"][ids].copy(),
+        )
+
     def snapshot(self, round: int, keep: int = 3) -> None:
         """Persist the whole working state as of ``round`` (the last recorded round) and
         drop all but the newest ``keep`` snapshots, in one transaction."""

@@ -26,6 +26,9 @@ import numpy as np
 
 from fedloom.aggregation import Reducer, WeightedMean
 from fedloom.client.schedule import client_seeds
+from fedloom.compression.codec import PayloadError
+from fedloom.compression.download import ModelBroadcast
+from fedloom.compression.pipeline import Compression
 from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.errors import RejectionKind as _K
 from fedloom.optim import ServerOptimizer
@@ -59,6 +62,8 @@ Combine = Callable[[np.ndarray], np.ndarray]
 _XFORM = "xform.server."  # checkpoint arrays holding the server transforms' state
 _DECODE = "xform.decode."  # ... the decoders' (two-sided transforms' server halves)
 _CLIENT_XFORM = "xform.client."  # ... and the simulated clients' (see SyncServer.__init__)
+_CLIENT_COMPRESSION = "compress.client."  # the simulated clients' error-feedback residuals
+_BROADCAST = "compress.download."  # the compressed downloads' broadcast model
 
 
 def client_seed(run_seed: int, round: int, client_id: int) -> int:
@@ -98,6 +103,8 @@ class _OpenRound:
     secure: _Secure | None = None
     clamped: dict[int, tuple[int, int]] = field(default_factory=dict)  # client -> (declared, used)
     skip: str | None = None  # why the round releases nothing (see SyncServer.skip_round)
+    decoded: dict[int, tuple[int, float]] = field(default_factory=dict)  # payload bytes, setting
+    payloads: dict[int, tuple[int, float]] = field(default_factory=dict)  # ... of accepted ones
 
     def __post_init__(self) -> None:
         self.row = {c: i for i, c in enumerate(self.selected)}
@@ -138,6 +145,9 @@ class SyncServer:
         transforms: Transform | None = None,
         client_states: ClientStates | None = None,
         decoders: Transform | None = None,
+        compression: Compression | None = None,
+        upload_states: ClientStates | None = None,
+        broadcast: ModelBroadcast | None = None,
     ) -> None:
         """``quorum``: the fewest aggregated updates a round may apply. A round below it
         leaves the model unchanged and is either skipped (the round still counts) or,
@@ -172,7 +182,14 @@ class SyncServer:
 
         ``decoders``: the server halves of the clients' two-sided transforms (the decode
         step), applied to each update on receipt between a check of what arrived and a
-        check of what it decodes to; their state is checkpointed. Not with secure sums."""
+        check of what it decodes to; their state is checkpointed. Not with secure sums.
+
+        ``compression``: every update arrives as an encoded payload, decoded on receipt
+        before any check of the row (and before ``decoders``); a payload that does not
+        decode is refused for its client. ``upload_states``: in simulation, every
+        client's compression state (error-feedback residuals), checkpointed like
+        ``client_states``. ``broadcast``: compressed downloads; clients train from its
+        ``held`` model (:attr:`start_params`), which follows every model update."""
         if params.dtype != np.float32 or params.ndim != 1:
             raise FedloomError("global parameters must be a 1-D float32 vector")
         self.params = params.copy()
@@ -202,6 +219,9 @@ class SyncServer:
         self.client_states = client_states
         self.decoders = decoders
         self.decode_state = {} if decoders is None else decoders.init(int(params.shape[0]))
+        self.compression = compression
+        self.upload_states = upload_states
+        self.broadcast = broadcast
         # per-client weight bounds the runtime knows (registered sizes, counts at join)
         self._example_bound = np.full(num_clients, np.iinfo(np.int64).max, dtype=np.int64)
         self._canary_sum: np.ndarray | None = None
@@ -213,6 +233,12 @@ class SyncServer:
     @property
     def dim(self) -> int:
         return self.params.shape[0]
+
+    @property
+    def start_params(self) -> np.ndarray:
+        """The model clients download and train from: the global model, or under
+        compressed downloads the broadcast model they reconstruct."""
+        return self.params if self.broadcast is None else self.broadcast.held
 
     @property
     def pending(self) -> set[int]:
@@ -258,6 +284,8 @@ class SyncServer:
         """
         try:
             self._validate(update)
+            update = self._decompress(update)
+            self.validation.check(update)
             decode_state = None
             if self.decoders is not None:  # decode, then check what it decodes to
                 update, decode_state = self._decode(update)
@@ -280,6 +308,37 @@ class SyncServer:
             update = replace(update, num_examples=limit)
         rnd.matrix[rnd.row[update.client_id]] = update.delta
         rnd.updates[update.client_id] = update
+        if update.client_id in rnd.decoded:
+            rnd.payloads[update.client_id] = rnd.decoded[update.client_id]
+
+    @property
+    def received_payloads(self) -> dict[int, tuple[int, float]]:
+        """The open round's accepted payloads: client id -> (bytes, setting)."""
+        return dict(self._open.payloads) if self._open is not None else {}
+
+    def _decompress(self, update: Update) -> Update:
+        """The update with its payload decoded into ``delta`` (compressed runs); refuses a
+        payload that does not decode, and a plain row where a payload is due."""
+        if self.compression is None:
+            if update.payload is not None:
+                raise UpdateRejected(
+                    update.client_id, "a compressed payload, but compression is off", _K.MALFORMED
+                )
+            return update
+        if update.payload is None:
+            raise UpdateRejected(
+                update.client_id,
+                f"a plain row, but uploads are compressed with {self.compression.name!r}",
+                _K.MALFORMED,
+            )
+        try:
+            row, setting = self.compression.decode(update.payload, self.dim)
+        except PayloadError as err:
+            kind = _K.NONFINITE if "non-finite" in str(err) else _K.MALFORMED
+            raise UpdateRejected(update.client_id, f"payload: {err}", kind) from None
+        assert self._open is not None
+        self._open.decoded[int(update.client_id)] = (len(update.payload), setting)
+        return replace(update, delta=row, payload=None)
 
     def _decode(self, update: Update) -> tuple[Update, State]:
         """One update through the decoders (the two-sided transforms' server halves)."""
@@ -393,7 +452,6 @@ class SyncServer:
                 f"expected round {self._open.round} / version {self.version}",
                 _K.STALE_VERSION,
             )
-        self.validation.check(u)
 
     def skip_round(self, reason: str) -> None:
         """Close the open round, when it closes, as ``"skipped"`` with ``reason``: nothing
@@ -524,6 +582,8 @@ class SyncServer:
                 delta = self.reducer.finish(packed[:d], total)
             self.params, self.opt_state = self.optimizer.step(self.params, delta, self.opt_state)
             self.version += 1
+            if self.broadcast is not None:
+                self.broadcast.advance(self.params, self.version)
             norm = float(np.linalg.norm(delta.astype(np.float64)))
             if secure is not None:
                 loss = secure.total.loss / secure.total.weight if len(done) else float("nan")
@@ -535,9 +595,10 @@ class SyncServer:
                 contribution[rows] = w * (matrix @ unit) / (total * norm)
             if combine is not None:
                 contribution = np.asarray(combine(contribution), dtype=np.float64)
-        if self.client_states is not None:  # the simulated clients whose updates it holds
-            held = rnd.updates.keys() if secure is None else secure.total.included.tolist()
-            self.client_states.commit(held)
+        held = rnd.updates.keys() if secure is None else secure.total.included.tolist()
+        for states in (self.client_states, self.upload_states):
+            if states is not None:  # the simulated clients whose updates it holds
+                states.commit(held)
         if status == "retry":
             self.retries += 1
         else:
@@ -621,6 +682,10 @@ class SyncServer:
         arrays.update({_XFORM + k: v for k, v in flat.items()})
         if self.client_states is not None:
             arrays.update(self.client_states.arrays(_CLIENT_XFORM))
+        if self.upload_states is not None:
+            arrays.update(self.upload_states.arrays(_CLIENT_COMPRESSION))
+        if self.broadcast is not None:
+            arrays.update(self.broadcast.arrays(_BROADCAST))
         arrays.update({_DECODE + k: v for k, v in flatten_state(self.decode_state).items()})
         return {
             "arrays": arrays,
@@ -656,6 +721,12 @@ class SyncServer:
             self.transform_state = unflatten_state(saved)
         if self.client_states is not None:
             self.client_states.load_arrays(arrays, _CLIENT_XFORM)
+        if self.upload_states is not None:
+            self.upload_states.load_arrays(arrays, _CLIENT_COMPRESSION)
+        if self.broadcast is not None:
+            if f"{_BROADCAST}held" not in arrays:
+                raise FedloomError("checkpoint has no broadcast model (compression.download)")
+            self.broadcast.load_arrays(arrays, _BROADCAST)
         if self.decoders is not None:
             saved = {k.removeprefix(_DECODE): v for k, v in arrays.items() if k.startswith(_DECODE)}
             if set(saved) != set(flatten_state(self.decoders.init(self.dim))):

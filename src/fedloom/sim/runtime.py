@@ -25,6 +25,9 @@ import numpy as np
 
 from fedloom.client.schedule import NO_CAP, examples_seen, steps_for
 from fedloom.client.trainer import TorchTrainer
+from fedloom.compression.adaptive import AdaptivePolicy, time_left
+from fedloom.compression.codec import HEADER_BYTES
+from fedloom.compression.pipeline import compression_record
 from fedloom.config import RunConfig
 from fedloom.data.federated import FederatedData
 from fedloom.errors import FedloomError, RunInterrupted, UpdateRejected
@@ -206,24 +209,40 @@ class Simulation:
             result, extra = engine.skip_small_secure_round(cohort)
             extra |= {"virtual_time": vt.now, "round_virtual_s": 0.0}
             return engine.finish_round(result, t0, extra)
-        dispatches, outcome = self._play(dispatches, engine.enough(len(dispatches)))
-        for cid, reason in outcome.failed.items():
-            self.server.fail(cid, reason)
-        if offline:
-            outcome = replace(outcome, failed={**offline, **outcome.failed})
-        for cid in outcome.surplus:
-            self.server.fail(cid, "surplus")
+        compress = self.server.compression is not None
+        if compress:
+            dispatches = self._choose_settings(dispatches)
+        needed = engine.enough(len(dispatches))
+        dispatches, unfit = self._fit(dispatches)
+        # compressed uploads have their size only once encoded: first everyone who could
+        # deliver (a rehearsal with the smallest uploads), then the round with real bytes
+        outcome = self._play(dispatches, None if compress else needed, rehearse=compress)
         delivered = set(outcome.delivered.tolist())
         todo = [d for d in dispatches if d.client_id in delivered]
         shard = self.shard
         mine = todo if shard is None else shard.mine(todo)
-        updates = run_dispatches(self.executor, self.server.params, mine)
+        updates = run_dispatches(self.executor, self.server.start_params, mine)
         if self.server.client_states is not None:  # the clients' own transform chain
             updates = self._transform(updates)
         if self.privacy.local:
             updates = self._privatize(updates)
         if shard is not None and shard.mode == "gather":
             updates = [u for part in shard.gather(updates) for u in part]
+        if compress:
+            updates = self._compress(updates, {d.client_id: d for d in todo})
+            sizes = {u.client_id: len(u.payload or b"") for u in updates}
+            outcome = self._play(dispatches, needed, sizes=sizes)
+            delivered = set(outcome.delivered.tolist())
+            todo = [d for d in todo if d.client_id in delivered]
+            updates = [u for u in updates if u.client_id in delivered]
+        if unfit:
+            outcome = replace(outcome, failed={**unfit, **outcome.failed})
+        for cid, reason in outcome.failed.items():
+            self.server.fail(cid, reason)
+        if offline:
+            outcome = replace(outcome, failed={**offline, **outcome.failed})
+        for cid in outcome.surplus:
+            self.server.fail(cid, "surplus")
         rejected: dict[int, UpdateRejected] = {}
         kinds: dict[str, int] = {}
         secure = None
@@ -246,6 +265,10 @@ class Simulation:
                     kinds[err.kind] = kinds.get(err.kind, 0) + 1
                     log.warning("%s", err)
         combine = shard.allreduce if shard is not None and shard.mode == "allreduce" else None
+        down = self._download_bytes([d.client_id for d in todo])  # who trained downloaded
+        if self.server.broadcast is not None:
+            self.server.broadcast.downloaded([d.client_id for d in todo])
+        payloads = self.server.received_payloads
         result = engine.close_round(combine)
         self._register_round(dispatches, outcome, result, rejected)
         extra: dict[str, Any] = (
@@ -260,7 +283,13 @@ class Simulation:
             "dropped": count_reasons(outcome.failed),
             "surplus": len(outcome.surplus),
             "partial": sum(d.max_steps is not None for d in todo),
+            "bytes_up": sum(self._upload_bytes(u) for u in updates),
+            "bytes_down": int(down.sum()),
         }
+        if compress or self.server.broadcast is not None:
+            extra["compression"] = compression_record(
+                self.server.compression, payloads, self.server.dim, self.server.broadcast, down
+            )
         if kinds:
             extra["rejections"] = kinds
         # every delivered update refused (e.g. training diverged): see finish_round
@@ -398,59 +427,134 @@ class Simulation:
             out["aborted"] = secure.abort
         return out
 
-    def _play(
-        self, dispatches: list[Dispatch], needed: int | None
-    ) -> tuple[list[Dispatch], RoundOutcome]:
-        """Play the round's timeline: who delivers, who drops, when the round ends.
+    def _download_bytes(self, clients: list[int]) -> np.ndarray:
+        """Bytes each client downloads: the float32 model, or under compressed downloads
+        the encoded deltas from the version it holds (or the whole model)."""
+        b = self.server.broadcast
+        if b is None:
+            return np.full(len(clients), 4 * self.server.dim, dtype=np.int64)
+        return np.array([b.download_size(c) for c in clients], dtype=np.int64)
 
-        With ``server.accept_partial``, a client whose full work would miss the deadline
+    def _upload_bytes(self, update: Update | None = None) -> int:
+        """Bytes of one upload: its payload (compressed), SecAgg's masked input, or the
+        float32 row; without ``update``, what an upload of this run is planned to take."""
+        if update is not None and update.payload is not None:
+            return len(update.payload)
+        if self.secure is not None:
+            return self.secure.upload_bytes(self.privacy.distributed)
+        return 4 * self.server.dim
+
+    def _planned_upload(self, dispatches: list[Dispatch]) -> np.ndarray:
+        """Each dispatched client's upload bytes before it encodes: its codec setting's
+        largest payload under compression, else the fixed upload size."""
+        comp = self.server.compression
+        if comp is None:
+            return np.full(len(dispatches), self._upload_bytes(), dtype=np.int64)
+        dim = self.server.dim
+        return np.array(
+            [comp.codec.size_bound(dim, comp.setting(d.round, d.compression)) for d in dispatches],
+            dtype=np.int64,
+        )
+
+    def _choose_settings(self, dispatches: list[Dispatch]) -> list[Dispatch]:
+        """Each client's codec setting for this round: with ``compression.adaptive``, the
+        densest that lets its upload fit before the deadline at its link's current rate
+        (device profile times the network changes in effect now), else the default."""
+        comp, cfg = self.server.compression, self.config.compression
+        assert comp is not None
+        if not cfg.adaptive or not dispatches:
+            return [replace(d, compression=comp.setting(d.round, None)) for d in dispatches]
+        vt, plan = self.virtual_time, self.server.plan
+        pop = vt.population
+        ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
+        rate = pop.throughput_bytes_per_s(ids, "up") * vt.network.factor_at(ids, vt.now, "up")
+        down_bytes = self._download_bytes(ids.tolist())
+        down = vt.network.transfer_end(ids, vt.now, down_bytes, "down") - vt.now
+        compute = pop.compute_time(ids, examples_seen(self.data.train.sizes()[ids], plan))
+        left = time_left(self.config.server.deadline_s, down, compute)
+        choice = AdaptivePolicy(cfg.margin).choose(
+            comp.codec, self.server.dim, rate, pop.latency_ms[ids] / 1e3, left
+        )
+        return [
+            replace(d, compression=comp.setting(d.round, float(s)))
+            for d, s in zip(dispatches, choice.settings, strict=True)
+        ]
+
+    def _compress(self, updates: list[Update], dispatched: dict[int, Dispatch]) -> list[Update]:
+        """Every simulated client's upload encoded with its dispatched setting and its own
+        error-feedback state (kept by the server's ``upload_states``, staged until the
+        server accepts the update), as a device would after local DP."""
+        comp, states = self.server.compression, self.server.upload_states
+        if not updates or comp is None or states is None:
+            return updates
+        ids = [u.client_id for u in updates]
+        rows = np.stack([u.delta for u in updates])
+        settings = np.array([dispatched[c].compression for c in ids], dtype=np.float64)
+        seeds = np.array([dispatched[c].seed for c in ids], dtype=np.int64)
+        payloads = states.update(
+            ids, lambda stacked: comp.encode(rows, settings, seeds, stacked), stage=True
+        )
+        empty = np.zeros(0, dtype=np.float32)
+        return [replace(u, delta=empty, payload=p) for u, p in zip(updates, payloads, strict=True)]
+
+    def _fit(self, dispatches: list[Dispatch]) -> tuple[list[Dispatch], dict[int, str]]:
+        """With ``server.accept_partial``, a client whose full work would miss the deadline
         trains only the steps that fit (its dispatch gets ``max_steps``); one that cannot
-        fit a single step is dropped.
-        """
+        fit a single step is dropped (returned with its reason)."""
         vt, srv = self.virtual_time, self.config.server
+        if not (srv.accept_partial and srv.deadline_s is not None and dispatches):
+            return dispatches, {}
         ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
         plan = self.server.plan
         sizes = self.data.train.sizes()[ids]
-        model_bytes = 4 * self.server.dim
-        up_bytes = (
-            model_bytes
-            if self.secure is None
-            else self.secure.upload_bytes(self.privacy.distributed)
+        full = steps_for(sizes, plan)
+        fit = vt.steps_that_fit(
+            ids,
+            full,
+            np.minimum(sizes, plan.batch_size),
+            self._download_bytes(ids.tolist()),
+            self._planned_upload(dispatches),
+            srv.deadline_s,
         )
-        unfit: dict[int, str] = {}
-        if srv.accept_partial and srv.deadline_s is not None and len(ids):
-            full = steps_for(sizes, plan)
-            fit = vt.steps_that_fit(
-                ids,
-                full,
-                np.minimum(sizes, plan.batch_size),
-                model_bytes,
-                up_bytes,
-                srv.deadline_s,
-            )
-            dispatches = [
-                replace(d, max_steps=int(f)) if 0 < f < s else d
-                for d, f, s in zip(dispatches, fit, full, strict=True)
-            ]
-            unfit = {int(c): "cannot finish one step before the deadline" for c in ids[fit == 0]}
-            keep = fit > 0
-            dispatches = [d for d, ok in zip(dispatches, keep, strict=True) if ok]
-            ids, sizes = ids[keep], sizes[keep]
+        dispatches = [
+            replace(d, max_steps=int(f)) if 0 < f < s else d
+            for d, f, s in zip(dispatches, fit, full, strict=True)
+        ]
+        unfit = {int(c): "cannot finish one step before the deadline" for c in ids[fit == 0]}
+        return [d for d, f in zip(dispatches, fit, strict=True) if f > 0], unfit
+
+    def _play(
+        self,
+        dispatches: list[Dispatch],
+        needed: int | None,
+        rehearse: bool = False,
+        sizes: dict[int, int] | None = None,
+    ) -> RoundOutcome:
+        """Play the round's timeline: who delivers, who drops, when the round ends.
+        ``rehearse``: on a copy of the clock, with the smallest possible uploads (a
+        payload's header); ``sizes``: the encoded bytes of the clients that have them
+        (the others, which will not deliver, count their planned bytes)."""
+        vt, srv = self.virtual_time, self.config.server
+        ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
+        if rehearse:
+            up = np.full(len(ids), HEADER_BYTES, dtype=np.int64)
+        else:
+            up = self._planned_upload(dispatches)
+            if sizes:
+                up = np.array([sizes.get(int(c), b) for c, b in zip(ids, up, strict=True)])
         caps = np.array([d.max_steps or NO_CAP for d in dispatches], np.int64)
-        samples = examples_seen(sizes, plan, caps)
-        outcome = vt.play_round(
+        samples = examples_seen(self.data.train.sizes()[ids], self.server.plan, caps)
+        play = vt.rehearse if rehearse else vt.play_round
+        return play(
             self.server.round + 1,
             ids,
             samples,
-            model_bytes,
-            up_bytes,
+            self._download_bytes(ids.tolist()),
+            up,
             srv.deadline_s,
             needed=needed,
             attempt=self.server.retries,
         )
-        if unfit:
-            outcome = replace(outcome, failed={**unfit, **outcome.failed})
-        return dispatches, outcome
 
     def _register_round(
         self,

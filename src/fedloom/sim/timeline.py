@@ -8,7 +8,10 @@ closes; the server's deadline closes the round. The events are popped in time or
 (ties in insertion order), so the same seed gives the same event order every time.
 
 Everything here is decided before any training, so a runtime trains only the clients
-that will deliver.
+that will deliver. When the upload sizes are known only after training (compressed
+payloads), a runtime first rehearses the round on a copy of the clock with the smallest
+possible uploads (:meth:`VirtualTime.rehearse`: everyone who could deliver), trains
+those, and then plays the round for real with each client's encoded bytes.
 
 References: FedScale (Lai et al., ICML 2022) for trace-driven client timing;
 Bonawitz et al., "Towards Federated Learning at Scale", MLSys 2019 (deadlines, dropouts).
@@ -16,6 +19,7 @@ Bonawitz et al., "Towards Federated Learning at Scale", MLSys 2019 (deadlines, d
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,6 +104,17 @@ class VirtualTime:
         with np.errstate(divide="ignore", invalid="ignore"):
             fit = np.floor(np.where(per_step > 0, budget / per_step, np.inf))
         return np.clip(np.nan_to_num(fit, posinf=np.inf, neginf=0), 0, steps).astype(np.int64)
+
+    def rehearse(self, *args: object, **kwargs: object) -> RoundOutcome:
+        """:meth:`play_round` on a copy of the clock, which stays as it was: a delivery
+        in the real play with larger uploads is a delivery here too (later uploads only
+        meet more deadlines, crashes and closing windows)."""
+        real = self.clock
+        self.clock = copy.deepcopy(real)
+        try:
+            return self.play_round(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            self.clock = real
 
     def play_round(
         self,

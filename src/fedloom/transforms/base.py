@@ -183,14 +183,25 @@ class ClientStates:
         """Run the transform over the cohort's rows (``ctx.client_ids`` order) and keep
         each client's new state; with ``stage``, hold it until :meth:`commit` (a device
         keeps its new state only once the server holds its update)."""
-        ids = [int(c) for c in ctx.client_ids]
-        if len(ids) != updates.shape[0]:
-            raise FedloomError(f"{len(ids)} client ids for {updates.shape[0]} update rows")
-        if not ids:
+        if len(ctx.client_ids) != updates.shape[0]:
+            raise FedloomError(
+                f"{len(ctx.client_ids)} client ids for {updates.shape[0]} update rows"
+            )
+        if not len(ctx.client_ids):
             return updates
+        return self.update(
+            ctx.client_ids, lambda stacked: self.transform.apply(updates, stacked, ctx), stage
+        )
+
+    def update(
+        self, client_ids: Iterable[int], step: Callable[[State], tuple[Any, State]], stage: bool
+    ) -> Any:
+        """``step(stacked states of client_ids) -> (out, new stacked states)``: the clients'
+        states stacked in the order given, their new states kept (or staged) and ``out``
+        returned; how :meth:`apply` runs a transform and compression runs its encoder."""
+        ids = [int(c) for c in client_ids]
         fresh = self.transform.init(self.dim)
-        stacked = stack_states([self.states.get(c, fresh) for c in ids])
-        out, new = self.transform.apply(updates, stacked, ctx)
+        out, new = step(stack_states([self.states.get(c, fresh) for c in ids]))
         target = self.pending if stage else self.states
         for c, s in zip(ids, unstack_states(new, len(ids)), strict=True):
             target[c] = s

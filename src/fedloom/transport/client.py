@@ -57,6 +57,7 @@ from fedloom.transport.certs import (
 )
 from fedloom.transport.messages import (
     MAX_MODEL_PARAMETERS,
+    CompressionSpec,
     LocalDP,
     MessageError,
     ModelSpec,
@@ -70,6 +71,8 @@ log = logging.getLogger("fedloom.client")
 
 TRANSFORM_STATE = "transform_state.npz"
 """A client's update-transform state, in its data folder (written atomically)."""
+COMPRESSION_STATE = "compression_state.npz"
+"""A client's compression state (error-feedback residual), in its data folder."""
 T = TypeVar("T")
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -295,6 +298,10 @@ class DeploymentClient:
         self.transform_state_path = Path(data_dir) / TRANSFORM_STATE
         self.transforms: Any = None
         self.transform_state: dict[str, Any] = {}
+        # the upload codec the server names at join, and this client's residual for it
+        self.compression_state_path = Path(data_dir) / COMPRESSION_STATE
+        self.compression: Any = None
+        self.compression_state: dict[str, Any] = {}
         self.client_id = -1
         self.retry = retry or RetryPolicy()
         self.rng = random.Random(seed)
@@ -383,6 +390,33 @@ class DeploymentClient:
         self.dim = int(reply.dim)
         self.client_id = int(reply.client_id)
         self._setup_transforms(reply)
+        self._setup_compression(reply)
+
+    def _setup_compression(self, reply: pb.JoinReply) -> None:
+        """Build the upload codec the server names (a built-in one) for this model and
+        load this client's error-feedback state for it."""
+        if not reply.HasField("compression"):
+            return
+        from fedloom.transforms.base import load_client_state
+
+        spec = CompressionSpec.from_pb(reply.compression)
+        shapes = [tuple(p.shape) for p in self.trainer.model.parameters()]
+        self.compression = spec.build(shapes)
+        self.compression_state = load_client_state(
+            self.compression_state_path, self.compression, self.dim
+        )
+
+    def _compress(self, task: pb.Task, delta: np.ndarray) -> tuple[bytes, dict[str, Any]]:
+        """This update's payload at the task's codec setting, and the new compression
+        state (kept once the server has accepted the update, :meth:`_work`)."""
+        from fedloom.transforms.base import stack_states, unstack_states
+
+        setting = task.compression if task.HasField("compression") else None
+        settings = np.array([self.compression.setting(int(task.round), setting)])
+        payloads, state = self.compression.encode(
+            delta[None], settings, np.array([task.seed]), stack_states([self.compression_state])
+        )
+        return payloads[0], unstack_states(state, 1)[0]
 
     def _setup_transforms(self, reply: pb.JoinReply) -> None:
         """Build the client chain the server names from this device's own code (a name
@@ -462,13 +496,17 @@ class DeploymentClient:
                 delta, state = self._transform(task, delta, metrics)
             if local_dp is not None:
                 delta = local_dp.apply(delta)
+            payload, squeezed = None, None
+            if self.compression is not None and not task.HasField("secagg"):
+                payload, squeezed = self._compress(task, delta)
             if task.HasField("secagg"):
                 reply = self._secure_sum(task, delta, metrics)
                 if reply is None:
                     return
             else:
                 reply = self._call(
-                    "upload", lambda: self._upload(task, delta, metrics, train_s, evaluation)
+                    "upload",
+                    lambda: self._upload(task, delta, metrics, train_s, evaluation, payload),
                 )
         except grpc.RpcError as err:
             self.stats.refused += 1
@@ -479,6 +517,11 @@ class DeploymentClient:
 
             save_client_state(self.transform_state_path, state)
             self.transform_state = state
+        if squeezed is not None:
+            from fedloom.transforms.base import save_client_state
+
+            save_client_state(self.compression_state_path, squeezed)
+            self.compression_state = squeezed
         self.stats.rounds += 1
         self.stats.duplicates += int(reply.duplicate)
         log.info(
@@ -685,11 +728,17 @@ class DeploymentClient:
         metrics: ClientMetrics | None,
         train_s: float,
         evaluation: tuple[float, float, int] | None = None,
+        encoded: bytes | None = None,
     ) -> pb.UploadReply:
         """Stream one update (float32), or under SecAgg+ a masked input (unsigned ints,
-        ``metrics`` None: the server learns no per-client loss or step count);
-        ``evaluation``: the received model's (loss, accuracy, examples) on the hold-out."""
-        payload = np.ascontiguousarray(vector, dtype=vector.dtype.newbyteorder("<")).tobytes()
+        ``metrics`` None: the server learns no per-client loss or step count), or its
+        ``encoded`` codec payload (compressed runs); ``evaluation``: the received
+        model's (loss, accuracy, examples) on the hold-out."""
+        if encoded is not None:
+            payload, dtype = encoded, wire.ENCODED
+        else:
+            payload = np.ascontiguousarray(vector, dtype=vector.dtype.newbyteorder("<")).tobytes()
+            dtype = vector.dtype.name
         facts = (
             {}
             if metrics is None
@@ -710,7 +759,7 @@ class DeploymentClient:
             version=task.version,
             num_examples=len(self.y),
             dim=vector.size,
-            dtype=vector.dtype.name,
+            dtype=dtype,
             payload_bytes=len(payload),
             sha256=wire.digest(payload),
             **facts,

@@ -22,6 +22,7 @@ from fedloom.transport import fedloom_pb2 as pb
 if TYPE_CHECKING:
     import torch
 
+    from fedloom.compression.pipeline import Compression
     from fedloom.task import ResolvedTask
 
 # A model a device agrees to build: more parameters than this is not a small edge model
@@ -272,3 +273,57 @@ def check_trusted(what: str, path: str, trust: tuple[str, ...]) -> None:
             f"{what}: the server names code in {module!r}, which this client does not "
             f"trust; start the client with --trust {top} to let it run that package's code"
         )
+
+
+@dataclass(frozen=True)
+class CompressionSpec:
+    """How a client encodes its uploads (``JoinReply.compression``): a built-in codec's
+    name and keyword arguments, error feedback and DGC warm-up. Only built-in codecs
+    travel, so a server never makes a client import code."""
+
+    codec: str
+    params_json: str = "{}"
+    error_feedback: bool = False
+    warmup_rounds: int = 0
+
+    def __post_init__(self) -> None:
+        from fedloom.compression.codec import codec_names
+
+        if self.codec not in codec_names():
+            raise MessageError(
+                f"compression.codec = {self.codec!r}: expected one of {codec_names()}"
+            )
+        _int("compression.warmup_rounds", self.warmup_rounds, 0, 1 << 31)
+        self.params()
+
+    def params(self) -> dict:
+        try:
+            value = json.loads(self.params_json or "{}")
+        except json.JSONDecodeError as err:
+            raise MessageError(f"compression.params_json: {err}") from None
+        if not isinstance(value, dict):
+            raise MessageError("compression.params_json must be a JSON object")
+        return value
+
+    def build(self, shapes: list[tuple[int, ...]]) -> Compression:
+        """The codec for a model of ``shapes``; bad parameters are a ``MessageError``."""
+        from fedloom.compression.pipeline import Compression
+
+        try:
+            return Compression.build(
+                self.codec, self.params(), shapes, self.error_feedback, self.warmup_rounds
+            )
+        except ConfigError as err:
+            raise MessageError(f"join reply: {err}") from None
+
+    def to_pb(self) -> pb.CompressionSpec:
+        return pb.CompressionSpec(
+            codec=self.codec,
+            params_json=self.params_json,
+            error_feedback=self.error_feedback,
+            warmup_rounds=self.warmup_rounds,
+        )
+
+    @classmethod
+    def from_pb(cls, msg: pb.CompressionSpec) -> CompressionSpec:
+        return cls(msg.codec, msg.params_json, bool(msg.error_feedback), int(msg.warmup_rounds))

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -45,6 +45,8 @@ import numpy as np
 
 from fedloom.client.evaluation import ReportedEvaluation
 from fedloom.client.schedule import NO_CAP, steps_for
+from fedloom.compression.adaptive import AdaptivePolicy, time_left
+from fedloom.compression.pipeline import compression_record
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError, FedloomError, UpdateRejected
 from fedloom.errors import RejectionKind as _K
@@ -65,9 +67,10 @@ from fedloom.transport.certs import (
     peer_name,
     server_credentials,
 )
-from fedloom.transport.messages import LocalDP, ModelSpec, plan_to_pb
+from fedloom.transport.messages import CompressionSpec, LocalDP, ModelSpec, plan_to_pb
 from fedloom.transport.secagg_wire import CLIENT_STAGE, client_from_pb
 from fedloom.transport.secure_round import SecureStages, SecureTaskSpec
+from fedloom.transport.wire import ENCODED
 
 log = logging.getLogger("fedloom.server")
 
@@ -289,6 +292,7 @@ class _Round:
     secure: SecureStages | None = None  # SecAgg+ rounds: the protocol's state
     dp_clip: float | None = None  # what the secure sum was encoded with
     distributed: DistributedDiscreteGaussian | None = None
+    payloads: dict[int, tuple[int, float]] = dataclasses.field(default_factory=dict)
 
 
 class DeploymentServer(rpc.FedloomServicer):
@@ -302,13 +306,18 @@ class DeploymentServer(rpc.FedloomServicer):
         client_transforms: Sequence[tuple[str, Mapping[str, Any]]] = (),
         *,
         max_examples: int,
+        compression: CompressionSpec | None = None,
+        adaptive: AdaptivePolicy | None = None,
     ) -> None:
         """``engine``: the run's round engine, built for a deployment (OS randomness:
         ``fedloom.assemble.deployment_server`` refuses any other); ``model_spec``:
         what a client builds its model from (``Join``); ``client_transforms``: the
         ``(name, params)`` of the chain each client applies to its update (``Join``; the
         client builds it from its own code and keeps its state); ``max_examples``: the
-        most examples a client may report at its join (a larger report is refused).
+        most examples a client may report at its join (a larger report is refused);
+        ``compression``: how clients encode their uploads (``Join``), decoded by the
+        engine's server on receipt; ``adaptive``: the policy that picks each client's
+        codec setting per round (None: the codec's default).
 
         The server holds no client data: each client's data size is what it reported
         when it joined (kept in the registry, so a resumed run knows it), and it bounds
@@ -377,6 +386,9 @@ class DeploymentServer(rpc.FedloomServicer):
             pb.TransformSpec(name=name, params_json=json.dumps(dict(params)))
             for name, params in client_transforms
         ]
+        self._compression_pb = None if compression is None else compression.to_pb()
+        self.adaptive = adaptive
+        self._train_s: dict[int, float] = {}  # reported training seconds (adaptive settings)
 
     # lifecycle ----------------------------------------------------------------
     def start(self, listener: tuple[grpc.Server, int] | None = None) -> int:
@@ -444,7 +456,7 @@ class DeploymentServer(rpc.FedloomServicer):
             available = np.array(self._online(now), dtype=np.int64)
             # under DP with fixed-size sampling the cohort is drawn from all N clients (the
             # accountant's m / N); an offline pick fails at once as disconnected
-            dispatches = engine.open_round(available)
+            dispatches = self._choose_settings(engine.open_round(available), now)
             deadline = dispatches[0].deadline if dispatches else None
             cohort = [d.client_id for d in dispatches]
             refusal = engine.release_refusal(cohort)
@@ -484,6 +496,7 @@ class DeploymentServer(rpc.FedloomServicer):
             else:
                 failed = self._await_secure(rnd, ends)
             # privacy audit canaries join as in simulation; replays armed after a resume
+            rnd.payloads = srv.received_payloads
             result = engine.close_round()
             self._round = None
             self._closed, self._closed_task = rnd.applied, rnd.task_id
@@ -718,7 +731,8 @@ class DeploymentServer(rpc.FedloomServicer):
                 # refusals by kind since the previous round's record
                 "refused_in_round": dict(self.refused - self._refused_mark),
             }
-            | self._secure_record(rnd),
+            | self._secure_record(rnd)
+            | self._compression_record(rnd),
             uploaded=sorted(rnd.rejected),  # local DP: refused uploads were seen too
         )
         self._refused_mark = self.refused.copy()
@@ -863,6 +877,7 @@ class DeploymentServer(rpc.FedloomServicer):
             version=self.engine.server.version,
             model=self._model_pb,
             client_transforms=self._transforms_pb,
+            compression=self._compression_pb,
         )
 
     def _join_report(
@@ -935,6 +950,37 @@ class DeploymentServer(rpc.FedloomServicer):
                 self._cond.wait(min(left, 1.0))
                 self._last_seen[cid] = time.time()
 
+    def _choose_settings(self, dispatches: list[Dispatch], now: float) -> list[Dispatch]:
+        """Each client's codec setting for the round (compressed runs): with an
+        ``adaptive`` policy, the densest whose upload fits before the deadline at the
+        client's measured upload rate (the registry's estimate) after its measured download
+        and its reported training time; the codec's default for a client not measured yet."""
+        comp = self.engine.server.compression
+        if comp is None or not dispatches:
+            return dispatches
+        deadline = dispatches[0].deadline
+        if self.adaptive is None or deadline is None:
+            return [replace(d, compression=comp.setting(d.round, None)) for d in dispatches]
+        ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
+        up, down = self.engine.registry.bandwidth(ids)
+        dim = self.engine.server.dim
+        with np.errstate(divide="ignore", invalid="ignore"):  # kbit/s -> bytes/s
+            download = np.nan_to_num(4 * dim / (down * 125.0), nan=0.0, posinf=0.0)
+        train = np.array([self._train_s.get(int(c), 0.0) for c in ids])
+        left = time_left(deadline - now, download, train)
+        choice = self.adaptive.choose(comp.codec, dim, up * 125.0, np.zeros(len(ids)), left)
+        return [
+            replace(d, compression=comp.setting(d.round, float(s)))
+            for d, s in zip(dispatches, choice.settings, strict=True)
+        ]
+
+    def _compression_record(self, rnd: _Round) -> dict[str, Any]:
+        comp = self.engine.server.compression
+        if comp is None:
+            return {}
+        dim = self.engine.server.dim
+        return {"compression": compression_record(comp, rnd.payloads, dim)}
+
     def _task(self, rnd: _Round, d: Dispatch) -> pb.Task:
         return pb.Task(
             kind=pb.Task.TRAIN,
@@ -947,6 +993,7 @@ class DeploymentServer(rpc.FedloomServicer):
             max_steps=d.max_steps or 0,
             local_dp=self._local_dp,
             secagg=self._secure_spec(rnd, d.client_id),
+            compression=d.compression,
         )
 
     def _secure_spec(self, rnd: _Round, cid: int) -> pb.SecureTaskSpec | None:
@@ -1069,7 +1116,19 @@ class DeploymentServer(rpc.FedloomServicer):
             if secure is None
             else (secure.protocol.dim, secure.protocol.dtype)
         )
-        if h.dim != dim or h.dtype != dtype.name or h.payload_bytes != dtype.itemsize * dim:
+        comp = self.engine.server.compression
+        if comp is not None and secure is None:  # a codec payload of at most its bound
+            setting = rnd.dispatches[cid].compression if known and rnd else None
+            limit = comp.codec.size_bound(dim, comp.setting(int(h.round), setting))
+            if h.dim != dim or h.dtype != ENCODED or not 0 < h.payload_bytes <= limit:
+                self._refuse(
+                    context,
+                    invalid,
+                    _K.WRONG_SHAPE,
+                    f"update of dim {h.dim}, dtype {h.dtype!r}, {h.payload_bytes} bytes; "
+                    f"expected dim {dim}, {ENCODED!r}, 1..{limit} bytes",
+                )
+        elif h.dim != dim or h.dtype != dtype.name or h.payload_bytes != dtype.itemsize * dim:
             self._refuse(
                 context,
                 invalid,
@@ -1238,13 +1297,19 @@ class DeploymentServer(rpc.FedloomServicer):
                 self._refuse(context, invalid, kind, f"client-{cid}: {why}")
             if holdout is not None:  # joined this server process: its hold-out is known
                 evaluation = (float(h.eval_loss), float(h.eval_accuracy), int(h.eval_examples))
+        compressed = self.engine.server.compression is not None
         update = Update(
             cid,
             int(h.round),
             int(h.version),
-            wire.as_float32(payload, self.engine.server.dim, "update"),
+            (
+                np.zeros(0, np.float32)
+                if compressed
+                else wire.as_float32(payload, self.engine.server.dim, "update")
+            ),
             int(h.num_examples),
             ClientMetrics(float(h.train_loss), int(h.steps), float(h.epochs), h.train_loss_sq),
+            payload=payload if compressed else None,
         )
         with self._cond:
             rnd = self._round
@@ -1276,6 +1341,8 @@ class DeploymentServer(rpc.FedloomServicer):
                     rnd.arrival[cid] = time.perf_counter()
                     rnd.bytes_up += len(payload)
                     rnd.up_kbps[cid] = kbps
+                    if math.isfinite(h.train_s) and h.train_s >= 0:
+                        self._train_s[cid] = float(h.train_s)
                     self._cond.notify_all()
                     return pb.UploadReply(accepted=True)
         if code == grpc.StatusCode.FAILED_PRECONDITION:

@@ -29,6 +29,9 @@ class WireError(FedloomError):
     """A payload is malformed: wrong size, bad checksum, undecodable delta."""
 
 
+ENCODED = "encoded"  # UploadHeader.dtype of a codec payload (compressed uploads)
+
+
 def to_bytes(vector: np.ndarray) -> bytes:
     """A 1-D float32 vector as little-endian bytes."""
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
