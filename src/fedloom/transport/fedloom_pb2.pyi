@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -19,26 +17,10 @@ class JoinRequest(_message.Message):
     device: str
     holdout_examples: int
     label_counts: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(
-        self,
-        num_examples: int | None = ...,
-        device: str | None = ...,
-        holdout_examples: int | None = ...,
-        label_counts: _Iterable[int] | None = ...,
-    ) -> None: ...
+    def __init__(self, num_examples: _Optional[int] = ..., device: _Optional[str] = ..., holdout_examples: _Optional[int] = ..., label_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = (
-        "client_id",
-        "dim",
-        "run",
-        "heartbeat_s",
-        "chunk_bytes",
-        "version",
-        "model",
-        "client_transforms",
-        "compression",
-    )
+    __slots__ = ("client_id", "dim", "run", "heartbeat_s", "chunk_bytes", "version", "model", "client_transforms", "compression")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
@@ -57,18 +39,7 @@ class JoinReply(_message.Message):
     model: ModelSpec
     client_transforms: _containers.RepeatedCompositeFieldContainer[TransformSpec]
     compression: CompressionSpec
-    def __init__(
-        self,
-        client_id: int | None = ...,
-        dim: int | None = ...,
-        run: str | None = ...,
-        heartbeat_s: float | None = ...,
-        chunk_bytes: int | None = ...,
-        version: int | None = ...,
-        model: ModelSpec | _Mapping | None = ...,
-        client_transforms: _Iterable[TransformSpec | _Mapping] | None = ...,
-        compression: CompressionSpec | _Mapping | None = ...,
-    ) -> None: ...
+    def __init__(self, client_id: _Optional[int] = ..., dim: _Optional[int] = ..., run: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., chunk_bytes: _Optional[int] = ..., version: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., client_transforms: _Optional[_Iterable[_Union[TransformSpec, _Mapping]]] = ..., compression: _Optional[_Union[CompressionSpec, _Mapping]] = ...) -> None: ...
 
 class CompressionSpec(_message.Message):
     __slots__ = ("codec", "params_json", "error_feedback", "warmup_rounds")
@@ -80,13 +51,7 @@ class CompressionSpec(_message.Message):
     params_json: str
     error_feedback: bool
     warmup_rounds: int
-    def __init__(
-        self,
-        codec: str | None = ...,
-        params_json: str | None = ...,
-        error_feedback: bool | None = ...,
-        warmup_rounds: int | None = ...,
-    ) -> None: ...
+    def __init__(self, codec: _Optional[str] = ..., params_json: _Optional[str] = ..., error_feedback: _Optional[bool] = ..., warmup_rounds: _Optional[int] = ...) -> None: ...
 
 class TransformSpec(_message.Message):
     __slots__ = ("name", "params_json")
@@ -94,20 +59,10 @@ class TransformSpec(_message.Message):
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     name: str
     params_json: str
-    def __init__(self, name: str | None = ..., params_json: str | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., params_json: _Optional[str] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = (
-        "kind",
-        "hidden",
-        "num_features",
-        "num_classes",
-        "seed",
-        "input_shape",
-        "targets",
-        "norm",
-        "options_json",
-    )
+    __slots__ = ("kind", "hidden", "num_features", "num_classes", "seed", "input_shape", "targets", "norm", "options_json")
     KIND_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     NUM_FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -126,36 +81,10 @@ class ModelSpec(_message.Message):
     targets: str
     norm: str
     options_json: str
-    def __init__(
-        self,
-        kind: str | None = ...,
-        hidden: _Iterable[int] | None = ...,
-        num_features: int | None = ...,
-        num_classes: int | None = ...,
-        seed: int | None = ...,
-        input_shape: _Iterable[int] | None = ...,
-        targets: str | None = ...,
-        norm: str | None = ...,
-        options_json: str | None = ...,
-    ) -> None: ...
+    def __init__(self, kind: _Optional[str] = ..., hidden: _Optional[_Iterable[int]] = ..., num_features: _Optional[int] = ..., num_classes: _Optional[int] = ..., seed: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., targets: _Optional[str] = ..., norm: _Optional[str] = ..., options_json: _Optional[str] = ...) -> None: ...
 
 class TrainPlan(_message.Message):
-    __slots__ = (
-        "local_epochs",
-        "local_steps",
-        "batch_size",
-        "optimizer",
-        "lr",
-        "momentum",
-        "nesterov",
-        "beta1",
-        "beta2",
-        "eps",
-        "weight_decay",
-        "prox_mu",
-        "dp_sgd_clip",
-        "dp_sgd_noise",
-    )
+    __slots__ = ("local_epochs", "local_steps", "batch_size", "optimizer", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay", "prox_mu", "dp_sgd_clip", "dp_sgd_noise")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -184,23 +113,7 @@ class TrainPlan(_message.Message):
     prox_mu: float
     dp_sgd_clip: float
     dp_sgd_noise: float
-    def __init__(
-        self,
-        local_epochs: int | None = ...,
-        local_steps: int | None = ...,
-        batch_size: int | None = ...,
-        optimizer: str | None = ...,
-        lr: float | None = ...,
-        momentum: float | None = ...,
-        nesterov: bool | None = ...,
-        beta1: float | None = ...,
-        beta2: float | None = ...,
-        eps: float | None = ...,
-        weight_decay: float | None = ...,
-        prox_mu: float | None = ...,
-        dp_sgd_clip: float | None = ...,
-        dp_sgd_noise: float | None = ...,
-    ) -> None: ...
+    def __init__(self, local_epochs: _Optional[int] = ..., local_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., prox_mu: _Optional[float] = ..., dp_sgd_clip: _Optional[float] = ..., dp_sgd_noise: _Optional[float] = ...) -> None: ...
 
 class LocalDP(_message.Message):
     __slots__ = ("mechanism", "clip", "epsilon", "delta")
@@ -212,13 +125,7 @@ class LocalDP(_message.Message):
     clip: float
     epsilon: float
     delta: float
-    def __init__(
-        self,
-        mechanism: str | None = ...,
-        clip: float | None = ...,
-        epsilon: float | None = ...,
-        delta: float | None = ...,
-    ) -> None: ...
+    def __init__(self, mechanism: _Optional[str] = ..., clip: _Optional[float] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class SecureEncoding(_message.Message):
     __slots__ = ("dim", "max_examples", "clip", "bits", "rounding", "seed")
@@ -234,15 +141,7 @@ class SecureEncoding(_message.Message):
     bits: int
     rounding: str
     seed: int
-    def __init__(
-        self,
-        dim: int | None = ...,
-        max_examples: int | None = ...,
-        clip: float | None = ...,
-        bits: int | None = ...,
-        rounding: str | None = ...,
-        seed: int | None = ...,
-    ) -> None: ...
+    def __init__(self, dim: _Optional[int] = ..., max_examples: _Optional[int] = ..., clip: _Optional[float] = ..., bits: _Optional[int] = ..., rounding: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class DistributedDG(_message.Message):
     __slots__ = ("clip_norm", "dim", "shares", "noise_multiplier", "bits", "beta", "headroom")
@@ -260,28 +159,10 @@ class DistributedDG(_message.Message):
     bits: int
     beta: float
     headroom: float
-    def __init__(
-        self,
-        clip_norm: float | None = ...,
-        dim: int | None = ...,
-        shares: int | None = ...,
-        noise_multiplier: float | None = ...,
-        bits: int | None = ...,
-        beta: float | None = ...,
-        headroom: float | None = ...,
-    ) -> None: ...
+    def __init__(self, clip_norm: _Optional[float] = ..., dim: _Optional[int] = ..., shares: _Optional[int] = ..., noise_multiplier: _Optional[float] = ..., bits: _Optional[int] = ..., beta: _Optional[float] = ..., headroom: _Optional[float] = ...) -> None: ...
 
 class SecureTaskSpec(_message.Message):
-    __slots__ = (
-        "index",
-        "num_clients",
-        "threshold",
-        "attempt",
-        "encoding",
-        "dp_clip",
-        "distributed",
-        "signed",
-    )
+    __slots__ = ("index", "num_clients", "threshold", "attempt", "encoding", "dp_clip", "distributed", "signed")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -298,17 +179,7 @@ class SecureTaskSpec(_message.Message):
     dp_clip: float
     distributed: DistributedDG
     signed: bool
-    def __init__(
-        self,
-        index: int | None = ...,
-        num_clients: int | None = ...,
-        threshold: int | None = ...,
-        attempt: int | None = ...,
-        encoding: SecureEncoding | _Mapping | None = ...,
-        dp_clip: float | None = ...,
-        distributed: DistributedDG | _Mapping | None = ...,
-        signed: bool | None = ...,
-    ) -> None: ...
+    def __init__(self, index: _Optional[int] = ..., num_clients: _Optional[int] = ..., threshold: _Optional[int] = ..., attempt: _Optional[int] = ..., encoding: _Optional[_Union[SecureEncoding, _Mapping]] = ..., dp_clip: _Optional[float] = ..., distributed: _Optional[_Union[DistributedDG, _Mapping]] = ..., signed: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ()
@@ -322,29 +193,15 @@ class TaskRequest(_message.Message):
     __slots__ = ("wait_s",)
     WAIT_S_FIELD_NUMBER: _ClassVar[int]
     wait_s: float
-    def __init__(self, wait_s: float | None = ...) -> None: ...
+    def __init__(self, wait_s: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = (
-        "kind",
-        "task_id",
-        "round",
-        "version",
-        "seed",
-        "plan",
-        "deadline_unix",
-        "max_steps",
-        "retry_after_s",
-        "local_dp",
-        "secagg",
-        "compression",
-    )
+    __slots__ = ("kind", "task_id", "round", "version", "seed", "plan", "deadline_unix", "max_steps", "retry_after_s", "local_dp", "secagg", "compression")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         WAIT: _ClassVar[Task.Kind]
         TRAIN: _ClassVar[Task.Kind]
         DONE: _ClassVar[Task.Kind]
-
     WAIT: Task.Kind
     TRAIN: Task.Kind
     DONE: Task.Kind
@@ -372,21 +229,7 @@ class Task(_message.Message):
     local_dp: LocalDP
     secagg: SecureTaskSpec
     compression: float
-    def __init__(
-        self,
-        kind: Task.Kind | str | None = ...,
-        task_id: str | None = ...,
-        round: int | None = ...,
-        version: int | None = ...,
-        seed: int | None = ...,
-        plan: TrainPlan | _Mapping | None = ...,
-        deadline_unix: float | None = ...,
-        max_steps: int | None = ...,
-        retry_after_s: float | None = ...,
-        local_dp: LocalDP | _Mapping | None = ...,
-        secagg: SecureTaskSpec | _Mapping | None = ...,
-        compression: float | None = ...,
-    ) -> None: ...
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., seed: _Optional[int] = ..., plan: _Optional[_Union[TrainPlan, _Mapping]] = ..., deadline_unix: _Optional[float] = ..., max_steps: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., local_dp: _Optional[_Union[LocalDP, _Mapping]] = ..., secagg: _Optional[_Union[SecureTaskSpec, _Mapping]] = ..., compression: _Optional[float] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("version", "base_version")
@@ -394,7 +237,7 @@ class DownloadRequest(_message.Message):
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     base_version: int
-    def __init__(self, version: int | None = ..., base_version: int | None = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ...) -> None: ...
 
 class DownloadHeader(_message.Message):
     __slots__ = ("version", "base_version", "encoding", "payload_bytes", "dim", "sha256")
@@ -410,15 +253,7 @@ class DownloadHeader(_message.Message):
     payload_bytes: int
     dim: int
     sha256: bytes
-    def __init__(
-        self,
-        version: int | None = ...,
-        base_version: int | None = ...,
-        encoding: str | None = ...,
-        payload_bytes: int | None = ...,
-        dim: int | None = ...,
-        sha256: bytes | None = ...,
-    ) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., encoding: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., dim: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class DownloadChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -426,29 +261,10 @@ class DownloadChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     header: DownloadHeader
     data: bytes
-    def __init__(
-        self, header: DownloadHeader | _Mapping | None = ..., data: bytes | None = ...
-    ) -> None: ...
+    def __init__(self, header: _Optional[_Union[DownloadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = (
-        "task_id",
-        "round",
-        "version",
-        "num_examples",
-        "dim",
-        "dtype",
-        "payload_bytes",
-        "sha256",
-        "train_loss",
-        "train_loss_sq",
-        "steps",
-        "epochs",
-        "train_s",
-        "eval_loss",
-        "eval_accuracy",
-        "eval_examples",
-    )
+    __slots__ = ("task_id", "round", "version", "num_examples", "dim", "dtype", "payload_bytes", "sha256", "train_loss", "train_loss_sq", "steps", "epochs", "train_s", "eval_loss", "eval_accuracy", "eval_examples")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -481,25 +297,7 @@ class UploadHeader(_message.Message):
     eval_loss: float
     eval_accuracy: float
     eval_examples: int
-    def __init__(
-        self,
-        task_id: str | None = ...,
-        round: int | None = ...,
-        version: int | None = ...,
-        num_examples: int | None = ...,
-        dim: int | None = ...,
-        dtype: str | None = ...,
-        payload_bytes: int | None = ...,
-        sha256: bytes | None = ...,
-        train_loss: float | None = ...,
-        train_loss_sq: float | None = ...,
-        steps: int | None = ...,
-        epochs: float | None = ...,
-        train_s: float | None = ...,
-        eval_loss: float | None = ...,
-        eval_accuracy: float | None = ...,
-        eval_examples: int | None = ...,
-    ) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., num_examples: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., train_loss: _Optional[float] = ..., train_loss_sq: _Optional[float] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., train_s: _Optional[float] = ..., eval_loss: _Optional[float] = ..., eval_accuracy: _Optional[float] = ..., eval_examples: _Optional[int] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -507,9 +305,7 @@ class UploadChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     header: UploadHeader
     data: bytes
-    def __init__(
-        self, header: UploadHeader | _Mapping | None = ..., data: bytes | None = ...
-    ) -> None: ...
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadReply(_message.Message):
     __slots__ = ("accepted", "duplicate", "reason")
@@ -519,9 +315,7 @@ class UploadReply(_message.Message):
     accepted: bool
     duplicate: bool
     reason: str
-    def __init__(
-        self, accepted: bool | None = ..., duplicate: bool | None = ..., reason: str | None = ...
-    ) -> None: ...
+    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SecAggFetchRequest(_message.Message):
     __slots__ = ("task_id", "stage", "wait_s")
@@ -531,9 +325,7 @@ class SecAggFetchRequest(_message.Message):
     task_id: str
     stage: str
     wait_s: float
-    def __init__(
-        self, task_id: str | None = ..., stage: str | None = ..., wait_s: float | None = ...
-    ) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., stage: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class PublicKeys(_message.Message):
     __slots__ = ("c_public", "s_public")
@@ -541,13 +333,13 @@ class PublicKeys(_message.Message):
     S_PUBLIC_FIELD_NUMBER: _ClassVar[int]
     c_public: bytes
     s_public: bytes
-    def __init__(self, c_public: bytes | None = ..., s_public: bytes | None = ...) -> None: ...
+    def __init__(self, c_public: _Optional[bytes] = ..., s_public: _Optional[bytes] = ...) -> None: ...
 
 class Shares(_message.Message):
     __slots__ = ("values",)
     VALUES_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, values: _Iterable[int] | None = ...) -> None: ...
+    def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SecAggEmpty(_message.Message):
     __slots__ = ()
@@ -561,12 +353,7 @@ class SecAggKeys(_message.Message):
     c_public: bytes
     s_public: bytes
     signature: bytes
-    def __init__(
-        self,
-        c_public: bytes | None = ...,
-        s_public: bytes | None = ...,
-        signature: bytes | None = ...,
-    ) -> None: ...
+    def __init__(self, c_public: _Optional[bytes] = ..., s_public: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SecAggNeighbourKeys(_message.Message):
     __slots__ = ("keys", "signatures", "certificates")
@@ -576,38 +363,28 @@ class SecAggNeighbourKeys(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: int
         value: PublicKeys
-        def __init__(
-            self, key: int | None = ..., value: PublicKeys | _Mapping | None = ...
-        ) -> None: ...
-
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[PublicKeys, _Mapping]] = ...) -> None: ...
     class SignaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: int
         value: bytes
-        def __init__(self, key: int | None = ..., value: bytes | None = ...) -> None: ...
-
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
     class CertificatesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: int
         value: bytes
-        def __init__(self, key: int | None = ..., value: bytes | None = ...) -> None: ...
-
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.MessageMap[int, PublicKeys]
     signatures: _containers.ScalarMap[int, bytes]
     certificates: _containers.ScalarMap[int, bytes]
-    def __init__(
-        self,
-        keys: _Mapping[int, PublicKeys] | None = ...,
-        signatures: _Mapping[int, bytes] | None = ...,
-        certificates: _Mapping[int, bytes] | None = ...,
-    ) -> None: ...
+    def __init__(self, keys: _Optional[_Mapping[int, PublicKeys]] = ..., signatures: _Optional[_Mapping[int, bytes]] = ..., certificates: _Optional[_Mapping[int, bytes]] = ...) -> None: ...
 
 class SecAggCiphertexts(_message.Message):
     __slots__ = ("ciphertexts",)
@@ -617,11 +394,10 @@ class SecAggCiphertexts(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: int
         value: bytes
-        def __init__(self, key: int | None = ..., value: bytes | None = ...) -> None: ...
-
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     ciphertexts: _containers.ScalarMap[int, bytes]
-    def __init__(self, ciphertexts: _Mapping[int, bytes] | None = ...) -> None: ...
+    def __init__(self, ciphertexts: _Optional[_Mapping[int, bytes]] = ...) -> None: ...
 
 class SecAggUnmaskRequest(_message.Message):
     __slots__ = ("dropped", "survived")
@@ -629,9 +405,7 @@ class SecAggUnmaskRequest(_message.Message):
     SURVIVED_FIELD_NUMBER: _ClassVar[int]
     dropped: _containers.RepeatedScalarFieldContainer[int]
     survived: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(
-        self, dropped: _Iterable[int] | None = ..., survived: _Iterable[int] | None = ...
-    ) -> None: ...
+    def __init__(self, dropped: _Optional[_Iterable[int]] = ..., survived: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SecAggUnmaskShares(_message.Message):
     __slots__ = ("seed_shares", "key_shares")
@@ -641,46 +415,22 @@ class SecAggUnmaskShares(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: int
         value: Shares
-        def __init__(
-            self, key: int | None = ..., value: Shares | _Mapping | None = ...
-        ) -> None: ...
-
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[Shares, _Mapping]] = ...) -> None: ...
     class KeySharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: int
         value: Shares
-        def __init__(
-            self, key: int | None = ..., value: Shares | _Mapping | None = ...
-        ) -> None: ...
-
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[Shares, _Mapping]] = ...) -> None: ...
     SEED_SHARES_FIELD_NUMBER: _ClassVar[int]
     KEY_SHARES_FIELD_NUMBER: _ClassVar[int]
     seed_shares: _containers.MessageMap[int, Shares]
     key_shares: _containers.MessageMap[int, Shares]
-    def __init__(
-        self,
-        seed_shares: _Mapping[int, Shares] | None = ...,
-        key_shares: _Mapping[int, Shares] | None = ...,
-    ) -> None: ...
+    def __init__(self, seed_shares: _Optional[_Mapping[int, Shares]] = ..., key_shares: _Optional[_Mapping[int, Shares]] = ...) -> None: ...
 
 class SecAggMessage(_message.Message):
-    __slots__ = (
-        "task_id",
-        "round_id",
-        "sender",
-        "recipient",
-        "advertise_request",
-        "keys_advert",
-        "neighbour_keys",
-        "encrypted_shares",
-        "routed_shares",
-        "unmask_request",
-        "unmask_shares",
-        "wait_s",
-        "abort",
-    )
+    __slots__ = ("task_id", "round_id", "sender", "recipient", "advertise_request", "keys_advert", "neighbour_keys", "encrypted_shares", "routed_shares", "unmask_request", "unmask_shares", "wait_s", "abort")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
@@ -707,25 +457,10 @@ class SecAggMessage(_message.Message):
     unmask_shares: SecAggUnmaskShares
     wait_s: float
     abort: str
-    def __init__(
-        self,
-        task_id: str | None = ...,
-        round_id: bytes | None = ...,
-        sender: int | None = ...,
-        recipient: int | None = ...,
-        advertise_request: SecAggEmpty | _Mapping | None = ...,
-        keys_advert: SecAggKeys | _Mapping | None = ...,
-        neighbour_keys: SecAggNeighbourKeys | _Mapping | None = ...,
-        encrypted_shares: SecAggCiphertexts | _Mapping | None = ...,
-        routed_shares: SecAggCiphertexts | _Mapping | None = ...,
-        unmask_request: SecAggUnmaskRequest | _Mapping | None = ...,
-        unmask_shares: SecAggUnmaskShares | _Mapping | None = ...,
-        wait_s: float | None = ...,
-        abort: str | None = ...,
-    ) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., round_id: _Optional[bytes] = ..., sender: _Optional[int] = ..., recipient: _Optional[int] = ..., advertise_request: _Optional[_Union[SecAggEmpty, _Mapping]] = ..., keys_advert: _Optional[_Union[SecAggKeys, _Mapping]] = ..., neighbour_keys: _Optional[_Union[SecAggNeighbourKeys, _Mapping]] = ..., encrypted_shares: _Optional[_Union[SecAggCiphertexts, _Mapping]] = ..., routed_shares: _Optional[_Union[SecAggCiphertexts, _Mapping]] = ..., unmask_request: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ..., unmask_shares: _Optional[_Union[SecAggUnmaskShares, _Mapping]] = ..., wait_s: _Optional[float] = ..., abort: _Optional[str] = ...) -> None: ...
 
 class SecAggAck(_message.Message):
     __slots__ = ("duplicate",)
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     duplicate: bool
-    def __init__(self, duplicate: bool | None = ...) -> None: ...
+    def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
