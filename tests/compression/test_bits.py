@@ -224,3 +224,12 @@ def test_grouped_encoders_match_one_group_at_a_time(groups):
         start += len(g)
     with pytest.raises(ValueError, match="sum to"):
         bits.pack_bits_rows(flags, np.append(counts, 1))
+
+
+def test_elias_gamma_decode_stops_inside_a_run_of_ones():
+    vals = np.array([1] * 50 + [3] + [1] * 10 + [2**60], dtype=np.uint64)
+    data = bits.elias_gamma_encode(vals)
+    for count in (1, 20, 50, 51, 55, 61, 62):
+        out, used = bits.elias_gamma_decode(data, count)
+        np.testing.assert_array_equal(out, vals[:count])
+        assert used == bits.elias_gamma_bits(vals[:count])

@@ -42,10 +42,35 @@ def _as_u64(values: np.ndarray, what: str) -> np.ndarray:
 
 def _floor_log2(values: np.ndarray) -> np.ndarray:
     """floor(log2(v)) for uint64 values >= 1, exactly (no float rounding)."""
+    if values.size and int(values.max()) < 2**53:  # exact as float64: read the exponent
+        return (np.frexp(values.astype(np.float64))[1] - 1).astype(_U64)
     out = np.zeros(values.shape, dtype=_U64)
     for shift in (32, 16, 8, 4, 2, 1):
         step = (values >> (out + _U64(shift))) != 0
         out += step.astype(_U64) * _U64(shift)
+    return out
+
+
+def _place_binary(bitarr: np.ndarray, ends: np.ndarray, values: np.ndarray, nlog: np.ndarray):
+    """Write each value's ``nlog + 1`` low bits so that its last bit is at ``ends - 1``;
+    each pass only touches the values that still have bits left."""
+    active = np.arange(len(values))
+    k = 0
+    while active.size:
+        bitarr[ends[active] - 1 - k] = ((values[active] >> _U64(k)) & _U64(1)).astype(np.uint8)
+        k += 1
+        active = active[nlog[active] >= k]
+
+
+def _read_binary(bitarr: np.ndarray, ends: np.ndarray, nlog: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_place_binary`: the ``nlog + 1`` bits ending at ``ends - 1``."""
+    out = np.zeros(len(ends), dtype=_U64)
+    active = np.arange(len(ends))
+    k = 0
+    while active.size:
+        out[active] |= bitarr[ends[active] - 1 - k].astype(_U64) << _U64(k)
+        k += 1
+        active = active[nlog[active] >= k]
     return out
 
 
@@ -235,12 +260,8 @@ def elias_gamma_encode_rows(values: np.ndarray, counts: np.ndarray) -> list[byte
     # each code's first bit: its group's first bit, plus the bits before it in the group
     starts = 8 * byte_starts[group_of] + cum[:-1] - cum[group_first][group_of]
     bitarr = np.zeros(8 * int(group_bytes.sum()), dtype=np.uint8)
-    nlog_i = nlog.astype(np.int64)
-    # bit j of the binary part (j = 0 is the leading 1) sits at start + nlog + j
-    for j in range(int(nlog_i.max()) + 1 if arr.size else 0):
-        sel = nlog_i >= j
-        shift = (nlog[sel] - _U64(j)).astype(_U64)
-        bitarr[starts[sel] + nlog_i[sel] + j] = ((arr[sel] >> shift) & _U64(1)).astype(np.uint8)
+    # a code is v itself written in 2 nlog + 1 bits: its binary part ends the code
+    _place_binary(bitarr, starts + lengths, arr, nlog.astype(np.int64))
     packed = np.packbits(bitarr).tobytes()
     return [
         packed[a : a + n] for a, n in zip(byte_starts.tolist(), group_bytes.tolist(), strict=True)
@@ -258,30 +279,38 @@ def elias_gamma_decode(data: Data, count: int) -> tuple[np.ndarray, int]:
         return np.zeros(0, dtype=_U64), 0
     bitarr = np.unpackbits(_as_u8(data))
     nbits = len(bitarr)
-    pos = np.arange(nbits, dtype=np.int64)
-    # index of the first 1 at or after each position (nbits if none)
+    idx_t = np.int32 if nbits < 2**30 else np.int64
+    pos = np.arange(nbits, dtype=idx_t)
+    # index of the first 1 (and the first 0) at or after each position, nbits if none
     next_one = np.minimum.accumulate(np.where(bitarr == 1, pos, nbits)[::-1])[::-1]
+    next_zero = np.minimum.accumulate(np.where(bitarr == 0, pos, nbits)[::-1])[::-1]
     zeros_run = next_one - pos
-    code_len = np.where(next_one < nbits, 2 * zeros_run + 1, 1 << 40)
-    lens_view = memoryview(code_len)
-    starts = np.empty(count, dtype=np.int64)
-    p = 0
-    for i in range(count):
+    # a code's length from its first bit; past the data when no 1 ends its zero run
+    code_len = np.where(next_one < nbits, 2 * zeros_run + 1, nbits + 1).astype(idx_t)
+    ones_run = (next_zero - pos).astype(idx_t)
+    del pos, next_one, next_zero
+    lens, ones = memoryview(code_len), memoryview(ones_run)
+    run_at: list[int] = []
+    run_len: list[int] = []
+    p = i = 0
+    while i < count:  # one step per code, or per run of one-bit codes (value 1)
         if p >= nbits:
             raise PayloadError(f"Elias-gamma codes truncated: {i} of {count} complete")
-        starts[i] = p
-        p += lens_view[p]
+        step = lens[p]
+        run = min(ones[p], count - i) if step == 1 else 1
+        run_at.append(p)
+        run_len.append(run)
+        p += step if run == 1 else run
+        i += run
     if p > nbits:
         raise PayloadError(f"Elias-gamma codes truncated: {count - 1} of {count} complete")
-    nlog = zeros_run[starts]
+    at = np.array(run_at, dtype=np.int64)
+    rl = np.array(run_len, dtype=np.int64)
+    starts = np.repeat(at - (np.cumsum(rl) - rl), rl) + np.arange(count)
+    nlog = zeros_run[starts].astype(np.int64)
     if int(nlog.max()) > 63:
         raise PayloadError("Elias-gamma code for a value above 2**64 - 1")
-    out = np.zeros(count, dtype=_U64)
-    for j in range(int(nlog.max()) + 1):
-        sel = nlog >= j
-        bit = bitarr[starts[sel] + nlog[sel] + j].astype(_U64)
-        out[sel] |= bit << (nlog[sel] - j).astype(_U64)
-    return out, int(p)
+    return _read_binary(bitarr, starts + 2 * nlog + 1, nlog), int(p)
 
 
 # ----------------------------------------------------------------------------- index sets

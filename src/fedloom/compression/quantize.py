@@ -56,14 +56,17 @@ def _fwht(x: np.ndarray) -> np.ndarray:
     ``n`` a power of two): log2(n) vectorized butterfly steps, then a scale by 1/sqrt(n).
     The transform is its own inverse."""
     k, n = x.shape
-    y = x
+    src, dst = np.array(x, dtype=np.float64), np.empty((k, n), dtype=np.float64)
     h = 1
     while h < n:
-        y = y.reshape(k, n // (2 * h), 2, h)
-        a, b = y[:, :, 0, :], y[:, :, 1, :]
-        y = np.stack([a + b, a - b], axis=2).reshape(k, n)
+        a = src.reshape(k, n // (2 * h), 2, h)
+        b = dst.reshape(k, n // (2 * h), 2, h)
+        np.add(a[:, :, 0, :], a[:, :, 1, :], out=b[:, :, 0, :])
+        np.subtract(a[:, :, 0, :], a[:, :, 1, :], out=b[:, :, 1, :])
+        src, dst = dst, src
         h *= 2
-    return y * (1.0 / math.sqrt(n))
+    src *= 1.0 / math.sqrt(n)
+    return src
 
 
 def _rotation_signs(seeds: Sequence[int], n: int) -> np.ndarray:
