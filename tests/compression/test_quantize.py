@@ -364,3 +364,10 @@ def test_codecs_are_registered_with_unique_codes():
         assert isinstance(c, Codec)
         assert c.default in c.ladder
         assert list(c.ladder) == sorted(c.ladder, reverse=True)
+
+
+@pytest.mark.parametrize("key", sorted(CONFIGS))
+def test_empty_cohort(key):
+    c = CONFIGS[key]
+    payloads, recon, state = c.encode(np.zeros((0, 9), np.float32), np.zeros(0), [], {})
+    assert payloads == [] and recon.shape == (0, 9) and state == {}

@@ -185,6 +185,28 @@ class _QuantCodec:
                 raise ValueError(f"{self.name}: setting {float(s)!r}: {problem}")
         return rows, settings
 
+    def encode(
+        self,
+        rows: np.ndarray,
+        settings: np.ndarray,
+        rngs: Sequence[np.random.Generator],
+        state: State,
+    ) -> tuple[list[bytes], np.ndarray, State]:
+        """See :meth:`fedloom.compression.codec.Codec.encode`."""
+        rows, settings = self._check_encode(rows, settings, rngs)
+        if rows.shape[0] == 0:
+            return [], rows.copy(), state
+        return self._encode(rows, settings, rngs, state)
+
+    def _encode(
+        self,
+        rows: np.ndarray,
+        settings: np.ndarray,
+        rngs: Sequence[np.random.Generator],
+        state: State,
+    ) -> tuple[list[bytes], np.ndarray, State]:
+        raise NotImplementedError
+
     def _seeds(self, rngs: Sequence[np.random.Generator]) -> list[int]:
         return [int(r.integers(0, 2**64, dtype=np.uint64)) for r in rngs]
 
@@ -238,14 +260,13 @@ class Float16(_QuantCodec):
     def size_bound(self, dim: int, setting: float) -> int:
         return HEADER_BYTES + 2 * dim
 
-    def encode(
+    def _encode(
         self,
         rows: np.ndarray,
         settings: np.ndarray,
         rngs: Sequence[np.random.Generator],
         state: State,
     ) -> tuple[list[bytes], np.ndarray, State]:
-        rows, settings = self._check_encode(rows, settings, rngs)
         half = np.clip(rows, -self._MAX, self._MAX).astype("<f2")
         head = Header(self.code, rows.shape[1], 16.0).pack()
         payloads = [head + h.tobytes() for h in half]
@@ -262,8 +283,8 @@ class Float16(_QuantCodec):
 class BFloat16(_QuantCodec):
     """bfloat16 (the top 16 bits of float32) rounded to nearest even from the float32 bits;
     values that would round past the largest finite bfloat16 saturate to it. Error:
-    ``|x - x_hat| <= 2**-8 |x|`` (relative, subnormals included in absolute terms of
-    ``2**-134``). Biased only by rounding; not linear.
+    ``|x - x_hat| <= 2**-8 |x|`` for normal values and
+    ``<= 2**-134`` for subnormal ones. Biased only by rounding; not linear.
 
     Payload: exactly ``12 + 2 d`` bytes (d little-endian bfloat16). Setting: 16 (bits).
 
@@ -293,14 +314,13 @@ class BFloat16(_QuantCodec):
     def _from_bf16(half: np.ndarray) -> np.ndarray:
         return (half.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
-    def encode(
+    def _encode(
         self,
         rows: np.ndarray,
         settings: np.ndarray,
         rngs: Sequence[np.random.Generator],
         state: State,
     ) -> tuple[list[bytes], np.ndarray, State]:
-        rows, settings = self._check_encode(rows, settings, rngs)
         half = self._to_bf16(rows).astype("<u2")
         head = Header(self.code, rows.shape[1], 16.0).pack()
         payloads = [head + h.tobytes() for h in half]
@@ -371,14 +391,13 @@ class Uniform(_QuantCodec):
         out = lo[:, :, None] + qb * step[:, :, None]
         return out.reshape(q.shape[0], -1)[:, :n]
 
-    def encode(
+    def _encode(
         self,
         rows: np.ndarray,
         settings: np.ndarray,
         rngs: Sequence[np.random.Generator],
         state: State,
     ) -> tuple[list[bytes], np.ndarray, State]:
-        rows, settings = self._check_encode(rows, settings, rngs)
         k, d = rows.shape
         n = self._padded(d)
         size, count = _buckets(n, self.bucket)
@@ -524,14 +543,13 @@ class QSGD(_QuantCodec):
         sb = _as_buckets(np.where(neg, -1.0, 1.0), size, norms.shape[1], "zero")
         return ((norms.astype(np.float64)[:, :, None] * lb) / s * sb).reshape(k, -1)[:, :n]
 
-    def encode(
+    def _encode(
         self,
         rows: np.ndarray,
         settings: np.ndarray,
         rngs: Sequence[np.random.Generator],
         state: State,
     ) -> tuple[list[bytes], np.ndarray, State]:
-        rows, settings = self._check_encode(rows, settings, rngs)
         k, d = rows.shape
         n = self._padded(d)
         size, count = _buckets(n, self.bucket)
@@ -680,14 +698,13 @@ class TernGrad(_QuantCodec):
         digits = np.concatenate([digits, np.zeros(-len(digits) % 5, np.int64)])
         return (digits.reshape(-1, 5) @ self._POW3).astype(np.uint8).tobytes()
 
-    def encode(
+    def _encode(
         self,
         rows: np.ndarray,
         settings: np.ndarray,
         rngs: Sequence[np.random.Generator],
         state: State,
     ) -> tuple[list[bytes], np.ndarray, State]:
-        rows, settings = self._check_encode(rows, settings, rngs)
         k, d = rows.shape
         n = self._padded(d)
         size, count = _buckets(n, self.bucket)
@@ -769,14 +786,13 @@ class ScaledSign(_QuantCodec):
     def size_bound(self, dim: int, setting: float) -> int:
         return HEADER_BYTES + 4 + -(-dim // 8)
 
-    def encode(
+    def _encode(
         self,
         rows: np.ndarray,
         settings: np.ndarray,
         rngs: Sequence[np.random.Generator],
         state: State,
     ) -> tuple[list[bytes], np.ndarray, State]:
-        rows, settings = self._check_encode(rows, settings, rngs)
         k, d = rows.shape
         scales = (np.abs(rows.astype(np.float64)).sum(axis=1) / d).astype(np.float32)
         neg = rows < 0
