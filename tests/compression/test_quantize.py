@@ -215,7 +215,9 @@ def test_stochastic_codecs_are_unbiased(c):
     row = (rng.uniform(0.5, 1.0, d) * rng.choice([-1.0, 1.0], d)).astype(np.float32)
     rows = np.repeat(row[None, :], copies, axis=0)
     setting = {"qsgd": 4.0, "uniform": 2.0}.get(c.name, c.default)
-    _, recon = _encode(c, rows, 11, setting)
+    payloads, recon = _encode(c, rows, 11, setting)
+    for i in (0, copies // 2, copies - 1):
+        assert np.array_equal(c.decode(payloads[i], d).view(np.uint32), recon[i].view(np.uint32))
     mean = recon.astype(np.float64).mean(axis=0)
     assert np.linalg.norm(mean - row) <= 0.01 * np.linalg.norm(row)
     # and the encodings really are random (not the row itself)
@@ -371,3 +373,14 @@ def test_empty_cohort(key):
     c = CONFIGS[key]
     payloads, recon, state = c.encode(np.zeros((0, 9), np.float32), np.zeros(0), [], {})
     assert payloads == [] and recon.shape == (0, 9) and state == {}
+
+
+def test_rotation_must_match_the_decoder():
+    for cls in (Uniform, QSGD, TernGrad):
+        rotated = _sample_payload(cls(rotate=True))
+        plain = _sample_payload(cls())
+        with pytest.raises(PayloadError, match="flags"):
+            cls().decode(rotated, 37)
+        with pytest.raises(PayloadError, match="flags"):
+            cls(rotate=True).decode(plain, 37)
+        assert len(rotated) > len(plain) or cls is QSGD
