@@ -1226,11 +1226,18 @@ def deployment_server(run: DeploymentRun, options: ServerOptions) -> DeploymentS
 
 
 def compression_spec(config: RunConfig) -> CompressionSpec | None:
-    """What a deployed client is told of the run's upload compression (None: off)."""
+    """What a deployed client is told of the run's compression (None: off)."""
     c = config.compression
-    if not c.enabled:
+    if not c.enabled and c.download == "none":
         return None
-    return CompressionSpec(c.codec, json.dumps(c.params), c.error_feedback, c.warmup_rounds)
+    return CompressionSpec(
+        c.codec if c.enabled else "",
+        json.dumps(c.params),
+        c.error_feedback,
+        c.warmup_rounds,
+        c.download if c.download != "none" else "",
+        json.dumps(c.download_params),
+    )
 
 
 def trial_config(base: RunConfig, trial: Trial) -> RunConfig:

@@ -363,7 +363,12 @@ class Uniform(_QuantCodec):
     _ladder: ClassVar[tuple[float, ...]] = (8.0, 6.0, 4.0, 2.0)
     _default: ClassVar[float] = 8.0
 
-    def __init__(self, bucket: int = 0, stochastic: bool = False, rotate: bool = False):
+    def __init__(
+        self, bits: int = 8, bucket: int = 0, stochastic: bool = False, rotate: bool = False
+    ):
+        self._default = float(_check_int_param("bits", bits, 1))  # type: ignore[misc]
+        if self._setting_problem(self._default):
+            raise ValueError(f"bits = {bits!r}: {self._setting_problem(self._default)}")
         self.bucket = _check_int_param("bucket", bucket, 0)
         if not isinstance(stochastic, bool):
             raise ValueError(f"stochastic must be a bool, got {stochastic!r}")
@@ -513,7 +518,10 @@ class QSGD(_QuantCodec):
     _default: ClassVar[float] = 16.0
     _MAX_LEVELS = 2**24
 
-    def __init__(self, bucket: int = 512, rotate: bool = False):
+    def __init__(self, levels: int = 16, bucket: int = 512, rotate: bool = False):
+        self._default = float(_check_int_param("levels", levels, 1))  # type: ignore[misc]
+        if self._setting_problem(self._default):
+            raise ValueError(f"levels = {levels!r}: {self._setting_problem(self._default)}")
         self.bucket = _check_int_param("bucket", bucket, 0)
         if not isinstance(rotate, bool):
             raise ValueError(f"rotate must be a bool, got {rotate!r}")

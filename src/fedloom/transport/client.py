@@ -55,6 +55,7 @@ from fedloom.transport.certs import (
     signing_key,
     verified_client_key,
 )
+from fedloom.transport.download import CODEC_CHAIN
 from fedloom.transport.messages import (
     MAX_MODEL_PARAMETERS,
     CompressionSpec,
@@ -302,6 +303,7 @@ class DeploymentClient:
         self.compression_state_path = Path(data_dir) / COMPRESSION_STATE
         self.compression: Any = None
         self.compression_state: dict[str, Any] = {}
+        self.download_codec: Any = None  # compressed downloads' codec (None: float32)
         self.client_id = -1
         self.retry = retry or RetryPolicy()
         self.rng = random.Random(seed)
@@ -401,10 +403,12 @@ class DeploymentClient:
 
         spec = CompressionSpec.from_pb(reply.compression)
         shapes = [tuple(p.shape) for p in self.trainer.model.parameters()]
-        self.compression = spec.build(shapes)
-        self.compression_state = load_client_state(
-            self.compression_state_path, self.compression, self.dim
-        )
+        self.download_codec = spec.download_codec(shapes)
+        self.compression = spec.upload(shapes)
+        if self.compression is not None:
+            self.compression_state = load_client_state(
+                self.compression_state_path, self.compression, self.dim
+            )
 
     def _compress(self, task: pb.Task, delta: np.ndarray) -> tuple[bytes, dict[str, Any]]:
         """This update's payload at the task's codec setting, and the new compression
@@ -536,6 +540,17 @@ class DeploymentClient:
         base = self.held[0] if self.held is not None else -1
         if self.held is not None and base == version:
             return self.held[1]
+        try:
+            return self._fetch(version, base)
+        except wire.WireError as err:
+            if base < 0 or "reconstruction" not in str(err):
+                raise
+            # the encoded deltas did not rebuild the server's model: the exact fallback
+            log.warning("%s; downloading the whole model", err)
+            self.held = None
+            return self._fetch(version, -1)
+
+    def _fetch(self, version: int, base: int) -> np.ndarray:
         call = self.channel.unary_stream(  # the stub's Download, without protobuf copies
             download.METHOD,
             request_serializer=pb.DownloadRequest.SerializeToString,
@@ -575,15 +590,37 @@ class DeploymentClient:
                     )
                 params = wire.apply_xor_delta(buffer.data, self.held[1])
                 hasher.update(params.data)
+            elif header.encoding == CODEC_CHAIN:
+                params = self._apply_chain(header, buffer)
+                hasher.update(params.data)
             elif header.encoding == "raw":
                 params = wire.as_float32(buffer, self.dim, "model")  # a view: no copy
             else:
                 raise wire.WireError(f"unknown model encoding {header.encoding!r}")
             if hasher.digest() != header.sha256:
-                raise wire.WireError(f"model version {version} fails its sha256 check")
+                what = "reconstruction" if header.encoding == CODEC_CHAIN else "download"
+                raise wire.WireError(f"model version {version} {what} fails its sha256 check")
         self.stats.bytes_down += size
         self.held = (version, params)
         return params
+
+    def _apply_chain(self, header: pb.DownloadHeader, buffer: np.ndarray) -> np.ndarray:
+        """The model rebuilt from the encoded deltas since the version this client holds
+        (compressed downloads); the caller checks it against the server's sha256."""
+        from fedloom.compression.codec import PayloadError
+        from fedloom.compression.download import apply_chain
+
+        if self.download_codec is None:
+            raise wire.WireError("encoded model deltas, but the run has no download codec")
+        if self.held is None or header.base_version != self.held[0]:
+            raise wire.WireError(
+                f"encoded model deltas from version {header.base_version}, but this client "
+                f"holds {None if self.held is None else self.held[0]}"
+            )
+        try:
+            return apply_chain(self.download_codec, self.held[1], buffer.data)
+        except PayloadError as err:
+            raise wire.WireError(f"encoded model deltas: {err}") from None
 
     def _evaluate(self, params: np.ndarray) -> tuple[float, float, int] | None:
         """The received model's mean loss and accuracy on this client's hold-out (None

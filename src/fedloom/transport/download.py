@@ -29,6 +29,7 @@ from fedloom.transport import wire
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Fedloom"].full_name  # "fedloom.v1.Fedloom"
 METHOD = f"/{SERVICE}/Download"
+CODEC_CHAIN = "codec-chain"  # DownloadHeader.encoding of compressed downloads
 _HEADER_TAG = 0x0A  # field 1 (header), wire type 2 (length-delimited)
 _DATA_TAG = 0x12  # field 2 (data), wire type 2
 

@@ -42,16 +42,20 @@ class JoinReply(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., dim: _Optional[int] = ..., run: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., chunk_bytes: _Optional[int] = ..., version: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., client_transforms: _Optional[_Iterable[_Union[TransformSpec, _Mapping]]] = ..., compression: _Optional[_Union[CompressionSpec, _Mapping]] = ...) -> None: ...
 
 class CompressionSpec(_message.Message):
-    __slots__ = ("codec", "params_json", "error_feedback", "warmup_rounds")
+    __slots__ = ("codec", "params_json", "error_feedback", "warmup_rounds", "download", "download_params_json")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     WARMUP_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     codec: str
     params_json: str
     error_feedback: bool
     warmup_rounds: int
-    def __init__(self, codec: _Optional[str] = ..., params_json: _Optional[str] = ..., error_feedback: _Optional[bool] = ..., warmup_rounds: _Optional[int] = ...) -> None: ...
+    download: str
+    download_params_json: str
+    def __init__(self, codec: _Optional[str] = ..., params_json: _Optional[str] = ..., error_feedback: _Optional[bool] = ..., warmup_rounds: _Optional[int] = ..., download: _Optional[str] = ..., download_params_json: _Optional[str] = ...) -> None: ...
 
 class TransformSpec(_message.Message):
     __slots__ = ("name", "params_json")

@@ -22,6 +22,7 @@ from fedloom.transport import fedloom_pb2 as pb
 if TYPE_CHECKING:
     import torch
 
+    from fedloom.compression.codec import Codec
     from fedloom.compression.pipeline import Compression
     from fedloom.task import ResolvedTask
 
@@ -277,42 +278,65 @@ def check_trusted(what: str, path: str, trust: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class CompressionSpec:
-    """How a client encodes its uploads (``JoinReply.compression``): a built-in codec's
-    name and keyword arguments, error feedback and DGC warm-up. Only built-in codecs
-    travel, so a server never makes a client import code."""
+    """How a client encodes its uploads and decodes its downloads
+    (``JoinReply.compression``): built-in codecs' names ("" for none) and keyword
+    arguments, error feedback and DGC warm-up. Only built-in codecs travel, so a server
+    never makes a client import code."""
 
-    codec: str
+    codec: str = ""
     params_json: str = "{}"
     error_feedback: bool = False
     warmup_rounds: int = 0
+    download: str = ""
+    download_params_json: str = "{}"
 
     def __post_init__(self) -> None:
         from fedloom.compression.codec import codec_names
 
-        if self.codec not in codec_names():
-            raise MessageError(
-                f"compression.codec = {self.codec!r}: expected one of {codec_names()}"
-            )
+        for field in ("codec", "download"):
+            name = getattr(self, field)
+            if name and name not in codec_names():
+                raise MessageError(
+                    f"compression.{field} = {name!r}: expected one of {codec_names()}"
+                )
         _int("compression.warmup_rounds", self.warmup_rounds, 0, 1 << 31)
-        self.params()
+        self.params("params_json")
+        self.params("download_params_json")
 
-    def params(self) -> dict:
+    def params(self, field: str) -> dict:
         try:
-            value = json.loads(self.params_json or "{}")
+            value = json.loads(getattr(self, field) or "{}")
         except json.JSONDecodeError as err:
-            raise MessageError(f"compression.params_json: {err}") from None
+            raise MessageError(f"compression.{field}: {err}") from None
         if not isinstance(value, dict):
-            raise MessageError("compression.params_json must be a JSON object")
+            raise MessageError(f"compression.{field} must be a JSON object")
         return value
 
-    def build(self, shapes: list[tuple[int, ...]]) -> Compression:
-        """The codec for a model of ``shapes``; bad parameters are a ``MessageError``."""
+    def upload(self, shapes: list[tuple[int, ...]]) -> Compression | None:
+        """The upload codec for a model of ``shapes`` (None: float32 rows)."""
         from fedloom.compression.pipeline import Compression
 
+        if not self.codec:
+            return None
         try:
             return Compression.build(
-                self.codec, self.params(), shapes, self.error_feedback, self.warmup_rounds
+                self.codec,
+                self.params("params_json"),
+                shapes,
+                self.error_feedback,
+                self.warmup_rounds,
             )
+        except ConfigError as err:
+            raise MessageError(f"join reply: {err}") from None
+
+    def download_codec(self, shapes: list[tuple[int, ...]]) -> Codec | None:
+        """The codec of compressed downloads (None: float32 models)."""
+        from fedloom.compression.codec import make_codec
+
+        if not self.download:
+            return None
+        try:
+            return make_codec(self.download, self.params("download_params_json"), shapes)
         except ConfigError as err:
             raise MessageError(f"join reply: {err}") from None
 
@@ -322,8 +346,17 @@ class CompressionSpec:
             params_json=self.params_json,
             error_feedback=self.error_feedback,
             warmup_rounds=self.warmup_rounds,
+            download=self.download,
+            download_params_json=self.download_params_json,
         )
 
     @classmethod
     def from_pb(cls, msg: pb.CompressionSpec) -> CompressionSpec:
-        return cls(msg.codec, msg.params_json, bool(msg.error_feedback), int(msg.warmup_rounds))
+        return cls(
+            msg.codec,
+            msg.params_json,
+            bool(msg.error_feedback),
+            int(msg.warmup_rounds),
+            msg.download,
+            msg.download_params_json,
+        )

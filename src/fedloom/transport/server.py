@@ -293,6 +293,7 @@ class _Round:
     dp_clip: float | None = None  # what the secure sum was encoded with
     distributed: DistributedDiscreteGaussian | None = None
     payloads: dict[int, tuple[int, float]] = dataclasses.field(default_factory=dict)
+    downloads: list[int] = dataclasses.field(default_factory=list)  # bytes of each download
 
 
 class DeploymentServer(rpc.FedloomServicer):
@@ -362,7 +363,8 @@ class DeploymentServer(rpc.FedloomServicer):
         self._cond = threading.Condition()
         self._last_seen: dict[int, float] = {}  # client id -> time.time() of its last call
         self._round: _Round | None = None
-        self._models: dict[int, np.ndarray] = {engine.server.version: engine.server.params.copy()}
+        # the models clients download: the global model, or its broadcast (compressed)
+        self._models = {engine.server.version: engine.server.start_params.copy()}
         self._downloads: dict[tuple[int, int], tuple[list[bytes], int]] = {}
         self._prepare_lock = threading.Lock()
         self._closed: dict[int, bytes] = {}  # the last closed round's applied uploads
@@ -506,7 +508,7 @@ class DeploymentServer(rpc.FedloomServicer):
         self._finish_round(rnd, result, failed, time.time())
         if result.status == "aggregated":
             with self._cond:
-                self._models[srv.version] = srv.params.copy()
+                self._models[srv.version] = srv.start_params.copy()
                 for old in sorted(self._models)[: -self.options.keep_versions]:
                     del self._models[old]
                 self._cond.notify_all()
@@ -975,11 +977,14 @@ class DeploymentServer(rpc.FedloomServicer):
         ]
 
     def _compression_record(self, rnd: _Round) -> dict[str, Any]:
-        comp = self.engine.server.compression
-        if comp is None:
+        srv = self.engine.server
+        if srv.compression is None and srv.broadcast is None:
             return {}
-        dim = self.engine.server.dim
-        return {"compression": compression_record(comp, rnd.payloads, dim)}
+        downloads = np.array(rnd.downloads, dtype=np.int64)
+        record = compression_record(
+            srv.compression, rnd.payloads, srv.dim, srv.broadcast, downloads
+        )
+        return {"compression": record}
 
     def _task(self, rnd: _Round, d: Dispatch) -> pb.Task:
         return pb.Task(
@@ -1045,6 +1050,7 @@ class DeploymentServer(rpc.FedloomServicer):
         with self._cond:
             if self._round is rnd and rnd is not None:
                 rnd.bytes_down += payload_bytes
+                rnd.downloads.append(payload_bytes)
                 rnd.down_kbps[cid] = kbps
 
     def _prepared(self, version: int, base: int) -> tuple[list[bytes], int]:
@@ -1060,14 +1066,20 @@ class DeploymentServer(rpc.FedloomServicer):
                     raise FedloomError(f"model version {version} is no longer held")
                 for key in [k for k in self._downloads if k[0] not in self._models]:
                     del self._downloads[key]
-            key = (version, base if old is not None else -1)
+            chain = self._chain(version, base)
+            key = (version, base if old is not None or chain is not None else -1)
             if key not in self._downloads:
                 raw = wire.to_bytes(model)
-                payload = raw if old is None else wire.xor_delta(model, old)
+                if chain is not None:
+                    payload, encoding = chain, download.CODEC_CHAIN
+                elif old is not None:
+                    payload, encoding = wire.xor_delta(model, old), "xor-zlib"
+                else:
+                    payload, encoding = raw, "raw"
                 header = pb.DownloadHeader(
                     version=version,
                     base_version=key[1],
-                    encoding="raw" if old is None else "xor-zlib",
+                    encoding=encoding,
                     payload_bytes=len(payload),
                     dim=model.shape[0],
                     sha256=wire.digest(raw),
@@ -1077,6 +1089,15 @@ class DeploymentServer(rpc.FedloomServicer):
                     len(payload),
                 )
             return self._downloads[key]
+
+    def _chain(self, version: int, base: int) -> bytes | None:
+        """Compressed downloads: the encoded deltas from ``base`` to the current
+        ``version`` (None: the whole model is sent, the exact fallback)."""
+        broadcast = self.engine.server.broadcast
+        if broadcast is None or version != broadcast.version:
+            return None
+        with self._cond:
+            return broadcast.chain(base)
 
     def Upload(
         self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
