@@ -72,7 +72,6 @@ from fedloom.transforms.base import (
     ClientStates,
     build_chain,
     build_sides,
-    flatten_state,
 )
 from fedloom.transport.messages import CompressionSpec, ModelSpec
 from fedloom.transport.server import DeploymentServer, ServerOptions
@@ -442,11 +441,10 @@ def compression(
     shapes = [tuple(p.shape) for p in model.parameters()]
     comp = Compression.build(c.codec, c.params, shapes, c.error_feedback, c.warmup_rounds)
     dim = sum(int(np.prod(s)) for s in shapes)
-    if shard is not None and flatten_state(comp.init(dim)):
+    if shard is not None:
         raise ConfigError(
-            f"compression.codec = {c.codec!r} (error_feedback = {c.error_feedback}) keeps "
-            "state per client, which a sharded run (torchrun) would split over its "
-            "processes; run it in one process"
+            f"compression.codec = {c.codec!r} under torchrun: each process would encode "
+            "and time only its own clients' uploads; run compressed uploads in one process"
         )
     return comp, None if deployment else ClientStates(comp, dim)  # type: ignore[arg-type]
 

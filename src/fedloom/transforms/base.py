@@ -13,7 +13,7 @@ transform written for one client serves a stacked cohort when its arithmetic bro
 over that axis (``state["x"]`` is ``[K, ...]`` inside ``apply``). :class:`ClientStates`
 keeps them between rounds.
 
-A transform with a client half and a server half (secure masking, compression) is one
+A transform with a client half and a server half (secure masking) is one
 object with both (:class:`TwoSided`); :func:`chain` composes transforms left to right.
 
 References: Babuschkin et al., "The DeepMind JAX Ecosystem" (optax), 2020.
@@ -74,7 +74,9 @@ class Transform(Protocol):
 @dataclass(frozen=True)
 class TwoSided:
     """A transform that runs partly on each client and partly on the server, e.g. secure
-    masking (the client encodes, the server decodes the sum) or compression."""
+    masking (the client encodes, the server decodes the sum) or a change of basis.
+    Compression, whose output is a byte payload rather than a row, is its own stage
+    (``fedloom.compression``)."""
 
     client: Transform
     server: Transform
