@@ -208,3 +208,19 @@ def test_compression_settings_are_checked_when_the_config_loads() -> None:
     with pytest.raises(ConfigError, match="fraction"):
         load_config(None, ['compression.codec="topk"', "compression.params={fraction=2.0}"])
     json.dumps(load_config(None, TOPK_EF).compression.model_dump())
+
+
+@pytest.mark.parametrize(
+    "privacy",
+    [
+        ['privacy.mode="central"', "privacy.noise_multiplier=1.0", "privacy.clip_norm=0.5"],
+        ['privacy.mode="local"', "privacy.local_epsilon=8.0", "privacy.clip_norm=0.5"],
+    ],
+)
+def test_compression_composes_with_differential_privacy(tmp_path: Path, privacy) -> None:
+    run = simulate(tmp_path, *TOPK_EF, *privacy, "rounds=2")
+    for r in rounds(run):
+        assert r["epsilon"] is not None and r["epsilon"] > 0
+        if r["status"] == "aggregated":
+            assert r["compression"]["payloads"] == r["completed"] > 0
+            assert r["bytes_up"] == r["compression"]["payload_bytes"]
