@@ -1139,8 +1139,16 @@ class DeploymentServer(rpc.FedloomServicer):
         )
         comp = self.engine.server.compression
         if comp is not None and secure is None:  # a codec payload of at most its bound
-            setting = rnd.dispatches[cid].compression if known and rnd else None
-            limit = comp.codec.size_bound(dim, comp.setting(int(h.round), setting))
+            dispatch = rnd.dispatches.get(cid) if rnd is not None else None
+            if dispatch is not None:
+                limit = comp.codec.size_bound(
+                    dim, comp.setting(dispatch.round, dispatch.compression)
+                )
+            else:  # a late retry of the closed round: any setting it may have had
+                settings = [
+                    comp.setting(max(int(h.round), 1), s) for s in (*comp.codec.ladder, None)
+                ]
+                limit = max(comp.codec.size_bound(dim, s) for s in settings)
             if h.dim != dim or h.dtype != ENCODED or not 0 < h.payload_bytes <= limit:
                 self._refuse(
                     context,
