@@ -357,7 +357,20 @@ def secure_aggregator(
         secure_noise=secure_noise,
         signed=s.signed,
         min_clients=s.min_clients,
+        **secure_sparsity(config),
     )
+
+
+def secure_sparsity(config: RunConfig) -> dict[str, Any]:
+    """Random-k with a shared seed under secure aggregation (the one codec that is linear
+    in the masked sum): the aggregator's kept share and seed; empty otherwise."""
+    c = config.compression
+    if not (config.secagg.enabled and c.codec == "randomk"):
+        return {}
+    return {
+        "keep_fraction": float(c.params.get("fraction", 0.01)),
+        "keep_seed": int(c.params["shared_seed"]),
+    }
 
 
 def make_canaries(config: RunConfig, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -436,7 +449,7 @@ def compression(
     """The run's upload compression (``[compression]``) and, in simulation, the home of
     every simulated client's compression state (a deployed client keeps its own)."""
     c = config.compression
-    if not c.enabled:
+    if not c.enabled or config.secagg.enabled:  # secagg: inside the sum (secure_sparsity)
         return None, None
     shapes = [tuple(p.shape) for p in model.parameters()]
     comp = Compression.build(c.codec, c.params, shapes, c.error_feedback, c.warmup_rounds)
@@ -1226,10 +1239,11 @@ def deployment_server(run: DeploymentRun, options: ServerOptions) -> DeploymentS
 def compression_spec(config: RunConfig) -> CompressionSpec | None:
     """What a deployed client is told of the run's compression (None: off)."""
     c = config.compression
-    if not c.enabled and c.download == "none":
+    upload = c.enabled and not config.secagg.enabled  # secagg: inside the masked sum
+    if not upload and c.download == "none":
         return None
     return CompressionSpec(
-        c.codec if c.enabled else "",
+        c.codec if upload else "",
         json.dumps(c.params),
         c.error_feedback,
         c.warmup_rounds,

@@ -690,11 +690,25 @@ class RunConfig(_Section):
         local DP (clip, noise, then compress); with secure aggregation the server holds
         only the sum, which no per-client codec can decode."""
         c = self.compression
-        if c.enabled and self.secagg.enabled:
+        shared = c.codec == "randomk" and c.params.get("shared_seed") is not None
+        if c.enabled and self.secagg.enabled and not shared:
             raise ValueError(
                 f"compression.codec = {c.codec!r} with secagg.enabled = true: the server "
-                "sees only the masked sum, which cannot be decoded per client (secure "
-                "aggregation already sends a fixed-point ring of secagg.bits bits)"
+                "sees only the masked sum, which only a linear codec survives: "
+                "compression.codec = 'randomk' with params.shared_seed (secure "
+                "aggregation's own fixed-point ring is its shared-scale quantizer: "
+                "secagg.bits = 16 halves a float32 upload)"
+            )
+        if shared and not self.secagg.enabled:
+            raise ValueError(
+                "compression.params.shared_seed is for secagg.enabled = true (every client "
+                "sends the same coordinates); without secure aggregation leave it out"
+            )
+        if shared and (self.privacy.mode != "off" or c.error_feedback or c.adaptive):
+            raise ValueError(
+                "compression.codec = 'randomk' under secure aggregation runs without "
+                f"privacy.mode (got {self.privacy.mode!r}), error_feedback and adaptive: "
+                "the kept sums are scaled by d / k, which the DP noise is not sized for"
             )
         if c.adaptive and self.server.deadline_s is None:
             raise ValueError(

@@ -18,6 +18,12 @@ Z_(2^bits), ``[delta | w_i | w_i * loss_i / L | b_i]``:
   :class:`~fedloom.secagg.distributed_dp.DistributedDiscreteGaussian` encoding, with its
   share of the noise; the server adds none.
 
+- Random-k with a shared seed (``keep_fraction``): every client of a round sends only the
+  same ``k`` coordinates, drawn from a public seed and the attempt, so the masked input
+  shrinks to ``k`` slots; the server scatters the decoded sums and scales them by
+  ``d / k`` (unbiased). A linear codec: the sum of the kept values is the kept values of
+  the sum (Stich et al., NeurIPS 2018; the shared-seed variant of Konečný et al., 2016).
+
 The loss slot (the training loss clipped to ``[0, L]``, ``L = LOSS_RANGE``) gives the
 round's mean training loss ``sum w_i loss_i / sum w_i``; no per-client loss reaches the
 server. Fixed-point slots are scaled to ``[-1, 1]`` by their public range and encoded
@@ -46,6 +52,7 @@ from typing import Literal
 
 import numpy as np
 
+from fedloom.compression.sparse import kept_count
 from fedloom.errors import RejectionKind, UpdateRejected
 from fedloom.privacy.mechanisms import GeneratorNoise, NoiseSource, SecureNoise, clip_rows
 from fedloom.records import Update
@@ -127,7 +134,11 @@ class SecureAggregator:
         secure_noise: bool = False,
         signed: bool = False,
         min_clients: int = 1,
+        keep_fraction: float | None = None,
+        keep_seed: int = 0,
     ) -> None:
+        if keep_fraction is not None and not 0 < keep_fraction <= 1:
+            raise SecAggError(f"keep_fraction must be in (0, 1], got {keep_fraction!r}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise SecAggError(f"dim must be an int >= 1, got {dim!r}")
         if isinstance(max_examples, bool) or not isinstance(max_examples, int | np.integer):
@@ -150,6 +161,19 @@ class SecureAggregator:
         self.secure_noise = secure_noise
         self.signed = signed
         self.min_clients = min_clients
+        self.keep_fraction = keep_fraction
+        self.keep_seed = int(keep_seed)
+        self.kept_dim = dim if keep_fraction is None else int(kept_count(keep_fraction, dim))
+
+    def kept(self, attempt: int) -> np.ndarray | None:
+        """The coordinates every client of round ``attempt`` sends under random-k with a
+        shared seed (None: all): public, data-independent, the same for the whole cohort,
+        so the masked sum of the kept values is the kept values of the sum (a linear
+        codec). Drawn anew every attempt."""
+        if self.keep_fraction is None:
+            return None
+        rng = np.random.default_rng([self.keep_seed, 17, int(attempt)])
+        return np.sort(rng.choice(self.dim, self.kept_dim, replace=False))
 
     def graph(self, num_clients: int) -> tuple[int | None, int]:
         """The protocol's ``neighbours`` argument (None: complete) and threshold for a
@@ -161,7 +185,7 @@ class SecureAggregator:
 
     def slots(self, distributed: DistributedDiscreteGaussian | None = None) -> int:
         """Length of each client's encoded vector."""
-        return (self.dim if distributed is None else distributed.padded) + AUX_SLOTS
+        return (self.kept_dim if distributed is None else distributed.padded) + AUX_SLOTS
 
     def upload_bytes(self, distributed: DistributedDiscreteGaussian | None = None) -> int:
         """Bytes of one masked input (the encoded vector), against ``4 * dim`` for float32."""
@@ -294,6 +318,11 @@ class SecureAggregator:
         head = self.slots(distributed) - AUX_SLOTS
         if distributed is None:
             delta = fixed.decode_sum(total[:head], count) * self.value_range(dp_clip)
+            kept = self.kept(attempt)
+            if kept is not None:  # random-k: the kept sums, scaled to stay unbiased
+                full = np.zeros(self.dim)
+                full[kept] = delta * (self.dim / self.kept_dim)
+                delta = full
         else:
             delta = distributed.decode(total[:head], self._signs(distributed, attempt))
         weight, loss, unclipped = fixed.decode_sum(total[head:], count) * [1.0, LOSS_RANGE, 1.0]
@@ -314,6 +343,11 @@ class SecureAggregator:
         and losses must be finite."""
         fixed = self.fixed_point(num_clients)
         rows = np.stack([u.delta for u in updates]).astype(np.float32, copy=False)
+        kept = self.kept(attempt)
+        if kept is not None:
+            if distributed is not None or dp_clip is not None:
+                raise SecAggError("random-k under secure aggregation is not for DP runs")
+            rows = rows[:, kept]
         counts = np.array([u.num_examples for u in updates], dtype=np.float64)
         w = np.minimum(counts, self.max_examples) / self.max_examples
         losses = np.array([u.metrics.train_loss for u in updates], dtype=np.float64)

@@ -132,20 +132,24 @@ class LocalDP(_message.Message):
     def __init__(self, mechanism: _Optional[str] = ..., clip: _Optional[float] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class SecureEncoding(_message.Message):
-    __slots__ = ("dim", "max_examples", "clip", "bits", "rounding", "seed")
+    __slots__ = ("dim", "max_examples", "clip", "bits", "rounding", "seed", "keep_fraction", "keep_seed")
     DIM_FIELD_NUMBER: _ClassVar[int]
     MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     CLIP_FIELD_NUMBER: _ClassVar[int]
     BITS_FIELD_NUMBER: _ClassVar[int]
     ROUNDING_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    KEEP_SEED_FIELD_NUMBER: _ClassVar[int]
     dim: int
     max_examples: int
     clip: float
     bits: int
     rounding: str
     seed: int
-    def __init__(self, dim: _Optional[int] = ..., max_examples: _Optional[int] = ..., clip: _Optional[float] = ..., bits: _Optional[int] = ..., rounding: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    keep_fraction: float
+    keep_seed: int
+    def __init__(self, dim: _Optional[int] = ..., max_examples: _Optional[int] = ..., clip: _Optional[float] = ..., bits: _Optional[int] = ..., rounding: _Optional[str] = ..., seed: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., keep_seed: _Optional[int] = ...) -> None: ...
 
 class DistributedDG(_message.Message):
     __slots__ = ("clip_norm", "dim", "shares", "noise_multiplier", "bits", "beta", "headroom")

@@ -52,7 +52,16 @@ from fedloom.transforms.secure import secure_masking
 from fedloom.transport import fedloom_pb2 as pb
 from fedloom.transport.secagg_wire import server_to_pb
 
-_ENCODING_FIELDS = ("dim", "max_examples", "clip", "bits", "rounding", "seed")
+_ENCODING_FIELDS = (
+    "dim",
+    "max_examples",
+    "clip",
+    "bits",
+    "rounding",
+    "seed",
+    "keep_fraction",
+    "keep_seed",
+)
 _DDG_FIELDS = tuple(f.name for f in dataclasses.fields(DistributedDiscreteGaussian) if f.init)
 
 
@@ -82,11 +91,14 @@ class SecureTaskSpec:
                 bits=e["bits"],
                 rounding=e["rounding"],
                 seed=e["seed"],
+                keep_seed=e["keep_seed"],
             ),
             signed=self.signed,
         )
         if e["clip"] is not None:
             msg.encoding.clip = e["clip"]
+        if e["keep_fraction"] is not None:
+            msg.encoding.keep_fraction = e["keep_fraction"]
         if self.dp_clip is not None:
             msg.dp_clip = self.dp_clip
         if self.distributed is not None:
@@ -107,6 +119,8 @@ class SecureTaskSpec:
             "bits": int(e.bits),
             "rounding": e.rounding,
             "seed": int(e.seed),
+            "keep_fraction": float(e.keep_fraction) if e.HasField("keep_fraction") else None,
+            "keep_seed": int(e.keep_seed),
         }
         distributed = None
         if msg.HasField("distributed"):
