@@ -40,6 +40,28 @@ def _as_u64(values: np.ndarray, what: str) -> np.ndarray:
     return arr.astype(_U64, copy=False)
 
 
+def _bits_param(bits: int) -> int:
+    if not 1 <= int(bits) <= 32:
+        raise ValueError(f"bits must be in 1..32, got {bits}")
+    return int(bits)
+
+
+def _count_param(count: int) -> int:
+    count = int(count)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    return count
+
+
+def _split_groups(bitarr: np.ndarray, group_bytes: np.ndarray) -> list[bytes]:
+    """``bitarr`` packed into bytes and cut into consecutive groups of ``group_bytes``."""
+    byte_starts = np.cumsum(group_bytes) - group_bytes
+    packed = np.packbits(bitarr).tobytes()
+    return [
+        packed[a : a + n] for a, n in zip(byte_starts.tolist(), group_bytes.tolist(), strict=True)
+    ]
+
+
 def _floor_log2(values: np.ndarray) -> np.ndarray:
     """floor(log2(v)) for uint64 values >= 1, exactly (no float rounding)."""
     if values.size and int(values.max()) < 2**53:  # exact as float64: read the exponent
@@ -90,9 +112,7 @@ def pack_uint(values: np.ndarray, bits: int) -> bytes:
 
     Size: exactly ``ceil(n * bits / 8)`` bytes.
     """
-    if not 1 <= int(bits) <= 32:
-        raise ValueError(f"bits must be in 1..32, got {bits}")
-    bits = int(bits)
+    bits = _bits_param(bits)
     arr = _as_u64(values, "values")
     if arr.size and int(arr.max()) >> bits:
         raise ValueError(f"values must be below 2**{bits}, got maximum {int(arr.max())}")
@@ -121,21 +141,14 @@ def pack_bits_rows(flags: np.ndarray, counts: np.ndarray) -> list[bytes]:
     pos = 8 * np.repeat(byte_starts, counts) + np.arange(len(arr)) - np.repeat(first, counts)
     bitarr = np.zeros(8 * int(group_bytes.sum()), dtype=np.uint8)
     bitarr[pos] = arr
-    packed = np.packbits(bitarr).tobytes()
-    return [
-        packed[a : a + n] for a, n in zip(byte_starts.tolist(), group_bytes.tolist(), strict=True)
-    ]
+    return _split_groups(bitarr, group_bytes)
 
 
 def unpack_uint(data: Data, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_uint`: ``count`` values of ``bits`` bits from the start of
     ``data`` as uint64. Reads ``ceil(count * bits / 8)`` bytes; more may follow. Shorter
     data or nonzero padding bits in the last byte read are a ``PayloadError``."""
-    if not 1 <= int(bits) <= 32:
-        raise ValueError(f"bits must be in 1..32, got {bits}")
-    bits, count = int(bits), int(count)
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
+    bits, count = _bits_param(bits), _count_param(count)
     nbits = count * bits
     need = -(-nbits // 8)
     u8 = _as_u8(data)
@@ -188,9 +201,7 @@ def varint_decode(data: Data, count: int) -> tuple[np.ndarray, int]:
     """``count`` LEB128 varints from the start of ``data`` -> (uint64 values, bytes
     consumed). Truncation, a value longer than 10 bytes or above 2**64 - 1, and non-canonical
     (over-long) encodings are a ``PayloadError``."""
-    count = int(count)
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
+    count = _count_param(count)
     if count == 0:
         return np.zeros(0, dtype=_U64), 0
     u8 = _as_u8(data)[: count * _VARINT_MAX_BYTES + 1]
@@ -262,19 +273,14 @@ def elias_gamma_encode_rows(values: np.ndarray, counts: np.ndarray) -> list[byte
     bitarr = np.zeros(8 * int(group_bytes.sum()), dtype=np.uint8)
     # a code is v itself written in 2 nlog + 1 bits: its binary part ends the code
     _place_binary(bitarr, starts + lengths, arr, nlog.astype(np.int64))
-    packed = np.packbits(bitarr).tobytes()
-    return [
-        packed[a : a + n] for a, n in zip(byte_starts.tolist(), group_bytes.tolist(), strict=True)
-    ]
+    return _split_groups(bitarr, group_bytes)
 
 
 def elias_gamma_decode(data: Data, count: int) -> tuple[np.ndarray, int]:
     """``count`` Elias gamma codes from the start of ``data`` -> (uint64 values, bits
     consumed). The caller checks what follows (padding, trailing bytes). Truncation and codes
     for values above 2**64 - 1 are a ``PayloadError``."""
-    count = int(count)
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
+    count = _count_param(count)
     if count == 0:
         return np.zeros(0, dtype=_U64), 0
     bitarr = np.unpackbits(_as_u8(data))

@@ -9,10 +9,16 @@ is lost for good: after ``T`` rounds the server has received
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from fedloom.compression.codec import Codec, State
+
+
+def _passthrough(attr: str) -> Any:
+    """A read-only property giving the wrapped codec's ``attr``."""
+    return property(lambda self: getattr(self.codec, attr), doc=f"The wrapped codec's {attr}.")
 
 
 class ErrorFeedback:
@@ -38,29 +44,12 @@ class ErrorFeedback:
 
     # -- what passes through to the wrapped codec
 
-    @property
-    def name(self) -> str:
-        return self.codec.name
-
-    @property
-    def code(self) -> int:
-        return self.codec.code
-
-    @property
-    def linear(self) -> bool:
-        return self.codec.linear
-
-    @property
-    def unbiased(self) -> bool:
-        return self.codec.unbiased
-
-    @property
-    def ladder(self) -> tuple[float, ...]:
-        return self.codec.ladder
-
-    @property
-    def default(self) -> float:
-        return self.codec.default
+    name: str = _passthrough("name")
+    code: int = _passthrough("code")
+    linear: bool = _passthrough("linear")
+    unbiased: bool = _passthrough("unbiased")
+    ladder: tuple[float, ...] = _passthrough("ladder")
+    default: float = _passthrough("default")
 
     def decode(self, payload: bytes, dim: int) -> np.ndarray:
         return self.codec.decode(payload, dim)

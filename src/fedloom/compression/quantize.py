@@ -120,6 +120,22 @@ def _check_int_param(name: str, value: object, low: int, high: int | None = None
     return int(value)
 
 
+def _check_bool_param(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def open_payload(payload: bytes, code: int, dim: int, flags: int = 0) -> tuple[Header, memoryview]:
+    """The header (checked: codec id, row length, exactly ``flags``) and the body after it;
+    the opening every quantizing and sparsifying codec's ``decode`` shares."""
+    header, body = Header.unpack(payload)
+    header.expect(code, dim)
+    if header.flags != flags:
+        raise PayloadError(f"payload flags {header.flags}, expected {flags}")
+    return header, body
+
+
 def _read(body: memoryview, off: int, nbytes: int, what: str) -> tuple[memoryview, int]:
     if len(body) < off + nbytes:
         raise PayloadError(f"payload body truncated in {what}: {len(body)} bytes")
@@ -133,7 +149,8 @@ def _floats(view: memoryview, what: str) -> np.ndarray:
 
 
 class _QuantCodec:
-    """Shared plumbing: input checks, header checks, rotation seeds."""
+    """Shared plumbing: input and header checks, the bucket layout, and the optional
+    rotation (seeds drawn, written and read; rows rotated and restored)."""
 
     name: ClassVar[str]
     code: ClassVar[int]
@@ -163,6 +180,23 @@ class _QuantCodec:
 
     def _padded(self, dim: int) -> int:
         return _next_pow2(dim) if self.rotate else dim
+
+    def _layout(self, dim: int) -> tuple[int, int, int]:
+        """(values quantized ``n``, bucket length, number of buckets) for rows of ``dim``."""
+        n = self._padded(dim)
+        return (n, *_buckets(n, self.bucket))
+
+    def _head_bytes(self) -> int:
+        """Bytes before the per-bucket scales: the header and, when rotated, the seed."""
+        return HEADER_BYTES + (_SEED_BYTES if self.rotate else 0)
+
+    def _setting_param(self, name: str, value: object) -> float:
+        """The constructor's default setting, given as parameter ``name``, checked."""
+        setting = float(_check_int_param(name, value, 1))
+        problem = self._setting_problem(setting)
+        if problem:
+            raise ValueError(f"{name} = {value!r}: {problem}")
+        return setting
 
     def _check_encode(
         self, rows: np.ndarray, settings: np.ndarray, rngs: Sequence[np.random.Generator]
@@ -207,14 +241,41 @@ class _QuantCodec:
     ) -> tuple[list[bytes], np.ndarray, State]:
         raise NotImplementedError
 
-    def _seeds(self, rngs: Sequence[np.random.Generator]) -> list[int]:
-        return [int(r.integers(0, 2**64, dtype=np.uint64)) for r in rngs]
+    def _rotated(
+        self, rows: np.ndarray, rngs: Sequence[np.random.Generator]
+    ) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """(seeds, +-1 diagonals ``[K, n]``, the rotated rows ``[K, n]`` float64), a seed
+        drawn from each row's generator; unrotated: zeros, ones ``[K, 1]`` and the rows."""
+        k, d = rows.shape
+        if not self.rotate:
+            return [0] * k, np.ones((k, 1)), rows.astype(np.float64)
+        seeds = [int(r.integers(0, 2**64, dtype=np.uint64)) for r in rngs]
+        signs = _rotation_signs(seeds, self._padded(d))
+        return seeds, signs, _rotate(rows, signs)
+
+    def _restore(self, deq: np.ndarray, signs: np.ndarray | None, dim: int) -> np.ndarray:
+        """Dequantized ``[K, n]`` values back in the rows' domain: ``[K, dim]`` float32."""
+        return _unrotate(deq, signs, dim) if self.rotate else deq.astype(np.float32, copy=False)
+
+    def _seed_bytes(self, seed: int) -> bytes:
+        """The body's leading rotation seed (u64), or nothing when not rotated."""
+        return np.uint64(seed).astype("<u8").tobytes() if self.rotate else b""
+
+    def _read_seed(self, body: memoryview) -> tuple[int, int]:
+        """The rotation seed at the start of ``body`` (0 when not rotated), and the offset
+        after it."""
+        if not self.rotate:
+            return 0, 0
+        raw, off = _read(body, 0, _SEED_BYTES, "rotation seed")
+        return int(np.frombuffer(raw, dtype="<u8")[0]), off
+
+    def _decoded(self, deq: np.ndarray, seed: int, dim: int) -> np.ndarray:
+        """One payload's dequantized ``[1, n]`` values as its checked ``[dim]`` row."""
+        signs = _rotation_signs([seed], deq.shape[1]) if self.rotate else None
+        return check_finite(self._restore(deq, signs, dim)[0])
 
     def _open(self, payload: bytes, dim: int) -> tuple[Header, memoryview]:
-        header, body = Header.unpack(payload)
-        header.expect(self.code, dim)
-        if header.flags != self._flags():
-            raise PayloadError(f"payload flags {header.flags}, expected {self._flags()}")
+        header, body = open_payload(payload, self.code, dim, self._flags())
         problem = self._setting_problem(header.setting)
         if problem:
             raise PayloadError(f"payload setting {header.setting!r}: {problem}")
@@ -227,17 +288,58 @@ class _QuantCodec:
             raise ValueError(f"{self.name}: rows overflow float32 once quantized")
         return payloads, recon, state
 
-    @staticmethod
-    def _exact_end(body: memoryview, off: int) -> None:
-        if len(body) != off:
-            raise PayloadError(f"payload body has {len(body) - off} trailing bytes")
+    def _expect_body(self, body: memoryview, expected: int) -> None:
+        if len(body) != expected:
+            raise PayloadError(f"{self.name} body of {len(body)} bytes, expected {expected}")
 
 
 # ----------------------------------------------------------------------------- half precision
 
 
+class _Half(_QuantCodec):
+    """A 16-bit float per value: payload ``12 + 2 d`` bytes, setting 16 (bits).
+
+    References: the formats' own, named on :class:`Float16` and :class:`BFloat16`.
+    """
+
+    _ladder: ClassVar[tuple[float, ...]] = (16.0,)
+    _default: ClassVar[float] = 16.0
+    _wire: ClassVar[str]  # the payload's little-endian dtype of 16-bit words
+
+    def _setting_problem(self, setting: float) -> str | None:
+        return None if setting == 16.0 else "expected 16"
+
+    def size_bound(self, dim: int, setting: float) -> int:
+        return HEADER_BYTES + 2 * dim
+
+    def _narrow(self, rows: np.ndarray) -> np.ndarray:
+        """``[K, d]`` float32 -> the 16-bit words (``_wire`` dtype) sent for them."""
+        raise NotImplementedError
+
+    def _widen(self, half: np.ndarray) -> np.ndarray:
+        """16-bit words -> the float32 values they stand for."""
+        raise NotImplementedError
+
+    def _encode(
+        self,
+        rows: np.ndarray,
+        settings: np.ndarray,
+        rngs: Sequence[np.random.Generator],
+        state: State,
+    ) -> tuple[list[bytes], np.ndarray, State]:
+        half = self._narrow(rows)
+        head = Header(self.code, rows.shape[1], 16.0).pack()
+        payloads = [head + h.tobytes() for h in half]
+        return self._finish(payloads, self._widen(half), state)
+
+    def decode(self, payload: bytes, dim: int) -> np.ndarray:
+        _, body = self._open(payload, dim)
+        self._expect_body(body, 2 * dim)
+        return check_finite(self._widen(np.frombuffer(body, dtype=self._wire)))
+
+
 @register_codec
-class Float16(_QuantCodec):
+class Float16(_Half):
     """IEEE half precision, round to nearest even; magnitudes above 65504 saturate to
     +-65504. Error: ``|x - x_hat| <= 2**-11 |x|`` for ``|x|`` in ``[2**-14, 65504]``,
     ``<= 2**-25`` below. Biased only by rounding; not linear (rounding each row).
@@ -250,37 +352,18 @@ class Float16(_QuantCodec):
 
     name: ClassVar[str] = "fp16"
     code: ClassVar[int] = 1
-    _ladder: ClassVar[tuple[float, ...]] = (16.0,)
-    _default: ClassVar[float] = 16.0
+    _wire: ClassVar[str] = "<f2"
     _MAX = 65504.0
 
-    def _setting_problem(self, setting: float) -> str | None:
-        return None if setting == 16.0 else "expected 16"
+    def _narrow(self, rows: np.ndarray) -> np.ndarray:
+        return np.clip(rows, -self._MAX, self._MAX).astype(self._wire)
 
-    def size_bound(self, dim: int, setting: float) -> int:
-        return HEADER_BYTES + 2 * dim
-
-    def _encode(
-        self,
-        rows: np.ndarray,
-        settings: np.ndarray,
-        rngs: Sequence[np.random.Generator],
-        state: State,
-    ) -> tuple[list[bytes], np.ndarray, State]:
-        half = np.clip(rows, -self._MAX, self._MAX).astype("<f2")
-        head = Header(self.code, rows.shape[1], 16.0).pack()
-        payloads = [head + h.tobytes() for h in half]
-        return self._finish(payloads, half.astype(np.float32), state)
-
-    def decode(self, payload: bytes, dim: int) -> np.ndarray:
-        _, body = self._open(payload, dim)
-        if len(body) != 2 * dim:
-            raise PayloadError(f"fp16 body of {len(body)} bytes, expected {2 * dim}")
-        return check_finite(np.frombuffer(body, dtype="<f2").astype(np.float32))
+    def _widen(self, half: np.ndarray) -> np.ndarray:
+        return half.astype(np.float32)
 
 
 @register_codec
-class BFloat16(_QuantCodec):
+class BFloat16(_Half):
     """bfloat16 (the top 16 bits of float32) rounded to nearest even from the float32 bits;
     values that would round past the largest finite bfloat16 saturate to it. Error:
     ``|x - x_hat| <= 2**-8 |x|`` for normal values and
@@ -293,44 +376,18 @@ class BFloat16(_QuantCodec):
 
     name: ClassVar[str] = "bf16"
     code: ClassVar[int] = 2
-    _ladder: ClassVar[tuple[float, ...]] = (16.0,)
-    _default: ClassVar[float] = 16.0
+    _wire: ClassVar[str] = "<u2"
 
-    def _setting_problem(self, setting: float) -> str | None:
-        return None if setting == 16.0 else "expected 16"
-
-    def size_bound(self, dim: int, setting: float) -> int:
-        return HEADER_BYTES + 2 * dim
-
-    @staticmethod
-    def _to_bf16(rows: np.ndarray) -> np.ndarray:
+    def _narrow(self, rows: np.ndarray) -> np.ndarray:
         u = rows.astype(np.float32).view(np.uint32)
         hi = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
         hi = hi.astype(np.uint16)
         overflow = (hi & np.uint16(0x7F80)) == np.uint16(0x7F80)
-        return np.where(overflow, (hi & np.uint16(0x8000)) | np.uint16(0x7F7F), hi)
+        saturated = (hi & np.uint16(0x8000)) | np.uint16(0x7F7F)
+        return np.where(overflow, saturated, hi).astype(self._wire)
 
-    @staticmethod
-    def _from_bf16(half: np.ndarray) -> np.ndarray:
+    def _widen(self, half: np.ndarray) -> np.ndarray:
         return (half.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-    def _encode(
-        self,
-        rows: np.ndarray,
-        settings: np.ndarray,
-        rngs: Sequence[np.random.Generator],
-        state: State,
-    ) -> tuple[list[bytes], np.ndarray, State]:
-        half = self._to_bf16(rows).astype("<u2")
-        head = Header(self.code, rows.shape[1], 16.0).pack()
-        payloads = [head + h.tobytes() for h in half]
-        return self._finish(payloads, self._from_bf16(half), state)
-
-    def decode(self, payload: bytes, dim: int) -> np.ndarray:
-        _, body = self._open(payload, dim)
-        if len(body) != 2 * dim:
-            raise PayloadError(f"bf16 body of {len(body)} bytes, expected {2 * dim}")
-        return check_finite(self._from_bf16(np.frombuffer(body, dtype="<u2")))
 
 
 # ----------------------------------------------------------------------------- uniform
@@ -366,16 +423,10 @@ class Uniform(_QuantCodec):
     def __init__(
         self, bits: int = 8, bucket: int = 0, stochastic: bool = False, rotate: bool = False
     ):
-        self._default = float(_check_int_param("bits", bits, 1))  # type: ignore[misc]
-        if self._setting_problem(self._default):
-            raise ValueError(f"bits = {bits!r}: {self._setting_problem(self._default)}")
+        self._default = self._setting_param("bits", bits)  # type: ignore[misc]
         self.bucket = _check_int_param("bucket", bucket, 0)
-        if not isinstance(stochastic, bool):
-            raise ValueError(f"stochastic must be a bool, got {stochastic!r}")
-        if not isinstance(rotate, bool):
-            raise ValueError(f"rotate must be a bool, got {rotate!r}")
-        self.stochastic = stochastic
-        self.rotate = rotate
+        self.stochastic = _check_bool_param("stochastic", stochastic)
+        self.rotate = _check_bool_param("rotate", rotate)
         self.unbiased = stochastic  # type: ignore[misc]
 
     def _setting_problem(self, setting: float) -> str | None:
@@ -383,10 +434,8 @@ class Uniform(_QuantCodec):
         return None if ok else "bits must be an integer in 1..16"
 
     def size_bound(self, dim: int, setting: float) -> int:
-        n = self._padded(dim)
-        _, count = _buckets(n, self.bucket)
-        seed = _SEED_BYTES if self.rotate else 0
-        return HEADER_BYTES + seed + 8 * count + -(-n * int(setting) // 8)
+        n, _, count = self._layout(dim)
+        return self._head_bytes() + 8 * count + -(-n * int(setting) // 8)
 
     @staticmethod
     def _dequant(q: np.ndarray, lo: np.ndarray, step: np.ndarray, size: int) -> np.ndarray:
@@ -404,13 +453,10 @@ class Uniform(_QuantCodec):
         state: State,
     ) -> tuple[list[bytes], np.ndarray, State]:
         k, d = rows.shape
-        n = self._padded(d)
-        size, count = _buckets(n, self.bucket)
+        n, size, count = self._layout(d)
         payloads: list[bytes] = [b""] * k
         recon = np.empty((k, d), dtype=np.float32)
-        seeds = self._seeds(rngs) if self.rotate else [0] * k
-        signs = _rotation_signs(seeds, n) if self.rotate else np.ones((k, 1))
-        y = _rotate(rows, signs) if self.rotate else rows.astype(np.float64)
+        seeds, signs, y = self._rotated(rows, rngs)
         noise = np.stack([r.random(n) for r in rngs]) if self.stochastic else None
         for b in np.unique(settings):
             sel = np.flatnonzero(settings == b)
@@ -429,13 +475,12 @@ class Uniform(_QuantCodec):
                 q = np.floor(t + noise[sel])
             q = np.clip(q, 0, levels).astype(np.int64)
             deq = self._dequant(q, lo, step, size)
-            recon[sel] = _unrotate(deq, signs[sel], d) if self.rotate else deq
+            recon[sel] = self._restore(deq, signs[sel], d)
             head = Header(self.code, d, float(b), self._flags()).pack()
             for j, i in enumerate(sel):
-                seed = np.uint64(seeds[i]).astype("<u8").tobytes() if self.rotate else b""
                 payloads[i] = (
                     head
-                    + seed
+                    + self._seed_bytes(seeds[i])
                     + lo[j].astype(_F32).tobytes()
                     + step[j].astype(_F32).tobytes()
                     + bits.pack_uint(q[j], int(b))
@@ -445,18 +490,9 @@ class Uniform(_QuantCodec):
     def decode(self, payload: bytes, dim: int) -> np.ndarray:
         header, body = self._open(payload, dim)
         b = int(header.setting)
-        if len(body) != self.size_bound(dim, b) - HEADER_BYTES:
-            raise PayloadError(
-                f"uniform body of {len(body)} bytes, expected "
-                f"{self.size_bound(dim, b) - HEADER_BYTES}"
-            )
-        n = self._padded(dim)
-        size, count = _buckets(n, self.bucket)
-        off = 0
-        seed = 0
-        if self.rotate:
-            raw, off = _read(body, off, _SEED_BYTES, "rotation seed")
-            seed = int(np.frombuffer(raw, dtype="<u8")[0])
+        self._expect_body(body, self.size_bound(dim, b) - HEADER_BYTES)
+        n, size, count = self._layout(dim)
+        seed, off = self._read_seed(body)
         raw, off = _read(body, off, 4 * count, "bucket minimums")
         lo = _floats(raw, "uniform bucket minimum")
         raw, off = _read(body, off, 4 * count, "bucket steps")
@@ -465,8 +501,7 @@ class Uniform(_QuantCodec):
             raise PayloadError("uniform bucket step is negative")
         q = bits.unpack_uint(body[off:], b, n)
         deq = self._dequant(q[None, :], lo[None, :], step[None, :], size)
-        out = _unrotate(deq, _rotation_signs([seed], n), dim)[0] if self.rotate else deq[0]
-        return check_finite(out)
+        return self._decoded(deq, seed, dim)
 
 
 # ----------------------------------------------------------------------------- QSGD
@@ -519,25 +554,20 @@ class QSGD(_QuantCodec):
     _MAX_LEVELS = 2**24
 
     def __init__(self, levels: int = 16, bucket: int = 512, rotate: bool = False):
-        self._default = float(_check_int_param("levels", levels, 1))  # type: ignore[misc]
-        if self._setting_problem(self._default):
-            raise ValueError(f"levels = {levels!r}: {self._setting_problem(self._default)}")
+        self._default = self._setting_param("levels", levels)  # type: ignore[misc]
         self.bucket = _check_int_param("bucket", bucket, 0)
-        if not isinstance(rotate, bool):
-            raise ValueError(f"rotate must be a bool, got {rotate!r}")
-        self.rotate = rotate
+        self.rotate = _check_bool_param("rotate", rotate)
 
     def _setting_problem(self, setting: float) -> str | None:
         ok = setting == int(setting) and 1 <= setting <= self._MAX_LEVELS
         return None if ok else f"levels must be an integer in 1..{self._MAX_LEVELS}"
 
     def size_bound(self, dim: int, setting: float) -> int:
-        n = self._padded(dim)
-        size, count = _buckets(n, self.bucket)
+        n, size, count = self._layout(dim)
         sizes = np.full(count, size)
         sizes[-1] = n - size * (count - 1)
         gamma_bits = _gap_bits_bound(n) + _level_bits_bound(sizes, int(setting))
-        fixed = HEADER_BYTES + (_SEED_BYTES if self.rotate else 0) + 4 * count + 4
+        fixed = self._head_bytes() + 4 * count + 4
         # + count + 8: slack for float rounding of the bound and of sum(u**2) <= 1
         return fixed + -(-n // 8) + math.ceil(gamma_bits * (1 + 1e-9) / 8) + count + 8
 
@@ -559,11 +589,8 @@ class QSGD(_QuantCodec):
         state: State,
     ) -> tuple[list[bytes], np.ndarray, State]:
         k, d = rows.shape
-        n = self._padded(d)
-        size, count = _buckets(n, self.bucket)
-        seeds = self._seeds(rngs) if self.rotate else [0] * k
-        signs = _rotation_signs(seeds, n) if self.rotate else np.ones((k, 1))
-        y = _rotate(rows, signs) if self.rotate else rows.astype(np.float64)
+        n, size, count = self._layout(d)
+        seeds, signs, y = self._rotated(rows, rngs)
         noise = np.stack([r.random(n) for r in rngs])
         yb = _as_buckets(y, size, count, "zero")
         norms = np.sqrt(np.einsum("kbi,kbi->kb", yb, yb)).astype(np.float32)
@@ -578,7 +605,7 @@ class QSGD(_QuantCodec):
         for sv in np.unique(settings):
             sel = np.flatnonzero(settings == sv)
             deq[sel] = self._dequant(levels[sel], neg[sel], norms[sel], int(sv), size)
-        recon = _unrotate(deq, signs, d) if self.rotate else deq.astype(np.float32)
+        recon = self._restore(deq, signs, d)
         # all rows' codes in one pass: per row, the position gaps then the levels
         row_of, cols = np.nonzero(levels)
         counts = np.bincount(row_of, minlength=k)
@@ -594,7 +621,7 @@ class QSGD(_QuantCodec):
             b"".join(
                 [
                     Header(self.code, d, float(settings[i]), self._flags()).pack(),
-                    np.uint64(seeds[i]).astype("<u8").tobytes() if self.rotate else b"",
+                    self._seed_bytes(seeds[i]),
                     norms[i].astype(_F32).tobytes(),
                     np.uint32(counts[i]).astype("<u4").tobytes(),
                     sign_bits[i],
@@ -608,13 +635,8 @@ class QSGD(_QuantCodec):
     def decode(self, payload: bytes, dim: int) -> np.ndarray:
         header, body = self._open(payload, dim)
         s = int(header.setting)
-        n = self._padded(dim)
-        size, count = _buckets(n, self.bucket)
-        off = 0
-        seed = 0
-        if self.rotate:
-            raw, off = _read(body, off, _SEED_BYTES, "rotation seed")
-            seed = int(np.frombuffer(raw, dtype="<u8")[0])
+        n, size, count = self._layout(dim)
+        seed, off = self._read_seed(body)
         raw, off = _read(body, off, 4 * count, "bucket norms")
         norms = _floats(raw, "qsgd bucket norm")
         if np.any(norms < 0):
@@ -647,12 +669,7 @@ class QSGD(_QuantCodec):
         neg = np.zeros((1, n), dtype=bool)
         neg[0, idx] = neg_bits.astype(bool)
         deq = self._dequant(levels, neg, norms[None, :], s, size)
-        out = (
-            _unrotate(deq, _rotation_signs([seed], n), dim)[0]
-            if self.rotate
-            else deq[0].astype(np.float32)
-        )
-        return check_finite(out)
+        return self._decoded(deq, seed, dim)
 
 
 # ----------------------------------------------------------------------------- TernGrad
@@ -683,17 +700,14 @@ class TernGrad(_QuantCodec):
 
     def __init__(self, bucket: int = 512, rotate: bool = False):
         self.bucket = _check_int_param("bucket", bucket, 0)
-        if not isinstance(rotate, bool):
-            raise ValueError(f"rotate must be a bool, got {rotate!r}")
-        self.rotate = rotate
+        self.rotate = _check_bool_param("rotate", rotate)
 
     def _setting_problem(self, setting: float) -> str | None:
         return None if setting == 3.0 else "expected 3"
 
     def size_bound(self, dim: int, setting: float) -> int:
-        n = self._padded(dim)
-        _, count = _buckets(n, self.bucket)
-        return HEADER_BYTES + (_SEED_BYTES if self.rotate else 0) + 4 * count + -(-n // 5)
+        n, _, count = self._layout(dim)
+        return self._head_bytes() + 4 * count + -(-n // 5)
 
     @staticmethod
     def _dequant(t: np.ndarray, scales: np.ndarray, size: int) -> np.ndarray:
@@ -714,11 +728,8 @@ class TernGrad(_QuantCodec):
         state: State,
     ) -> tuple[list[bytes], np.ndarray, State]:
         k, d = rows.shape
-        n = self._padded(d)
-        size, count = _buckets(n, self.bucket)
-        seeds = self._seeds(rngs) if self.rotate else [0] * k
-        signs = _rotation_signs(seeds, n) if self.rotate else np.ones((k, 1))
-        y = _rotate(rows, signs) if self.rotate else rows.astype(np.float64)
+        n, size, count = self._layout(d)
+        seeds, signs, y = self._rotated(rows, rngs)
         noise = np.stack([r.random(n) for r in rngs])
         yb = _as_buckets(np.abs(y), size, count, "zero")
         scales = yb.max(axis=2).astype(np.float32)
@@ -726,29 +737,19 @@ class TernGrad(_QuantCodec):
         p = (yb / safe).reshape(k, -1)[:, :n]
         t = np.where(noise < p, np.sign(y), 0.0).astype(np.int64)
         deq = self._dequant(t, scales, size)
-        recon = _unrotate(deq, signs, d) if self.rotate else deq
+        recon = self._restore(deq, signs, d)
         head = Header(self.code, d, 3.0, self._flags()).pack()
         payloads = [
-            head
-            + (np.uint64(seeds[i]).astype("<u8").tobytes() if self.rotate else b"")
-            + scales[i].astype(_F32).tobytes()
-            + self._pack(t[i])
+            head + self._seed_bytes(seeds[i]) + scales[i].astype(_F32).tobytes() + self._pack(t[i])
             for i in range(k)
         ]
         return self._finish(payloads, recon, state)
 
     def decode(self, payload: bytes, dim: int) -> np.ndarray:
         _, body = self._open(payload, dim)
-        expected = self.size_bound(dim, 3.0) - HEADER_BYTES
-        if len(body) != expected:
-            raise PayloadError(f"terngrad body of {len(body)} bytes, expected {expected}")
-        n = self._padded(dim)
-        size, count = _buckets(n, self.bucket)
-        off = 0
-        seed = 0
-        if self.rotate:
-            raw, off = _read(body, off, _SEED_BYTES, "rotation seed")
-            seed = int(np.frombuffer(raw, dtype="<u8")[0])
+        self._expect_body(body, self.size_bound(dim, 3.0) - HEADER_BYTES)
+        n, size, count = self._layout(dim)
+        seed, off = self._read_seed(body)
         raw, off = _read(body, off, 4 * count, "bucket scales")
         scales = _floats(raw, "terngrad bucket scale")
         if np.any(scales < 0):
@@ -762,8 +763,7 @@ class TernGrad(_QuantCodec):
             raise PayloadError("terngrad padding digits are not zero")
         t = np.where(digits[:n] == 2, -1, digits[:n])
         deq = self._dequant(t[None, :], scales[None, :], size)
-        out = _unrotate(deq, _rotation_signs([seed], n), dim)[0] if self.rotate else deq[0]
-        return check_finite(out)
+        return self._decoded(deq, seed, dim)
 
 
 # ----------------------------------------------------------------------------- scaled sign
@@ -812,9 +812,7 @@ class ScaledSign(_QuantCodec):
 
     def decode(self, payload: bytes, dim: int) -> np.ndarray:
         _, body = self._open(payload, dim)
-        expected = 4 + -(-dim // 8)
-        if len(body) != expected:
-            raise PayloadError(f"sign body of {len(body)} bytes, expected {expected}")
+        self._expect_body(body, 4 + -(-dim // 8))
         scale = _floats(body[:4], "sign scale")
         if scale[0] < 0:
             raise PayloadError("sign scale is negative")

@@ -25,6 +25,7 @@ from fedloom.compression.codec import (
     check_finite,
     register_codec,
 )
+from fedloom.compression.quantize import open_payload
 
 FRACTION_LADDER = (0.1, 0.03, 0.01, 0.003, 0.001)
 RANK_LADDER = (8, 4, 2, 1)
@@ -68,27 +69,17 @@ def kept_count(fraction: float | np.ndarray, dim: int) -> int | np.ndarray:
     return int(k) if k.ndim == 0 else k
 
 
-def _open(payload: bytes, code: int, dim: int) -> tuple[Header, memoryview]:
-    """The header (checked: codec id, row length, no flags) and the body after it."""
-    header, body = Header.unpack(payload)
-    header.expect(code, dim)
-    if header.flags:
-        raise PayloadError(f"payload flags {header.flags}, expected 0")
-    return header, body
-
-
 def _check_fraction(setting: float) -> float:
     if not 0 < setting <= 1:
         raise PayloadError(f"payload setting {setting!r}: the kept fraction must be in (0, 1]")
     return setting
 
 
-def _check_index_set(idx: np.ndarray, dim: int) -> None:
-    """Refuse indices that are not sorted, unique and in ``[0, dim)``."""
-    if idx.size and (int(idx[0]) < 0 or int(idx[-1]) >= dim):
-        raise PayloadError(f"payload index out of range [0, {dim})")
-    if idx.size > 1 and np.any(np.diff(idx) <= 0):
-        raise PayloadError("payload indices are not sorted and unique")
+def _check_size(view: memoryview, need: int, what: str) -> None:
+    """Refuse ``view`` unless it is exactly ``need`` bytes long."""
+    if len(view) != need:
+        how = "truncated" if len(view) < need else "has trailing bytes"
+        raise PayloadError(f"{what} {how}: {len(view)} bytes, expected {need}")
 
 
 def _max_varint_bytes(count: int, budget: int) -> int:
@@ -112,11 +103,46 @@ def _fraction_param(name: str, value: float) -> float:
     return value
 
 
+class _KeptFraction:
+    """What top-k and random-k share: the fraction ladder, no state, the kept count ``k``
+    of each row of a cohort and of each payload (its header checked)."""
+
+    code: ClassVar[int]
+    linear: ClassVar[bool] = False
+    fraction: float
+
+    @property
+    def ladder(self) -> tuple[float, ...]:
+        return FRACTION_LADDER
+
+    @property
+    def default(self) -> float:
+        return self.fraction
+
+    def init(self, dim: int) -> State:
+        return {}
+
+    @staticmethod
+    def _kept(
+        rows: np.ndarray, settings: np.ndarray, rngs: Sequence[np.random.Generator]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows checked as ``[K, d]`` float32, their kept fractions as float32 stores them,
+        their kept counts ``k``)."""
+        rows, settings = _as_rows(rows, settings, rngs)
+        f = _fractions(settings)
+        return rows, f, kept_count(f, rows.shape[1])
+
+    def _open_kept(self, payload: bytes, dim: int) -> tuple[Header, memoryview, int]:
+        """A payload's checked header, its body and the ``k`` its setting keeps."""
+        header, body = open_payload(payload, self.code, dim)
+        return header, body, kept_count(_check_fraction(header.setting), dim)
+
+
 # ----------------------------------------------------------------------------- top-k
 
 
 @register_codec
-class TopK:
+class TopK(_KeptFraction):
     """Top-k sparsification: each row keeps its ``k = max(1, ceil(f * d))`` entries of
     largest magnitude (ties broken arbitrarily), the rest are sent as zeros.
 
@@ -135,7 +161,6 @@ class TopK:
 
     name: ClassVar[str] = "topk"
     code: ClassVar[int] = 10
-    linear: ClassVar[bool] = False
     unbiased: ClassVar[bool] = False
 
     def __init__(self, fraction: float = 0.01, values: str = "fp32") -> None:
@@ -145,17 +170,6 @@ class TopK:
         self.values = values
         self._dtype = _VALUE_DTYPES[values]
 
-    @property
-    def ladder(self) -> tuple[float, ...]:
-        return FRACTION_LADDER
-
-    @property
-    def default(self) -> float:
-        return self.fraction
-
-    def init(self, dim: int) -> State:
-        return {}
-
     def encode(
         self,
         rows: np.ndarray,
@@ -163,10 +177,8 @@ class TopK:
         rngs: Sequence[np.random.Generator],
         state: State,
     ) -> tuple[list[bytes], np.ndarray, State]:
-        rows, settings = _as_rows(rows, settings, rngs)
+        rows, f, ks = self._kept(rows, settings, rngs)
         n_rows, d = rows.shape
-        f = _fractions(settings)
-        ks = kept_count(f, d)
         payloads: list[bytes] = [b""] * n_rows
         recon = np.zeros_like(rows)
         for k in np.unique(ks):
@@ -191,20 +203,15 @@ class TopK:
         return payloads, recon, {}
 
     def decode(self, payload: bytes, dim: int) -> np.ndarray:
-        header, body = _open(payload, self.code, dim)
-        k = kept_count(_check_fraction(header.setting), dim)
+        header, body, k = self._open_kept(payload, dim)
         if len(body) < _U32.size:
             raise PayloadError(f"top-k payload body of {len(body)} bytes has no count")
         (count,) = _U32.unpack(body[: _U32.size])
         if count != k:
             raise PayloadError(f"top-k count {count}, expected {k} for setting {header.setting}")
-        idx, used = index_decode(body[_U32.size :], dim, k)
-        _check_index_set(idx, dim)
+        idx, used = index_decode(body[_U32.size :], dim, k)  # sorted, unique, in range
         rest = body[_U32.size + used :]
-        need = k * self._dtype.itemsize
-        if len(rest) != need:
-            what = "truncated" if len(rest) < need else "has trailing bytes"
-            raise PayloadError(f"top-k values {what}: {len(rest)} bytes, expected {need}")
+        _check_size(rest, k * self._dtype.itemsize, "top-k values")
         vals = check_finite(np.frombuffer(rest, dtype=self._dtype).astype(np.float32))
         out = np.zeros(dim, dtype=np.float32)
         out[idx] = vals
@@ -220,7 +227,7 @@ class TopK:
 
 
 @register_codec
-class RandomK:
+class RandomK(_KeptFraction):
     """Random-k sparsification: each row keeps ``k = max(1, ceil(f * d))`` coordinates
     drawn uniformly without replacement, scaled by ``d / k``.
 
@@ -242,7 +249,6 @@ class RandomK:
 
     name: ClassVar[str] = "randomk"
     code: ClassVar[int] = 11
-    linear: ClassVar[bool] = False
     unbiased: ClassVar[bool] = True
 
     def __init__(self, fraction: float = 0.01, shared_seed: int | None = None) -> None:
@@ -253,17 +259,6 @@ class RandomK:
                 raise ValueError(f"shared_seed = {shared_seed}: expected 0 <= seed < 2**64")
             self.linear = True  # type: ignore[misc]  (all rows share their coordinates)
         self.shared_seed = shared_seed
-
-    @property
-    def ladder(self) -> tuple[float, ...]:
-        return FRACTION_LADDER
-
-    @property
-    def default(self) -> float:
-        return self.fraction
-
-    def init(self, dim: int) -> State:
-        return {}
 
     @staticmethod
     def indices(seed: int, dim: int, k: int) -> np.ndarray:
@@ -277,10 +272,8 @@ class RandomK:
         rngs: Sequence[np.random.Generator],
         state: State,
     ) -> tuple[list[bytes], np.ndarray, State]:
-        rows, settings = _as_rows(rows, settings, rngs)
+        rows, f, ks = self._kept(rows, settings, rngs)
         n_rows, d = rows.shape
-        f = _fractions(settings)
-        ks = kept_count(f, d)
         if self.shared_seed is None:
             seeds = [int(g.integers(0, 2**64, dtype=np.uint64)) for g in rngs]
         else:
@@ -305,12 +298,8 @@ class RandomK:
         return payloads, recon, {}
 
     def decode(self, payload: bytes, dim: int) -> np.ndarray:
-        header, body = _open(payload, self.code, dim)
-        k = kept_count(_check_fraction(header.setting), dim)
-        need = _U64.size + 4 * k
-        if len(body) != need:
-            what = "truncated" if len(body) < need else "has trailing bytes"
-            raise PayloadError(f"random-k payload body {what}: {len(body)} bytes, expected {need}")
+        header, body, k = self._open_kept(payload, dim)
+        _check_size(body, _U64.size + 4 * k, "random-k payload body")
         (seed,) = _U64.unpack(body[: _U64.size])
         if self.shared_seed is not None and seed != self.shared_seed:
             raise PayloadError(f"random-k seed {seed}, expected the shared seed")
@@ -519,7 +508,7 @@ class PowerSGD:
         return payloads, recon, {"q": new_q, "rank": ranks}
 
     def decode(self, payload: bytes, dim: int) -> np.ndarray:
-        header, body = _open(payload, self.code, dim)
+        header, body = open_payload(payload, self.code, dim)
         self._check_dim(dim)
         setting = header.setting
         if setting != int(setting) or not 1 <= setting <= self.max_rank:
@@ -527,10 +516,7 @@ class PowerSGD:
                 f"payload setting {setting!r}: the rank must be an integer in 1..{self.max_rank}"
             )
         r = int(setting)
-        need = 4 * self._wire(r)
-        if len(body) != need:
-            what = "truncated" if len(body) < need else "has trailing bytes"
-            raise PayloadError(f"PowerSGD payload body {what}: {len(body)} bytes, expected {need}")
+        _check_size(body, 4 * self._wire(r), "PowerSGD payload body")
         values = check_finite(np.array(np.frombuffer(body, dtype="<f4")), "PowerSGD factors")
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below
             out = self._reconstruct(values, r)
