@@ -52,7 +52,6 @@ from typing import Literal
 
 import numpy as np
 
-from fedloom.compression.sparse import kept_count
 from fedloom.errors import RejectionKind, UpdateRejected
 from fedloom.privacy.mechanisms import GeneratorNoise, NoiseSource, SecureNoise, clip_rows
 from fedloom.records import Update
@@ -163,7 +162,9 @@ class SecureAggregator:
         self.min_clients = min_clients
         self.keep_fraction = keep_fraction
         self.keep_seed = int(keep_seed)
-        self.kept_dim = dim if keep_fraction is None else int(kept_count(keep_fraction, dim))
+        # k as compression.sparse.RandomK counts it (the fraction rounded to float32)
+        k = None if keep_fraction is None else math.ceil(float(np.float32(keep_fraction)) * dim)
+        self.kept_dim = dim if k is None else max(1, k)
 
     def kept(self, attempt: int) -> np.ndarray | None:
         """The coordinates every client of round ``attempt`` sends under random-k with a
