@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from fedloom.data.storage import client_dir  # noqa: E402
 from fedloom.errors import ConfigError, UpdateRejected  # noqa: E402
 from fedloom.records import ClientMetrics, Update  # noqa: E402
 from fedloom.runs import RunDirectory  # noqa: E402
+from fedloom.transport.client import DeploymentClient  # noqa: E402
 from fedloom.transport.server import ServerOptions  # noqa: E402
 
 TOPK_EF = [
@@ -195,6 +197,34 @@ def test_payloads_that_do_not_decode_are_refused_for_their_client(open_round) ->
     server.receive(_update(d2, good))
     result = server.close_round()
     assert list(result.clients.ids) == [d2.client_id]  # only the good payload counted
+
+
+class GarbledClient(DeploymentClient):
+    """A client whose payloads are cut short on the way out (a broken or hostile device)."""
+
+    def _compress(self, task, delta):  # noqa: ANN001, ANN202
+        payload, state = super()._compress(task, delta)
+        return payload[: len(payload) // 2], state
+
+
+def test_a_garbled_payload_over_grpc_is_refused_and_named(tmp_path: Path) -> None:
+    options = ServerOptions(port=0, insecure=True, linger_s=0.5)
+    server, port, thread = serve_in_thread(tmp_path, [*TOPK_EF, "server.deadline_s=6"], options)
+    for i in range(3):
+        kind = GarbledClient if i == 0 else DeploymentClient
+        client = kind(f"127.0.0.1:{port}", client_dir(tmp_path / "data", i), insecure=True)
+        threading.Thread(target=client.run, daemon=True).start()
+    thread.join(120)
+    server.stop()
+    assert not thread.is_alive()
+    run = next((tmp_path / "runs").iterdir())
+    for record in rounds(run):
+        assert record["completed"] == 2 and record["compression"]["payloads"] == 2
+        (excluded,) = record["excluded"]
+        assert excluded["client"] == 0 and excluded["kind"] == "malformed"
+        assert "payload" in excluded["detail"]
+    # the garbled client kept its residual as it was: the server never held its update
+    assert not (client_dir(tmp_path / "data", 0) / "compression_state.npz").exists()
 
 
 def test_compression_settings_are_checked_when_the_config_loads() -> None:
