@@ -269,7 +269,8 @@ def bandwidth_table(
     configs: dict[str, list[str]] = {"float32": []}
     for f in ladder:
         configs[f"topk {f} + EF"] = _topk(f, True)
-    configs["adaptive topk + EF"] = _topk(ladder[0], True, "compression.adaptive=true")
+    # adaptive around top-k's default fraction (0.01), as a user would start
+    configs["adaptive topk + EF"] = _topk(0.01, True, "compression.adaptive=true")
     jobs = {
         name: [
             pool.submit(

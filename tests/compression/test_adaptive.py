@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedloom.compression.adaptive import AdaptivePolicy, time_left
+from fedloom.compression.adaptive import AdaptivePolicy, planned_length, time_left
 
 
 class FakeCodec:
@@ -147,3 +147,36 @@ def test_bad_arguments_are_refused_by_name():
         AdaptivePolicy().choose(CODEC, DIM, np.ones(2), np.zeros(3), np.ones(2))
     with pytest.raises(ValueError, match="deadline_s"):
         time_left(float("nan"), np.zeros(1), np.zeros(1))
+
+
+def _planned(busy, rate, latency=0.0, deadline=None, margin=0.8, d=1000):
+    """Settings of the fake codec for clients with ``busy`` seconds of download and
+    training and ``rate`` bytes/s, under the round's planned length."""
+    codec = FakeCodec()
+    busy = np.asarray(busy, dtype=np.float64)
+    rate = np.asarray(rate, dtype=np.float64)
+    lat = np.full(busy.shape, latency)
+    up = lat + codec.size_bound(d, codec.default) / rate
+    length = planned_length(deadline, busy, np.zeros_like(busy), up, margin)
+    left = time_left(length, busy, np.zeros_like(busy))
+    return AdaptivePolicy(margin).choose(codec, d, rate, lat, left), length
+
+
+def test_alike_clients_keep_the_default_setting() -> None:
+    choice, _ = _planned([0.5] * 4, [1e4] * 4, latency=0.01)
+    assert list(choice.settings) == [FakeCodec().default] * 4 and choice.fits.all()
+
+
+def test_spare_time_buys_a_denser_setting_and_a_slow_link_a_sparser_one() -> None:
+    # client 0 trains fast (it would wait for the others), client 3's link is 20x slower
+    choice, length = _planned([0.05, 1.0, 1.0, 1.0], [1e4, 1e4, 1e4, 5e2])
+    s = choice.settings
+    default = FakeCodec().default
+    assert s[0] > default and s[1] == s[2] == default and s[3] < default
+    assert length < 2.0  # the slow link does not set the round's length
+
+
+def test_the_planned_length_never_passes_the_deadline() -> None:
+    _, length = _planned([0.5, 0.5], [1.0, 1.0], deadline=3.0)  # a default upload: minutes
+    assert length == 3.0
+    assert planned_length(None, np.array([np.nan]), np.array([0.0]), np.array([1.0]), 0.8) is None

@@ -120,17 +120,17 @@ def test_adaptive_settings_follow_a_bandwidth_drop(tmp_path: Path) -> None:
         "server.deadline_s=2.0",
         "devices.up_kbps=10",
         "devices.compute_ms_per_sample=0.5",
-        "rounds=5",
-        'network.changes=[{kind="drop", time=3.0, factor=0.05, direction="up"}]',
+        "rounds=7",
+        'network.changes=[{kind="drop", time=1.5, factor=0.05, direction="up"}]',
     )
     records = rounds(run)
     chosen = [sorted(set(r["compression"]["settings"].values())) for r in records]
-    assert chosen[0] == [0.1]  # the densest setting fits the first round's uplink
-    assert records[0]["completed"] == 3
-    # the round under way when the uplink drops to 5% misses the deadline; from the next
-    # round on, every client is given a sparser setting that fits again
-    assert records[2]["dropped"] == {"missed the deadline": 3}
-    for r, settings in zip(records[3:], chosen[3:], strict=True):
+    # alike clients: nobody has time to spare, so everyone keeps the default fraction
+    assert chosen[0] == [0.01] and records[0]["completed"] == 3
+    assert records[0]["virtual_time"] < 1.5
+    # once the uplink drops to 5% every client gets a sparser setting that still fits
+    # (the round under way at the drop may miss the deadline)
+    for r, settings in zip(records[-3:], chosen[-3:], strict=True):
         assert max(settings) <= 0.003 and r["completed"] == 3 and not r["dropped"]
 
 

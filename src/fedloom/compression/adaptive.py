@@ -1,12 +1,22 @@
-"""Adaptive compression: each client's codec setting chosen from its link and the deadline.
+"""Adaptive compression: each client's codec setting chosen from its link and the round's
+planned length.
 
-Every round, for each of the K selected clients, the server estimates how long the
-upload may take: the round deadline less the model download and the local training
-(:func:`time_left`), scaled by a safety ``margin`` and less the link's latency. That
-time at the client's measured upload rate is its byte budget, and the client encodes
-with the densest setting of the codec's ``ladder`` whose :meth:`Codec.size_bound` fits
-the budget. When no setting fits, the sparsest is used and the client is marked as not
-fitting (it will likely miss the deadline whatever it sends).
+A synchronous round lasts at least as long as its slowest client takes to download and
+train, and no longer than the deadline. Every round the server plans its length
+(:func:`planned_length`): the cohort's slowest download plus training, plus the typical
+(median) client's upload at the codec's default setting (over the margin, so that it
+still fits), capped by the deadline. A cohort of alike clients thus keeps the default. Each
+client may then upload until that planned end: its time left (:func:`time_left`) is the
+planned length less its own download and training, scaled by a safety ``margin`` and
+less the link's latency. That time at the client's upload rate is its byte budget, and
+the client encodes with the densest setting of the codec's ``ladder`` whose
+:meth:`Codec.size_bound` fits the budget. When no setting fits, the sparsest is used and
+the client is marked as not fitting.
+
+So compression takes the network off the round's critical path: a client on a slow link
+sends less instead of holding the round, and a client that would otherwise wait for the
+slowest one (a fast link, little data) fills that time with a denser update. Aiming every
+upload at the deadline instead would make every round last until the deadline.
 
 Why the margin: the compute time is an estimate from earlier rounds and the upload rate
 a smoothed measurement; either can be wrong this round, and a link's rate changes while
@@ -108,7 +118,9 @@ class AdaptivePolicy:
         budget = np.where(unknown, np.nan, budget)
         budget = np.where(no_deadline, np.inf, budget)
 
-        ok = bounds[None, :] <= budget[:, None]  # [K, L]; NaN budgets fit nothing
+        # [K, L]; NaN budgets fit nothing; a budget planned for exactly a setting's bound
+        # (the typical client's default, planned_length) fits despite float rounding
+        ok = bounds[None, :] <= budget[:, None] * (1 + 1e-9)
         any_fits = ok.any(axis=1)
         rung = np.where(any_fits, ok.argmax(axis=1), ladder.size - 1)
         settings = ladder[rung]
@@ -118,12 +130,34 @@ class AdaptivePolicy:
         return Choice(settings=settings, fits=fits.astype(bool), budget_bytes=budget)
 
 
+def planned_length(
+    deadline_s: float | None,
+    download_s: np.ndarray,
+    compute_s: np.ndarray,
+    default_upload_s: np.ndarray,
+    margin: float,
+) -> float | None:
+    """The round's planned length in seconds: the cohort's slowest download plus training
+    and the median upload (latency included) at the codec's default setting over
+    ``margin``, at most ``deadline_s``. Unknown (NaN) estimates are left out; with none
+    known, the deadline (None: none)."""
+    busy = np.asarray(download_s, dtype=np.float64) + np.asarray(compute_s, dtype=np.float64)
+    upload = np.asarray(default_upload_s, dtype=np.float64)
+    if not (np.isfinite(busy).any() and np.isfinite(upload).any()):
+        return deadline_s
+    length = float(np.nanmax(np.where(np.isfinite(busy), busy, np.nan)))
+    # / margin: the typical client's default upload still fits once the margin is taken
+    length += float(np.nanmedian(np.where(np.isfinite(upload), upload, np.nan))) / margin
+    return length if deadline_s is None else min(length, float(deadline_s))
+
+
 def time_left(
     deadline_s: float | None, download_s: np.ndarray, compute_s: np.ndarray
 ) -> np.ndarray:
-    """Seconds each client has left for its upload: ``deadline_s`` less its download and
-    compute time (``[K]`` float64). All inf without a deadline; negative when the deadline
-    is already past (then no setting fits); NaN where an estimate is NaN (unknown)."""
+    """Seconds each client has left for its upload: ``deadline_s`` (the round's planned
+    length, :func:`planned_length`) less its download and compute time (``[K]``
+    float64). All inf without one; negative when it is already past (then no setting
+    fits); NaN where an estimate is NaN (unknown)."""
     download = np.asarray(download_s, dtype=np.float64)
     compute = np.asarray(compute_s, dtype=np.float64)
     download, compute = np.broadcast_arrays(download, compute)

@@ -25,7 +25,7 @@ import numpy as np
 
 from fedloom.client.schedule import NO_CAP, examples_seen, steps_for
 from fedloom.client.trainer import TorchTrainer
-from fedloom.compression.adaptive import AdaptivePolicy, time_left
+from fedloom.compression.adaptive import AdaptivePolicy, planned_length, time_left
 from fedloom.compression.codec import HEADER_BYTES
 from fedloom.compression.pipeline import compression_record
 from fedloom.config import RunConfig
@@ -458,8 +458,10 @@ class Simulation:
 
     def _choose_settings(self, dispatches: list[Dispatch]) -> list[Dispatch]:
         """Each client's codec setting for this round: with ``compression.adaptive``, the
-        densest that lets its upload fit before the deadline at its link's current rate
-        (device profile times the network changes in effect now), else the default."""
+        densest whose upload ends within the round's planned length (the slowest
+        client's download and training plus a typical upload, at most the deadline) at its
+        link's current rate (device profile times the network changes in effect now),
+        else the default (``fedloom.compression.adaptive``)."""
         comp, cfg = self.server.compression, self.config.compression
         assert comp is not None
         if not cfg.adaptive or not dispatches:
@@ -471,9 +473,13 @@ class Simulation:
         down_bytes = self._download_bytes(ids.tolist())
         down = vt.network.transfer_end(ids, vt.now, down_bytes, "down") - vt.now
         compute = pop.compute_time(ids, examples_seen(self.data.train.sizes()[ids], plan))
-        left = time_left(self.config.server.deadline_s, down, compute)
+        latency = pop.latency_ms[ids] / 1e3
+        default = comp.codec.size_bound(self.server.dim, comp.setting(dispatches[0].round, None))
+        length = planned_length(
+            self.config.server.deadline_s, down, compute, latency + default / rate, cfg.margin
+        )
         choice = AdaptivePolicy(cfg.margin).choose(
-            comp.codec, self.server.dim, rate, pop.latency_ms[ids] / 1e3, left
+            comp.codec, self.server.dim, rate, latency, time_left(length, down, compute)
         )
         return [
             replace(d, compression=comp.setting(d.round, float(s)))

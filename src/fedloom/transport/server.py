@@ -45,7 +45,7 @@ import numpy as np
 
 from fedloom.client.evaluation import ReportedEvaluation
 from fedloom.client.schedule import NO_CAP, steps_for
-from fedloom.compression.adaptive import AdaptivePolicy, time_left
+from fedloom.compression.adaptive import AdaptivePolicy, planned_length, time_left
 from fedloom.compression.pipeline import compression_record
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError, FedloomError, UpdateRejected
@@ -954,9 +954,10 @@ class DeploymentServer(rpc.FedloomServicer):
 
     def _choose_settings(self, dispatches: list[Dispatch], now: float) -> list[Dispatch]:
         """Each client's codec setting for the round (compressed runs): with an
-        ``adaptive`` policy, the densest whose upload fits before the deadline at the
-        client's measured upload rate (the registry's estimate) after its measured download
-        and its reported training time; the codec's default for a client not measured yet."""
+        ``adaptive`` policy, the densest whose upload ends within the round's planned
+        length (``fedloom.compression.adaptive``) at the client's measured upload rate
+        (the registry's estimate) after its measured download and its reported training
+        time; the codec's default for a client not measured yet."""
         comp = self.engine.server.compression
         if comp is None or not dispatches:
             return dispatches
@@ -968,9 +969,15 @@ class DeploymentServer(rpc.FedloomServicer):
         dim = self.engine.server.dim
         with np.errstate(divide="ignore", invalid="ignore"):  # kbit/s -> bytes/s
             download = np.nan_to_num(4 * dim / (down * 125.0), nan=0.0, posinf=0.0)
-        train = np.array([self._train_s.get(int(c), 0.0) for c in ids])
-        left = time_left(deadline - now, download, train)
-        choice = self.adaptive.choose(comp.codec, dim, up * 125.0, np.zeros(len(ids)), left)
+        train = np.array([self._train_s.get(int(c), np.nan) for c in ids])
+        rate = up * 125.0
+        default = comp.codec.size_bound(dim, comp.setting(dispatches[0].round, None))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            length = planned_length(
+                deadline - now, download, train, default / rate, self.adaptive.margin
+            )
+        left = time_left(length, download, np.nan_to_num(train, nan=0.0))
+        choice = self.adaptive.choose(comp.codec, dim, rate, np.zeros(len(ids)), left)
         return [
             replace(d, compression=comp.setting(d.round, float(s)))
             for d, s in zip(dispatches, choice.settings, strict=True)
