@@ -1,5 +1,6 @@
-"""Top-k, random-k and PowerSGD: round trips, sizes, unbiasedness, low-rank recovery and
-refusal of malformed payloads."""
+"""Top-k (fp32, fp16 and ternary values), random-k and PowerSGD: round trips, sizes,
+unbiasedness, low-rank recovery, error feedback with ternary top-k, and refusal of
+malformed payloads."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from hypothesis.extra import numpy as hnp
 from fedloom.compression import codec as codec_mod
 from fedloom.compression.bits import index_decode, index_encode, index_size, varint_encode
 from fedloom.compression.codec import HEADER_BYTES, Header, PayloadError
+from fedloom.compression.feedback import ErrorFeedback
 from fedloom.compression.sparse import PowerSGD, RandomK, TopK, kept_count
 from fedloom.transforms.base import stack_states, unstack_states
 
 FINITE = st.floats(-1e6, 1e6, allow_nan=False, width=32)
+VALUES = ("fp32", "fp16", "sign")
 
 
 def _rows(max_k: int = 4, max_d: int = 300):
@@ -76,11 +79,24 @@ def _topk_parts(payload: bytes, dim: int) -> tuple[int, np.ndarray, int]:
     return k, idx, used
 
 
-@settings(max_examples=60, deadline=None)
-@given(rows=_rows(), fraction=st.floats(0.0005, 1.0), fp16=st.booleans())
-def test_topk_keeps_exactly_the_k_largest_magnitudes(rows, fraction, fp16):
+def _values_bytes(values: str, k: int) -> int:
+    return {"fp32": 4 * k, "fp16": 2 * k, "sign": 4 + math.ceil(k / 8)}[values]
+
+
+def _sign_parts(payload: bytes, dim: int) -> tuple[np.ndarray, np.float32, np.ndarray]:
+    """A ternary top-k payload's kept indices, its mu and its sign bits (1: negative)."""
+    k, idx, used = _topk_parts(payload, dim)
+    rest = Header.unpack(payload)[1][4 + used :]
+    mu = np.frombuffer(rest[:4], "<f4")[0]
+    neg = np.unpackbits(np.frombuffer(rest[4:], np.uint8))[:k].astype(bool)
+    return idx, mu, neg
+
+
+@settings(max_examples=90, deadline=None)
+@given(rows=_rows(), fraction=st.floats(0.0005, 1.0), values=st.sampled_from(VALUES))
+def test_topk_keeps_exactly_the_k_largest_magnitudes(rows, fraction, values):
     n, d = rows.shape
-    codec = TopK(fraction, values="fp16" if fp16 else "fp32")
+    codec = TopK(fraction, values=values)
     settings_ = np.full(n, fraction)
     payloads, recon, state = codec.encode(rows, settings_, _rngs(n), codec.init(d))
     assert state == {} and recon.dtype == np.float32 and recon.shape == rows.shape
@@ -92,15 +108,27 @@ def test_topk_keeps_exactly_the_k_largest_magnitudes(rows, fraction, fp16):
         kept = np.zeros(d, dtype=bool)
         kept[idx] = True
         expect = rows[i, idx]
-        if fp16:
+        if values == "fp16":
             expect = np.clip(expect, -65504, 65504).astype(np.float16).astype(np.float32)
+        elif values == "sign":
+            _, mu, neg = _sign_parts(payload, d)
+            # mu is the mean kept magnitude (to float32 rounding), every kept value +-mu
+            mean = np.abs(rows[i, idx].astype(np.float64)).mean()
+            assert np.isfinite(mu) and not np.signbit(mu)
+            assert abs(float(mu) - mean) <= np.spacing(np.float32(mean))
+            np.testing.assert_array_equal(neg, rows[i, idx] < 0)
+            expect = np.where(neg, -mu, mu).astype(np.float32)
+            assert set(np.abs(recon[i, idx]).tolist()) == {float(mu)}
+            # ||x - C(x)||^2 = ||x||^2 - k mu^2 (float32 rounding of mu aside)
+            x = rows[i].astype(np.float64)
+            err = np.sum((x - recon[i]) ** 2)
+            assert err == pytest.approx(np.sum(x**2) - k * float(mu) ** 2, rel=1e-5, abs=1e-3)
         assert _same_bits(recon[i, idx], expect)
         assert not np.any(recon[i, ~kept])
         if k < d:
             assert np.abs(rows[i, kept]).min() >= np.abs(rows[i, ~kept]).max()
-        width = 2 if fp16 else 4
-        assert len(payload) == HEADER_BYTES + 4 + index_size(idx, d) + k * width
-        assert len(payload) <= codec.size_bound(d, fraction)
+        size = HEADER_BYTES + 4 + index_size(idx, d) + _values_bytes(values, k)
+        assert len(payload) == size <= codec.size_bound(d, fraction)
 
 
 def test_topk_per_row_settings_and_error_bound():
@@ -118,9 +146,10 @@ def test_topk_per_row_settings_and_error_bound():
     np.testing.assert_array_equal(recon[5], rows[5])
 
 
-def test_topk_size_bound_is_reached_by_the_worst_index_set():
+@pytest.mark.parametrize("values", VALUES)
+def test_topk_size_bound_is_reached_by_the_worst_index_set(values):
     d, k = 100_000, 50
-    codec = TopK(k / d)
+    codec = TopK(k / d, values=values)
     # the budget of d - k allows every delta two varint bytes (>= 128) and five of them a
     # third (>= 128**2): the most bytes any 50 indices can take
     deltas = np.array([128**2] * 5 + [128] * 45)
@@ -130,6 +159,10 @@ def test_topk_size_bound_is_reached_by_the_worst_index_set():
     row[0, idx] = 1 + np.arange(k)
     (payload,), _, _ = codec.encode(row, np.array([k / d]), _rngs(1), {})
     assert len(payload) == codec.size_bound(d, k / d)
+    kept, sent, _ = _topk_parts(payload, d)  # float32(k / d) * d keeps one index more
+    assert kept == kept_count(k / d, d) == k + 1
+    exact = HEADER_BYTES + 4 + index_size(sent, d) + _values_bytes(values, kept)
+    assert codec.size_bound(d, k / d) == exact
     assert TopK().ladder == (0.1, 0.03, 0.01, 0.003, 0.001) and TopK().default == 0.01
     assert TopK(fraction=0.2).default == 0.2
 
@@ -144,20 +177,24 @@ def test_topk_refuses_bad_parameters():
         TopK().encode(np.ones((1, 4), np.float32), np.array([0.0]), _rngs(1), {})
 
 
-def _topk_payload(d: int = 64, fraction: float = 0.05, fp16: bool = False):
-    codec = TopK(fraction, values="fp16" if fp16 else "fp32")
+def _topk_payload(d: int = 64, fraction: float = 0.05, values: str = "fp32"):
+    codec = TopK(fraction, values=values)
     row = np.random.default_rng(3).standard_normal((1, d)).astype(np.float32)
     (payload,), _, _ = codec.encode(row, np.array([fraction]), _rngs(1), {})
     return codec, payload
 
 
-@pytest.mark.parametrize("fp16", [False, True])
-def test_topk_refuses_malformed_payloads(fp16):
-    codec, p = _topk_payload(fp16=fp16)
+@pytest.mark.parametrize("values", VALUES)
+def test_topk_refuses_malformed_payloads(values):
+    codec, p = _topk_payload(values=values)
     d = 64
     k, idx, used = _topk_parts(p, d)
     body = Header.unpack(p)[1].tobytes()
-    values = body[4 + used :]
+    vals = body[4 + used :]
+    if values == "sign":
+        non_finite = struct.pack("<f", np.nan) + vals[4:]
+    else:
+        non_finite = np.full(k, np.nan, "<f2" if values == "fp16" else "<f4").tobytes()
     cases = {
         "shorter than its header": p[:5],
         "truncated": p[:-1],
@@ -169,12 +206,10 @@ def test_topk_refuses_malformed_payloads(fp16):
         "no count": _with_body(p, b"\1\0"),
         "count": _with_body(p, struct.pack("<I", k + 1) + body[4:]),
         "out of range": _with_body(
-            p, body[:4] + bytes([0]) + varint_encode(np.array([0] * (k - 1) + [d])) + values
+            p, body[:4] + bytes([0]) + varint_encode(np.array([0] * (k - 1) + [d])) + vals
         ),
         "tag": _with_body(p, body[:4] + b"\7" + body[5:]),
-        "non-finite": _with_body(
-            p, body[: 4 + used] + np.full(k, np.nan, "<f2" if fp16 else "<f4").tobytes()
-        ),
+        "non-finite": _with_body(p, body[: 4 + used] + non_finite),
     }
     for what, bad in cases.items():
         try:
@@ -190,10 +225,97 @@ def test_topk_refuses_malformed_payloads(fp16):
     assert qb[4:7] == b"\1\0\xff"  # the 8 largest of 16 values: a bitmap of indices 8..15
     with pytest.raises(PayloadError, match="bitmap"):
         wide.decode(_with_body(q, qb[:6] + b"\x7f" + qb[7:]), 16)
-    # an fp32 payload is not an fp16 one
-    other = TopK(0.05, values="fp32" if fp16 else "fp16")
-    with pytest.raises(PayloadError, match="values"):
-        other.decode(p, d)
+    # a payload of one value encoding is not one of another (the sizes always differ)
+    for other in VALUES:
+        if other != values:
+            with pytest.raises(PayloadError, match="values"):
+                TopK(0.05, values=other).decode(p, d)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 9, 16, 20])
+def test_topk_value_encodings_never_share_a_size(k):
+    sizes = {_values_bytes(v, k) for v in VALUES}
+    assert len(sizes) == 3
+    d = 64
+    assert len({TopK(k / d, values=v).size_bound(d, k / d) for v in VALUES}) == 3
+
+
+def test_ternary_topk_refuses_malformed_sign_parts():
+    d = 64
+    codec, p = _topk_payload(d, fraction=0.2, values="sign")  # k = 13: 3 padding bits
+    k, _, used = _topk_parts(p, d)
+    assert k == 13
+    body = Header.unpack(p)[1].tobytes()
+    head, mu, signs = body[: 4 + used], body[4 + used : 8 + used], body[8 + used :]
+    assert len(signs) == 2 and signs[-1] & 0b111 == 0
+    assert _same_bits(codec.decode(_with_body(p, head + mu + signs), d), codec.decode(p, d))
+    cases = {
+        "sign bits one byte short": (head + mu + signs[:-1], "truncated"),
+        "sign bits one byte long": (head + mu + signs + b"\0", "trailing"),
+        "no sign bits": (head + mu, "truncated"),
+        "no mu": (head + signs, "truncated"),
+        "padding bit": (head + mu + signs[:-1] + bytes([signs[-1] | 1]), "padding"),
+        "negative mu": (head + struct.pack("<f", -1.5) + signs, "mu"),
+        "negative zero mu": (head + struct.pack("<f", -0.0) + signs, "mu"),
+        "infinite mu": (head + struct.pack("<f", np.inf) + signs, "mu"),
+        "NaN mu": (head + struct.pack("<f", np.nan) + signs, "mu"),
+    }
+    for what, (bad, match) in cases.items():
+        with pytest.raises(PayloadError, match=match):
+            codec.decode(_with_body(p, bad), d)
+            pytest.fail(f"a payload with {what} was accepted")
+    # any finite mu >= 0 with clean padding decodes to +-mu on the kept indices
+    ok = codec.decode(_with_body(p, head + struct.pack("<f", 2.5) + signs), d)
+    assert np.count_nonzero(ok) == k and set(np.abs(ok[ok != 0]).tolist()) == {2.5}
+
+
+def test_ternary_topk_edge_rows():
+    codec = TopK(0.5, values="sign")
+    tiny = np.float32(1e-45)  # the smallest subnormal: the mean of 4 rounds mu to 0
+    rows = np.array(
+        [[0, 0, 0, 0, 0, 0, 0, 0], [4, 0, 0, 0, 0, 0, 0, -2], [-tiny, 0, 0, 0, 0, 0, 0, 0]],
+        dtype=np.float32,
+    )
+    payloads, recon, _ = codec.encode(rows, np.full(3, 0.5), _rngs(3), {})
+    for i, p in enumerate(payloads):
+        assert _same_bits(codec.decode(p, 8), recon[i])
+        assert len(p) == HEADER_BYTES + 4 + index_size(_topk_parts(p, 8)[1], 8) + 4 + 1
+    assert not np.any(recon[0])
+    # kept zeros (fewer than k nonzeros) are sent as +mu; mu = (4 + 2 + 0 + 0) / 4
+    idx, mu, neg = _sign_parts(payloads[1], 8)
+    assert mu == 1.5 and neg.tolist() == [i == 7 for i in idx]
+    assert recon[1, 0] == 1.5 and recon[1, 7] == -1.5 and np.count_nonzero(recon[1]) == 4
+    # mu rounds to 0 under a negative kept value: the sign survives as -0.0 on both sides
+    assert _sign_parts(payloads[2], 8)[1] == 0 and not np.any(recon[2])
+    assert np.signbit(recon[2, 0]) and np.signbit(codec.decode(payloads[2], 8)[0])
+
+
+def _ternary_least_squares(feedback: bool, steps: int = 1500) -> tuple[float, float]:
+    """Gradient descent on 0.5 ||A w - b||^2 (d = 200) sending each step as ternary top-1%
+    (STC), with or without error feedback."""
+    rng = np.random.default_rng(0)
+    n, d = 400, 200
+    a = rng.standard_normal((n, d)) / np.sqrt(n)
+    b = a @ rng.standard_normal(d)
+    lr = 0.03 / np.linalg.eigvalsh(a.T @ a).max()
+    ef = ErrorFeedback(TopK(0.01, values="sign"), enabled=feedback)
+    state = stack_states([ef.init(d)])
+    w = np.zeros(d)
+    for t in range(steps):
+        step = (-lr * (a.T @ (a @ w - b))).astype(np.float32)[None]
+        payloads, recon, state = ef.encode(step, np.array([0.01]), _rngs(1, t), state)
+        if t % 100 == 0:
+            assert _same_bits(ef.decode(payloads[0], d), recon[0])
+        w += recon[0]
+    return 0.5 * float(np.sum((a @ w - b) ** 2)), 0.5 * float(np.sum(b**2))
+
+
+def test_feedback_makes_ternary_top_k_gradient_descent_converge_much_further():
+    with_ef, start = _ternary_least_squares(True)
+    without, _ = _ternary_least_squares(False)
+    # measured: about 0.011 with feedback against 36 without, from 94
+    assert with_ef < 0.01 * start
+    assert without > 50 * with_ef
 
 
 def test_topk_index_sets_can_not_repeat_an_index():

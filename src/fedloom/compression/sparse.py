@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedloom.compression.bits import index_decode, index_encode
+from fedloom.compression.bits import index_decode, index_encode, pack_bits_rows, unpack_uint
 from fedloom.compression.codec import (
     HEADER_BYTES,
     Header,
@@ -33,6 +33,7 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _FP16_MAX = float(np.finfo(np.float16).max)
 _VALUE_DTYPES = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2")}
+_VALUE_ENCODINGS = (*_VALUE_DTYPES, "sign")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -146,17 +147,30 @@ class TopK(_KeptFraction):
     """Top-k sparsification: each row keeps its ``k = max(1, ceil(f * d))`` entries of
     largest magnitude (ties broken arbitrarily), the rest are sent as zeros.
 
-    Error: ``||x - C(x)||^2 <= (1 - k / d) ||x||^2`` (a ``k/d``-contraction); biased, so
-    pair it with error feedback (:class:`fedloom.compression.feedback.ErrorFeedback`).
-    Not linear (the kept set depends on the row).
+    The kept values are sent as float32 (``values="fp32"``), as float16 clipped to the
+    float16 range (``"fp16"``), or ternary (``"sign"``, sparse ternary compression): every
+    kept entry becomes ``mu * sign(x_i)``, ``mu`` being the mean magnitude of the row's kept
+    entries (float32); a kept zero (a row with fewer than ``k`` nonzeros) is sent as ``+mu``.
+
+    Error: with ``"fp32"``, ``||x - C(x)||^2 <= (1 - k / d) ||x||^2`` (a
+    ``k/d``-contraction); with ``"sign"``, ``||x - C(x)||^2 = ||x||^2 - k mu^2 <=
+    (1 - 1 / d) ||x||^2``. Biased in every encoding, so pair it with error feedback
+    (:class:`fedloom.compression.feedback.ErrorFeedback`); top-k with ``"sign"`` and error
+    feedback is STC as its paper uses it. Not linear (the kept set depends on the row).
 
     Payload: header (12) + ``k`` (u32, 4) + :func:`~fedloom.compression.bits.index_encode`
     of the kept indices (``index_size``: 1 + the smaller of the varint deltas and
-    ``ceil(d / 8)``) + ``k`` values (4 bytes each with ``values="fp32"``, 2 with
-    ``"fp16"``, clipped to the float16 range).
+    ``ceil(d / 8)``) + the values: ``4 k`` bytes with ``"fp32"``, ``2 k`` with ``"fp16"``,
+    ``4 + ceil(k / 8)`` with ``"sign"`` (``mu`` as float32, then one bit per kept entry in
+    index order, set for a negative value, packed by
+    :func:`~fedloom.compression.bits.pack_bits_rows`). The header's setting is the kept
+    fraction whatever the encoding; the decoder knows its encoding, and the three value
+    sizes differ for every ``k``, so a payload of another encoding is refused by its length.
 
     References: Aji & Heafield, "Sparse Communication for Distributed Gradient Descent",
-    EMNLP 2017; Stich, Cordonnier & Jaggi, "Sparsified SGD with Memory", NeurIPS 2018.
+    EMNLP 2017; Stich, Cordonnier & Jaggi, "Sparsified SGD with Memory", NeurIPS 2018;
+    Sattler, Wiedemann, Müller & Samek, "Robust and Communication-Efficient Federated
+    Learning from Non-IID Data", IEEE TNNLS 2019 (sparse ternary compression).
     """
 
     name: ClassVar[str] = "topk"
@@ -165,10 +179,25 @@ class TopK(_KeptFraction):
 
     def __init__(self, fraction: float = 0.01, values: str = "fp32") -> None:
         self.fraction = _fraction_param("fraction", fraction)
-        if values not in _VALUE_DTYPES:
-            raise ValueError(f"values = {values!r}: expected one of {sorted(_VALUE_DTYPES)}")
+        if values not in _VALUE_ENCODINGS:
+            raise ValueError(f"values = {values!r}: expected one of {sorted(_VALUE_ENCODINGS)}")
         self.values = values
-        self._dtype = _VALUE_DTYPES[values]
+        self._dtype = _VALUE_DTYPES.get(values)
+
+    def _values_bytes(self, k: int) -> int:
+        """Bytes the values of a payload keeping ``k`` entries take."""
+        if self._dtype is None:  # "sign": mu, then one sign bit per kept entry
+            return 4 + -(-k // 8)
+        return k * self._dtype.itemsize
+
+    @staticmethod
+    def _ternary(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+        """Kept values ``[n, k]`` -> (their ``[n]`` float32 ``mu`` = mean magnitude, the
+        ``[n, k]`` float32 ``mu * sign``, each row's packed sign bits)."""
+        mu = np.abs(vals.astype(np.float64)).mean(axis=1).astype(np.float32)
+        neg = vals < 0
+        ternary = np.where(neg, -mu[:, None], mu[:, None]).astype(np.float32)
+        return mu, ternary, pack_bits_rows(neg.ravel(), np.full(len(vals), vals.shape[1]))
 
     def encode(
         self,
@@ -190,16 +219,22 @@ class TopK(_KeptFraction):
             else:
                 idx = np.broadcast_to(np.arange(d), block.shape).copy()
             vals = np.take_along_axis(block, idx, axis=1)
-            if self.values == "fp16":
-                vals = np.clip(vals, -_FP16_MAX, _FP16_MAX)
-            wire = vals.astype(self._dtype)
+            if self._dtype is None:
+                mu, sent, sign_bits = self._ternary(vals)
+                wire = [mu[j].astype("<f4").tobytes() + sign_bits[j] for j in range(len(sel))]
+            else:
+                if self.values == "fp16":
+                    vals = np.clip(vals, -_FP16_MAX, _FP16_MAX)
+                typed = vals.astype(self._dtype)
+                sent = typed.astype(np.float32)
+                wire = [typed[j].tobytes() for j in range(len(sel))]
             sub = np.zeros_like(block)
-            np.put_along_axis(sub, idx, wire.astype(np.float32), axis=1)
+            np.put_along_axis(sub, idx, sent, axis=1)
             recon[sel] = sub
             count = _U32.pack(int(k))
             for j, row in enumerate(sel):
                 head = Header(self.code, d, float(f[row])).pack()
-                payloads[row] = head + count + index_encode(idx[j], d) + wire[j].tobytes()
+                payloads[row] = head + count + index_encode(idx[j], d) + wire[j]
         return payloads, recon, {}
 
     def decode(self, payload: bytes, dim: int) -> np.ndarray:
@@ -211,8 +246,17 @@ class TopK(_KeptFraction):
             raise PayloadError(f"top-k count {count}, expected {k} for setting {header.setting}")
         idx, used = index_decode(body[_U32.size :], dim, k)  # sorted, unique, in range
         rest = body[_U32.size + used :]
-        _check_size(rest, k * self._dtype.itemsize, "top-k values")
-        vals = check_finite(np.frombuffer(rest, dtype=self._dtype).astype(np.float32))
+        _check_size(rest, self._values_bytes(k), f"top-k {self.values} values")
+        if self._dtype is None:
+            mu = np.frombuffer(rest[:4], dtype="<f4").astype(np.float32)[0]
+            if not np.isfinite(mu) or np.signbit(mu):
+                raise PayloadError(
+                    f"top-k sign scale mu = {float(mu)!r}: expected finite and >= +0.0"
+                )
+            neg = unpack_uint(rest[4:], 1, k).astype(bool)  # refuses set padding bits
+            vals = np.where(neg, -mu, mu).astype(np.float32)
+        else:
+            vals = check_finite(np.frombuffer(rest, dtype=self._dtype).astype(np.float32))
         out = np.zeros(dim, dtype=np.float32)
         out[idx] = vals
         return out
@@ -220,7 +264,7 @@ class TopK(_KeptFraction):
     def size_bound(self, dim: int, setting: float) -> int:
         k = kept_count(setting, dim)
         index = 1 + min(-(-dim // 8), _max_varint_bytes(k, dim - k))
-        return HEADER_BYTES + _U32.size + index + k * self._dtype.itemsize
+        return HEADER_BYTES + _U32.size + index + self._values_bytes(k)
 
 
 # ----------------------------------------------------------------------------- random-k
