@@ -67,8 +67,8 @@ import numpy as np  # noqa: E402
 EF = "compression.error_feedback=true"
 
 
-def _topk(fraction: float, ef: bool, *extra: str) -> list[str]:
-    params = f'compression.params={{fraction={fraction}, values="fp16"}}'
+def _topk(fraction: float, ef: bool, *extra: str, values: str = "fp16") -> list[str]:
+    params = f'compression.params={{fraction={fraction}, values="{values}"}}'
     return ['compression.codec="topk"', params, *([EF] if ef else []), *extra]
 
 
@@ -89,6 +89,8 @@ CODECS: dict[str, list[str]] = {
     "topk 0.001 + EF": _topk(0.001, True),
     "topk 0.001": _topk(0.001, False),
     "topk 0.003 + EF + warm-up 10": _topk(0.003, True, "compression.warmup_rounds=10"),
+    "stc 0.01 + EF": _topk(0.01, True, values="sign"),
+    "stc 0.003 + EF": _topk(0.003, True, values="sign"),
     "randomk 0.01": ['compression.codec="randomk"', "compression.params={fraction=0.01}"],
     "powersgd rank 2 + EF": ['compression.codec="powersgd"', "compression.params={rank=2}", EF],
 }
