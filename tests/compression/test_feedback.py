@@ -21,11 +21,17 @@ def _rngs(k: int, seed: int = 0) -> list[np.random.Generator]:
 
 
 def _codecs():
-    return [TopK(0.05), TopK(0.1, values="fp16"), RandomK(0.1), PowerSGD(SHAPES, rank=1)]
+    return [
+        TopK(0.05),
+        TopK(0.1, values="fp16"),
+        TopK(0.1, values="sign"),
+        RandomK(0.1),
+        PowerSGD(SHAPES, rank=1),
+    ]
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31), which=st.integers(0, 3), rounds=st.integers(1, 25))
+@given(seed=st.integers(0, 2**31), which=st.integers(0, 4), rounds=st.integers(1, 25))
 def test_reconstructions_plus_residual_telescope_to_the_sum_of_updates(seed, which, rounds):
     codec = _codecs()[which]
     ef = ErrorFeedback(codec)
