@@ -209,7 +209,8 @@ class GarbledClient(DeploymentClient):
 
 def test_a_garbled_payload_over_grpc_is_refused_and_named(tmp_path: Path) -> None:
     options = ServerOptions(port=0, insecure=True, linger_s=0.5)
-    server, port, thread = serve_in_thread(tmp_path, [*TOPK_EF, "server.deadline_s=6"], options)
+    run = [*TOPK_EF, "server.deadline_s=6", "rounds=1"]
+    server, port, thread = serve_in_thread(tmp_path, run, options)
     for i in range(3):
         kind = GarbledClient if i == 0 else DeploymentClient
         client = kind(f"127.0.0.1:{port}", client_dir(tmp_path / "data", i), insecure=True)

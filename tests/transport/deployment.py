@@ -61,7 +61,7 @@ class Deployment:
     def __init__(
         self,
         root: Path,
-        clients: int = 5,
+        clients: int = 3,  # each is a process importing torch: a few seconds of CPU
         rounds: int = 4,
         epochs: int = 2,
         extra: str = "",
