@@ -239,14 +239,6 @@ def write_trace(path: Path, clients: int, seed: int = 0) -> dict[str, float]:
     }
 
 
-def time_to_target(records: list[dict[str, Any]], target: float) -> float | None:
-    """Virtual seconds at the end of the first round whose test accuracy reached target."""
-    for r in records:
-        if r.get("accuracy") is not None and r["accuracy"] >= target:
-            return float(r["virtual_time"])
-    return None
-
-
 def bandwidth_table(
     pool: Executor,
     root: Path,
@@ -259,6 +251,8 @@ def bandwidth_table(
 ) -> dict[str, Any]:
     """Virtual time to ``target`` under the lognormal uplinks: float32, top-k + EF at each
     fraction of ``ladder``, and adaptive top-k + EF."""
+    from fedloom.report import time_to_target
+
     trace = root / "uplinks.csv"
     spread = write_trace(trace, 100)
     devices = [
@@ -289,7 +283,7 @@ def bandwidth_table(
         for future in futures:
             records, run_s = future.result()
             wall += run_s
-            times.append(time_to_target(records, target))
+            times.append(time_to_target(records, "accuracy", target))
             accs.append(records[-1]["accuracy"])
             dropped += sum(sum(r.get("dropped", {}).values()) for r in records)
             for r in records:
