@@ -40,6 +40,10 @@ class PayloadError(FedloomError):
     bytes, out-of-range values or non-finite numbers. The message names what is wrong."""
 
 
+class NonFinitePayload(PayloadError):
+    """A payload that decodes to NaN or infinite values (refused as ``nonfinite``)."""
+
+
 @dataclass(frozen=True)
 class Header:
     """What every payload starts with."""
@@ -160,7 +164,7 @@ def make_codec(
 def check_finite(values: np.ndarray, what: str = "payload") -> np.ndarray:
     """``values`` unchanged, or a :class:`PayloadError` when any is NaN or infinite."""
     if not np.all(np.isfinite(values)):
-        raise PayloadError(f"{what} decodes to non-finite values")
+        raise NonFinitePayload(f"{what} decodes to non-finite values")
     return values
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from fedloom.aggregation import Reducer, WeightedMean
 from fedloom.client.schedule import client_seeds
-from fedloom.compression.codec import PayloadError
+from fedloom.compression.codec import NonFinitePayload, PayloadError
 from fedloom.compression.download import ModelBroadcast
 from fedloom.compression.pipeline import Compression
 from fedloom.errors import FedloomError, UpdateRejected
@@ -334,7 +334,7 @@ class SyncServer:
         try:
             row, setting = self.compression.decode(update.payload, self.dim)
         except PayloadError as err:
-            kind = _K.NONFINITE if "non-finite" in str(err) else _K.MALFORMED
+            kind = _K.NONFINITE if isinstance(err, NonFinitePayload) else _K.MALFORMED
             raise UpdateRejected(update.client_id, f"payload: {err}", kind) from None
         assert self._open is not None
         self._open.decoded[int(update.client_id)] = (len(update.payload), setting)
