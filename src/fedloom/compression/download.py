@@ -67,9 +67,9 @@ class ModelBroadcast:
             del self.payloads[old]
         return payloads[0]
 
-    def chain(self, base: int) -> bytes | None:
-        """The payloads that take a client from ``base`` to the current version, each
-        length-prefixed; None when a full download is smaller or ``base`` is not kept."""
+    def _parts(self, base: int) -> list[bytes] | None:
+        """The payloads from ``base`` to the current version; None when a full download
+        is smaller or ``base`` is not kept."""
         if not (0 <= base < self.version) or any(
             v not in self.payloads for v in range(base + 1, self.version + 1)
         ):
@@ -77,16 +77,22 @@ class ModelBroadcast:
         parts = [self.payloads[v] for v in range(base + 1, self.version + 1)]
         if sum(len(p) + _LEN.size for p in parts) >= self.full_bytes:
             return None
-        return b"".join(_LEN.pack(len(p)) + p for p in parts)
+        return parts
+
+    def chain(self, base: int) -> bytes | None:
+        """The payloads that take a client from ``base`` to the current version, each
+        length-prefixed; None when a full download is smaller or ``base`` is not kept."""
+        parts = self._parts(base)
+        return None if parts is None else b"".join(_LEN.pack(len(p)) + p for p in parts)
 
     def download_size(self, client: int) -> int:
         """Simulation: the bytes ``client`` downloads now (its chain, or the whole model;
-        0 when it holds the current version)."""
+        0 when it holds the current version), counted without building the chain."""
         base = self.held_by.get(int(client), -1)
         if base == self.version:
             return 0
-        chain = self.chain(base)
-        return self.full_bytes if chain is None else len(chain)
+        parts = self._parts(base)
+        return self.full_bytes if parts is None else sum(len(p) + _LEN.size for p in parts)
 
     def downloaded(self, clients: list[int]) -> None:
         """Simulation: ``clients`` now hold the current version."""
