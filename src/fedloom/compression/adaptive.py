@@ -129,6 +129,29 @@ class AdaptivePolicy:
         fits = np.where(adaptive, any_fits, no_deadline)
         return Choice(settings=settings, fits=fits.astype(bool), budget_bytes=budget)
 
+    def plan(
+        self,
+        codec: Codec,
+        dim: int,
+        default: float,
+        deadline_s: float | None,
+        up_bytes_per_s: np.ndarray,
+        latency_s: np.ndarray,
+        download_s: np.ndarray,
+        compute_s: np.ndarray,
+    ) -> np.ndarray:
+        """Each of K clients' setting for a round (the module docstring's policy):
+        the round's :func:`planned_length` from the ``default`` setting's upload, each
+        client's :func:`time_left` within it, then :meth:`choose`. A compute time not
+        known yet (NaN) is left out of the round's length and counts as 0 in the client's
+        own time left."""
+        latency = np.asarray(latency_s, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            upload = latency + codec.size_bound(int(dim), default) / np.asarray(up_bytes_per_s)
+        length = planned_length(deadline_s, download_s, compute_s, upload, self.margin)
+        left = time_left(length, download_s, np.nan_to_num(compute_s, nan=0.0))
+        return self.choose(codec, dim, up_bytes_per_s, latency, left).settings
+
 
 def planned_length(
     deadline_s: float | None,

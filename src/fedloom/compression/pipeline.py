@@ -19,7 +19,7 @@ same bits; it protects nobody (the payload is what the server learns), unlike DP
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ import numpy as np
 from fedloom.compression.codec import Codec, Header, PayloadError, State, make_codec
 from fedloom.compression.download import ModelBroadcast
 from fedloom.compression.feedback import ErrorFeedback, dgc_warmup
+from fedloom.records import Dispatch
 
 SPARSIFIERS = ("topk", "randomk")  # codecs whose setting is a kept fraction (DGC warm-up)
 _STREAM = 15  # the codec generator's stream id next to the dispatch seed
@@ -70,6 +71,17 @@ class Compression:
         if self.warmup_rounds and self.codec.name in SPARSIFIERS:
             s = dgc_warmup(s, round, self.warmup_rounds)
         return s
+
+    def assign(
+        self, dispatches: list[Dispatch], settings: np.ndarray | None = None
+    ) -> list[Dispatch]:
+        """The dispatches with each client's setting for its round: ``settings`` (one
+        per dispatch, e.g. the adaptive policy's) or the default, after the warm-up."""
+        chosen = [None] * len(dispatches) if settings is None else [float(s) for s in settings]
+        return [
+            replace(d, compression=self.setting(d.round, s))
+            for d, s in zip(dispatches, chosen, strict=True)
+        ]
 
     def encode(
         self, rows: np.ndarray, settings: np.ndarray, seeds: np.ndarray, state: State

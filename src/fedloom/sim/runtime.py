@@ -25,7 +25,7 @@ import numpy as np
 
 from fedloom.client.schedule import NO_CAP, examples_seen, steps_for
 from fedloom.client.trainer import TorchTrainer
-from fedloom.compression.adaptive import AdaptivePolicy, planned_length, time_left
+from fedloom.compression.adaptive import AdaptivePolicy
 from fedloom.compression.codec import HEADER_BYTES
 from fedloom.compression.pipeline import compression_record
 from fedloom.config import RunConfig
@@ -465,7 +465,7 @@ class Simulation:
         comp, cfg = self.server.compression, self.config.compression
         assert comp is not None
         if not cfg.adaptive or not dispatches:
-            return [replace(d, compression=comp.setting(d.round, None)) for d in dispatches]
+            return comp.assign(dispatches)
         vt, plan = self.virtual_time, self.server.plan
         pop = vt.population
         ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
@@ -473,18 +473,17 @@ class Simulation:
         down_bytes = self._download_bytes(ids.tolist())
         down = vt.network.transfer_end(ids, vt.now, down_bytes, "down") - vt.now
         compute = pop.compute_time(ids, examples_seen(self.data.train.sizes()[ids], plan))
-        latency = pop.latency_ms[ids] / 1e3
-        default = comp.codec.size_bound(self.server.dim, comp.setting(dispatches[0].round, None))
-        length = planned_length(
-            self.config.server.deadline_s, down, compute, latency + default / rate, cfg.margin
+        settings = AdaptivePolicy(cfg.margin).plan(
+            comp.codec,
+            self.server.dim,
+            comp.setting(dispatches[0].round, None),
+            self.config.server.deadline_s,
+            rate,
+            pop.latency_ms[ids] / 1e3,
+            down,
+            compute,
         )
-        choice = AdaptivePolicy(cfg.margin).choose(
-            comp.codec, self.server.dim, rate, latency, time_left(length, down, compute)
-        )
-        return [
-            replace(d, compression=comp.setting(d.round, float(s)))
-            for d, s in zip(dispatches, choice.settings, strict=True)
-        ]
+        return comp.assign(dispatches, settings)
 
     def _compress(self, updates: list[Update], dispatched: dict[int, Dispatch]) -> list[Update]:
         """Every simulated client's upload encoded with its dispatched setting and its own

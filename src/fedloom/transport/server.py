@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -45,7 +45,7 @@ import numpy as np
 
 from fedloom.client.evaluation import ReportedEvaluation
 from fedloom.client.schedule import NO_CAP, steps_for
-from fedloom.compression.adaptive import AdaptivePolicy, planned_length, time_left
+from fedloom.compression.adaptive import AdaptivePolicy
 from fedloom.compression.pipeline import compression_record
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError, FedloomError, UpdateRejected
@@ -963,25 +963,24 @@ class DeploymentServer(rpc.FedloomServicer):
             return dispatches
         deadline = dispatches[0].deadline
         if self.adaptive is None or deadline is None:
-            return [replace(d, compression=comp.setting(d.round, None)) for d in dispatches]
+            return comp.assign(dispatches)
         ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
         up, down = self.engine.registry.bandwidth(ids)
         dim = self.engine.server.dim
         with np.errstate(divide="ignore", invalid="ignore"):  # kbit/s -> bytes/s
             download = np.nan_to_num(4 * dim / (down * 125.0), nan=0.0, posinf=0.0)
         train = np.array([self._train_s.get(int(c), np.nan) for c in ids])
-        rate = up * 125.0
-        default = comp.codec.size_bound(dim, comp.setting(dispatches[0].round, None))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            length = planned_length(
-                deadline - now, download, train, default / rate, self.adaptive.margin
-            )
-        left = time_left(length, download, np.nan_to_num(train, nan=0.0))
-        choice = self.adaptive.choose(comp.codec, dim, rate, np.zeros(len(ids)), left)
-        return [
-            replace(d, compression=comp.setting(d.round, float(s)))
-            for d, s in zip(dispatches, choice.settings, strict=True)
-        ]
+        settings = self.adaptive.plan(
+            comp.codec,
+            dim,
+            comp.setting(dispatches[0].round, None),
+            deadline - now,
+            up * 125.0,
+            np.zeros(len(ids)),
+            download,
+            train,
+        )
+        return comp.assign(dispatches, settings)
 
     def _compression_record(self, rnd: _Round) -> dict[str, Any]:
         srv = self.engine.server
