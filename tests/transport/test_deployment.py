@@ -95,7 +95,8 @@ def test_secure_aggregation_over_mtls_matches_the_simulator(tmp_path: Path) -> N
     """SecAgg+ (16-bit ring, stochastic rounding from each device's entropy): the server
     sees only masked inputs and their sum, and reaches the simulator's SecAgg+ model."""
     extra = '[secagg]\nenabled = true\nbits = 16\nrounding = "stochastic"\nclip = 0.5\n'
-    d = Deployment(tmp_path, rounds=3, extra=extra)
+    # five similar clients: the bound below assumes their FedAvg weights sum past 1
+    d = Deployment(tmp_path, clients=5, rounds=3, extra=extra)
     try:
         d.play()
     finally:
@@ -112,7 +113,7 @@ def test_secure_aggregation_over_mtls_matches_the_simulator(tmp_path: Path) -> N
     params, accuracy = d.simulated_params()
     # the rounding draws differ (the simulator seeds them): per round the decoded sum is
     # off by at most the code's error bound, and FedAvg divides it by the weight sum
-    # (w_i = n_i / max n, over 1 for these similar clients)
+    # (w_i = n_i / max n, over 1 for these five similar clients)
     code = SecureAggregator(params.size, 1, clip=0.5, bits=16, rounding="stochastic")
     bound = 3 * code.error_bound(d.clients, d.clients)
     assert np.abs(d.final_params() - params).max() < bound + ATOL, d.logs()
