@@ -50,12 +50,17 @@ from fedloom.records import TrainPlan
 from fedloom.runs import RunDirectory, keep_aside
 from fedloom.secagg.cohort import SecureAggregator
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
+from fedloom.server.async_engine import AsyncEngine
+from fedloom.server.asynchronous import AsyncServer
 from fedloom.server.cohort import CohortPolicy
 from fedloom.server.convergence import ConvergenceMonitor
 from fedloom.server.engine import REGISTRY_PREFIX, EngineSettings, Evaluate, RoundEngine
 from fedloom.server.privacy_plan import QUORUM_STDDEV_FACTOR, PrivacyPlan
 from fedloom.server.registry import ClientRegistry
+from fedloom.server.selection import make_selector
+from fedloom.server.staleness import Staleness
 from fedloom.server.sync import SyncServer
+from fedloom.server.work_scheduler import WorkScheduler
 from fedloom.sim import recovery
 from fedloom.sim.devices import Population
 from fedloom.sim.executor import Executor, SequentialExecutor
@@ -212,6 +217,12 @@ def privacy_plan(config: RunConfig, num_clients: int, dim: int = 0) -> PrivacyPl
         return PrivacyPlan(enabled=False)
     k = config.server.clients_per_round
     q = k / num_clients
+    rounds = config.rounds
+    a = config.asynchronous
+    if a.enabled:  # nobody is sampled; each client enters at most max_contributions steps
+        assert a.max_contributions is not None
+        k, q, rounds = a.buffer, 1.0, a.max_contributions
+    sampling = "poisson" if a.enabled else p.sampling  # q = 1: unsampled
     delta = p.delta if p.delta is not None else 1.0 / num_clients**1.1
     z = p.noise_multiplier
     distributed = None
@@ -247,10 +258,10 @@ def privacy_plan(config: RunConfig, num_clients: int, dim: int = 0) -> PrivacyPl
         z = noise_multiplier_for(
             p.target_epsilon,
             q,
-            config.rounds,
+            rounds,
             delta,
             accountant=p.accountant,
-            sampling=p.sampling,
+            sampling=sampling,
             population=num_clients,
         )
     budget = None if p.budget_epsilon is None else Budget(p.budget_epsilon, delta)
@@ -261,13 +272,13 @@ def privacy_plan(config: RunConfig, num_clients: int, dim: int = 0) -> PrivacyPl
             p.mode, "gaussian"
         ),
         local_epsilon=p.local_epsilon or 0.0,
-        sampling=p.sampling,
+        sampling=sampling,
         sampling_rate=q,
         population=num_clients,
         delta=delta,
         noise_multiplier=z,
         accountant=p.accountant,
-        rounds=config.rounds,
+        rounds=rounds,
         budget=budget,
         budget_policy=p.budget_policy,
         clip_norm=p.clip_norm,
@@ -285,6 +296,7 @@ def privacy_plan(config: RunConfig, num_clients: int, dim: int = 0) -> PrivacyPl
             if p.mode == "central" and config.server.quorum is not None
             else None
         ),
+        per_client=a.enabled and p.mode == "central",
     )
 
 
@@ -630,6 +642,55 @@ def _engine(
     cohort = cohort_policy(config, privacy)
     server_chain, decoders, client_states = transforms(config, params.size, shard, deployment)
     upload, upload_states = compression(config, model, shard, deployment)
+    if config.asynchronous.enabled:
+        if shard is not None:
+            raise ConfigError(
+                f"asynchronous.mode = {config.asynchronous.mode!r} under torchrun: an "
+                "asynchronous run steps on each arrival, in one process"
+            )
+        a = config.asynchronous
+        server = AsyncServer(
+            params,
+            num_clients,
+            plan_from_config(config, clients.sizes),
+            make_server_optimizer(opt.pop("name"), **opt),
+            monitor_from_config(config, trainer.task),
+            config.seed,
+            mode=a.mode,  # type: ignore[arg-type]
+            buffer_size=a.buffer,
+            staleness=Staleness(a.staleness, a.staleness_a, a.staleness_b),
+            max_staleness=a.max_staleness,
+            mixing=a.mixing,
+            selector=make_selector(sel.strategy, sel.max_share, **sel.params),
+            dp=privacy.mechanism(config.seed),
+            os_selection=deployment,
+            max_examples=clients.weight_cap,
+            transforms=server_chain,
+            client_states=client_states,
+            compression=upload,
+            upload_states=upload_states,
+        )
+        scheduler = WorkScheduler(
+            a.concurrency,
+            a.target_rate,
+            None if a.server_uplink_kbps is None else a.server_uplink_kbps * 125.0,
+            4 * params.size,
+            a.backoff_s,
+            a.max_backoff_s,
+        )
+        return AsyncEngine(
+            server,
+            clients.registry(),
+            scheduler,
+            engine_settings(config),
+            run,
+            clients.evaluator,
+            has_holdout=clients.has_holdout,
+            now=now,
+            privacy=privacy,
+            max_contributions=a.max_contributions,
+            checkpoint_meta=checkpoint_meta,
+        )
     broadcast = model_broadcast(config, model, params)
     server = SyncServer(
         params=params,

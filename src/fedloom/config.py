@@ -590,6 +590,43 @@ class CompressionConfig(_Section):
         return self
 
 
+class AsyncConfig(_Section):
+    """Asynchronous training (docs/async.md): ``mode`` ``"fedbuff"`` (clients train
+    concurrently, the server steps once ``buffer_size`` updates arrived) or ``"fedasync"``
+    (every update is mixed into the model on arrival with weight ``mixing * w(s)``);
+    ``run.rounds`` then counts server steps. An update staler than ``max_staleness``
+    versions is dropped. ``concurrency`` caps the clients training at once; the scheduler
+    lowers it to keep the buffer filling at ``target_rate`` updates per second and within
+    the server's uplink ``server_uplink_kbps`` (shared by concurrent downloads); a client
+    that fails, or whose update came too stale, waits ``backoff_s`` (doubling up to
+    ``max_backoff_s``) before it gets work again. ``max_contributions``: the most server
+    steps one client's updates may enter (required under differential privacy: the
+    per-client guarantee composes that many releases)."""
+
+    mode: Literal["off", "fedbuff", "fedasync"] = "off"
+    concurrency: int = Field(20, ge=1, description="most clients training at once")
+    buffer_size: int = Field(10, ge=1, description="FedBuff's K (fedasync: 1)")
+    staleness: Literal["constant", "polynomial", "hinge"] = "polynomial"
+    staleness_a: float = Field(0.5, ge=0, description="polynomial and hinge decay")
+    staleness_b: float = Field(4.0, ge=0, description="hinge: staleness with full weight")
+    max_staleness: int = Field(20, ge=0, description="staler updates are dropped")
+    mixing: float = Field(0.6, gt=0, le=1, description="fedasync: the mixing weight alpha")
+    target_rate: float | None = Field(None, gt=0, description="buffer fill, updates / second")
+    server_uplink_kbps: float | None = Field(None, gt=0, description="download budget")
+    backoff_s: float = Field(30.0, ge=0, description="first back-off of a failing client")
+    max_backoff_s: float = Field(600.0, ge=0)
+    max_contributions: int | None = Field(None, ge=1, description="server steps per client")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def buffer(self) -> int:
+        """Updates per server step (FedAsync steps on every one)."""
+        return 1 if self.mode == "fedasync" else self.buffer_size
+
+
 class RunConfig(_Section):
     """The whole experiment."""
 
@@ -616,6 +653,7 @@ class RunConfig(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     transforms: TransformsConfig = TransformsConfig()
     compression: CompressionConfig = CompressionConfig()
+    asynchronous: AsyncConfig = AsyncConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -679,11 +717,53 @@ class RunConfig(_Section):
                 "secagg.enabled = true the server sees only the sum"
             )
         self._compression_composes()
+        self._asynchronous_composes()
         n = self.partition.num_clients
         k = self.server.clients_per_round
         if n and k > n:
             raise ValueError(f"server.clients_per_round = {k} exceeds partition.num_clients = {n}")
         return self
+
+    def _asynchronous_composes(self) -> None:
+        """What asynchronous mode runs with (docs/async.md): compression, central and
+        local DP (with a per-client contribution bound), server transforms and any
+        selector; not secure aggregation (no cohort to mask within), distributed DP,
+        round-based settings or DP's sampling-based features."""
+        a = self.asynchronous
+        if not a.enabled:
+            return
+        mode = f"asynchronous.mode = {a.mode!r}"
+        refused = [
+            (
+                self.secagg.enabled,
+                "secagg.enabled = true (secure aggregation over "
+                "asynchronous buffers, as in LightSecAgg, is not implemented)",
+            ),
+            (self.server.quorum is not None, "server.quorum (every step has its buffer)"),
+            (self.server.over_selection != 1.0, "server.over_selection (no cohorts)"),
+            (self.server.accept_partial, "server.accept_partial"),
+            (
+                self.compression.download != "none",
+                "compression.download (clients of different versions download different deltas)",
+            ),
+            (self.privacy.adaptive_clipping, "privacy.adaptive_clipping"),
+            (self.privacy.audit_canaries > 0, "privacy.audit_canaries"),
+            (self.transforms.two_sided() != [], "two-sided client transforms"),
+        ]
+        for bad, what in refused:
+            if bad:
+                raise ValueError(f"{mode} does not run with {what}")
+        if self.privacy.mode != "off" and a.max_contributions is None:
+            raise ValueError(
+                f"{mode} with privacy.mode = {self.privacy.mode!r} needs "
+                "asynchronous.max_contributions: without sampling, each client's guarantee "
+                "composes the releases it contributed to, which must be bounded"
+            )
+        n = self.partition.num_clients
+        if n and a.buffer > n:
+            raise ValueError(
+                f"asynchronous.buffer_size = {a.buffer} exceeds partition.num_clients = {n}"
+            )
 
     def _compression_composes(self) -> None:
         """Compression composes with central DP (the server decodes, clips and noises) and

@@ -191,6 +191,13 @@ class RoundRecord(_Evaluated, _Record):
     events: int | None = None
     partial: int | None = None
     compression: CompressionRecord | None = None
+    # asynchronous steps (both runtimes): contributors per staleness value, updates
+    # dropped as too stale since the last step, whose updates the step holds, work out
+    staleness: dict[str, int] | None = None
+    dropped_stale: int | None = None
+    contributors: list[int] | None = None
+    in_flight: int | None = None
+    concurrency: int | None = None
     # the bytes the clients uploaded and downloaded this round (both runtimes; in a
     # deployment as the transport counted them, in the simulator the encoded payloads)
     bytes_up: int | None = None

@@ -19,9 +19,16 @@ against; see docs/privacy.md):
 - ``"local"`` (local DP): against the server, which sees each client's upload: the worst
   client's composition of its own uploads (each ``local_epsilon``-LDP, replace-one); the
   amplified central number of the released models is a labelled secondary view.
+- ``"participation"`` (central DP of asynchronous training): the released models, under
+  add/remove of one client, without amplification (nobody is sampled: clients get work
+  when they are idle); each client's epsilon composes only the releases its updates
+  entered, and the headline is the worst client's. Charging by realised participation
+  is valid because the runtime never lets a client contribute past the budget (an
+  individual privacy filter, Feldman & Zrnic 2021).
 
 References: McMahan, Ramage, Talwar & Zhang, "Learning Differentially Private Recurrent
-Language Models", ICLR 2018 (accounting a DP-FedAvg run); the accountants of
+Language Models", ICLR 2018 (accounting a DP-FedAvg run); Feldman & Zrnic, "Individual
+Privacy Accounting via a Renyi Filter", NeurIPS 2021 (per-client accounting); the accountants of
 ``fedloom.privacy.accounting``.
 """
 
@@ -90,7 +97,7 @@ class PrivacyBudgetExceeded(FedloomError):
         self.budget = budget
 
 
-View = Literal["release", "server", "local"]
+View = Literal["release", "server", "local", "participation"]
 
 HEADLINES: dict[str, str] = {
     "release": (
@@ -104,6 +111,10 @@ HEADLINES: dict[str, str] = {
     "local": (
         "local DP against the server, which sees every upload: the worst client's "
         "composition over its own uploads (each upload replace-one local DP)"
+    ),
+    "participation": (
+        "central DP of the released models (add/remove one client), the worst client's "
+        "composition over the asynchronous steps its updates entered; no amplification"
     ),
 }
 MODEL_VIEW = (
@@ -133,6 +144,11 @@ def local_event(event: MechanismEvent) -> MechanismEvent:
     is the unsampled mechanism with half that multiplier: exactly ``local_epsilon``.
     """
     return MechanismEvent(event.kind, event.noise_multiplier / 2, 1.0, 1)
+
+
+def _unsampled(event: MechanismEvent) -> MechanismEvent:
+    """One release a client's update entered, as that client's composition sees it."""
+    return MechanismEvent(event.kind, event.noise_multiplier, 1.0, 1)
 
 
 @dataclass(frozen=True)
@@ -307,12 +323,13 @@ class PrivacyLedger:
 
     def secondary(self) -> dict[str, float]:
         """Labelled secondary views (``MODEL_VIEW``): empty for central DP."""
-        if self.view == "release":
+        if self.view in ("release", "participation"):
             return {}
         return {"model_epsilon": compose_epsilon(self.events, self.delta, self.accountant)}
 
     def participations(self) -> Counter[int]:
-        """Local DP: how many of each client's uploads the server saw."""
+        """How many of each client's uploads the server saw (local DP), or releases its
+        updates entered (participation)."""
         counts: Counter[int] = Counter()
         for entry in self._entries:
             counts.update(entry.clients or ())
@@ -329,14 +346,16 @@ class PrivacyLedger:
                 for e in entries
             ]
             return compose_epsilon(unsampled, self.delta, self.accountant)
+        # per client: its own releases (local DP: each upload, replace-one)
+        own = local_event if self.view == "local" else _unsampled
         per_client: dict[int, Counter[MechanismEvent]] = {}
         everyone: Counter[MechanismEvent] = Counter()
         for e in entries:
             if e.clients is None:
-                everyone[local_event(e.event)] += e.event.count
+                everyone[own(e.event)] += e.event.count
             else:
                 for c in e.clients:
-                    per_client.setdefault(c, Counter())[local_event(e.event)] += 1
+                    per_client.setdefault(c, Counter())[own(e.event)] += 1
         signatures = {
             frozenset((per_client.get(c, Counter()) + everyone).items()) for c in per_client
         } or {frozenset(everyone.items())}
@@ -388,15 +407,15 @@ class PrivacyLedger:
             "epsilon": self.epsilon(),
             "delta": self.delta,
         }
-        if self.view != "release":
+        if self.view not in ("release", "participation"):
             out["secondary"] = {**self.secondary(), "label": MODEL_VIEW}
-        if self.view == "local":
+        if self.view in ("local", "participation"):
             counts = self.participations()
             out["participations"] = {
                 "clients": len(counts),
                 "max_per_client": max(counts.values(), default=0),
             }
-            if self._entries:  # one upload's guarantee (the configured local_epsilon)
+            if self._entries and self.view == "local":  # one upload's (local_epsilon)
                 one = local_event(self._entries[-1].event)
                 out["per_upload_epsilon"] = compose_epsilon([one], self.delta, "pld")
         out["events"] = [_entry_json(entry) for entry in self._entries]

@@ -238,9 +238,7 @@ class RoundEngine:
         charged = self.ledger.charged(self.attempts)
         dp.replay = Replay(self.attempts, frozenset(e.digest for e in charged)) if charged else None
 
-    def close_round(
-        self, combine: Callable[[np.ndarray], np.ndarray] | None = None
-    ) -> RoundResult:
+    def close_round(self, combine: Callable[[np.ndarray], np.ndarray] | None = None) -> RoundResult:
         """Canaries, replay arming, then ``SyncServer.close_round`` (``combine``: the
         cross-process sum under torchrun)."""
         if self.canaries is not None:
@@ -347,6 +345,8 @@ class RoundEngine:
         elif release is not None:
             event = plan.event() if release.passes else plan.count_event()
             digest = release.digest
+            if plan.per_client:  # asynchronous: charged to the clients whose updates it holds
+                clients = sorted(result.completed)
         out: dict[str, Any] = {}
         if event is not None:
             if self.ledger.is_charged(self.attempts, digest):
@@ -390,8 +390,7 @@ class RoundEngine:
         state["meta"]["attempts"] = self.attempts
         state["meta"]["config"] = self.settings.config_text
         state["arrays"] |= {
-            REGISTRY_PREFIX + name: blob
-            for name, blob in self.registry.snapshot_arrays().items()
+            REGISTRY_PREFIX + name: blob for name, blob in self.registry.snapshot_arrays().items()
         }
         state["meta"]["refused_rounds"] = self.refused_rounds
         self.run_dir.save_checkpoint(self.server.round, state, keep)
@@ -486,4 +485,3 @@ def round_record(result: RoundResult, metrics: dict[str, Any], wall_s: float) ->
             else {}
         ),
     }
-

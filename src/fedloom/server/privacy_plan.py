@@ -54,6 +54,7 @@ class PrivacyPlan:
     expected_clients: int = 0
     distributed: DistributedDiscreteGaussian | None = None
     quorum_stddev: float | None = None  # central DP with a quorum: the noisy count's stddev
+    per_client: bool = False  # asynchronous: each client's releases, no sampling
 
     def event(
         self, count: int = 1, shares: int | None = None, cohort: int | None = None
@@ -93,6 +94,8 @@ class PrivacyPlan:
         """Whom the ledger's headline epsilon is against (``fedloom.privacy.ledger``)."""
         if self.local:
             return "local"
+        if self.per_client:
+            return "participation"
         return "server" if self.distributed is not None else "release"
 
     def randomness(self, deployment: bool, dp_sgd: bool) -> dict[str, str]:

@@ -84,6 +84,54 @@ def _exclusions(rnd: _OpenRound, done: set[int]) -> tuple[Exclusion, ...]:
     return tuple(out[cid] for cid in sorted(out))
 
 
+def decompress(
+    compression: Compression | None, update: Update, dim: int
+) -> tuple[Update, tuple[int, float] | None]:
+    """The update with its payload decoded into ``delta`` (compressed runs) and the
+    payload's (bytes, setting); refuses a payload that does not decode, and a plain row
+    where a payload is due (or a payload where none is)."""
+    if compression is None:
+        if update.payload is not None:
+            raise UpdateRejected(
+                update.client_id, "a compressed payload, but compression is off", _K.MALFORMED
+            )
+        return update, None
+    if update.payload is None:
+        raise UpdateRejected(
+            update.client_id,
+            f"a plain row, but uploads are compressed with {compression.name!r}",
+            _K.MALFORMED,
+        )
+    try:
+        row, setting = compression.decode(update.payload, dim)
+    except PayloadError as err:
+        kind = _K.NONFINITE if isinstance(err, NonFinitePayload) else _K.MALFORMED
+        raise UpdateRejected(update.client_id, f"payload: {err}", kind) from None
+    return replace(update, delta=row, payload=None), (len(update.payload), setting)
+
+
+def decode(
+    decoders: Transform, state: State, update: Update, seed: int, secure: bool
+) -> tuple[Update, State]:
+    """One update through the decoders (the two-sided transforms' server halves)."""
+    ctx = Context(
+        round=int(update.round),
+        client_ids=np.array([update.client_id], dtype=np.int64),
+        weights=np.array([update.num_examples], dtype=np.float64),
+        seed=seed,
+        secure=secure,
+    )
+    try:
+        rows, state = decoders.apply(update.delta[None], state, ctx)
+    except (FedloomError, ValueError, ArithmeticError) as err:
+        raise UpdateRejected(
+            update.client_id, f"update cannot be decoded: {err}", _K.MALFORMED
+        ) from None
+    delta = np.asarray(rows)
+    delta = delta[0] if delta.ndim == 2 and delta.shape[0] == 1 else delta
+    return replace(update, delta=delta), state
+
+
 @dataclass(frozen=True)
 class _Secure:
     total: SecureSum
@@ -317,48 +365,17 @@ class SyncServer:
         return dict(self._open.payloads) if self._open is not None else {}
 
     def _decompress(self, update: Update) -> Update:
-        """The update with its payload decoded into ``delta`` (compressed runs); refuses a
-        payload that does not decode, and a plain row where a payload is due."""
-        if self.compression is None:
-            if update.payload is not None:
-                raise UpdateRejected(
-                    update.client_id, "a compressed payload, but compression is off", _K.MALFORMED
-                )
-            return update
-        if update.payload is None:
-            raise UpdateRejected(
-                update.client_id,
-                f"a plain row, but uploads are compressed with {self.compression.name!r}",
-                _K.MALFORMED,
-            )
-        try:
-            row, setting = self.compression.decode(update.payload, self.dim)
-        except PayloadError as err:
-            kind = _K.NONFINITE if isinstance(err, NonFinitePayload) else _K.MALFORMED
-            raise UpdateRejected(update.client_id, f"payload: {err}", kind) from None
-        assert self._open is not None
-        self._open.decoded[int(update.client_id)] = (len(update.payload), setting)
-        return replace(update, delta=row, payload=None)
+        """The update with its payload decoded (:func:`decompress`), its size and setting
+        kept for the round's compression record."""
+        update, decoded = decompress(self.compression, update, self.dim)
+        if decoded is not None:
+            assert self._open is not None
+            self._open.decoded[int(update.client_id)] = decoded
+        return update
 
     def _decode(self, update: Update) -> tuple[Update, State]:
-        """One update through the decoders (the two-sided transforms' server halves)."""
         assert self.decoders is not None
-        ctx = Context(
-            round=int(update.round),
-            client_ids=np.array([update.client_id], dtype=np.int64),
-            weights=np.array([update.num_examples], dtype=np.float64),
-            seed=self.seed,
-            secure=self.os_selection,
-        )
-        try:
-            rows, state = self.decoders.apply(update.delta[None], self.decode_state, ctx)
-        except (FedloomError, ValueError, ArithmeticError) as err:
-            raise UpdateRejected(
-                update.client_id, f"update cannot be decoded: {err}", _K.MALFORMED
-            ) from None
-        delta = np.asarray(rows)
-        delta = delta[0] if delta.ndim == 2 and delta.shape[0] == 1 else delta
-        return replace(update, delta=delta), state
+        return decode(self.decoders, self.decode_state, update, self.seed, self.os_selection)
 
     def bound_examples(self, client_ids: np.ndarray, limits: np.ndarray) -> None:
         """Cap the example count each of ``client_ids`` may weigh with (the lowest bound
