@@ -620,6 +620,7 @@ def _engine(
     deployment: bool,
     now: Callable[[], float],
     checkpoint_meta: Callable[[], dict[str, Any]] | None,
+    checkpoint_arrays: Callable[[], dict[str, np.ndarray]] | None = None,
 ) -> RoundEngine:
     """The run's round engine over ``trainer``'s model: privacy plan, secure aggregator,
     cohort policy, server (with its transform chain), registry, evaluator, canaries."""
@@ -690,6 +691,7 @@ def _engine(
             privacy=privacy,
             max_contributions=a.max_contributions,
             checkpoint_meta=checkpoint_meta,
+            checkpoint_arrays=checkpoint_arrays,
         )
     broadcast = model_broadcast(config, model, params)
     server = SyncServer(

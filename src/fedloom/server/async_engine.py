@@ -55,6 +55,7 @@ class AsyncEngine(RoundEngine):
         max_contributions: int | None = None,
         writer: bool = True,
         checkpoint_meta: Callable[[], dict[str, Any]] | None = None,
+        checkpoint_arrays: Callable[[], dict[str, np.ndarray]] | None = None,
     ) -> None:
         """``max_contributions``: the most steps one client's updates may enter (None: no
         bound); the other arguments are ``RoundEngine``'s."""
@@ -75,6 +76,7 @@ class AsyncEngine(RoundEngine):
             privacy,
             writer=writer,
             checkpoint_meta=meta,
+            checkpoint_arrays=checkpoint_arrays,
         )
         self.scheduler = scheduler
         self.max_contributions = max_contributions

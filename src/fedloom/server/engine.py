@@ -93,11 +93,13 @@ class RoundEngine:
         canaries: tuple[np.ndarray, np.ndarray] | None = None,
         writer: bool = True,
         checkpoint_meta: Callable[[], dict[str, Any]] | None = None,
+        checkpoint_arrays: Callable[[], dict[str, np.ndarray]] | None = None,
     ) -> None:
         """``now``: the clock (virtual seconds, or ``time.time``); ``writer``: this
         process writes the run directory (under torchrun only rank 0 does);
         ``checkpoint_meta``: the runtime's own state for each checkpoint (the simulator's
-        virtual clock)."""
+        virtual clock); ``checkpoint_arrays``: the runtime's own arrays for it (their
+        names must not clash with the server's)."""
         self.server = server
         self.registry = registry
         self.cohort = cohort
@@ -111,6 +113,7 @@ class RoundEngine:
         self.canaries = canaries
         self.writer = writer
         self.checkpoint_meta = checkpoint_meta
+        self.checkpoint_arrays = checkpoint_arrays
         self.ledger: PrivacyLedger | None = None
         self.initial_params = server.params.copy()
         self.attempts = 0  # round attempts, retries included: the registry's round counter
@@ -387,6 +390,8 @@ class RoundEngine:
         state["meta"]["stopped"] = stop.__dict__ if stop else None
         if self.checkpoint_meta is not None:
             state["meta"] |= self.checkpoint_meta()
+        if self.checkpoint_arrays is not None:
+            state["arrays"] |= self.checkpoint_arrays()
         state["meta"]["attempts"] = self.attempts
         state["meta"]["config"] = self.settings.config_text
         state["arrays"] |= {
