@@ -412,6 +412,9 @@ class DevicesConfig(_Section):
     latency_ms: float = Field(50.0, ge=0)
     failure_prob: float = Field(0.0, ge=0, lt=1, description="uniform and lognormal")
     compute_scale: float = Field(1.0, gt=0, description="multiplies every compute time")
+    # lognormal: exp(sigma * N(0, 1)) around the medians; p95 / median = exp(1.645 sigma)
+    compute_sigma: float = Field(0.8, ge=0, le=5, description="lognormal compute spread")
+    network_sigma: float = Field(1.0, ge=0, le=5, description="lognormal bandwidth spread")
 
     @model_validator(mode="after")
     def _trace_path(self) -> DevicesConfig:
