@@ -24,11 +24,13 @@ against; see docs/privacy.md):
   when they are idle); each client's epsilon composes only the releases its updates
   entered, and the headline is the worst client's. Charging by realised participation
   is valid because the runtime never lets a client contribute past the budget (an
-  individual privacy filter, Feldman & Zrnic 2021).
+  individual privacy filter: a fully adaptive composition of at most n Gaussian
+  releases, Smith & Thakurta 2022; Feldman & Zrnic 2021 in Renyi DP).
 
 References: McMahan, Ramage, Talwar & Zhang, "Learning Differentially Private Recurrent
 Language Models", ICLR 2018 (accounting a DP-FedAvg run); Feldman & Zrnic, "Individual
-Privacy Accounting via a Renyi Filter", NeurIPS 2021 (per-client accounting); the accountants of
+Privacy Accounting via a Renyi Filter", NeurIPS 2021, and Smith & Thakurta, "Fully Adaptive
+Composition for Gaussian Differential Privacy", 2022 (per-client accounting); the accountants of
 ``fedloom.privacy.accounting``.
 """
 
