@@ -99,7 +99,7 @@ class AsyncEngine(RoundEngine):
         ok = stats.data_size[ids] > 0
         limit = self.contribution_limit()
         if limit is not None:
-            ok &= self.server.contributions[ids] < limit
+            ok &= self.contributed(ids) < limit
         pool = np.array([c for c in ids[ok].tolist() if c not in waiting], dtype=np.int64)
         deadline = None if self.settings.deadline_s is None else now + self.settings.deadline_s
         out = self.server.hand_out(pool, free, stats, now, deadline)
@@ -117,13 +117,22 @@ class AsyncEngine(RoundEngine):
             self._limit = allowed_releases(plan, ledger.budget, ledger.accountant, ledger.view)
         return self._limit if limit is None else min(limit, self._limit)
 
+    def contributed(self, ids: np.ndarray) -> np.ndarray:
+        """Releases each client's updates entered: the server's count, or the ledger's
+        when it charged more (a step redone after a resume is charged again)."""
+        counts = self.server.contributions[ids]
+        if self.ledger is not None and self.privacy.view in ("participation", "local"):
+            charged = self.ledger.participations()
+            counts = np.maximum(counts, [charged.get(int(c), 0) for c in ids])
+        return counts
+
     def exhausted(self, available: np.ndarray) -> bool:
         """Nobody can ever get work again: no work is out, nothing is buffered, and every
         client is at its contribution limit (the run stops)."""
         limit = self.contribution_limit()
         if limit is None or self.server.in_flight or self.server.buffer:
             return False
-        return bool(np.all(self.server.contributions >= limit))
+        return bool(np.all(self.contributed(np.arange(self.server.num_clients)) >= limit))
 
     def receive(self, update: Update) -> None:
         """Buffer one update (``AsyncServer.receive``); a refused or too stale one backs
