@@ -19,10 +19,28 @@ def task_metrics(records: list[dict[str, Any]]) -> tuple[list[str], set[str]]:
     return list(task["metrics"]), set(task["maximize"])
 
 
+def is_asynchronous(records: list[dict[str, Any]]) -> bool:
+    """Whether the run was asynchronous: its round records are server steps carrying
+    their contributors' ``staleness`` histogram."""
+    return any(r.get("event") == "round" and "staleness" in r for r in records)
+
+
+def staleness_totals(records: list[dict[str, Any]]) -> dict[int, int]:
+    """Aggregated updates per staleness value, summed over every server step."""
+    totals: dict[int, int] = {}
+    for r in records:
+        if r.get("event") != "round":
+            continue
+        for value, count in (r.get("staleness") or {}).items():
+            totals[int(value)] = totals.get(int(value), 0) + int(count)
+    return dict(sorted(totals.items()))
+
+
 def write_plots(run: RunDirectory) -> list[Path]:
     """Every task metric and the loss per round as PNGs under ``report/`` (and the first
     metric against virtual time, and against uploaded bytes when the rounds count them);
-    returns the files written."""
+    an asynchronous run's rounds are server steps, and it adds the histogram of its
+    updates' staleness; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,6 +53,8 @@ def write_plots(run: RunDirectory) -> list[Path]:
     if not records:
         return []
     rounds = [r["round"] for r in records]
+    asynchronous = is_asynchronous(all_records)
+    step = "server step" if asynchronous else "round"
     run.report_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for metric, label in [*((n, f"test {n}") for n in names), ("loss", "test loss")]:
@@ -43,9 +63,9 @@ def write_plots(run: RunDirectory) -> list[Path]:
         fed = [(r["round"], r[f"fed_{metric}"]) for r in records if f"fed_{metric}" in r]
         if fed:
             ax.plot(*zip(*fed, strict=True), marker="s", ms=3, label=f"client hold-out {metric}")
-        ax.set_xlabel("round")
+        ax.set_xlabel(step)
         ax.set_ylabel(metric)
-        ax.set_title(f"{run.path.name}: {metric} per round")
+        ax.set_title(f"{run.path.name}: {metric} per {step}")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -78,7 +98,26 @@ def write_plots(run: RunDirectory) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
         fig.tight_layout()
         written.append(_save(fig, run.report_dir / f"{primary}_vs_bytes.png"))
+    if asynchronous:
+        written.append(_staleness_plot(run, all_records))
     return written
+
+
+def _staleness_plot(run: RunDirectory, records: list[dict[str, Any]]) -> Path:
+    """Bars of aggregated updates per staleness value (every step summed); the title
+    counts the updates dropped as too stale."""
+    import matplotlib.pyplot as plt
+
+    totals = staleness_totals(records)
+    dropped = sum(int(r.get("dropped_stale") or 0) for r in records if r.get("event") == "round")
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.bar(list(totals), list(totals.values()), width=0.8)
+    ax.set_xlabel("staleness (versions published since the update's base)")
+    ax.set_ylabel("aggregated updates")
+    ax.set_title(f"{run.path.name}: staleness ({dropped} dropped as too stale)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, run.report_dir / "staleness.png")
 
 
 def _save(fig, path: Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
@@ -175,13 +214,18 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
     evals = [r for r in records if primary in r]
     rounds = [r for r in records if r.get("event") == "round"]
     stop: dict[str, Any] = next((r for r in records if r.get("event") == "stop"), {})
-    rows = [("run directory", str(run.path)), ("rounds", str(len(rounds)))]
+    asynchronous = is_asynchronous(records)
+    step = "step" if asynchronous else "round"
+    rows = [("run directory", str(run.path))]
+    rows.append(("server steps" if asynchronous else "rounds", str(len(rounds))))
+    if asynchronous:
+        rows += _staleness_rows(rounds)
     if evals:
         sign = 1.0 if primary in maximize else -1.0
         best = max(evals, key=lambda r: sign * r[primary])
         last = evals[-1]
         rows += [(f"final test {n}", f"{last[n]:.4f}") for n in [*names, "loss"] if n in last]
-        rows.append((f"best test {primary}", f"{best[primary]:.4f} (round {best['round']})"))
+        rows.append((f"best test {primary}", f"{best[primary]:.4f} ({step} {best['round']})"))
         if f"fed_{primary}" in last:
             rows.append((f"client hold-out {primary}", f"{last[f'fed_{primary}']:.4f}"))
             for pct, label in (("p10", "10th"), ("p90", "90th")):
@@ -207,7 +251,7 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
         rows += _bytes_rows(run, records, rounds, primary, names, maximize)
     if rounds:
         wall = sum(r["wall_s"] for r in rounds)
-        rows.append(("training wall time", f"{wall:.2f} s ({wall / len(rounds):.3f} s/round)"))
+        rows.append(("training wall time", f"{wall:.2f} s ({wall / len(rounds):.3f} s/{step})"))
         rejected = sum(r["rejected"] for r in rounds)
         rows.append(("rejected updates", str(rejected)))
     start = next((r for r in records if r.get("event") == "start"), {})
@@ -250,6 +294,26 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
     if stop:
         rows.append(("stopped", f"{stop['reason']}: {stop['detail']}"))
     return [(k, v if not (isinstance(v, float) and math.isnan(v)) else "n/a") for k, v in rows]
+
+
+def _staleness_rows(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Summary rows of an asynchronous run: updates aggregated, their staleness (mean,
+    median, max) and the updates dropped as too stale."""
+    totals = staleness_totals(steps)
+    n = sum(totals.values())
+    rows = [("updates aggregated", str(n))]
+    if n:
+        mean = sum(s * c for s, c in totals.items()) / n
+        seen, median = 0, 0
+        for s, c in totals.items():
+            seen += c
+            if 2 * seen >= n:
+                median = s
+                break
+        rows.append(("staleness (mean / median / max)", f"{mean:.2f} / {median} / {max(totals)}"))
+    dropped = sum(int(r.get("dropped_stale") or 0) for r in steps)
+    rows.append(("updates dropped as too stale", str(dropped)))
+    return rows
 
 
 def time_to_target(
