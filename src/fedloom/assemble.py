@@ -62,6 +62,8 @@ from fedloom.server.staleness import Staleness
 from fedloom.server.sync import SyncServer
 from fedloom.server.work_scheduler import WorkScheduler
 from fedloom.sim import recovery
+from fedloom.sim.async_runtime import META_KEY as ASYNC_META
+from fedloom.sim.async_runtime import AsyncSimulation, TaskBook
 from fedloom.sim.devices import Population
 from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.executor_trial import pick_faster
@@ -78,6 +80,7 @@ from fedloom.transforms.base import (
     build_chain,
     build_sides,
 )
+from fedloom.transport.async_server import AsyncDeploymentServer
 from fedloom.transport.messages import CompressionSpec, ModelSpec
 from fedloom.transport.server import DeploymentServer, ServerOptions
 
@@ -580,6 +583,13 @@ def build_simulation(
         data.holdout is not None,
         config.server.max_examples_per_client,
     )
+    # the asynchronous runtime's own state, carried by the engine's checkpoints
+    book = TaskBook() if config.asynchronous.enabled else None
+
+    def checkpoint_meta() -> dict[str, Any]:
+        meta: dict[str, Any] = {"clock": virtual_time.clock.state_dict()}
+        return meta if book is None else meta | {ASYNC_META: book.meta()}
+
     engine = _engine(
         config,
         run,
@@ -589,8 +599,14 @@ def build_simulation(
         deployment,
         # a deployment's rounds happen in wall-clock time, a simulation's in virtual time
         now=time.time if deployment else lambda: virtual_time.now,
-        checkpoint_meta=lambda: {"clock": virtual_time.clock.state_dict()},
+        checkpoint_meta=checkpoint_meta,
+        checkpoint_arrays=None if book is None else book.arrays,
     )
+    if book is not None:
+        assert isinstance(engine, AsyncEngine)
+        return AsyncSimulation(
+            config, run, engine, data, trainer, executor_used, note, virtual_time, book, deployment
+        )
     return Simulation(
         config, run, engine, data, trainer, executor_used, note, virtual_time, shard, deployment
     )
@@ -855,6 +871,8 @@ def resume_simulation(
     executor = start.get("executor") if config.simulation.executor == "auto" else None
     sim = build_simulation(config, run, shard, data, deployment, task, executor)
     sim.virtual_time.clock.load_state_dict(state["meta"]["clock"])
+    if isinstance(sim, AsyncSimulation):
+        sim.restore(state)
     _continue(sim.engine, run, shard, state, ckpt_path, notes, sim.randomness())
     return sim
 
@@ -1288,8 +1306,9 @@ def deployment_server(run: DeploymentRun, options: ServerOptions) -> DeploymentS
         m.norm,
         json.dumps(m.options) if m.options else "",
     )
-    return DeploymentServer(
-        run.engine,
+    kind = AsyncDeploymentServer if isinstance(run.engine, AsyncEngine) else DeploymentServer
+    return kind(
+        run.engine,  # type: ignore[arg-type]
         options,
         spec,
         config.transforms.specs("client"),

@@ -32,7 +32,7 @@ from fedloom.config import RunConfig
 from fedloom.data.federated import FederatedData
 from fedloom.errors import FedloomError, RunInterrupted, UpdateRejected
 from fedloom.privacy.ledger import PrivacyLedger, release_digest
-from fedloom.privacy.mechanisms import GeneratorNoise
+from fedloom.privacy.mechanisms import GeneratorNoise, NoiseSource
 from fedloom.records import Dispatch, RoundReport, RoundResult, Update
 from fedloom.runs import RunDirectory
 from fedloom.secagg.cohort import SecureAggregator, SecureRound
@@ -297,10 +297,11 @@ class Simulation:
         engine.refused_rounds = engine.refused_rounds + 1 if refused_all else 0
         return engine.finish_round(result, t0, extra, uploaded=list(rejected))
 
-    def _transform(self, updates: list[Update]) -> list[Update]:
+    def _transform(self, updates: list[Update], noise: NoiseSource | None = None) -> list[Update]:
         """Every simulated client's transform chain (``[transforms] client``) over its
         update, each with its own state (kept and checkpointed by the server's
-        ``client_states``), before local DP and secure encoding, as a device would."""
+        ``client_states``), before local DP and secure encoding, as a device would.
+        ``noise``: the transforms' noise (default: seeded per attempt)."""
         states = self.server.client_states
         if not updates or states is None:
             return updates
@@ -312,7 +313,8 @@ class Simulation:
             attempt=self.attempts,
             seed=self.config.seed,
             # simulated: seeded per attempt, so a run replays exactly (a device: the OS's)
-            noise=GeneratorNoise(np.random.default_rng([self.config.seed, 18, self.attempts])),
+            noise=noise
+            or GeneratorNoise(np.random.default_rng([self.config.seed, 18, self.attempts])),
         )
         # staged: a client's new state is kept once the server accepts its update
         rows = states.apply(np.stack([u.delta for u in updates]), ctx, stage=True)
