@@ -10,7 +10,7 @@ from fedloom import metrics
 from fedloom.assemble import resume_simulation, start_simulation
 from fedloom.cli import app
 from fedloom.config import load_config
-from fedloom.errors import ConfigError
+from fedloom.errors import ConfigError, FedloomError
 from fedloom.privacy.accounting import compose_epsilon
 from fedloom.runs import RunDirectory
 from fedloom.sim.async_runtime import AsyncSimulation
@@ -71,7 +71,7 @@ def test_asynchronous_runs_learn_and_record_their_steps(tmp_path, mode, steps):
 @pytest.mark.parametrize(
     "extra",
     [
-        (),
+        ('network.changes=[{kind="drop", time=1.0, until=3.0, factor=0.2}]',),
         (
             'compression.codec="topk"',
             "compression.error_feedback=true",
@@ -79,7 +79,7 @@ def test_asynchronous_runs_learn_and_record_their_steps(tmp_path, mode, steps):
         ),
         ('privacy.mode="local"', "privacy.local_epsilon=20.0", "asynchronous.max_contributions=50"),
     ],
-    ids=["float32", "topk-error-feedback", "local-dp"],
+    ids=["float32-network-drop", "topk-error-feedback", "local-dp"],
 )
 def test_resume_with_uploads_in_flight_equals_uninterrupted(tmp_path, extra):
     # slow uplinks (uploads of seconds): some are in flight when a step closes
@@ -201,6 +201,41 @@ def test_central_dp_charges_each_client_and_stops_at_its_contribution_limit(tmp_
     metrics.validate(records)
     assert records[-1]["event"] == "stop" and records[-1]["reason"] == "contributions"
     assert resume_simulation(sim.run_dir.path).finished  # the stop is checkpointed
+
+
+def test_downloads_share_the_server_uplink(tmp_path):
+    # each client downloads at 1000 kbps; the server sends at most 2000 kbps in all
+    cfg = config(
+        tmp_path,
+        "rounds=3",
+        'devices.kind="uniform"',
+        "devices.down_kbps=1000",
+        "asynchronous.server_uplink_kbps=2000",
+    )
+    sim = start_simulation(cfg)
+    budget = 2000 * 125.0
+    seen = {"queued": 0, "most": 0}
+    handle = sim._handle
+
+    def checked(ev):
+        handle(ev)
+        downloading = [t for t in sim.book.tasks.values() if t.phase == "downloading"]
+        assert sum(t.reserved for t in downloading) <= budget * (1 + 1e-9)
+        seen["most"] = max(seen["most"], len(downloading))
+        seen["queued"] = max(seen["queued"], len(sim.book.queue))
+
+    sim._handle = checked
+    sim.run()
+    assert seen["most"] == 2 and seen["queued"] > 0
+    metrics.validate(sim.run_dir.records())
+
+
+def test_work_that_can_never_end_is_an_error_not_a_hang(tmp_path):
+    # every link down for good from the start, and no deadline to fail the tasks
+    cfg = config(tmp_path, 'network.changes=[{kind="drop", time=0.0, factor=0.0}]')
+    sim = start_simulation(cfg)
+    with pytest.raises(FedloomError, match="can never end"):
+        sim.step()
 
 
 def test_adaptive_compression_is_refused_in_asynchronous_mode(tmp_path):

@@ -421,7 +421,7 @@ class AsyncSimulation(Simulation):
         ok = self._sizes > 0
         limit = self.engine.contribution_limit()
         if limit is not None:
-            ok &= self.server.contributions < limit
+            ok &= self.engine.contributed(np.arange(len(ok))) < limit
         busy = list(self.server.in_flight) + [b.update.client_id for b in self.server.buffer]
         ok[np.array(busy, dtype=np.int64)] = False
         return ok
