@@ -1,6 +1,8 @@
 """Asynchronous runs (FedBuff, FedAsync) in the simulator: learning, records, failures,
 staleness, compression, central DP and exact resume with uploads in flight."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,8 @@ from fedloom.errors import ConfigError, FedloomError
 from fedloom.privacy.accounting import compose_epsilon
 from fedloom.runs import RunDirectory
 from fedloom.sim.async_runtime import AsyncSimulation
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 @pytest.fixture(autouse=True)
@@ -76,12 +80,15 @@ def test_asynchronous_runs_learn_and_record_their_steps(tmp_path, mode, steps):
             'compression.codec="topk"',
             "compression.error_feedback=true",
             "compression.params={fraction=0.05}",
+            # a client transform with per-client state (examples/transforms)
+            'transforms.client=[{name = "damp_by_visits:DampByVisits", strength = 0.5}]',
         ),
         ('privacy.mode="local"', "privacy.local_epsilon=20.0", "asynchronous.max_contributions=50"),
     ],
     ids=["float32-network-drop", "topk-error-feedback", "local-dp"],
 )
-def test_resume_with_uploads_in_flight_equals_uninterrupted(tmp_path, extra):
+def test_resume_with_uploads_in_flight_equals_uninterrupted(tmp_path, monkeypatch, extra):
+    monkeypatch.syspath_prepend(str(EXAMPLES / "transforms"))
     # slow uplinks (uploads of seconds): some are in flight when a step closes
     extra = ('server.optimizer.name="fedadam"', "devices.up_kbps=50", *extra)
     full = start_simulation(config(tmp_path / "a", *extra))
@@ -99,6 +106,7 @@ def test_resume_with_uploads_in_flight_equals_uninterrupted(tmp_path, extra):
     if compressed:
         assert any(k.endswith(".payload") for k in state["arrays"])
         assert any(".compress." in k for k in state["arrays"]), "staged residuals"
+        assert any(".xform." in k for k in state["arrays"]), "staged transform states"
 
     resumed = resume_simulation(path)
     assert resumed.server.round == 3 and resumed.book.tasks

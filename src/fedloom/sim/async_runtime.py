@@ -233,10 +233,8 @@ class TaskBook:
     ) -> Upload:
         key = f"{_ARRAYS}{cid}."
 
-        def state(name: str) -> State | None:
-            if not info[
-                name.replace("xform", "transform_state").replace("compress", "upload_state")
-            ]:
+        def state(name: str, flag: str) -> State | None:
+            if not info[flag]:
                 return None
             prefix = f"{key}{name}."
             return unflatten_state(
@@ -259,7 +257,7 @@ class TaskBook:
             ClientMetrics(**info["metrics"]),
             payload,
         )
-        return Upload(update, state("xform"), state("compress"))
+        return Upload(update, state("xform", "transform_state"), state("compress", "upload_state"))
 
 
 class AsyncSimulation(Simulation):
