@@ -1,6 +1,7 @@
 """Asynchronous runs (FedBuff, FedAsync) in the simulator: learning, records, failures,
 staleness, compression, central DP and exact resume with uploads in flight."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -182,32 +183,50 @@ def test_failures_are_recorded_and_backed_off_and_too_stale_updates_dropped(tmp_
     assert excluded  # failures and drops are named in the records
 
 
-def test_central_dp_charges_each_client_and_stops_at_its_contribution_limit(tmp_path):
+@pytest.mark.parametrize(
+    ("extra", "reason", "limit"),
+    [
+        (("asynchronous.max_contributions=2",), "contributions", 2),
+        (
+            (
+                "asynchronous.max_contributions=5",
+                "privacy.budget_epsilon=3.0",
+                'privacy.budget_policy="stop"',
+            ),
+            "privacy_budget",
+            2,  # what the budget allows one client at noise multiplier 1
+        ),
+    ],
+    ids=["max-contributions", "budget"],
+)
+def test_central_dp_charges_each_client_and_stops_at_its_contribution_limit(
+    tmp_path, extra, reason, limit
+):
     cfg = config(
         tmp_path,
         "rounds=100",
         'privacy.mode="central"',
         "privacy.noise_multiplier=1.0",
         "privacy.clip_norm=1.0",
-        "asynchronous.max_contributions=2",
         "asynchronous.concurrency=6",
+        *extra,
     )
     sim = start_simulation(cfg)
     summary = sim.run()
-    assert summary.stop_reason == "contributions"
-    assert "limit of 2" in summary.stop_detail
+    assert summary.stop_reason == reason and summary.rounds < 100
+    assert f"limit of {limit}" in summary.stop_detail
     ledger = sim.ledger
     assert ledger is not None and ledger.view == "participation"
     counts = ledger.participations()
-    assert max(counts.values()) <= 2 and (sim.server.contributions <= 2).all()
-    plan_event = sim.privacy.event()
-    worst = compose_epsilon(
-        [plan_event.__class__(**{**plan_event.__dict__, "count": 2})], ledger.delta, "pld"
-    )
-    assert ledger.epsilon() <= worst + 1e-9
+    assert max(counts.values()) == limit and (sim.server.contributions <= limit).all()
+    # the headline is the worst client's epsilon: its own `limit` unsampled releases
+    worst = compose_epsilon([replace(sim.privacy.event(), count=limit)], ledger.delta, "pld")
+    assert ledger.epsilon() == pytest.approx(worst)
+    if ledger.budget is not None:
+        assert ledger.epsilon() <= ledger.budget.epsilon
     records = sim.run_dir.records()
     metrics.validate(records)
-    assert records[-1]["event"] == "stop" and records[-1]["reason"] == "contributions"
+    assert records[-1]["event"] == "stop" and records[-1]["reason"] == reason
     assert resume_simulation(sim.run_dir.path).finished  # the stop is checkpointed
 
 
