@@ -396,6 +396,8 @@ class AsyncSimulation(Simulation):
         self._schedule_wake()
 
     def _schedule_wake(self) -> None:
+        """With capacity left and someone who may still contribute: a wake-up at the next
+        backoff end or availability change (one pending at a time, the earliest)."""
         vt, engine, book = self.virtual_time, self.engine, self.book
         if len(self.server.in_flight) >= engine.scheduler.capacity(engine.registry.stats()):
             return
@@ -407,7 +409,7 @@ class AsyncSimulation(Simulation):
         release = engine.scheduler.next_release(now)
         if release is not None:
             times.append(release)
-        t = min(times)
+        t = max(min(times), math.nextafter(now, math.inf))  # always later than now
         if not math.isfinite(t) or (book.wake is not None and now <= book.wake <= t):
             return
         vt.clock.schedule(t, "wake")
@@ -590,11 +592,9 @@ class AsyncSimulation(Simulation):
     def _failed(self, cid: int, reason: str) -> None:
         """The task fails (crash, offline, deadline); its client is backed off."""
         vt, book = self.virtual_time, self.book
-        task = book.tasks.pop(cid)
+        del book.tasks[cid]
         vt.clock.cancel_client(cid)
         if cid in book.queue:
             book.queue.remove(cid)
         self.engine.fail(cid, reason)
-        if task.phase == "downloading":
-            self._admit()
-        self._fill()
+        self._fill()  # a freed reservation admits queued downloads there too
