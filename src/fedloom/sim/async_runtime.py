@@ -10,9 +10,13 @@ to idle online clients (``AsyncEngine.hand_out``), and each task plays out as ev
    (``NetworkConditions.transfer_end``: latency once, then the link's rate with every
    network change it overlaps);
 2. **training** ends after ``Population.compute_time`` of the samples it processes;
-   the client trains only then, lazily, from the model version its task names (clients
-   whose training ends at the same instant on the same version train as one cohort),
-   then runs its transform chain, local DP and compression as in a synchronous round;
+   the client trains lazily from the model version its task names, then runs its
+   transform chain, local DP and compression as in a synchronous round. It trains when
+   the first client training from the same version reaches its training's end, together
+   with every other client of that version whose download is over and who is sure to
+   reach its own training's end (its crash, window close and deadline all come later):
+   the result is the same as training each at its end (nothing the training reads can
+   change before then), in one cohort instead of one call per client;
 3. **upload**: scheduled once the update is encoded, so a compressed upload takes its
    real payload bytes; on arrival the engine receives it (``AsyncEngine.receive``), and
    once the buffer is full the step closes.
@@ -114,6 +118,7 @@ class Task:
     phase: str = "queued"
     reserved: float = 0.0  # bytes / s of the server uplink held by its download
     train_end: float = math.inf
+    fails_at: float = math.inf  # its earliest crash, window close or deadline
     upload: Upload | None = None
 
 
@@ -152,6 +157,7 @@ class TaskBook:
                 "phase": t.phase,
                 "reserved": t.reserved,
                 "train_end": None if math.isinf(t.train_end) else t.train_end,
+                "fails_at": None if math.isinf(t.fails_at) else t.fails_at,
             }
             if t.upload is not None:
                 u = t.upload.update
@@ -214,6 +220,8 @@ class TaskBook:
                 task = Task(dispatch, str(e["phase"]), float(e["reserved"]))
                 if e["train_end"] is not None:
                     task.train_end = float(e["train_end"])
+                if e["fails_at"] is not None:
+                    task.fails_at = float(e["fails_at"])
                 if "upload" in e:
                     task.upload = self._load_upload(cid, dispatch, e["upload"], arrays)
                 self.tasks[cid] = task
@@ -385,13 +393,15 @@ class AsyncSimulation(Simulation):
         avail = vt.population.availability
         for d in dispatches:
             cid = d.client_id
-            book.tasks[cid] = Task(d)
+            task = book.tasks[cid] = Task(d)
             book.queue.append(cid)
             off = float(avail.next_change(np.array([cid]), vt.now)[0])
             if math.isfinite(off):
                 vt.clock.schedule(off, "offline", cid)
+                task.fails_at = off
             if d.deadline is not None:
                 vt.clock.schedule(d.deadline, "deadline", cid)
+                task.fails_at = min(task.fails_at, d.deadline)
         self._admit()
         self._schedule_wake()
 
@@ -496,6 +506,7 @@ class AsyncSimulation(Simulation):
             crash_at = now + point * (up_end - now)
             if math.isfinite(crash_at):
                 vt.clock.schedule(crash_at, "crash", cid)
+                task.fails_at = min(task.fails_at, crash_at)
         if math.isfinite(end):  # else its link is down for good: only a failure ends it
             vt.clock.schedule(end, "download_done", cid)
 
@@ -513,8 +524,8 @@ class AsyncSimulation(Simulation):
         self._admit()
 
     def _trained(self, cid: int) -> None:
-        """Training ended: train (with whoever ends now on the same version), then
-        schedule the upload of the encoded bytes."""
+        """Training ended: train (if not trained yet, module docstring), then schedule
+        the upload of the encoded bytes."""
         vt, task = self.virtual_time, self.book.tasks[cid]
         if task.upload is None:
             self._train_group(task)
@@ -526,16 +537,20 @@ class AsyncSimulation(Simulation):
             vt.clock.schedule(end, "upload_done", cid)
 
     def _train_group(self, first: Task) -> None:
-        """Train every client whose training ends now on ``first``'s version, as one
-        cohort, through its transform chain, local DP and compression."""
-        now, version = self.virtual_time.now, first.dispatch.version
+        """Train ``first`` (its training ends now) and every client of its version sure
+        to reach its training's end, as one cohort, through the transform chain, local
+        DP and compression."""
+        version = first.dispatch.version
         group = [
             t
             for t in self.book.tasks.values()
-            if t.phase == "training"
-            and t.upload is None
-            and t.train_end == now
-            and t.dispatch.version == version
+            if t is first
+            or (
+                t.phase == "training"
+                and t.upload is None
+                and t.dispatch.version == version
+                and t.fails_at > t.train_end
+            )
         ]
         dispatches = [t.dispatch for t in group]
         updates = run_dispatches(self.executor, self.server.model(version), dispatches)
