@@ -268,6 +268,18 @@ class TaskBook:
         return Upload(update, state("xform", "transform_state"), state("compress", "upload_state"))
 
 
+def check_config(config: RunConfig) -> None:
+    """Refuse what the asynchronous simulator cannot run (before anything is built):
+    ``compression.adaptive`` plans each round's length against its deadline, and
+    asynchronous tasks have no rounds."""
+    if config.asynchronous.enabled and config.compression.adaptive:
+        raise ConfigError(
+            f"compression.adaptive = true with asynchronous.mode = "
+            f"{config.asynchronous.mode!r}: the adaptive policy plans a round's length, "
+            "and asynchronous tasks have no rounds; set a fixed codec setting"
+        )
+
+
 class AsyncSimulation(Simulation):
     """An asynchronous experiment (FedBuff, FedAsync) in virtual time."""
 
@@ -288,12 +300,7 @@ class AsyncSimulation(Simulation):
     ) -> None:
         """Built by ``fedloom.assemble.build_simulation`` when ``asynchronous.mode`` is on;
         ``book`` is the state the engine's checkpoints carry."""
-        if config.compression.adaptive:
-            raise ConfigError(
-                f"compression.adaptive = true with asynchronous.mode = "
-                f"{config.asynchronous.mode!r}: the adaptive policy plans a round's length, "
-                "and asynchronous tasks have no rounds; set a fixed codec setting"
-            )
+        check_config(config)
         super().__init__(
             config,
             run,
