@@ -46,9 +46,15 @@ checkpointed: the clock (every pending event), each task's phase and timing, the
 in flight (trained and encoded, not arrived) with the client states they staged, the
 download queue and the record's counters; a resumed run ends with the same model.
 
+When nothing is scheduled, the run stops once no client can contribute again (every
+client at its contribution limit: ``"contributions"``, or ``"privacy_budget"`` when the
+budget set the limit), waits for clients to come online, or raises naming why nothing
+can happen (work out on links down for good without a deadline): it never spins.
+
 Local DP noise is keyed by each task's seed (never by the step and client alone: a
 client may upload twice between two steps), client transform noise by the seeds of the
-tasks trained together.
+tasks trained together. A resumed run repeats the tasks' seeds and the executor the run
+began with, so a task redone after a resume uploads the same noisy update.
 
 References: Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation",
 AISTATS 2022 (FedBuff's simulated concurrency); Xie, Koyejo & Gupta, "Asynchronous
