@@ -323,6 +323,15 @@ class AsyncServer:
             _Buffered(update, staleness, work.version, float(now), work.handed_out, decoded)
         )
 
+    def readmit(self, update: Update, handed_out: float, arrival: float) -> None:
+        """Buffer again an update accepted before a restart (a runtime's durable record
+        of accepted updates, replayed in arrival order after ``load_state_dict``): its
+        task is restored as it was handed out, then the update is received as it was.
+        Raises ``UpdateRejected`` as :meth:`receive` does."""
+        cid = int(update.client_id)
+        self.in_flight[cid] = Work(cid, update.round, update.version, 0, handed_out)
+        self.receive(update, arrival)
+
     # a step -----------------------------------------------------------------------
     def close_round(self, combine: object = None) -> RoundResult:
         """Apply the buffer as one server step (module docstring); publish a version."""

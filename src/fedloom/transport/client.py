@@ -203,11 +203,18 @@ class _BackgroundHash:
 
 
 class RateLimiter:
-    """Caps the upload rate: a token bucket over the chunks sent."""
+    """Caps the upload rate as a link of that rate would: each chunk is released once the
+    link would have carried it (its turn, after the chunks before it, plus its own size
+    at the rate), so even a one-chunk upload takes its size over the rate."""
 
     def __init__(self, kbps: float | None) -> None:
         self.bytes_per_s = None if kbps is None else kbps * 1000 / 8
         self._next = time.monotonic()
+
+    def restart(self) -> None:
+        """A new attempt of a transfer: chunks of a failed attempt that were still
+        waiting for their turn never went out, so they no longer hold the link."""
+        self._next = min(self._next, time.monotonic())
 
     def take(self, nbytes: int) -> None:
         if self.bytes_per_s is None:
@@ -215,7 +222,7 @@ class RateLimiter:
         now = time.monotonic()
         start = max(self._next, now)  # this chunk's turn
         self._next = start + nbytes / self.bytes_per_s
-        time.sleep(start - now)
+        time.sleep(self._next - now)
 
 
 def _check_data_owner(data_dir: Path, name: str) -> None:
@@ -801,6 +808,8 @@ class DeploymentClient:
             sha256=wire.digest(payload),
             **facts,
         )
+
+        self.limiter.restart()
 
         def messages() -> Iterator[pb.UploadChunk]:
             for i, piece in enumerate(wire.chunks(payload)):

@@ -238,6 +238,33 @@ class TransferScheduler:
                 self._cond.notify_all()
 
 
+class TokenBucket:
+    """A byte budget per second shared by every transfer that takes from it: each
+    ``take`` waits until the bucket holds its bytes (at most ``burst`` accumulate while
+    idle), so concurrent downloads together stay within ``bytes_per_s`` on average."""
+
+    def __init__(self, bytes_per_s: float, burst: int) -> None:
+        if not (math.isfinite(bytes_per_s) and bytes_per_s > 0) or burst < 1:
+            raise ConfigError(f"token bucket of {bytes_per_s!r} bytes/s, burst {burst!r}")
+        self.rate = float(bytes_per_s)
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> None:
+        """Wait for ``nbytes`` of budget (a message larger than the burst waits for its
+        whole size: the budget is kept on average, never exceeded by more than a burst)."""
+        with self._lock:  # one taker at a time: first come, first served
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= nbytes
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            time.sleep(wait)
+
+
 @dataclass(eq=False)
 class _Transfer:
     """One model download or update upload in progress, as the stall watchdog sees it."""
@@ -370,6 +397,7 @@ class DeploymentServer(rpc.FedloomServicer):
         self._closed: dict[int, bytes] = {}  # the last closed round's applied uploads
         self._closed_task = ""
         self._scheduler = TransferScheduler(options.max_transfers)
+        self._bandwidth: TokenBucket | None = None  # a shared download budget, if any
         self._transfers: set[_Transfer] = set()  # in progress, for the stall watchdog
         self._transfer_lock = threading.Lock()
         self.refused: Counter[_K] = Counter()  # refused messages by kind, whole run
@@ -1032,8 +1060,9 @@ class DeploymentServer(rpc.FedloomServicer):
         version, base = int(request.version), int(request.base_version)
         with self._cond:
             known = version in self._models
-            rnd = self._round
-            deadline = rnd.dispatches[cid].deadline if rnd and cid in rnd.dispatches else None
+            rnd = self._accounting()
+            dispatch = rnd.dispatches.get(cid) if rnd is not None else None
+            deadline = None if dispatch is None else dispatch.deadline
         if not known:
             self._refuse(
                 context,
@@ -1048,16 +1077,28 @@ class DeploymentServer(rpc.FedloomServicer):
                 transfer.granted()
                 started = time.perf_counter()
                 for message in messages:
+                    if self._bandwidth is not None:  # the server's shared download budget
+                        self._bandwidth.take(len(message))
                     yield message
                     transfer.done += len(message)
                 # the first chunk only fills buffers: time the rest
                 first = min(payload_bytes, self.options.chunk_bytes)
                 kbps = _kbps(payload_bytes - first, time.perf_counter() - started)
+        self._downloaded(rnd, cid, payload_bytes, kbps)
+
+    def _downloaded(self, rnd: _Round | None, cid: int, payload_bytes: int, kbps: float) -> None:
+        """Count a finished download towards ``rnd``, the round it began in, if that round
+        is still open (a download for a closed round counts towards none)."""
         with self._cond:
-            if self._round is rnd and rnd is not None:
+            if self._accounting() is rnd and rnd is not None:
                 rnd.bytes_down += payload_bytes
                 rnd.downloads.append(payload_bytes)
                 rnd.down_kbps[cid] = kbps
+
+    def _accounting(self) -> _Round | None:
+        """The round (or asynchronous step) that transfers now count towards (call under
+        the lock)."""
+        return self._round
 
     def _prepared(self, version: int, base: int) -> tuple[list[bytes], int]:
         """The serialized chunk messages of model ``version`` (an XOR delta against
@@ -1131,12 +1172,8 @@ class DeploymentServer(rpc.FedloomServicer):
         if first is None or not first.HasField("header"):
             self._refuse(context, invalid, _K.MALFORMED, "upload must start with a header")
         h = first.header
-        with self._cond:
-            rnd = self._round
-            known = rnd is not None and h.task_id == rnd.task_id and cid in rnd.dispatches
-            deadline = rnd.dispatches[cid].deadline if known and rnd else None
-            secure = rnd.secure if known and rnd else None
-            known |= h.task_id == self._closed_task and cid in self._closed  # a late retry
+        known, dispatch, secure = self._upload_task(cid, h.task_id)
+        deadline = None if dispatch is None else dispatch.deadline
         # under SecAgg+ the upload is the masked input: an integer vector of the ring
         dim, dtype = (
             (self.engine.server.dim, np.dtype(np.float32))
@@ -1145,7 +1182,6 @@ class DeploymentServer(rpc.FedloomServicer):
         )
         comp = self.engine.server.compression
         if comp is not None and secure is None:  # a codec payload of at most its bound
-            dispatch = rnd.dispatches.get(cid) if rnd is not None else None
             if dispatch is not None:
                 limit = comp.codec.size_bound(
                     dim, comp.setting(dispatch.round, dispatch.compression)
@@ -1205,6 +1241,18 @@ class DeploymentServer(rpc.FedloomServicer):
         if secure is not None:
             return self._apply_masked(cid, h, payload, context, kbps, secure)
         return self._apply(cid, h, payload, context, kbps)
+
+    def _upload_task(
+        self, cid: int, task_id: str
+    ) -> tuple[bool, Dispatch | None, SecureStages | None]:
+        """Whether ``task_id`` may take an upload from ``cid`` (its open task, or a late
+        retry of the round closed last), that task's dispatch while it is open, and its
+        SecAgg+ state (None: a plain upload)."""
+        with self._cond:
+            rnd = self._round
+            if rnd is not None and task_id == rnd.task_id and cid in rnd.dispatches:
+                return True, rnd.dispatches[cid], rnd.secure
+            return task_id == self._closed_task and cid in self._closed, None, None
 
     def _apply_masked(
         self,
@@ -1313,6 +1361,23 @@ class DeploymentServer(rpc.FedloomServicer):
                 self._cond.notify_all()
         return pb.SecAggAck(duplicate=duplicate)
 
+    def _reported(
+        self, cid: int, h: pb.UploadHeader, context: grpc.ServicerContext
+    ) -> tuple[float, float, int] | None:
+        """The upload's reported evaluation (loss, accuracy, examples), None when it has
+        none or its client joined an earlier server process; a refusal if it is invalid."""
+        if not h.eval_examples:
+            return None
+        with self._cond:
+            holdout = self.holdout_sizes.get(cid)
+        refusal = reported_evaluation_error(h, holdout)
+        if refusal is not None:
+            kind, why = refusal
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, kind, f"client-{cid}: {why}")
+        if holdout is None:  # joined an earlier server process: its hold-out is unknown
+            return None
+        return float(h.eval_loss), float(h.eval_accuracy), int(h.eval_examples)
+
     def _apply(
         self,
         cid: int,
@@ -1321,31 +1386,8 @@ class DeploymentServer(rpc.FedloomServicer):
         context: grpc.ServicerContext,
         kbps: float,
     ) -> pb.UploadReply:
-        evaluation = None
-        if h.eval_examples:
-            with self._cond:
-                holdout = self.holdout_sizes.get(cid)
-            refusal = reported_evaluation_error(h, holdout)
-            if refusal is not None:
-                kind, why = refusal
-                invalid = grpc.StatusCode.INVALID_ARGUMENT
-                self._refuse(context, invalid, kind, f"client-{cid}: {why}")
-            if holdout is not None:  # joined this server process: its hold-out is known
-                evaluation = (float(h.eval_loss), float(h.eval_accuracy), int(h.eval_examples))
-        compressed = self.engine.server.compression is not None
-        update = Update(
-            cid,
-            int(h.round),
-            int(h.version),
-            (
-                np.zeros(0, np.float32)
-                if compressed
-                else wire.as_float32(payload, self.engine.server.dim, "update")
-            ),
-            int(h.num_examples),
-            ClientMetrics(float(h.train_loss), int(h.steps), float(h.epochs), h.train_loss_sq),
-            payload=payload if compressed else None,
-        )
+        evaluation = self._reported(cid, h, context)
+        update = upload_update(cid, h, payload, self.engine.server)
         with self._cond:
             rnd = self._round
             current = rnd is not None and rnd.task_id == h.task_id
@@ -1383,6 +1425,21 @@ class DeploymentServer(rpc.FedloomServicer):
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             why = f"update for task {h.task_id!r} from client-{cid} is stale: {why}"
         self._refuse(context, code, kind, why)
+
+
+def upload_update(cid: int, h: pb.UploadHeader, payload: bytes, server: Any) -> Update:
+    """The ``Update`` an upload carries (``server``: the engine's server, for the model's
+    dimension and whether payloads are codec-encoded, decoded on receipt)."""
+    compressed = server.compression is not None
+    return Update(
+        cid,
+        int(h.round),
+        int(h.version),
+        np.zeros(0, np.float32) if compressed else wire.as_float32(payload, server.dim, "update"),
+        int(h.num_examples),
+        ClientMetrics(float(h.train_loss), int(h.steps), float(h.epochs), h.train_loss_sq),
+        payload=payload if compressed else None,
+    )
 
 
 def reported_evaluation_error(h: pb.UploadHeader, holdout: int | None) -> tuple[_K, str] | None:
