@@ -5,10 +5,11 @@ Part 1 (virtual time). Digits (standardized), Dirichlet(0.5) over 100 clients, t
 default MLP 64-32-10 and client plan (5 local epochs, batch 32, SGD lr 0.1), lognormal
 devices (``devices.kind = "lognormal"``) with ``compute_sigma = 1.4``: the p95 device
 computes exp(1.645 * 1.4) = 10x slower than the median one (5 ms per sample); network
-as the lognormal defaults (medians 10 / 50 Mbit/s, sigma 1; the 9.6 kB model moves in
-milliseconds). Seeds ``--seeds``; every run of a seed has the same data, partition,
-devices and model initialization. Three algorithms, with the same budget of training:
-each aggregates ``10 * R`` client updates (``R = --rounds``):
+as the lognormal defaults (up / down medians 10 / 50 Mbit/s, sigma 1, 50 ms latency: the
+9.6 kB model moves in well under a second, compute dominates). Seeds ``--seeds``; every
+run of a seed has the same data, partition, devices and model initialization. Three
+algorithms, with the same budget of training: each aggregates ``10 * R`` client updates
+(``R = --rounds``):
 
 - **sync**: FedAvg, 10 clients per round drawn uniformly, each round waits for its whole
   cohort (no deadline, no over-selection), ``R`` rounds, server learning rate 2.0;
