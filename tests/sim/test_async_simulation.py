@@ -84,9 +84,17 @@ def test_asynchronous_runs_learn_and_record_their_steps(tmp_path, mode, steps):
             # a client transform with per-client state (examples/transforms)
             'transforms.client=[{name = "damp_by_visits:DampByVisits", strength = 0.5}]',
         ),
+        (
+            "devices.failure_prob=0.2",
+            'devices.availability="diurnal"',
+            "devices.compute_ms_per_sample=20000",
+            "devices.compute_sigma=2.0",
+            "server.deadline_s=10800",
+            "asynchronous.server_uplink_kbps=60000",
+        ),
         ('privacy.mode="local"', "privacy.local_epsilon=20.0", "asynchronous.max_contributions=50"),
     ],
-    ids=["float32-network-drop", "topk-error-feedback", "local-dp"],
+    ids=["float32-network-drop", "topk-error-feedback", "failures-uplink", "local-dp"],
 )
 def test_resume_with_uploads_in_flight_equals_uninterrupted(tmp_path, monkeypatch, extra):
     monkeypatch.syspath_prepend(str(EXAMPLES / "transforms"))
@@ -181,6 +189,30 @@ def test_failures_are_recorded_and_backed_off_and_too_stale_updates_dropped(tmp_
         assert not later or later[0] >= t + 600
     excluded = {e["kind"] for r in steps for e in r["excluded"]}
     assert excluded  # failures and drops are named in the records
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=FedloomError,
+    reason="AsyncServer keeps a client's failure (or refusal) of a step next to its later "
+    "delivery in the same step, which the registry refuses (one outcome per client per "
+    "step); the fix belongs in AsyncServer.fail / receive",
+)
+def test_a_client_that_fails_and_then_delivers_within_one_step(tmp_path):
+    cfg = config(
+        tmp_path,
+        "rounds=20",
+        "asynchronous.buffer_size=8",
+        "asynchronous.concurrency=16",
+        "devices.failure_prob=0.5",
+        "asynchronous.backoff_s=0",  # a failed client may get work again at once
+        "asynchronous.max_backoff_s=0",
+    )
+    sim = start_simulation(cfg)
+    assert sim.run().rounds == 20
+    for r in rounds(sim):
+        excluded = {e["client"] for e in r["excluded"]}
+        assert not excluded & set(r["contributors"])
 
 
 @pytest.mark.parametrize(
