@@ -146,6 +146,7 @@ class AsyncDeploymentServer(DeploymentServer):
                 if not self._await_online():
                     return
                 self._played = True
+                self._step.started = time.perf_counter()  # the first step starts with work
             self._readmit()
             while not srv.ready and not self._replay and not self._stop.is_set():
                 self._apply_reports()
