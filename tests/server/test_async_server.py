@@ -238,3 +238,14 @@ def test_scheduler_backs_off_exponentially_and_forgives_a_delivery() -> None:
     assert restored.waiting(40.0) == {7}
     s.clear(7)
     assert s.waiting(40.0) == set() and s.strike(7, now=40.0) == 50.0
+
+
+def test_a_step_records_each_clients_last_outcome() -> None:
+    srv = server(buffer_size=2)
+    a = srv.hand_out(np.array([0]), 1)[0]
+    srv.fail(a.client_id, "device failure")
+    again = srv.hand_out(np.array([0, 1]), 2)
+    for d in again:
+        srv.receive(update(d, 1.0))
+    result = srv.close_round()
+    assert set(result.completed) == {0, 1} and result.excluded == ()

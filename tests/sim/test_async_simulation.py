@@ -191,13 +191,6 @@ def test_failures_are_recorded_and_backed_off_and_too_stale_updates_dropped(tmp_
     assert excluded  # failures and drops are named in the records
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FedloomError,
-    reason="AsyncServer keeps a client's failure (or refusal) of a step next to its later "
-    "delivery in the same step, which the registry refuses (one outcome per client per "
-    "step); the fix belongs in AsyncServer.fail / receive",
-)
 def test_a_client_that_fails_and_then_delivers_within_one_step(tmp_path):
     cfg = config(
         tmp_path,

@@ -277,6 +277,7 @@ class AsyncServer:
         if client_id not in self.in_flight:
             raise FedloomError(f"client {client_id} has no outstanding work to fail")
         del self.in_flight[client_id]
+        self._refusals.pop(client_id, None)  # a step records each client's last outcome
         self._failed[client_id] = reason
         self._prune()
 
@@ -310,6 +311,7 @@ class AsyncServer:
         except UpdateRejected as err:
             del self.in_flight[cid]
             self._rejected += 1
+            self._failed.pop(int(cid), None)
             self._refusals[int(cid)] = err
             self._prune()
             raise
@@ -319,6 +321,8 @@ class AsyncServer:
         if update.num_examples > limit:
             update = replace(update, num_examples=limit)
         del self.in_flight[cid]
+        self._failed.pop(int(cid), None)
+        self._refusals.pop(int(cid), None)
         self.buffer.append(
             _Buffered(update, staleness, work.version, float(now), work.handed_out, decoded)
         )

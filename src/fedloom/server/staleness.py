@@ -56,4 +56,4 @@ class Staleness:
             return np.ones_like(s)
         if self.kind == "polynomial":
             return (1.0 + s) ** -self.a
-        return np.where(s <= self.b, 1.0, 1.0 / (self.a * (s - self.b) + 1.0))
+        return 1.0 / (self.a * np.maximum(s - self.b, 0.0) + 1.0)  # 1 up to b
