@@ -64,7 +64,6 @@ from fedloom.server.work_scheduler import WorkScheduler
 from fedloom.sim import recovery
 from fedloom.sim.async_runtime import META_KEY as ASYNC_META
 from fedloom.sim.async_runtime import AsyncSimulation, TaskBook
-from fedloom.sim.async_runtime import check_config as check_async_config
 from fedloom.sim.devices import Population
 from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.executor_trial import pick_faster
@@ -551,7 +550,6 @@ def build_simulation(
     a simulated run can be replayed exactly; ``Simulation.randomness`` says which holds,
     and the start and resume records carry it.
     """
-    check_async_config(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     data = data or build_federated_data(config.data, config.partition, config.seed)

@@ -749,6 +749,11 @@ class RunConfig(_Section):
                 self.compression.download != "none",
                 "compression.download (clients of different versions download different deltas)",
             ),
+            (
+                self.compression.adaptive,
+                "compression.adaptive (it plans a round's length "
+                "against its deadline; asynchronous tasks have no rounds)",
+            ),
             (self.privacy.adaptive_clipping, "privacy.adaptive_clipping"),
             (self.privacy.audit_canaries > 0, "privacy.audit_canaries"),
             (self.transforms.two_sided() != [], "two-sided client transforms"),

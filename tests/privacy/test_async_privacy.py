@@ -69,6 +69,10 @@ def test_the_budget_allows_exactly_the_releases_that_fit() -> None:
         ({"privacy": {"mode": "local", "local_epsilon": 2.0}}, "max_contributions"),
         ({"privacy": {"audit_canaries": 4}}, "audit_canaries"),
         ({"compression": {"codec": "fp16", "download": "fp16"}}, "compression.download"),
+        (
+            {"compression": {"codec": "topk", "adaptive": True}, "server": {"deadline_s": 60}},
+            "compression.adaptive",
+        ),
         ({"partition": {"num_clients": 3}, "asynchronous": {"buffer_size": 5}}, "buffer_size"),
     ],
 )

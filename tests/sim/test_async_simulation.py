@@ -13,7 +13,7 @@ from fedloom import metrics
 from fedloom.assemble import resume_simulation, start_simulation
 from fedloom.cli import app
 from fedloom.config import load_config
-from fedloom.errors import ConfigError, FedloomError
+from fedloom.errors import FedloomError
 from fedloom.privacy.accounting import compose_epsilon
 from fedloom.runs import RunDirectory
 from fedloom.sim.async_runtime import AsyncSimulation
@@ -288,18 +288,6 @@ def test_work_that_can_never_end_is_an_error_not_a_hang(tmp_path):
     sim = start_simulation(cfg)
     with pytest.raises(FedloomError, match="can never end"):
         sim.step()
-
-
-def test_adaptive_compression_is_refused_in_asynchronous_mode(tmp_path):
-    cfg = config(
-        tmp_path,
-        'compression.codec="topk"',
-        "compression.adaptive=true",
-        "server.deadline_s=60",
-    )
-    with pytest.raises(ConfigError, match="compression.adaptive"):
-        start_simulation(cfg)
-    assert not list(tmp_path.iterdir())  # the refused run leaves no directory
 
 
 def test_cli_runs_an_asynchronous_experiment(tmp_path):

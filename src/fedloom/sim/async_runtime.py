@@ -76,7 +76,7 @@ from fedloom.client.trainer import TorchTrainer
 from fedloom.compression.pipeline import compression_record
 from fedloom.config import RunConfig
 from fedloom.data.federated import FederatedData
-from fedloom.errors import CheckpointError, ConfigError, FedloomError, UpdateRejected
+from fedloom.errors import CheckpointError, FedloomError, UpdateRejected
 from fedloom.privacy.ledger import release_digest
 from fedloom.privacy.mechanisms import GeneratorNoise
 from fedloom.records import ClientMetrics, Dispatch, Update
@@ -274,18 +274,6 @@ class TaskBook:
         return Upload(update, state("xform", "transform_state"), state("compress", "upload_state"))
 
 
-def check_config(config: RunConfig) -> None:
-    """Refuse what the asynchronous simulator cannot run (before anything is built):
-    ``compression.adaptive`` plans each round's length against its deadline, and
-    asynchronous tasks have no rounds."""
-    if config.asynchronous.enabled and config.compression.adaptive:
-        raise ConfigError(
-            f"compression.adaptive = true with asynchronous.mode = "
-            f"{config.asynchronous.mode!r}: the adaptive policy plans a round's length, "
-            "and asynchronous tasks have no rounds; set a fixed codec setting"
-        )
-
-
 class AsyncSimulation(Simulation):
     """An asynchronous experiment (FedBuff, FedAsync) in virtual time."""
 
@@ -306,7 +294,6 @@ class AsyncSimulation(Simulation):
     ) -> None:
         """Built by ``fedloom.assemble.build_simulation`` when ``asynchronous.mode`` is on;
         ``book`` is the state the engine's checkpoints carry."""
-        check_config(config)
         super().__init__(
             config,
             run,
