@@ -107,11 +107,13 @@ def _staleness_plot(run: RunDirectory, records: list[dict[str, Any]]) -> Path:
     """Bars of aggregated updates per staleness value (every step summed); the title
     counts the updates dropped as too stale."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     totals = staleness_totals(records)
     dropped = sum(int(r.get("dropped_stale") or 0) for r in records if r.get("event") == "round")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.bar(list(totals), list(totals.values()), width=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("staleness (versions published since the update's base)")
     ax.set_ylabel("aggregated updates")
     ax.set_title(f"{run.path.name}: staleness ({dropped} dropped as too stale)")
