@@ -6,13 +6,25 @@ inbox and the processes' logs show, read from the outside.
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 from pathlib import Path
+from typing import Any, NoReturn
 
+import grpc
+import numpy as np
+import pytest
 from deployment import Deployment
 
+from fedloom.assemble import deployment_server, open_deployment
+from fedloom.config import load_config
 from fedloom.metrics import validate
+from fedloom.transport import fedloom_pb2 as pb
+from fedloom.transport import wire
+from fedloom.transport.certs import METADATA_CLIENT
 from fedloom.transport.inbox import FILE, Inbox
+from fedloom.transport.server import ServerOptions
 
 
 def fedbuff(buffer: int, concurrency: int, max_staleness: int = 20) -> str:
@@ -35,13 +47,18 @@ def steps_of(records: list[dict]) -> list[dict]:
     return [r for r in records if r.get("event") == "round"]
 
 
+TOPK = '[compression]\ncodec = "topk"\nparams = {fraction = 0.3}\nerror_feedback = true\n'
+
+
 def test_fedbuff_deployment_steps_drops_too_stale_updates_and_improves(tmp_path: Path) -> None:
     """Five clients get work on version 0 at once; the buffer holds two updates, which
     may be one version stale. Whatever the arrival order, the first two arrivals close
     step 1 and the next two step 2, so the last of the five first tasks arrives at
     staleness >= 2: it is refused with its staleness named, its client is told, and it
-    is counted in the step records and the refusal counters."""
-    d = Deployment(tmp_path, clients=5, rounds=4, epochs=2, extra=fedbuff(2, 5, max_staleness=1))
+    is counted in the step records and the refusal counters. Uploads are top-k payloads
+    with error feedback, decoded by the server on arrival as in synchronous rounds."""
+    extra = fedbuff(2, 5, max_staleness=1) + TOPK
+    d = Deployment(tmp_path, clients=5, rounds=4, epochs=2, extra=extra)
     try:
         d.start_server("--min-clients", "5")
         clients = [d.start_client(i) for i in range(d.clients)]
@@ -56,13 +73,18 @@ def test_fedbuff_deployment_steps_drops_too_stale_updates_and_improves(tmp_path:
             assert s["status"] == "aggregated" and s["completed"] == 2
             assert sum(s["staleness"].values()) == 2  # a histogram of the step's updates
             assert all(int(k) <= 1 for k in s["staleness"])
-            assert s["bytes_up"] == 2 * 4 * d.final_params().size
+            record = s["compression"]
+            assert record["codec"] == "topk" and record["payloads"] == 2
+            assert s["bytes_up"] == record["payload_bytes"] < record["raw_bytes"]
         dropped = sum(s["dropped_stale"] for s in steps)
         assert dropped >= 1
         refused = steps[-1]["refused_messages"]
         assert refused.get("stale_version", 0) == dropped, refused
+        # each client was told, naming the staleness (refusals after the last step, at
+        # version 4, fall into no step record)
         told = "".join(p.read_text() for p in tmp_path.glob("client-*.log"))
-        assert len(re.findall(r"refused by the server: .*staleness \d+ exceeds", told)) == dropped
+        versions = re.findall(r"refused by the server: .*staleness \d+ exceeds .*now (\d+)\)", told)
+        assert sum(int(v) < 4 for v in versions) == dropped, told
         assert steps[-1]["accuracy"] > records[0]["accuracy"]
     finally:
         d.close()
@@ -113,3 +135,118 @@ def test_killed_async_server_resumes_without_losing_acknowledged_updates(
         assert inbox_after(d.run_path, 0) == set()  # every entry is checkpointed now
     finally:
         d.close()
+
+
+class _Refused(Exception):
+    """What a fake RPC context raises where gRPC would end the call with a status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+
+
+class _Context:
+    """The parts of ``grpc.ServicerContext`` the server uses, for plaintext client ``cid``."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return [(METADATA_CLIENT, f"client-{self.cid:06d}")]
+
+    def is_active(self) -> bool:
+        return True
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise _Refused(code, details)
+
+    def cancel(self) -> None:
+        """Nothing to cancel: the call is a plain method call."""
+
+
+def _upload(server: Any, cid: int, task: pb.Task, delta: np.ndarray) -> pb.UploadReply:
+    payload = delta.astype("<f4").tobytes()
+    header = pb.UploadHeader(
+        task_id=task.task_id,
+        round=task.round,
+        version=task.version,
+        num_examples=50,
+        dim=delta.size,
+        dtype="float32",
+        payload_bytes=len(payload),
+        sha256=wire.digest(payload),
+        train_loss=1.0,
+        steps=1,
+        epochs=1.0,
+    )
+    return server.Upload(iter([pb.UploadChunk(header=header, data=payload)]), _Context(cid))
+
+
+def _serve(config: Any, resume: Path | None) -> tuple[Any, threading.Thread]:
+    """An asynchronous server playing in a thread of this process (the thread that builds
+    it owns its SQLite registry), answering direct method calls (not started on a port)."""
+    built: queue.Queue[Any] = queue.Queue()
+
+    def play() -> None:
+        run = open_deployment(None if resume else config, resume)
+        server = deployment_server(run, ServerOptions(port=0, insecure=True, heartbeat_s=0.1))
+        built.put(server)
+        server.run()
+
+    thread = threading.Thread(target=play, daemon=True)
+    thread.start()
+    return built.get(timeout=120), thread
+
+
+def _task(server: Any, cid: int) -> pb.Task:
+    task = server.GetTask(pb.TaskRequest(wait_s=20), _Context(cid))
+    assert task.kind == pb.Task.TRAIN, task
+    return task
+
+
+def test_restart_keeps_checkpointed_tasks_open_and_refuses_later_ones(tmp_path: Path) -> None:
+    """Resume semantics for outstanding work, in process: a task in the checkpoint's
+    ``in_flight`` keeps its id and its upload is accepted after the restart; a task handed
+    out after the checkpoint is refused as a stale task; a retry of an upload acknowledged
+    before the restart is acknowledged as a duplicate, a different one refused."""
+    settings = [
+        "rounds=3",
+        "partition.num_clients=3",
+        "server.clients_per_round=3",
+        f"output_dir={tmp_path / 'runs'}",
+        'asynchronous.mode="fedbuff"',
+        "asynchronous.buffer_size=2",
+        "asynchronous.concurrency=3",
+        "checkpoint.every=1",
+    ]
+    config = load_config(None, settings)
+    server, thread = _serve(config, None)
+    dim = server.engine.server.dim
+    rng = np.random.default_rng(0)
+    for cid in range(3):
+        server.Join(pb.JoinRequest(num_examples=50), _Context(cid))
+    first = {cid: _task(server, cid) for cid in range(3)}  # all on version 0
+    deltas = {cid: rng.normal(0, 0.01, dim).astype(np.float32) for cid in range(3)}
+    for cid in (0, 1):  # step 1: its checkpoint holds client 2's task as outstanding
+        assert _upload(server, cid, first[cid], deltas[cid]).accepted
+    later = _task(server, 0)  # handed out after step 1's checkpoint
+    assert later.round == 2
+    run_path = server.engine.run_dir.path
+    server.stop()  # as a kill would: no record, no checkpoint after step 1
+    thread.join(30)
+
+    server, thread = _serve(config, run_path)
+    try:
+        assert server.engine.server.round == 1
+        assert _task(server, 2).task_id == first[2].task_id  # still its task
+        assert _upload(server, 2, first[2], deltas[2]).accepted
+        with pytest.raises(_Refused, match=r"task \S+ is not open for client-0") as refused:
+            _upload(server, 0, later, deltas[0])
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert _upload(server, 1, first[1], deltas[1]).duplicate
+        with pytest.raises(_Refused, match="already applied") as replay:
+            _upload(server, 1, first[1], deltas[1] + 1e-3)
+        assert replay.value.code == grpc.StatusCode.ALREADY_EXISTS
+    finally:
+        server.stop()
+        thread.join(30)

@@ -400,12 +400,8 @@ class AsyncDeploymentServer(DeploymentServer):
                     )
                     self._cond.notify_all()
                     return pb.UploadReply(accepted=True)
-        self._refuse(context, code, kind, why)
-
-    def stop(self) -> None:
-        super().stop()
-        with self._cond:
-            self._inbox.close()
+            # counted under the lock: the next step's record sees the refusal it drops
+            self._refuse(context, code, kind, why)
 
 
 _invalid = grpc.StatusCode.INVALID_ARGUMENT
