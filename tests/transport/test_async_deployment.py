@@ -19,12 +19,14 @@ from deployment import Deployment
 
 from fedloom.assemble import deployment_server, open_deployment
 from fedloom.config import load_config
+from fedloom.errors import ConfigError
 from fedloom.metrics import validate
 from fedloom.transport import fedloom_pb2 as pb
+from fedloom.transport import server as server_module
 from fedloom.transport import wire
 from fedloom.transport.certs import METADATA_CLIENT
 from fedloom.transport.inbox import FILE, Inbox
-from fedloom.transport.server import ServerOptions
+from fedloom.transport.server import ServerOptions, TokenBucket
 
 
 def fedbuff(buffer: int, concurrency: int, max_staleness: int = 20) -> str:
@@ -250,3 +252,23 @@ def test_restart_keeps_checkpointed_tasks_open_and_refuses_later_ones(tmp_path: 
     finally:
         server.stop()
         thread.join(30)
+
+
+def test_downloads_share_the_token_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent takers of one bucket together get its rate: after the burst, every byte
+    waits for its share, whoever asks (a fake clock: no wall time is measured)."""
+    clock = [0.0]
+    waits: list[float] = []
+    monkeypatch.setattr(server_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(server_module.time, "sleep", waits.append)
+    bucket = TokenBucket(1000.0, burst=500)  # 1 kB/s
+    for _ in range(4):  # two downloads interleaving chunks of 500 B, at the same moment
+        bucket.take(500)
+    # the burst pays the first chunk; the next three queue behind one another
+    assert waits == pytest.approx([0.5, 1.0, 1.5])
+    clock[0] = 10.0  # idle for long: only a burst accumulates
+    waits.clear()
+    bucket.take(600)
+    assert waits == pytest.approx([0.1])  # the debt was paid meanwhile
+    with pytest.raises(ConfigError, match="token bucket"):
+        TokenBucket(0.0, burst=1)
