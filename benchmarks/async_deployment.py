@@ -197,7 +197,10 @@ def _kill_and_resume(root: Path, steps: int) -> dict[str, Any]:
         run.start_server()
         run.start_clients()
         assert run.server is not None
+        give_up = time.monotonic() + STARTUP_S + 300.0
         while True:  # 2 steps recorded and an acknowledged update buffered, or 4 steps
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"no 2 steps in time:\n{run.server_log.read_text()[-3000:]}")
             if run.server.poll() is not None:
                 raise RuntimeError(f"server exited:\n{run.server_log.read_text()[-3000:]}")
             done = len(run.steps())

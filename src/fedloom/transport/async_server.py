@@ -363,6 +363,9 @@ class AsyncDeploymentServer(DeploymentServer):
                     "not open (failed, answered, or handed out before a restart and not "
                     "checkpointed)"
                 )
+            elif engine.finished:  # no step will ever hold it: not acknowledged
+                code, kind = grpc.StatusCode.FAILED_PRECONDITION, _K.STALE_TASK
+                why = f"update for task {h.task_id!r} from client-{cid}: the run is finished"
             else:
                 step = srv.round + 1
                 try:
