@@ -126,13 +126,29 @@ class AsyncEngine(RoundEngine):
             counts = np.maximum(counts, [charged.get(int(c), 0) for c in ids])
         return counts
 
-    def exhausted(self, available: np.ndarray) -> bool:
-        """Nobody can ever get work again: no work is out, nothing is buffered, and every
-        client is at its contribution limit (the run stops)."""
+    def out_of_contributions(self, has_data: np.ndarray) -> StopDecision | None:
+        """Why the run cannot go on (None: it can): no work is out, and every client with
+        data (``has_data``, a mask over all clients) that has no update in the buffer is
+        at its contribution limit, so the buffer can never fill again. The reason is
+        ``"privacy_budget"`` when the budget set the limit, else ``"contributions"``."""
         limit = self.contribution_limit()
-        if limit is None or self.server.in_flight or self.server.buffer:
-            return False
-        return bool(np.all(self.contributed(np.arange(self.server.num_clients)) >= limit))
+        if limit is None or self.server.in_flight:
+            return None
+        buffered = self.server.buffered
+        free = np.array([c for c in np.flatnonzero(has_data) if int(c) not in buffered])
+        if free.size and np.any(self.contributed(free) < limit):
+            return None
+        cap = self.max_contributions
+        budget = cap is None or limit < cap
+        waiting = len(self.server.buffer)
+        detail = (
+            f"every client with data reached its limit of {limit} contributed steps"
+            + (" (the privacy budget's)" if budget else " (asynchronous.max_contributions)")
+            + (f"; {waiting} buffered updates were not released" if waiting else "")
+        )
+        return StopDecision(
+            "privacy_budget" if budget else "contributions", self.server.round, detail
+        )
 
     def receive(self, update: Update) -> None:
         """Buffer one update (``AsyncServer.receive``); a refused or too stale one backs
@@ -184,10 +200,6 @@ class AsyncEngine(RoundEngine):
         } | (extra or {})
         self.handed_out = 0
         return self.finish_round(result, started, record, uploaded=sorted(rejected))
-
-    def stop(self, reason: str, detail: str) -> None:
-        """End the run with ``reason`` (e.g. every client at its contribution limit)."""
-        self.stopped = StopDecision(reason, self.server.round, detail)
 
     def load_state(self, state: dict) -> None:
         super().load_state(state)

@@ -445,17 +445,9 @@ class AsyncSimulation(Simulation):
                 f"at virtual time {vt.now:.0f} s clients {sorted(server.in_flight)} hold work "
                 "that can never end (a link down for good) and server.deadline_s is not set"
             )
-        if not self._eligible().any():
-            limit = engine.contribution_limit()
-            cap = engine.max_contributions
-            budget = limit is not None and (cap is None or limit < cap)
-            waiting = len(server.buffer)
-            engine.stop(
-                "privacy_budget" if budget else "contributions",
-                f"every client with data reached its limit of {limit} contributed steps"
-                + (" (the privacy budget's)" if budget else " (asynchronous.max_contributions)")
-                + (f"; {waiting} buffered updates were not released" if waiting else ""),
-            )
+        stop = engine.out_of_contributions(self._sizes > 0)
+        if stop is not None:
+            engine.stopped = stop
             return
         if vt.wait_for_clients():
             self._fill()

@@ -153,12 +153,9 @@ class AsyncDeploymentServer(DeploymentServer):
                 now = time.time()
                 online = np.array(self._online(now), dtype=np.int64)
                 self._expire(now)
-                if engine.exhausted(online):
-                    engine.stop(
-                        "contribution_limit",
-                        "every client entered asynchronous.max_contributions steps (or its "
-                        "privacy budget's worth)",
-                    )
+                stop = engine.out_of_contributions(self.sizes > 0)
+                if stop is not None:
+                    engine.stopped = stop
                     return
                 busy = srv.pending | srv.buffered
                 idle = online[[int(c) not in busy for c in online]] if online.size else online
