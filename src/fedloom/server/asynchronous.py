@@ -57,7 +57,7 @@ from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.selection import Selector, UniformSelector
 from fedloom.server.staleness import Staleness
 from fedloom.server.stats import ClientStats
-from fedloom.server.sync import decompress
+from fedloom.server.sync import decompress, lower_bounds, observe
 from fedloom.transforms.base import (
     ClientStates,
     Context,
@@ -234,13 +234,7 @@ class AsyncServer:
 
     def bound_examples(self, client_ids: np.ndarray, limits: np.ndarray) -> None:
         """Cap each client's FedAvg weight (see ``SyncServer.bound_examples``)."""
-        ids = np.asarray(client_ids, dtype=np.int64)
-        caps = np.asarray(limits, dtype=np.int64)
-        if ids.shape != caps.shape or ids.ndim != 1 or np.any(caps < 1):
-            raise FedloomError(f"bound_examples: {ids.shape} ids for {caps.shape} limits >= 1")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.num_clients):
-            raise FedloomError(f"bound_examples: client ids must be in 0..{self.num_clients - 1}")
-        np.minimum.at(self._example_bound, ids, caps)
+        lower_bounds(self._example_bound, client_ids, limits)
 
     # work -----------------------------------------------------------------------
     def hand_out(
@@ -458,12 +452,7 @@ class AsyncServer:
 
     def observe(self, metrics: dict[str, float]) -> StopDecision | None:
         """Feed a step's evaluation to convergence monitoring; a decision means stop."""
-        value = metrics.get(self.monitor.metric)
-        if value is None:
-            value = metrics.get(f"fed_{self.monitor.metric}")
-        if value is None:
-            return None
-        return self.monitor.observe(self.round, value)
+        return observe(self.monitor, self.round, metrics)
 
     # checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -132,6 +132,33 @@ def decode(
     return replace(update, delta=delta), state
 
 
+def lower_bounds(bounds: np.ndarray, client_ids: np.ndarray, limits: np.ndarray) -> None:
+    """Lower ``bounds[client_ids]`` to ``limits`` where smaller (a server's per-client
+    example caps; see :meth:`SyncServer.bound_examples`), refusing bad ids or limits."""
+    ids = np.asarray(client_ids, dtype=np.int64)
+    caps = np.asarray(limits, dtype=np.int64)
+    if ids.shape != caps.shape or ids.ndim != 1:
+        raise FedloomError(f"bound_examples: {ids.shape} ids for {caps.shape} limits")
+    if ids.size and (ids.min() < 0 or ids.max() >= len(bounds)):
+        raise FedloomError(f"bound_examples: client ids must be in 0..{len(bounds) - 1}")
+    if np.any(caps < 1):
+        raise FedloomError("bound_examples: every limit must be >= 1")
+    np.minimum.at(bounds, ids, caps)
+
+
+def observe(
+    monitor: ConvergenceMonitor, round: int, metrics: dict[str, float]
+) -> StopDecision | None:
+    """An evaluation for convergence monitoring: the monitored metric, or without a
+    central test set (a deployment) the clients' hold-out one (``fed_`` prefix)."""
+    value = metrics.get(monitor.metric)
+    if value is None:
+        value = metrics.get(f"fed_{monitor.metric}")
+    if value is None:
+        return None
+    return monitor.observe(round, value)
+
+
 @dataclass(frozen=True)
 class _Secure:
     total: SecureSum
@@ -382,15 +409,7 @@ class SyncServer:
         given wins): what the runtime knows of the client, e.g. its registered data size
         or the count it reported when it joined. Counts above are clamped, never refused:
         the update still counts, with a bounded weight."""
-        ids = np.asarray(client_ids, dtype=np.int64)
-        caps = np.asarray(limits, dtype=np.int64)
-        if ids.shape != caps.shape or ids.ndim != 1:
-            raise FedloomError(f"bound_examples: {ids.shape} ids for {caps.shape} limits")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.num_clients):
-            raise FedloomError(f"bound_examples: client ids must be in 0..{self.num_clients - 1}")
-        if np.any(caps < 1):
-            raise FedloomError("bound_examples: every limit must be >= 1")
-        np.minimum.at(self._example_bound, ids, caps)
+        lower_bounds(self._example_bound, client_ids, limits)
 
     def receive_secure_sum(
         self, total: SecureSum, num_examples: np.ndarray, steps: np.ndarray
@@ -682,12 +701,7 @@ class SyncServer:
 
     def observe(self, metrics: dict[str, float]) -> StopDecision | None:
         """Feed the round's evaluation to convergence monitoring; a decision means stop."""
-        value = metrics.get(self.monitor.metric)
-        if value is None:  # a deployment without a central set: the clients' hold-outs
-            value = metrics.get(f"fed_{self.monitor.metric}")
-        if value is None:
-            return None
-        return self.monitor.observe(self.round, value)
+        return observe(self.monitor, self.round, metrics)
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: arrays under ``arrays``, the rest JSON."""
