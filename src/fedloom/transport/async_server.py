@@ -50,7 +50,6 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedloom.client.evaluation import ReportedEvaluation
 from fedloom.compression.adaptive import AdaptivePolicy
 from fedloom.errors import FedloomError, UpdateRejected
 from fedloom.errors import RejectionKind as _K
@@ -244,15 +243,7 @@ class AsyncDeploymentServer(DeploymentServer):
     def _finish_step(self, step: _Round, result: RoundResult) -> None:
         """Registry bandwidth, reported evaluations, then the engine's step record."""
         engine = self.engine
-        if isinstance(engine.evaluator, ReportedEvaluation):  # no central evaluation set
-            completed = set(result.completed)
-            engine.evaluator.report({c: e for c, e in step.evaluations.items() if c in completed})
-        measured = np.array(sorted(step.up_kbps.keys() | step.down_kbps.keys()), dtype=np.int64)
-        engine.registry.record_bandwidth(
-            measured,
-            np.array([step.up_kbps.get(int(c), np.nan) for c in measured]),
-            np.array([step.down_kbps.get(int(c), np.nan) for c in measured]),
-        )
+        self._report_clients(step, result)
         record = engine.finish_step(
             result,
             step.started,

@@ -738,15 +738,7 @@ class DeploymentServer(rpc.FedloomServicer):
             refused,
             now=now,
         )
-        if isinstance(engine.evaluator, ReportedEvaluation):  # no central evaluation set
-            completed = set(result.completed)
-            engine.evaluator.report({c: e for c, e in rnd.evaluations.items() if c in completed})
-        measured = np.array(sorted(rnd.up_kbps.keys() | rnd.down_kbps.keys()), dtype=np.int64)
-        engine.registry.record_bandwidth(
-            measured,
-            np.array([rnd.up_kbps.get(int(c), np.nan) for c in measured]),
-            np.array([rnd.down_kbps.get(int(c), np.nan) for c in measured]),
-        )
+        self._report_clients(rnd, result)
         record = engine.finish_round(
             result,
             rnd.started,
@@ -781,6 +773,21 @@ class DeploymentServer(rpc.FedloomServicer):
             len(result.completed),
             len(rnd.dispatches),
             record.get("accuracy", "-"),
+        )
+
+    def _report_clients(self, rnd: _Round, result: RoundResult) -> None:
+        """What the round (or step) measured of its clients, before its record: the
+        aggregated clients' reported evaluations (no central evaluation set) and every
+        measured transfer rate (the registry's bandwidth estimates)."""
+        engine = self.engine
+        if isinstance(engine.evaluator, ReportedEvaluation):  # no central evaluation set
+            completed = set(result.completed)
+            engine.evaluator.report({c: e for c, e in rnd.evaluations.items() if c in completed})
+        measured = np.array(sorted(rnd.up_kbps.keys() | rnd.down_kbps.keys()), dtype=np.int64)
+        engine.registry.record_bandwidth(
+            measured,
+            np.array([rnd.up_kbps.get(int(c), np.nan) for c in measured]),
+            np.array([rnd.down_kbps.get(int(c), np.nan) for c in measured]),
         )
 
     def _secure_record(self, rnd: _Round) -> dict[str, Any]:
