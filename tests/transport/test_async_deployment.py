@@ -139,6 +139,34 @@ def test_killed_async_server_resumes_without_losing_acknowledged_updates(
         d.close()
 
 
+def test_fedasync_deployment_fails_a_silent_client_and_goes_on(tmp_path: Path) -> None:
+    """FedAsync over gRPC: every arrival is a step that mixes the client's model in.
+    Client 1 is killed while it holds a task; silent past the client timeout, its task is
+    failed as "disconnected" (named in a step record, its client backed off), and client
+    0 alone carries the run to its last step. Both upload slowly (rate caps), so the run
+    outlasts the timeout whatever the machine's speed."""
+    extra = '[asynchronous]\nmode = "fedasync"\nconcurrency = 2\nbackoff_s = 30\n'
+    d = Deployment(tmp_path, clients=2, rounds=4, epochs=1, extra=extra)
+    try:
+        d.start_server("--min-clients", "2", "--min-transfer-kbps", "0")
+        d.start_client(0, None, "--max-upload-kbps", "32")  # ~2.4 s per upload
+        doomed = d.start_client(1, None, "--max-upload-kbps", "16")
+        d.wait_server_log(r"client-000001 fetched task")
+        d.kill(doomed)
+        d.wait_server()
+        records = d.records()
+        validate(records)
+        steps = steps_of(records)
+        assert [s["round"] for s in steps] == [1, 2, 3, 4]
+        assert all(s["contributors"] == [0] and s["completed"] == 1 for s in steps)
+        failed = [e for s in steps for e in s["excluded"] if e["client"] == 1]
+        assert [e["kind"] for e in failed] == ["disconnected"], d.logs()
+        assert sum(s["dropped"].get("disconnected", 0) for s in steps) == 1
+        assert steps[-1]["accuracy"] > records[0]["accuracy"]
+    finally:
+        d.close()
+
+
 class _Refused(Exception):
     """What a fake RPC context raises where gRPC would end the call with a status."""
 
