@@ -362,7 +362,9 @@ class AsyncDeploymentServer(DeploymentServer):
                     self._step.rejected[cid] = err
                     self._dispatches.pop(cid, None)
                     stale = err.kind == _K.STALE_VERSION
-                    code = grpc.StatusCode.FAILED_PRECONDITION if stale else _invalid
+                    code = grpc.StatusCode.FAILED_PRECONDITION
+                    if not stale:
+                        code = grpc.StatusCode.INVALID_ARGUMENT
                     kind, why = err.kind, f"client-{cid}, task {h.task_id!r}: {err}"
                 else:
                     now = time.time()
@@ -393,6 +395,3 @@ class AsyncDeploymentServer(DeploymentServer):
                     return pb.UploadReply(accepted=True)
             # counted under the lock: the next step's record sees the refusal it drops
             self._refuse(context, code, kind, why)
-
-
-_invalid = grpc.StatusCode.INVALID_ARGUMENT
