@@ -107,7 +107,7 @@ def test_killed_async_server_resumes_without_losing_acknowledged_updates(
         d.start_server("--min-clients", "1", *slow)
         d.start_client(0)
         d.wait_server_log(r"acknowledged client-000000")
-        d.start_client(1, None, "--max-upload-kbps", "16")  # ~5 s per upload
+        d.start_client(1, None, "--max-upload-kbps", "32")  # ~2.4 s per upload
         d.wait_server_log(r"client-000001 fetched task")
         first_log = d.server_log
         assert d.server is not None and d.run_path is not None
