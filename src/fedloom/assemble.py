@@ -659,6 +659,22 @@ def _engine(
     cohort = cohort_policy(config, privacy)
     server_chain, decoders, client_states = transforms(config, params.size, shard, deployment)
     upload, upload_states = compression(config, model, shard, deployment)
+    # what both servers (rounds or asynchronous steps) are built from
+    common: dict[str, Any] = dict(
+        params=params,
+        num_clients=num_clients,
+        plan=plan_from_config(config, clients.sizes),
+        optimizer=make_server_optimizer(opt.pop("name"), **opt),
+        monitor=monitor_from_config(config, trainer.task),
+        seed=config.seed,
+        dp=privacy.mechanism(config.seed),
+        os_selection=deployment,
+        max_examples=clients.weight_cap,
+        transforms=server_chain,
+        client_states=client_states,
+        compression=upload,
+        upload_states=upload_states,
+    )
     if config.asynchronous.enabled:
         if shard is not None:
             raise ConfigError(
@@ -667,25 +683,13 @@ def _engine(
             )
         a = config.asynchronous
         server = AsyncServer(
-            params,
-            num_clients,
-            plan_from_config(config, clients.sizes),
-            make_server_optimizer(opt.pop("name"), **opt),
-            monitor_from_config(config, trainer.task),
-            config.seed,
+            **common,
             mode=a.mode,  # type: ignore[arg-type]
             buffer_size=a.buffer,
             staleness=Staleness(a.staleness, a.staleness_a, a.staleness_b),
             max_staleness=a.max_staleness,
             mixing=a.mixing,
             selector=make_selector(sel.strategy, sel.max_share, **sel.params),
-            dp=privacy.mechanism(config.seed),
-            os_selection=deployment,
-            max_examples=clients.weight_cap,
-            transforms=server_chain,
-            client_states=client_states,
-            compression=upload,
-            upload_states=upload_states,
         )
         scheduler = WorkScheduler(
             a.concurrency,
@@ -709,28 +713,15 @@ def _engine(
             checkpoint_meta=checkpoint_meta,
             checkpoint_arrays=checkpoint_arrays,
         )
-    broadcast = model_broadcast(config, model, params)
     server = SyncServer(
-        params=params,
-        num_clients=num_clients,
+        **common,
         clients_per_round=srv.clients_per_round,
-        plan=plan_from_config(config, clients.sizes),
-        optimizer=make_server_optimizer(opt.pop("name"), **opt),
-        monitor=monitor_from_config(config, trainer.task),
-        seed=config.seed,
         selector=cohort.selector(sel.strategy, sel.max_share, sel.params),
         quorum=srv.quorum,
         quorum_policy=srv.quorum_policy,
         max_retries=srv.max_retries,
-        dp=privacy.mechanism(config.seed),
-        os_selection=deployment,
-        max_examples=clients.weight_cap,
-        transforms=server_chain,
-        client_states=client_states,
         decoders=decoders,
-        compression=upload,
-        upload_states=upload_states,
-        broadcast=broadcast,
+        broadcast=model_broadcast(config, model, params),
     )
     return RoundEngine(
         server,

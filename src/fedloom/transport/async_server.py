@@ -374,16 +374,8 @@ class AsyncDeploymentServer(DeploymentServer):
                         log.exception("client-%06d: accepted update not made durable", cid)
                         raise
                     self._dispatches.pop(cid, None)
-                    rec = self._step
                     self._answered[cid] = h.task_id
-                    rec.applied[cid] = h.sha256
-                    if evaluation is not None:
-                        rec.evaluations[cid] = evaluation
-                    rec.arrival[cid] = time.perf_counter()
-                    rec.bytes_up += len(payload)
-                    rec.up_kbps[cid] = kbps
-                    if math.isfinite(h.train_s) and h.train_s >= 0:
-                        self._train_s[cid] = float(h.train_s)
+                    self._applied(self._step, cid, h, len(payload), evaluation, kbps)
                     log.info(
                         "acknowledged client-%06d task %s (step %d, staleness %d)",
                         cid,

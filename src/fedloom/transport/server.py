@@ -1419,19 +1419,32 @@ class DeploymentServer(rpc.FedloomServicer):
                     code, kind = grpc.StatusCode.INVALID_ARGUMENT, err.kind
                     why = str(err)
                 else:
-                    rnd.applied[cid] = h.sha256
-                    if evaluation is not None:
-                        rnd.evaluations[cid] = evaluation
-                    rnd.arrival[cid] = time.perf_counter()
-                    rnd.bytes_up += len(payload)
-                    rnd.up_kbps[cid] = kbps
-                    if math.isfinite(h.train_s) and h.train_s >= 0:
-                        self._train_s[cid] = float(h.train_s)
+                    self._applied(rnd, cid, h, len(payload), evaluation, kbps)
                     self._cond.notify_all()
                     return pb.UploadReply(accepted=True)
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             why = f"update for task {h.task_id!r} from client-{cid} is stale: {why}"
         self._refuse(context, code, kind, why)
+
+    def _applied(
+        self,
+        rnd: _Round,
+        cid: int,
+        h: pb.UploadHeader,
+        nbytes: int,
+        evaluation: tuple[float, float, int] | None,
+        kbps: float,
+    ) -> None:
+        """Note an accepted upload in its round (or step), under the lock: its digest
+        (retries), reported evaluation, arrival, bytes, measured rate and training time."""
+        rnd.applied[cid] = h.sha256
+        if evaluation is not None:
+            rnd.evaluations[cid] = evaluation
+        rnd.arrival[cid] = time.perf_counter()
+        rnd.bytes_up += nbytes
+        rnd.up_kbps[cid] = kbps
+        if math.isfinite(h.train_s) and h.train_s >= 0:
+            self._train_s[cid] = float(h.train_s)
 
 
 def upload_update(cid: int, h: pb.UploadHeader, payload: bytes, server: Any) -> Update:
