@@ -630,6 +630,104 @@ class AsyncConfig(_Section):
         return 1 if self.mode == "fedasync" else self.buffer_size
 
 
+ROBUST_RULES = (
+    "mean",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "geometric_median",
+    "centered_clip",
+    "norm_bound",
+    "fltrust",
+)
+
+
+class AggregationConfig(_Section):
+    """The reduce step of the server chain (docs/robustness.md): ``rule`` turns the
+    round's rows into one update. ``mean`` is FedAvg's example-weighted mean; the robust
+    rules count each client once, so a claimed example count buys no influence.
+    ``params`` are the rule's (e.g. ``beta`` for trimmed_mean, ``f`` for krum and bulyan,
+    ``tau`` and ``iters`` for centered_clip, ``max_norm`` for norm_bound), checked when
+    the config loads. ``bucketing`` (s >= 2) first averages random buckets of s rows
+    (Karimireddy et al., ICLR 2022). ``root_examples``: FLTrust's clean root dataset,
+    sampled from the training data in simulation."""
+
+    rule: Literal[ROBUST_RULES] = "mean"  # type: ignore[valid-type]
+    params: dict[str, float | int] = {}
+    bucketing: int = Field(0, ge=0, description="bucket size s (0 or 1: off)")
+    root_examples: int = Field(100, ge=1, description="fltrust: the server's root dataset")
+
+    @property
+    def robust(self) -> bool:
+        """Whether the rule needs the individual rows (everything but the mean)."""
+        return self.rule != "mean" or self.bucketing >= 2
+
+
+class AnomalyConfig(_Section):
+    """Per-round outlier scores of each update (norm, cosine to the robust centre,
+    distance from the client's own history) and a reputation per client across rounds
+    (docs/robustness.md). An update whose score exceeds ``threshold`` (a robust z-score)
+    is flagged and, with ``exclude_flagged``, left out of the round's aggregate. Each
+    flag lowers the client's reputation (an exponential average with ``reputation_decay``
+    of 1 for a clean round and 0 for a flagged or clamped one); below
+    ``quarantine_below`` it is quarantined (not selected) for ``probation_rounds`` rounds,
+    then admitted on probation."""
+
+    enabled: bool = False
+    threshold: float = Field(3.0, gt=0, description="robust z-score that flags an update")
+    exclude_flagged: bool = True
+    history_smoothing: float = Field(
+        0.5, gt=0, le=1, description="weight of the newest update in a client's history"
+    )
+    reputation_decay: float = Field(0.7, gt=0, lt=1)
+    quarantine_below: float = Field(0.4, ge=0, lt=1)
+    probation_rounds: int = Field(5, ge=1)
+
+
+ATTACKS = (
+    "none",
+    "sign_flip",
+    "scaling",
+    "gaussian",
+    "label_flip",
+    "alie",
+    "ipm",
+    "min_max",
+    "min_sum",
+    "backdoor",
+)
+
+
+class AttackConfig(_Section):
+    """Simulated Byzantine clients (docs/robustness.md): ``clients`` is a fraction of
+    the population (drawn with the run's seed) or a list of client ids; from
+    ``start_round`` on they send what ``kind`` crafts instead of their honest update
+    (``label_flip`` and ``backdoor`` poison their data). ``params`` are the attack's
+    (e.g. ``factor`` for scaling, ``z`` for ALIE, ``epsilon`` for IPM)."""
+
+    kind: Literal[ATTACKS] = "none"  # type: ignore[valid-type]
+    clients: float | list[Annotated[int, Field(ge=0)]] = Field(
+        0.2, description="fraction of clients in (0, 1), or client ids"
+    )
+    params: dict[str, float | int | str] = {}
+    start_round: int = Field(1, ge=1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
+
+    @model_validator(mode="after")
+    def _clients(self) -> AttackConfig:
+        c = self.clients
+        if isinstance(c, float) and not 0.0 < c < 1.0:
+            raise ValueError(f"attack.clients = {c!r}: a fraction must be in (0, 1)")
+        if isinstance(c, list) and len(set(c)) != len(c):
+            raise ValueError(f"attack.clients = {c!r} lists a client twice")
+        return self
+
+
 class RunConfig(_Section):
     """The whole experiment."""
 
@@ -657,6 +755,9 @@ class RunConfig(_Section):
     transforms: TransformsConfig = TransformsConfig()
     compression: CompressionConfig = CompressionConfig()
     asynchronous: AsyncConfig = AsyncConfig()
+    aggregation: AggregationConfig = AggregationConfig()
+    anomaly: AnomalyConfig = AnomalyConfig()
+    attack: AttackConfig = AttackConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -721,6 +822,7 @@ class RunConfig(_Section):
             )
         self._compression_composes()
         self._asynchronous_composes()
+        self._robustness_composes()
         n = self.partition.num_clients
         k = self.server.clients_per_round
         if n and k > n:
@@ -772,6 +874,36 @@ class RunConfig(_Section):
             raise ValueError(
                 f"asynchronous.buffer_size = {a.buffer} exceeds partition.num_clients = {n}"
             )
+
+    def _robustness_composes(self) -> None:
+        """Robust rules and anomaly scores need each client's row: not under secure
+        aggregation (except norm bounding, which each client applies before masking) nor
+        central DP (its noise is sized for a clipped sum). Their parameters are checked
+        against the rows a round or buffer holds."""
+        agg = self.aggregation
+        rowwise = agg.robust and agg.rule != "norm_bound"
+        if self.secagg.enabled and (rowwise or self.anomaly.enabled):
+            what = f"aggregation.rule = {agg.rule!r}" if rowwise else "anomaly.enabled = true"
+            if rowwise and agg.bucketing >= 2:
+                what += f" with aggregation.bucketing = {agg.bucketing}"
+            raise ValueError(
+                f"{what} needs each client's update; secagg.enabled = true gives the server "
+                "only their sum (aggregation.rule = 'norm_bound' is applied by each client "
+                "before masking)"
+            )
+        if self.privacy.mode == "central" and (agg.robust or self.anomaly.enabled):
+            what = f"aggregation.rule = {agg.rule!r}" if agg.robust else "anomaly.enabled"
+            raise ValueError(
+                f"{what} with privacy.mode = 'central': the noise is sized for the sum of "
+                "clipped updates, not for a robust statistic or a screened cohort"
+            )
+        if self.attack.enabled:
+            ids = self.attack.clients
+            n = self.partition.num_clients
+            if isinstance(ids, list) and n and max(ids, default=-1) >= n:
+                raise ValueError(
+                    f"attack.clients = {ids!r} names a client >= partition.num_clients = {n}"
+                )
 
     def _compression_composes(self) -> None:
         """Compression composes with central DP (the server decodes, clips and noises) and

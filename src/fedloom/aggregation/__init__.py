@@ -1,6 +1,6 @@
 """Reducers that turn a cohort's update matrix ``[K, d]`` into one update ``[d]``."""
 
 from fedloom.aggregation.mean import weighted_mean, weighted_sum
-from fedloom.aggregation.reducer import Reducer, WeightedMean
+from fedloom.aggregation.reducer import Reducer, ReduceContext, WeightedMean
 
-__all__ = ["Reducer", "WeightedMean", "weighted_mean", "weighted_sum"]
+__all__ = ["ReduceContext", "Reducer", "WeightedMean", "weighted_mean", "weighted_sum"]
