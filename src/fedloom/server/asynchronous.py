@@ -36,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from fedloom.aggregation import Reducer, WeightedMean
+from fedloom.aggregation import Reducer
 from fedloom.client.schedule import client_seeds
 from fedloom.compression.pipeline import Compression
 from fedloom.errors import FedloomError, UpdateRejected
@@ -54,6 +54,7 @@ from fedloom.records import (
     Update,
 )
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
+from fedloom.server.reduction import Reduction, RootUpdate
 from fedloom.server.selection import Selector, UniformSelector
 from fedloom.server.staleness import Staleness
 from fedloom.server.stats import ClientStats
@@ -142,6 +143,7 @@ class AsyncServer:
         client_states: ClientStates | None = None,
         compression: Compression | None = None,
         upload_states: ClientStates | None = None,
+        root_update: RootUpdate | None = None,
     ) -> None:
         """``mode``, ``buffer_size``, ``staleness``, ``max_staleness``, ``mixing``: the
         algorithm (module docstring; FedAsync forces ``buffer_size = 1``). ``dp``:
@@ -177,7 +179,7 @@ class AsyncServer:
         self.last_release: RoundRelease | None = None
         self.max_examples = max_examples
         self.validation = Validate(int(params.shape[0]))
-        self.reducer: Reducer = reducer or WeightedMean()
+        self.reduction = Reduction(reducer, seed, os_selection, root_update)
         self.transforms = transforms
         self.transform_state = {} if transforms is None else transforms.init(self.dim)
         self.client_states = client_states
@@ -347,7 +349,7 @@ class AsyncServer:
             status = "aggregated"
             rows = np.stack([b.update.delta for b in buf]).astype(np.float32, copy=False)
             rows = self._transform_rows(rows, ids, n, losses)
-            delta, release = self._reduce(rows, n, weight)
+            delta, release = self._reduce(rows, n, weight, ids)
             if self.mode == "fedasync":  # mix with the client's model (its base + delta)
                 alpha = self.mixing * float(weight[0])
                 delta = alpha * (self.model(buf[0].version) + delta - self.params)
@@ -399,11 +401,12 @@ class AsyncServer:
         return result
 
     def _reduce(
-        self, rows: np.ndarray, n: np.ndarray, weight: np.ndarray
+        self, rows: np.ndarray, n: np.ndarray, weight: np.ndarray, ids: np.ndarray
     ) -> tuple[np.ndarray, RoundRelease | None]:
-        """The buffer's update before mixing: FedBuff's staleness-weighted FedAvg mean,
-        or under DP the noisy sum of staleness-weighted clipped rows over the buffer
-        size (``w(s) <= 1``: one client still moves the sum by at most the clip norm).
+        """The buffer's update before mixing: FedBuff's staleness-weighted FedAvg mean (a
+        robust rule over the staleness-weighted rows), or under DP the noisy sum of
+        staleness-weighted clipped rows over the buffer size (``w(s) <= 1``: one client
+        still moves the sum by at most the clip norm).
         FedAsync weighs by staleness in its mixing weight instead."""
         scale = np.ones_like(weight) if self.mode == "fedasync" else weight
         if self.dp is not None:
@@ -412,8 +415,11 @@ class AsyncServer:
             release = self.dp.release_round(total, unclipped, len(rows), None)
             assert release.delta is not None
             return release.delta, release
-        total = self.reducer.partial((rows * scale[:, None]).astype(np.float32), n)
-        return self.reducer.finish(total, float(n.sum())), None
+        scaled = (rows * scale[:, None]).astype(np.float32)
+        total = self.reduction.partial(scaled, n, ids, self.params, self.round + 1)
+        delta = self.reduction.finish(total, float(n.sum()))
+        self.reduction.applied(delta)
+        return delta, None
 
     def _transform_rows(
         self, rows: np.ndarray, ids: np.ndarray, n: np.ndarray, losses: np.ndarray
@@ -458,6 +464,7 @@ class AsyncServer:
     def state_dict(self) -> dict:
         """Everything needed to continue exactly, outstanding work and buffer included."""
         arrays = {"params": self.params, "contributions": self.contributions}
+        arrays.update(self.reduction.arrays())
         arrays.update({f"opt.{k}": np.asarray(v) for k, v in self.opt_state.items()})
         arrays.update({_XFORM + k: v for k, v in flatten_state(self.transform_state).items()})
         arrays.update({f"{_HISTORY}{v}": m for v, m in self.history.items()})
@@ -506,6 +513,7 @@ class AsyncServer:
             )
         self.params = params.copy()
         self.contributions = np.asarray(arrays["contributions"], dtype=np.int64).copy()
+        self.reduction.load(arrays)
         self.opt_state = {
             k.removeprefix("opt."): np.array(v) for k, v in arrays.items() if k.startswith("opt.")
         }

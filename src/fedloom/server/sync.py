@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from fedloom.aggregation import Reducer, WeightedMean
+from fedloom.aggregation import Reducer
 from fedloom.client.schedule import client_seeds
 from fedloom.compression.codec import NonFinitePayload, PayloadError
 from fedloom.compression.download import ModelBroadcast
@@ -44,6 +44,7 @@ from fedloom.records import (
 )
 from fedloom.secagg.cohort import SecureSum
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
+from fedloom.server.reduction import Reduction, RootUpdate
 from fedloom.server.selection import Selector, UniformSelector
 from fedloom.server.stats import ClientStats
 from fedloom.transforms.base import (
@@ -223,6 +224,7 @@ class SyncServer:
         compression: Compression | None = None,
         upload_states: ClientStates | None = None,
         broadcast: ModelBroadcast | None = None,
+        root_update: RootUpdate | None = None,
     ) -> None:
         """``quorum``: the fewest aggregated updates a round may apply. A round below it
         leaves the model unchanged and is either skipped (the round still counts) or,
@@ -247,7 +249,10 @@ class SyncServer:
         ``[transforms] server``; its state is checkpointed) -> reduce (``reducer``,
         default the FedAvg weighted mean; under ``dp`` the clipped rows' plain sum) ->
         central DP (:class:`~fedloom.transforms.privacy.CentralRelease`, with the audit
-        canaries of :meth:`add_canaries`) -> ``optimizer``. Row transforms and a reducer
+        canaries of :meth:`add_canaries`) -> ``optimizer``. A robust reducer runs with
+        its context (:class:`~fedloom.server.reduction.Reduction`; ``root_update`` is the
+        server's own update on its root dataset, for FLTrust); a round with fewer updates
+        than it is defined for is skipped. Row transforms and a reducer
         that is not decomposable need the rows, so they refuse secure sums and, under
         ``combine``, see only one shard's rows.
 
@@ -288,7 +293,7 @@ class SyncServer:
             raise FedloomError(f"max_examples = {max_examples!r}, expected an int >= 1")
         self.max_examples = max_examples
         self.validation = Validate(int(params.shape[0]))
-        self.reducer: Reducer = reducer or WeightedMean()
+        self.reduction = Reduction(reducer, seed, os_selection, root_update)
         self.transforms = transforms
         self.transform_state = {} if transforms is None else transforms.init(int(params.shape[0]))
         self.client_states = client_states
@@ -546,15 +551,17 @@ class SyncServer:
         secure = rnd.secure
         if secure is not None and combine is not None:
             raise FedloomError("a secure sum is the whole cohort's already: it cannot be combined")
-        rowwise = self.transforms is not None or not self.reducer.decomposable
+        rowwise = self.transforms is not None or not self.reduction.decomposable
         if secure is not None and rowwise:
             raise FedloomError(
                 "server row transforms and a non-decomposable reducer need the rows; a secure "
                 "round has only their sum"
             )
-        if combine is not None and not self.reducer.decomposable:
-            raise FedloomError(f"reducer {type(self.reducer).__name__} cannot be combined")
+        if combine is not None and not self.reduction.decomposable:
+            reducer = type(self.reduction.reducer).__name__
+            raise FedloomError(f"reducer {reducer} cannot be combined (it needs every row)")
         matrix = rnd.matrix[rows]
+        too_few = None
         # the server chain: decode -> validate -> transforms -> reduce -> central DP -> optimizer
         if secure is not None:  # decode: the secure transform's server half gave these sums
             rows = np.array([rnd.row[int(c)] for c in secure.total.included], dtype=np.int64)
@@ -570,8 +577,11 @@ class SyncServer:
                 clipped, unclipped = self._dp_clip().clip(matrix)
                 packed[:d] = clipped.sum(axis=0, dtype=np.float64)
                 packed[-2] = unclipped
-            else:
-                packed[:d] = self.reducer.partial(matrix, w)
+            elif (too_few := self.reduction.too_few(len(ups))) is None:
+                ids = np.array([u.client_id for u in ups], dtype=np.int64)
+                start = self.start_params
+                partial = self.reduction.partial(matrix, w, ids, start, rnd.round, self.retries)
+                packed[:d] = partial
             per_client[0, rows] = w
             per_client[1, rows] = w * np.array([u.metrics.train_loss for u in ups])
             per_client[2, rows] = w * np.array([u.metrics.train_loss_sq for u in ups])
@@ -589,6 +599,8 @@ class SyncServer:
         central = self.dp is not None and not self.dp.noise_on_clients
         release = None
         # under central DP even an empty cohort releases noise; with the clients' noise, nothing
+        if rnd.skip is None and too_few is not None:
+            rnd.skip = too_few
         if rnd.skip is not None:
             status = "skipped"
         elif len(done) == 0 and not central:
@@ -613,9 +625,10 @@ class SyncServer:
             elif self.dp is not None:
                 delta = self.dp.release(packed[:d], packed[-2], len(done))
             elif secure is not None:
-                delta = self.reducer.finish(packed[:d], secure.total.weight)
+                delta = self.reduction.finish(packed[:d], secure.total.weight)
             else:
-                delta = self.reducer.finish(packed[:d], total)
+                delta = self.reduction.finish(packed[:d], total)
+                self.reduction.applied(delta)
             self.params, self.opt_state = self.optimizer.step(self.params, delta, self.opt_state)
             self.version += 1
             if self.broadcast is not None:
@@ -718,6 +731,7 @@ class SyncServer:
         if self.broadcast is not None:
             arrays.update(self.broadcast.arrays(_BROADCAST))
         arrays.update({_DECODE + k: v for k, v in flatten_state(self.decode_state).items()})
+        arrays.update(self.reduction.arrays())
         return {
             "arrays": arrays,
             "meta": {
@@ -765,6 +779,7 @@ class SyncServer:
                     f"checkpoint decoder state has {sorted(saved)}, not the configured one's"
                 )
             self.decode_state = unflatten_state(saved)
+        self.reduction.load(arrays)
         self.round = int(meta["round"])
         self.version = int(meta["version"])
         self.retries = 0
