@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedloom.aggregation import Reducer
 from fedloom.client.evaluation import Evaluation, Evaluator, ReportedEvaluation
 from fedloom.client.schedule import steps_for
 from fedloom.client.trainer import TorchTrainer
@@ -56,6 +57,7 @@ from fedloom.server.cohort import CohortPolicy
 from fedloom.server.convergence import ConvergenceMonitor
 from fedloom.server.engine import REGISTRY_PREFIX, EngineSettings, Evaluate, RoundEngine
 from fedloom.server.privacy_plan import QUORUM_STDDEV_FACTOR, PrivacyPlan
+from fedloom.server.reduction import RootUpdate
 from fedloom.server.registry import ClientRegistry
 from fedloom.server.selection import make_selector
 from fedloom.server.staleness import Staleness
@@ -437,6 +439,53 @@ def open_registry(
 
 
 # runs -----------------------------------------------------------------------------
+def reduce_step(
+    config: RunConfig,
+    trainer: TorchTrainer,
+    root_data: ArrayDataset | None,
+    sizes: np.ndarray | None,
+) -> tuple[Reducer | None, RootUpdate | None]:
+    """The server's reducer (None: FedAvg's mean) and, for FLTrust, the server's own
+    update on ``root_data`` (trained like a client, from the round's start model).
+    Under secure aggregation norm bounding runs on the clients (the server has only the
+    sum): see ``RunConfig.client_transform_specs``."""
+    agg = config.aggregation
+    if not agg.robust or config.secagg.enabled:
+        return None, None
+    from fedloom.aggregation.robust import build_reducer
+
+    reducer = build_reducer(agg.rule, agg.params, agg.bucketing)
+    if not reducer.needs_reference:
+        return reducer, None
+    if root_data is None:
+        raise ConfigError(
+            f"aggregation.rule = {agg.rule!r} needs a root dataset on the server; a "
+            "deployment server holds no training data (run it in simulation)"
+        )
+    x, y = torch.as_tensor(root_data.x), torch.as_tensor(root_data.y)
+    plan = plan_from_config(config, sizes)
+    out = torch.empty(trainer.dim)
+
+    def root_update(start: np.ndarray, round: int) -> np.ndarray:
+        seed = int(np.random.default_rng([config.seed, 31, round]).integers(2**62))
+        trainer.train(torch.from_numpy(start), x, y, plan, seed, out)
+        return out.numpy().copy()
+
+    return reducer, root_update
+
+
+def root_dataset(config: RunConfig, data: FederatedData) -> ArrayDataset | None:
+    """FLTrust's root dataset: ``aggregation.root_examples`` training examples drawn
+    with the run's seed, as the paper samples its clean root data (None: not needed)."""
+    if config.aggregation.rule != "fltrust" or config.secagg.enabled:
+        return None
+    pool = data.train
+    n = len(pool.y)
+    size = min(config.aggregation.root_examples, n)
+    take = np.sort(np.random.default_rng([config.seed, 29]).choice(n, size=size, replace=False))
+    return ArrayDataset(pool.x[take], pool.y[take], pool.num_classes)
+
+
 def transforms(
     config: RunConfig, dim: int, shard: Shard | None, deployment: bool
 ) -> tuple[Chain | None, Chain | None, ClientStates | None]:
@@ -445,7 +494,8 @@ def transforms(
     transform state (``[transforms]``; a deployed client keeps its own)."""
     t = config.transforms
     server_chain = build_chain(t.specs("server")) if t.server else None
-    client_chain, decoders = build_sides(t.specs("client")) if t.client else (None, None)
+    specs = config.client_transform_specs()
+    client_chain, decoders = build_sides(specs) if specs else (None, None)
     stateful = [c for c in (client_chain, decoders) if c is not None and c.stateful]
     if shard is not None and stateful:
         raise ConfigError(
@@ -601,6 +651,7 @@ def build_simulation(
         now=time.time if deployment else lambda: virtual_time.now,
         checkpoint_meta=checkpoint_meta,
         checkpoint_arrays=None if book is None else book.arrays,
+        root_data=root_dataset(config, data),
     )
     if book is not None:
         assert isinstance(engine, AsyncEngine)
@@ -637,9 +688,11 @@ def _engine(
     now: Callable[[], float],
     checkpoint_meta: Callable[[], dict[str, Any]] | None,
     checkpoint_arrays: Callable[[], dict[str, np.ndarray]] | None = None,
+    root_data: ArrayDataset | None = None,
 ) -> RoundEngine:
     """The run's round engine over ``trainer``'s model: privacy plan, secure aggregator,
-    cohort policy, server (with its transform chain), registry, evaluator, canaries."""
+    cohort policy, server (with its transform chain and reducer), registry, evaluator,
+    canaries. ``root_data``: the server's clean root dataset (FLTrust)."""
     model = trainer.model
     opt = config.server.optimizer.model_dump()
     sel, srv = config.selection, config.server
@@ -659,6 +712,7 @@ def _engine(
     cohort = cohort_policy(config, privacy)
     server_chain, decoders, client_states = transforms(config, params.size, shard, deployment)
     upload, upload_states = compression(config, model, shard, deployment)
+    reducer, root = reduce_step(config, trainer, root_data, clients.sizes)
     # what both servers (rounds or asynchronous steps) are built from
     common: dict[str, Any] = dict(
         params=params,
@@ -674,6 +728,8 @@ def _engine(
         client_states=client_states,
         compression=upload,
         upload_states=upload_states,
+        reducer=reducer,
+        root_update=root,
     )
     if config.asynchronous.enabled:
         if shard is not None:
@@ -1302,7 +1358,7 @@ def deployment_server(run: DeploymentRun, options: ServerOptions) -> DeploymentS
         run.engine,  # type: ignore[arg-type]
         options,
         spec,
-        config.transforms.specs("client"),
+        config.client_transform_specs(),
         max_examples=deployment_cap(config),
         compression=compression_spec(config),
         adaptive=AdaptivePolicy(config.compression.margin) if config.compression.adaptive else None,

@@ -58,7 +58,7 @@ def run(
         from fedloom.assemble import resume_simulation, start_simulation
         from fedloom.distributed.runtime import shard_from_env, shutdown
 
-        shard = shard_from_env(cfg.distributed.mode)
+        shard = shard_from_env(cfg.shard_mode)
         try:
             sim = resume_simulation(resume, shard) if resume else start_simulation(cfg, shard)
             if shard is None or shard.is_writer:

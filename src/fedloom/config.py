@@ -875,6 +875,25 @@ class RunConfig(_Section):
                 f"asynchronous.buffer_size = {a.buffer} exceeds partition.num_clients = {n}"
             )
 
+    def client_transform_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        """The clients' transform chain: ``[transforms] client``, then, when secure
+        aggregation hides the rows and ``aggregation.rule = 'norm_bound'``, the L2 clip
+        each client applies before masking (the server can only average the sum)."""
+        specs = self.transforms.specs("client")
+        if self.secagg.enabled and self.aggregation.rule == "norm_bound":
+            from fedloom.aggregation.robust import build_reducer
+
+            bound = build_reducer("norm_bound", self.aggregation.params).max_norm
+            specs = [*specs, ("clip_l2", {"clip_norm": bound})]
+        return specs
+
+    @property
+    def shard_mode(self) -> Literal["allreduce", "gather"]:
+        """How torchrun processes combine a round: ``distributed.mode``, or ``gather``
+        when a robust rule or anomaly screening needs every row in each process."""
+        rows = (self.aggregation.robust and not self.secagg.enabled) or self.anomaly.enabled
+        return "gather" if rows else self.distributed.mode
+
     def _robustness_composes(self) -> None:
         """Robust rules and anomaly scores need each client's row: not under secure
         aggregation (except norm bounding, which each client applies before masking) nor
