@@ -546,6 +546,8 @@ class AsyncSimulation(Simulation):
         ]
         dispatches = [t.dispatch for t in group]
         updates = run_dispatches(self.executor, self.server.model(version), dispatches)
+        if self.adversary is not None:  # malicious clients replace what they trained
+            updates = self.adversary.act(updates, self.server.round + 1)
         seeds = [d.seed for d in dispatches]
         server = self.server
         if server.client_states is not None:

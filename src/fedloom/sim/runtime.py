@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fedloom.attacks.adversary import Adversary
 from fedloom.client.schedule import NO_CAP, examples_seen, steps_for
 from fedloom.client.trainer import TorchTrainer
 from fedloom.compression.adaptive import AdaptivePolicy
@@ -111,6 +112,7 @@ class Simulation:
         self.shard = shard
         self.writer = shard is None or shard.is_writer
         self.deployment = deployment
+        self.adversary: Adversary | None = None  # simulated Byzantine clients (assemble)
 
     # the engine's parts, read through the simulation
     @property
@@ -222,6 +224,8 @@ class Simulation:
         shard = self.shard
         mine = todo if shard is None else shard.mine(todo)
         updates = run_dispatches(self.executor, self.server.start_params, mine)
+        if self.adversary is not None:  # malicious clients replace what they trained
+            updates = self.adversary.act(updates, self.server.round + 1)
         if self.server.client_states is not None:  # the clients' own transform chain
             updates = self._transform(updates)
         if self.privacy.local:
