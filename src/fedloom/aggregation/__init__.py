@@ -1,6 +1,52 @@
 """Reducers that turn a cohort's update matrix ``[K, d]`` into one update ``[d]``."""
 
 from fedloom.aggregation.mean import weighted_mean, weighted_sum
-from fedloom.aggregation.reducer import Reducer, ReduceContext, WeightedMean
+from fedloom.aggregation.reducer import ReduceContext, Reducer, WeightedMean
+from fedloom.aggregation.robust import (
+    Bucketed,
+    Bulyan,
+    CenteredClip,
+    CoordinateMedian,
+    FLTrust,
+    GeometricMedian,
+    Krum,
+    NormBound,
+    TrimmedMean,
+    bucketing,
+    build_reducer,
+    bulyan,
+    centered_clip,
+    fltrust,
+    geometric_median,
+    krum,
+    median,
+    norm_bound,
+    trimmed_mean,
+)
 
-__all__ = ["ReduceContext", "Reducer", "WeightedMean", "weighted_mean", "weighted_sum"]
+__all__ = [
+    "Bucketed",
+    "Bulyan",
+    "CenteredClip",
+    "CoordinateMedian",
+    "FLTrust",
+    "GeometricMedian",
+    "Krum",
+    "NormBound",
+    "ReduceContext",
+    "Reducer",
+    "TrimmedMean",
+    "WeightedMean",
+    "bucketing",
+    "build_reducer",
+    "bulyan",
+    "centered_clip",
+    "fltrust",
+    "geometric_median",
+    "krum",
+    "median",
+    "norm_bound",
+    "trimmed_mean",
+    "weighted_mean",
+    "weighted_sum",
+]
