@@ -37,6 +37,7 @@ CORE = {
     "transforms",
     "compression",
     "aggregation",
+    "attacks",
     "optim",
     "privacy",
     "secagg",

@@ -900,6 +900,14 @@ class RunConfig(_Section):
         central DP (its noise is sized for a clipped sum). Their parameters are checked
         against the rows a round or buffer holds."""
         agg = self.aggregation
+        from fedloom.aggregation.robust import build_reducer
+
+        if self.asynchronous.enabled:
+            rows, field = self.asynchronous.buffer, "asynchronous.buffer_size"
+        else:
+            rows, field = self.server.clients_per_round, "server.clients_per_round"
+        if not self.secagg.enabled:  # under secure aggregation the clients clip
+            build_reducer(agg.rule, agg.params, agg.bucketing, rows=rows, rows_field=field)
         rowwise = agg.robust and agg.rule != "norm_bound"
         if self.secagg.enabled and (rowwise or self.anomaly.enabled):
             what = f"aggregation.rule = {agg.rule!r}" if rowwise else "anomaly.enabled = true"
