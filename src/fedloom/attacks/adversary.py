@@ -110,7 +110,11 @@ class Adversary:
     def act(self, updates: list[Update], round: int) -> list[Update]:
         """``updates`` with the malicious clients' deltas replaced by the attack's rows
         (float32, same shape), crafted from their own and the other updates of the list
-        (the honest ones); unchanged before ``start_round`` or for a pure data attack."""
+        (the honest ones); unchanged before ``start_round`` or for a pure data attack.
+
+        The list is what the runtime trained together: a synchronous round's cohort (a
+        rank's share of it under torchrun), or an asynchronous cohort of one model
+        version, so omniscient attacks know the honest updates trained with them."""
         if round < self.start_round or not self.attack.crafts or not updates:
             return updates
         ids = np.array([u.client_id for u in updates], dtype=np.int64)
