@@ -292,7 +292,9 @@ def clients(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
     top: Annotated[int, typer.Option(help="rows to show, most selected first (0 = all)")] = 20,
 ) -> None:
-    """Per-client participation, reliability, speed, loss and contribution of a run."""
+    """Per-client participation, reliability, speed, loss, contribution and reputation of a
+    run (``held``: quarantined, with the last round of its quarantine; ``probation``:
+    clean rounds it still needs on probation)."""
     with user_errors():
         from fedloom.runs import RunDirectory
         from fedloom.server.registry import ClientRegistry
@@ -310,6 +312,8 @@ def clients(
             ) from None
         with registry:
             rows = registry.summary()
+            reputation = registry.reputation_history()
+        quarantine_below = run.load_config().anomaly.quarantine_below if reputation else None
     from fedloom.report import write_client_plots
 
     shown = sorted(rows, key=lambda r: (-r["selected"], r["id"]))
@@ -326,6 +330,7 @@ def clients(
         "loss",
         "hold-out acc",
         "contribution",
+        "reputation",
         "flags",
     ):
         table.add_column(col, justify="right" if col != "flags" else "left")
@@ -341,10 +346,18 @@ def clients(
             _num(r["loss"], 3),
             _num(r["last_accuracy"], 3),
             _num(r["mean_contribution"], 3),
+            f"{r['reputation']:.2f}"
+            + (
+                f" held to {r['quarantined_until']}"
+                if r["quarantined"]
+                else f" probation {r['probation']}"
+                if r["probation"]
+                else ""
+            ),
             ",".join(r["flags"]),
         )
     console.print(table)
-    for png in write_client_plots(run, rows):
+    for png in write_client_plots(run, rows, reputation, quarantine_below):
         console.print(f"plot: {png}")
 
 

@@ -130,8 +130,16 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
     return path
 
 
-def write_client_plots(run: RunDirectory, rows: list[dict[str, Any]]) -> list[Path]:
-    """Participation, reliability and speed of every client as PNGs under ``report/``."""
+def write_client_plots(
+    run: RunDirectory,
+    rows: list[dict[str, Any]],
+    reputation: list[dict[str, Any]] | None = None,
+    quarantine_below: float | None = None,
+) -> list[Path]:
+    """Participation, reliability and speed of every client as PNGs under ``report/``,
+    and their reputation over rounds when ``reputation`` (the registry's
+    ``reputation_history()``) has rows, with the quarantine threshold ``quarantine_below``
+    if given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,7 +184,72 @@ def write_client_plots(run: RunDirectory, rows: list[dict[str, Any]]) -> list[Pa
         ax.set_title(f"{run.path.name}: client speed")
         fig.tight_layout()
         written.append(_save(fig, run.report_dir / "clients_speed.png"))
+    if reputation:
+        written.append(_reputation_plot(run, reputation, quarantine_below))
     return written
+
+
+_QUARANTINE_ACTIONS = ("quarantine", "requarantine")
+
+
+def _reputation_plot(
+    run: RunDirectory, history: list[dict[str, Any]], quarantine_below: float | None
+) -> Path:
+    """Each client's reputation as a step line from 1 (before its first change); clients
+    ever quarantined in red with a cross where it happened, the others in grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.collections import LineCollection
+    from matplotlib.ticker import MaxNLocator
+
+    clients = np.array([h["client_id"] for h in history], dtype=np.int64)
+    rounds = np.array([h["round"] for h in history], dtype=np.float64)
+    values = np.array([h["reputation"] for h in history], dtype=np.float64)
+    caught = np.array([h["action"] in _QUARANTINE_ACTIONS for h in history], dtype=bool)
+    order = np.lexsort((rounds, clients))
+    clients, rounds, values, caught = clients[order], rounds[order], values[order], caught[order]
+    starts = np.flatnonzero(np.r_[True, clients[1:] != clients[:-1]])
+    bad_clients = np.unique(clients[caught])
+    end = float(rounds.max()) + 1  # every line runs to the end of the logged rounds
+    segments, colours = [], []
+    for lo, hi in zip(starts, [*starts[1:], len(clients)], strict=True):
+        x = np.r_[rounds[lo] - 1, rounds[lo:hi]]
+        y = np.r_[1.0, values[lo:hi]]
+        steps = np.stack([np.repeat(x, 2)[1:], np.repeat(y, 2)[:-1]], axis=1)
+        segments.append(np.vstack([steps, [[end, y[-1]]]]))
+        colours.append("tab:red" if clients[lo] in bad_clients else "0.6")
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.add_collection(LineCollection(segments, colors=colours, linewidths=1.0, alpha=0.8))
+    ax.scatter(
+        rounds[caught],
+        values[caught],
+        marker="x",
+        color="tab:red",
+        zorder=3,
+        label=f"quarantined ({len(bad_clients)} clients)",
+    )
+    if quarantine_below is not None:
+        ax.axhline(
+            quarantine_below,
+            color="black",
+            linestyle="--",
+            linewidth=1.0,
+            label=f"quarantine below {quarantine_below:g}",
+        )
+    ax.set_xlim(float(rounds.min()) - 1, end)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel("round")
+    ax.set_ylabel("reputation")
+    ax.set_title(f"{run.path.name}: reputation of {len(starts)} clients that lost trust")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return _save(fig, run.report_dir / "clients_reputation.png")
 
 
 def write_sweep_plot(folder: Path, rows: list[dict[str, Any]]) -> Path:

@@ -6,6 +6,11 @@ the working state. The working state itself lives in numpy arrays indexed by cli
 so one round's bookkeeping is a handful of vectorized updates plus one ``executemany``
 transaction, and 100,000 clients cost a few MB. Selectors read it through ``stats()``.
 
+Reputation (``record_screening``, ``admit``): the anomaly screening of each round
+(``server/anomaly.py``) moves every screened client's reputation; the policy's
+decisions (flag, quarantine, release, requarantine) are logged in ``decisions`` and
+every change of a reputation in ``reputation``, for reports.
+
 Restoring the snapshot of round ``r`` and replaying the same calls reproduces the same
 state exactly: log rows written after round ``r`` are deleted on restore, and check-ins
 carry the round during which they arrived.
@@ -14,7 +19,9 @@ References: Bonawitz et al., "Towards Federated Learning at Scale: System Design
 MLSys 2019 (diurnal device availability, over-selection against dropouts);
 Raj & Kalyani, "Taming Non-stationary Bandits: A Bayesian Approach", 2017 (discounted
 Beta posteriors); Lai et al., "Oort: Efficient Federated Learning via Guided Participant
-Selection", OSDI 2021 (per-client loss, squared loss and duration as selection signals).
+Selection", OSDI 2021 (per-client loss, squared loss and duration as selection signals);
+Muñoz-González et al., "Byzantine-Robust Federated Machine Learning through Adaptive
+Model Averaging", 2019 (per-client reputation and blocking).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import io
 import math
 import sqlite3
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +44,15 @@ from fedloom.errors import (
     FedloomError,
     RejectionKind,
     UpdateRejected,
+)
+from fedloom.server.anomaly import (
+    CLAMPED,
+    SCORES,
+    SERVED,
+    Decision,
+    ReputationPolicy,
+    ReputationState,
+    Screening,
 )
 from fedloom.server.stats import HOURS, ClientStats
 
@@ -72,7 +89,24 @@ _STATE: dict[str, tuple[type, float, bool]] = {
     "last_accuracy": (np.float64, math.nan, False),
     "measured_up_kbps": (np.float64, math.nan, False),  # from real transfers (deployment)
     "measured_down_kbps": (np.float64, math.nan, False),
+    "reputation": (np.float64, 1.0, False),  # anomaly reputation, 1 = fully trusted
+    "quarantined": (np.bool_, False, False),  # held out of selection until released
+    "quarantined_until": (np.int64, 0, False),  # last round of the latest quarantine
+    "probation": (np.int64, 0, False),  # clean screenings left on probation
+    "strikes": (np.int64, 0, False),  # quarantines since the last completed probation
 }
+
+# The columns of ReputationState, as the working state names them.
+_REPUTATION = {
+    "reputation": "reputation",
+    "quarantined": "quarantined",
+    "until": "quarantined_until",
+    "probation": "probation",
+    "strikes": "strikes",
+}
+
+# Logs whose rows belong to a round (deleted after the round a restore returns to).
+_LOGS = ("participation", "evaluations", "checkins", "decisions", "reputation", "snapshots")
 
 _STATIC = ("data_size", "label_entropy", "tier", "compute_ms_per_sample", "up_kbps", "down_kbps")
 _STATIC_DTYPES = (np.int64, np.float64, np.int64, np.float64, np.float64, np.float64)
@@ -93,6 +127,16 @@ CREATE INDEX IF NOT EXISTS evaluations_client ON evaluations (client_id, round);
 CREATE TABLE IF NOT EXISTS checkins (
     round INTEGER NOT NULL, client_id INTEGER NOT NULL, time REAL NOT NULL,
     online INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    round INTEGER NOT NULL, client_id INTEGER NOT NULL, action TEXT NOT NULL,
+    reason TEXT NOT NULL, reputation REAL NOT NULL, norm_z REAL, cosine_z REAL,
+    history_z REAL, quarantined_until INTEGER NOT NULL,
+    PRIMARY KEY (round, client_id, action));
+CREATE INDEX IF NOT EXISTS decisions_client ON decisions (client_id, round);
+CREATE TABLE IF NOT EXISTS reputation (
+    round INTEGER NOT NULL, client_id INTEGER NOT NULL, reputation REAL NOT NULL,
+    PRIMARY KEY (round, client_id));
+CREATE INDEX IF NOT EXISTS reputation_client ON reputation (client_id, round);
 CREATE TABLE IF NOT EXISTS snapshots (
     round INTEGER NOT NULL, name TEXT NOT NULL, blob BLOB NOT NULL,
     PRIMARY KEY (round, name));
@@ -115,6 +159,22 @@ FROM evaluations e
 WHERE e.client_id = ?1 AND NOT EXISTS (
     SELECT 1 FROM participation p WHERE p.round = e.round AND p.client_id = e.client_id)
 ORDER BY 1
+"""
+
+_DECISION_COLUMNS = (
+    "round", "client_id", "action", "reason", "reputation", "norm_z", "cosine_z",
+    "history_z", "quarantined_until",
+)  # fmt: skip
+# A client's reputation after each round that changed it, with that round's decision
+# (the close decision if there is one, else the release).
+_REPUTATION_SQL = """
+SELECT r.round, r.client_id, r.reputation, COALESCE(
+    (SELECT d.action FROM decisions d WHERE d.round = r.round AND d.client_id = r.client_id
+     AND d.action != 'release'),
+    (SELECT d.action FROM decisions d WHERE d.round = r.round AND d.client_id = r.client_id))
+FROM reputation r
+WHERE ?1 IS NULL OR r.client_id = ?1
+ORDER BY r.client_id, r.round
 """
 
 
@@ -311,6 +371,7 @@ class ClientRegistry:
         if newest is not None:
             self._state = self._load_snapshot(newest)
             self._round = newest
+        self._screened = self._round  # the last round whose screening was recorded
 
     @property
     def num_clients(self) -> int:
@@ -590,6 +651,162 @@ class ClientRegistry:
             _int(f"{field} client id", key, minimum=None)
         return np.array(keys, dtype=np.int64)
 
+    # reputation ------------------------------------------------------------------
+    def _reputation(self, ids: np.ndarray) -> ReputationState:
+        s = self._state
+        return ReputationState(**{f: s[col][ids].copy() for f, col in _REPUTATION.items()})
+
+    def _set_reputation(self, ids: np.ndarray, state: ReputationState) -> None:
+        for field, col in _REPUTATION.items():
+            self._state[col][ids] = getattr(state, field)
+
+    def quarantined(self, round: int) -> np.ndarray:
+        """Mask (bool [N]) of the clients in quarantine during ``round``: not selectable."""
+        r = _int("round", round)
+        s = self._state
+        return s["quarantined"] & (s["quarantined_until"] >= r)
+
+    def admit(self, round: int, policy: ReputationPolicy) -> tuple[np.ndarray, list[Decision]]:
+        """Call once when round ``round`` opens, before selection: releases the clients
+        whose quarantine ended (on probation, logged as 'release' decisions) and returns
+        ``(quarantined(round), releases)``; the mask's clients must not be selected.
+
+        Calling it again for the same round releases nothing more; ``round`` must come
+        after the last recorded and the last screened round.
+        """
+        r = _int("round", round, minimum=1)
+        if r <= max(self._round, self._screened):
+            raise FedloomError(
+                f"admit round = {r}, expected a round after the last recorded round "
+                f"{max(self._round, self._screened)}"
+            )
+        held = np.flatnonzero(self._state["quarantined"])
+        new, due = policy.release(r, self._reputation(held))
+        ids = held[due]
+        rep = new.reputation[due]
+        releases = [
+            Decision(round=r, client=cid, action="release", reason=SERVED, reputation=value)
+            for cid, value in zip(ids.tolist(), rep.tolist(), strict=True)
+        ]
+        self._log_decisions(r, releases, ids, rep)
+        self._set_reputation(held, new)
+        return self.quarantined(r), releases
+
+    def record_screening(
+        self,
+        round: int,
+        screening: Screening,
+        policy: ReputationPolicy,
+        clamped: Sequence[int] | np.ndarray = (),
+    ) -> list[Decision]:
+        """Call once when round ``round`` closes, with its anomaly screening and the
+        clients whose example counts were clamped (they count as flagged without being
+        screened): moves their reputations by ``policy``, quarantines those that fell
+        below its threshold (or were caught on probation), logs every decision (table
+        ``decisions``) and every changed reputation (table ``reputation``), and returns
+        the decisions (flag, quarantine, requarantine), in client order.
+
+        Before or after ``record_round`` of the same round; once per round, and rounds
+        must increase. Everything is validated before anything is written.
+        """
+        r = _int("round", round, minimum=1)
+        if not isinstance(screening, Screening):
+            raise FedloomError(f"screening = {screening!r}, expected a Screening")
+        if screening.round != r:
+            raise FedloomError(f"screening of round {screening.round} recorded as round {r}")
+        if r < self._round or r <= self._screened:
+            raise FedloomError(
+                f"screening round = {r}, expected a round after the last screened round "
+                f"{self._screened} and not before the last recorded round {self._round}"
+            )
+        screened = self._ids("screening.client_ids", screening.client_ids)
+        clamp = self._ids("clamped", np.asarray(clamped, dtype=np.int64))
+        ids = np.union1d(screened, clamp)
+        at = np.searchsorted(ids, screened)
+        bad = np.isin(ids, clamp)
+        bad[at] |= screening.flagged
+        reason = np.full(len(ids), CLAMPED, dtype=object)
+        reason[at] = [CLAMPED if why is None else why for why in screening.reasons]
+        z = np.full((len(ids), len(SCORES)), math.nan)
+        z[at] = np.stack([screening.z[name] for name in SCORES], axis=1)
+        known = np.zeros(len(ids), dtype=bool)
+        known[at] = True
+
+        old = self._reputation(ids)
+        new, actions = policy.close(r, old, bad)
+        acted = np.flatnonzero(actions != "")
+        decisions = [
+            Decision(
+                round=r,
+                client=int(ids[i]),
+                action=str(actions[i]),
+                reason=str(reason[i]),
+                reputation=float(new.reputation[i]),
+                until=int(new.until[i]) if actions[i] != "flag" else 0,
+                scores=(
+                    {n: _json_float(v) for n, v in zip(SCORES, z[i].tolist(), strict=True)}
+                    if known[i]
+                    else None
+                ),
+            )
+            for i in acted.tolist()
+        ]
+        logged = (new.reputation != old.reputation) | (actions != "")
+        self._log_decisions(r, decisions, ids[logged], new.reputation[logged])
+        self._set_reputation(ids, new)
+        self._screened = r
+        return decisions
+
+    def _log_decisions(
+        self, round: int, decisions: list[Decision], ids: np.ndarray, reputation: np.ndarray
+    ) -> None:
+        """Insert ``decisions`` and the reputations ``ids`` have after the round, in one
+        transaction (a reputation already logged for the round is replaced)."""
+        rows = [
+            (
+                d.round, d.client, d.action, d.reason, d.reputation,
+                *((d.scores or {}).get(name) for name in SCORES), d.until,
+            )
+            for d in decisions
+        ]  # fmt: skip
+        final = zip([round] * len(ids), ids.tolist(), reputation.tolist(), strict=True)
+        try:
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO reputation VALUES (?, ?, ?)",
+                    final,
+                )
+        except sqlite3.IntegrityError as exc:
+            raise FedloomError(
+                f"decisions of round {round} are already logged in {self.path}; restore() "
+                "the snapshot they should follow before recording them again"
+            ) from exc
+
+    def decisions(self, client_id: int | None = None) -> list[dict]:
+        """The logged decisions (of one client, or all), oldest first, as dicts with
+        round, client_id, action, reason, reputation, the three z-scores (None: not
+        screened or unknown) and quarantined_until (0 for flags and releases)."""
+        cid = None if client_id is None else self._client("client_id", client_id)
+        rows = self._db.execute(
+            "SELECT * FROM decisions WHERE ?1 IS NULL OR client_id = ?1 "
+            "ORDER BY round, client_id, action",
+            (cid,),
+        ).fetchall()
+        return [dict(zip(_DECISION_COLUMNS, row, strict=True)) for row in rows]
+
+    def reputation_history(self, client_id: int | None = None) -> list[dict]:
+        """Reputation trajectories for plots: one dict (round, client_id, reputation,
+        action) per round that changed a client's reputation or decided about it, by client
+        then round; a client without rows kept the initial reputation 1. ``action`` is
+        that round's decision (None: a clean screening)."""
+        cid = None if client_id is None else self._client("client_id", client_id)
+        rows = self._db.execute(_REPUTATION_SQL, (cid,)).fetchall()
+        keys = ("round", "client_id", "reputation", "action")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
     def record_evaluation(
         self, round: int, ids: np.ndarray, accuracy: np.ndarray | None, loss: np.ndarray
     ) -> None:
@@ -700,16 +917,18 @@ class ClientRegistry:
             raise CheckpointError(f"registry state of round {r} is unreadable: {err}") from None
         state = self._checked_state(r, decoded)
         with self._db:
-            for table in ("participation", "evaluations", "checkins", "snapshots"):
+            for table in _LOGS:
                 self._db.execute(f"DELETE FROM {table} WHERE round > ?", (r,))
         self._state = state
         self._round = r
+        self._screened = r
         self.snapshot(r)
 
     def restore(self, round: int) -> None:
         """Return to the snapshot of exactly ``round``: load it, and delete what was logged
-        after it (participation and evaluations of later rounds, check-ins that arrived
-        after it, and later snapshots), so replaying reproduces the same state."""
+        after it (participation, evaluations, decisions and reputations of later rounds,
+        check-ins that arrived after it, and later snapshots), so replaying reproduces the
+        same state."""
         r = _int("round", round)
         if r not in (available := self.snapshot_rounds()):
             raise CheckpointError(
@@ -718,10 +937,11 @@ class ClientRegistry:
             )
         state = self._load_snapshot(r)
         with self._db:
-            for table in ("participation", "evaluations", "checkins", "snapshots"):
+            for table in _LOGS:
                 self._db.execute(f"DELETE FROM {table} WHERE round > ?", (r,))
         self._state = state
         self._round = r
+        self._screened = r
 
     def history(self, client_id: int) -> list[dict]:
         """The client's log, oldest first: one dict per round in which it was selected or
@@ -733,7 +953,9 @@ class ClientRegistry:
 
     def summary(self) -> list[dict]:
         """One dict per client for reports: profile, counters, learned statistics, the mean
-        contribution of its aggregated updates (NaN if none) and its flag names."""
+        contribution of its aggregated updates (NaN if none), its flag names and its
+        reputation (``quarantined``: held now; ``quarantined_until``: last round of its
+        latest quarantine, 0 if never; ``probation``: clean screenings left)."""
         contribution = np.full(self.num_clients, math.nan)
         rows = self._db.execute(
             "SELECT client_id, AVG(contribution) FROM participation "
@@ -759,6 +981,10 @@ class ClientRegistry:
             "last_accuracy": s["last_accuracy"].tolist(),
             "mean_contribution": contribution.tolist(),
             "flags": [_flag_names(f) for f in s["flags"].tolist()],
+            "reputation": s["reputation"].tolist(),
+            "quarantined": s["quarantined"].tolist(),
+            "quarantined_until": s["quarantined_until"].tolist(),
+            "probation": s["probation"].tolist(),
         }
         return [
             dict(zip(columns, values, strict=True))
@@ -778,6 +1004,10 @@ class ClientRegistry:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _json_float(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _kind_flags(kind: RejectionKind) -> int:
