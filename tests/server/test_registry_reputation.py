@@ -12,7 +12,7 @@ import pytest
 
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.runs import RunDirectory
-from fedloom.server.anomaly import SCORES, ReputationPolicy, Screening
+from fedloom.server.anomaly import SCORES, AnomalyDetector, Decision, ReputationPolicy, Screening
 from fedloom.server.registry import ClientRegistry, Completion
 
 N = 6
@@ -142,6 +142,17 @@ def test_clamped_counts_lower_reputation_like_flags(tmp_path: Path) -> None:
     rows = reg.summary()
     assert rows[1]["reputation"] == rows[3]["reputation"] == pytest.approx(POLICY.decay)
     assert rows[0]["reputation"] == 1.0 and rows[0]["quarantined_until"] == 0
+
+
+def test_unscored_rows_count_neither_way(tmp_path: Path) -> None:
+    reg = make(tmp_path / "clients.sqlite")
+    play(reg, 1, flagged=[0])
+    few = AnomalyDetector(N, 4).screen(2, np.ones((2, 4), np.float32), np.array([0, 1]))
+    assert reg.record_screening(2, few, POLICY, clamped=[1]) == [
+        Decision(2, 1, "flag", "count_clamped", POLICY.decay)
+    ]
+    assert reg.summary()[0]["reputation"] == pytest.approx(POLICY.decay)  # unchanged
+    reg.close()
 
 
 def test_decisions_and_reputation_tables(tmp_path: Path) -> None:

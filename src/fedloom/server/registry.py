@@ -701,7 +701,9 @@ class ClientRegistry:
     ) -> list[Decision]:
         """Call once when round ``round`` closes, with its anomaly screening and the
         clients whose example counts were clamped (they count as flagged without being
-        screened): moves their reputations by ``policy``, quarantines those that fell
+        screened): moves the reputations of the scored and the clamped clients by
+        ``policy`` (rows the screening could not score, in a round of too few rows, count
+        neither way), quarantines those that fell
         below its threshold (or were caught on probation), logs every decision (table
         ``decisions``) and every changed reputation (table ``reputation``), and returns
         the decisions (flag, quarantine, requarantine), in client order.
@@ -719,16 +721,19 @@ class ClientRegistry:
                 f"screening round = {r}, expected a round after the last screened round "
                 f"{self._screened} and not before the last recorded round {self._round}"
             )
-        screened = self._ids("screening.client_ids", screening.client_ids)
+        listed = self._ids("screening.client_ids", screening.client_ids)
         clamp = self._ids("clamped", np.asarray(clamped, dtype=np.int64))
+        scored = np.isfinite(screening.score)  # unscored rows (too few) count for nothing
+        screened = listed[scored]
         ids = np.union1d(screened, clamp)
         at = np.searchsorted(ids, screened)
         bad = np.isin(ids, clamp)
-        bad[at] |= screening.flagged
+        bad[at] |= screening.flagged[scored]
         reason = np.full(len(ids), CLAMPED, dtype=object)
-        reason[at] = [CLAMPED if why is None else why for why in screening.reasons]
+        reasons = np.array(screening.reasons, dtype=object)[scored]
+        reason[at] = [CLAMPED if why is None else why for why in reasons.tolist()]
         z = np.full((len(ids), len(SCORES)), math.nan)
-        z[at] = np.stack([screening.z[name] for name in SCORES], axis=1)
+        z[at] = np.stack([screening.z[name][scored] for name in SCORES], axis=1)
         known = np.zeros(len(ids), dtype=bool)
         known[at] = True
 
