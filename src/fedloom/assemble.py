@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fedloom.aggregation import Reducer
+from fedloom.attacks import build_adversary
 from fedloom.client.evaluation import Evaluation, Evaluator, ReportedEvaluation
 from fedloom.client.schedule import steps_for
 from fedloom.client.trainer import TorchTrainer
@@ -603,6 +604,9 @@ def build_simulation(
     if config.threads:
         torch.set_num_threads(config.threads)
     data = data or build_federated_data(config.data, config.partition, config.seed)
+    root = root_dataset(config, data)  # the server's clean root data (FLTrust)
+    # simulated Byzantine clients: their examples poisoned (the same on every resume)
+    adversary, data = build_adversary(config.attack, data, config.seed)
     for name, given, found in (
         ("num_features", config.model.num_features, data.num_features),
         ("num_classes", config.model.num_classes, data.num_classes),
@@ -651,16 +655,19 @@ def build_simulation(
         now=time.time if deployment else lambda: virtual_time.now,
         checkpoint_meta=checkpoint_meta,
         checkpoint_arrays=None if book is None else book.arrays,
-        root_data=root_dataset(config, data),
+        root_data=root,
     )
     if book is not None:
         assert isinstance(engine, AsyncEngine)
-        return AsyncSimulation(
+        sim: Simulation = AsyncSimulation(
             config, run, engine, data, trainer, executor_used, note, virtual_time, book, deployment
         )
-    return Simulation(
-        config, run, engine, data, trainer, executor_used, note, virtual_time, shard, deployment
-    )
+    else:
+        sim = Simulation(
+            config, run, engine, data, trainer, executor_used, note, virtual_time, shard, deployment
+        )
+    sim.adversary = adversary
+    return sim
 
 
 @dataclass(frozen=True)
