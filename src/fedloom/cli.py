@@ -220,16 +220,49 @@ def client(
             "repeat for several"
         ),
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    attack: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="MALICIOUS client, to test a run's defences: send what this attack crafts "
+            "from the honestly trained update (sign_flip, scaling, gaussian, ipm, backdoor) "
+            "or poison this client's data when it loads (label_flip, backdoor). alie, "
+            "min_max and min_sum are refused: they need the other clients' honest updates, "
+            "and from this client's own update alone they send it unchanged. The backdoor's "
+            "boost defaults to 1 here (the cohort size is unknown): set boost"
+        ),
+    ] = None,
+    attack_param: Annotated[
+        list[str],
+        typer.Option(help="one parameter of --attack as name=value (e.g. scale=100); repeat"),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    claim_examples: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            min=1,
+            help="MALICIOUS client: declare this example count in every upload (the join "
+            "reports the true count; the server clamps a larger claim to it)",
+        ),
+    ] = None,
 ) -> None:
     """Join a federated run as one client process and train until the server is done."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with user_errors():
-        from fedloom.transport.client import DeploymentClient, RetryPolicy
+        from fedloom.transport.client import (
+            DeploymentClient,
+            RetryPolicy,
+            attack_params,
+            malicious_attack,
+        )
 
         if insecure:
             console.print("[bold yellow]warning:[/] connecting without TLS")
+        if attack_param and attack is None:
+            raise FedloomError("--attack-param needs --attack")
+        malicious = (
+            None if attack is None else malicious_attack(attack, attack_params(attack_param))
+        )
         worker = DeploymentClient(
             server,
             data,
@@ -240,6 +273,8 @@ def client(
             retry=RetryPolicy(patience_s=patience),
             share_labels=share_labels,
             trust=tuple(trust),
+            attack=malicious,
+            claim_examples=claim_examples,
         )
         stats = worker.run()
     console.print(

@@ -22,17 +22,18 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
 import torch
 
-from fedloom.errors import FedloomError
+from fedloom.errors import ConfigError, FedloomError
 from fedloom.privacy.mechanisms import SecureNoise
 from fedloom.records import ClientMetrics, TrainPlan
 from fedloom.secagg.crypto import SecAggError
@@ -67,6 +68,10 @@ from fedloom.transport.messages import (
 )
 from fedloom.transport.secagg_wire import client_to_pb, server_from_pb
 from fedloom.transport.secure_round import SecureTaskSpec
+
+if TYPE_CHECKING:
+    from fedloom.attacks.base import Attack
+    from fedloom.data.arrays import ArrayDataset
 
 log = logging.getLogger("fedloom.client")
 
@@ -244,6 +249,74 @@ def _check_data_owner(data_dir: Path, name: str) -> None:
         )
 
 
+OMNISCIENT_ATTACKS = ("alie", "min_max", "min_sum")
+"""Attacks a deployment client refuses: they craft from the round's honest updates, which
+a client never sees, and the attacks' fallback estimate (``attacks.base.reference``:
+the malicious clients' own updates) is one row here, whose spread is zero, so each would
+send its honest update unchanged. IPM needs only the benign mean, which its own update
+estimates: it is accepted (``-epsilon`` times its own update)."""
+
+
+def attack_params(items: Sequence[str]) -> dict[str, object]:
+    """``--attack-param name=value`` items as an attack's params; values are read as TOML
+    (``100``, ``0.5``, ``"std"``), else kept as strings (``std``)."""
+    params: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--attack-param {item!r}: expected name=value")
+        try:
+            params[name.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            params[name.strip()] = text.strip()
+    return params
+
+
+def malicious_attack(kind: str, params: Mapping[str, object]) -> Attack:
+    """The attack a malicious deployment client applies to its own update and data
+    (``fedloom client --attack``); ``ConfigError`` for an unknown kind or parameter and
+    for the omniscient attacks (:data:`OMNISCIENT_ATTACKS`)."""
+    from fedloom.attacks import build_attack
+
+    if kind in OMNISCIENT_ATTACKS:
+        raise ConfigError(
+            f"--attack {kind!r}: an omniscient attack crafts its update from the other "
+            "clients' honest updates of the round, which a deployment client never sees; "
+            "from its own update alone it would send that update unchanged (the spread of "
+            f"one update is zero). Simulate it instead: [attack] kind = {kind!r}"
+        )
+    return build_attack(kind, params)
+
+
+def poison_own(attack: Attack, train: ArrayDataset, rng: np.random.Generator) -> ArrayDataset:
+    """This client's training data poisoned by ``attack`` (all of it is the malicious
+    client's; a copy, ``train`` is unchanged): the data it then trains on honestly. A
+    backdoor without ``trigger_value`` stamps this client's largest value, as the
+    simulator stamps the training data's (``build_adversary``)."""
+    from dataclasses import replace
+
+    from fedloom.attacks import Backdoor
+    from fedloom.data.arrays import ArrayDataset, ClientPartition
+
+    if not attack.poisons:
+        return train
+    if isinstance(attack, Backdoor) and attack.trigger_value is None:
+        attack = replace(attack, trigger_value=float(train.x.max()) if train.x.size else 1.0)
+    offsets = np.array([0, len(train)], dtype=np.int64)
+    pool = ClientPartition(train.x, train.y, offsets, train.num_classes)
+    poisoned = attack.poison(pool, np.array([0], dtype=np.int64), rng)
+    return ArrayDataset(poisoned.x, poisoned.y, train.num_classes, train.groups)
+
+
+def craft_own(attack: Attack, delta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The float32 vector a malicious client uploads instead of its honestly trained
+    ``delta``: the attack's row for a round of one malicious client that knows no honest
+    update (what the simulator's ``Adversary.act`` does for a cohort)."""
+    own = np.asarray(delta, dtype=np.float32).reshape(1, -1)
+    rows = attack.craft(own, np.empty((0, own.shape[1]), np.float32), rng)
+    return np.asarray(rows, dtype=np.float32).reshape(delta.shape)
+
+
 class DeploymentClient:
     """A client process's connection, data and trainer."""
 
@@ -261,12 +334,21 @@ class DeploymentClient:
         threads: int = 1,
         share_labels: bool = False,
         trust: tuple[str, ...] = (),
+        attack: Attack | None = None,
+        claim_examples: int | None = None,
     ) -> None:
         """``threads``: torch threads for local training (small models train fastest on
         one; several client processes on one machine must not oversubscribe it);
         ``share_labels``: report this client's label histogram when it joins (by default
         it reports only its example counts); ``trust``: packages whose code the server
-        may name (a ``module:`` model or transform); any other is refused."""
+        may name (a ``module:`` model or transform); any other is refused.
+
+        A malicious client, for testing a run's defences: ``attack`` (from
+        :func:`malicious_attack`) poisons its training data when it loads and crafts each
+        upload from its honestly trained update, before its transforms, compression and
+        local DP (where the simulator's adversary acts), drawing from the OS-seeded
+        generator; ``claim_examples``: the example count every upload declares (the join
+        reports the true count, the bound the server clamps a larger claim to)."""
         from fedloom.data.storage import read_client
 
         if not insecure and certs is not None and (Path(certs) / "ca.key").exists():
@@ -282,6 +364,15 @@ class DeploymentClient:
                 f"--share-labels reports a label histogram, but this client's targets are "
                 f"{train.targets}, not class labels"
             )
+        if claim_examples is not None and claim_examples < 1:
+            raise ConfigError(f"--claim-examples {claim_examples}: expected >= 1")
+        self.attack = attack
+        self.claim_examples = claim_examples
+        self.attack_rng = np.random.default_rng()  # the device's own, unseeded
+        # the join's report below describes the data as it was, not as poisoned
+        honest = train
+        if attack is not None:
+            train = poison_own(attack, train, self.attack_rng)
         self.data = train
         self.trust = tuple(trust)
         self.x = torch.from_numpy(train.x)
@@ -296,12 +387,21 @@ class DeploymentClient:
             num_examples=len(train.y),
             holdout_examples=0 if holdout is None else len(holdout.y),
             label_counts=(
-                np.bincount(train.y, minlength=train.num_classes).tolist() if share_labels else []
+                np.bincount(honest.y, minlength=honest.num_classes).tolist() if share_labels else []
             ),
             device="cpu",
         )
         self.name = name or Path(data_dir).name
         _check_data_owner(data_dir, self.name)
+        if attack is not None or claim_examples is not None:
+            log.warning(
+                "MALICIOUS client %s: attack %s; each upload declares %s",
+                self.name,
+                "none" if attack is None else repr(attack),
+                "its true example count"
+                if claim_examples is None
+                else f"{claim_examples} examples (the join reports {len(train)})",
+            )
         # the update transforms the server names at join, and their state (this client's)
         self.transform_state_path = Path(data_dir) / TRANSFORM_STATE
         self.transforms: Any = None
@@ -334,6 +434,10 @@ class DeploymentClient:
         self.held: tuple[int, np.ndarray] | None = None  # (version, params)
         self._stop = threading.Event()
         self.trainer = None
+
+    def _declared_examples(self) -> int:
+        """The example count an upload declares: the true one, or the claimed one."""
+        return len(self.y) if self.claim_examples is None else self.claim_examples
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         return with_retries(what, fn, self.retry, self.rng, self.stats)
@@ -502,6 +606,8 @@ class DeploymentClient:
             # under SecAgg+ the server learns nothing about one client: no evaluation
             evaluation = None if task.HasField("secagg") else self._evaluate(params)
             delta, metrics, train_s = self._train(task, plan, params)
+            if self.attack is not None and self.attack.crafts:
+                delta = craft_own(self.attack, delta, self.attack_rng)
             state = None
             if self.transforms is not None:
                 delta, state = self._transform(task, delta, metrics)
@@ -684,7 +790,7 @@ class DeploymentClient:
                 signing = signing_key(self.identity)
             protocol = SecAggClient(
                 spec.index,
-                spec.encode(delta, len(self.y), metrics),
+                spec.encode(delta, self._declared_examples(), metrics),
                 spec.threshold,
                 signing_key=signing,
                 verify_keys=verify_keys if spec.signed else None,
@@ -801,7 +907,7 @@ class DeploymentClient:
             task_id=task.task_id,
             round=task.round,
             version=task.version,
-            num_examples=len(self.y),
+            num_examples=self._declared_examples(),
             dim=vector.size,
             dtype=dtype,
             payload_bytes=len(payload),
