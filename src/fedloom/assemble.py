@@ -52,6 +52,7 @@ from fedloom.records import TrainPlan
 from fedloom.runs import RunDirectory, keep_aside
 from fedloom.secagg.cohort import SecureAggregator
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
+from fedloom.server.anomaly import AnomalyDetector, AnomalyGuard, ReputationPolicy
 from fedloom.server.async_engine import AsyncEngine
 from fedloom.server.asynchronous import AsyncServer
 from fedloom.server.cohort import CohortPolicy
@@ -475,6 +476,18 @@ def reduce_step(
     return reducer, root_update
 
 
+def anomaly_guard(config: RunConfig, num_clients: int, dim: int) -> AnomalyGuard | None:
+    """Anomaly screening and client reputation (``[anomaly]``; None: off)."""
+    a = config.anomaly
+    if not a.enabled:
+        return None
+    return AnomalyGuard(
+        AnomalyDetector(num_clients, dim, a.threshold, a.history_smoothing),
+        ReputationPolicy(a.reputation_decay, a.quarantine_below, a.probation_rounds),
+        a.exclude_flagged,
+    )
+
+
 def root_dataset(config: RunConfig, data: FederatedData) -> ArrayDataset | None:
     """FLTrust's root dataset: ``aggregation.root_examples`` training examples drawn
     with the run's seed, as the paper samples its clean root data (None: not needed)."""
@@ -737,6 +750,7 @@ def _engine(
         upload_states=upload_states,
         reducer=reducer,
         root_update=root,
+        guard=anomaly_guard(config, num_clients, params.size),
     )
     if config.asynchronous.enabled:
         if shard is not None:

@@ -918,6 +918,11 @@ class RunConfig(_Section):
                 "only their sum (aggregation.rule = 'norm_bound' is applied by each client "
                 "before masking)"
             )
+        if self.anomaly.enabled and rows < 3:
+            raise ValueError(
+                f"anomaly.enabled = true scores an update against the others of its round; "
+                f"{field} = {rows} leaves fewer than 3 to compare"
+            )
         if self.privacy.mode == "central" and (agg.robust or self.anomaly.enabled):
             what = f"aggregation.rule = {agg.rule!r}" if agg.robust else "anomaly.enabled"
             raise ValueError(

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.errors import ConfigError, FedloomError
+from fedloom.errors import ConfigError, FedloomError, RejectionKind, UpdateRejected
 
 SCORES = ("norm", "cosine", "history")
 REASONS = ("norm_outlier", "direction_outlier", "history_outlier")  # one per score
@@ -434,3 +434,42 @@ class ReputationPolicy:
             strikes=state.strikes.copy(),
         )
         return new, due
+
+
+_GUARD = "anomaly."  # checkpoint arrays holding the detector's histories
+
+
+@dataclass
+class AnomalyGuard:
+    """Screening in the server chain (between the server transforms and the reducer)
+    and the reputation policy the engine applies to its results; with
+    ``exclude_flagged`` a flagged update is refused (``RejectionKind.ANOMALY``) and left
+    out of the aggregate."""
+
+    detector: AnomalyDetector
+    policy: ReputationPolicy
+    exclude_flagged: bool = True
+
+    def screen(
+        self, round: int, rows: np.ndarray, client_ids: np.ndarray
+    ) -> tuple[Screening, dict[int, UpdateRejected]]:
+        """The round's screening and the refusals of the updates it leaves out."""
+        screening = self.detector.screen(round, rows, client_ids)
+        refused: dict[int, UpdateRejected] = {}
+        if self.exclude_flagged:
+            for i in np.flatnonzero(screening.flagged).tolist():
+                cid = int(client_ids[i])
+                why = (
+                    f"anomalous update: {screening.reasons[i]} (robust z-score "
+                    f"{screening.score[i]:.1f} > {screening.threshold:g})"
+                )
+                refused[cid] = UpdateRejected(cid, why, RejectionKind.ANOMALY)
+        return screening, refused
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {_GUARD + k: v for k, v in self.detector.state_dict().items()}
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        self.detector.load_state_dict(
+            {k.removeprefix(_GUARD): v for k, v in arrays.items() if k.startswith(_GUARD)}
+        )

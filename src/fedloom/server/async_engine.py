@@ -86,10 +86,11 @@ class AsyncEngine(RoundEngine):
     # work ---------------------------------------------------------------------
     def hand_out(self, available: np.ndarray) -> list[Dispatch]:
         """Tasks for idle clients among ``available`` (online now), as many as the
-        scheduler's capacity leaves room for; backed-off clients, clients without data
-        and clients at their contribution limit get none."""
+        scheduler's capacity leaves room for; backed-off and quarantined clients, clients
+        without data and clients at their contribution limit get none."""
         now = self.now()
         self.registry.observe_availability(now, available)
+        available = self.admit(available)
         stats = self.registry.stats()
         free = self.scheduler.capacity(stats) - len(self.server.in_flight)
         if free <= 0:

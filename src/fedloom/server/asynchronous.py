@@ -53,6 +53,7 @@ from fedloom.records import (
     TrainPlan,
     Update,
 )
+from fedloom.server.anomaly import AnomalyGuard, Screening
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.reduction import Reduction, RootUpdate
 from fedloom.server.selection import Selector, UniformSelector
@@ -144,6 +145,7 @@ class AsyncServer:
         compression: Compression | None = None,
         upload_states: ClientStates | None = None,
         root_update: RootUpdate | None = None,
+        guard: AnomalyGuard | None = None,
     ) -> None:
         """``mode``, ``buffer_size``, ``staleness``, ``max_staleness``, ``mixing``: the
         algorithm (module docstring; FedAsync forces ``buffer_size = 1``). ``dp``:
@@ -180,6 +182,8 @@ class AsyncServer:
         self.max_examples = max_examples
         self.validation = Validate(int(params.shape[0]))
         self.reduction = Reduction(reducer, seed, os_selection, root_update)
+        self.guard = guard
+        self.last_screening: Screening | None = None  # the last closed step's
         self.transforms = transforms
         self.transform_state = {} if transforms is None else transforms.init(self.dim)
         self.client_states = client_states
@@ -338,6 +342,7 @@ class AsyncServer:
         if combine is not None:
             raise FedloomError("asynchronous steps run in one process: nothing to combine")
         buf, self.buffer = self.buffer, []
+        buf = self._screen(buf)
         ids = np.array([b.update.client_id for b in buf], dtype=np.int64)
         n = np.array([b.update.num_examples for b in buf], dtype=np.float64)
         stale = np.array([b.staleness for b in buf], dtype=np.int64)
@@ -399,6 +404,19 @@ class AsyncServer:
         self._failed, self._refusals, self._rejected, self._dropped_stale = {}, {}, 0, 0
         self._prune()
         return result
+
+    def _screen(self, buf: list[_Buffered]) -> list[_Buffered]:
+        """Screen the buffer's rows (before staleness weighting); the updates the guard
+        refuses leave the step (their clients' refusals are recorded with it)."""
+        if self.guard is None or not buf:
+            self.last_screening = None
+            return buf
+        rows = np.stack([b.update.delta for b in buf]).astype(np.float32, copy=False)
+        ids = np.array([b.update.client_id for b in buf], dtype=np.int64)
+        self.last_screening, refused = self.guard.screen(self.round + 1, rows, ids)
+        self._refusals.update(refused)
+        self._rejected += len(refused)
+        return [b for b in buf if int(b.update.client_id) not in refused]
 
     def _reduce(
         self, rows: np.ndarray, n: np.ndarray, weight: np.ndarray, ids: np.ndarray
@@ -465,6 +483,8 @@ class AsyncServer:
         """Everything needed to continue exactly, outstanding work and buffer included."""
         arrays = {"params": self.params, "contributions": self.contributions}
         arrays.update(self.reduction.arrays())
+        if self.guard is not None:
+            arrays.update(self.guard.arrays())
         arrays.update({f"opt.{k}": np.asarray(v) for k, v in self.opt_state.items()})
         arrays.update({_XFORM + k: v for k, v in flatten_state(self.transform_state).items()})
         arrays.update({f"{_HISTORY}{v}": m for v, m in self.history.items()})
@@ -514,6 +534,8 @@ class AsyncServer:
         self.params = params.copy()
         self.contributions = np.asarray(arrays["contributions"], dtype=np.int64).copy()
         self.reduction.load(arrays)
+        if self.guard is not None:
+            self.guard.load(arrays)
         self.opt_state = {
             k.removeprefix("opt."): np.array(v) for k, v in arrays.items() if k.startswith("opt.")
         }

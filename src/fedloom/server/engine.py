@@ -15,20 +15,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from fedloom.client.evaluation import Evaluation
-from fedloom.errors import UpdateRejected
+from fedloom.errors import RejectionKind, UpdateRejected
 from fedloom.privacy.accounting import MechanismEvent, compose_epsilon
 from fedloom.privacy.audit import AuditResult, audit, canary_scores
 from fedloom.privacy.central import Replay
 from fedloom.privacy.ledger import PrivacyLedger
 from fedloom.records import Dispatch, RoundReport, RoundResult
 from fedloom.secagg.cohort import SecureAggregator
+from fedloom.server.anomaly import Decision
 from fedloom.server.cohort import CohortPolicy
 from fedloom.server.convergence import StopDecision
 from fedloom.server.privacy_plan import PrivacyPlan
@@ -122,6 +123,8 @@ class RoundEngine:
         self.last_report: RoundReport | None = None  # the last recorded round, typed
         self._budget_stop: str | None = None  # a release refused for the privacy budget
         self.release_digest = ""  # distributed / local DP: this attempt's release
+        self._reputation: list[Decision] = []  # this round's decisions, for its record
+        self._screening: dict[str, Any] | None = None
 
     # opening a round -----------------------------------------------------------
     @property
@@ -133,6 +136,7 @@ class RoundEngine:
         from ``available`` (the clients online now), counted as one more attempt."""
         now = self.now()
         self.registry.observe_availability(now, available)
+        available = self.admit(available)
         stats = self.registry.stats()
         k = self.cohort.size(stats)
         deadline = None if self.settings.deadline_s is None else now + self.settings.deadline_s
@@ -140,6 +144,17 @@ class RoundEngine:
         dispatches = self.server.begin_round(pool, stats, now, k=k, deadline=deadline)
         self.attempts += 1
         return dispatches
+
+    def admit(self, available: np.ndarray) -> np.ndarray:
+        """``available`` without the quarantined clients (``[anomaly]``), releasing those
+        whose quarantine is served, for the next attempt."""
+        guard = self.server.guard
+        if guard is None:
+            return available
+        blocked, releases = self.registry.admit(self.attempts + 1, guard.policy)
+        self._reputation += releases
+        ids = np.asarray(available, dtype=np.int64)
+        return ids[~blocked[ids]]
 
     def enough(self, dispatched: int) -> int | None:
         """Deliveries that make the rest of ``dispatched`` surplus (``CohortPolicy.enough``)."""
@@ -272,7 +287,27 @@ class RoundEngine:
             contribution=c.contribution,
         )
         when = self.now() if now is None else now
+        refused = {  # the server's own refusals at close (anomaly screening)
+            e.client_id: UpdateRejected(e.client_id, e.detail, e.kind)  # type: ignore[arg-type]
+            for e in result.excluded
+            if e.kind == RejectionKind.ANOMALY
+        }
+        rejected = {**rejected, **refused}
         self.registry.record_round(self.attempts, when, asked, completion, failed, rejected)
+        self._record_screening(result)
+
+    def _record_screening(self, result: RoundResult) -> None:
+        """The round's anomaly screening into the registry's reputations (a clamped
+        example count counts as a flag) and, with their decisions, into its record."""
+        guard, screening = self.server.guard, self.server.last_screening
+        if guard is None or screening is None:
+            return
+        screening = replace(screening, round=self.attempts)  # the registry's round
+        clamped = [c for c, _, _ in result.clamped]
+        self._reputation += self.registry.record_screening(
+            self.attempts, screening, guard.policy, clamped
+        )
+        self._screening = screening.record()
 
     def finish_round(
         self,
@@ -310,6 +345,11 @@ class RoundEngine:
         if self.ledger is not None:
             record |= self._charge(result, uploaded or [])
         record |= extra
+        if self._screening is not None:
+            record["anomaly"] = self._screening
+        if self._reputation:
+            record["reputation"] = [d.record() for d in self._reputation]
+        self._screening, self._reputation = None, []
         epsilon = record.get("epsilon")
         self.last_report = RoundReport(
             result,

@@ -43,6 +43,7 @@ from fedloom.records import (
     Update,
 )
 from fedloom.secagg.cohort import SecureSum
+from fedloom.server.anomaly import AnomalyGuard, Screening
 from fedloom.server.convergence import ConvergenceMonitor, StopDecision
 from fedloom.server.reduction import Reduction, RootUpdate
 from fedloom.server.selection import Selector, UniformSelector
@@ -225,6 +226,7 @@ class SyncServer:
         upload_states: ClientStates | None = None,
         broadcast: ModelBroadcast | None = None,
         root_update: RootUpdate | None = None,
+        guard: AnomalyGuard | None = None,
     ) -> None:
         """``quorum``: the fewest aggregated updates a round may apply. A round below it
         leaves the model unchanged and is either skipped (the round still counts) or,
@@ -244,15 +246,17 @@ class SyncServer:
         the model by declaring a huge count.
 
         ``close_round`` runs the server chain: decode (a secure round's sums) -> validate
-        (:class:`~fedloom.transforms.validation.Validate`, on receipt) -> ``transforms``
-        (a server transform chain over the cohort's rows, e.g. from the config's
+        (:class:`~fedloom.transforms.validation.Validate`, on receipt) -> screen
+        (``guard``, :class:`~fedloom.server.anomaly.AnomalyGuard`: anomaly scores, kept
+        in :attr:`last_screening`; flagged rows may be refused) -> ``transforms`` (a
+        server transform chain over the cohort's rows, e.g. from the config's
         ``[transforms] server``; its state is checkpointed) -> reduce (``reducer``,
-        default the FedAvg weighted mean; under ``dp`` the clipped rows' plain sum) ->
-        central DP (:class:`~fedloom.transforms.privacy.CentralRelease`, with the audit
-        canaries of :meth:`add_canaries`) -> ``optimizer``. A robust reducer runs with
-        its context (:class:`~fedloom.server.reduction.Reduction`; ``root_update`` is the
-        server's own update on its root dataset, for FLTrust); a round with fewer updates
-        than it is defined for is skipped. Row transforms and a reducer
+        default the FedAvg weighted mean, run with its context by
+        :class:`~fedloom.server.reduction.Reduction`; ``root_update`` is the server's own
+        update on its root dataset, for FLTrust; a round with fewer updates than the rule
+        is defined for is skipped; under ``dp`` the clipped rows' plain sum) -> central
+        DP (:class:`~fedloom.transforms.privacy.CentralRelease`, with the audit canaries
+        of :meth:`add_canaries`) -> ``optimizer``. Screening, row transforms and a reducer
         that is not decomposable need the rows, so they refuse secure sums and, under
         ``combine``, see only one shard's rows.
 
@@ -294,6 +298,8 @@ class SyncServer:
         self.max_examples = max_examples
         self.validation = Validate(int(params.shape[0]))
         self.reduction = Reduction(reducer, seed, os_selection, root_update)
+        self.guard = guard
+        self.last_screening: Screening | None = None  # the last closed round's
         self.transforms = transforms
         self.transform_state = {} if transforms is None else transforms.init(int(params.shape[0]))
         self.client_states = client_states
@@ -562,7 +568,8 @@ class SyncServer:
             raise FedloomError(f"reducer {reducer} cannot be combined (it needs every row)")
         matrix = rnd.matrix[rows]
         too_few = None
-        # the server chain: decode -> validate -> transforms -> reduce -> central DP -> optimizer
+        # the server chain: decode -> validate -> screen -> transforms -> reduce -> central DP
+        # -> optimizer
         if secure is not None:  # decode: the secure transform's server half gave these sums
             rows = np.array([rnd.row[int(c)] for c in secure.total.included], dtype=np.int64)
             packed[:d] = secure.total.delta
@@ -571,13 +578,16 @@ class SyncServer:
             per_client[1:3, rows] = np.nan
             per_client[3, rows] = secure.steps
         elif ups:  # in selection order, so arrival order cannot change the sum
-            # validate ran on receipt (Validate.check); then the server's row transforms
+            # validate ran on receipt (Validate.check); then screening (flagged rows may
+            # be refused) and the server's row transforms
+            if self.guard is not None:
+                matrix, ups, w, rows = self._screen(rnd, matrix, ups, w, rows)
             matrix = self._transform_rows(matrix, rnd, ups, w)
-            if self.dp is not None:  # DP-FedAvg: equal weights of clipped updates
+            if ups and self.dp is not None:  # DP-FedAvg: equal weights of clipped updates
                 clipped, unclipped = self._dp_clip().clip(matrix)
                 packed[:d] = clipped.sum(axis=0, dtype=np.float64)
                 packed[-2] = unclipped
-            elif (too_few := self.reduction.too_few(len(ups))) is None:
+            elif ups and (too_few := self.reduction.too_few(len(ups))) is None:
                 ids = np.array([u.client_id for u in ups], dtype=np.int64)
                 start = self.start_params
                 partial = self.reduction.partial(matrix, w, ids, start, rnd.round, self.retries)
@@ -617,6 +627,8 @@ class SyncServer:
             retry = self.quorum_policy == "retry" and self.retries < self.max_retries
             status = "retry" if retry else "skipped"
         self.last_release = release
+        if self.guard is None or secure is not None:
+            self.last_screening = None
         norm, loss = 0.0, float("nan")
         contribution = np.zeros(k)
         if status == "aggregated":
@@ -679,6 +691,25 @@ class SyncServer:
             excluded=_exclusions(rnd, {int(c) for c in sel[done]}),
         )
 
+    def _screen(
+        self,
+        rnd: _OpenRound,
+        matrix: np.ndarray,
+        ups: list[Update],
+        w: np.ndarray,
+        rows: np.ndarray,
+    ) -> tuple[np.ndarray, list[Update], np.ndarray, np.ndarray]:
+        """Screen the round's rows; the updates the guard refuses leave the round."""
+        assert self.guard is not None
+        ids = np.array([u.client_id for u in ups], dtype=np.int64)
+        self.last_screening, refused = self.guard.screen(rnd.round, matrix, ids)
+        if not refused:
+            return matrix, ups, w, rows
+        rnd.refusals.update(refused)
+        rnd.rejected += len(refused)
+        keep = np.array([int(c) not in refused for c in ids])
+        return matrix[keep], [u for u, k in zip(ups, keep, strict=True) if k], w[keep], rows[keep]
+
     def _dp_clip(self) -> ClipL2 | AdaptiveClipL2:
         """Central DP's clipping stage at the current (fixed or adaptive) clip norm."""
         assert self.dp is not None
@@ -690,7 +721,7 @@ class SyncServer:
         self, matrix: np.ndarray, rnd: _OpenRound, ups: list[Update], w: np.ndarray
     ) -> np.ndarray:
         """The server's row transforms over the received rows (selection order)."""
-        if self.transforms is None:
+        if self.transforms is None or not ups:
             return matrix
         ctx = Context(
             round=rnd.round,
@@ -732,6 +763,8 @@ class SyncServer:
             arrays.update(self.broadcast.arrays(_BROADCAST))
         arrays.update({_DECODE + k: v for k, v in flatten_state(self.decode_state).items()})
         arrays.update(self.reduction.arrays())
+        if self.guard is not None:
+            arrays.update(self.guard.arrays())
         return {
             "arrays": arrays,
             "meta": {
@@ -780,6 +813,8 @@ class SyncServer:
                 )
             self.decode_state = unflatten_state(saved)
         self.reduction.load(arrays)
+        if self.guard is not None:
+            self.guard.load(arrays)
         self.round = int(meta["round"])
         self.version = int(meta["version"])
         self.retries = 0
