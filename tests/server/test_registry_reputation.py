@@ -253,3 +253,42 @@ def test_clients_command_shows_reputation_and_plots_it(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "0.34" in result.output and "held" in result.output  # (narrow: cells wrap)
     assert (run.report_dir / "clients_reputation.png").stat().st_size > 1000
+
+
+def test_a_snapshot_from_before_reputations_restores_with_every_client_trusted(
+    tmp_path: Path,
+) -> None:
+    """A run checkpointed before the reputation columns existed resumes: its snapshot
+    lacks them, and every client starts fully trusted and free."""
+    reg = make(tmp_path / "a.sqlite")
+    play(reg, 1, flagged=[0])
+    old = {
+        name: blob
+        for name, blob in reg.snapshot_arrays().items()
+        if name not in ("reputation", "quarantined", "quarantined_until", "probation", "strikes")
+    }
+    fresh = make(tmp_path / "b.sqlite")
+    fresh.restore_snapshot_arrays(1, old)
+    rows = {r["id"]: r for r in fresh.summary()}
+    assert rows[0]["reputation"] == 1.0 and not rows[0]["quarantined"]
+    assert not fresh.quarantined(2).any()
+
+
+def test_an_anomalous_refusal_sets_its_own_registry_flag(tmp_path: Path) -> None:
+    from fedloom.errors import RejectionKind, UpdateRejected
+
+    reg = make(tmp_path / "a.sqlite")
+    ids = np.array([0, 1], dtype=np.int64)
+    completion = Completion(
+        ids=ids[1:],
+        duration=np.ones(1),
+        loss=np.ones(1),
+        loss_sq=np.ones(1),
+        num_examples=np.full(1, 10),
+        steps=np.ones(1, dtype=np.int64),
+        contribution=np.ones(1),
+    )
+    refusal = UpdateRejected(0, "anomalous update: norm_outlier", RejectionKind.ANOMALY)
+    reg.record_round(1, 1.0, ids, completion, {}, {0: refusal})
+    flags = {r["id"]: r["flags"] for r in reg.summary()}
+    assert flags[0] == ["rejected_update", "anomalous_update"] and flags[1] == []

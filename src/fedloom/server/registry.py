@@ -61,6 +61,7 @@ FLAGS: dict[str, int] = {
     "nonfinite_update": 2,
     "stale_update": 4,
     "oversized_update": 8,
+    "anomalous_update": 16,
 }
 
 # The flag a rejection's kind sets besides rejected_update (other kinds set only that).
@@ -70,6 +71,7 @@ _KIND_FLAGS: dict[RejectionKind, int] = {
     RejectionKind.STALE_TASK: FLAGS["stale_update"],
     RejectionKind.WRONG_SHAPE: FLAGS["oversized_update"],
     RejectionKind.OVERSIZED: FLAGS["oversized_update"],
+    RejectionKind.ANOMALY: FLAGS["anomalous_update"],
 }
 
 # Working state: name -> (dtype, initial value, one column per hour of day).
@@ -107,6 +109,9 @@ _REPUTATION = {
 
 # Logs whose rows belong to a round (deleted after the round a restore returns to).
 _LOGS = ("participation", "evaluations", "checkins", "decisions", "reputation", "snapshots")
+
+# the reputation columns (anomaly screening); snapshots written before them lack them
+_REPUTATION_STATE = ("reputation", "quarantined", "quarantined_until", "probation", "strikes")
 
 _STATIC = ("data_size", "label_entropy", "tier", "compute_ms_per_sample", "up_kbps", "down_kbps")
 _STATIC_DTYPES = (np.int64, np.float64, np.int64, np.float64, np.float64, np.float64)
@@ -893,6 +898,8 @@ class ClientRegistry:
         """``arrays`` as a working state, refused unless every array has its shape/dtype."""
         fresh = _fresh_state(self.num_clients)
         for name, want in fresh.items():
+            if name not in arrays and name in _REPUTATION_STATE:
+                continue  # a snapshot from before reputations: every client starts fresh
             if name not in arrays:
                 raise CheckpointError(f"registry snapshot of round {round} lacks {name!r}")
             got = arrays[name]
