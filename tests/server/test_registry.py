@@ -228,7 +228,7 @@ def test_record_round_learns_reliability_duration_loss_and_flags(tmp_path: Path)
         (K.WRONG_SHAPE, {"oversized_update"}),
         (K.OVERSIZED, {"oversized_update"}),
         (K.DUPLICATE, set()),
-        (K.ANOMALY, set()),
+        (K.ANOMALY, {"anomalous_update"}),
     ],
 )
 def test_rejection_kinds_set_flags(tmp_path: Path, kind: K, names: set[str]) -> None:
