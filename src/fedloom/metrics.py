@@ -145,6 +145,37 @@ class CompressionRecord(_Strict):
     download_ratio: float | None = None
 
 
+class FlaggedUpdate(_Strict):
+    client: int
+    reason: str
+    score: float | None
+    z: dict[str, float | None]
+
+
+class AnomalyRecord(_Strict):
+    """A round's anomaly screening (``[anomaly]``): the rows scored, the threshold, the
+    flagged clients with their robust z-scores, the round's median raw scores."""
+
+    round: int
+    screened: int
+    threshold: float
+    flagged: list[FlaggedUpdate]
+    median: dict[str, float | None]
+    max_score: float | None
+
+
+class ReputationDecision(_Strict):
+    """A reputation decision: ``flag``, ``quarantine``, ``requarantine`` or ``release``."""
+
+    round: int
+    client: int
+    action: Literal["flag", "quarantine", "requarantine", "release"]
+    reason: str
+    reputation: float | None
+    until: int
+    z: dict[str, float | None] | None = None
+
+
 class Exclusion(_Strict):
     client: int
     outcome: Literal["rejected", "failed"]
@@ -191,6 +222,9 @@ class RoundRecord(_Evaluated, _Record):
     events: int | None = None
     partial: int | None = None
     compression: CompressionRecord | None = None
+    # Byzantine robustness: the round's screening and reputation decisions
+    anomaly: AnomalyRecord | None = None
+    reputation: list[ReputationDecision] | None = None
     # asynchronous steps (both runtimes): contributors per staleness value, updates
     # dropped as too stale since the last step, whose updates the step holds, work out
     staleness: dict[str, int] | None = None
