@@ -930,6 +930,9 @@ class RunConfig(_Section):
                 "clipped updates, not for a robust statistic or a screened cohort"
             )
         if self.attack.enabled:
+            from fedloom.attacks import build_attack
+
+            build_attack(self.attack.kind, self.attack.params)
             ids = self.attack.clients
             n = self.partition.num_clients
             if isinstance(ids, list) and n and max(ids, default=-1) >= n:
