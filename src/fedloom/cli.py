@@ -259,7 +259,9 @@ def client(
         if insecure:
             console.print("[bold yellow]warning:[/] connecting without TLS")
         if attack_param and attack is None:
-            raise FedloomError("--attack-param needs --attack")
+            from fedloom.errors import ConfigError
+
+            raise ConfigError(f"--attack-param {attack_param[0]!r}: needs --attack")
         malicious = (
             None if attack is None else malicious_attack(attack, attack_params(attack_param))
         )
