@@ -48,14 +48,28 @@ def torchrun(args: list[str], tmp_path, nproc: int) -> subprocess.CompletedProce
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory):
+# a robust rule and anomaly screening need every row: the processes gather them
+# (RunConfig.shard_mode); the scaling attackers act on each process's own share
+ROBUST = [
+    'aggregation.rule="trimmed_mean"',
+    "anomaly.enabled=true",
+    'attack.kind="scaling"',
+    "attack.clients=[1, 5, 9, 13, 17, 21, 25, 29]",
+]
+MODES = {"allreduce": ['distributed.mode="allreduce"'], "robust": ROBUST}
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def single(request, tmp_path_factory):
     """The same experiment in this process: the reference."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("single")
-    sim = start_simulation(load_config(None, [*COMMON, 'name="single"', f'output_dir="{out}"']))
+    extra = MODES[request.param]
+    sim = start_simulation(
+        load_config(None, [*COMMON, *extra, 'name="single"', f'output_dir="{out}"'])
+    )
     sim.run()
-    return sim.run_dir
+    return request.param, sim.run_dir
 
 
 def final_params(path) -> np.ndarray:
@@ -70,11 +84,10 @@ def sets(name: str, out) -> list[str]:
     return args
 
 
-@pytest.mark.parametrize("mode", ["allreduce", "gather"])
-def test_two_processes_match_one(tmp_path, single, mode):
-    sharded = torchrun(
-        [*sets("sharded", tmp_path), "--set", f'distributed.mode="{mode}"'], tmp_path, nproc=2
-    )
+def test_two_processes_match_one(tmp_path, single):
+    mode, single = single
+    extra = [arg for item in MODES[mode] for arg in ("--set", item)]
+    sharded = torchrun([*sets("sharded", tmp_path), *extra], tmp_path, nproc=2)
     assert sharded.returncode == 0, sharded.stderr[-3000:] + sharded.stdout[-3000:]
     a, b = final_params(single.path), final_params(tmp_path / "sharded")
     assert np.abs(a - b).max() < 1e-5
@@ -89,3 +102,6 @@ def test_two_processes_match_one(tmp_path, single, mode):
             y["failed"],
             y["virtual_time"],
         )
+        assert (x.get("anomaly"), x.get("reputation")) == (y.get("anomaly"), y.get("reputation"))
+    if mode == "robust":
+        assert any(r["anomaly"]["flagged"] for r in sharded_rounds)
