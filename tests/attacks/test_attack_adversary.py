@@ -141,6 +141,7 @@ def run_config(tmp_path, *extra: str):
             'attack.kind="scaling"',
             "attack.clients=[1, 2, 3, 4]",
             "attack.params.factor=1e30",  # overflows the server's norm check: visible refusals
+            'simulation.executor="sequential"',
             *extra,
         ],
     )
@@ -164,9 +165,8 @@ def test_the_simulators_apply_the_adversary_to_trained_updates(tmp_path, mode):
         "asynchronous.buffer_size=3",
         "asynchronous.concurrency=6",
     )
-    sim = start_simulation(cfg)
-    adversary, _ = build_adversary(cfg.attack, sim.data, cfg.seed)
-    sim.adversary = adversary
+    sim = start_simulation(cfg)  # the run is built with its adversary
+    assert sim.adversary is not None
     sim.run()
     per_round = refused(sim)
     assert per_round[1] == set()  # before start_round the malicious clients train honestly
@@ -175,7 +175,7 @@ def test_the_simulators_apply_the_adversary_to_trained_updates(tmp_path, mode):
 
 
 def test_without_an_adversary_nothing_is_refused(tmp_path):
-    sim = start_simulation(run_config(tmp_path))
+    sim = start_simulation(run_config(tmp_path, 'attack.kind="none"'))
     assert sim.adversary is None
     sim.run()
     assert all(not ids for ids in refused(sim).values())
