@@ -4,7 +4,7 @@ experiment and the anomaly screening's quarantine times.
 Setup. Digits (standardized), 25 clients, all 25 in every round, of which clients 0-4
 (20%) are malicious from round 1. Two partitions: IID (``partition.method = "iid"``) and
 label-skewed non-IID (``"dirichlet"``, alpha 0.3 over the labels). The default MLP
-64-32-10, ``ROUNDS`` rounds of ``LOCAL_EPOCHS`` local epochs of SGD (batch 32, lr 0.1)
+64-32-10, 15 rounds of 2 local epochs of SGD (batch 32, lr 0.1)
 with client momentum 0.9 or 0: the heavy-ball momentum of each client's local SGD within
 a round (reset every round; no momentum is carried across rounds), the server applying
 the aggregate with FedAvg's learning rate 1. Seeds 0, 1, 2; every run of a seed has the
@@ -52,7 +52,8 @@ clients ever quarantined. Targets: <= 5 rounds; < 0.05.
 Usage: ``uv run python benchmarks/robustness.py --json benchmarks/results/robustness.json``
 (``--quick``: a smoke run of 2 rounds, one seed and a subset of the grid). Runs are
 independent and deterministic; ``--workers`` (2) processes play them, each with one
-thread for torch and numpy's BLAS. Two heatmaps (IID, non-IID) go next to the JSON.
+thread for torch and numpy's BLAS (one pool for every part: each worker imports
+once). Two heatmaps (IID, non-IID) go next to the JSON.
 
 References: Baruch et al., "A Little Is Enough", NeurIPS 2019 (ALIE); Xie et al.,
 "Fall of Empires", UAI 2019 (IPM); Shejwalkar & Houmansadr, NDSS 2021 (min-max,
@@ -71,6 +72,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # numpy's BLAS spins on a shared 2-core machine otherwise
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import multiprocessing as mp  # noqa: E402
@@ -79,6 +81,7 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
+from multiprocessing.pool import Pool  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -86,7 +89,7 @@ import numpy as np  # noqa: E402
 
 CLIENTS = 25
 MALICIOUS = [0, 1, 2, 3, 4]
-ROUNDS = 20
+ROUNDS = 15
 LOCAL_EPOCHS = 2
 LR = 0.1
 ALPHA = 0.3  # Dirichlet concentration of the non-IID partition
@@ -262,34 +265,25 @@ def _init_worker() -> None:
 
 
 def play(
-    jobs: list[tuple[str, Any, Any]], workers: int, label: str
+    jobs: list[tuple[str, Any, Any]], pool: Pool | None, label: str
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """Every job's result (in completion order), with a progress line every 10%."""
+    """Every job's result (in completion order; in this process without a pool), with a
+    progress line every 10%."""
     started, total, step = time.perf_counter(), len(jobs), max(1, len(jobs) // 10)
-
-    def progress(done: int) -> None:
+    results = map(run_job, jobs) if pool is None else pool.imap_unordered(run_job, jobs, 2)
+    for done, result in enumerate(results, 1):
+        yield result
         if done % step == 0 or done == total:
             spent = time.perf_counter() - started
             eta = spent / done * (total - done)
             print(f"  {label}: {done}/{total} runs, {spent:.0f} s, ~{eta:.0f} s left", flush=True)
-
-    if workers <= 1:
-        _init_worker()
-        for i, job in enumerate(jobs, 1):
-            yield run_job(job)
-            progress(i)
-        return
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-        for i, result in enumerate(pool.imap_unordered(run_job, jobs, chunksize=2), 1):
-            yield result
-            progress(i)
 
 
 # ------------------------------------------------------------------------------ parts
 
 
 def probe_norms(
-    root: Path, workers: int, rounds: int, seeds: list[int], momenta: list[float]
+    root: Path, pool: Pool | None, rounds: int, seeds: list[int], momenta: list[float]
 ) -> dict[str, dict[str, Any]]:
     """norm_bound's ``max_norm`` per partition and momentum: the median honest update
     norm of the no-attack FedAvg runs."""
@@ -304,7 +298,7 @@ def probe_norms(
         for s in seeds
     ]
     norms: dict[tuple[str, float], list[float]] = {}
-    for key, out in play(jobs, workers, "norm probe"):
+    for key, out in play(jobs, pool, "norm probe"):
         norms.setdefault(key, []).extend(out["norms"])
     return {
         f"{p}/momentum={m}": {
@@ -327,7 +321,7 @@ def bound_of(bounds: dict[str, dict[str, Any]], partition: str, momentum: float)
 
 def grid(
     root: Path,
-    workers: int,
+    pool: Pool | None,
     rounds: int,
     seeds: list[int],
     momenta: list[float],
@@ -357,7 +351,7 @@ def grid(
                         jobs.append(("grid", (p, m, a, d, s), cfg))
     acc: dict[tuple[str, float, str, str], dict[int, float]] = {}
     wall = 0.0
-    for (p, m, a, d, s), out in play(jobs, workers, "grid"):
+    for (p, m, a, d, s), out in play(jobs, pool, "grid"):
         acc.setdefault((p, m, a, d), {})[s] = out["accuracy"]
         wall += out["wall_s"]
     tables: dict[str, Any] = {}
@@ -379,7 +373,7 @@ def grid(
 
 
 def backdoor(
-    root: Path, workers: int, rounds: int, seeds: list[int], bounds: dict[str, dict[str, Any]]
+    root: Path, pool: Pool | None, rounds: int, seeds: list[int], bounds: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """Main-task and backdoor accuracy (IID, momentum 0.9) per defence, and without an
     attack."""
@@ -410,7 +404,7 @@ def backdoor(
         for s in seeds
     ]
     found: dict[str, dict[int, dict[str, Any]]] = {}
-    for (label, s), out in play(jobs, workers, "backdoor"):
+    for (label, s), out in play(jobs, pool, "backdoor"):
         found.setdefault(label, {})[s] = out
     table = []
     for label, *_ in rows:
@@ -427,7 +421,7 @@ def backdoor(
     return {"partition": "iid", "momentum": MOMENTA[0], "max_norm": max_norm, "rows": table}
 
 
-def anomaly(root: Path, workers: int, rounds: int, seeds: list[int]) -> dict[str, Any]:
+def anomaly(root: Path, pool: Pool | None, rounds: int, seeds: list[int]) -> dict[str, Any]:
     """Scaling attack with anomaly screening: when every malicious client is quarantined,
     and how many honest ones ever are."""
     jobs = [
@@ -448,7 +442,7 @@ def anomaly(root: Path, workers: int, rounds: int, seeds: list[int]) -> dict[str
         for s in seeds
     ]
     per_seed = []
-    for s, out in sorted(play(jobs, workers, "anomaly"), key=lambda x: x[0]):
+    for s, out in sorted(play(jobs, pool, "anomaly"), key=lambda x: x[0]):
         first: dict[int, int] = {}
         for d in out["decisions"]:
             if d["action"] in ("quarantine", "requarantine"):
@@ -706,21 +700,30 @@ def main() -> None:
         },
         "seeds": seeds,
     }
-    with tempfile.TemporaryDirectory() as tmp:
+    if workers <= 1:
+        _init_worker()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        (
+            mp.get_context("spawn").Pool(workers, initializer=_init_worker)
+            if workers > 1
+            else contextlib.nullcontext()
+        ) as pool,
+    ):
         root = Path(tmp)
         t0 = time.perf_counter()
-        result["norm_bound"] = probe_norms(root, workers, rounds, seeds, momenta)
+        result["norm_bound"] = probe_norms(root, pool, rounds, seeds, momenta)
         result["norm_bound_wall_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         result["grid"] = grid(
-            root, workers, rounds, seeds, momenta, attacks, defences, result["norm_bound"]
+            root, pool, rounds, seeds, momenta, attacks, defences, result["norm_bound"]
         )
         result["grid"]["wall_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        result["backdoor"] = backdoor(root, workers, rounds, seeds, result["norm_bound"])
+        result["backdoor"] = backdoor(root, pool, rounds, seeds, result["norm_bound"])
         result["backdoor"]["wall_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        result["anomaly"] = anomaly(root, workers, rounds, seeds)
+        result["anomaly"] = anomaly(root, pool, rounds, seeds)
         result["anomaly"]["wall_s"] = round(time.perf_counter() - t0, 1)
     if args.json:
         result["plots"] = [
