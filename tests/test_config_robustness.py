@@ -37,7 +37,6 @@ def load(*sets: str):
             ('aggregation.rule="bulyan"', "aggregation.params={f=2}"),
             ("4f + 3 = 11", "server.clients_per_round"),
         ),
-        (('attack.kind="scaling"', "attack.params={boost=2}"), ("attack.params.boost",)),
         (('attack.kind="alie"', "attack.clients=1.5"), ("attack.clients = 1.5",)),
         (
             ('attack.kind="alie"', "attack.clients=[3, 500]", "partition.num_clients=100"),
@@ -73,3 +72,13 @@ def test_norm_bounding_under_secure_aggregation_is_each_clients_clip() -> None:
 )
 def test_torchrun_gathers_every_row_when_the_server_needs_them(sets, mode) -> None:
     assert load(*sets).shard_mode == mode
+
+
+def test_an_attack_parameter_is_checked_when_the_run_is_built(tmp_path) -> None:
+    """(``attacks`` builds on ``data``, which reads the config: the config cannot import
+    it, so the attack's parameters are checked before the run trains, not at load.)"""
+    from fedloom.assemble import start_simulation
+
+    config = load(f'output_dir="{tmp_path}"', 'attack.kind="scaling"', "attack.params={boost=2}")
+    with pytest.raises(ConfigError, match="attack.params.boost"):
+        start_simulation(config)

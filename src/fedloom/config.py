@@ -929,10 +929,7 @@ class RunConfig(_Section):
                 f"{what} with privacy.mode = 'central': the noise is sized for the sum of "
                 "clipped updates, not for a robust statistic or a screened cohort"
             )
-        if self.attack.enabled:
-            from fedloom.attacks import build_attack
-
-            build_attack(self.attack.kind, self.attack.params)
+        if self.attack.enabled:  # its params are checked when the run is built
             ids = self.attack.clients
             n = self.partition.num_clients
             if isinstance(ids, list) and n and max(ids, default=-1) >= n:
