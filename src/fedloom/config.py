@@ -668,15 +668,15 @@ class AggregationConfig(_Section):
 class AnomalyConfig(_Section):
     """Per-round outlier scores of each update (norm, cosine to the robust centre,
     distance from the client's own history) and a reputation per client across rounds
-    (docs/robustness.md). An update whose score exceeds ``threshold`` (a robust z-score)
-    is flagged and, with ``exclude_flagged``, left out of the round's aggregate. Each
-    flag lowers the client's reputation (an exponential average with ``reputation_decay``
-    of 1 for a clean round and 0 for a flagged or clamped one); below
-    ``quarantine_below`` it is quarantined (not selected) for ``probation_rounds`` rounds,
-    then admitted on probation."""
+    (docs/robustness.md). An update whose score exceeds ``threshold`` (a robust z-score;
+    3.5 is Iglewicz and Hoaglin's cut-off for modified z-scores) is flagged and, with
+    ``exclude_flagged``, left out of the round's aggregate. Each flag lowers the client's
+    reputation (an exponential average with ``reputation_decay`` of 1 for a clean round
+    and 0 for a flagged or clamped one); below ``quarantine_below`` it is quarantined (not
+    selected) for ``probation_rounds`` rounds, then admitted on probation."""
 
     enabled: bool = False
-    threshold: float = Field(3.0, gt=0, description="robust z-score that flags an update")
+    threshold: float = Field(3.5, gt=0, description="robust z-score that flags an update")
     exclude_flagged: bool = True
     history_smoothing: float = Field(
         0.5, gt=0, le=1, description="weight of the newest update in a client's history"

@@ -329,6 +329,7 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
         rows.append(("training wall time", f"{wall:.2f} s ({wall / len(rounds):.3f} s/{step})"))
         rejected = sum(r["rejected"] for r in rounds)
         rows.append(("rejected updates", str(rejected)))
+        rows += _robustness_rows(run, rounds)
     start = next((r for r in records if r.get("event") == "start"), {})
     if start.get("dp_sgd_epsilon") is not None:
         rows.append(
@@ -369,6 +370,29 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
     if stop:
         rows.append(("stopped", f"{stop['reason']}: {stop['detail']}"))
     return [(k, v if not (isinstance(v, float) and math.isnan(v)) else "n/a") for k, v in rows]
+
+
+def _robustness_rows(run: RunDirectory, rounds: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Summary rows of a run with a robust rule, anomaly screening or simulated attackers:
+    the rule, the updates refused as anomalous and the clients quarantined."""
+    config = run.load_config()
+    rows: list[tuple[str, str]] = []
+    agg = config.aggregation
+    if agg.robust:
+        bucketing = f", buckets of {agg.bucketing}" if agg.bucketing >= 2 else ""
+        rows.append(("aggregation rule", f"{agg.rule}{bucketing}"))
+    if config.attack.enabled:
+        rows.append(("simulated attack", f"{config.attack.kind} ({config.attack.clients})"))
+    screened = [r["anomaly"] for r in rounds if r.get("anomaly")]
+    if screened:
+        flagged = sum(len(a["flagged"]) for a in screened)
+        scored = sum(a["screened"] for a in screened)
+        rows.append(("updates flagged as anomalous", f"{flagged} of {scored}"))
+        decisions = [d for r in rounds for d in r.get("reputation", [])]
+        held = {d["client"] for d in decisions if d["action"] in ("quarantine", "requarantine")}
+        shown = ", ".join(str(c) for c in sorted(held)[:12]) + (" ..." if len(held) > 12 else "")
+        rows.append(("clients quarantined", f"{len(held)}" + (f" ({shown})" if held else "")))
+    return rows
 
 
 def _staleness_rows(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -5,12 +5,22 @@ scores: its L2 norm, its cosine to a robust centre of the round (the coordinate-
 median unless the caller supplies one) and its distance from the client's own smoothed
 past updates, ``||x - h|| / (||h|| + eps)``. Each score becomes a one-sided robust
 z-score over the round's rows, ``(value - median) / (1.4826 * MAD)``: only high norms,
-low cosines and high history distances count. The cosine is scored as its angle,
-``arccos(cosine)``: cosines of honest updates crowd below 1 with a long low tail, their
-angles are nearly symmetric, which keeps false flags near the normal tail's rate. The
-MAD has a floor of one thousandth of the median's magnitude (of 1 for the dimensionless
-angle and history distance), so identical rows neither divide by zero nor turn rounding
-noise into flags. An update
+low cosines and high history distances count. Each is first mapped to a scale on which
+honest clients spread about symmetrically, as the MAD's normal calibration assumes:
+
+- the norm as ``log(norm)``: honest norms differ by factors (clients with more data take
+  more local steps), a scaling attack multiplies;
+- the cosine as its angle ``arccos(cosine)``: cosines of honest updates crowd below 1
+  with a long low tail, their angles are nearly symmetric;
+- the history distance as ``log(distance)`` minus the client's own running mean of it:
+  on non-IID data some honest clients always move further from their past than others
+  (their data pull the model their own way), so the score is how much a client departs
+  from its own usual, which is what a client that turns malicious changes. A client's
+  first scored distances only set its baseline.
+
+The MAD has a floor of one thousandth of the median's magnitude (of 1 for the angle and
+the log scores), so identical rows neither divide by zero nor turn rounding noise into
+flags. An update
 whose largest z-score exceeds the threshold is flagged, with the score that contributed
 most as its reason. A flagged update does not enter its client's history, so an
 attacker cannot drag its own reference along.
@@ -140,7 +150,7 @@ class AnomalyDetector:
     """
 
     def __init__(
-        self, num_clients: int, dim: int, threshold: float = 3.0, history_smoothing: float = 0.5
+        self, num_clients: int, dim: int, threshold: float = 3.5, history_smoothing: float = 0.5
     ) -> None:
         if not (isinstance(threshold, int | float) and math.isfinite(threshold) and threshold > 0):
             raise ConfigError(f"anomaly.threshold = {threshold!r}, expected a number > 0")
@@ -158,6 +168,7 @@ class AnomalyDetector:
         self._slot = np.full(self.num_clients, -1, dtype=np.int64)
         self._owner = np.empty(0, dtype=np.int64)  # client of each used slot
         self._history = np.empty((0, self.dim), dtype=np.float32)  # capacity >= used slots
+        self._baseline = np.empty(0, dtype=np.float64)  # per slot: mean log distance (NaN)
 
     @property
     def known(self) -> np.ndarray:
@@ -238,11 +249,14 @@ class AnomalyDetector:
             dist = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
             history[has] = dist / (h_norm + _EPS)
         scores = {"norm": norm, "cosine": cosine, "history": history}
+        log_history = np.log(np.maximum(history, _EPS))  # NaN stays NaN
+        baseline = np.full(k, math.nan)
+        baseline[has] = self._baseline[slots[has]]
 
         z = {
-            "norm": robust_z(norm, high_is_bad=True, unit=0.0),
+            "norm": robust_z(np.log(np.maximum(norm, _EPS)), high_is_bad=True, unit=1.0),
             "cosine": robust_z(np.arccos(np.clip(cosine, -1.0, 1.0)), high_is_bad=True, unit=1.0),
-            "history": robust_z(history, high_is_bad=True, unit=1.0),
+            "history": robust_z(log_history - baseline, high_is_bad=True, unit=1.0),
         }
         stacked = np.stack([z[name] for name in SCORES])  # [3, K]
         score = np.fmax.reduce(stacked, axis=0) if k else np.empty(0)
@@ -251,7 +265,7 @@ class AnomalyDetector:
         reasons = tuple(
             REASONS[t] if f else None for t, f in zip(top.tolist(), flagged.tolist(), strict=True)
         )
-        self._learn(ids[~flagged], x[~flagged])
+        self._learn(ids[~flagged], x[~flagged], log_history[~flagged])
         return Screening(
             round=int(round),
             client_ids=ids,
@@ -263,13 +277,17 @@ class AnomalyDetector:
             threshold=self.threshold,
         )
 
-    def _learn(self, ids: np.ndarray, x: np.ndarray) -> None:
-        """Blend accepted rows into their clients' histories (new clients: the row itself)."""
+    def _learn(self, ids: np.ndarray, x: np.ndarray, log_distance: np.ndarray) -> None:
+        """Blend accepted rows into their clients' histories (new clients: the row itself)
+        and their log history distances into their baselines (the first one sets it)."""
         slots = self._slot[ids]
         old = slots >= 0
         a = np.float32(self.history_smoothing)
         s = slots[old]
         self._history[s] = (np.float32(1) - a) * self._history[s] + a * x[old]
+        prev, seen = self._baseline[s], log_distance[old]
+        blended = (1.0 - self.history_smoothing) * prev + self.history_smoothing * seen
+        self._baseline[s] = np.where(np.isnan(prev), seen, blended)
         new_ids = ids[~old]
         if not len(new_ids):
             return
@@ -280,24 +298,38 @@ class AnomalyDetector:
             grown[:used] = self._history[:used]
             self._history = grown
         self._history[used:need] = x[~old]
+        self._baseline = np.concatenate([self._baseline, np.full(len(new_ids), math.nan)])
         self._slot[new_ids] = np.arange(used, need)
         self._owner = np.concatenate([self._owner, new_ids])
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The histories as arrays for a checkpoint: ``clients`` (int64 [M], slot order)
-        and ``history`` (float32 [M, d]); ``load_state_dict`` restores them exactly."""
+        """The histories as arrays for a checkpoint: ``clients`` (int64 [M], slot order),
+        ``history`` (float32 [M, d]) and ``baseline`` (float64 [M], each client's mean log
+        history distance, NaN before its first); ``load_state_dict`` restores them
+        exactly."""
         used = len(self._owner)
-        return {"clients": self._owner.copy(), "history": self._history[:used].copy()}
+        return {
+            "clients": self._owner.copy(),
+            "history": self._history[:used].copy(),
+            "baseline": self._baseline.copy(),
+        }
 
     def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the histories by a ``state_dict()``; refused (nothing changes) unless
         it fits this detector's clients and dimension."""
-        if set(arrays) != {"clients", "history"}:
+        if set(arrays) != {"clients", "history", "baseline"}:
             raise FedloomError(
-                f"anomaly detector state has arrays {sorted(arrays)}, expected clients, history"
+                f"anomaly detector state has arrays {sorted(arrays)}, expected baseline, "
+                "clients, history"
             )
         owner = np.asarray(arrays["clients"])
         hist = np.asarray(arrays["history"])
+        baseline = np.asarray(arrays["baseline"])
+        if baseline.dtype != np.float64 or baseline.shape != owner.shape:
+            raise FedloomError(
+                f"anomaly state baseline is {baseline.dtype}{baseline.shape}, "
+                f"expected float64{owner.shape}"
+            )
         if owner.ndim != 1 or owner.dtype != np.int64:
             raise FedloomError(
                 f"anomaly state clients is {owner.dtype}{owner.shape}, expected int64"
@@ -313,6 +345,7 @@ class AnomalyDetector:
         slot = np.full(self.num_clients, -1, dtype=np.int64)
         slot[owner] = np.arange(len(owner))
         self._slot, self._owner, self._history = slot, owner.copy(), hist.copy()
+        self._baseline = baseline.copy()
 
 
 @dataclass(frozen=True)
