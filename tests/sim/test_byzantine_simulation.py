@@ -101,13 +101,14 @@ def test_a_robust_rule_keeps_training_under_a_sign_flip_the_mean_does_not(tmp_pa
         (
             'attack.kind="backdoor"',
             "anomaly.enabled=true",
+            'aggregation.rule="median"',  # over each buffer's staleness-weighted rows
             'asynchronous.mode="fedbuff"',
             "asynchronous.buffer_size=4",
             "asynchronous.concurrency=8",
             'devices.kind="lognormal"',
         ),
     ],
-    ids=["alie-centered-clip", "backdoor-fedbuff-anomaly"],
+    ids=["alie-centered-clip", "backdoor-fedbuff-median-anomaly"],
 )
 def test_a_resumed_attacked_run_equals_the_uninterrupted_one(tmp_path, extra) -> None:
     full = start_simulation(config(tmp_path / "a", *extra))
