@@ -113,3 +113,28 @@ def test_bucketing_draws_its_buckets_per_round_from_the_seed_in_simulation() -> 
     rows = deltas(CLIENTS)
     play(a, rows), play(b, rows)
     np.testing.assert_array_equal(a.params, b.params)
+
+
+def test_screening_refuses_flagged_rows_before_the_rule_and_checkpoints_histories() -> None:
+    from fedloom.server.anomaly import AnomalyDetector, AnomalyGuard, ReputationPolicy
+
+    def guarded() -> SyncServer:
+        guard = AnomalyGuard(AnomalyDetector(CLIENTS, DIM), ReputationPolicy())
+        return server("median", guard=guard)
+
+    srv = guarded()
+    rows = deltas(CLIENTS)  # row 0 (client of the first dispatch) is at 1e6
+    result = play(srv, rows)
+    assert srv.last_screening is not None and srv.last_screening.flagged.sum() == 1
+    (refusal,) = result.excluded
+    assert refusal.kind == "anomaly" and "norm_outlier" in refusal.detail
+    assert len(result.completed) == CLIENTS - 1 and result.rejected == 1
+    np.testing.assert_allclose(srv.params, np.median(rows[1:], axis=0), rtol=1e-6)
+    again = guarded()
+    again.load_state_dict(srv.state_dict())
+    later = deltas(CLIENTS, 5)
+    for s in (srv, again):
+        play(s, later)
+    np.testing.assert_array_equal(
+        srv.last_screening.z["history"], again.last_screening.z["history"]
+    )

@@ -707,6 +707,8 @@ class SyncServer:
             return matrix, ups, w, rows
         rnd.refusals.update(refused)
         rnd.rejected += len(refused)
+        for cid in refused:  # not held: their clients' staged states are not committed
+            del rnd.updates[cid]
         keep = np.array([int(c) not in refused for c in ids])
         return matrix[keep], [u for u, k in zip(ups, keep, strict=True) if k], w[keep], rows[keep]
 
