@@ -44,10 +44,10 @@ above), median, and anomaly screening + reputation (mean with ``[anomaly] enable
 its defaults); and without any attack (the trigger's natural rate).
 
 Anomaly screening (IID, momentum 0.9, seeds 0-2): the scaling attack with ``[anomaly]
-enabled`` at its defaults (threshold 3, reputation decay 0.7, quarantine below 0.4,
-probation 5 rounds) and the mean. From the round records' reputation decisions: the
-round by which every malicious client has been quarantined, and the share of honest
-clients ever quarantined. Targets: <= 5 rounds; < 0.05.
+enabled`` at its defaults (``AnomalyConfig``'s, recorded in the JSON) and the mean. From
+the round records' reputation decisions: the round by which every malicious client has
+been quarantined, and the share of honest clients ever quarantined. Targets: <= 5
+rounds; < 0.05.
 
 Usage: ``uv run python benchmarks/robustness.py --json benchmarks/results/robustness.json``
 (``--quick``: a smoke run of 2 rounds, one seed and a subset of the grid). Runs are
@@ -78,6 +78,7 @@ import logging  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -87,6 +88,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+HERE = Path(__file__).resolve().parent
 CLIENTS = 25
 MALICIOUS = [0, 1, 2, 3, 4]
 ROUNDS = 15
@@ -462,6 +464,7 @@ def anomaly(root: Path, pool: Pool | None, rounds: int, seeds: list[int]) -> dic
     rounds_all = [r["all_malicious_quarantined_by_round"] for r in per_seed]
     return {
         "attack": "scaling",
+        "settings": jobs[0][2].anomaly.model_dump(),
         "partition": "iid",
         "momentum": MOMENTA[0],
         "rounds": rounds,
@@ -662,6 +665,26 @@ def print_tables(result: dict[str, Any]) -> None:
         )
 
 
+def commit() -> str | None:
+    """The checked-out commit (with "+changes" when the tree differs from it), None
+    outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path)
@@ -684,6 +707,7 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores; torch and BLAS one thread per process",
         "workers": workers,
         "quick": args.quick,
+        "commit": commit(),
         "setup": {
             "dataset": "digits",
             "clients": CLIENTS,

@@ -71,6 +71,7 @@ def test_quick_run_writes_tables_backdoor_anomaly_plots_and_targets(tmp_path: Pa
         assert 0.0 <= r["main_accuracy"] <= 1.0 and 0.0 <= r["backdoor_accuracy"] <= 1.0
 
     an = result["anomaly"]
+    assert an["settings"]["enabled"] is True and an["attack"] == "scaling"
     (seed,) = an["per_seed"]
     assert len(seed["first_quarantine_round_of_malicious"]) == 5
     assert not set(seed["honest_ever_quarantined"]) & {0, 1, 2, 3, 4}
