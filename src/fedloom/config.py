@@ -679,7 +679,11 @@ class AnomalyConfig(_Section):
     threshold: float = Field(3.5, gt=0, description="robust z-score that flags an update")
     exclude_flagged: bool = True
     history_smoothing: float = Field(
-        0.5, gt=0, le=1, description="weight of the newest update in a client's history"
+        1.0,
+        gt=0,
+        le=1,
+        description="weight of the newest update in a client's history "
+        "(1: its last accepted update)",
     )
     reputation_decay: float = Field(0.7, gt=0, lt=1)
     quarantine_below: float = Field(0.4, ge=0, lt=1)

@@ -206,3 +206,25 @@ def test_a_client_that_always_moves_far_is_judged_against_its_own_usual() -> Non
         flags.append(set(s.flagged_ids.tolist()))
     assert all(0 not in f for f in flags[2:])  # its first distance only sets its baseline
     assert 1 in flags[-1] and all(1 not in f for f in flags[:-1])
+
+
+def test_one_false_flag_does_not_lock_a_client_out() -> None:
+    """Client 0 sends one oddly large update (flagged, kept out of its history) while the
+    model moves on; its history is stale, so its next, ordinary update is judged without
+    it (and replaces it) instead of being flagged again and again."""
+    rng = np.random.default_rng(11)
+    k = 20
+    own = rng.normal(size=(k, D))
+    det = AnomalyDetector(k, D)
+    flags = []
+    for r in range(1, 9):
+        drift = 0.3 * r * np.ones(D)  # training moves every client's update
+        rows = (own + drift + 0.05 * rng.normal(size=(k, D))).astype(np.float32)
+        if r == 3:
+            rows[0] *= 50.0
+        s = det.screen(r, rows, np.arange(k))
+        flags.append(set(s.flagged_ids.tolist()))
+        if r == 4:
+            assert np.isnan(s.z["history"][0])  # its history was stale
+    assert 0 in flags[2]
+    assert all(0 not in f for f in flags[3:])

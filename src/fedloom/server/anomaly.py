@@ -20,10 +20,13 @@ honest clients spread about symmetrically, as the MAD's normal calibration assum
 
 The MAD has a floor of one thousandth of the median's magnitude (of 1 for the angle and
 the log scores), so identical rows neither divide by zero nor turn rounding noise into
-flags. An update
-whose largest z-score exceeds the threshold is flagged, with the score that contributed
-most as its reason. A flagged update does not enter its client's history, so an
-attacker cannot drag its own reference along.
+flags. An update whose largest z-score exceeds the threshold is flagged, with the score
+that contributed most as its reason.
+
+A flagged update does not enter its client's history, so an attacker cannot drag its
+own reference along; the history is then stale (the model moved on while it stayed), so
+the client's next update gets no history score and, if accepted, replaces it. Otherwise
+one false flag would lock an honest client into ever larger distances from a frozen past.
 
 :class:`ReputationPolicy` turns flags into a per-client reputation with quarantine:
 ``rep <- decay * rep + (1 - decay) * clean`` (``clean`` is 0 in a round where the
@@ -64,6 +67,7 @@ MIN_ROWS = 3  # rows (with a known score) needed to score a round
 _MAD_SCALE = 1.4826  # MAD -> standard deviation under a normal distribution
 _FLOOR = 1e-3  # the MAD's floor, relative to the median's magnitude
 _EPS = 1e-12
+_BASELINE_SMOOTHING = 0.3  # weight of the newest log history distance in its baseline
 _MAX_DOUBLINGS = 16  # the longest quarantine is probation_rounds * 2**16 rounds
 
 
@@ -150,7 +154,7 @@ class AnomalyDetector:
     """
 
     def __init__(
-        self, num_clients: int, dim: int, threshold: float = 3.5, history_smoothing: float = 0.5
+        self, num_clients: int, dim: int, threshold: float = 3.5, history_smoothing: float = 1.0
     ) -> None:
         if not (isinstance(threshold, int | float) and math.isfinite(threshold) and threshold > 0):
             raise ConfigError(f"anomaly.threshold = {threshold!r}, expected a number > 0")
@@ -169,6 +173,7 @@ class AnomalyDetector:
         self._owner = np.empty(0, dtype=np.int64)  # client of each used slot
         self._history = np.empty((0, self.dim), dtype=np.float32)  # capacity >= used slots
         self._baseline = np.empty(0, dtype=np.float64)  # per slot: mean log distance (NaN)
+        self._stale = np.empty(0, dtype=bool)  # per slot: flagged since its last update
 
     @property
     def known(self) -> np.ndarray:
@@ -240,7 +245,9 @@ class AnomalyDetector:
         dots = (x @ c).astype(np.float64)
         cosine = np.divide(dots, denom, out=np.zeros(k), where=denom > 0)
         slots = self._slot[ids]
-        has = slots >= 0
+        known = slots >= 0
+        has = known.copy()
+        has[known] = ~self._stale[slots[known]]  # a stale history scores nothing
         history = np.full(k, math.nan)
         if has.any():
             h = self._history[slots[has]]
@@ -265,6 +272,7 @@ class AnomalyDetector:
         reasons = tuple(
             REASONS[t] if f else None for t, f in zip(top.tolist(), flagged.tolist(), strict=True)
         )
+        self._stale[slots[known & flagged]] = True
         self._learn(ids[~flagged], x[~flagged], log_history[~flagged])
         return Screening(
             round=int(round),
@@ -284,10 +292,13 @@ class AnomalyDetector:
         old = slots >= 0
         a = np.float32(self.history_smoothing)
         s = slots[old]
-        self._history[s] = (np.float32(1) - a) * self._history[s] + a * x[old]
+        keep = np.where(self._stale[s], np.float32(0), np.float32(1) - a)[:, None]
+        self._history[s] = keep * self._history[s] + (np.float32(1) - keep) * x[old]
+        self._stale[s] = False
         prev, seen = self._baseline[s], log_distance[old]
-        blended = (1.0 - self.history_smoothing) * prev + self.history_smoothing * seen
-        self._baseline[s] = np.where(np.isnan(prev), seen, blended)
+        blended = (1.0 - _BASELINE_SMOOTHING) * prev + _BASELINE_SMOOTHING * seen
+        # the first distance sets the baseline; an unscored one (stale history) keeps it
+        self._baseline[s] = np.where(np.isnan(prev), seen, np.where(np.isnan(seen), prev, blended))
         new_ids = ids[~old]
         if not len(new_ids):
             return
@@ -299,37 +310,41 @@ class AnomalyDetector:
             self._history = grown
         self._history[used:need] = x[~old]
         self._baseline = np.concatenate([self._baseline, np.full(len(new_ids), math.nan)])
+        self._stale = np.concatenate([self._stale, np.zeros(len(new_ids), dtype=bool)])
         self._slot[new_ids] = np.arange(used, need)
         self._owner = np.concatenate([self._owner, new_ids])
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The histories as arrays for a checkpoint: ``clients`` (int64 [M], slot order),
-        ``history`` (float32 [M, d]) and ``baseline`` (float64 [M], each client's mean log
-        history distance, NaN before its first); ``load_state_dict`` restores them
-        exactly."""
+        ``history`` (float32 [M, d]), ``baseline`` (float64 [M], each client's mean log
+        history distance, NaN before its first) and ``stale`` (bool [M], flagged since
+        its last accepted update); ``load_state_dict`` restores them exactly."""
         used = len(self._owner)
         return {
             "clients": self._owner.copy(),
             "history": self._history[:used].copy(),
             "baseline": self._baseline.copy(),
+            "stale": self._stale.copy(),
         }
 
     def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the histories by a ``state_dict()``; refused (nothing changes) unless
         it fits this detector's clients and dimension."""
-        if set(arrays) != {"clients", "history", "baseline"}:
+        if set(arrays) != {"clients", "history", "baseline", "stale"}:
             raise FedloomError(
                 f"anomaly detector state has arrays {sorted(arrays)}, expected baseline, "
-                "clients, history"
+                "clients, history, stale"
             )
         owner = np.asarray(arrays["clients"])
         hist = np.asarray(arrays["history"])
         baseline = np.asarray(arrays["baseline"])
-        if baseline.dtype != np.float64 or baseline.shape != owner.shape:
-            raise FedloomError(
-                f"anomaly state baseline is {baseline.dtype}{baseline.shape}, "
-                f"expected float64{owner.shape}"
-            )
+        stale = np.asarray(arrays["stale"])
+        for name, arr, dtype in (("baseline", baseline, np.float64), ("stale", stale, np.bool_)):
+            if arr.dtype != dtype or arr.shape != owner.shape:
+                raise FedloomError(
+                    f"anomaly state {name} is {arr.dtype}{arr.shape}, "
+                    f"expected {np.dtype(dtype)}{owner.shape}"
+                )
         if owner.ndim != 1 or owner.dtype != np.int64:
             raise FedloomError(
                 f"anomaly state clients is {owner.dtype}{owner.shape}, expected int64"
@@ -345,7 +360,7 @@ class AnomalyDetector:
         slot = np.full(self.num_clients, -1, dtype=np.int64)
         slot[owner] = np.arange(len(owner))
         self._slot, self._owner, self._history = slot, owner.copy(), hist.copy()
-        self._baseline = baseline.copy()
+        self._baseline, self._stale = baseline.copy(), stale.copy()
 
 
 @dataclass(frozen=True)
