@@ -83,10 +83,10 @@ def test_quick_run_writes_tables_backdoor_anomaly_plots_and_targets(tmp_path: Pa
     targets = result["targets"]
     for t in targets:
         assert set(t) == {"name", "value", "goal", "met"} and isinstance(t["met"], bool)
-    assert len(targets) == 12
+    assert len(targets) == 14
     iid = tables["iid/momentum=0.9"]["mean_accuracy"]
     base = iid["none"]["mean"]
-    best, losers, cc = targets[0:3]
+    best, losers, strong, cc = targets[0:4]
     robust = DEFENCES[1:]
     for a in ATTACKS[1:]:
         top = max(iid[a][d] for d in robust)
@@ -98,16 +98,16 @@ def test_quick_run_writes_tables_backdoor_anomaly_plots_and_targets(tmp_path: Pa
     assert losers["met"] == all(v >= 20 for v in losers["value"].values())
     assert cc["value"] == _points(base - iid["alie"]["centered_clip+bucketing"])
     assert cc["met"] == (cc["value"] <= 3)
-    # momentum 0 is not in the smoke run: its checks say so and are unmet
-    for t in targets[3:6] + targets[8:10]:
+    # momentum 0 and the strong variants are not in the smoke run: their checks say so
+    for t in [strong, *targets[4:8], *targets[10:12]]:
         assert t["value"].startswith("not run") and t["met"] is False
     none = tables["noniid/momentum=0.9"]["mean_accuracy"]["none"]
-    for t, rule in zip(targets[6:8], ["median", "geometric_median"], strict=True):
+    for t, rule in zip(targets[8:10], ["median", "geometric_median"], strict=True):
         lost = _points(none["mean"] - none[rule])
         recovered = _points(none[f"{rule}+bucketing"] - none[rule])
         assert t["value"] == {"lost": lost, "recovered": recovered}
         assert t["met"] == (recovered >= lost / 2)
-    rounds_t, honest_t = targets[10:12]
+    rounds_t, honest_t = targets[12:14]
     assert rounds_t["value"] == an["worst_rounds_to_quarantine_all"]
     assert rounds_t["met"] == (rounds_t["value"] is not None and rounds_t["value"] <= 5)
     assert honest_t["value"] == round(seed["honest_quarantined_fraction"], 4)
