@@ -77,7 +77,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import multiprocessing as mp  # noqa: E402
@@ -89,6 +88,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+from targets import finish  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 COMPUTE_SIGMA = 1.4  # p95 / median = exp(1.645 * 1.4) = 10.0
@@ -613,13 +613,7 @@ def main() -> None:
         "total_s": round(time.perf_counter() - started, 1),
         "targets": checks,
     }
-    for t in checks:
-        met = "met" if t["met"] else "MISSED"
-        print(f"target {t['name']}: {t['value']} (goal {t['goal']}) {met}")
-    print(f"total {result['total_s']} s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    finish(result, args.json)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # numpy's BLAS spins on a shared 2-core machine otherwise
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import statistics  # noqa: E402
@@ -63,6 +62,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+from targets import finish  # noqa: E402
 
 EF = "compression.error_feedback=true"
 
@@ -587,13 +587,7 @@ def main() -> None:
         "total_s": round(time.perf_counter() - started, 1),
         "targets": checks,
     }
-    for t in checks:
-        met = "met" if t["met"] else "MISSED"
-        print(f"target {t['name']}: {t['value']} (goal {t['goal']}) {met}")
-    print(f"total {result['total_s']} s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    finish(result, args.json)
 
 
 if __name__ == "__main__":

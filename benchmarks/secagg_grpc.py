@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from targets import finish
+
 MODES = {
     "plain": [],
     "secagg 32-bit": ["secagg.enabled=true"],
@@ -167,12 +169,7 @@ def main() -> None:
         "total_s": round(time.perf_counter() - started, 1),
         "targets": targets,
     }
-    for t in targets:
-        met = "met" if t["met"] else "MISSED"
-        print(f"target {t['name']}: {t['value']} (goal {t['goal']}) {met}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    finish(result, args.json)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ def _load() -> ModuleType:
     """The benchmark as a module (it sets thread variables on import: restored here)."""
     names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
     saved = {n: os.environ.get(n) for n in names}
+    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its sibling modules
     try:
         spec = importlib.util.spec_from_file_location("async_benchmark", SCRIPT)
         assert spec is not None and spec.loader is not None
@@ -84,6 +85,7 @@ def _load() -> ModuleType:
         spec.loader.exec_module(module)
         return module
     finally:
+        sys.path.remove(str(SCRIPT.parent))
         for n, value in saved.items():
             if value is None:
                 os.environ.pop(n, None)

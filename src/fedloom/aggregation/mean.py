@@ -45,6 +45,12 @@ def _check(updates: np.ndarray, weights: np.ndarray) -> tuple[float, np.ndarray]
     k = updates.shape[0]
     if k == 0:
         raise FedloomError("updates is empty (K == 0): cannot average an empty cohort")
+    w = check_weights(weights, k)
+    return float(w.sum()), w
+
+
+def check_weights(weights: np.ndarray, k: int) -> np.ndarray:
+    """``weights`` as float64 ``[k]``, refused unless finite and non-negative."""
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (k,):
         raise FedloomError(f"weights has shape {w.shape}, expected ({k},) to match updates")
@@ -52,4 +58,4 @@ def _check(updates: np.ndarray, weights: np.ndarray) -> tuple[float, np.ndarray]
     if bad.size:
         i = int(bad[0])
         raise FedloomError(f"weights[{i}] is {w[i]}; weights must be finite and non-negative")
-    return float(w.sum()), w
+    return w

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.aggregation.mean import weighted_sum
+from fedloom.aggregation.mean import check_weights, weighted_sum
 from fedloom.aggregation.reducer import ReduceContext, Reducer, WeightedMean
 from fedloom.errors import ConfigError, FedloomError
 
@@ -537,13 +537,7 @@ def _matrix(rows: np.ndarray) -> np.ndarray:
 
 
 def _weights(weights: np.ndarray, k: int) -> np.ndarray:
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (k,):
-        raise FedloomError(f"weights has shape {w.shape}, expected ({k},) to match rows")
-    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
-    if bad.size:
-        i = int(bad[0])
-        raise FedloomError(f"weights[{i}] is {w[i]}; weights must be finite and non-negative")
+    w = check_weights(weights, k)
     if w.sum() == 0:
         raise FedloomError("weights are all zero: no client contributed examples")
     return w

@@ -33,7 +33,10 @@ class Reduction:
         root_update: RootUpdate | None = None,
     ) -> None:
         self.reducer: Reducer = reducer or WeightedMean()
-        if self.reducer.needs_reference and root_update is None:
+        # a reducer written before min_rows / needs_reference existed has neither
+        self.min_rows = int(getattr(self.reducer, "min_rows", 1))
+        self.needs_reference = bool(getattr(self.reducer, "needs_reference", False))
+        if self.needs_reference and root_update is None:
             raise FedloomError(
                 f"reducer {type(self.reducer).__name__} needs the server's root-data update "
                 "(root_update)"
@@ -49,7 +52,7 @@ class Reduction:
 
     def too_few(self, rows: int) -> str | None:
         """Why ``rows`` updates cannot be reduced (None: they can)."""
-        need = self.reducer.min_rows
+        need = self.min_rows
         if 0 < rows < need:
             return f"{rows} updates; the aggregation rule needs at least {need}"
         return None
@@ -71,7 +74,7 @@ class Reduction:
             secrets.randbits(128) if self.os_randomness else [self.seed, 23, round, attempt]
         )
         reference = None
-        if self.reducer.needs_reference:
+        if self.needs_reference:
             assert self.root_update is not None
             reference = np.asarray(self.root_update(start, round), dtype=np.float32)
         ctx = ReduceContext(client_ids, rng, self.previous, reference)
