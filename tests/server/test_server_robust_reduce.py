@@ -138,3 +138,14 @@ def test_screening_refuses_flagged_rows_before_the_rule_and_checkpoints_historie
     np.testing.assert_array_equal(
         srv.last_screening.z["history"], again.last_screening.z["history"]
     )
+
+
+def test_a_round_without_updates_has_no_screening_of_its_own() -> None:
+    from fedloom.server.anomaly import AnomalyDetector, AnomalyGuard, ReputationPolicy
+
+    guard = AnomalyGuard(AnomalyDetector(CLIENTS, DIM), ReputationPolicy())
+    srv = server("median", guard=guard)
+    play(srv, deltas(CLIENTS))
+    assert srv.last_screening is not None
+    assert play(srv, deltas(0)).status == "empty"
+    assert srv.last_screening is None  # the engine records no stale screening for it

@@ -568,6 +568,7 @@ class SyncServer:
             raise FedloomError(f"reducer {reducer} cannot be combined (it needs every row)")
         matrix = rnd.matrix[rows]
         too_few = None
+        self.last_screening = None  # this round's, if its rows are screened
         # the server chain: decode -> validate -> screen -> transforms -> reduce -> central DP
         # -> optimizer
         if secure is not None:  # decode: the secure transform's server half gave these sums
@@ -627,8 +628,6 @@ class SyncServer:
             retry = self.quorum_policy == "retry" and self.retries < self.max_retries
             status = "retry" if retry else "skipped"
         self.last_release = release
-        if self.guard is None or secure is not None:
-            self.last_screening = None
         norm, loss = 0.0, float("nan")
         contribution = np.zeros(k)
         if status == "aggregated":
