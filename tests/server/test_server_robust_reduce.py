@@ -147,5 +147,5 @@ def test_a_round_without_updates_has_no_screening_of_its_own() -> None:
     srv = server("median", guard=guard)
     play(srv, deltas(CLIENTS))
     assert srv.last_screening is not None
-    assert play(srv, deltas(0)).status == "empty"
+    assert play(srv, np.zeros((0, DIM), dtype=np.float32)).status == "empty"
     assert srv.last_screening is None  # the engine records no stale screening for it
