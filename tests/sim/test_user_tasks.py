@@ -98,9 +98,15 @@ def test_central_dp_and_secagg_run_with_the_user_cnn(
 def test_a_resumed_user_cnn_run_reaches_the_uninterrupted_model(
     tmp_path: Path, images: fedloom.FederatedData
 ) -> None:
-    whole = start_simulation(config(tmp_path / "a", rounds=4), data=images, task=digits_cnn())
+    # one executor for both runs ("auto" chooses by timing; the two agree to 1e-7, not bit for bit)
+    pinned = {"executor": "sequential"}
+    whole = start_simulation(
+        config(tmp_path / "a", rounds=4, simulation=pinned), data=images, task=digits_cnn()
+    )
     whole.run()
-    part = start_simulation(config(tmp_path / "b", rounds=4), data=images, task=digits_cnn())
+    part = start_simulation(
+        config(tmp_path / "b", rounds=4, simulation=pinned), data=images, task=digits_cnn()
+    )
     for _ in range(2):
         part.step()
     with pytest.raises(ConfigError, match="resume it with the same task"):
