@@ -67,7 +67,7 @@ def spy_releases(sim: Simulation) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_kill_and_resume_keeps_every_release_and_equals_the_uninterrupted_run(tmp_path):
-    extra = ("privacy.noise_multiplier=1.0",)
+    extra = ("privacy.noise_multiplier=1.0", 'simulation.executor="sequential"')
     full = start_simulation(cfg(tmp_path / "a", *extra))
     full.run()
     crashed = start_simulation(cfg(tmp_path / "b", *extra))

@@ -82,6 +82,7 @@ def test_resume_with_adaptive_clipping_equals_uninterrupted(tmp_path):
         "privacy.adaptive_clipping=true",
         "privacy.clip_norm=0.1",
         "privacy.count_stddev=2",
+        'simulation.executor="sequential"',  # one executor for both runs
     )
     full = start_simulation(dp_config(tmp_path / "a", *extra))
     full.run()

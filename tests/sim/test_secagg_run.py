@@ -238,6 +238,7 @@ def test_resume_with_secagg_equals_uninterrupted(tmp_path):
         "checkpoint.every=2",
         "secagg.enabled=true",
         'secagg.rounding="stochastic"',
+        'simulation.executor="sequential"',  # one executor for both runs
     )
     full = start_simulation(config(tmp_path / "a", *extra))
     full.run()
