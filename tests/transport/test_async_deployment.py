@@ -33,8 +33,7 @@ def fedbuff(buffer: int, concurrency: int, max_staleness: int = 20, contribution
     limit = f"max_contributions = {contributions}\n" if contributions else ""
     return (
         f'[asynchronous]\nmode = "fedbuff"\nbuffer_size = {buffer}\n'
-        f"concurrency = {concurrency}\nmax_staleness = {max_staleness}\nbackoff_s = 0.5\n"
-        + limit
+        f"concurrency = {concurrency}\nmax_staleness = {max_staleness}\nbackoff_s = 0.5\n" + limit
     )
 
 
@@ -85,7 +84,8 @@ def test_fedbuff_deployment_steps_drops_too_stale_updates_and_improves(tmp_path:
             assert s["bytes_up"] == record["payload_bytes"] < record["raw_bytes"]
         assert steps[-1]["refused_messages"].get("stale_version", 0) == 2
         told = "".join(p.read_text() for p in tmp_path.glob("client-*.log"))
-        versions = re.findall(r"refused by the server: .*staleness (\d+) exceeds .*now (\d+)\)", told)
+        refused = r"refused by the server: .*staleness (\d+) exceeds .*now (\d+)\)"
+        versions = re.findall(refused, told)
         assert versions == [("2", "2"), ("2", "2")], told
         assert steps[-1]["accuracy"] > records[0]["accuracy"]
     finally:
