@@ -170,6 +170,9 @@ def test_build_attack_defaults_and_types():
         "min_sum",
         "backdoor",
     }
+    from fedloom.config import ATTACKS
+
+    assert set(ATTACK_TYPES) == set(ATTACKS) - {"none"}  # every [attack] kind is built here
     assert build_attack("alie", {}) == Alie(z=None)
     backdoor = build_attack("backdoor", {"trigger_size": 2.0, "target": 3})
     assert isinstance(backdoor, Backdoor)
