@@ -38,6 +38,7 @@ CORE = {
     "compression",
     "aggregation",
     "attacks",
+    "edge",
     "optim",
     "privacy",
     "secagg",
@@ -50,6 +51,7 @@ ORCHESTRATION = {"server"}
 FACES = {
     "cli",
     "cli_certs",
+    "cli_export",
     "report",
     "console",
     "progress",

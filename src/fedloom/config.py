@@ -105,7 +105,7 @@ class PartitionConfig(_Section):
         return self
 
 
-BUILTIN_MODELS = ("mlp", "logistic", "cnn", "char")
+BUILTIN_MODELS = ("mlp", "logistic", "cnn", "char", "mobilenet")
 _OPTION = str | int | float | bool | list[str | int | float | bool]
 
 
@@ -113,10 +113,16 @@ class ModelConfig(_Section):
     """The model: a built-in kind (``fedloom.models``) or a user task by import path,
     ``"module:package.module:attribute"`` (``fedloom.task.import_task``)."""
 
-    kind: str = Field("mlp", description="mlp, logistic, cnn, char or module:pkg.mod:attr")
+    kind: str = Field(
+        "mlp", description="mlp, logistic, cnn, char, mobilenet or module:pkg.mod:attr"
+    )
     hidden: tuple[Annotated[int, Field(ge=1)], ...] = (32,)
     norm: Literal["none", "group", "batch"] = Field(
-        "none", description="cnn: normalization (group trains vectorized; batch has buffers)"
+        "none",
+        description="cnn, mobilenet: normalization (group trains vectorized; batch has buffers)",
+    )
+    width: float = Field(
+        1.0, gt=0, le=4, description="mobilenet: width multiplier of every layer's channels"
     )
     options: dict[str, _OPTION] = Field(
         default_factory=dict, description="keyword arguments of a module: task factory"
@@ -641,6 +647,7 @@ ROBUST_RULES = (
     "centered_clip",
     "norm_bound",
     "fltrust",
+    "fednova",
 )
 
 
@@ -652,7 +659,9 @@ class AggregationConfig(_Section):
     ``tau`` and ``iters`` for centered_clip, ``max_norm`` for norm_bound), checked when
     the config loads. ``bucketing`` (s >= 2) first averages random buckets of s rows
     (Karimireddy et al., ICLR 2022). ``root_examples``: FLTrust's clean root dataset,
-    sampled from the training data in simulation."""
+    sampled from the training data in simulation. ``fednova`` is not a robust rule but
+    FedNova's normalized averaging (Wang et al., NeurIPS 2020): each update divided by its
+    client's count of local steps, so unequal local work does not bias the objective."""
 
     rule: Literal[ROBUST_RULES] = "mean"  # type: ignore[valid-type]
     params: dict[str, float | int] = {}
@@ -732,6 +741,37 @@ class AttackConfig(_Section):
         return self
 
 
+class EdgeConfig(_Section):
+    """Local work fitted to each device (docs/edge.md). ``local_work = "adaptive"``
+    sizes each client's local steps from its speed (profiled in simulation, measured over
+    gRPC) so that its update arrives before ``server.deadline_s``; ``memory_aware_batch``
+    caps each client's batch at what its memory holds (a device that cannot hold the model
+    at batch 1 is never selected); ``precision = "auto"`` trains in bf16 or fp16 where
+    the device's profile has it; ``qat`` trains with int8 fake quantization.
+    ``profile`` is the simulated devices' profile when they have no tier (uniform,
+    lognormal, trace); tiered devices use their tier's."""
+
+    local_work: Literal["fixed", "adaptive"] = "fixed"
+    min_steps: int = Field(1, ge=1, description="adaptive: fewest local steps worth training")
+    memory_aware_batch: bool = True
+    precision: Literal["fp32", "auto"] = "fp32"
+    qat: bool = False
+    profile: str = Field("x86_server", description="built-in profile of untiered devices")
+    loss_samples: int = Field(
+        4, ge=0, le=64, description="progress monitoring: sampled batch losses per client"
+    )
+
+    @model_validator(mode="after")
+    def _known_profile(self) -> EdgeConfig:
+        from fedloom.edge.profiles import BUILTIN_PROFILES
+
+        if self.profile not in BUILTIN_PROFILES:
+            raise ValueError(
+                f"edge.profile = {self.profile!r}: expected one of {', '.join(BUILTIN_PROFILES)}"
+            )
+        return self
+
+
 class RunConfig(_Section):
     """The whole experiment."""
 
@@ -762,6 +802,7 @@ class RunConfig(_Section):
     aggregation: AggregationConfig = AggregationConfig()
     anomaly: AnomalyConfig = AnomalyConfig()
     attack: AttackConfig = AttackConfig()
+    edge: EdgeConfig = EdgeConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -827,6 +868,7 @@ class RunConfig(_Section):
         self._compression_composes()
         self._asynchronous_composes()
         self._robustness_composes()
+        self._edge_composes()
         n = self.partition.num_clients
         k = self.server.clients_per_round
         if n and k > n:
@@ -939,6 +981,34 @@ class RunConfig(_Section):
             if isinstance(ids, list) and n and max(ids, default=-1) >= n:
                 raise ValueError(
                     f"attack.clients = {ids!r} names a client >= partition.num_clients = {n}"
+                )
+
+    def _edge_composes(self) -> None:
+        """Adaptive local work plans against a round deadline; FedNova's normalization
+        is defined for SGD (with heavy-ball momentum or a proximal term, not both)."""
+        e = self.edge
+        if e.local_work == "adaptive":
+            if self.asynchronous.enabled:
+                raise ValueError(
+                    "edge.local_work = 'adaptive' sizes work to a round's deadline; "
+                    f"asynchronous.mode = {self.asynchronous.mode!r} has no rounds"
+                )
+            if self.server.deadline_s is None:
+                raise ValueError("edge.local_work = 'adaptive' needs server.deadline_s")
+        if self.aggregation.rule == "fednova":
+            c = self.client
+            if c.optimizer != "sgd" or c.nesterov:
+                what = f"client.optimizer = {c.optimizer!r}"
+                if c.nesterov:
+                    what = "client.nesterov = true"
+                raise ValueError(
+                    f"aggregation.rule = 'fednova' with {what}: its normalization is "
+                    "derived for SGD with heavy-ball momentum or a proximal term"
+                )
+            if c.momentum and c.prox_mu:
+                raise ValueError(
+                    "aggregation.rule = 'fednova' with both client.momentum and "
+                    "client.prox_mu: the normalization covers one of them at a time"
                 )
 
     def _compression_composes(self) -> None:

@@ -32,6 +32,7 @@ PLAN_BOUNDS: dict[str, dict[str, float]] = {
 }
 _INT_FIELDS = ("local_epochs", "local_steps", "batch_size")
 _OPTIMIZERS = ("sgd", "adam")
+_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class TrainPlan:
     prox_mu: float = 0.0
     dp_sgd_clip: float | None = None  # sample-level DP-SGD: per-sample gradient L2 bound
     dp_sgd_noise: float = 0.0  # DP-SGD noise multiplier (noise stddev / dp_sgd_clip)
+    # the arithmetic of the forward and backward passes (autocast; parameters and the
+    # optimizer stay float32): what the server chose for the device (edge.profiles)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    qat: bool = False  # quantization-aware training: int8 fake-quantized weights and inputs
 
     def __post_init__(self) -> None:
         for name, bounds in PLAN_BOUNDS.items():
@@ -81,6 +86,10 @@ class TrainPlan:
             )
         if self.dp_sgd_noise and self.dp_sgd_clip is None:
             raise ConfigError(f"plan.dp_sgd_noise = {self.dp_sgd_noise!r} needs plan.dp_sgd_clip")
+        if self.precision not in _PRECISIONS:
+            raise ConfigError(f"plan.precision = {self.precision!r}: expected one of {_PRECISIONS}")
+        if not isinstance(self.qat, bool):
+            raise ConfigError(f"plan.qat = {self.qat!r}: expected a bool")
 
 
 def _check_bound(name: str, value: object, bounds: dict[str, float], integer: bool) -> None:
@@ -121,6 +130,9 @@ class ClientMetrics:
     steps: int
     epochs: float
     train_loss_sq: float = float("nan")  # mean squared batch loss (Oort's statistical utility)
+    # progress monitoring: the batch losses of a few evenly spaced steps (first and last
+    # included), read once after training (no per-step synchronization)
+    loss_samples: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

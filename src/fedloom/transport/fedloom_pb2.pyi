@@ -8,16 +8,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinRequest(_message.Message):
-    __slots__ = ("num_examples", "device", "holdout_examples", "label_counts")
+    __slots__ = ("num_examples", "device", "holdout_examples", "label_counts", "profile")
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     HOLDOUT_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     LABEL_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     num_examples: int
     device: str
     holdout_examples: int
     label_counts: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, num_examples: _Optional[int] = ..., device: _Optional[str] = ..., holdout_examples: _Optional[int] = ..., label_counts: _Optional[_Iterable[int]] = ...) -> None: ...
+    profile: DeviceProfile
+    def __init__(self, num_examples: _Optional[int] = ..., device: _Optional[str] = ..., holdout_examples: _Optional[int] = ..., label_counts: _Optional[_Iterable[int]] = ..., profile: _Optional[_Union[DeviceProfile, _Mapping]] = ...) -> None: ...
+
+class DeviceProfile(_message.Message):
+    __slots__ = ("name", "memory_mb", "int8", "fp16", "bf16", "threads", "arch", "ms_per_sample")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    INT8_FIELD_NUMBER: _ClassVar[int]
+    FP16_FIELD_NUMBER: _ClassVar[int]
+    BF16_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    MS_PER_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    memory_mb: float
+    int8: bool
+    fp16: bool
+    bf16: bool
+    threads: int
+    arch: str
+    ms_per_sample: float
+    def __init__(self, name: _Optional[str] = ..., memory_mb: _Optional[float] = ..., int8: _Optional[bool] = ..., fp16: _Optional[bool] = ..., bf16: _Optional[bool] = ..., threads: _Optional[int] = ..., arch: _Optional[str] = ..., ms_per_sample: _Optional[float] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("client_id", "dim", "run", "heartbeat_s", "chunk_bytes", "version", "model", "client_transforms", "compression")
@@ -88,7 +110,7 @@ class ModelSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., hidden: _Optional[_Iterable[int]] = ..., num_features: _Optional[int] = ..., num_classes: _Optional[int] = ..., seed: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., targets: _Optional[str] = ..., norm: _Optional[str] = ..., options_json: _Optional[str] = ...) -> None: ...
 
 class TrainPlan(_message.Message):
-    __slots__ = ("local_epochs", "local_steps", "batch_size", "optimizer", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay", "prox_mu", "dp_sgd_clip", "dp_sgd_noise")
+    __slots__ = ("local_epochs", "local_steps", "batch_size", "optimizer", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay", "prox_mu", "dp_sgd_clip", "dp_sgd_noise", "precision", "qat")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +125,8 @@ class TrainPlan(_message.Message):
     PROX_MU_FIELD_NUMBER: _ClassVar[int]
     DP_SGD_CLIP_FIELD_NUMBER: _ClassVar[int]
     DP_SGD_NOISE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    QAT_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     local_steps: int
     batch_size: int
@@ -117,7 +141,9 @@ class TrainPlan(_message.Message):
     prox_mu: float
     dp_sgd_clip: float
     dp_sgd_noise: float
-    def __init__(self, local_epochs: _Optional[int] = ..., local_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., prox_mu: _Optional[float] = ..., dp_sgd_clip: _Optional[float] = ..., dp_sgd_noise: _Optional[float] = ...) -> None: ...
+    precision: str
+    qat: bool
+    def __init__(self, local_epochs: _Optional[int] = ..., local_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., prox_mu: _Optional[float] = ..., dp_sgd_clip: _Optional[float] = ..., dp_sgd_noise: _Optional[float] = ..., precision: _Optional[str] = ..., qat: _Optional[bool] = ...) -> None: ...
 
 class LocalDP(_message.Message):
     __slots__ = ("mechanism", "clip", "epsilon", "delta")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from fedloom.edge.profiles import DeviceProfile
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.records import TrainPlan
 from fedloom.transport import fedloom_pb2 as pb
@@ -66,6 +67,8 @@ def plan_to_pb(plan: TrainPlan) -> pb.TrainPlan:
         weight_decay=plan.weight_decay,
         prox_mu=plan.prox_mu,
         dp_sgd_noise=plan.dp_sgd_noise,
+        precision=plan.precision,
+        qat=plan.qat,
     )
     if plan.local_steps is not None:
         msg.local_steps = plan.local_steps
@@ -91,9 +94,44 @@ def plan_from_pb(msg: pb.TrainPlan, where: str = "task.plan") -> TrainPlan:
             prox_mu=float(msg.prox_mu),
             dp_sgd_clip=float(msg.dp_sgd_clip) if msg.HasField("dp_sgd_clip") else None,
             dp_sgd_noise=float(msg.dp_sgd_noise),
+            precision=msg.precision or "fp32",  # type: ignore[arg-type]  # checked by TrainPlan
+            qat=bool(msg.qat),
         )
     except ConfigError as err:  # "plan.lr = -1.0: must be > 0"
         raise MessageError(f"{where}{str(err).removeprefix('plan')}") from None
+
+
+# -- the device profile ------------------------------------------------------------------
+def profile_to_pb(profile: DeviceProfile) -> pb.DeviceProfile:
+    msg = pb.DeviceProfile(
+        name=profile.name,
+        memory_mb=profile.memory_mb,
+        int8=profile.int8,
+        fp16=profile.fp16,
+        bf16=profile.bf16,
+        threads=profile.threads,
+        arch=profile.arch,
+    )
+    if profile.ms_per_sample is not None:
+        msg.ms_per_sample = profile.ms_per_sample
+    return msg
+
+
+def profile_from_pb(msg: pb.DeviceProfile, where: str = "join.profile") -> DeviceProfile:
+    """The profile a client declared, checked by ``DeviceProfile`` itself."""
+    try:
+        return DeviceProfile(
+            name=msg.name,
+            memory_mb=float(msg.memory_mb),
+            int8=bool(msg.int8),
+            fp16=bool(msg.fp16),
+            bf16=bool(msg.bf16),
+            threads=int(msg.threads),
+            arch=msg.arch,  # type: ignore[arg-type]  # checked by DeviceProfile
+            ms_per_sample=float(msg.ms_per_sample) if msg.HasField("ms_per_sample") else None,
+        )
+    except ConfigError as err:  # "device profile 'x': threads = 0 must be in [1, 1024]"
+        raise MessageError(f"{where}: {err}") from None
 
 
 # -- local DP ---------------------------------------------------------------------------
