@@ -88,7 +88,7 @@ class TransformSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., params_json: _Optional[str] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("kind", "hidden", "num_features", "num_classes", "seed", "input_shape", "targets", "norm", "options_json")
+    __slots__ = ("kind", "hidden", "num_features", "num_classes", "seed", "input_shape", "targets", "norm", "options_json", "width")
     KIND_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     NUM_FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class ModelSpec(_message.Message):
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     NORM_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
     kind: str
     hidden: _containers.RepeatedScalarFieldContainer[int]
     num_features: int
@@ -107,7 +108,8 @@ class ModelSpec(_message.Message):
     targets: str
     norm: str
     options_json: str
-    def __init__(self, kind: _Optional[str] = ..., hidden: _Optional[_Iterable[int]] = ..., num_features: _Optional[int] = ..., num_classes: _Optional[int] = ..., seed: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., targets: _Optional[str] = ..., norm: _Optional[str] = ..., options_json: _Optional[str] = ...) -> None: ...
+    width: float
+    def __init__(self, kind: _Optional[str] = ..., hidden: _Optional[_Iterable[int]] = ..., num_features: _Optional[int] = ..., num_classes: _Optional[int] = ..., seed: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., targets: _Optional[str] = ..., norm: _Optional[str] = ..., options_json: _Optional[str] = ..., width: _Optional[float] = ...) -> None: ...
 
 class TrainPlan(_message.Message):
     __slots__ = ("local_epochs", "local_steps", "batch_size", "optimizer", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay", "prox_mu", "dp_sgd_clip", "dp_sgd_noise", "precision", "qat")
