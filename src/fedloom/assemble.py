@@ -561,7 +561,13 @@ def resolve_task(config: RunConfig, shape: DataShape, task: Task | None = None) 
             task = import_task(m.kind, m.options)
         else:
             task = builtin_task(
-                m.kind, shape.sample_shape, shape.targets, shape.outputs, tuple(m.hidden), m.norm
+                m.kind,
+                shape.sample_shape,
+                shape.targets,
+                shape.outputs,
+                tuple(m.hidden),
+                m.norm,
+                m.width,
             )
     return task.resolved(shape.targets)
 
@@ -1373,6 +1379,7 @@ def deployment_server(run: DeploymentRun, options: ServerOptions) -> DeploymentS
         config.seed,
         m.norm,
         json.dumps(m.options) if m.options else "",
+        m.width,
     )
     kind = AsyncDeploymentServer if isinstance(run.engine, AsyncEngine) else DeploymentServer
     return kind(

@@ -9,6 +9,7 @@ kind and the data's shape in the message, before anything trains.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from functools import partial
@@ -18,6 +19,7 @@ from fedloom.errors import ConfigError
 from fedloom.models.char import CharGRU
 from fedloom.models.cnn import NORMS, LeNet, Norm
 from fedloom.models.mlp import MLP
+from fedloom.models.mobilenet import MAX_WIDTH, MIN_SIZE, MobileNetV2
 from fedloom.task import Targets, Task
 
 if TYPE_CHECKING:
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
 
     from fedloom.config import ModelConfig
 
-BUILTIN_KINDS = ("mlp", "logistic", "cnn", "char")
+BUILTIN_KINDS = ("mlp", "logistic", "cnn", "char", "mobilenet")
+IMAGE_KINDS = ("cnn", "mobilenet")
 TARGETS = ("classes", "tokens", "values")
 
 
@@ -46,13 +49,15 @@ def builtin_task(
     outputs: int,
     hidden: Sequence[int] = (32,),
     norm: Norm = "none",
+    width: float = 1.0,
 ) -> Task:
     """The built-in model ``kind`` for examples of ``sample_shape`` as a task.
 
     ``outputs``: classes (or vocabulary) for ``"classes"``/``"tokens"`` targets, the
     target width for ``"values"`` (1 for targets ``[n]``). ``hidden``: hidden widths of
     the MLP, of the CNN's head after its conv stages, or of the character model's GRU
-    layers (ignored by ``"logistic"``). ``norm`` is the CNN's normalization.
+    layers (ignored by ``"logistic"`` and ``"mobilenet"``). ``norm`` is the image
+    models' normalization, ``width`` MobileNet's width multiplier (0 < width <= 4).
     """
     shape = _positive(sample_shape)
     data = f"examples of shape {list(shape or sample_shape)}"
@@ -76,8 +81,11 @@ def builtin_task(
         raise ConfigError(f"model.hidden = {list(hidden)}: expected positive integers")
     if norm not in NORMS:
         raise ConfigError(f"model.norm = {norm!r}: expected one of {', '.join(NORMS)}")
-    if norm != "none" and kind != "cnn":
-        raise ConfigError(f"model.norm = {norm!r} applies to cnn, not model.kind = {kind!r}")
+    if norm != "none" and kind not in IMAGE_KINDS:
+        raise ConfigError(
+            f"model.norm = {norm!r} applies to cnn and mobilenet, not model.kind = {kind!r}"
+        )
+    _check_width(kind, width)
     if targets == "tokens" and kind != "char":
         raise ConfigError(
             f"model.kind = {kind!r} gives one output per example; token targets [n, T] "
@@ -95,6 +103,17 @@ def builtin_task(
                 f"model.kind = 'cnn' pools twice, so H and W must be >= 4; the data has {data}"
             )
         factory = partial(LeNet, shape, out[0], hidden=widths, norm=norm)
+    elif kind == "mobilenet":
+        if len(shape) != 3:
+            raise ConfigError(
+                f"model.kind = 'mobilenet' needs images [C, H, W]; the data has {data}"
+            )
+        if min(shape[1:]) < MIN_SIZE:
+            raise ConfigError(
+                f"model.kind = 'mobilenet' downsamples while H and W are >= {MIN_SIZE}, so "
+                f"they must be >= {MIN_SIZE}; the data has {data}"
+            )
+        factory = partial(MobileNetV2, shape, out[0], width=float(width), norm=norm)
     else:
         if len(shape) != 1:
             raise ConfigError(
@@ -103,7 +122,7 @@ def builtin_task(
         if targets == "values":
             raise ConfigError(
                 "model.kind = 'char' predicts characters; regression targets need "
-                "mlp, logistic or cnn"
+                "mlp, logistic, cnn or mobilenet"
             )
         if not widths:
             raise ConfigError("model.kind = 'char' needs at least one GRU width in model.hidden")
@@ -111,10 +130,30 @@ def builtin_task(
     return Task(factory, input_shape=shape, name=kind)
 
 
+def _check_width(kind: str, width: float) -> None:
+    """``width`` is a finite multiplier in (0, MAX_WIDTH], and not 1 only for mobilenet."""
+    try:
+        ok = math.isfinite(width) and 0 < width <= MAX_WIDTH
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"model.width = {width!r}: expected a number in (0, {MAX_WIDTH:g}]")
+    if width != 1.0 and kind != "mobilenet":
+        raise ConfigError(
+            f"model.width = {width!r} applies to mobilenet, not model.kind = {kind!r}"
+        )
+
+
 def build_model(config: ModelConfig, in_features: int, num_classes: int, seed: int) -> nn.Module:
     """The configured model for ``in_features`` flat features and ``num_classes``
     classes, with weights drawn from ``seed`` (global RNG left untouched)."""
     task = builtin_task(
-        config.kind, (in_features,), "classes", num_classes, config.hidden, config.norm
+        config.kind,
+        (in_features,),
+        "classes",
+        num_classes,
+        config.hidden,
+        config.norm,
+        config.width,
     )
     return task.build_model(seed)

@@ -178,11 +178,12 @@ class LocalDP:
 
 
 # -- the model ---------------------------------------------------------------------------
-_BUILTIN = ("mlp", "logistic", "cnn", "char")
+_BUILTIN = ("mlp", "logistic", "cnn", "char", "mobilenet")
 _TARGETS = ("classes", "tokens", "values")
 _NORMS = ("none", "group", "batch")
 MAX_INPUT_RANK = 4  # one example: features, tokens, or channels x height x width (+1)
 MAX_INPUT_SIZE = 1 << 24
+MAX_WIDTH = 4.0  # mobilenet's width multiplier (ModelConfig.width, models.mobilenet)
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ class ModelSpec:
     """The model a client builds: the config's kind (a built-in one, or a task by import
     path) with its settings, the shape of one example, what the targets are, the output
     width (classes, or the regression target's width) and the seed of the initial weights.
+    ``width`` is mobilenet's width multiplier (0 < width <= 4; 0 on the wire means 1).
 
     A ``module:`` kind makes the client import code the server names, so a client builds
     one only from a module it was told to trust (``fedloom client --trust PACKAGE``); the
@@ -204,6 +206,7 @@ class ModelSpec:
     seed: int
     norm: str = "none"
     options_json: str = ""
+    width: float = 1.0
 
     def __post_init__(self) -> None:
         from fedloom.task import MODULE_PREFIX
@@ -231,6 +234,8 @@ class ModelSpec:
         _int("model.seed", self.seed, 0)
         if self.norm not in _NORMS:
             raise MessageError(f"model.norm = {self.norm!r}: expected one of {_NORMS}")
+        if not (isinstance(self.width, (int, float)) and 0 < self.width <= MAX_WIDTH):
+            raise MessageError(f"model.width = {self.width!r}: expected 0 < width <= {MAX_WIDTH:g}")
         known = self.known_parameters()
         if known is not None and known > MAX_MODEL_PARAMETERS:
             raise MessageError(f"model has {known} parameters, over {MAX_MODEL_PARAMETERS}")
@@ -268,6 +273,7 @@ class ModelSpec:
             targets=self.targets,
             norm=self.norm,
             options_json=self.options_json,
+            width=self.width,
         )
 
     @classmethod
@@ -282,6 +288,7 @@ class ModelSpec:
             int(msg.seed),
             msg.norm or "none",
             msg.options_json,
+            msg.width or 1.0,
         )
 
     def build(self, trust: tuple[str, ...] = ()) -> tuple[ResolvedTask, torch.nn.Module]:
@@ -295,7 +302,13 @@ class ModelSpec:
             task = import_task(self.kind, self.options())
         else:
             task = builtin_task(
-                self.kind, self.input_shape, self.targets, self.outputs, self.hidden, self.norm
+                self.kind,
+                self.input_shape,
+                self.targets,
+                self.outputs,
+                self.hidden,
+                self.norm,
+                self.width,
             )
         resolved = task.resolved(self.targets)
         return resolved, task.build_model(self.seed)
