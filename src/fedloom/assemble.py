@@ -39,6 +39,8 @@ from fedloom.config import RunConfig, parse_config
 from fedloom.data.arrays import ArrayDataset
 from fedloom.data.federated import FederatedData, build_federated_data
 from fedloom.data.storage import read_eval_set
+from fedloom.edge.memory import TrainingMemory
+from fedloom.edge.profiles import DeviceProfile, builtin_profile, with_memory
 from fedloom.errors import CheckpointError, ConfigError, FedloomError
 from fedloom.models import builtin_task, model_stats
 from fedloom.optim import make_server_optimizer
@@ -58,6 +60,7 @@ from fedloom.server.asynchronous import AsyncServer
 from fedloom.server.cohort import CohortPolicy
 from fedloom.server.convergence import ConvergenceMonitor
 from fedloom.server.engine import REGISTRY_PREFIX, EngineSettings, Evaluate, RoundEngine
+from fedloom.server.local_work import LocalWorkPlanner
 from fedloom.server.privacy_plan import QUORUM_STDDEV_FACTOR, PrivacyPlan
 from fedloom.server.reduction import RootUpdate
 from fedloom.server.registry import ClientRegistry
@@ -68,7 +71,7 @@ from fedloom.server.work_scheduler import WorkScheduler
 from fedloom.sim import recovery
 from fedloom.sim.async_runtime import META_KEY as ASYNC_META
 from fedloom.sim.async_runtime import AsyncSimulation, TaskBook
-from fedloom.sim.devices import Population
+from fedloom.sim.devices import DEFAULT_TIERS, Population
 from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.executor_trial import pick_faster
 from fedloom.sim.memory import check_memory, check_memory_for, effective_batch_size
@@ -440,6 +443,37 @@ def open_registry(
     return registry
 
 
+def local_work_planner(
+    config: RunConfig, model: torch.nn.Module, sample_shape: tuple[int, ...], int_inputs: bool
+) -> LocalWorkPlanner:
+    """``[edge]``'s planner for ``model``: its training memory (parameters and one
+    example's activations, measured) and the run's optimizer state."""
+    dtype = torch.int64 if int_inputs else torch.float32
+    stats = model_stats(model, sample_shape, dtype)
+    c, e = config.client, config.edge
+    memory = TrainingMemory(stats.parameters, stats.activation_bytes, c.optimizer, c.momentum > 0)
+    return LocalWorkPlanner(
+        memory,
+        memory_aware=e.memory_aware_batch,
+        reduced_precision=e.precision == "auto",
+        qat=e.qat,
+        min_steps=e.min_steps,
+    )
+
+
+def population_profiles(config: RunConfig, population: Population) -> list[DeviceProfile]:
+    """Each simulated device's profile: its tier's built-in profile (``edge.profile``
+    without a tier) with the device's own memory."""
+    names = [t.name for t in DEFAULT_TIERS]
+    default = builtin_profile(config.edge.profile)
+    tiered = config.devices.kind == "tiered"
+    base = [builtin_profile(n) for n in names]
+    return [
+        with_memory(base[t] if tiered and t >= 0 else default, float(m))
+        for t, m in zip(population.tier.tolist(), population.memory_mb.tolist(), strict=True)
+    ]
+
+
 # runs -----------------------------------------------------------------------------
 def reduce_step(
     config: RunConfig,
@@ -449,6 +483,7 @@ def reduce_step(
 ) -> tuple[Reducer | None, RootUpdate | None]:
     """The server's reducer (None: FedAvg's mean) and, for FLTrust, the server's own
     update on ``root_data`` (trained like a client, from the round's start model).
+    FedNova's normalization follows the clients' plan (its momentum, lr and prox_mu).
     Under secure aggregation norm bounding runs on the clients (the server has only the
     sum): see ``RunConfig.client_transform_specs``."""
     agg = config.aggregation
@@ -456,7 +491,8 @@ def reduce_step(
         return None, None
     from fedloom.aggregation.robust import build_reducer
 
-    reducer = build_reducer(agg.rule, agg.params, agg.bucketing)
+    plan = plan_from_config(config, sizes)
+    reducer = build_reducer(agg.rule, agg.params, agg.bucketing, plan=plan)
     if not reducer.needs_reference:
         return reducer, None
     if root_data is None:
@@ -465,7 +501,6 @@ def reduce_step(
             "deployment server holds no training data (run it in simulation)"
         )
     x, y = torch.as_tensor(root_data.x), torch.as_tensor(root_data.y)
-    plan = plan_from_config(config, sizes)
     out = torch.empty(trainer.dim)
 
     def root_update(start: np.ndarray, round: int) -> np.ndarray:
@@ -647,6 +682,10 @@ def build_simulation(
     executor_used, note = make_executor(config, trainer, data, shard, executor)
     population = build_population(config.devices, data.train.num_clients, config.seed)
     virtual_time = VirtualTime(population, build_network(config.network, population), config.seed)
+    planner = local_work_planner(
+        config, model, shape.sample_shape, np.issubdtype(data.train.x.dtype, np.integer)
+    )
+    planner.declare(np.arange(len(population)), population_profiles(config, population))
     clients = ClientFacts(
         data.train.num_clients,
         int(sizes.max()),
@@ -675,6 +714,7 @@ def build_simulation(
         checkpoint_meta=checkpoint_meta,
         checkpoint_arrays=None if book is None else book.arrays,
         root_data=root,
+        local_work=planner,
     )
     if book is not None:
         assert isinstance(engine, AsyncEngine)
@@ -715,10 +755,12 @@ def _engine(
     checkpoint_meta: Callable[[], dict[str, Any]] | None,
     checkpoint_arrays: Callable[[], dict[str, np.ndarray]] | None = None,
     root_data: ArrayDataset | None = None,
+    local_work: LocalWorkPlanner | None = None,
 ) -> RoundEngine:
     """The run's round engine over ``trainer``'s model: privacy plan, secure aggregator,
     cohort policy, server (with its transform chain and reducer), registry, evaluator,
-    canaries. ``root_data``: the server's clean root dataset (FLTrust)."""
+    canaries. ``root_data``: the server's clean root dataset (FLTrust); ``local_work``:
+    each dispatch fitted to its device."""
     model = trainer.model
     opt = config.server.optimizer.model_dump()
     sel, srv = config.selection, config.server
@@ -795,6 +837,7 @@ def _engine(
             max_contributions=a.max_contributions,
             checkpoint_meta=checkpoint_meta,
             checkpoint_arrays=checkpoint_arrays,
+            local_work=local_work,
         )
     server = SyncServer(
         **common,
@@ -820,6 +863,7 @@ def _engine(
         canaries=make_canaries(config, server.dim),
         writer=shard is None or shard.is_writer,
         checkpoint_meta=checkpoint_meta,
+        local_work=local_work,
     )
 
 
@@ -1279,7 +1323,11 @@ def _build_deployment(
         False,
         deployment_cap(config),
     )
-    engine = _engine(config, run, None, clients, trainer, True, time.time, None)
+    int_inputs = any(isinstance(m, torch.nn.Embedding) for m in model.modules())
+    planner = local_work_planner(config, model, shape.sample_shape, int_inputs)
+    engine = _engine(
+        config, run, None, clients, trainer, True, time.time, None, local_work=planner
+    )
     return DeploymentRun(config, run, engine, shape, task, model, eval_set)
 
 

@@ -21,6 +21,7 @@ SC 2011 (counter-based generation).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,35 @@ def examples_seen(
     per_epoch = -(-sizes // plan.batch_size)
     full, rest = np.divmod(steps, per_epoch)
     return full * sizes + np.minimum(rest * plan.batch_size, sizes)
+
+
+def steps_for_each(
+    sizes: np.ndarray, plans: Sequence[TrainPlan], max_steps: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`steps_for` with each client's own plan (batch sizes fitted to devices)."""
+    return _each(steps_for, sizes, plans, max_steps)
+
+
+def examples_seen_each(
+    sizes: np.ndarray, plans: Sequence[TrainPlan], max_steps: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`examples_seen` with each client's own plan."""
+    return _each(examples_seen, sizes, plans, max_steps)
+
+
+def _each(
+    fn: Callable[[np.ndarray, TrainPlan, np.ndarray | None], np.ndarray],
+    sizes: np.ndarray,
+    plans: Sequence[TrainPlan],
+    max_steps: np.ndarray | None,
+) -> np.ndarray:
+    sizes = np.asarray(sizes, dtype=np.int64)
+    out = np.zeros(len(sizes), dtype=np.int64)
+    for plan in set(plans):
+        rows = np.array([p == plan for p in plans], dtype=bool)
+        caps = None if max_steps is None else np.asarray(max_steps)[rows]
+        out[rows] = fn(sizes[rows], plan, caps)
+    return out
 
 
 @dataclass(frozen=True)

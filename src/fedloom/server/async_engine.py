@@ -29,6 +29,7 @@ from fedloom.server.asynchronous import AsyncServer
 from fedloom.server.cohort import CohortPolicy
 from fedloom.server.convergence import StopDecision
 from fedloom.server.engine import EngineSettings, Evaluate, RoundEngine, RunStore, count_reasons
+from fedloom.server.local_work import LocalWorkPlanner
 from fedloom.server.privacy_plan import PrivacyPlan
 from fedloom.server.registry import ClientRegistry
 from fedloom.server.work_scheduler import WorkScheduler
@@ -56,6 +57,7 @@ class AsyncEngine(RoundEngine):
         writer: bool = True,
         checkpoint_meta: Callable[[], dict[str, Any]] | None = None,
         checkpoint_arrays: Callable[[], dict[str, np.ndarray]] | None = None,
+        local_work: LocalWorkPlanner | None = None,
     ) -> None:
         """``max_contributions``: the most steps one client's updates may enter (None: no
         bound); the other arguments are ``RoundEngine``'s."""
@@ -77,6 +79,7 @@ class AsyncEngine(RoundEngine):
             writer=writer,
             checkpoint_meta=meta,
             checkpoint_arrays=checkpoint_arrays,
+            local_work=local_work,
         )
         self.scheduler = scheduler
         self.max_contributions = max_contributions
@@ -103,7 +106,7 @@ class AsyncEngine(RoundEngine):
             ok &= self.contributed(ids) < limit
         pool = np.array([c for c in ids[ok].tolist() if c not in waiting], dtype=np.int64)
         deadline = None if self.settings.deadline_s is None else now + self.settings.deadline_s
-        out = self.server.hand_out(pool, free, stats, now, deadline)
+        out = self.fit(self.server.hand_out(pool, free, stats, now, deadline))
         self.handed_out += len(out)
         return out
 

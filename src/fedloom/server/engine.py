@@ -32,6 +32,7 @@ from fedloom.secagg.cohort import SecureAggregator
 from fedloom.server.anomaly import Decision
 from fedloom.server.cohort import CohortPolicy
 from fedloom.server.convergence import StopDecision
+from fedloom.server.local_work import LocalWorkPlanner
 from fedloom.server.privacy_plan import PrivacyPlan
 from fedloom.server.registry import ClientRegistry, Completion
 from fedloom.server.sync import SyncServer
@@ -95,13 +96,16 @@ class RoundEngine:
         writer: bool = True,
         checkpoint_meta: Callable[[], dict[str, Any]] | None = None,
         checkpoint_arrays: Callable[[], dict[str, np.ndarray]] | None = None,
+        local_work: LocalWorkPlanner | None = None,
     ) -> None:
         """``now``: the clock (virtual seconds, or ``time.time``); ``writer``: this
         process writes the run directory (under torchrun only rank 0 does);
         ``checkpoint_meta``: the runtime's own state for each checkpoint (the simulator's
         virtual clock); ``checkpoint_arrays``: the runtime's own arrays for it (their
-        names must not clash with the server's)."""
+        names must not clash with the server's); ``local_work``: who can hold the model and
+        each dispatch fitted to its device (``server/local_work.py``)."""
         self.server = server
+        self.local_work = local_work
         self.registry = registry
         self.cohort = cohort
         self.settings = settings
@@ -143,17 +147,24 @@ class RoundEngine:
         pool = self.cohort.pool(available, stats)
         dispatches = self.server.begin_round(pool, stats, now, k=k, deadline=deadline)
         self.attempts += 1
-        return dispatches
+        return self.fit(dispatches)
+
+    def fit(self, dispatches: list[Dispatch]) -> list[Dispatch]:
+        """Each dispatch's plan fitted to its device (batch, precision, QAT)."""
+        return dispatches if self.local_work is None else self.local_work.fit(dispatches)
 
     def admit(self, available: np.ndarray) -> np.ndarray:
-        """``available`` without the quarantined clients (``[anomaly]``), releasing those
-        whose quarantine is served, for the next attempt."""
+        """``available`` without the devices that cannot hold the model and the
+        quarantined clients (``[anomaly]``), releasing those whose quarantine is served,
+        for the next attempt."""
+        ids = np.asarray(available, dtype=np.int64)
+        if self.local_work is not None:
+            ids = ids[self.local_work.eligible(ids)]
         guard = self.server.guard
         if guard is None:
-            return available
+            return ids
         blocked, releases = self.registry.admit(self.attempts + 1, guard.policy)
         self._reputation += releases
-        ids = np.asarray(available, dtype=np.int64)
         return ids[~blocked[ids]]
 
     def enough(self, dispatched: int) -> int | None:

@@ -321,6 +321,8 @@ class AsyncSimulation(Simulation):
         if meta is None:
             raise CheckpointError("checkpoint has no asynchronous runtime state")
         self.book.load(meta, state["arrays"], self.server)
+        for task in self.book.tasks.values():  # each plan fitted to its device again
+            task.dispatch = self.engine.fit([task.dispatch])[0]
 
     # the event loop ----------------------------------------------------------------
     def step(self) -> dict[str, Any]:
@@ -504,7 +506,7 @@ class AsyncSimulation(Simulation):
 
     def _compute_time(self, cid: int) -> float:
         ids = np.array([cid])
-        samples = examples_seen(self._sizes[ids], self.server.plan)
+        samples = examples_seen(self._sizes[ids], self.book.tasks[cid].dispatch.plan)
         return float(self.virtual_time.population.compute_time(ids, samples)[0])
 
     def _downloaded(self, cid: int) -> None:

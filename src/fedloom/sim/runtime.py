@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedloom.attacks.adversary import Adversary
-from fedloom.client.schedule import NO_CAP, examples_seen, steps_for
+from fedloom.client.schedule import NO_CAP, examples_seen_each, steps_for_each
 from fedloom.client.trainer import TorchTrainer
 from fedloom.compression.adaptive import AdaptivePolicy
 from fedloom.compression.codec import HEADER_BYTES
@@ -403,8 +403,11 @@ class Simulation:
         else:
             ids = secure.total.included
             caps = {d.client_id: d.max_steps or NO_CAP for d in todo}
+            plans = {d.client_id: d.plan for d in todo}
             sizes = self.data.train.sizes()[ids]
-            steps = steps_for(sizes, self.server.plan, np.array([caps[int(c)] for c in ids]))
+            steps = steps_for_each(
+                sizes, [plans[int(c)] for c in ids], np.array([caps[int(c)] for c in ids])
+            )
             self.server.receive_secure_sum(secure.total, sizes, steps)
         return secure
 
@@ -472,13 +475,14 @@ class Simulation:
         assert comp is not None
         if not cfg.adaptive or not dispatches:
             return comp.assign(dispatches)
-        vt, plan = self.virtual_time, self.server.plan
+        vt = self.virtual_time
         pop = vt.population
         ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
         rate = pop.throughput_bytes_per_s(ids, "up") * vt.network.factor_at(ids, vt.now, "up")
         down_bytes = self._download_bytes(ids.tolist())
         down = vt.network.transfer_end(ids, vt.now, down_bytes, "down") - vt.now
-        compute = pop.compute_time(ids, examples_seen(self.data.train.sizes()[ids], plan))
+        plans = [d.plan for d in dispatches]
+        compute = pop.compute_time(ids, examples_seen_each(self.data.train.sizes()[ids], plans))
         settings = AdaptivePolicy(cfg.margin).plan(
             comp.codec,
             self.server.dim,
@@ -509,29 +513,34 @@ class Simulation:
         return [replace(u, delta=empty, payload=p) for u, p in zip(updates, payloads, strict=True)]
 
     def _fit(self, dispatches: list[Dispatch]) -> tuple[list[Dispatch], dict[int, str]]:
-        """With ``server.accept_partial``, a client whose full work would miss the deadline
-        trains only the steps that fit (its dispatch gets ``max_steps``); one that cannot
-        fit a single step is dropped (returned with its reason)."""
-        vt, srv = self.virtual_time, self.config.server
-        if not (srv.accept_partial and srv.deadline_s is not None and dispatches):
+        """With ``server.accept_partial`` or ``edge.local_work = "adaptive"``, a client
+        whose full work would miss the deadline trains only the steps that fit at its
+        device's speed (its dispatch gets ``max_steps``); one that cannot fit a single
+        step (adaptive: ``edge.min_steps``) is dropped (returned with its reason)."""
+        vt, srv, edge = self.virtual_time, self.config.server, self.config.edge
+        adaptive = edge.local_work == "adaptive"
+        if not ((srv.accept_partial or adaptive) and srv.deadline_s is not None and dispatches):
             return dispatches, {}
         ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
-        plan = self.server.plan
+        plans = [d.plan for d in dispatches]
         sizes = self.data.train.sizes()[ids]
-        full = steps_for(sizes, plan)
+        full = steps_for_each(sizes, plans)
         fit = vt.steps_that_fit(
             ids,
             full,
-            np.minimum(sizes, plan.batch_size),
+            np.minimum(sizes, [p.batch_size for p in plans]),
             self._download_bytes(ids.tolist()),
             self._planned_upload(dispatches),
             srv.deadline_s,
         )
+        least = edge.min_steps if adaptive else 1
+        fit = np.where(fit >= np.minimum(least, full), fit, 0)
         dispatches = [
             replace(d, max_steps=int(f)) if 0 < f < s else d
             for d, f, s in zip(dispatches, fit, full, strict=True)
         ]
-        unfit = {int(c): "cannot finish one step before the deadline" for c in ids[fit == 0]}
+        why = f"cannot finish {least} step{'s' if least > 1 else ''} before the deadline"
+        unfit = {int(c): why for c in ids[fit == 0]}
         return [d for d, f in zip(dispatches, fit, strict=True) if f > 0], unfit
 
     def _play(
@@ -554,7 +563,8 @@ class Simulation:
             if sizes:
                 up = np.array([sizes.get(int(c), b) for c, b in zip(ids, up, strict=True)])
         caps = np.array([d.max_steps or NO_CAP for d in dispatches], np.int64)
-        samples = examples_seen(self.data.train.sizes()[ids], self.server.plan, caps)
+        plans = [d.plan for d in dispatches]
+        samples = examples_seen_each(self.data.train.sizes()[ids], plans, caps)
         play = vt.rehearse if rehearse else vt.play_round
         return play(
             self.server.round + 1,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedloom.server.local_work import steps_within
 from fedloom.sim.clock import VirtualClock
 from fedloom.sim.devices import Population
 from fedloom.sim.network import NetworkConditions
@@ -101,9 +102,7 @@ class VirtualTime:
         up = pop.transfer_time(clients, up_bytes, "up")
         budget = self.clock.now + deadline_s - down - up
         per_step = pop.compute_time(clients, np.asarray(step_samples))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fit = np.floor(np.where(per_step > 0, budget / per_step, np.inf))
-        return np.clip(np.nan_to_num(fit, posinf=np.inf, neginf=0), 0, steps).astype(np.int64)
+        return steps_within(steps, per_step, budget)
 
     def rehearse(self, *args: object, **kwargs: object) -> RoundOutcome:
         """:meth:`play_round` on a copy of the clock, which stays as it was: a delivery

@@ -1,0 +1,133 @@
+"""The server's plan of each client's local work, fitted to its device (docs/edge.md).
+
+One owner for three decisions the server makes per client before it dispatches:
+
+- **who may train at all**: a device whose memory cannot hold training of the model at
+  batch 1 (parameters, gradients, the global copy, optimizer state and one example's
+  activations: :class:`~fedloom.edge.memory.TrainingMemory`) is never given it;
+- **how** it trains: its batch capped at what its memory holds, and the precision its
+  hardware runs (bf16, else fp16, else fp32, when reduced precision is allowed);
+- **how much**: with adaptive local work, the local steps that fit the round's time
+  budget at the client's speed (profiled, or measured from its last update), never more
+  than the plan asks and, below ``min_steps``, none (the client is dropped, not asked
+  for work it cannot finish).
+
+It holds one row per client (memory, bf16, fp16), grown as deployed clients join with
+their declared profiles; the simulator fills it from its population.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from fedloom.edge.memory import TrainingMemory
+from fedloom.edge.profiles import DeviceProfile, Precision
+from fedloom.records import Dispatch
+
+
+class LocalWorkPlanner:
+    """Per-client capabilities and the rules that fit a dispatch to them (module
+    docstring). ``memory``: the model's training memory; ``memory_aware``: cap batches
+    and refuse devices by memory; ``reduced_precision``: allow bf16/fp16 where the
+    device has it; ``qat``: train with int8 fake quantization; ``min_steps``: adaptive
+    work below this is not worth dispatching."""
+
+    def __init__(
+        self,
+        memory: TrainingMemory,
+        memory_aware: bool = True,
+        reduced_precision: bool = False,
+        qat: bool = False,
+        min_steps: int = 1,
+    ) -> None:
+        self.memory = memory
+        self.memory_aware = memory_aware
+        self.reduced_precision = reduced_precision
+        self.qat = qat
+        self.min_steps = int(min_steps)
+        self.memory_mb = np.zeros(0, dtype=np.float64)
+        self.bf16 = np.zeros(0, dtype=bool)
+        self.fp16 = np.zeros(0, dtype=bool)
+
+    def declare(self, ids: np.ndarray, profiles: list[DeviceProfile]) -> None:
+        """The devices ``ids`` run ``profiles`` (a simulated population, or clients
+        joining a deployment); an id never declared counts as an unlimited fp32 device."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) != len(profiles):
+            raise ValueError(f"{len(ids)} client ids for {len(profiles)} profiles")
+        size = int(ids.max()) + 1 if len(ids) else 0
+        if size > len(self.memory_mb):
+            grow = size - len(self.memory_mb)
+            self.memory_mb = np.concatenate([self.memory_mb, np.full(grow, math.inf)])
+            self.bf16 = np.concatenate([self.bf16, np.zeros(grow, dtype=bool)])
+            self.fp16 = np.concatenate([self.fp16, np.zeros(grow, dtype=bool)])
+        self.memory_mb[ids] = [p.memory_mb for p in profiles]
+        self.bf16[ids] = [p.bf16 for p in profiles]
+        self.fp16[ids] = [p.fp16 for p in profiles]
+
+    def _column(self, values: np.ndarray, ids: np.ndarray, default: object) -> np.ndarray:
+        known = ids < len(values)
+        out = np.full(len(ids), default, dtype=values.dtype)
+        out[known] = values[ids[known]]
+        return out
+
+    def precisions(self, ids: np.ndarray) -> list[Precision]:
+        ids = np.asarray(ids, dtype=np.int64)
+        if not self.reduced_precision:
+            return ["fp32"] * len(ids)
+        bf16 = self._column(self.bf16, ids, False)
+        fp16 = self._column(self.fp16, ids, False)
+        return ["bf16" if b else "fp16" if f else "fp32" for b, f in zip(bf16, fp16, strict=True)]
+
+    def largest_batches(self, ids: np.ndarray) -> np.ndarray:
+        """The largest batch each client's memory holds at its precision (int64)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        memory = self._column(self.memory_mb, ids, math.inf)
+        return np.array(
+            [
+                self.memory.largest_batch(float(m), p)
+                for m, p in zip(memory, self.precisions(ids), strict=True)
+            ],
+            dtype=np.int64,
+        )
+
+    def eligible(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` can hold training of the model at batch 1 (bool mask)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not self.memory_aware:
+            return np.ones(len(ids), dtype=bool)
+        return self.largest_batches(ids) >= 1
+
+    def fit(self, dispatches: list[Dispatch]) -> list[Dispatch]:
+        """Each dispatch with its plan fitted to its device: the batch within its memory,
+        its precision, QAT."""
+        if not dispatches:
+            return dispatches
+        ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
+        batches = self.largest_batches(ids) if self.memory_aware else None
+        fitted = []
+        for k, (d, precision) in enumerate(zip(dispatches, self.precisions(ids), strict=True)):
+            batch = d.plan.batch_size
+            if batches is not None:
+                batch = int(max(1, min(batch, batches[k])))
+            plan = replace(d.plan, batch_size=batch, precision=precision, qat=self.qat)
+            fitted.append(replace(d, plan=plan))
+        return fitted
+
+
+def steps_within(
+    full_steps: np.ndarray, step_seconds: np.ndarray, budget_seconds: np.ndarray
+) -> np.ndarray:
+    """Local steps that fit ``budget_seconds`` at ``step_seconds`` each: at least 0, at
+    most ``full_steps``; an unknown speed (NaN) or no budget limit (inf) keeps the full
+    work."""
+    full = np.asarray(full_steps, dtype=np.int64)
+    per = np.asarray(step_seconds, dtype=np.float64)
+    budget = np.asarray(budget_seconds, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fit = np.floor(np.where(per > 0, budget / per, np.inf))
+    fit = np.where(np.isnan(fit), np.inf, fit)
+    return np.clip(fit, 0, full).astype(np.int64)
