@@ -6,6 +6,15 @@ FedProx proximal term) is a few whole-vector operations, and the update leaves a
 flat delta without ever building a per-client model or optimizer. The loss is the
 task's (``fedloom.task``): cross-entropy for class labels unless the task says otherwise.
 
+Edge devices (``TrainPlan.precision``, ``TrainPlan.qat``): the forward and backward
+passes may run in bfloat16 or float16 under ``torch.autocast`` (parameters, gradients,
+the optimizer and the delta stay float32), and Linear/Conv layers may be int8
+fake-quantized (``client/qat.py``). fp16 is trained without loss scaling: float16's
+smallest normal is 6e-5 (subnormals reach 6e-8), so activation gradients smaller than
+that underflow to zero and those steps lose signal; bf16 has float32's range and does
+not. A model whose gradients are that small should train in bf16 or fp32. Progress
+monitoring keeps the batch losses of a few evenly spaced steps (``client/progress.py``).
+
 References: McMahan et al., "Communication-Efficient Learning of Deep Networks from
 Decentralized Data" (FedAvg), AISTATS 2017; Li et al., "Federated Optimization in
 Heterogeneous Networks" (FedProx), MLSys 2020.
@@ -13,17 +22,25 @@ Heterogeneous Networks" (FedProx), MLSys 2020.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
+
 import numpy as np
 import torch
 from torch import nn
 
 from fedloom.client import local_optim
 from fedloom.client.dp_sgd import step_noise
+from fedloom.client.progress import check_count, sample_steps
+from fedloom.client.qat import FakeQuantForward
 from fedloom.client.schedule import batch_schedule
 from fedloom.params import FlatModule
 from fedloom.privacy.mechanisms import NoiseSource, per_sample_clip
 from fedloom.records import ClientMetrics, TrainPlan
 from fedloom.task import ResolvedTask, Task
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def classifier_task(model: nn.Module) -> ResolvedTask:
@@ -31,17 +48,39 @@ def classifier_task(model: nn.Module) -> ResolvedTask:
     return Task(model).resolved("classes")
 
 
+def compute_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``TrainPlan.precision`` (None: float32, no autocast)."""
+    return _DTYPES[precision]
+
+
+def autocast(precision: str, device: torch.device | str) -> AbstractContextManager:
+    """``torch.autocast`` in ``precision``'s dtype on ``device``'s type (CPU included);
+    a no-op for fp32."""
+    dtype = compute_dtype(precision)
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 class TorchTrainer:
     """Trains any float32 torch model on a client's arrays with mini-batch SGD, on
     ``task``'s loss (None: a classifier's cross-entropy). A model with buffers
-    (BatchNorm) trains in train mode and keeps its running statistics in the module."""
+    (BatchNorm) trains in train mode and keeps its running statistics in the module.
 
-    def __init__(self, model: nn.Module, task: ResolvedTask | None = None) -> None:
+    ``loss_samples``: how many evenly spaced batch losses ``train`` keeps
+    (``ClientMetrics.loss_samples``; the run's ``edge.loss_samples``, 0: none)."""
+
+    def __init__(
+        self, model: nn.Module, task: ResolvedTask | None = None, loss_samples: int = 4
+    ) -> None:
         self.flat = FlatModule(model)
         self.model = model
         self.task = classifier_task(model) if task is None else task
+        self.loss_samples = check_count(loss_samples)
         self._loss = self.task.loss.fn
-        self._per_sample = None  # torch.func per-sample gradients, built on first DP-SGD use
+        self._qat = FakeQuantForward(model)
+        # torch.func per-sample gradients (plain, QAT), built on first DP-SGD use
+        self._per_sample: dict[bool, Callable] = {}
 
     @property
     def dim(self) -> int:
@@ -71,20 +110,26 @@ class TorchTrainer:
         stacked, stacked_grads = params.view(1, -1), grads.view(1, -1)
         state = local_optim.init_state(plan, stacked)
         anchor = global_params if plan.prox_mu else None
-        loss_sum = torch.zeros(())
-        loss_sq_sum = torch.zeros(())
+        loss_sum = torch.zeros((), device=params.device)
+        loss_sq_sum = torch.zeros((), device=params.device)
+        sampled = sample_steps(len(batches), self.loss_samples)
+        slot = dict(zip(sampled.tolist(), range(len(sampled)), strict=True))
+        samples = torch.empty(len(sampled), device=params.device)
         self.model.train()
         for step, idx in enumerate(batches):
             index = torch.from_numpy(idx)
             grads.zero_()
             if plan.dp_sgd_clip is None:
-                loss = self._loss(self.model(x[index]), y[index])
+                with autocast(plan.precision, x.device):
+                    loss = self._loss(self._forward(x[index], plan.qat), y[index]).float()
                 loss.backward()
             else:
                 loss = self._dp_sgd_gradient(x[index], y[index], plan, seed, step, dp_noise)
             with torch.no_grad():
                 loss_sum += loss.detach()
                 loss_sq_sum += loss.detach() ** 2
+                if step in slot:  # a device-side copy: no synchronization
+                    samples[slot[step]] = loss.detach()
             local_optim.step(plan, stacked, stacked_grads, state, anchor=anchor)
         torch.sub(params, global_params, out=out)
         steps = len(batches)
@@ -95,7 +140,15 @@ class TorchTrainer:
             steps=steps,
             epochs=seen / len(y),
             train_loss_sq=float(loss_sq_sum) * per_step,
+            loss_samples=tuple(samples.tolist()),
         )
+
+    def _forward(self, x: torch.Tensor, qat: bool) -> torch.Tensor:
+        """The model on ``x``, with int8 fake-quantized Linear/Conv layers under QAT
+        (its own parameters, so gradients reach the flat buffer)."""
+        if not qat:
+            return self.model(x)
+        return self._qat(dict(self.model.named_parameters()), x)
 
     def _dp_sgd_gradient(
         self,
@@ -112,12 +165,13 @@ class TorchTrainer:
         task's loss on a one-example batch), are clipped to ``plan.dp_sgd_clip``,
         summed, noised and divided by the batch size.
         """
-        if self._per_sample is None:
-            self._per_sample = self._per_sample_fn()
+        if plan.qat not in self._per_sample:
+            self._per_sample[plan.qat] = self._per_sample_fn(plan.qat)
         clip = plan.dp_sgd_clip
         assert clip is not None
         params = {n: p.detach() for n, p in self.model.named_parameters()}
-        per = self._per_sample(params, x, y)
+        with autocast(plan.precision, x.device):
+            per = self._per_sample[plan.qat](params, x, y)
         flat = torch.cat([per[s.name].reshape(len(y), -1) for s in self.flat.layout], dim=1)
         total = per_sample_clip(flat, clip).sum(0)
         if plan.dp_sgd_noise:
@@ -128,17 +182,18 @@ class TorchTrainer:
             noise = torch.from_numpy(standard)
             total.add_(noise, alpha=plan.dp_sgd_noise * clip)
         self.flat.grads.copy_(total / len(y))
-        with torch.no_grad():
-            return self._loss(self.model(x), y)
+        with torch.no_grad(), autocast(plan.precision, x.device):
+            return self._loss(self._forward(x, plan.qat), y).float()
 
-    def _per_sample_fn(self):  # noqa: ANN202 - a torch.func transform
+    def _per_sample_fn(self, qat: bool):  # noqa: ANN202 - a torch.func transform
         from torch.func import functional_call, grad, vmap
 
         loss_fn = self._loss
+        forward = self._qat if qat else partial(functional_call, self.model)
 
         def loss_one(params: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-            outputs = functional_call(self.model, params, (xi.unsqueeze(0),))
-            return loss_fn(outputs, yi.unsqueeze(0))
+            outputs = forward(params, xi.unsqueeze(0))
+            return loss_fn(outputs, yi.unsqueeze(0)).float()
 
         return vmap(grad(loss_one), in_dims=(None, 0, 0))
 

@@ -7,6 +7,14 @@ handful of ``baddbmm``/``bmm`` calls on ``[K, B, width]`` tensors. That
 is faster than ``vmap(grad(...))`` for such models and avoids the several seconds that
 ``torch.func`` spends importing its compiler stack on first use. Other models use the
 ``torch.func`` path in ``vectorized.py``.
+
+Reduced precision (``TrainPlan.precision``) follows ``torch.autocast``'s rules by hand:
+every matrix product, forward and backward, takes its operands cast to bfloat16 or
+float16 and its result is cast back to float32 (autocast's Linear rounds its output,
+and ReLU and Tanh commute with that rounding), while the log-softmax, the loss and the
+gradients' accumulation stay float32, as autocast's cross-entropy does. It agrees with
+autocast up to the products' rounding, not bit for bit. QAT is not done here: the
+executor trains it on the ``torch.func`` path.
 """
 
 from __future__ import annotations
@@ -97,8 +105,30 @@ DpGradFn = Callable[
 ]
 
 
-def make_grad_fns(layers: list[_Layer], dim: int) -> tuple[GradFn, DpGradFn]:
-    """Two batched gradient functions for a cohort of MLPs.
+def _products(
+    dtype: torch.dtype | None,
+) -> tuple[
+    Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+]:
+    """``bmm`` and ``baddbmm`` in ``dtype`` with float32 results (None: float32)."""
+    if dtype is None:
+        return torch.bmm, torch.baddbmm
+
+    def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(a.to(dtype), b.to(dtype)).float()
+
+    def baddbmm(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(c.to(dtype), a.to(dtype), b.to(dtype)).float()
+
+    return bmm, baddbmm
+
+
+def make_grad_fns(
+    layers: list[_Layer], dim: int, dtype: torch.dtype | None = None
+) -> tuple[GradFn, DpGradFn]:
+    """Two batched gradient functions for a cohort of MLPs, their matrix products in
+    ``dtype`` (None: float32).
 
     ``grad_fn(params [K, d], x [K, B, ...], y [K, B], mask [K, B]) -> (grads [K, d], loss [K])``
     (each example flattened to the first layer's width):
@@ -106,6 +136,7 @@ def make_grad_fns(layers: list[_Layer], dim: int) -> tuple[GradFn, DpGradFn]:
     ``F.cross_entropy`` computes on the unpadded batch. ``dp_grad_fn(..., clip)`` returns
     instead the sum of per-sample gradients each clipped to ``clip`` (DP-SGD).
     """
+    bmm, baddbmm = _products(dtype)
 
     def weight(p: torch.Tensor, layer: _Layer) -> torch.Tensor:
         k = p.shape[0]
@@ -127,9 +158,9 @@ def make_grad_fns(layers: list[_Layer], dim: int) -> tuple[GradFn, DpGradFn]:
             w = weight(params, layer)
             inputs.append(h)
             if layer.b_off is None:
-                z = torch.bmm(h, w.transpose(1, 2))
+                z = bmm(h, w.transpose(1, 2))
             else:
-                z = torch.baddbmm(bias(params, layer).unsqueeze(1), h, w.transpose(1, 2))
+                z = baddbmm(bias(params, layer).unsqueeze(1), h, w.transpose(1, 2))
             pre.append(z)
             h = torch.relu(z) if layer.act == "relu" else torch.tanh(z) if layer.act else z
         return inputs, pre, torch.log_softmax(h, dim=2)
@@ -154,7 +185,7 @@ def make_grad_fns(layers: list[_Layer], dim: int) -> tuple[GradFn, DpGradFn]:
         """Backpropagated error at every layer's output, first layer first."""
         out = [dz]
         for i in range(len(layers) - 1, 0, -1):
-            dh = torch.bmm(out[0], weight(params, layers[i]))
+            dh = bmm(out[0], weight(params, layers[i]))
             prev = layers[i - 1]
             if prev.act == "relu":
                 dh.mul_(pre[i - 1] > 0)
@@ -173,7 +204,7 @@ def make_grad_fns(layers: list[_Layer], dim: int) -> tuple[GradFn, DpGradFn]:
         grads = torch.empty((params.shape[0], dim), dtype=params.dtype, device=params.device)
         for layer, err, inp in zip(layers, errs, inputs, strict=True):
             scaled = err * scale.unsqueeze(2)
-            weight(grads, layer).copy_(torch.bmm(scaled.transpose(1, 2), inp))
+            weight(grads, layer).copy_(bmm(scaled.transpose(1, 2), inp))
             if layer.b_off is not None:
                 bias(grads, layer).copy_(scaled.sum(1))
         return grads

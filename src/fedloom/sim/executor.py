@@ -3,7 +3,9 @@
 Two implementations with one interface, ``train_cohort``: the sequential executor runs
 clients one after another through one reused ``TorchTrainer``; the vectorized executor
 (``sim/vectorized.py``) trains the whole cohort at once. ``run`` turns dispatches into
-``Update`` records for the server, grouping clients that share a training plan.
+``Update`` records for the server, grouping clients that share a training plan. How many
+batch losses each client samples for progress monitoring is the trainer's (sequential)
+or the executor's (vectorized) ``loss_samples``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class CohortResult:
     train_loss: np.ndarray  # float64 [K]: mean loss over the client's steps
     train_loss_sq: np.ndarray  # float64 [K]: mean squared batch loss
     steps: np.ndarray  # int64 [K]
+    # each client's sampled batch losses (ClientMetrics.loss_samples); () when none kept
+    loss_samples: tuple[tuple[float, ...], ...] = ()
 
 
 class Executor(Protocol):
@@ -72,6 +76,7 @@ def run_dispatches(
                 int(res.steps[k]),
                 seen[k] / n,
                 float(res.train_loss_sq[k]),
+                res.loss_samples[k] if res.loss_samples else (),
             )
             updates.append(Update(d.client_id, d.round, d.version, res.deltas[k], n, metrics))
     return updates
@@ -103,6 +108,7 @@ class SequentialExecutor:
         losses = np.empty(k, np.float64)
         losses_sq = np.empty(k, np.float64)
         steps = np.empty(k, np.int64)
+        samples: list[tuple[float, ...]] = []
         offsets = self.data.offsets
         for row, (cid, seed) in enumerate(zip(client_ids, seeds, strict=True)):
             lo, hi = int(offsets[cid]), int(offsets[cid + 1])
@@ -112,4 +118,5 @@ class SequentialExecutor:
             )
             sizes[row], steps[row] = hi - lo, m.steps
             losses[row], losses_sq[row] = m.train_loss, m.train_loss_sq
-        return CohortResult(deltas.numpy(), sizes, losses, losses_sq, steps)
+            samples.append(m.loss_samples)
+        return CohortResult(deltas.numpy(), sizes, losses, losses_sq, steps, tuple(samples))

@@ -12,6 +12,14 @@ has ended takes masked (no-op) steps. Clients are bucketed by their number of lo
 steps (buckets span at most a factor 1.25) so padding stays small, and each bucket is cut
 into chunks that fit a memory budget.
 
+Edge plans train as the sequential trainer does: ``plan.precision`` under
+``torch.autocast`` on the ``torch.func`` path, or with the MLP products cast the same way
+(``batched_mlp.py``); ``plan.qat`` always on the ``torch.func`` path, with the
+fake-quantized forward of ``client/qat.py``. Padding repeats a batch's first example,
+so batch statistics (QAT's input ranges) are those of the client's real batch. Each
+client's sampled batch losses (``client/progress.py``) are its own steps', kept on the
+device.
+
 A model ``vmap`` cannot batch (an operation without a batching rule, random numbers in
 training mode such as dropout, data-dependent Python control flow) is found at
 construction by a probe on one example (:func:`vmap_failure`), so the caller can fall
@@ -24,6 +32,7 @@ pfl-research and FLUTE for vectorized FL simulation.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -31,8 +40,10 @@ from torch import nn
 
 from fedloom.client import local_optim
 from fedloom.client.dp_sgd import step_noise
+from fedloom.client.progress import check_count, sample_matrix
+from fedloom.client.qat import FakeQuantForward
 from fedloom.client.schedule import cohort_schedule, cohort_schedule_tensors, steps_for
-from fedloom.client.trainer import classifier_task
+from fedloom.client.trainer import autocast, classifier_task, compute_dtype
 from fedloom.data.arrays import ClientPartition
 from fedloom.params import ParamLayout
 from fedloom.privacy.mechanisms import per_sample_clip
@@ -56,9 +67,13 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
-def vmap_grad_fns(model: nn.Module, task: ResolvedTask) -> tuple[GradFn, DpGradFn]:
+def vmap_grad_fns(
+    model: nn.Module, task: ResolvedTask, precision: str = "fp32", qat: bool = False
+) -> tuple[GradFn, DpGradFn]:
     """Per-client gradients of ``task``'s loss, and clipped per-sample gradient sums,
-    via ``torch.func`` over ``model`` (see ``batched_mlp.make_grad_fns`` for the forms).
+    via ``torch.func`` over ``model`` (see ``batched_mlp.make_grad_fns`` for the forms),
+    the forward and backward passes under ``precision``'s autocast, with int8
+    fake-quantized Linear/Conv layers under ``qat``.
 
     A client's loss is the mean of the task's per-example loss over its unmasked
     examples, which is the task's batch loss on the unpadded batch; a per-sample
@@ -69,18 +84,23 @@ def vmap_grad_fns(model: nn.Module, task: ResolvedTask) -> tuple[GradFn, DpGradF
 
     specs = [(s.name, s.offset, s.numel, s.shape) for s in ParamLayout.from_module(model)]
     loss_fn, loss_each = task.loss.fn, task.loss_each()
+    forward = FakeQuantForward(model) if qat else partial(functional_call, model)
+    device = next(model.parameters()).device
 
     def views(flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {n: flat[o : o + k].view(shape) for n, o, k, shape in specs}
 
     def loss(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor):
-        outputs = functional_call(model, views(flat), (x,))
-        value = (loss_each(outputs, y) * m).sum() / m.sum().clamp(min=1.0)
+        with autocast(precision, device):
+            outputs = forward(views(flat), x)
+            each = loss_each(outputs, y).float()
+        value = (each * m).sum() / m.sum().clamp(min=1.0)
         return value, value.detach()
 
     def loss_one(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        outputs = functional_call(model, views(flat), (x.unsqueeze(0),))
-        return loss_fn(outputs, y.unsqueeze(0))
+        with autocast(precision, device):
+            outputs = forward(views(flat), x.unsqueeze(0))
+            return loss_fn(outputs, y.unsqueeze(0)).float()
 
     batched = vmap(grad(loss, has_aux=True))
     per_sample = vmap(vmap(grad(loss_one), in_dims=(None, 0, 0)))
@@ -142,6 +162,7 @@ class VectorizedExecutor:
         device: str | torch.device = "cpu",
         memory_budget_mb: float = 512.0,
         task: ResolvedTask | None = None,
+        loss_samples: int = 4,
     ) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
@@ -156,22 +177,19 @@ class VectorizedExecutor:
         self.offsets = data.offsets
         self.sizes = data.sizes()
         self.memory_budget = memory_budget_mb * 2**20
-        layers = None
+        self.loss_samples = check_count(loss_samples)
+        self._layers = None
         if _uses_builtin_cross_entropy(self.task, data):
-            layers = mlp_layers(model, tuple(data.x.shape[1:]))
-        self._grad: GradFn
-        self._dp_grad: DpGradFn
-        if layers is not None:
-            self.backend = "bmm"
-            self._grad, self._dp_grad = make_grad_fns(layers, self.dim)
-        else:
-            self.backend = "vmap"
-            self._grad, self._dp_grad = vmap_grad_fns(self.model, self.task)
-            if len(self.y):
-                params = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
-                reason = _probe(self._grad, self._dp_grad, params, self.x, self.y)
-                if reason is not None:
-                    raise ValueError(f"cannot vectorize this model: {reason}")
+            self._layers = mlp_layers(model, tuple(data.x.shape[1:]))
+        # gradient functions by (precision, qat), built on first use
+        self._fns: dict[tuple[str, bool], tuple[GradFn, DpGradFn]] = {}
+        self.backend = "vmap" if self._layers is None else "bmm"
+        fns = self._grad_fns(TrainPlan())
+        if self.backend == "vmap" and len(self.y):
+            params = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
+            reason = _probe(*fns, params, self.x, self.y)
+            if reason is not None:
+                raise ValueError(f"cannot vectorize this model: {reason}")
         self._example_bytes = (data.x[:1].nbytes + data.y[:1].nbytes) if len(data.y) else 0
         self._activation = activation_bytes(self.model, self.x[:1]) if len(data.y) else 0
 
@@ -179,11 +197,27 @@ class VectorizedExecutor:
     def dim(self) -> int:
         return self.layout.dim
 
+    def _backend(self, plan: TrainPlan) -> str:
+        """How ``plan`` is trained: ``bmm`` (plain MLPs, no QAT) or ``vmap``."""
+        return "vmap" if plan.qat else self.backend
+
+    def _grad_fns(self, plan: TrainPlan) -> tuple[GradFn, DpGradFn]:
+        """The gradient functions of ``plan``'s precision and QAT setting."""
+        key = (plan.precision, plan.qat)
+        if key not in self._fns:
+            if self._backend(plan) == "bmm":
+                assert self._layers is not None
+                dtype = compute_dtype(plan.precision)
+                self._fns[key] = make_grad_fns(self._layers, self.dim, dtype)
+            else:
+                self._fns[key] = vmap_grad_fns(self.model, self.task, *key)
+        return self._fns[key]
+
     def _bytes_per_client(self, plan: TrainPlan) -> float:
         """Rough peak memory of one client in a chunk (parameters, optimizer state, the
         batch's examples and activations, measured on one example at construction)."""
         slots = 2 if plan.optimizer == "adam" else (1 if plan.momentum else 0)
-        per_sample = plan.dp_sgd_clip is not None and self.backend == "vmap"
+        per_sample = plan.dp_sgd_clip is not None and self._backend(plan) == "vmap"
         return client_bytes(
             self.dim, plan.batch_size, slots, self._example_bytes, self._activation, per_sample
         )
@@ -201,8 +235,12 @@ class VectorizedExecutor:
             global_params, ids, seeds, plan, max_steps
         )
         losses = losses.cpu().numpy()
+        counts = np.minimum(steps, self.loss_samples)
+        samples = tuple(
+            tuple(row[:n].tolist()) for row, n in zip(losses[:, 2:], counts, strict=True)
+        )
         return CohortResult(
-            deltas.cpu().numpy(), self.sizes[ids], losses[:, 0], losses[:, 1], steps
+            deltas.cpu().numpy(), self.sizes[ids], losses[:, 0], losses[:, 1], steps, samples
         )
 
     def train_cohort_tensors(
@@ -213,8 +251,10 @@ class VectorizedExecutor:
         plan: TrainPlan,
         max_steps: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """Deltas ``[K, d]`` and (mean loss, mean squared loss) ``[K, 2]`` left on the
-        executor's device, and the step counts; ``train_cohort`` copies them to the host."""
+        """Deltas ``[K, d]`` and loss statistics ``[K, 2 + loss_samples]`` (mean loss, mean
+        squared loss, then the sampled batch losses of :func:`sample_matrix`'s steps, NaN
+        padded) left on the executor's device, and the step counts; ``train_cohort``
+        copies them to the host."""
         ids = np.asarray(client_ids, dtype=np.int64)
         seeds = np.asarray(seeds, dtype=np.int64)
         k = len(ids)
@@ -222,7 +262,7 @@ class VectorizedExecutor:
         steps = steps_for(sizes, plan, max_steps)
         dev = self.device
         deltas = torch.empty((k, self.dim), dtype=torch.float32, device=dev)
-        losses = torch.empty((k, 2), dtype=torch.float64, device=dev)
+        losses = torch.empty((k, 2 + self.loss_samples), dtype=torch.float64, device=dev)
         g = torch.from_numpy(np.ascontiguousarray(global_params, dtype=np.float32)).to(dev)
         chunk = max(1, int(self.memory_budget // self._bytes_per_client(plan)))
         for rows in _buckets(steps, chunk):
@@ -244,12 +284,15 @@ class VectorizedExecutor:
         plan: TrainPlan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Global row indices ``[K, S, B]`` and float mask of the chunk's batches, built
-        where the training runs (numpy on the host, torch on an accelerator)."""
+        where the training runs (numpy on the host, torch on an accelerator); padding
+        repeats each batch's first row."""
         offsets = self.offsets[ids][:, None, None]
         if self.device.type == "cpu":
             sched = cohort_schedule(sizes, seeds, plan, max_steps=steps)
-            return torch.from_numpy(sched.index + offsets), torch.from_numpy(sched.mask).float()
+            index = np.where(sched.mask, sched.index, sched.index[:, :, :1])
+            return torch.from_numpy(index + offsets), torch.from_numpy(sched.mask).float()
         index, mask = cohort_schedule_tensors(sizes, seeds, plan, steps, self.device)
+        index = torch.where(mask, index, index[:, :, :1])
         return index + torch.from_numpy(offsets).to(self.device), mask.float()
 
     def _train_chunk(
@@ -261,8 +304,10 @@ class VectorizedExecutor:
         steps: np.ndarray,
         plan: TrainPlan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deltas [K, d] and per-client (mean loss, mean squared loss) [K, 2] on the device."""
+        """Deltas [K, d] and per-client loss statistics [K, 2 + loss_samples] (see
+        ``train_cohort_tensors``) on the device."""
         index, mask = self._schedule(ids, sizes, seeds, steps, plan)
+        grad_fn, dp_grad_fn = self._grad_fns(plan)
         dev = self.device
         s_max = int(steps.max(initial=0))
         padded = bool((steps != s_max).any())
@@ -272,13 +317,15 @@ class VectorizedExecutor:
         state = local_optim.init_state(plan, params)
         anchor = g if plan.prox_mu else None
         loss_sum = torch.zeros((k, 2), dtype=torch.float64, device=dev)
+        samples = torch.full((k, self.loss_samples), math.nan, dtype=torch.float64, device=dev)
+        slots = _sample_slots(sample_matrix(steps, self.loss_samples), dev)
         for s in range(s_max):
             rows = index[:, s]
             if plan.dp_sgd_clip is None:
-                grads, loss = self._grad(params, self.x[rows], self.y[rows], mask[:, s])
+                grads, loss = grad_fn(params, self.x[rows], self.y[rows], mask[:, s])
             else:  # DP-SGD: clipped per-sample gradients plus noise, over the batch size
                 clip = plan.dp_sgd_clip
-                grads, loss = self._dp_grad(params, self.x[rows], self.y[rows], mask[:, s], clip)
+                grads, loss = dp_grad_fn(params, self.x[rows], self.y[rows], mask[:, s], clip)
                 if plan.dp_sgd_noise:
                     noise = torch.from_numpy(step_noise(seeds, s, self.dim)).to(dev)
                     grads.add_(noise, alpha=plan.dp_sgd_noise * clip)
@@ -287,8 +334,29 @@ class VectorizedExecutor:
             local_optim.step(plan, params, grads, state, anchor=anchor, active=active)
             terms = torch.stack([loss, loss * loss], dim=1).double()
             loss_sum += terms if active is None else terms * active.unsqueeze(1)
+            if s in slots:  # a device-side scatter: no synchronization
+                at, col = slots[s]
+                samples.index_put_((at, col), loss.index_select(0, at).double())
         params.sub_(g)
-        return params, loss_sum / steps_t.double().unsqueeze(1)
+        return params, torch.cat([loss_sum / steps_t.double().unsqueeze(1), samples], dim=1)
+
+
+def _sample_slots(
+    picks: np.ndarray, device: torch.device
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """For each step some client samples (``picks``: ``sample_matrix``'s ``[K, J]``),
+    the (row, column) indices of ``[K, J]`` that take that step's losses, on ``device``."""
+    rows, cols = np.nonzero(picks >= 0)
+    at = picks[rows, cols]
+    order = np.argsort(at, kind="stable")
+    rows_t = torch.from_numpy(rows[order]).to(device)
+    cols_t = torch.from_numpy(cols[order]).to(device)
+    values, starts = np.unique(at[order], return_index=True)
+    ends = np.append(starts[1:], len(at))
+    return {
+        int(v): (rows_t[a:b], cols_t[a:b])
+        for v, a, b in zip(values.tolist(), starts.tolist(), ends.tolist(), strict=True)
+    }
 
 
 def _buckets(steps: np.ndarray, chunk: int) -> list[np.ndarray]:
