@@ -1,5 +1,6 @@
 """Reducers that turn a cohort's update matrix ``[K, d]`` into one update ``[d]``."""
 
+from fedloom.aggregation.fednova import FedNova, fednova_norm
 from fedloom.aggregation.mean import weighted_mean, weighted_sum
 from fedloom.aggregation.reducer import ReduceContext, Reducer, WeightedMean
 from fedloom.aggregation.robust import (
@@ -30,6 +31,7 @@ __all__ = [
     "CenteredClip",
     "CoordinateMedian",
     "FLTrust",
+    "FedNova",
     "GeometricMedian",
     "Krum",
     "NormBound",
@@ -41,6 +43,7 @@ __all__ = [
     "build_reducer",
     "bulyan",
     "centered_clip",
+    "fednova_norm",
     "fltrust",
     "geometric_median",
     "krum",

@@ -26,12 +26,14 @@ class ReduceContext:
     rows; ``rng`` draws bucketing's permutation (seeded in simulation, the OS's in a
     deployment); ``previous`` is the last aggregate the server applied (centered
     clipping starts there), ``reference`` the server's own update on its root dataset
-    this round (FLTrust), both None when unknown."""
+    this round (FLTrust), both None when unknown; ``steps`` each row's local steps,
+    aligned with the rows (FedNova's normalization), None when not given."""
 
     client_ids: np.ndarray
     rng: np.random.Generator
     previous: np.ndarray | None = None
     reference: np.ndarray | None = None
+    steps: np.ndarray | None = None
 
 
 class Reducer(Protocol):

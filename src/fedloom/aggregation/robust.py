@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from fedloom.aggregation.fednova import FedNova
 from fedloom.aggregation.mean import check_weights, weighted_sum
 from fedloom.aggregation.reducer import ReduceContext, Reducer, WeightedMean
 from fedloom.errors import ConfigError, FedloomError
+from fedloom.records import TrainPlan
 
 # --------------------------------------------------------------------------- functions
 
@@ -418,19 +420,22 @@ _PARAMS: dict[str, dict[str, tuple[type, float, bool]]] = {
     "centered_clip": {"tau": (float, 0.0, False), "iters": (int, 1, True)},
     "norm_bound": {"max_norm": (float, 0.0, False)},
     "fltrust": {},
+    "fednova": {},  # its normalization follows the clients' plan, not parameters of its own
 }
 
-_BUILDERS: dict[str, Callable[[dict[str, Any]], _Robust | WeightedMean]] = {
-    "mean": lambda p: WeightedMean(),
-    "median": lambda p: CoordinateMedian(),
-    "trimmed_mean": lambda p: TrimmedMean(**p),
-    "krum": lambda p: Krum(f=p.get("f", 1), m=1),
-    "multi_krum": lambda p: Krum(f=p.get("f", 1), m=p.get("m")),
-    "bulyan": lambda p: Bulyan(**p),
-    "geometric_median": lambda p: GeometricMedian(**p),
-    "centered_clip": lambda p: CenteredClip(**p),
-    "norm_bound": lambda p: NormBound(**p),
-    "fltrust": lambda p: FLTrust(),
+# name -> builder of (checked params, the clients' plan or None)
+_BUILDERS: dict[str, Callable[[dict[str, Any], TrainPlan | None], Reducer]] = {
+    "mean": lambda p, plan: WeightedMean(),
+    "median": lambda p, plan: CoordinateMedian(),
+    "trimmed_mean": lambda p, plan: TrimmedMean(**p),
+    "krum": lambda p, plan: Krum(f=p.get("f", 1), m=1),
+    "multi_krum": lambda p, plan: Krum(f=p.get("f", 1), m=p.get("m")),
+    "bulyan": lambda p, plan: Bulyan(**p),
+    "geometric_median": lambda p, plan: GeometricMedian(**p),
+    "centered_clip": lambda p, plan: CenteredClip(**p),
+    "norm_bound": lambda p, plan: NormBound(**p),
+    "fltrust": lambda p, plan: FLTrust(),
+    "fednova": lambda p, plan: FedNova() if plan is None else FedNova.for_plan(plan),
 }
 
 
@@ -441,6 +446,7 @@ def build_reducer(
     rows: int | None = None,
     *,
     rows_field: str = "server.clients_per_round",
+    plan: TrainPlan | None = None,
 ) -> Reducer:
     """The reducer for ``[aggregation]``'s ``rule``, ``params`` and ``bucketing``.
 
@@ -451,14 +457,22 @@ def build_reducer(
     scale of honest updates). ``bucketing`` s >= 2 runs the rule on bucket means (rule
     ``mean``: the plain mean of the bucket means). ``rows`` (the rows a round holds,
     read from ``rows_field``) checks the rule's bound early; under bucketing the bound
-    applies to the ``ceil(rows / s)`` buckets.
+    applies to the ``ceil(rows / s)`` buckets. ``fednova`` (not a robust rule: FedNova's
+    normalized averaging, ``aggregation/fednova.py``) takes no parameters; its
+    normalization follows the local solver of ``plan``, the clients' training plan
+    (plain SGD when None), and it runs on the clients' own rows, never on bucket means.
     """
     if rule not in _PARAMS:
         raise ConfigError(f"aggregation.rule = {rule!r} is unknown; one of {sorted(_PARAMS)}")
     if isinstance(bucketing, bool) or not isinstance(bucketing, int) or bucketing < 0:
         raise ConfigError(f"aggregation.bucketing = {bucketing!r} must be an integer >= 0")
+    if rule == "fednova" and bucketing >= 2:
+        raise ConfigError(
+            f"aggregation.bucketing = {bucketing} with aggregation.rule = 'fednova': FedNova "
+            "normalizes each client's update by its own local steps, which a bucket mean has not"
+        )
     checked = _check_params(rule, params)
-    base = _BUILDERS[rule](checked)
+    base = _BUILDERS[rule](checked, plan)
     if bucketing >= 2:
         inner = _BucketMean() if isinstance(base, WeightedMean) else base
         reducer: Reducer = Bucketed(inner, bucketing)

@@ -354,7 +354,8 @@ class AsyncServer:
             status = "aggregated"
             rows = np.stack([b.update.delta for b in buf]).astype(np.float32, copy=False)
             rows = self._transform_rows(rows, ids, n, losses)
-            delta, release = self._reduce(rows, n, weight, ids)
+            steps = np.array([b.update.metrics.steps for b in buf], dtype=np.int64)
+            delta, release = self._reduce(rows, n, weight, ids, steps)
             if self.mode == "fedasync":  # mix with the client's model (its base + delta)
                 alpha = self.mixing * float(weight[0])
                 delta = alpha * (self.model(buf[0].version) + delta - self.params)
@@ -419,13 +420,19 @@ class AsyncServer:
         return [b for b in buf if int(b.update.client_id) not in refused]
 
     def _reduce(
-        self, rows: np.ndarray, n: np.ndarray, weight: np.ndarray, ids: np.ndarray
+        self,
+        rows: np.ndarray,
+        n: np.ndarray,
+        weight: np.ndarray,
+        ids: np.ndarray,
+        steps: np.ndarray,
     ) -> tuple[np.ndarray, RoundRelease | None]:
         """The buffer's update before mixing: FedBuff's staleness-weighted FedAvg mean (a
         robust rule over the staleness-weighted rows), or under DP the noisy sum of
         staleness-weighted clipped rows over the buffer size (``w(s) <= 1``: one client
         still moves the sum by at most the clip norm).
-        FedAsync weighs by staleness in its mixing weight instead."""
+        FedAsync weighs by staleness in its mixing weight instead. ``steps``: each row's
+        local steps (FedNova normalizes the staleness-weighted rows by them)."""
         scale = np.ones_like(weight) if self.mode == "fedasync" else weight
         if self.dp is not None:
             clipped, unclipped = self.dp.clip(rows)
@@ -434,7 +441,7 @@ class AsyncServer:
             assert release.delta is not None
             return release.delta, release
         scaled = (rows * scale[:, None]).astype(np.float32)
-        total = self.reduction.partial(scaled, n, ids, self.params, self.round + 1)
+        total = self.reduction.partial(scaled, n, ids, self.params, self.round + 1, steps=steps)
         delta = self.reduction.finish(total, float(n.sum()))
         self.reduction.applied(delta)
         return delta, None

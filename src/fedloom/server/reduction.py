@@ -4,8 +4,9 @@ It owns what a reducer needs beyond the rows (:class:`~fedloom.aggregation.Reduc
 bucketing's randomness (seeded per round in simulation so a run replays exactly; from the
 OS in a deployment, where every client knows the run seed and could otherwise predict
 which buckets it shares), the last applied aggregate (centered clipping starts there; it
-is checkpointed) and the server's own update on its root dataset (FLTrust, computed by
-the injected ``root_update`` from the round's start model).
+is checkpointed), the server's own update on its root dataset (FLTrust, computed by
+the injected ``root_update`` from the round's start model) and each row's local steps
+(FedNova).
 """
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ class Reduction:
         start: np.ndarray,
         round: int,
         attempt: int = 0,
+        steps: np.ndarray | None = None,
     ) -> np.ndarray:
         """The reducer's partial vector of ``rows`` (``start``: the model the clients
-        trained from, for the root update)."""
+        trained from, for the root update; ``steps``: each row's local steps, for
+        FedNova)."""
         if self.reducer.decomposable:  # the mean needs no context
             return self.reducer.partial(rows, weights)
         rng = np.random.default_rng(
@@ -77,7 +80,7 @@ class Reduction:
         if self.needs_reference:
             assert self.root_update is not None
             reference = np.asarray(self.root_update(start, round), dtype=np.float32)
-        ctx = ReduceContext(client_ids, rng, self.previous, reference)
+        ctx = ReduceContext(client_ids, rng, self.previous, reference, steps)
         return self.reducer.partial(rows, weights, ctx)
 
     def finish(self, total: np.ndarray, weight: float) -> np.ndarray:

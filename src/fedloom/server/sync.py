@@ -591,7 +591,10 @@ class SyncServer:
             elif ups and (too_few := self.reduction.too_few(len(ups))) is None:
                 ids = np.array([u.client_id for u in ups], dtype=np.int64)
                 start = self.start_params
-                partial = self.reduction.partial(matrix, w, ids, start, rnd.round, self.retries)
+                steps = np.array([u.metrics.steps for u in ups], dtype=np.int64)
+                partial = self.reduction.partial(
+                    matrix, w, ids, start, rnd.round, self.retries, steps=steps
+                )
                 packed[:d] = partial
             per_client[0, rows] = w
             per_client[1, rows] = w * np.array([u.metrics.train_loss for u in ups])
