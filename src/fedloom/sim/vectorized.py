@@ -347,6 +347,8 @@ def _sample_slots(
     """For each step some client samples (``picks``: ``sample_matrix``'s ``[K, J]``),
     the (row, column) indices of ``[K, J]`` that take that step's losses, on ``device``."""
     rows, cols = np.nonzero(picks >= 0)
+    if not len(rows):
+        return {}
     at = picks[rows, cols]
     order = np.argsort(at, kind="stable")
     rows_t = torch.from_numpy(rows[order]).to(device)
