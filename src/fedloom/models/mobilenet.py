@@ -16,6 +16,11 @@ would leave nothing of an 8x8 digit. Here the stem keeps the resolution, four st
 and W are >= 4, so a digit ends at 2x2 and a 32x32 image at 4x4. There is no dropout
 (random numbers in training would keep the cohort off ``torch.func.vmap``).
 
+Convolutions start from He et al.'s fan-in initialization ("Delving Deep into
+Rectifiers", ICCV 2015; unit gain before the linear projections): torch's default keeps
+about a sixth of the signal's variance per ReLU layer, so without normalization the
+~20 convolutions would start from a nearly constant output and barely train.
+
 ``norm`` is as in ``cnn.py``: ``"none"`` (convolutions with biases) and ``"group"``
 (GroupNorm, stateless) train a cohort under ``torch.func.vmap``; ``"batch"`` (BatchNorm,
 the paper's choice) has running statistics (buffers) and trains client by client.
@@ -57,6 +62,9 @@ def _conv(
 ) -> list[nn.Module]:
     # a normalization's shift makes the convolution's bias redundant
     conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=norm == "none")
+    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu" if act else "linear")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
     return [conv, *_norm(norm, c_out), *([nn.ReLU6()] if act else [])]
 
 
