@@ -1438,7 +1438,17 @@ def deployment_server(run: DeploymentRun, options: ServerOptions) -> DeploymentS
         max_examples=deployment_cap(config),
         compression=compression_spec(config),
         adaptive=AdaptivePolicy(config.compression.margin) if config.compression.adaptive else None,
+        partial_work=partial_work(config),
     )
+
+
+def partial_work(config: RunConfig) -> int | None:
+    """The fewest local steps worth asking of a client whose full work would miss the
+    deadline (``server.accept_partial``: 1; ``edge.local_work = "adaptive"``:
+    ``edge.min_steps``), or None: every client gets the full work."""
+    if config.edge.local_work == "adaptive":
+        return config.edge.min_steps
+    return 1 if config.server.accept_partial else None
 
 
 def compression_spec(config: RunConfig) -> CompressionSpec | None:

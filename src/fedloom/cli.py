@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -243,6 +244,25 @@ def client(
             "reports the true count; the server clamps a larger claim to it)",
         ),
     ] = None,
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="the device profile declared at join: 'detect' (this machine) or a built-in "
+            "one (x86_server, high_end_phone, mid_phone, low_end_phone, iot)"
+        ),
+    ] = "detect",
+    memory_mb: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(min=0.001, help="memory local training may use (default: the profile's)"),
+    ] = None,
+    ms_per_sample: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            min=1e-6,
+            help="profiled training cost of one example (the server plans local steps with "
+            "it until it has measured this client)",
+        ),
+    ] = None,
 ) -> None:
     """Join a federated run as one client process and train until the server is done."""
     import logging
@@ -265,6 +285,13 @@ def client(
         malicious = (
             None if attack is None else malicious_attack(attack, attack_params(attack_param))
         )
+        from fedloom.edge.profiles import builtin_profile, detect_profile, with_memory
+
+        device = detect_profile() if profile == "detect" else builtin_profile(profile)
+        if memory_mb is not None:
+            device = with_memory(device, memory_mb)
+        if ms_per_sample is not None:
+            device = dataclasses.replace(device, ms_per_sample=ms_per_sample)
         worker = DeploymentClient(
             server,
             data,
@@ -277,6 +304,7 @@ def client(
             trust=tuple(trust),
             attack=malicious,
             claim_examples=claim_examples,
+            profile=device,
         )
         stats = worker.run()
     console.print(

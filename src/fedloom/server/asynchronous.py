@@ -59,7 +59,7 @@ from fedloom.server.reduction import Reduction, RootUpdate
 from fedloom.server.selection import Selector, UniformSelector
 from fedloom.server.staleness import Staleness
 from fedloom.server.stats import ClientStats
-from fedloom.server.sync import decompress, lower_bounds, observe
+from fedloom.server.sync import check_steps, decompress, lower_bounds, observe
 from fedloom.transforms.base import (
     ClientStates,
     Context,
@@ -191,6 +191,7 @@ class AsyncServer:
         self.upload_states = upload_states
         self.decoders = None  # two-sided transforms are refused by the config
         self._example_bound = np.full(num_clients, np.iinfo(np.int64).max, dtype=np.int64)
+        self._steps_bound: dict[int, int] = {}  # the local steps each client's plan allows
         self.round = 0  # server steps closed
         self.version = 0  # models published
         self.tasks = 0  # hand-outs so far (keys each task's seed)
@@ -237,6 +238,11 @@ class AsyncServer:
     @property
     def received_payloads(self) -> dict[int, tuple[int, float]]:
         return {b.update.client_id: b.payload for b in self.buffer if b.payload is not None}
+
+    def bound_steps(self, client_ids: np.ndarray, limits: np.ndarray) -> None:
+        """The most local steps each client may report (see ``SyncServer.bound_steps``)."""
+        ids, bounds = np.asarray(client_ids).tolist(), np.asarray(limits).tolist()
+        self._steps_bound.update(zip(ids, bounds, strict=True))
 
     def bound_examples(self, client_ids: np.ndarray, limits: np.ndarray) -> None:
         """Cap each client's FedAvg weight (see ``SyncServer.bound_examples``)."""
@@ -308,6 +314,7 @@ class AsyncServer:
                 )
             update, decoded = decompress(self.compression, update, self.dim)
             self.validation.check(update)
+            check_steps(update, self._steps_bound)
         except UpdateRejected as err:
             del self.in_flight[cid]
             self._rejected += 1

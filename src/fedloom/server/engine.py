@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedloom.client.evaluation import Evaluation
+from fedloom.client.schedule import steps_for_each
 from fedloom.errors import RejectionKind, UpdateRejected
 from fedloom.privacy.accounting import MechanismEvent, compose_epsilon
 from fedloom.privacy.audit import AuditResult, audit, canary_scores
@@ -150,8 +151,19 @@ class RoundEngine:
         return self.fit(dispatches)
 
     def fit(self, dispatches: list[Dispatch]) -> list[Dispatch]:
-        """Each dispatch's plan fitted to its device (batch, precision, QAT)."""
-        return dispatches if self.local_work is None else self.local_work.fit(dispatches)
+        """Each dispatch's plan fitted to its device (batch, precision, QAT), and the
+        local steps each client may report for it bounded by what that plan asks of its
+        registered data (a runtime's later ``max_steps`` only lowers the count)."""
+        if self.local_work is not None:
+            dispatches = self.local_work.fit(dispatches)
+        if dispatches:
+            ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
+            sizes = self.registry.data_sizes(ids)
+            known = sizes > 0  # a client that has not reported its data is not bounded
+            plans = [d.plan for d in dispatches]
+            bounds = steps_for_each(np.maximum(sizes, 1), plans)
+            self.server.bound_steps(ids[known], bounds[known])
+        return dispatches
 
     def admit(self, available: np.ndarray) -> np.ndarray:
         """``available`` without the devices that cannot hold the model and the

@@ -382,6 +382,10 @@ class ClientRegistry:
     def num_clients(self) -> int:
         return len(self._static["data_size"])
 
+    def data_sizes(self, ids: np.ndarray) -> np.ndarray:
+        """The registered training examples of clients ``ids`` (0: not reported)."""
+        return self._static["data_size"][np.asarray(ids, dtype=np.int64)].copy()
+
     def register(
         self,
         data_size: np.ndarray,

@@ -168,6 +168,17 @@ class _Secure:
     steps: np.ndarray  # int64 [M], public: the steps their plans imply
 
 
+def check_steps(update: Update, bounds: dict[int, int]) -> None:
+    """Refuse an update reporting more local steps than its plan allows (``bounds``)."""
+    bound = bounds.get(int(update.client_id))
+    if bound is not None and update.metrics.steps > bound:
+        raise UpdateRejected(
+            update.client_id,
+            f"steps = {update.metrics.steps} exceeds the {bound} its plan allows",
+            _K.BAD_COUNT,
+        )
+
+
 @dataclass
 class _OpenRound:
     round: int
@@ -310,6 +321,7 @@ class SyncServer:
         self.broadcast = broadcast
         # per-client weight bounds the runtime knows (registered sizes, counts at join)
         self._example_bound = np.full(num_clients, np.iinfo(np.int64).max, dtype=np.int64)
+        self._steps_bound: dict[int, int] = {}  # the local steps each client's plan allows
         self._canary_sum: np.ndarray | None = None
         self.round = 0  # closed rounds (aggregated or skipped)
         self.version = 0  # model updates applied
@@ -372,6 +384,7 @@ class SyncServer:
             self._validate(update)
             update = self._decompress(update)
             self.validation.check(update)
+            check_steps(update, self._steps_bound)
             decode_state = None
             if self.decoders is not None:  # decode, then check what it decodes to
                 update, decode_state = self._decode(update)
@@ -414,6 +427,13 @@ class SyncServer:
     def _decode(self, update: Update) -> tuple[Update, State]:
         assert self.decoders is not None
         return decode(self.decoders, self.decode_state, update, self.seed, self.os_selection)
+
+    def bound_steps(self, client_ids: np.ndarray, limits: np.ndarray) -> None:
+        """The most local steps each of ``client_ids`` may report for its current work:
+        what its dispatched plan asks of its registered data (FedNova divides by the
+        reported count, so a larger claim would rescale everyone's update)."""
+        ids, bounds = np.asarray(client_ids).tolist(), np.asarray(limits).tolist()
+        self._steps_bound.update(zip(ids, bounds, strict=True))
 
     def bound_examples(self, client_ids: np.ndarray, limits: np.ndarray) -> None:
         """Cap the example count each of ``client_ids`` may weigh with (the lowest bound

@@ -33,6 +33,7 @@ import grpc
 import numpy as np
 import torch
 
+from fedloom.edge.profiles import DeviceProfile, detect_profile
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.privacy.mechanisms import SecureNoise
 from fedloom.records import ClientMetrics, TrainPlan
@@ -65,6 +66,7 @@ from fedloom.transport.messages import (
     ModelSpec,
     check_trusted,
     plan_from_pb,
+    profile_to_pb,
 )
 from fedloom.transport.secagg_wire import client_to_pb, server_from_pb
 from fedloom.transport.secure_round import SecureTaskSpec
@@ -336,9 +338,13 @@ class DeploymentClient:
         trust: tuple[str, ...] = (),
         attack: Attack | None = None,
         claim_examples: int | None = None,
+        profile: DeviceProfile | None = None,
     ) -> None:
-        """``threads``: torch threads for local training (small models train fastest on
-        one; several client processes on one machine must not oversubscribe it);
+        """``profile``: what this device declares it runs (memory, int8, fp16/bf16,
+        threads, architecture; default: this machine's, :func:`detect_profile`), so the
+        server fits its batch, precision and local steps to it. ``threads``: torch
+        threads for local training (small models train fastest on one; several client
+        processes on one machine must not oversubscribe it);
         ``share_labels``: report this client's label histogram when it joins (by default
         it reports only its example counts); ``trust``: packages whose code the server
         may name (a ``module:`` model or transform); any other is refused.
@@ -390,6 +396,7 @@ class DeploymentClient:
                 np.bincount(honest.y, minlength=honest.num_classes).tolist() if share_labels else []
             ),
             device="cpu",
+            profile=profile_to_pb(profile or detect_profile()),
         )
         self.name = name or Path(data_dir).name
         _check_data_owner(data_dir, self.name)

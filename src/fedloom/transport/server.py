@@ -44,10 +44,11 @@ import grpc
 import numpy as np
 
 from fedloom.client.evaluation import ReportedEvaluation
-from fedloom.client.schedule import NO_CAP, steps_for
+from fedloom.client.schedule import NO_CAP, steps_for_each
 from fedloom.compression.adaptive import AdaptivePolicy
 from fedloom.compression.pipeline import compression_record
 from fedloom.config import RunConfig
+from fedloom.edge.profiles import DeviceProfile
 from fedloom.errors import ConfigError, FedloomError, UpdateRejected
 from fedloom.errors import RejectionKind as _K
 from fedloom.records import ClientMetrics, Dispatch, RoundResult, Update
@@ -55,6 +56,7 @@ from fedloom.secagg.crypto import SecAggError
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
 from fedloom.secagg.protocol import STAGES, MaskedInput
 from fedloom.server.engine import RoundEngine, count_reasons
+from fedloom.server.local_work import steps_within
 from fedloom.transforms.secure import secure_masking
 from fedloom.transport import download, wire
 from fedloom.transport import fedloom_pb2 as pb
@@ -67,7 +69,14 @@ from fedloom.transport.certs import (
     peer_name,
     server_credentials,
 )
-from fedloom.transport.messages import CompressionSpec, LocalDP, ModelSpec, plan_to_pb
+from fedloom.transport.messages import (
+    CompressionSpec,
+    LocalDP,
+    MessageError,
+    ModelSpec,
+    plan_to_pb,
+    profile_from_pb,
+)
 from fedloom.transport.secagg_wire import CLIENT_STAGE, client_from_pb
 from fedloom.transport.secure_round import SecureStages, SecureTaskSpec
 from fedloom.transport.wire import ENCODED
@@ -336,6 +345,7 @@ class DeploymentServer(rpc.FedloomServicer):
         max_examples: int,
         compression: CompressionSpec | None = None,
         adaptive: AdaptivePolicy | None = None,
+        partial_work: int | None = None,
     ) -> None:
         """``engine``: the run's round engine, built for a deployment (OS randomness:
         ``fedloom.assemble.deployment_server`` refuses any other); ``model_spec``:
@@ -345,7 +355,9 @@ class DeploymentServer(rpc.FedloomServicer):
         most examples a client may report at its join (a larger report is refused);
         ``compression``: how clients encode their uploads (``Join``), decoded by the
         engine's server on receipt; ``adaptive``: the policy that picks each client's
-        codec setting per round (None: the codec's default).
+        codec setting per round (None: the codec's default); ``partial_work``: fit each
+        client's local steps to the deadline at its measured (else declared) speed, and
+        drop one that cannot finish this many (None: every client gets the full work).
 
         The server holds no client data: each client's data size is what it reported
         when it joined (kept in the registry, so a resumed run knows it), and it bounds
@@ -356,6 +368,10 @@ class DeploymentServer(rpc.FedloomServicer):
                 "certificate keys (drop --insecure)"
             )
         self.engine = engine
+        self.partial_work = partial_work
+        # seconds per training example: measured from uploads, else declared at the join
+        self._sample_s: dict[int, float] = {}
+        self._declared_sample_s: dict[int, float] = {}
         plan = engine.privacy
         self._local_dp = (
             LocalDP(
@@ -487,6 +503,7 @@ class DeploymentServer(rpc.FedloomServicer):
             # under DP with fixed-size sampling the cohort is drawn from all N clients (the
             # accountant's m / N); an offline pick fails at once as disconnected
             dispatches = self._choose_settings(engine.open_round(available), now)
+            dispatches, unfit = self._fit_work(dispatches, now)
             deadline = dispatches[0].deadline if dispatches else None
             cohort = [d.client_id for d in dispatches]
             refusal = engine.release_refusal(cohort)
@@ -525,6 +542,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 failed = self._await_cohort(rnd, ends)
             else:
                 failed = self._await_secure(rnd, ends)
+            failed = unfit | failed
             # privacy audit canaries join as in simulation; replays armed after a resume
             rnd.payloads = srv.received_payloads
             result = engine.close_round()
@@ -660,8 +678,9 @@ class DeploymentServer(rpc.FedloomServicer):
             )
             sizes = self.sizes[included]
             caps = np.array([rnd.dispatches[int(c)].max_steps or NO_CAP for c in included])
+            plans = [rnd.dispatches[int(c)].plan for c in included]
             try:  # a client may have encoded anything: the sum itself can be malformed
-                srv.receive_secure_sum(secure, sizes, steps_for(sizes, srv.plan, caps))
+                srv.receive_secure_sum(secure, sizes, steps_for_each(sizes, plans, caps))
             except FedloomError as err:
                 stages.refuse_sum(str(err))
                 log.warning("round %d: %s", srv.round + 1, stages.abort)
@@ -747,6 +766,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 "dispatched": len(rnd.dispatches),
                 "dropped": count_reasons({c: w for c, w in failed.items() if c not in surplus}),
                 "surplus": len(surplus),
+                "partial": sum(d.max_steps is not None for d in rnd.dispatches.values()),
                 "bytes_up": rnd.bytes_up,
                 "bytes_down": rnd.bytes_down,
                 "refused_messages": dict(self.refused),
@@ -888,7 +908,15 @@ class DeploymentServer(rpc.FedloomServicer):
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         cid = self._client(context)
         size, entropy = self._join_report(cid, request, context)
+        profile = None
+        if request.HasField("profile"):
+            try:
+                profile = profile_from_pb(request.profile)
+            except MessageError as err:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         with self._cond:
+            if profile is not None:
+                self._declare(cid, profile)
             # the lowest report wins: the weight of this client's updates never exceeds
             # what it declared at any join (see SyncServer.bound_examples)
             old = int(self.sizes[cid])
@@ -916,6 +944,14 @@ class DeploymentServer(rpc.FedloomServicer):
             client_transforms=self._transforms_pb,
             compression=self._compression_pb,
         )
+
+    def _declare(self, cid: int, profile: DeviceProfile) -> None:
+        """What a joining client declared of its device: the engine's planner fits its
+        work to it (memory, precision) and its profiled speed stands in until measured."""
+        if self.engine.local_work is not None:
+            self.engine.local_work.declare(np.array([cid]), [profile])
+        if profile.ms_per_sample is not None:
+            self._declared_sample_s[cid] = profile.ms_per_sample / 1e3
 
     def _join_report(
         self, cid: int, request: pb.JoinRequest, context: grpc.ServicerContext
@@ -986,6 +1022,42 @@ class DeploymentServer(rpc.FedloomServicer):
                     return pb.Task(kind=pb.Task.WAIT, retry_after_s=self.options.heartbeat_s)
                 self._cond.wait(min(left, 1.0))
                 self._last_seen[cid] = time.time()
+
+    def _fit_work(
+        self, dispatches: list[Dispatch], now: float
+    ) -> tuple[list[Dispatch], dict[int, str]]:
+        """With ``partial_work`` and a deadline, each client's local steps fitted to the
+        time left after its download and upload (the registry's measured rates) at its
+        speed: measured from its last upload, else declared in its profile, else unknown
+        (the full work). A client that cannot finish ``partial_work`` steps is failed
+        now, before it is told anything; the others get ``max_steps`` when it cuts."""
+        least = self.partial_work
+        if least is None or not dispatches or dispatches[0].deadline is None:
+            return dispatches, {}
+        srv = self.engine.server
+        ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
+        sizes = self.sizes[ids]
+        plans = [d.plan for d in dispatches]
+        full = steps_for_each(sizes, plans)
+        up, down = self.engine.registry.bandwidth(ids)
+        nbytes = 4.0 * srv.dim
+        with np.errstate(divide="ignore", invalid="ignore"):  # kbit/s; unknown: 0 s
+            transfer = np.nan_to_num(nbytes / (down * 125.0) + nbytes / (up * 125.0), nan=0.0)
+        speed = np.array(
+            [self._sample_s.get(int(c), self._declared_sample_s.get(int(c), np.nan)) for c in ids]
+        )
+        step_s = speed * np.minimum(sizes, [p.batch_size for p in plans])
+        fit = steps_within(full, step_s, dispatches[0].deadline - now - transfer)
+        fit = np.where(fit >= np.minimum(least, full), fit, 0)
+        why = f"cannot finish {least} step{'s' if least > 1 else ''} before the deadline"
+        kept, unfit = [], {}
+        for d, f, n in zip(dispatches, fit.tolist(), full.tolist(), strict=True):
+            if f == 0:
+                srv.fail(d.client_id, why)
+                unfit[d.client_id] = why
+            else:
+                kept.append(dataclasses.replace(d, max_steps=f) if f < n else d)
+        return kept, unfit
 
     def _choose_settings(self, dispatches: list[Dispatch], now: float) -> list[Dispatch]:
         """Each client's codec setting for the round (compressed runs): with an
@@ -1445,6 +1517,9 @@ class DeploymentServer(rpc.FedloomServicer):
         rnd.up_kbps[cid] = kbps
         if math.isfinite(h.train_s) and h.train_s >= 0:
             self._train_s[cid] = float(h.train_s)
+            samples = h.epochs * h.num_examples
+            if h.train_s > 0 and math.isfinite(samples) and samples >= 1:
+                self._sample_s[cid] = float(h.train_s / samples)
 
 
 def upload_update(cid: int, h: pb.UploadHeader, payload: bytes, server: Any) -> Update:
