@@ -159,6 +159,7 @@ def make_executor(
                 device=device,
                 memory_budget_mb=sim.memory_budget_mb,
                 task=task,
+                loss_samples=trainer.loss_samples,
             )
         except ValueError as err:  # e.g. an operation torch.func.vmap cannot batch
             reason = str(err)
@@ -678,7 +679,7 @@ def build_simulation(
     check_fit(resolved, model, data.train.x[:2], data.train.y[:2], data.num_classes)
     # every model, measured once built, before anything of the run is allocated
     check_memory_for(config, model, data.train.x, sizes, test_size)
-    trainer = TorchTrainer(model, resolved)
+    trainer = TorchTrainer(model, resolved, loss_samples=config.edge.loss_samples)
     executor_used, note = make_executor(config, trainer, data, shard, executor)
     population = build_population(config.devices, data.train.num_clients, config.seed)
     virtual_time = VirtualTime(population, build_network(config.network, population), config.seed)

@@ -142,6 +142,8 @@ class ModelConfig(_Section):
     def _known_kind(self) -> ModelConfig:
         from fedloom.task import MODULE_PREFIX
 
+        if self.width != 1.0 and self.kind != "mobilenet":
+            raise ValueError(f"model.width = {self.width} applies to mobilenet, not {self.kind!r}")
         if self.kind in BUILTIN_MODELS:
             if self.options:
                 raise ValueError(f"model.options apply to module: tasks, not {self.kind!r}")

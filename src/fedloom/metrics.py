@@ -221,6 +221,9 @@ class RoundRecord(_Evaluated, _Record):
     round_virtual_s: float | None = None
     events: int | None = None
     partial: int | None = None
+    # progress monitoring: the delivering clients' sampled batch losses, averaged at
+    # each evenly spaced point of their local training (first to last step)
+    local_loss: list[float] | None = None
     compression: CompressionRecord | None = None
     # Byzantine robustness: the round's screening and reputation decisions
     anomaly: AnomalyRecord | None = None

@@ -98,6 +98,9 @@ def test_adaptive_local_work_trains_slow_devices_partially_instead_of_dropping_t
     assert all(not r["dropped"].get("missed the deadline") for r in adaptive_rounds)
     assert sum(r["partial"] for r in adaptive_rounds) == slow
     assert [r["completed"] for r in adaptive_rounds] == [r["selected"] for r in adaptive_rounds]
+    # progress monitoring: every delivering client's four sampled batch losses, averaged
+    assert all(len(r["local_loss"]) == 4 for r in adaptive_rounds)
+    assert adaptive_rounds[0]["local_loss"][0] > adaptive_rounds[0]["local_loss"][-1]
 
 
 def test_adaptive_min_steps_drops_a_device_that_cannot_do_enough(tmp_path) -> None:

@@ -40,3 +40,20 @@ def sample_steps(steps: int, count: int) -> np.ndarray:
     """One client's sampled steps out of ``steps`` (see :func:`sample_matrix`)."""
     row = sample_matrix(np.array([steps]), count)[0]
     return row[row >= 0]
+
+
+def mean_curve(samples: list[tuple[float, ...]]) -> list[float] | None:
+    """The clients' sampled losses averaged position by position (a client with fewer
+    steps than samples has fewer positions): how local training went across the round,
+    for its record. None when no client sampled any."""
+    width = max((len(s) for s in samples), default=0)
+    if width == 0:
+        return None
+    rows = np.full((len(samples), width), np.nan)
+    for i, s in enumerate(samples):
+        rows[i, : len(s)] = s
+    rows[~np.isfinite(rows)] = np.nan
+    counts = (~np.isnan(rows)).sum(axis=0)
+    sums = np.nansum(rows, axis=0)
+    keep = counts > 0
+    return (sums[keep] / counts[keep]).tolist() if keep.any() else None

@@ -268,7 +268,12 @@ class TaskBook:
             d.version,
             np.asarray(arrays[key + "delta"], dtype=np.float32).copy(),
             int(info["num_examples"]),
-            ClientMetrics(**info["metrics"]),
+            ClientMetrics(
+                **{
+                    **info["metrics"],
+                    "loss_samples": tuple(info["metrics"].get("loss_samples", ())),
+                }
+            ),
             payload,
         )
         return Upload(update, state("xform", "transform_state"), state("compress", "upload_state"))

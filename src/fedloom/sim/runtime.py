@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedloom.attacks.adversary import Adversary
+from fedloom.client.progress import mean_curve
 from fedloom.client.schedule import NO_CAP, examples_seen_each, steps_for_each
 from fedloom.client.trainer import TorchTrainer
 from fedloom.compression.adaptive import AdaptivePolicy
@@ -287,6 +288,7 @@ class Simulation:
             "dropped": count_reasons(outcome.failed),
             "surplus": len(outcome.surplus),
             "partial": sum(d.max_steps is not None for d in todo),
+            "local_loss": mean_curve([u.metrics.loss_samples for u in updates]),
             "bytes_up": sum(self._upload_bytes(u) for u in updates),
             "bytes_down": int(down.sum()),
         }

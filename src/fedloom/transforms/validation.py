@@ -50,6 +50,22 @@ def validate_metrics(cid: int, m: ClientMetrics) -> None:
         raise UpdateRejected(
             cid, f"steps = {steps!r}, expected an int >= 0", RejectionKind.BAD_COUNT
         )
+    samples = m.loss_samples
+    if len(samples) > MAX_LOSS_SAMPLES:
+        raise UpdateRejected(
+            cid,
+            f"loss_samples holds {len(samples)} values, expected at most {MAX_LOSS_SAMPLES}",
+            RejectionKind.MALFORMED,
+        )
+    if not all(isinstance(v, float | int) and math.isfinite(v) for v in samples):
+        raise UpdateRejected(
+            cid,
+            f"loss_samples = {list(samples)!r}: expected finite numbers",
+            RejectionKind.NONFINITE,
+        )
+
+
+MAX_LOSS_SAMPLES = 64  # progress monitoring: edge.loss_samples' upper bound
 
 
 class Validate:

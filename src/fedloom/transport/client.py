@@ -905,6 +905,7 @@ class DeploymentClient:
                 "steps": metrics.steps,
                 "epochs": metrics.epochs,
                 "train_s": train_s,
+                "loss_samples": list(metrics.loss_samples),
             }
         )
         if metrics is not None and evaluation is not None:

@@ -300,7 +300,7 @@ class DownloadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[DownloadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("task_id", "round", "version", "num_examples", "dim", "dtype", "payload_bytes", "sha256", "train_loss", "train_loss_sq", "steps", "epochs", "train_s", "eval_loss", "eval_accuracy", "eval_examples")
+    __slots__ = ("task_id", "round", "version", "num_examples", "dim", "dtype", "payload_bytes", "sha256", "train_loss", "train_loss_sq", "steps", "epochs", "train_s", "eval_loss", "eval_accuracy", "eval_examples", "loss_samples")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +317,7 @@ class UploadHeader(_message.Message):
     EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
     EVAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     EVAL_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     version: int
@@ -333,7 +334,8 @@ class UploadHeader(_message.Message):
     eval_loss: float
     eval_accuracy: float
     eval_examples: int
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., num_examples: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., train_loss: _Optional[float] = ..., train_loss_sq: _Optional[float] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., train_s: _Optional[float] = ..., eval_loss: _Optional[float] = ..., eval_accuracy: _Optional[float] = ..., eval_examples: _Optional[int] = ...) -> None: ...
+    loss_samples: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., num_examples: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., train_loss: _Optional[float] = ..., train_loss_sq: _Optional[float] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., train_s: _Optional[float] = ..., eval_loss: _Optional[float] = ..., eval_accuracy: _Optional[float] = ..., eval_examples: _Optional[int] = ..., loss_samples: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ("header", "data")

@@ -44,6 +44,7 @@ import grpc
 import numpy as np
 
 from fedloom.client.evaluation import ReportedEvaluation
+from fedloom.client.progress import mean_curve
 from fedloom.client.schedule import NO_CAP, steps_for_each
 from fedloom.compression.adaptive import AdaptivePolicy
 from fedloom.compression.pipeline import compression_record
@@ -320,6 +321,7 @@ class _Round:
     applied: dict[int, bytes] = dataclasses.field(default_factory=dict)  # client -> sha256
     rejected: dict[int, UpdateRejected] = dataclasses.field(default_factory=dict)
     up_kbps: dict[int, float] = dataclasses.field(default_factory=dict)  # measured transfers
+    loss_samples: dict[int, tuple[float, ...]] = dataclasses.field(default_factory=dict)
     # applied uploads' evaluations of the received model: (loss, accuracy, examples)
     evaluations: dict[int, tuple[float, float, int]] = dataclasses.field(default_factory=dict)
     down_kbps: dict[int, float] = dataclasses.field(default_factory=dict)
@@ -744,7 +746,8 @@ class DeploymentServer(rpc.FedloomServicer):
         engine = self.engine
         ids = result.clients.ids
         surplus = {cid for cid, why in failed.items() if why == "surplus"}
-        asked = np.array(sorted(set(rnd.dispatches) - surplus), dtype=np.int64)
+        # the clients failed before dispatch (too slow for the deadline) were asked too
+        asked = np.array(sorted((set(rnd.dispatches) | set(failed)) - surplus), dtype=np.int64)
         # a client may retry after a refusal: only a refusal it never made good counts, and
         # it counts as the client's outcome even if the client then went silent (as in
         # RoundResult.excluded), so that the registry flags it by the refusal's kind
@@ -767,6 +770,7 @@ class DeploymentServer(rpc.FedloomServicer):
                 "dropped": count_reasons({c: w for c, w in failed.items() if c not in surplus}),
                 "surplus": len(surplus),
                 "partial": sum(d.max_steps is not None for d in rnd.dispatches.values()),
+                "local_loss": mean_curve(list(rnd.loss_samples.values())),
                 "bytes_up": rnd.bytes_up,
                 "bytes_down": rnd.bytes_down,
                 "refused_messages": dict(self.refused),
@@ -1515,6 +1519,7 @@ class DeploymentServer(rpc.FedloomServicer):
         rnd.arrival[cid] = time.perf_counter()
         rnd.bytes_up += nbytes
         rnd.up_kbps[cid] = kbps
+        rnd.loss_samples[cid] = tuple(h.loss_samples)
         if math.isfinite(h.train_s) and h.train_s >= 0:
             self._train_s[cid] = float(h.train_s)
             samples = h.epochs * h.num_examples
@@ -1532,7 +1537,13 @@ def upload_update(cid: int, h: pb.UploadHeader, payload: bytes, server: Any) -> 
         int(h.version),
         np.zeros(0, np.float32) if compressed else wire.as_float32(payload, server.dim, "update"),
         int(h.num_examples),
-        ClientMetrics(float(h.train_loss), int(h.steps), float(h.epochs), h.train_loss_sq),
+        ClientMetrics(
+            float(h.train_loss),
+            int(h.steps),
+            float(h.epochs),
+            h.train_loss_sq,
+            tuple(h.loss_samples),
+        ),
         payload=payload if compressed else None,
     )
 
