@@ -22,6 +22,8 @@ from fedloom.console import console, user_errors
 from fedloom.errors import ConfigError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from fedloom.edge.export import ExportReport
 
 CALIBRATION_EXAMPLES = 256
@@ -71,7 +73,7 @@ def export(
         console.print(line)
     console.print(_table(report, run_dir))
     if report.onnx_max_abs_diff is not None:
-        console.print(f"ONNX logits within {report.onnx_max_abs_diff:.2g} of torch's")
+        console.print(f"ONNX: max |logit - torch logit| = {report.onnx_max_abs_diff:.1e}")
     target = out if out is not None else run_dir / "export"
     console.print(f"wrote {escape(str(target))}/ (report.json and the models)")
 
@@ -105,11 +107,12 @@ def _export(
     eval_data = (test_x, data.test.y) if data.test.num_classes is not None else None
     notes = []
     if prune > 0:
-        before = compressed_bytes(model)
+        before, accuracy = compressed_bytes(model), _accuracy(model, eval_data)
         reached = prune_global(model, prune)
         notes.append(
             f"pruned: sparsity {reached:.3f}, compressed state dict {before} -> "
             f"{compressed_bytes(model)} bytes"
+            + ("" if accuracy is None else f", test accuracy before pruning {accuracy:.4f}")
         )
     report = export_model(
         model,
@@ -123,6 +126,16 @@ def _export(
         backend=backend or detect_profile().quantization_backend,
     )
     return report, notes
+
+
+def _accuracy(model: nn.Module, eval_data: tuple[np.ndarray, np.ndarray] | None) -> float | None:
+    import torch
+
+    if eval_data is None:
+        return None
+    with torch.no_grad():
+        logits = model(torch.from_numpy(eval_data[0]))
+    return float(np.mean(logits.argmax(-1).numpy() == eval_data[1]))
 
 
 def _table(report: ExportReport, run_dir: Path) -> Table:

@@ -102,7 +102,7 @@ def distill(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * idx.numel()
+            total += float(loss.detach()) * idx.numel()
         history.loss.append(total / inputs.shape[0])
         student.eval()
         history.kl.append(float(soft_kl(_logits(student, inputs, 1024), targets, temperature)))

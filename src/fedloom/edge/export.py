@@ -18,7 +18,9 @@ Artifacts (written atomically into one folder):
 
 Latency is measured the same way for every artifact: the same single example, one torch
 thread or one onnxruntime intra-op thread, warm-up runs first, then the median of many
-runs timed with ``time.perf_counter``; the float model in eager torch is the baseline.
+runs timed with ``time.perf_counter``, taken in blocks that alternate between the
+artifacts so that the machine's changing load falls on all of them alike; the float
+model in eager torch is the baseline.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ CALIBRATION_BATCH = 32
 EVAL_BATCH = 256
 WARMUP_RUNS = 50
 LATENCY_RUNS = 300
+LATENCY_ROUNDS = 10  # interleaved blocks of runs (interleaved_latency_ms)
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -118,16 +121,28 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def interleaved_latency_ms(
+    fns: list[Callable[[], object]], warmup: int, runs: int, rounds: int = LATENCY_ROUNDS
+) -> list[float]:
+    """Median wall time of each ``fn()`` in milliseconds over ``runs`` calls after
+    ``warmup``, the calls taken in ``rounds`` interleaved blocks so that a change in the
+    machine's load falls on every function alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for block in np.array_split(np.arange(runs), min(rounds, runs)):
+        for fn, spent in zip(fns, times, strict=True):
+            for _ in block:
+                start = time.perf_counter()
+                fn()
+                spent.append(time.perf_counter() - start)
+    return [float(np.median(t) * 1e3) for t in times]
+
+
 def median_latency_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
     """Median wall time of ``fn()`` in milliseconds over ``runs`` calls after ``warmup``."""
-    for _ in range(warmup):
-        fn()
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - start
-    return float(np.median(times) * 1e3)
+    return interleaved_latency_ms([fn], warmup, runs)[0]
 
 
 def _torch_predict(model: Callable[[torch.Tensor], torch.Tensor]) -> Predict:
@@ -168,7 +183,7 @@ def _accuracy(predict: Predict, eval_data: tuple[np.ndarray, np.ndarray] | None)
 
 def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     with torch.no_grad(), torchscript_quiet():
-        return torch.jit.freeze(torch.jit.trace(model.eval(), example))
+        return torch.jit.freeze(torch.jit.trace(model.eval(), example, check_trace=False))
 
 
 def _save_script(script: torch.jit.ScriptModule, path: Path, inputs: torch.Tensor) -> None:
@@ -282,114 +297,45 @@ def export_model(
         None if calibration is None else batches(torch.as_tensor(calibration), CALIBRATION_BATCH)
     )
 
-    rows: list[Artifact] = []
-    base: dict[str, float] = {}
-
-    def add(
-        name: str,
-        precision: str,
-        file: Path | None,
-        size: int,
-        run_one: Callable[[], object],
-        predict: Predict,
-        fmt: str,
-    ) -> None:
-        latency = median_latency_ms(run_one, warmup_runs, latency_runs)
-        acc = _accuracy(predict, data)
-        if precision == "fp32":
-            base[f"{fmt}.bytes"], base[f"{fmt}.latency"] = size, latency
-        if name == "torch":
-            base["accuracy"] = acc if acc is not None else float("nan")
-        rows.append(
-            Artifact(
-                name,
-                precision,
-                None if file is None else file.name,
-                size,
-                base[f"{fmt}.bytes"] / size,
-                latency,
-                base["torch.latency"] / latency,
-                base[f"{fmt}.latency"] / latency,
-                acc,
-                None if acc is None else 100.0 * (acc - base["accuracy"]),
-            )
-        )
-
+    found: list[_Candidate] = []
     onnx_diff = None
     method = None
-    with one_thread(), torch.no_grad():
-        add(
-            "torch",
-            "fp32",
-            None,
-            state_dict_bytes(model),
-            lambda: model(one),
-            _torch_predict(model),
-            "torch",
+    with one_thread(), torch.no_grad(), quantized_engine(backend), torch_ao_quiet():
+        found.append(
+            _Candidate(
+                "torch",
+                "fp32",
+                "torch",
+                None,
+                state_dict_bytes(model),
+                lambda: model(one),
+                _accuracy(_torch_predict(model), data),
+            )
         )
         quantized = None
         if int8:
             quantized = quantize(model, example_input, calib, backend)
             method = quantized.method
-        with quantized_engine(backend), torch_ao_quiet():
-            if quantized is not None:
-                q = quantized.model
-                add(
+            q = quantized.model
+            found.append(
+                _Candidate(
                     "torch-int8",
                     "int8",
+                    "torch",
                     None,
                     quantized.int8_bytes,
                     lambda: q(one),
-                    _torch_predict(q),
-                    "torch",
+                    _accuracy(_torch_predict(q), data),
                 )
-            if torchscript:
-                for name, file, m, prec in _variants(model, quantized):
-                    script = _trace(m, example_input)
-                    path = out / file
-                    _save_script(script, path, torch.from_numpy(check_inputs[:EVAL_BATCH]))
-                    add(
-                        name,
-                        prec,
-                        path,
-                        path.stat().st_size,
-                        lambda s=script: s(one),
-                        _torch_predict(script),
-                        "torchscript",
-                    )
-        if onnx:
-            float_onnx = _onnx_bytes(model, example_input)
-            session = _session(float_onnx)
-            predict = _ort_predict(session)
-            onnx_diff = float(
-                np.abs(predict(check_inputs) - _torch_predict(model)(check_inputs)).max()
             )
-            if not onnx_diff <= ONNX_TOLERANCE:
-                raise ExportError(
-                    f"onnxruntime's logits differ from torch's by up to {onnx_diff:.3g} "
-                    f"(> {ONNX_TOLERANCE}); model.onnx not written"
-                )
-            path = out / "model.onnx"
-            atomic_write_bytes(path, float_onnx)
-            add("onnx", "fp32", path, len(float_onnx), _ort_one(session, one_np), predict, "onnx")
+        if torchscript:
+            found += _torchscript(model, quantized, example_input, out, check_inputs, data, one)
+        if onnx:
+            onnx_diff, written = _onnx(model, example_input, out, check_inputs, data, one_np)
+            found += written
             if int8:
-                calib_np = None if calib is None else [_as_numpy(b) for b in calib]
-                int8_onnx = _onnx_int8(float_onnx, conv, calib_np, backend == "x86")
-                session8 = _session(int8_onnx)
-                check = session8.run(None, {"input": one_np})[0]
-                if not np.all(np.isfinite(check)):
-                    raise ExportError("the int8 ONNX model gives non-finite logits")
-                path = out / "model_int8.onnx"
-                atomic_write_bytes(path, int8_onnx)
-                add(
-                    "onnx-int8",
-                    "int8",
-                    path,
-                    len(int8_onnx),
-                    _ort_one(session8, one_np),
-                    _ort_predict(session8),
-                    "onnx",
-                )
+                found.append(_onnx_int8_candidate(out, conv, calib, backend, data, one_np))
+        latencies = interleaved_latency_ms([c.run_one for c in found], warmup_runs, latency_runs)
     report = ExportReport(
         backend,
         method,
@@ -399,10 +345,140 @@ def export_model(
         latency_runs,
         sparsity(model),
         compressed_bytes(model),
-        tuple(rows),
+        _artifacts(found, latencies),
     )
     atomic_write_text(out / "report.json", report.to_json())
     return report
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """An artifact before its latency is measured."""
+
+    name: str
+    precision: str
+    fmt: str
+    file: Path | None
+    bytes: int
+    run_one: Callable[[], object]
+    accuracy: float | None
+
+
+def _artifacts(found: list[_Candidate], latencies: list[float]) -> tuple[Artifact, ...]:
+    """The report's rows: each candidate against the float one of its format and the
+    eager float model (the first)."""
+    floats = {c.fmt: (c, t) for c, t in zip(found, latencies, strict=True) if c.precision == "fp32"}
+    base, base_latency = found[0], latencies[0]
+    rows = []
+    for c, latency in zip(found, latencies, strict=True):
+        ref, ref_latency = floats[c.fmt]
+        change = None
+        if c.accuracy is not None and base.accuracy is not None:
+            change = 100.0 * (c.accuracy - base.accuracy)
+        rows.append(
+            Artifact(
+                c.name,
+                c.precision,
+                None if c.file is None else c.file.name,
+                c.bytes,
+                ref.bytes / c.bytes,
+                latency,
+                base_latency / latency,
+                ref_latency / latency,
+                c.accuracy,
+                change,
+            )
+        )
+    return tuple(rows)
+
+
+def _torchscript(
+    model: nn.Module,
+    quantized: Quantized | None,
+    example: torch.Tensor,
+    out: Path,
+    check_inputs: np.ndarray,
+    data: tuple[np.ndarray, np.ndarray] | None,
+    one: torch.Tensor,
+) -> list[_Candidate]:
+    found = []
+    for name, file, module, precision in _variants(model, quantized):
+        script = _trace(module, example)
+        path = out / file
+        _save_script(script, path, torch.from_numpy(check_inputs[:EVAL_BATCH]))
+        found.append(
+            _Candidate(
+                name,
+                precision,
+                "torchscript",
+                path,
+                path.stat().st_size,
+                lambda s=script: s(one),
+                _accuracy(_torch_predict(script), data),
+            )
+        )
+    return found
+
+
+def _onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    out: Path,
+    check_inputs: np.ndarray,
+    data: tuple[np.ndarray, np.ndarray] | None,
+    one: np.ndarray,
+) -> tuple[float, list[_Candidate]]:
+    """Write ``model.onnx`` once onnxruntime's logits match torch's; the largest
+    difference and its candidate."""
+    float_onnx = _onnx_bytes(model, example)
+    session = _session(float_onnx)
+    predict = _ort_predict(session)
+    diff = float(np.abs(predict(check_inputs) - _torch_predict(model)(check_inputs)).max())
+    if not diff <= ONNX_TOLERANCE:
+        raise ExportError(
+            f"onnxruntime's logits differ from torch's by up to {diff:.3g} "
+            f"(> {ONNX_TOLERANCE}); model.onnx not written"
+        )
+    path = out / "model.onnx"
+    atomic_write_bytes(path, float_onnx)
+    return diff, [
+        _Candidate(
+            "onnx",
+            "fp32",
+            "onnx",
+            path,
+            len(float_onnx),
+            _ort_one(session, one),
+            _accuracy(predict, data),
+        )
+    ]
+
+
+def _onnx_int8_candidate(
+    out: Path,
+    conv: bool,
+    calib: list[torch.Tensor] | None,
+    backend: str,
+    data: tuple[np.ndarray, np.ndarray] | None,
+    one: np.ndarray,
+) -> _Candidate:
+    """Write ``model_int8.onnx``, quantized from ``model.onnx``, once it runs."""
+    calib_np = None if calib is None else [_as_numpy(b) for b in calib]
+    int8_onnx = _onnx_int8((out / "model.onnx").read_bytes(), conv, calib_np, backend == "x86")
+    session = _session(int8_onnx)
+    if not np.all(np.isfinite(session.run(None, {"input": one})[0])):
+        raise ExportError("the int8 ONNX model gives non-finite logits; not written")
+    path = out / "model_int8.onnx"
+    atomic_write_bytes(path, int8_onnx)
+    return _Candidate(
+        "onnx-int8",
+        "int8",
+        "onnx",
+        path,
+        len(int8_onnx),
+        _ort_one(session, one),
+        _accuracy(_ort_predict(session), data),
+    )
 
 
 def _variants(

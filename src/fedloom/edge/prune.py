@@ -5,8 +5,11 @@ in absolute value are set to zero (``torch.nn.utils.prune.global_unstructured`` 
 ``L1Unstructured``), so layers with many small weights lose more than others (Han et
 al., "Learning both Weights and Connections for Efficient Neural Networks", NeurIPS
 2015; Blalock et al., "What is the State of Neural Network Pruning?", MLSys 2020, on
-global vs layer-wise magnitude pruning). The masks are then made permanent
-(``prune.remove``), so the result is a plain module with the same parameter names.
+global vs layer-wise magnitude pruning). torch's pruning reparametrizes a module
+(``weight_orig`` and a mask) and ``prune.remove`` re-registers the weight last, which
+would reorder the parameters that fedloom's flat layouts follow; so the masks are
+computed on a copy and the pruned weights copied into the model's own parameters: a
+plain module, same names, order and ``Parameter`` objects.
 
 Zeros do not shrink a dense ``torch.save`` file; :func:`compressed_bytes` measures the
 state dict as a compressed archive (``np.savez_compressed``: runs of zeros deflate to
@@ -15,6 +18,7 @@ almost nothing), the size a pruned model takes to ship.
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -52,9 +56,11 @@ def prune_global(model: nn.Module, fraction: float) -> float:
     if not params:
         raise ConfigError("the model has no Linear or convolution weights to prune")
     if fraction > 0:
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=fraction)
-        for module, name in params:
-            prune.remove(module, name)
+        pruned = _weights(copy.deepcopy(model))
+        prune.global_unstructured(pruned, pruning_method=prune.L1Unstructured, amount=fraction)
+        with torch.no_grad():
+            for (module, name), (masked, _) in zip(params, pruned, strict=True):
+                getattr(module, name).copy_(masked.weight)
     return sparsity(model)
 
 
