@@ -464,6 +464,8 @@ def _onnx_int8_candidate(
 ) -> _Candidate:
     """Write ``model_int8.onnx``, quantized from ``model.onnx``, once it runs."""
     calib_np = None if calib is None else [_as_numpy(b) for b in calib]
+    # x86 int8 kernels without VNNI can saturate u8 x s8 products: use 7-bit activations
+    # there, as torch's x86 qconfig does
     int8_onnx = _onnx_int8((out / "model.onnx").read_bytes(), conv, calib_np, backend == "x86")
     session = _session(int8_onnx)
     if not np.all(np.isfinite(session.run(None, {"input": one})[0])):
