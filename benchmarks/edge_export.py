@@ -9,7 +9,8 @@ and against the float artifact of the same format, accuracy and its change, and 
 ONNX logit difference; also the large-batch latency of float and int8 eager torch,
 where int8 kernels are not dominated by per-call overhead.
 
-Usage: ``uv run python benchmarks/edge_export.py [--json PATH]``
+Usage: ``uv run python benchmarks/edge_export.py [--json PATH]`` (also part of
+``benchmarks/edge.py``, whose targets include these)
 """
 
 from __future__ import annotations
@@ -54,10 +55,8 @@ def big_batch(model: torch.nn.Module, x: torch.Tensor, calib: list[torch.Tensor]
     return {"batch": BIG_BATCH, "float_ms": f, "int8_ms": q, "speedup": f / q}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+def measure() -> dict:
+    """Both models trained, exported and measured; the result ends with its targets."""
     torch.set_num_threads(1)
     digits = load_digits()
     x = ((digits.data - digits.data.mean(0)) / (digits.data.std(0) + 1e-8)).astype(np.float32)
@@ -129,7 +128,14 @@ def main() -> None:
             },
         ]
     result["targets"] = targets
-    finish(result, args.json)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    finish(measure(), args.json)
 
 
 if __name__ == "__main__":

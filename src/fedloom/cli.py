@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedloom.cli_certs import certs_app
+from fedloom.cli_export import export as export_command
 from fedloom.console import console, user_errors
 from fedloom.errors import CheckpointError, DataError, FedloomError, RunInterrupted
 
@@ -314,6 +315,7 @@ def client(
 
 
 app.add_typer(certs_app, name="certs")
+app.command("export")(export_command)
 
 data_app = typer.Typer(no_args_is_help=True, help="Prepare client data.")
 app.add_typer(data_app, name="data")
