@@ -141,3 +141,29 @@ def test_tiered_devices_get_their_tier_profile(tmp_path) -> None:
     names = {"high_end_phone", "mid_phone", "low_end_phone", "iot"}
     assert {p.name for p in profiles} <= names
     assert [p.memory_mb for p in profiles] == pop.memory_mb.tolist()
+
+
+def test_precision_and_qat_reach_every_dispatch_and_train(tmp_path) -> None:
+    # untiered devices take edge.profile; x86_server runs bf16
+    sim = start_simulation(config(tmp_path, "rounds=2", 'edge.precision="auto"', "edge.qat=true"))
+    summary = sim.run()
+    assert np.isfinite(summary.accuracy)
+    d = sim.engine.fit(sim.engine.server.begin_round(np.arange(CLIENTS), k=2))
+    assert {(x.plan.precision, x.plan.qat) for x in d} == {("bf16", True)}
+    assert all(r["status"] == "aggregated" for r in rounds(sim))
+
+
+def test_asynchronous_hand_outs_skip_devices_that_cannot_hold_the_model(tmp_path) -> None:
+    sim = start_simulation(
+        config(
+            tmp_path,
+            "rounds=4",
+            'asynchronous.mode="fedbuff"',
+            "asynchronous.buffer_size=3",
+            "asynchronous.concurrency=10",
+        )
+    )
+    sim.run()
+    selected = sim.engine.registry.stats().selected
+    assert selected[TINY].tolist() == [0, 0]
+    assert selected.sum() >= 12
