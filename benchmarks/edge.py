@@ -277,8 +277,8 @@ def main() -> None:
     started = time.perf_counter()
     from edge_export import measure
 
-    seeds, rounds, pairs, steps = ([0], 4, 5, 5) if args.quick else ([0, 1, 2], 40, 41, 50)
-    export = measure()
+    seeds, rounds, pairs, steps = ([0], 3, 2, 2) if args.quick else ([0, 1, 2], 40, 41, 50)
+    export = measure(epochs=2 if args.quick else 30)
     work = unequal_work(seeds, rounds)
     overhead = monitoring_overhead(pairs)
     speed = throughput(steps)

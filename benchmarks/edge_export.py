@@ -35,10 +35,12 @@ EPOCHS = 30
 BIG_BATCH = 256
 
 
-def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.nn.Module:
+def train(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = EPOCHS
+) -> torch.nn.Module:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(EPOCHS):
+    for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=generator).split(64):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
@@ -55,8 +57,9 @@ def big_batch(model: torch.nn.Module, x: torch.Tensor, calib: list[torch.Tensor]
     return {"batch": BIG_BATCH, "float_ms": f, "int8_ms": q, "speedup": f / q}
 
 
-def measure() -> dict:
-    """Both models trained, exported and measured; the result ends with its targets."""
+def measure(epochs: int = EPOCHS) -> dict:
+    """Both models trained (``epochs``), exported and measured; the result ends with its
+    targets."""
     torch.set_num_threads(1)
     digits = load_digits()
     x = ((digits.data - digits.data.mean(0)) / (digits.data.std(0) + 1e-8)).astype(np.float32)
@@ -70,7 +73,7 @@ def measure() -> dict:
         tr = torch.from_numpy(xtr).reshape(-1, *shape)
         te = torch.from_numpy(xte).reshape(-1, *shape)
         torch.manual_seed(0)
-        model = train(build(), tr, torch.from_numpy(ytr))
+        model = train(build(), tr, torch.from_numpy(ytr), epochs)
         with tempfile.TemporaryDirectory() as out:
             report = export_model(
                 model, te[:8], out, int8=True, calibration=tr[:256], eval_data=(te, yte)
