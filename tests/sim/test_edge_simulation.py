@@ -132,15 +132,19 @@ def test_a_resumed_adaptive_run_equals_the_uninterrupted_one(tmp_path) -> None:
 
 
 def test_tiered_devices_get_their_tier_profile(tmp_path) -> None:
-    from fedloom.assemble import population_profiles
+    from fedloom.assemble import population_capabilities
+    from fedloom.edge.profiles import builtin_profile
+    from fedloom.sim.devices import DEFAULT_TIERS
     from fedloom.sim.population import build_population
 
     cfg = load_config(None, ['devices.kind="tiered"'])
     pop = build_population(cfg.devices, 40, 0)
-    profiles = population_profiles(cfg, pop)
-    names = {"high_end_phone", "mid_phone", "low_end_phone", "iot"}
-    assert {p.name for p in profiles} <= names
-    assert [p.memory_mb for p in profiles] == pop.memory_mb.tolist()
+    memory, bf16, fp16 = population_capabilities(cfg, pop)
+    profiles = [builtin_profile(DEFAULT_TIERS[t].name) for t in pop.tier]
+    assert memory.tolist() == pop.memory_mb.tolist()
+    assert bf16.tolist() == [p.bf16 for p in profiles]
+    assert fp16.tolist() == [p.fp16 for p in profiles]
+    assert len(set(pop.tier.tolist())) == len(DEFAULT_TIERS)
 
 
 def test_precision_and_qat_reach_every_dispatch_and_train(tmp_path) -> None:

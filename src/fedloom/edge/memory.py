@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fedloom.edge.profiles import Precision
 
 MB = float(1 << 20)
+UNLIMITED = 1 << 30  # the batch a device without a memory limit holds
 BACKWARD_FACTOR = 2.0  # activations kept by the forward pass + their gradients in backward
 
 
@@ -48,9 +49,9 @@ class TrainingMemory:
         """The largest batch whose training fits ``memory_mb`` (0: not even one example;
         a huge number for unlimited memory)."""
         if math.isinf(memory_mb):
-            return 1 << 30
+            return UNLIMITED
         free = memory_mb * MB - self.fixed_bytes
         if free < 0:
             return 0
         per = self.per_example_bytes(precision)
-        return int(min(free // per, 1 << 30)) if per > 0 else 1 << 30
+        return int(min(free // per, UNLIMITED)) if per > 0 else UNLIMITED

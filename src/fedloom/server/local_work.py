@@ -23,8 +23,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedloom.edge.memory import TrainingMemory
-from fedloom.edge.profiles import DeviceProfile, Precision
+from fedloom.edge.memory import MB, UNLIMITED, TrainingMemory
+from fedloom.edge.profiles import PRECISIONS, DeviceProfile, Precision
 from fedloom.records import Dispatch
 
 
@@ -53,20 +53,31 @@ class LocalWorkPlanner:
         self.fp16 = np.zeros(0, dtype=bool)
 
     def declare(self, ids: np.ndarray, profiles: list[DeviceProfile]) -> None:
-        """The devices ``ids`` run ``profiles`` (a simulated population, or clients
-        joining a deployment); an id never declared counts as an unlimited fp32 device."""
-        ids = np.asarray(ids, dtype=np.int64)
+        """The devices ``ids`` run ``profiles`` (clients joining a deployment); an id
+        never declared counts as an unlimited fp32 device."""
         if len(ids) != len(profiles):
             raise ValueError(f"{len(ids)} client ids for {len(profiles)} profiles")
+        self.declare_arrays(
+            ids,
+            np.array([p.memory_mb for p in profiles], dtype=np.float64),
+            np.array([p.bf16 for p in profiles], dtype=bool),
+            np.array([p.fp16 for p in profiles], dtype=bool),
+        )
+
+    def declare_arrays(
+        self, ids: np.ndarray, memory_mb: np.ndarray, bf16: np.ndarray, fp16: np.ndarray
+    ) -> None:
+        """:meth:`declare` as columns (a simulated population of any size)."""
+        ids = np.asarray(ids, dtype=np.int64)
         size = int(ids.max()) + 1 if len(ids) else 0
         if size > len(self.memory_mb):
             grow = size - len(self.memory_mb)
             self.memory_mb = np.concatenate([self.memory_mb, np.full(grow, math.inf)])
             self.bf16 = np.concatenate([self.bf16, np.zeros(grow, dtype=bool)])
             self.fp16 = np.concatenate([self.fp16, np.zeros(grow, dtype=bool)])
-        self.memory_mb[ids] = [p.memory_mb for p in profiles]
-        self.bf16[ids] = [p.bf16 for p in profiles]
-        self.fp16[ids] = [p.fp16 for p in profiles]
+        self.memory_mb[ids] = memory_mb
+        self.bf16[ids] = bf16
+        self.fp16[ids] = fp16
 
     def _column(self, values: np.ndarray, ids: np.ndarray, default: object) -> np.ndarray:
         known = ids < len(values)
@@ -75,23 +86,28 @@ class LocalWorkPlanner:
         return out
 
     def precisions(self, ids: np.ndarray) -> list[Precision]:
-        ids = np.asarray(ids, dtype=np.int64)
-        if not self.reduced_precision:
-            return ["fp32"] * len(ids)
-        bf16 = self._column(self.bf16, ids, False)
-        fp16 = self._column(self.fp16, ids, False)
-        return ["bf16" if b else "fp16" if f else "fp32" for b, f in zip(bf16, fp16, strict=True)]
+        return [PRECISIONS[int(k)] for k in self._precision_codes(np.asarray(ids, np.int64))]
+
+    def _precision_codes(self, ids: np.ndarray) -> np.ndarray:
+        """Index into ``PRECISIONS`` per client: bf16 where it runs, else fp16, else fp32."""
+        codes = np.zeros(len(ids), dtype=np.int64)
+        if self.reduced_precision:
+            codes[self._column(self.fp16, ids, False)] = PRECISIONS.index("fp16")
+            codes[self._column(self.bf16, ids, False)] = PRECISIONS.index("bf16")
+        return codes
 
     def largest_batches(self, ids: np.ndarray) -> np.ndarray:
-        """The largest batch each client's memory holds at its precision (int64)."""
+        """The largest batch each client's memory holds at its precision (int64;
+        vectorized over the whole population, as ``admit`` asks every round)."""
         ids = np.asarray(ids, dtype=np.int64)
         memory = self._column(self.memory_mb, ids, math.inf)
-        return np.array(
-            [
-                self.memory.largest_batch(float(m), p)
-                for m, p in zip(memory, self.precisions(ids), strict=True)
-            ],
-            dtype=np.int64,
+        per = np.array([self.memory.per_example_bytes(p) for p in PRECISIONS])
+        per = per[self._precision_codes(ids)]
+        free = np.where(np.isinf(memory), np.inf, memory * MB - self.memory.fixed_bytes)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            batch = np.where(free < 0, 0.0, np.floor(free / per))
+        return np.minimum(np.nan_to_num(batch, nan=UNLIMITED, posinf=UNLIMITED), UNLIMITED).astype(
+            np.int64
         )
 
     def eligible(self, ids: np.ndarray) -> np.ndarray:
