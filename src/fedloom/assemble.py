@@ -1441,7 +1441,8 @@ def deployment_server(run: DeploymentRun, options: ServerOptions) -> DeploymentS
         max_examples=deployment_cap(config),
         compression=compression_spec(config),
         adaptive=AdaptivePolicy(config.compression.margin) if config.compression.adaptive else None,
-        partial_work=partial_work(config),
+        # asynchronous runs have no round deadline to fit work to (refused at load)
+        **({} if kind is AsyncDeploymentServer else {"partial_work": partial_work(config)}),
     )
 
 

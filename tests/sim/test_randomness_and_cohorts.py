@@ -35,7 +35,15 @@ CENTRAL = [
 def config(tmp_path, *extra: str):
     return load_config(
         None,
-        [f'output_dir="{tmp_path}"', "partition.num_clients=4", "client.local_epochs=1", *extra],
+        [
+            f'output_dir="{tmp_path}"',
+            "partition.num_clients=4",
+            "client.local_epochs=1",
+            # one executor for every run compared ("auto" chooses by timing, and the two
+            # executors differ around 1e-7)
+            'simulation.executor="sequential"',
+            *extra,
+        ],
     )
 
 

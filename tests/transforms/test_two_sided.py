@@ -57,7 +57,9 @@ FLIP = f'transforms.client=[{{name = "{__name__}:flip"}}]'
 
 
 def run(root: Path, *extra: str) -> SyncServer:
-    config = load_config(None, [*SMALL_RUN, *extra, f"output_dir={root}"])
+    # one executor for every run compared ("auto" chooses by timing)
+    pinned = 'simulation.executor="sequential"'
+    config = load_config(None, [*SMALL_RUN, pinned, *extra, f"output_dir={root}"])
     sim = start_simulation(config)
     sim.run()
     return sim.server
