@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from deployment import Deployment
 
+from fedloom.edge.profiles import DeviceProfile, builtin_profile
+from fedloom.errors import CheckpointError
 from fedloom.metrics import validate
+from fedloom.transport.server import load_profiles, save_profiles
 
 EDGE = """
 [edge]
@@ -51,6 +55,11 @@ def test_deployed_devices_get_the_work_their_profiles_allow(tmp_path: Path) -> N
         # improves, so the round's first sampled loss is above its last
         assert all(len(r["local_loss"]) == 4 for r in rounds), rounds
         assert all(r["local_loss"][0] > r["local_loss"][-1] for r in rounds), rounds
+        # what the clients declared is kept for a restarted server
+        declared = load_profiles(d.run_path / "device_profiles.json")
+        assert declared[TINY].memory_mb == 0.01 and declared[TINY].name == "iot"
+        assert declared[FROZEN].ms_per_sample == 1e6
+        assert declared[PHONE].bf16
         logs = {i: next(tmp_path.glob(f"client-{i}-*.log")).read_text() for i in range(4)}
         assert "done: 0 rounds trained" in logs[TINY]
         assert "done: 0 rounds trained" in logs[FROZEN]
@@ -58,3 +67,19 @@ def test_deployed_devices_get_the_work_their_profiles_allow(tmp_path: Path) -> N
         assert "done: 3 rounds trained" in logs[PHONE]
     finally:
         d.close()
+
+
+def test_declared_profiles_survive_a_server_restart_and_a_damaged_file_is_refused(
+    tmp_path,
+) -> None:
+    path = tmp_path / "device_profiles.json"
+    assert load_profiles(path) == {}
+    profiles = {3: builtin_profile("iot"), 0: DeviceProfile("x", ms_per_sample=2.5)}
+    save_profiles(path, profiles)
+    assert load_profiles(path) == profiles
+    path.write_text('{"1": {"name": "x", "threads": 0}}')
+    with pytest.raises(CheckpointError, match="device_profiles.json.*threads = 0"):
+        load_profiles(path)
+    path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a device profile file"):
+        load_profiles(path)

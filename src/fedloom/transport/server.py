@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 import grpc
 import numpy as np
 
+from fedloom.atomic import atomic_write_text
 from fedloom.client.evaluation import ReportedEvaluation
 from fedloom.client.progress import mean_curve
 from fedloom.client.schedule import NO_CAP, steps_for_each
@@ -50,7 +51,7 @@ from fedloom.compression.adaptive import AdaptivePolicy
 from fedloom.compression.pipeline import compression_record
 from fedloom.config import RunConfig
 from fedloom.edge.profiles import DeviceProfile
-from fedloom.errors import ConfigError, FedloomError, UpdateRejected
+from fedloom.errors import CheckpointError, ConfigError, FedloomError, UpdateRejected
 from fedloom.errors import RejectionKind as _K
 from fedloom.records import ClientMetrics, Dispatch, RoundResult, Update
 from fedloom.secagg.crypto import SecAggError
@@ -395,6 +396,11 @@ class DeploymentServer(rpc.FedloomServicer):
         # each client's reported data size (0: not joined yet); only joined clients are
         # online, so only they are drawn by the selectors (size-weighted ones see 0)
         self.sizes = engine.registry.stats().data_size.astype(np.int64)
+        # the device profiles clients declared at their joins, kept in the run directory
+        # so a restarted server still knows which device cannot hold the model
+        self._profiles: dict[int, DeviceProfile] = {}
+        for cid, profile in load_profiles(engine.run_dir.path / PROFILES_FILE).items():
+            self._declare(cid, profile, save=False)
         self.holdout_sizes: dict[int, int] = {}  # reported hold-out sizes, this process
         # join reports not yet in the registry, whose SQLite connection belongs to the
         # round thread (applied there, before each round's cohort is drawn)
@@ -949,9 +955,13 @@ class DeploymentServer(rpc.FedloomServicer):
             compression=self._compression_pb,
         )
 
-    def _declare(self, cid: int, profile: DeviceProfile) -> None:
+    def _declare(self, cid: int, profile: DeviceProfile, save: bool = True) -> None:
         """What a joining client declared of its device: the engine's planner fits its
-        work to it (memory, precision) and its profiled speed stands in until measured."""
+        work to it (memory, precision) and its profiled speed stands in until measured;
+        kept in the run directory (``save``) for a restarted server."""
+        self._profiles[cid] = profile
+        if save:
+            save_profiles(self.engine.run_dir.path / PROFILES_FILE, self._profiles)
         if self.engine.local_work is not None:
             self.engine.local_work.declare(np.array([cid]), [profile])
         if profile.ms_per_sample is not None:
@@ -1525,6 +1535,27 @@ class DeploymentServer(rpc.FedloomServicer):
             samples = h.epochs * h.num_examples
             if h.train_s > 0 and math.isfinite(samples) and samples >= 1:
                 self._sample_s[cid] = float(h.train_s / samples)
+
+
+PROFILES_FILE = "device_profiles.json"
+
+
+def save_profiles(path: Path, profiles: Mapping[int, DeviceProfile]) -> None:
+    """The declared profiles by client id, written atomically."""
+    data = {str(cid): dataclasses.asdict(p) for cid, p in sorted(profiles.items())}
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def load_profiles(path: Path) -> dict[int, DeviceProfile]:
+    """The profiles :func:`save_profiles` wrote (none if the file does not exist); a
+    damaged file is refused with its path, never half-read."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {int(cid): DeviceProfile(**fields) for cid, fields in data.items()}
+    except (ValueError, TypeError, AttributeError, ConfigError) as err:
+        raise CheckpointError(f"{str(path)!r}: not a device profile file ({err})") from None
 
 
 def upload_update(cid: int, h: pb.UploadHeader, payload: bytes, server: Any) -> Update:
