@@ -147,3 +147,15 @@ def steps_within(
         fit = np.floor(np.where(per > 0, budget / per, np.inf))
     fit = np.where(np.isnan(fit), np.inf, fit)
     return np.clip(fit, 0, full).astype(np.int64)
+
+
+def at_least(fit: np.ndarray, full: np.ndarray, least: int) -> np.ndarray:
+    """``fit`` with the clients that cannot do ``least`` steps (or their whole work, if
+    smaller) set to 0: not worth dispatching."""
+    fit = np.asarray(fit, dtype=np.int64)
+    return np.where(fit >= np.minimum(least, full), fit, 0)
+
+
+def unfit_reason(least: int) -> str:
+    """The failure reason of a client :func:`at_least` set to 0."""
+    return f"cannot finish {least} step{'s' if least > 1 else ''} before the deadline"

@@ -40,6 +40,7 @@ from fedloom.runs import RunDirectory
 from fedloom.secagg.cohort import SecureAggregator, SecureRound
 from fedloom.server.convergence import StopDecision
 from fedloom.server.engine import RoundEngine, count_reasons
+from fedloom.server.local_work import at_least, unfit_reason
 from fedloom.server.privacy_plan import PrivacyPlan
 from fedloom.server.registry import ClientRegistry
 from fedloom.server.sync import SyncServer
@@ -536,13 +537,12 @@ class Simulation:
             srv.deadline_s,
         )
         least = edge.min_steps if adaptive else 1
-        fit = np.where(fit >= np.minimum(least, full), fit, 0)
+        fit = at_least(fit, full, least)
         dispatches = [
             replace(d, max_steps=int(f)) if 0 < f < s else d
             for d, f, s in zip(dispatches, fit, full, strict=True)
         ]
-        why = f"cannot finish {least} step{'s' if least > 1 else ''} before the deadline"
-        unfit = {int(c): why for c in ids[fit == 0]}
+        unfit = {int(c): unfit_reason(least) for c in ids[fit == 0]}
         return [d for d, f in zip(dispatches, fit, strict=True) if f > 0], unfit
 
     def _play(

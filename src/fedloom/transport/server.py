@@ -58,7 +58,7 @@ from fedloom.secagg.crypto import SecAggError
 from fedloom.secagg.distributed_dp import DistributedDiscreteGaussian
 from fedloom.secagg.protocol import STAGES, MaskedInput
 from fedloom.server.engine import RoundEngine, count_reasons
-from fedloom.server.local_work import steps_within
+from fedloom.server.local_work import at_least, steps_within, unfit_reason
 from fedloom.transforms.secure import secure_masking
 from fedloom.transport import download, wire
 from fedloom.transport import fedloom_pb2 as pb
@@ -1061,9 +1061,10 @@ class DeploymentServer(rpc.FedloomServicer):
             [self._sample_s.get(int(c), self._declared_sample_s.get(int(c), np.nan)) for c in ids]
         )
         step_s = speed * np.minimum(sizes, [p.batch_size for p in plans])
-        fit = steps_within(full, step_s, dispatches[0].deadline - now - transfer)
-        fit = np.where(fit >= np.minimum(least, full), fit, 0)
-        why = f"cannot finish {least} step{'s' if least > 1 else ''} before the deadline"
+        fit = at_least(
+            steps_within(full, step_s, dispatches[0].deadline - now - transfer), full, least
+        )
+        why = unfit_reason(least)
         kept, unfit = [], {}
         for d, f, n in zip(dispatches, fit.tolist(), full.tolist(), strict=True):
             if f == 0:
