@@ -52,6 +52,8 @@ FACES = {
     "cli",
     "cli_certs",
     "cli_export",
+    "cli_audit",
+    "audit",
     "report",
     "console",
     "progress",
