@@ -226,7 +226,7 @@ class ModelSpec:
             )
         for i, size in enumerate(self.input_shape):
             _int(f"model.input_shape[{i}]", size, 1, MAX_INPUT_SIZE)
-        if int(np.prod(self.input_shape, dtype=np.int64)) > MAX_INPUT_SIZE:
+        if math.prod(self.input_shape) > MAX_INPUT_SIZE:  # exact: an int64 product wraps
             raise MessageError(f"model.input_shape = {list(self.input_shape)}: too large")
         if self.targets not in _TARGETS:
             raise MessageError(f"model.targets = {self.targets!r}: expected one of {_TARGETS}")
@@ -259,7 +259,7 @@ class ModelSpec:
         if self.kind not in ("mlp", "logistic"):
             return None
         hidden = [] if self.kind == "logistic" else list(self.hidden)
-        w = [int(np.prod(self.input_shape)), *hidden, self.outputs]
+        w = [math.prod(self.input_shape), *hidden, self.outputs]
         return sum((a + 1) * b for a, b in zip(w, w[1:], strict=False))
 
     def to_pb(self) -> pb.ModelSpec:
