@@ -247,7 +247,7 @@ class ModelSpec:
             return {}
         try:
             value = json.loads(self.options_json)
-        except json.JSONDecodeError as err:
+        except (ValueError, RecursionError) as err:  # also too deep, or an int over 4300 digits
             raise MessageError(f"model.options_json: {err}") from None
         if not isinstance(value, dict):
             raise MessageError("model.options_json must be a JSON object")
@@ -357,7 +357,7 @@ class CompressionSpec:
     def params(self, field: str) -> dict:
         try:
             value = json.loads(getattr(self, field) or "{}")
-        except json.JSONDecodeError as err:
+        except (ValueError, RecursionError) as err:  # also too deep, or an int over 4300 digits
             raise MessageError(f"compression.{field}: {err}") from None
         if not isinstance(value, dict):
             raise MessageError(f"compression.{field} must be a JSON object")
