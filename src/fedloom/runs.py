@@ -169,7 +169,7 @@ class RunDirectory:
         for raw in self.metrics_path.read_bytes().splitlines():
             try:
                 record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # also too deep, or an int over 4300 digits
                 record = None
             out.append((raw, record if _valid_record(record) else None))
         return out
