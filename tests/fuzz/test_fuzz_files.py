@@ -8,7 +8,6 @@ by ``prepare_registry``; ``config.toml``: ``ConfigError``."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -201,10 +200,3 @@ def test_a_damaged_config_is_a_config_error(how: str, data: st.DataObject) -> No
         except ConfigError:
             pass
         assert path.read_bytes() == damaged
-
-
-def test_a_ledger_of_deeply_nested_json_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "privacy.json"
-    path.write_text(json.dumps({"budget": None}) + "[" * 10, encoding="utf-8")
-    with pytest.raises(CheckpointError):
-        PrivacyLedger.load(path)
