@@ -160,7 +160,10 @@ def permission_findings(run: RunDirectory) -> list[Finding]:
 
 
 def measured_survival(run: RunDirectory) -> tuple[float | None, str]:
-    """The mean reliability of the clients the registry has seen, or None."""
+    """The share of selections the registry saw completed, pooled over its clients, or
+    None. Pooled rather than the mean of each client's ``reliability``: that is a
+    Beta(1, 1) posterior mean, dominated by its prior while clients have been selected
+    only a few times (a client that finished its one round has reliability 2/3)."""
     path = run.path / "clients.sqlite"
     if not path.is_file():
         return None, "no client registry (clients.sqlite)"
@@ -169,10 +172,15 @@ def measured_survival(run: RunDirectory) -> tuple[float | None, str]:
     with ClientRegistry(path) as registry:
         stats = registry.stats()
     seen = stats.selected > 0
-    if not seen.any():
-        return None, "the registry has seen no client yet"
+    selected = int(stats.selected.sum())
+    if not selected:
+        return None, "the registry has seen no client selected yet"
+    pooled = float(stats.completed.sum()) / selected
     mean = float(np.mean(stats.reliability[seen]))
-    return mean, f"mean registry reliability of {int(seen.sum())} clients"
+    return pooled, (
+        f"registry: {int(stats.completed.sum())} of {selected} selections completed; "
+        f"mean reliability {mean:.3g} over {int(seen.sum())} clients"
+    )
 
 
 def randomness_findings(records: list[dict[str, Any]]) -> list[Finding]:
