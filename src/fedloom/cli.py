@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from fedloom.cli_audit import audit as audit_command
 from fedloom.cli_certs import certs_app
 from fedloom.cli_export import export as export_command
 from fedloom.console import console, user_errors
@@ -316,6 +317,7 @@ def client(
 
 app.add_typer(certs_app, name="certs")
 app.command("export")(export_command)
+app.command("audit")(audit_command)
 
 data_app = typer.Typer(no_args_is_help=True, help="Prepare client data.")
 app.add_typer(data_app, name="data")
