@@ -341,6 +341,8 @@ class ClientRegistry:
         self.decay = decay
         self.duration_smoothing = duration_smoothing
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # per-client facts: readable by the run's owner only
+            self.path.touch(mode=0o600)
         self._db = sqlite3.connect(self.path)
         try:
             self._open()
