@@ -1,0 +1,84 @@
+"""Gradient inversion on a case whose answer is known: one 8x8 digit's gradient on a small
+MLP gives the digit back (PSNR above 25 dB within 150 steps), the label comes from the last
+layer's bias gradient, and an update drowned in noise gives nothing back (PSNR below 12 dB).
+Also PSNR, SSIM and the relative error on hand-made inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from fedloom.errors import ConfigError
+from fedloom.models.mlp import MLP
+from fedloom.privacy.attacks import (
+    InversionSpec,
+    example_gradient,
+    gradient_from_delta,
+    infer_label,
+    invert_gradient,
+    psnr,
+    relative_error,
+    ssim,
+)
+
+torch.set_num_threads(1)
+SPEC = InversionSpec(steps=150)
+PSNR_RECOVERED = 25.0
+PSNR_FAILED = 12.0
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    d = load_digits()
+    x = torch.tensor(d.data[:1] / 16.0, dtype=torch.float32).reshape(1, 1, 8, 8)
+    torch.manual_seed(0)
+    return MLP((1, 8, 8), [32], 10), x, torch.tensor(d.target[:1])
+
+
+def test_one_digit_is_rebuilt_from_its_one_step_delta(setup) -> None:
+    model, x, y = setup
+    delta = [-0.1 * g for g in example_gradient(model, x, y)]
+    update = gradient_from_delta(delta, lr=0.1)
+    assert infer_label(update) == int(y)
+    found = invert_gradient(model, update, (1, 8, 8), SPEC)
+    assert found.label == int(y) and found.distance < 1e-2
+    assert psnr(found.x, x) > PSNR_RECOVERED and ssim(found.x, x) > 0.9
+
+
+def test_a_heavily_noised_update_gives_nothing_back(setup) -> None:
+    model, x, y = setup
+    gen = torch.Generator().manual_seed(1)
+    grads = example_gradient(model, x, y)
+    scale = math.sqrt(sum(float((g * g).sum()) for g in grads))
+    noisy = [
+        g + 10 * scale * torch.randn(g.shape, generator=gen) / math.sqrt(g.numel()) for g in grads
+    ]
+    found = invert_gradient(model, noisy, (1, 8, 8), SPEC, label=int(y))
+    assert psnr(found.x, x) < PSNR_FAILED
+
+
+def test_image_and_feature_scores_on_hand_made_inputs() -> None:
+    a = torch.zeros(1, 8, 8)
+    b = torch.full((1, 8, 8), 0.1)
+    assert psnr(a, b) == pytest.approx(20.0)
+    assert psnr(b, b) == math.inf
+    assert ssim(b, b) == pytest.approx(1.0)
+    checker = (torch.arange(64).reshape(8, 8) % 2).float()
+    assert ssim(checker, 1 - checker) < 0
+    assert relative_error(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 4.0])) == pytest.approx(0.75)
+
+
+def test_bad_inputs_are_refused(setup) -> None:
+    model, _, _ = setup
+    with pytest.raises(ConfigError, match="one tensor per model parameter"):
+        invert_gradient(model, [torch.zeros(3)], (1, 8, 8))
+    with pytest.raises(ConfigError, match="inversion.steps"):
+        InversionSpec(steps=0)
+    with pytest.raises(ConfigError, match="lr"):
+        gradient_from_delta([torch.zeros(2)], lr=0.0)
+    with pytest.raises(ConfigError, match="smaller than"):
+        ssim(torch.zeros(4, 4), torch.zeros(4, 4))
