@@ -230,6 +230,8 @@ class RunDirectory:
             zipfile.BadZipFile,
             zlib.error,
             json.JSONDecodeError,
+            NotImplementedError,  # zipfile: a damaged compression method
+            RuntimeError,  # zipfile: a damaged flag that marks a member encrypted
         ) as err:
             reason = str(err) or type(err).__name__
             if path.is_file() and path.stat().st_size == 0:
