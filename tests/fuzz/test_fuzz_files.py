@@ -76,6 +76,27 @@ def test_a_damaged_checkpoint_is_refused_and_left_as_it_is(how: str, data: st.Da
         assert path.read_bytes() == damaged
 
 
+@pytest.mark.parametrize(
+    ("offset", "value", "why"),
+    [(10, 99, "compression method"), (8, 1, "encrypted")],
+    ids=["compression-method", "encrypted-flag"],
+)
+def test_a_checkpoint_with_damaged_zip_flags_is_refused(
+    tmp_path: Path, offset: int, value: int, why: str
+) -> None:
+    # zipfile raised NotImplementedError and RuntimeError out of read_checkpoint here
+    data = bytearray(GOOD_CHECKPOINT)
+    at = data.find(b"PK\x01\x02")  # every central directory entry
+    while at >= 0:
+        data[at + offset : at + offset + 2] = value.to_bytes(2, "little")
+        at = data.find(b"PK\x01\x02", at + 4)
+    path = tmp_path / "round-000002.npz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=why):
+        RunDirectory.read_checkpoint(path)
+    assert path.read_bytes() == bytes(data)
+
+
 @fuzz(0.3)
 @given(HOW, st.data())
 def test_resume_falls_back_to_the_previous_checkpoint(how: str, data: st.DataObject) -> None:
