@@ -82,3 +82,13 @@ def test_bad_inputs_are_refused(setup) -> None:
         gradient_from_delta([torch.zeros(2)], lr=0.0)
     with pytest.raises(ConfigError, match="smaller than"):
         ssim(torch.zeros(4, 4), torch.zeros(4, 4))
+
+
+def test_tabular_features_are_rebuilt_without_a_tv_prior() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(12, 16), nn.Sigmoid(), nn.Linear(16, 3))
+    x = torch.rand(1, 12)
+    y = torch.tensor([1])
+    spec = InversionSpec(steps=150, tv=0.0)
+    found = invert_gradient(model, example_gradient(model, x, y), (12,), spec)
+    assert found.label == 1 and relative_error(found.x, x) < 0.05
