@@ -221,3 +221,15 @@ def test_a_damaged_config_is_a_config_error(how: str, data: st.DataObject) -> No
         except ConfigError:
             pass
         assert path.read_bytes() == damaged
+
+
+def test_nesting_deeper_than_the_parsers_follow_is_a_typed_refusal(tmp_path: Path) -> None:
+    """Found by the long fuzz run: json and tomllib raise RecursionError on deep nesting."""
+    config = tmp_path / "config.toml"
+    config.write_text("a = " + "[" * 100_000)
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(config)
+    ledger = tmp_path / "privacy.json"
+    ledger.write_text("[" * 100_000)
+    with pytest.raises(CheckpointError, match="corrupt privacy ledger"):
+        PrivacyLedger.load(ledger)

@@ -232,7 +232,8 @@ class PrivacyLedger:
             ledger = cls.from_json(data)
         except OSError as exc:
             raise CheckpointError(f"cannot read privacy ledger {str(path)!r}: {exc}") from exc
-        except (ValueError, KeyError, TypeError, ConfigError) as exc:
+        except (ValueError, KeyError, TypeError, ConfigError, RecursionError) as exc:
+            # RecursionError: nesting deeper than json can parse ("[" * 100000)
             raise CheckpointError(f"corrupt privacy ledger {str(path)!r}: {exc}") from exc
         ledger.path = path
         return ledger
