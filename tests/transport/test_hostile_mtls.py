@@ -253,7 +253,8 @@ def test_a_silent_client_and_a_dead_one_cannot_stall_rounds(
     text = caplog.text
     assert re.search(r"round 1 waits for \d of 3 clients: .*client-000000", text)
     assert re.search(
-        r"round \d waits for 3 online clients: 2 online .*not online: client-000000", text
+        r"round \d: waiting for 1 more clients \(2 of 3 online: .*\); not online: client-000000",
+        text,
     )
     assert re.search(r"round \d starts with the 2 clients online", text)
 

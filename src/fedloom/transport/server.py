@@ -427,6 +427,7 @@ class DeploymentServer(rpc.FedloomServicer):
         self.refused: Counter[_K] = Counter()  # refused messages by kind, whole run
         self._refused_mark: Counter[_K] = Counter()  # self.refused at the last round record
         self._played = False  # a round was started by this server (process)
+        self._awaiting = False  # the round thread waits for clients to come online
         # in task ids: a resumed server replays the round it died in under a new id, so
         # work begun for its predecessor (a half-run SecAgg+ protocol) is refused as stale
         self._instance = secrets.token_hex(3)
@@ -577,7 +578,16 @@ class DeploymentServer(rpc.FedloomServicer):
         quorum = self.engine.server.quorum or 1
         patience = self.options.start_timeout_s if self._played else self.options.round_timeout_s
         started = time.monotonic()
-        report = started + self.options.status_every_s
+        report = started  # say at once whom it waits for, then every status_every_s
+        self._awaiting = True
+        try:
+            return self._await_online_loop(quorum, patience, started, report)
+        finally:
+            self._awaiting = False
+
+    def _await_online_loop(
+        self, quorum: int, patience: float, started: float, report: float
+    ) -> bool:
         while True:
             online = self._online(time.time())
             if len(online) >= self.min_clients:
@@ -600,16 +610,22 @@ class DeploymentServer(rpc.FedloomServicer):
                 return True
             if now >= report:
                 report = now + self.options.status_every_s
-                missing = sorted(set(range(self.num_clients)) - set(online))
-                log.info(
-                    "round %d waits for %d online clients: %d online (%s), not online: %s",
-                    self.engine.server.round + 1,
-                    self.min_clients,
-                    len(online),
-                    _names(online),
-                    _names(missing),
-                )
+                self._log_waiting(online)
             self._cond.wait(0.5)
+
+    def _log_waiting(self, online: list[int]) -> None:
+        """One line saying how many more clients the next round waits for and who they
+        are, so an operator sees at once that a client was never started."""
+        missing = sorted(set(range(self.num_clients)) - set(online))
+        log.info(
+            "round %d: waiting for %d more clients (%d of %d online: %s); not online: %s",
+            self.engine.server.round + 1,
+            max(self.min_clients - len(online), 0),
+            len(online),
+            self.min_clients,
+            _names(online),
+            _names(missing),
+        )
 
     def _open_secure(self, rnd: _Round, cohort: list[int]) -> None:
         """Start the round's SecAgg+: its encoding and the protocol's server side."""
@@ -943,6 +959,10 @@ class DeploymentServer(rpc.FedloomServicer):
             request.holdout_examples,
             "shared" if request.label_counts else "not shared",
         )
+        with self._cond:
+            online = self._online(time.time())
+            if self._awaiting and len(online) < self.min_clients:
+                self._log_waiting(online)
         return pb.JoinReply(
             client_id=cid,
             dim=self.engine.server.dim,
