@@ -774,6 +774,37 @@ class EdgeConfig(_Section):
         return self
 
 
+class TrackingConfig(_Section):
+    """Experiment tracking (``fedloom.tracking``, docs/tracking.md): every recorded round's
+    metrics, the resolved config and the run's summary, sent to each backend as the run
+    goes. ``backends = []`` (the default) tracks nothing. TensorBoard writes event files
+    under ``<run>/tensorboard``; MLflow logs to ``mlflow_uri`` (default: an SQLite store in
+    the run directory, ``sqlite:///<run>/mlflow.db``); W&B needs the ``wandb`` package."""
+
+    backends: tuple[Literal["tensorboard", "mlflow", "wandb"], ...] = ()
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: sqlite:///<run>/mlflow.db)"
+    )
+    mlflow_experiment: str | None = Field(
+        None, min_length=1, description="MLflow experiment (default: the run's name)"
+    )
+    wandb_project: str | None = Field(
+        None, min_length=1, description="W&B project (default: the run's name)"
+    )
+    wandb_mode: Literal["online", "offline"] = Field(
+        "offline", description="W&B: offline keeps the run on disk (wandb sync uploads it)"
+    )
+
+    @model_validator(mode="after")
+    def _each_backend_once(self) -> TrackingConfig:
+        twice = sorted({b for b in self.backends if self.backends.count(b) > 1})
+        if twice:
+            raise ValueError(f"tracking.backends lists {', '.join(twice)} more than once")
+        if self.mlflow_uri is not None and not self.mlflow_uri.strip():
+            raise ValueError("tracking.mlflow_uri is empty: leave it out for the run's own store")
+        return self
+
+
 class RunConfig(_Section):
     """The whole experiment."""
 
@@ -805,6 +836,7 @@ class RunConfig(_Section):
     anomaly: AnomalyConfig = AnomalyConfig()
     attack: AttackConfig = AttackConfig()
     edge: EdgeConfig = EdgeConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="before")
     @classmethod
