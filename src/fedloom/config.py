@@ -7,12 +7,12 @@ out-of-range values raise ``ConfigError`` naming the field and the offending val
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedloom.errors import ConfigError
@@ -1171,33 +1171,6 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 
 
 def to_toml(config: RunConfig) -> str:
-    """Serialize a resolved config to TOML (round-trips through ``load_config``)."""
-    return _dump_table(config.model_dump(mode="json", exclude_none=True), [])
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf")
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):  # an inline table, e.g. one of network.changes
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {v!r} to TOML")
-
-
-def _dump_table(table: dict[str, Any], prefix: list[str]) -> str:
-    scalars = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    out = ""
-    if prefix:
-        out += f"\n[{'.'.join(prefix)}]\n"
-    out += "\n".join(scalars) + ("\n" if scalars else "")
-    for k, v in table.items():
-        if isinstance(v, dict):
-            out += _dump_table(v, [*prefix, k])
-    return out
+    """Serialize a resolved config to TOML (round-trips through ``load_config``: tomli-w
+    quotes keys with spaces and escapes any string, which a run's resume depends on)."""
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
