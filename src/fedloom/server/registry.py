@@ -29,9 +29,11 @@ from __future__ import annotations
 import io
 import math
 import sqlite3
+import weakref
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
@@ -340,6 +342,7 @@ class ClientRegistry:
         self.path = Path(path)
         self.decay = decay
         self.duration_smoothing = duration_smoothing
+        self._lazy: list[weakref.ref[_Stats]] = []  # stats() snapshots yet to settle
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():  # per-client facts: readable by the run's owner only
             self.path.touch(mode=0o600)
@@ -383,6 +386,12 @@ class ClientRegistry:
     @property
     def num_clients(self) -> int:
         return len(self._static["data_size"])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the in-memory working state and static profile (SQLite not included)."""
+        arrays = [*self._static.values(), *self._state.values()]
+        return sum(a.nbytes for a in arrays)
 
     def data_sizes(self, ids: np.ndarray) -> np.ndarray:
         """The registered training examples of clients ``ids`` (0: not reported)."""
@@ -476,9 +485,15 @@ class ClientRegistry:
                 )
 
     def stats(self) -> ClientStats:
-        """A snapshot of the registry (copies), for selectors."""
+        """A snapshot of the registry (copies), for selectors.
+
+        Its ``online_prob`` (N x 24) is computed on first read, since most selectors never
+        read it; the registry computes it for every snapshot still alive before the
+        hourly counts change, so a snapshot never sees a later check-in.
+        """
         s = self._state
-        return ClientStats(
+        stats = _Stats(
+            online_prob=partial(_online_prob, s["online"], s["seen"]),
             data_size=self._static["data_size"].copy(),
             label_entropy=self._static["label_entropy"].copy(),
             selected=s["selected"].copy(),
@@ -488,9 +503,19 @@ class ClientRegistry:
             loss=s["loss"].copy(),
             loss_sq=s["loss_sq"].copy(),
             duration=s["duration"].copy(),
-            online_prob=_online_prob(s["online"], s["seen"]),
             flags=s["flags"].copy(),
         )
+        self._lazy = [ref for ref in self._lazy if ref() is not None]
+        self._lazy.append(weakref.ref(stats))
+        return stats
+
+    def _settle_snapshots(self) -> None:
+        """Compute ``online_prob`` of every snapshot still alive: call before the hourly
+        counts change in place."""
+        for ref in self._lazy:
+            if (stats := ref()) is not None:
+                stats.settle()
+        self._lazy = []
 
     def _ids(self, field: str, value: object, distinct: bool = True) -> np.ndarray:
         """Registered client ids as int64; ``UnknownClient`` names the first stranger."""
@@ -522,12 +547,14 @@ class ClientRegistry:
         t = _time("time", time)
         ids = self._ids("online", online, distinct=False)
         hour = int(t // 3600) % HOURS
+        self._settle_snapshots()
         s = self._state
         s["seen"][:, hour] += np.uint32(1)
         mask = np.zeros(self.num_clients, dtype=bool)
         mask[ids] = True
-        s["online"][mask, hour] += np.uint32(1)
-        s["last_seen"][mask] = np.fmax(s["last_seen"][mask], t)
+        online_ids = np.flatnonzero(mask)  # each once, ascending
+        s["online"][online_ids, hour] += np.uint32(1)
+        s["last_seen"][online_ids] = np.fmax(s["last_seen"][online_ids], t)
 
     def check_in(self, client_id: object, time: object, online: object = True) -> None:
         """One client's check-in (deployment path): logged, and learned into its hour bin.
@@ -547,6 +574,7 @@ class ClientRegistry:
                 "INSERT INTO checkins VALUES (?, ?, ?, ?)", (self._round + 1, cid, t, bool(online))
             )
         hour = int(t // 3600) % HOURS
+        self._settle_snapshots()
         s = self._state
         s["seen"][cid, hour] += 1
         s["online"][cid, hour] += int(bool(online))
@@ -1031,6 +1059,34 @@ def _json_float(x: float) -> float | None:
 def _kind_flags(kind: RejectionKind) -> int:
     """The anomaly bits a rejection of ``kind`` sets (``rejected_update`` always)."""
     return FLAGS["rejected_update"] | _KIND_FLAGS.get(kind, 0)
+
+
+class _Stats(ClientStats):
+    """``ClientStats`` whose ``online_prob`` is computed from the registry's hourly counts
+    on first read (``ClientRegistry.stats``), then kept."""
+
+    def __init__(
+        self, online_prob: np.ndarray | Callable[[], np.ndarray], **columns: np.ndarray
+    ) -> None:
+        want = {f.name for f in fields(ClientStats)} - {"online_prob"}
+        if set(columns) != want:
+            raise TypeError(f"ClientStats fields: got {sorted(columns)}, expected {sorted(want)}")
+        for name, value in columns.items():
+            object.__setattr__(self, name, value)
+        lazy = callable(online_prob)
+        object.__setattr__(self, "_compute", online_prob if lazy else None)
+        object.__setattr__(self, "_online_prob", None if lazy else online_prob)
+
+    def settle(self) -> None:
+        """Compute ``online_prob`` now, from the counts as they are."""
+        if self._compute is not None:
+            object.__setattr__(self, "_online_prob", self._compute())
+            object.__setattr__(self, "_compute", None)
+
+    @property
+    def online_prob(self) -> np.ndarray:  # type: ignore[override]
+        self.settle()
+        return self._online_prob
 
 
 def _online_prob(online: np.ndarray, seen: np.ndarray) -> np.ndarray:
