@@ -25,7 +25,7 @@ import numpy as np
 
 from fedloom.edge.memory import MB, UNLIMITED, TrainingMemory
 from fedloom.edge.profiles import PRECISIONS, DeviceProfile, Precision
-from fedloom.records import Dispatch
+from fedloom.records import Dispatch, TrainPlan
 
 
 class LocalWorkPlanner:
@@ -125,12 +125,18 @@ class LocalWorkPlanner:
         ids = np.array([d.client_id for d in dispatches], dtype=np.int64)
         batches = self.largest_batches(ids) if self.memory_aware else None
         fitted = []
+        # a cohort shares few distinct plans: fit each once, keep unchanged dispatches
+        plans: dict[tuple[TrainPlan, int, Precision], tuple[TrainPlan, bool]] = {}
         for k, (d, precision) in enumerate(zip(dispatches, self.precisions(ids), strict=True)):
             batch = d.plan.batch_size
             if batches is not None:
                 batch = int(max(1, min(batch, batches[k])))
-            plan = replace(d.plan, batch_size=batch, precision=precision, qat=self.qat)
-            fitted.append(replace(d, plan=plan))
+            key = (d.plan, batch, precision)
+            if key not in plans:
+                plan = replace(d.plan, batch_size=batch, precision=precision, qat=self.qat)
+                plans[key] = (plan, plan == d.plan)
+            plan, same = plans[key]
+            fitted.append(d if same else replace(d, plan=plan))
         return fitted
 
 
