@@ -20,7 +20,7 @@ import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from fedloom.optim import ServerOptimizer
 from fedloom.privacy.central import CentralDP, RoundRelease
 from fedloom.privacy.mechanisms import GeneratorNoise, SecureNoise
 from fedloom.records import (
+    ClientMetrics,
     ClientOutcomes,
     Dispatch,
     Exclusion,
@@ -58,7 +59,10 @@ from fedloom.transforms.base import (
 )
 from fedloom.transforms.clipping import AdaptiveClipL2, ClipL2
 from fedloom.transforms.privacy import CentralRelease
-from fedloom.transforms.validation import Validate
+from fedloom.transforms.validation import MAX_LOSS_SAMPLES, Validate, validate_metrics
+
+if TYPE_CHECKING:
+    from fedloom.server.device_chain import CohortRows
 
 Combine = Callable[[np.ndarray], np.ndarray]
 _XFORM = "xform.server."  # checkpoint arrays holding the server transforms' state
@@ -179,6 +183,34 @@ def check_steps(update: Update, bounds: dict[int, int]) -> None:
         )
 
 
+def _raised(check: Callable[..., None], *args: object) -> UpdateRejected:
+    """The refusal ``check(*args)`` raises for a row a vectorized check flagged."""
+    try:
+        check(*args)
+    except UpdateRejected as err:
+        return err
+    raise FedloomError(f"{getattr(check, '__name__', check)}{args!r} refused nothing")
+
+
+def _metrics_error(cohort: CohortRows, i: int) -> UpdateRejected:
+    """Row ``i``'s refusal by the example-count and metrics checks of ``Validate``."""
+    steps = int(cohort.steps[i])
+    taken = max(0, min(steps, cohort.loss_samples.shape[1]))
+
+    def check(cid: int) -> None:
+        Validate._count(cid, int(cohort.num_examples[i]))
+        metrics = ClientMetrics(
+            float(cohort.train_loss[i]),
+            steps,
+            float(cohort.epochs[i]),
+            float(cohort.train_loss_sq[i]),
+            tuple(float(v) for v in cohort.loss_samples[i, :taken]),
+        )
+        validate_metrics(cid, metrics)
+
+    return _raised(check, int(cohort.client_ids[i]))
+
+
 @dataclass
 class _OpenRound:
     round: int
@@ -193,6 +225,10 @@ class _OpenRound:
     skip: str | None = None  # why the round releases nothing (see SyncServer.skip_round)
     decoded: dict[int, tuple[int, float]] = field(default_factory=dict)  # payload bytes, setting
     payloads: dict[int, tuple[int, float]] = field(default_factory=dict)  # ... of accepted ones
+    # a cohort whose rows stay on their device (SyncServer.receive_cohort): its accepted
+    # rows in selection order and their rows of the cohort matrix
+    device: CohortRows | None = None
+    device_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
         self.row = {c: i for i, c in enumerate(self.selected)}
@@ -200,7 +236,11 @@ class _OpenRound:
     @property
     def answered(self) -> set[int]:
         secured = set() if self.secure is None else set(self.secure.total.included.tolist())
-        return self.updates.keys() | self.failed.keys() | secured
+        return self.updates.keys() | self.failed.keys() | secured | self.device_ids
+
+    @property
+    def device_ids(self) -> set[int]:
+        return set() if self.device is None else set(self.device.client_ids.tolist())
 
     @property
     def pending(self) -> set[int]:
@@ -311,6 +351,9 @@ class SyncServer:
         self.reduction = Reduction(reducer, seed, os_selection, root_update)
         self.guard = guard
         self.last_screening: Screening | None = None  # the last closed round's
+        # where the last closed round's device cohort was reduced: its device, or
+        # "host: <reason>" when the chain needed its rows on the host (None: no cohort)
+        self.last_chain: str | None = None
         self.transforms = transforms
         self.transform_state = {} if transforms is None else transforms.init(int(params.shape[0]))
         self.client_states = client_states
@@ -410,6 +453,136 @@ class SyncServer:
         if update.client_id in rnd.decoded:
             rnd.payloads[update.client_id] = rnd.decoded[update.client_id]
 
+    def receive_cohort(self, cohort: CohortRows) -> dict[int, UpdateRejected]:
+        """Accept a whole cohort whose updates stay on their device (a simulated cohort
+        trained on an accelerator): every check of :meth:`receive` runs over all rows at
+        once, the finiteness and norm checks on the device, and only each row's norm and
+        verdict come to the host. The accepted rows stay where they are for
+        :meth:`close_round` (``fedloom.server.device_chain``); a refused row is counted
+        and kept as :meth:`receive` keeps it. Returns the refusals by client id.
+
+        The round must have no update yet; compression and the clients' two-sided
+        transforms decode update by update, so they take :meth:`receive` instead."""
+        from fedloom.server import device_chain
+
+        rnd = self._open
+        if rnd is None:
+            raise FedloomError("no round is open")
+        if self.compression is not None or self.decoders is not None:
+            raise FedloomError(
+                "compressed or encoded updates are decoded one by one: send them with receive()"
+            )
+        if rnd.updates or rnd.secure is not None or rnd.device is not None:
+            raise FedloomError(
+                f"round {rnd.round} already has updates; a device cohort brings all of them"
+            )
+        ids = np.asarray(cohort.client_ids, dtype=np.int64)
+        errors: dict[int, UpdateRejected] = {}  # row -> the first reason it is refused
+
+        def refuse(bad: np.ndarray, why: Callable[[int], UpdateRejected]) -> None:
+            for i in np.flatnonzero(bad).tolist():
+                errors.setdefault(i, why(i))
+
+        def cid(i: int) -> int:
+            return int(ids[i])
+
+        sel = np.asarray(rnd.selected, dtype=np.int64)
+        order = np.argsort(sel, kind="stable")
+        at = np.minimum(np.searchsorted(sel[order], ids), max(len(sel) - 1, 0))
+        pos = order[at] if len(sel) else np.zeros(len(ids), dtype=np.int64)
+        chosen = sel[pos] == ids if len(sel) else np.zeros(len(ids), dtype=bool)
+        r = rnd.round
+        refuse(
+            ~chosen,
+            lambda i: UpdateRejected(
+                cid(i), f"client was not selected for round {r}", _K.UNSELECTED
+            ),
+        )
+        first = np.zeros(len(ids), dtype=bool)
+        first[np.unique(ids, return_index=True)[1]] = True
+        refuse(
+            ~first,
+            lambda i: UpdateRejected(cid(i), f"duplicate update for round {r}", _K.DUPLICATE),
+        )
+        failed = np.isin(ids, np.fromiter(rnd.failed, dtype=np.int64, count=len(rnd.failed)))
+        refuse(
+            failed,
+            lambda i: UpdateRejected(
+                cid(i), "client was already marked failed this round", _K.ALREADY_FAILED
+            ),
+        )
+        if cohort.round != r or cohort.version != self.version:
+            stale = (
+                f"stale update for round {cohort.round} / model version {cohort.version}; "
+                f"expected round {r} / version {self.version}"
+            )
+            refuse(
+                np.ones(len(ids), dtype=bool),
+                lambda i: UpdateRejected(cid(i), stale, _K.STALE_VERSION),
+            )
+        deltas = cohort.deltas
+        if deltas.shape[1] != self.dim or str(deltas.dtype) != "torch.float32":
+            shape = f"rows of shape {tuple(deltas.shape)} and dtype {deltas.dtype}"
+            refuse(
+                np.ones(len(ids), dtype=bool),
+                lambda i: UpdateRejected(
+                    cid(i), f"{shape}, expected ({len(ids)}, {self.dim}) float32", _K.WRONG_SHAPE
+                ),
+            )
+        else:
+            finite, norms = device_chain.row_checks(deltas)
+            refuse(
+                ~finite,
+                lambda i: UpdateRejected(cid(i), "delta contains NaN/inf values", _K.NONFINITE),
+            )
+            refuse(
+                ~(norms <= self.validation.max_norm),
+                lambda i: _raised(self.validation._norm, cid(i), float(norms[i])),
+            )
+        n, steps, epochs = cohort.num_examples, cohort.steps, cohort.epochs
+        samples = cohort.loss_samples
+        counted = np.minimum(steps, samples.shape[1])[:, None] > np.arange(samples.shape[1])
+        with np.errstate(invalid="ignore"):
+            odd = (
+                (n < 1)
+                | ~np.isfinite(cohort.train_loss)
+                | np.isinf(cohort.train_loss_sq)
+                | ~np.isfinite(epochs)
+                | (epochs < 0)
+                | (steps < 0)
+                | (counted & ~np.isfinite(samples)).any(axis=1)
+                | (counted.sum(axis=1) > MAX_LOSS_SAMPLES)
+            )
+        refuse(odd, lambda i: _metrics_error(cohort, i))
+        bound = np.array([self._steps_bound.get(c, -1) for c in ids.tolist()], dtype=np.int64)
+        refuse(
+            (bound >= 0) & (steps > bound),
+            lambda i: UpdateRejected(
+                cid(i),
+                f"steps = {int(steps[i])} exceeds the {int(bound[i])} its plan allows",
+                _K.BAD_COUNT,
+            ),
+        )
+        for i, err in errors.items():
+            rnd.rejected += 1
+            rnd.refusals[cid(i)] = err
+        keep = np.array(sorted(set(range(len(ids))) - errors.keys()), dtype=np.int64)
+        if len(keep) == len(ids):
+            keep = np.arange(len(ids), dtype=np.int64)
+        keep = keep[np.argsort(pos[keep], kind="stable")]  # selection order
+        if len(keep):
+            taken = cohort.take(keep)
+            limit = self._example_bound[taken.client_ids]
+            if self.max_examples is not None:
+                limit = np.minimum(limit, self.max_examples)
+            over = np.flatnonzero(taken.num_examples > limit)
+            for i in over.tolist():
+                rnd.clamped[int(taken.client_ids[i])] = (int(taken.num_examples[i]), int(limit[i]))
+            if len(over):
+                taken = replace(taken, num_examples=np.minimum(taken.num_examples, limit))
+            rnd.device, rnd.device_rows = taken, pos[keep]
+        return {cid(i): err for i, err in sorted(errors.items())}
+
     @property
     def received_payloads(self) -> dict[int, tuple[int, float]]:
         """The open round's accepted payloads: client id -> (bytes, setting)."""
@@ -504,9 +677,13 @@ class SyncServer:
             raise UpdateRejected(
                 cid, f"client was not selected for round {self._open.round}", _K.UNSELECTED
             )
-        if cid in self._open.updates:
+        if cid in self._open.updates or cid in self._open.device_ids:
             raise UpdateRejected(
                 cid, f"duplicate update for round {self._open.round}", _K.DUPLICATE
+            )
+        if self._open.device is not None:
+            raise UpdateRejected(
+                cid, "this round's updates arrived as one device cohort", _K.MALFORMED
             )
         if cid in self._open.failed:
             raise UpdateRejected(
@@ -568,6 +745,14 @@ class SyncServer:
         if self._open is None:
             raise FedloomError("no round is open")
         rnd = self._open
+        dev = rnd.device
+        self.last_chain = None
+        if dev is not None:  # a device cohort: reduced there unless the chain needs the host
+            reason = self._host_reason(combine)
+            self.last_chain = str(dev.device) if reason is None else f"host: {reason}"
+            if reason is not None:
+                self._cohort_to_host(rnd)
+                dev = None
         k, d = len(rnd.selected), self.dim
         ups = sorted(rnd.updates.values(), key=lambda u: rnd.row[u.client_id])
         rows = np.array([rnd.row[u.client_id] for u in ups], dtype=np.int64)
@@ -587,6 +772,7 @@ class SyncServer:
             reducer = type(self.reduction.reducer).__name__
             raise FedloomError(f"reducer {reducer} cannot be combined (it needs every row)")
         matrix = rnd.matrix[rows]
+        deltas = None  # a device cohort's rows, after the server transforms
         too_few = None
         self.last_screening = None  # this round's, if its rows are screened
         # the server chain: decode -> validate -> screen -> transforms -> reduce -> central DP
@@ -598,6 +784,22 @@ class SyncServer:
             per_client[0, rows] = secure.num_examples
             per_client[1:3, rows] = np.nan
             per_client[3, rows] = secure.steps
+        elif dev is not None:  # the rows stay on their device (server/device_chain.py)
+            from fedloom.server import device_chain
+
+            rows, w, deltas = rnd.device_rows, dev.num_examples.astype(np.float64), dev.deltas
+            if self.transforms is not None:  # stateless stages with a device form only
+                stages = device_chain.device_transform(self.transforms)
+                assert stages is not None
+                deltas = stages(deltas)
+            if self.dp is not None:  # DP-FedAvg: equal weights of clipped updates
+                packed[:d], packed[-2] = device_chain.clipped_sum(deltas, self.dp.clip_norm)
+            elif (too_few := self.reduction.too_few(len(rows))) is None:
+                packed[:d] = device_chain.weighted_sum(deltas, w)
+            per_client[0, rows] = w
+            per_client[1, rows] = w * dev.train_loss
+            per_client[2, rows] = w * dev.train_loss_sq
+            per_client[3, rows] = dev.steps
         elif ups:  # in selection order, so arrival order cannot change the sum
             # validate ran on receipt (Validate.check); then screening (flagged rows may
             # be refused) and the server's row transforms
@@ -672,13 +874,21 @@ class SyncServer:
                 loss = secure.total.loss / secure.total.weight if len(done) else float("nan")
             elif total:
                 loss = float(loss_w.sum() / total)
-            if norm > 0 and ups and self.dp is None:
+            if norm > 0 and (ups or deltas is not None) and self.dp is None:
                 # projected on the unit direction, so the float32 products cannot overflow
                 unit = (delta / np.float32(norm)).astype(np.float32)
-                contribution[rows] = w * (matrix @ unit) / (total * norm)
+                if deltas is not None:
+                    from fedloom.server.device_chain import project
+
+                    along = project(deltas, unit)
+                else:
+                    along = matrix @ unit
+                contribution[rows] = w * along / (total * norm)
             if combine is not None:
                 contribution = np.asarray(combine(contribution), dtype=np.float64)
-        held = rnd.updates.keys() if secure is None else secure.total.included.tolist()
+        held = rnd.updates.keys() | rnd.device_ids
+        if secure is not None:
+            held = set(secure.total.included.tolist())
         for states in (self.client_states, self.upload_states):
             if states is not None:  # the simulated clients whose updates it holds
                 states.commit(held)
@@ -712,6 +922,47 @@ class SyncServer:
             clamped=tuple((c, n, m) for c, (n, m) in sorted(rnd.clamped.items())),
             excluded=_exclusions(rnd, {int(c) for c in sel[done]}),
         )
+
+    def _host_reason(self, combine: Combine | None) -> str | None:
+        """Why this server's chain needs a device cohort's rows on the host (None: it
+        runs on the device): a stage without a device form."""
+        from fedloom.aggregation import WeightedMean
+        from fedloom.server.device_chain import host_reason
+
+        if combine is not None:
+            return "the cohort is combined across processes"
+        if self.guard is not None:
+            return "anomaly screening runs on the host"
+        reason = host_reason(self.transforms)
+        if reason is not None:
+            return reason
+        reducer = self.reduction.reducer
+        if self.dp is None and type(reducer) is not WeightedMean:
+            return f"reducer {type(reducer).__name__} has no device implementation"
+        return None
+
+    def _cohort_to_host(self, rnd: _OpenRound) -> None:
+        """The device cohort's accepted rows copied to the host as ``Update`` records,
+        as if each had arrived by :meth:`receive` (the fallback of ``close_round``)."""
+        from fedloom.server.device_chain import to_host
+
+        dev = rnd.device
+        assert dev is not None
+        matrix = to_host(dev.deltas)
+        taken = np.minimum(dev.steps, dev.loss_samples.shape[1])
+        for i, cid in enumerate(dev.client_ids.tolist()):
+            metrics = ClientMetrics(
+                float(dev.train_loss[i]),
+                int(dev.steps[i]),
+                float(dev.epochs[i]),
+                float(dev.train_loss_sq[i]),
+                tuple(dev.loss_samples[i, : taken[i]].tolist()),
+            )
+            n = int(dev.num_examples[i])
+            update = Update(cid, dev.round, dev.version, matrix[i], n, metrics)
+            rnd.matrix[rnd.row[cid]] = matrix[i]
+            rnd.updates[cid] = update
+        rnd.device, rnd.device_rows = None, np.zeros(0, dtype=np.int64)
 
     def _screen(
         self,
