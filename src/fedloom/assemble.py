@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fedloom.aggregation import Reducer
+from fedloom.atomic import atomic_write_text
 from fedloom.attacks import build_adversary
 from fedloom.client.evaluation import Evaluation, Evaluator, ReportedEvaluation
 from fedloom.client.schedule import steps_for
@@ -35,7 +36,8 @@ from fedloom.compression.adaptive import AdaptivePolicy
 from fedloom.compression.codec import make_codec
 from fedloom.compression.download import ModelBroadcast
 from fedloom.compression.pipeline import Compression
-from fedloom.config import RunConfig, parse_config
+from fedloom.config import RunConfig, parse_config, to_toml
+from fedloom.config import load_config as load_run_config
 from fedloom.data.arrays import ArrayDataset
 from fedloom.data.federated import FederatedData, build_federated_data
 from fedloom.data.storage import read_eval_set
@@ -81,6 +83,7 @@ from fedloom.sim.shard import Shard
 from fedloom.sim.timeline import VirtualTime
 from fedloom.sim.vectorized import VectorizedExecutor, unsupported_reason
 from fedloom.task import MODULE_PREFIX, DataShape, ResolvedTask, Task, check_fit, import_task
+from fedloom.tracking import tracked_store
 from fedloom.transforms.base import (
     Chain,
     ClientStates,
@@ -769,6 +772,8 @@ def _engine(
     model = trainer.model
     opt = config.server.optimizer.model_dump()
     sel, srv = config.selection, config.server
+    # the engine writes every record through the store: tracked when [tracking] says so
+    store = tracked_store(config, run) if shard is None or shard.is_writer else run
     num_clients = clients.num_clients
     params = module_vector(model)
     privacy = privacy_plan(config, num_clients, params.size)
@@ -834,7 +839,7 @@ def _engine(
             clients.registry(),
             scheduler,
             engine_settings(config),
-            run,
+            store,
             clients.evaluator,
             has_holdout=clients.has_holdout,
             now=now,
@@ -859,7 +864,7 @@ def _engine(
         clients.registry(),
         cohort,
         engine_settings(config),
-        run,
+        store,
         clients.evaluator,
         has_holdout=clients.has_holdout,
         now=now,
@@ -998,6 +1003,68 @@ def resume_simulation(
         sim.restore(state)
     _continue(sim.engine, run, shard, state, ckpt_path, notes, sim.randomness())
     return sim
+
+
+# what `fedloom run --resume RUN --set ...` may change: how long the run goes on and how it
+# uses the machine (recovery.MAY_CHANGE, less the run's place, which RUN already names)
+EXTENDABLE = tuple(k for k in recovery.MAY_CHANGE if k not in ("name", "output_dir"))
+
+
+def extend_run(path: Path, overrides: list[str]) -> dict[str, list[Any]]:
+    """Apply ``--set`` overrides to a run's ``config.toml`` before it is resumed, e.g.
+    ``rounds=N`` to continue a finished run to N rounds; returns ``{setting: [old, new]}``.
+
+    The resumed run then computes exactly what an uninterrupted run of N rounds computes
+    (the rounds already done are identical, and nothing else changes). Refused: settings
+    other than ``EXTENDABLE`` and ``checkpoint.*``; ``rounds`` not above the rounds done;
+    a run that stopped for another reason than its round count (early stopping,
+    convergence, the privacy budget, refused updates: it would stop again at once, and a
+    longer run with those settings would have stopped there too); a privacy budget
+    (``privacy.target_epsilon``) whose noise was calibrated for the old round count.
+    """
+    run = RunDirectory.open(path)
+    before = run.load_config()
+    after = load_run_config(run.config_path, overrides)
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key not in EXTENDABLE and not key.startswith("checkpoint."):
+            raise ConfigError(
+                f"--set {key}: a resumed run keeps the settings it computed with; only "
+                f"{', '.join(EXTENDABLE)} and checkpoint.* may change (start a new run to "
+                f"change {key})"
+            )
+    changes = recovery.config_changes(recovery.config_text(before), after, run.config_path)
+    found = run.latest_checkpoint()
+    if "rounds" in changes and found is not None:
+        meta = found[1]["meta"]
+        done = int(meta["round"])
+        if "clock" not in meta:
+            raise CheckpointError(
+                f"run {str(run.path)!r} was served to real clients; continue it with "
+                f"`fedloom server --resume {run.path}`"
+            )
+        if after.rounds <= done:
+            raise ConfigError(
+                f"--set rounds={after.rounds}: the run {str(run.path)!r} has already done "
+                f"{done} rounds; extend it with rounds above {done}"
+            )
+        stop = meta.get("stopped")
+        if stop:
+            raise ConfigError(
+                f"--set rounds={after.rounds}: the run {str(run.path)!r} stopped at round "
+                f"{stop.get('round')} for {stop.get('reason')} ({stop.get('detail')}), not "
+                "for lack of rounds: it would stop again at once; start a new run with "
+                "other [stopping] settings"
+            )
+        if after.privacy.mode != "off" and after.privacy.target_epsilon is not None:
+            raise ConfigError(
+                f"--set rounds={after.rounds}: privacy.target_epsilon = "
+                f"{after.privacy.target_epsilon} calibrated the noise for rounds = "
+                f"{before.rounds}; a longer run needs other noise: start a new run"
+            )
+    if changes:
+        atomic_write_text(run.config_path, to_toml(after))
+    return changes
 
 
 def check_task_given(

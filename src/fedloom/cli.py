@@ -13,13 +13,25 @@ from rich.table import Table
 from fedloom.cli_audit import audit as audit_command
 from fedloom.cli_certs import certs_app
 from fedloom.cli_export import export as export_command
-from fedloom.console import console, user_errors
+from fedloom.console import (
+    JsonSummary,
+    LogFile,
+    Output,
+    Quiet,
+    Verbose,
+    console,
+    options,
+    reporting,
+    user_errors,
+)
 from fedloom.errors import CheckpointError, DataError, FedloomError, RunInterrupted
 
 if TYPE_CHECKING:
     pass
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode="markdown"
+)
 
 
 @app.callback()
@@ -39,10 +51,17 @@ def run(
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
     resume: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="continue the run in this directory from its last checkpoint"),
+        typer.Option(
+            help="continue the run in this directory from its last checkpoint; with "
+            "--set rounds=N, extend a finished run to N rounds"
+        ),
     ] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    log_file: LogFile = None,
+    json_: JsonSummary = False,
 ) -> None:
-    """Run a simulated federated experiment (or resume one).
+    """Run a simulated federated experiment (or resume or extend one).
 
     Under ``torchrun --nproc_per_node=N -m fedloom run ...`` the cohort of every round is
     sharded over the N processes; rank 0 shows progress and writes the run directory.
@@ -50,11 +69,17 @@ def run(
     from fedloom.config import load_config
 
     with user_errors():
+        out = options(quiet, verbose, log_file, json_)
+    with reporting(out), user_errors():
         if resume is not None:
-            if config is not None or set_:
-                raise FedloomError("--resume takes the run's saved config; drop CONFIG and --set")
+            if config is not None:
+                raise FedloomError("--resume takes the run's saved config; drop CONFIG")
+            from fedloom.assemble import extend_run
             from fedloom.runs import RunDirectory
 
+            if set_:
+                for key, (was, now) in extend_run(resume, set_).items():
+                    out.say(f"{key}: {was} -> {now}")
             cfg = RunDirectory.open(resume).load_config()
         else:
             cfg = load_config(config, set_)
@@ -62,15 +87,23 @@ def run(
         from fedloom.distributed.runtime import shard_from_env, shutdown
 
         shard = shard_from_env(cfg.shard_mode)
+        sim = None
         try:
             sim = resume_simulation(resume, shard) if resume else start_simulation(cfg, shard)
             if shard is None or shard.is_writer:
-                _run_with_progress(sim)
+                _run_with_progress(sim, out)
             else:
                 sim.run()
         except RunInterrupted as err:
-            console.print(f"[bold yellow]stopped:[/] {escape(str(err))}")
+            out.note(f"stopped: {err}")
+            out.note(f"resume with: uv run fedloom run --resume {sim.run_dir.path}")
             raise typer.Exit(143 if err.signal_name == "SIGTERM" else 130) from None
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-round
+            where = sim.run_dir.path if sim is not None else resume
+            out.note("stopped at once: the rounds after the last checkpoint are lost")
+            if where is not None:
+                out.note(f"resume with: uv run fedloom run --resume {where}")
+            raise typer.Exit(130) from None
         finally:
             shutdown()
 
@@ -585,16 +618,30 @@ def _num(value: float, digits: int) -> str:
     return "-" if value != value else f"{value:.{digits}f}"  # NaN -> "-"
 
 
-def _run_with_progress(sim) -> None:  # noqa: ANN001 - Simulation imported lazily
+def _run_with_progress(sim, out: Output) -> None:  # noqa: ANN001 - Simulation lazily
+    """Run ``sim`` showing its progress as ``out`` asks, then write its plots and show
+    its summary (a table, the run directory alone with --quiet, or --json)."""
     from fedloom.progress import run_with_progress
-    from fedloom.report import summary_rows, write_plots
+    from fedloom.report import write_plots
 
-    console.print(f"run directory: [bold]{sim.run_dir.path}[/]")
-    run_with_progress(sim)
+    out.say(f"run directory: [bold]{sim.run_dir.path}[/]")
+    run_with_progress(sim, quiet=out.quiet, stream=out.stream)
+    _finish_run(sim.run_dir.path, write_plots(sim.run_dir), out)
+
+
+def _finish_run(path: Path, plots: list[Path], out: Output) -> None:
+    """The summary of a finished run, the same for a simulation and a deployment."""
+    from fedloom.console import run_summary
+    from fedloom.report import summary_rows
+    from fedloom.runs import RunDirectory
+
+    if out.json or out.quiet:
+        out.finish(path, run_summary(path, plots))
+        return
     table = Table(title="summary", show_header=False)
-    for key, value in summary_rows(sim.run_dir):
+    for key, value in summary_rows(RunDirectory(path)):
         table.add_row(key, value)
-    for png in write_plots(sim.run_dir):
+    for png in plots:
         table.add_row("plot", str(png))
     console.print(table)
 

@@ -1,14 +1,26 @@
-"""The command line's console and its one way of reporting a user error."""
+"""The command line's console, its one way of reporting a user error, and how
+``fedloom run``, ``server`` and ``client`` report the same way on a terminal and in a pipe,
+under nohup, Slurm or CI: ``logging`` for fedloom's loggers (rich's handler on a terminal,
+plain lines on stderr elsewhere), ``--quiet``, ``--verbose``, ``--log-file`` and a
+``--json`` summary that is then the only thing on stdout."""
 
 from __future__ import annotations
 
 import errno
+import json
+import logging
+import math
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional, TextIO
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
 
 from fedloom.errors import FedloomError
@@ -44,3 +56,197 @@ def user_errors() -> Iterator[None]:
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2) from None
+
+
+# reporting options of run, server and client ------------------------------------------
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="print only errors and the final run directory")
+]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="show fedloom's debug logs")]
+LogFile = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional here
+    typer.Option(
+        "--log-file",
+        help="append every log line (debug level, plain text, rounds included) to this file",
+        dir_okay=False,
+    ),
+]
+JsonSummary = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="print one JSON summary object on stdout at the end (logs go to stderr)"
+    ),
+]
+
+LOGGER = "fedloom"
+PROGRESS_LOGGER = "fedloom.progress"  # one record per round: for --log-file, not the screen
+_PLAIN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass(frozen=True)
+class Output:
+    """The chosen way of reporting; ``say`` prints what a person reads (not with --quiet),
+    ``stream`` is where plain per-round lines go (stderr with --json)."""
+
+    quiet: bool = False
+    verbose: bool = False
+    log_file: Path | None = None
+    json: bool = False
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr if self.json else sys.stdout
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            console.print(text)
+
+    def note(self, text: str) -> None:
+        """A line that must reach the user in every mode (stderr: never mixed into --json),
+        such as how to resume an interrupted run."""
+        print(text, file=sys.stderr, flush=True)
+
+    def finish(self, run_dir: Path, summary: dict[str, Any]) -> None:
+        """The end of a run: the JSON summary (--json), else the run directory alone
+        (--quiet); the normal mode shows its summary table itself."""
+        if self.json:
+            print(dumps(summary), file=sys.stdout, flush=True)
+        elif self.quiet:
+            print(f"run directory: {run_dir}", file=sys.stdout, flush=True)
+
+
+def options(quiet: bool, verbose: bool, log_file: Path | None, json_: bool) -> Output:
+    """Check the reporting options together (one line naming the conflict)."""
+    if quiet and verbose:
+        raise FedloomError("--quiet and --verbose contradict each other: choose one")
+    if log_file is not None and log_file.is_dir():
+        raise FedloomError(f"--log-file {str(log_file)!r} is a folder, expected a file")
+    return Output(quiet, verbose, log_file, json_)
+
+
+class _NotProgress(logging.Filter):
+    """The screen shows rounds as a bar or as its own plain lines, never twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(PROGRESS_LOGGER)
+
+
+@contextmanager
+def reporting(out: Output, default_level: int = logging.INFO) -> Iterator[Output]:
+    """Route fedloom's logs for one command: to the screen at ``default_level`` (errors
+    only with --quiet, debug with --verbose), every record to --log-file, and with --json
+    the console to stderr. Undone on exit, so commands run in one process stay apart."""
+    level = logging.ERROR if out.quiet else logging.DEBUG if out.verbose else default_level
+    logger = logging.getLogger(LOGGER)
+    saved_level, saved_propagate = logger.level, logger.propagate
+    if out.json:
+        console.stderr = True  # undone on exit
+    screen: logging.Handler
+    if console.is_terminal:
+        screen = RichHandler(console=console, show_path=False, markup=False)
+    else:
+        screen = logging.StreamHandler(sys.stderr)
+        screen.setFormatter(logging.Formatter(_PLAIN))
+    screen.setLevel(level)
+    screen.addFilter(_NotProgress())
+    handlers: list[logging.Handler] = [screen]
+    if out.log_file is not None:
+        try:
+            out.log_file.parent.mkdir(parents=True, exist_ok=True)
+            to_file = logging.FileHandler(out.log_file, mode="a", encoding="utf-8")
+        except OSError as err:
+            console.stderr = False
+            raise FedloomError(
+                f"--log-file {str(out.log_file)!r} cannot be written: {err.strerror or err}"
+            ) from None
+        to_file.setFormatter(logging.Formatter(_PLAIN))
+        to_file.setLevel(logging.DEBUG)
+        handlers.append(to_file)
+    logger.setLevel(logging.DEBUG if out.log_file is not None else level)
+    logger.propagate = False  # the root logger's handlers (if any) would print it twice
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        yield out
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(saved_level)
+        logger.propagate = saved_propagate
+        console.stderr = False
+
+
+def stderr_console() -> Console:
+    """A console on stderr, for what must stay off stdout (--csv/--json to stdout)."""
+    return Console(file=sys.stderr, soft_wrap=True)
+
+
+# numbers -------------------------------------------------------------------------------
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A float for people: ``digits`` significant digits, ``-`` for none or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+def finite(value: Any) -> Any:
+    """``value`` for strict JSON: every NaN or infinity replaced by None, every float
+    rounded to 6 significant digits (the tables show 4)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def dumps(data: Any) -> str:
+    """Strictly valid JSON (no NaN, no Infinity)."""
+    return json.dumps(finite(data), allow_nan=False)
+
+
+def run_summary(run_dir: Path, plots: list[Path]) -> dict[str, Any]:
+    """A finished (or stopped) run as one JSON-ready object, from its records: rounds
+    done and planned, how it stopped, the last and best evaluation, privacy spent, the
+    plots; plus the summary table's rows as text."""
+    from fedloom.report import summary_rows, task_metrics
+    from fedloom.runs import RunDirectory
+
+    run = RunDirectory(run_dir)
+    records = run.records()
+    names, maximize = task_metrics(records)
+    primary = names[0] if names else "loss"
+    rounds = [r for r in records if r.get("event") == "round"]
+    evals = [r for r in rounds if isinstance(r.get(primary), int | float)]
+    stop = next((r for r in reversed(records) if r.get("event") == "stop"), None)
+    out: dict[str, Any] = {
+        "run_dir": str(run.path),
+        "rounds": len(rounds),
+        "rounds_planned": run.load_config().rounds,
+        "stop": None
+        if stop is None
+        else {"reason": stop.get("reason"), "detail": stop.get("detail"), "round": stop["round"]},
+        "metric": primary,
+        "final": {},
+        "best": None,
+        "wall_s": round(sum(float(r.get("wall_s", 0.0)) for r in rounds), 3),
+    }
+    if evals:
+        last = evals[-1]
+        keys = [*names, "loss", *(k for k in last if k.startswith("fed_"))]
+        out["final"] = {k: last[k] for k in keys if isinstance(last.get(k), int | float)}
+        out["final_round"] = last["round"]
+        sign = 1.0 if primary in maximize else -1.0
+        best = max(evals, key=lambda r: sign * r[primary])
+        out["best"] = {"value": best[primary], "round": best["round"]}
+    ledger = run.path / "privacy.json"
+    if ledger.is_file():
+        spent = json.loads(ledger.read_text(encoding="utf-8"))
+        out["privacy"] = {"epsilon": spent.get("epsilon"), "delta": spent.get("delta")}
+    out["plots"] = [str(p) for p in plots]
+    out["summary"] = dict(summary_rows(run))
+    return out
