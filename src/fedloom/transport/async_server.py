@@ -66,6 +66,7 @@ from fedloom.transport.server import (
     TokenBucket,
     _names,
     _Round,
+    metric_text,
     upload_update,
 )
 
@@ -263,7 +264,7 @@ class AsyncDeploymentServer(DeploymentServer):
             len(result.completed),
             record.get("staleness"),
             record.get("dropped_stale", 0),
-            record.get("accuracy", "-"),
+            metric_text(record.get("accuracy")),
         )
 
     # RPCs -----------------------------------------------------------------------

@@ -86,6 +86,11 @@ from fedloom.transport.wire import ENCODED
 log = logging.getLogger("fedloom.server")
 
 
+def metric_text(value: object) -> str:
+    """A round's metric in a log line: 4 significant digits (``-`` when not evaluated)."""
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     """How the deployment server listens and paces rounds (the run itself is the config)."""
@@ -813,12 +818,13 @@ class DeploymentServer(rpc.FedloomServicer):
                 used,
             )
         log.info(
-            "round %d %s: %d/%d updates, accuracy %s",
+            "round %d %s: %d/%d updates, accuracy %s, loss %s",
             result.round,
             result.status,
             len(result.completed),
             len(rnd.dispatches),
-            record.get("accuracy", "-"),
+            metric_text(record.get("accuracy")),
+            metric_text(record.get("loss")),
         )
 
     def _report_clients(self, rnd: _Round, result: RoundResult) -> None:
