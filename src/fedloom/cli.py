@@ -20,8 +20,9 @@ from fedloom.console import (
     Quiet,
     Verbose,
     console,
-    options,
+    dumps,
     reporting,
+    reporting_options,
     user_errors,
 )
 from fedloom.errors import CheckpointError, DataError, FedloomError, RunInterrupted
@@ -29,9 +30,7 @@ from fedloom.errors import CheckpointError, DataError, FedloomError, RunInterrup
 if TYPE_CHECKING:
     pass
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode="markdown"
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 @app.callback()
@@ -69,7 +68,7 @@ def run(
     from fedloom.config import load_config
 
     with user_errors():
-        out = options(quiet, verbose, log_file, json_)
+        out = reporting_options(quiet, verbose, log_file, json_)
     with reporting(out), user_errors():
         if resume is not None:
             if config is not None:
@@ -169,17 +168,21 @@ def server(
             "(without it: what clients report on their hold-outs; again with --resume)"
         ),
     ] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    log_file: LogFile = None,
+    json_: JsonSummary = False,
 ) -> None:
     """Serve a federated run to client processes over gRPC (mTLS unless --insecure).
 
     The server holds no client data: the model's shape and the number of clients come
-    from the config, each client's data size from its join."""
-    import logging
-
+    from the config, each client's data size from its join. At the end it writes the
+    same report plots as a simulation and shows the run's summary."""
     from fedloom.config import load_config
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with user_errors():
+        out = reporting_options(quiet, verbose, log_file, json_)
+    with reporting(out), user_errors():
         from fedloom.assemble import deployment_server, open_deployment
         from fedloom.transport.server import ServerOptions, check_settings, listen
 
@@ -201,9 +204,7 @@ def server(
             max_transfers_per_client=max_client_transfers,
         )
         if insecure:
-            console.print(
-                "[bold yellow]warning:[/] serving without TLS; clients are not authenticated"
-            )
+            out.say("[bold yellow]warning:[/] serving without TLS; clients are not authenticated")
         cfg = None if resume else load_config(config, set_)
         if cfg is not None:
             check_settings(cfg, options)
@@ -211,18 +212,19 @@ def server(
         sim = open_deployment(cfg, resume, eval_data)
         deployment = deployment_server(sim, options)
         bound = deployment.start(listener)
-        console.print(f"run directory: [bold]{sim.run_dir.path}[/]")
-        console.print(f"listening on {host}:{bound}")
+        out.say(f"run directory: [bold]{sim.run_dir.path}[/]")
+        out.say(f"listening on {host}:{bound}")
         try:
             deployment.run()
+        except KeyboardInterrupt:
+            out.note("stopped: the rounds after the last checkpoint are lost")
+            out.note(f"resume with: uv run fedloom server --resume {sim.run_dir.path}")
+            raise typer.Exit(130) from None
         finally:
             deployment.stop()
-    from fedloom.report import summary_rows
+        from fedloom.report import write_plots
 
-    table = Table(title="summary", show_header=False)
-    for key, value in summary_rows(sim.run_dir):
-        table.add_row(key, value)
-    console.print(table)
+        _finish_run(sim.run_dir.path, write_plots(sim.run_dir), out)
 
 
 @app.command()
@@ -298,12 +300,15 @@ def client(
             "it until it has measured this client)",
         ),
     ] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    log_file: LogFile = None,
+    json_: JsonSummary = False,
 ) -> None:
     """Join a federated run as one client process and train until the server is done."""
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with user_errors():
+        out = reporting_options(quiet, verbose, log_file, json_)
+    with reporting(out), user_errors():
         from fedloom.transport.client import (
             DeploymentClient,
             RetryPolicy,
@@ -312,7 +317,7 @@ def client(
         )
 
         if insecure:
-            console.print("[bold yellow]warning:[/] connecting without TLS")
+            out.say("[bold yellow]warning:[/] connecting without TLS")
         if attack_param and attack is None:
             from fedloom.errors import ConfigError
 
@@ -342,10 +347,13 @@ def client(
             profile=device,
         )
         stats = worker.run()
-    console.print(
-        f"done: {stats.rounds} rounds trained, {stats.retries} retries, "
-        f"{stats.duplicates} duplicate uploads acknowledged, {stats.refused} tasks refused"
-    )
+    if out.json:
+        print(dumps(dataclasses.asdict(stats)), flush=True)
+    else:
+        out.say(
+            f"done: {stats.rounds} rounds trained, {stats.retries} retries, "
+            f"{stats.duplicates} duplicate uploads acknowledged, {stats.refused} tasks refused"
+        )
 
 
 app.add_typer(certs_app, name="certs")

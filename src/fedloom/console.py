@@ -115,7 +115,7 @@ class Output:
             print(f"run directory: {run_dir}", file=sys.stdout, flush=True)
 
 
-def options(quiet: bool, verbose: bool, log_file: Path | None, json_: bool) -> Output:
+def reporting_options(quiet: bool, verbose: bool, log_file: Path | None, json_: bool) -> Output:
     """Check the reporting options together (one line naming the conflict)."""
     if quiet and verbose:
         raise FedloomError("--quiet and --verbose contradict each other: choose one")
