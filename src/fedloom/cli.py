@@ -30,11 +30,29 @@ from fedloom.errors import CheckpointError, DataError, FedloomError, RunInterrup
 if TYPE_CHECKING:
     pass
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# markdown: the docstrings' ``code`` shows as code, not as backticks
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode="markdown"
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from fedloom import __version__
+
+        print(f"fedloom {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="show the version and exit"
+        ),
+    ] = False,
+) -> None:
     """fedloom: federated learning across edge devices."""
 
 
