@@ -9,7 +9,8 @@ Every ``import`` in ``src/fedloom`` (module level or inside a function) is parse
 - ``server`` (orchestration) imports only the core and itself, never ``fedloom.config``;
 - runtimes import the core and ``server``; ``distributed`` may build on ``sim``;
   ``transport`` imports neither ``sim`` nor ``distributed``, and neither imports it;
-- faces (``cli``, ``cli_certs``, ``report``, ``console``, ``assemble``, ``__main__``) may
+- faces (``cli``, ``cli_certs``, ``report``, ``console``, ``assemble``, ``tracking``,
+  ``compare``, ``sweep``, ``__main__``) may
   import anything,
   and nothing else imports them;
 - no import cycles between units.
@@ -53,6 +54,11 @@ FACES = {
     "cli_certs",
     "cli_export",
     "cli_audit",
+    "cli_compare",
+    "cli_sweep",
+    "compare",
+    "sweep",
+    "tracking",
     "audit",
     "report",
     "console",
