@@ -51,6 +51,8 @@ class LocalWorkPlanner:
         self.memory_mb = np.zeros(0, dtype=np.float64)
         self.bf16 = np.zeros(0, dtype=bool)
         self.fp16 = np.zeros(0, dtype=bool)
+        # every declared row's largest batch, and the (memory, precision rule) it is for
+        self._batches: tuple[TrainingMemory, bool, np.ndarray] | None = None
 
     def declare(self, ids: np.ndarray, profiles: list[DeviceProfile]) -> None:
         """The devices ``ids`` run ``profiles`` (clients joining a deployment); an id
@@ -78,6 +80,7 @@ class LocalWorkPlanner:
         self.memory_mb[ids] = memory_mb
         self.bf16[ids] = bf16
         self.fp16[ids] = fp16
+        self._batches = None
 
     def _column(self, values: np.ndarray, ids: np.ndarray, default: object) -> np.ndarray:
         known = ids < len(values)
@@ -97,9 +100,21 @@ class LocalWorkPlanner:
         return codes
 
     def largest_batches(self, ids: np.ndarray) -> np.ndarray:
-        """The largest batch each client's memory holds at its precision (int64;
-        vectorized over the whole population, as ``admit`` asks every round)."""
+        """The largest batch each client's memory holds at its precision (int64; an id
+        never declared: unlimited). Computed once for every declared client and kept
+        until the next declaration, since ``admit`` asks for everyone online each round."""
         ids = np.asarray(ids, dtype=np.int64)
+        cached = self._batches
+        if cached is None or cached[0] != self.memory or cached[1] != self.reduced_precision:
+            every = self._compute_batches(np.arange(len(self.memory_mb), dtype=np.int64))
+            cached = self._batches = (self.memory, self.reduced_precision, every)
+        every = cached[2]
+        known = ids < len(every)
+        out = np.full(len(ids), UNLIMITED, dtype=np.int64)
+        out[known] = every[ids[known]]
+        return out
+
+    def _compute_batches(self, ids: np.ndarray) -> np.ndarray:
         memory = self._column(self.memory_mb, ids, math.inf)
         per = np.array([self.memory.per_example_bytes(p) for p in PRECISIONS])
         per = per[self._precision_codes(ids)]

@@ -118,6 +118,10 @@ _REPUTATION_STATE = ("reputation", "quarantined", "quarantined_until", "probatio
 _STATIC = ("data_size", "label_entropy", "tier", "compute_ms_per_sample", "up_kbps", "down_kbps")
 _STATIC_DTYPES = (np.int64, np.float64, np.int64, np.float64, np.float64, np.float64)
 
+# clients.sqlite's layout (PRAGMA user_version): a database of a newer version is refused
+# instead of misread; 0 (written before versioning) has the tables of version 1
+SCHEMA_VERSION = 1
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
     id INTEGER PRIMARY KEY, data_size INTEGER NOT NULL, label_entropy REAL NOT NULL,
@@ -266,8 +270,10 @@ def _decode(blob: bytes) -> np.ndarray:
 
 
 def _fresh_state(n: int) -> dict[str, np.ndarray]:
+    """The working state of ``n`` new clients. Hourly columns are column-major, so the
+    check-in sweep's update of one hour of day touches contiguous memory."""
     return {
-        name: np.full((n, HOURS) if hourly else n, fill, dtype=dtype)
+        name: np.full((n, HOURS) if hourly else n, fill, dtype=dtype, order="F")
         for name, (dtype, fill, hourly) in _STATE.items()
     }
 
@@ -366,7 +372,16 @@ class ClientRegistry:
         if check != "ok":
             first = [line for line in check.splitlines() if not line.startswith("***")][:1]
             raise sqlite3.DatabaseError(f"integrity check failed: {'; '.join(first) or check}")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:  # not damaged: written by a newer fedloom, kept as is
+            raise FedloomError(
+                f"client registry {str(self.path)!r} has schema version {version}, newer than "
+                f"the {SCHEMA_VERSION} this fedloom reads: open it with a newer fedloom"
+            )
         self._db.executescript(_SCHEMA)
+        if version < SCHEMA_VERSION:  # new, or from before versioning (version 0, same tables)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.commit()
         rows = self._db.execute(f"SELECT id, {', '.join(_STATIC)} FROM clients ORDER BY id")
         columns = list(zip(*rows.fetchall(), strict=True)) or [()] * (len(_STATIC) + 1)
         if not np.array_equal(columns[0], np.arange(len(columns[0]))):
@@ -942,7 +957,7 @@ class ClientRegistry:
                     f"registry snapshot of round {round}: {name} is {got.dtype}{got.shape}, "
                     f"expected {want.dtype}{want.shape}"
                 )
-            fresh[name] = got
+            fresh[name] = np.asfortranarray(got)  # snapshots from before: row-major
         return fresh
 
     def snapshot_arrays(self) -> dict[str, np.ndarray]:

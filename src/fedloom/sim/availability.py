@@ -119,6 +119,9 @@ class Diurnal:
             )
         self.phase_h = np.mod(phase_h, 24.0)
         self.fraction = fraction
+        # window start and length in seconds, kept: every sweep asks for everyone
+        self._start_s = self.phase_h * 3600.0
+        self._length_s = fraction * DAY_S
 
     @classmethod
     def sample(
@@ -150,8 +153,8 @@ class Diurnal:
 
     def _position(self, clients: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
         c = np.asarray(clients, dtype=np.int64)
-        x = np.mod(t - self.phase_h[c] * 3600.0, DAY_S)  # seconds since window start
-        return x, self.fraction[c] * DAY_S
+        x = np.mod(t - self._start_s[c], DAY_S)  # seconds since window start
+        return x, self._length_s[c]
 
     def available(self, clients: np.ndarray, t: float) -> np.ndarray:
         x, length = self._position(clients, t)
@@ -184,7 +187,8 @@ class Diurnal:
 
     @property
     def nbytes(self) -> int:
-        return self.phase_h.nbytes + self.fraction.nbytes
+        arrays = (self.phase_h, self.fraction, self._start_s, self._length_s)
+        return sum(a.nbytes for a in arrays)
 
 
 class IntervalTrace:
