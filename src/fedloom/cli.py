@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -23,6 +24,7 @@ from fedloom.console import (
     dumps,
     reporting,
     reporting_options,
+    stderr_console,
     user_errors,
 )
 from fedloom.errors import CheckpointError, DataError, FedloomError, RunInterrupted
@@ -415,15 +417,76 @@ def data_export(
     console.print(f"wrote {data.train.num_clients} client folders to [bold]{out}[/]")
 
 
+def _status(r: dict) -> str:
+    if r["quarantined"]:
+        return f"held to {r['quarantined_until']}"
+    return f"probation {r['probation']}" if r["probation"] else ""
+
+
+# column -> (its value for CSV/JSON, its text in the table)
+CLIENT_COLUMNS: dict[str, tuple[Callable[[dict], Any], Callable[[dict], str]]] = {
+    "id": (lambda r: r["id"], lambda r: str(r["id"])),
+    "tier": (lambda r: r["tier"], lambda r: str(r["tier"])),
+    "examples": (lambda r: r["data_size"], lambda r: str(r["data_size"])),
+    "selected": (lambda r: r["selected"], lambda r: str(r["selected"])),
+    "aggregated": (lambda r: r["completed"], lambda r: str(r["completed"])),
+    "reliability": (lambda r: r["reliability"], lambda r: f"{r['reliability']:.2f}"),
+    "time_s": (lambda r: r["duration"], lambda r: _num(r["duration"], 1)),
+    "loss": (lambda r: r["loss"], lambda r: _num(r["loss"], 3)),
+    "holdout_acc": (lambda r: r["last_accuracy"], lambda r: _num(r["last_accuracy"], 3)),
+    "contribution": (lambda r: r["mean_contribution"], lambda r: _num(r["mean_contribution"], 3)),
+    "reputation": (lambda r: r["reputation"], lambda r: f"{r['reputation']:.2f}"),
+    "status": (_status, _status),
+    "flags": (lambda r: list(r["flags"]), lambda r: ",".join(r["flags"])),
+}
+# what fits 80 columns (`--columns all` for every one)
+DEFAULT_CLIENT_COLUMNS = (
+    "id",
+    "selected",
+    "aggregated",
+    "reliability",
+    "loss",
+    "reputation",
+    "status",
+    "flags",
+)
+
+
 @app.command()
 def clients(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
-    top: Annotated[int, typer.Option(help="rows to show, most selected first (0 = all)")] = 20,
+    top: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="rows, most selected first (0 = all; default 20, all with --csv/--json)"),
+    ] = None,
+    columns: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="comma-separated columns, or 'all' (default: "
+            + ",".join(DEFAULT_CLIENT_COLUMNS)
+            + "; every column with --csv/--json)"
+        ),
+    ] = None,
+    csv: Annotated[bool, typer.Option("--csv", help="write CSV instead of the table")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="write JSON instead of the table")] = False,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="write --csv/--json to this file (default: stdout)", dir_okay=False),
+    ] = None,
 ) -> None:
     """Per-client participation, reliability, speed, loss, contribution and reputation of a
-    run (``held``: quarantined, with the last round of its quarantine; ``probation``:
-    clean rounds it still needs on probation)."""
+    run (``status``: ``held to R`` when quarantined to round R, ``probation N`` with N clean
+    rounds still needed), as a table that fits 80 columns, or as CSV or JSON; and the
+    clients' plots in the run's report folder."""
     with user_errors():
+        if csv and json_:
+            raise FedloomError("--csv and --json: choose one")
+        if out is not None and not (csv or json_):
+            raise FedloomError("--out writes --csv or --json: add one of them")
+        if top is not None and top < 0:
+            raise FedloomError(f"--top {top}: must be >= 0 (0 = all)")
+        machine = csv or json_
+        names = _client_columns(columns, machine)
         from fedloom.runs import RunDirectory
         from fedloom.server.registry import ClientRegistry
 
@@ -442,51 +505,76 @@ def clients(
             rows = registry.summary()
             reputation = registry.reputation_history()
         quarantine_below = run.load_config().anomaly.quarantine_below if reputation else None
-    from fedloom.report import write_client_plots
+        shown = sorted(rows, key=lambda r: (-r["selected"], r["id"]))
+        limit = (0 if machine else 20) if top is None else top
+        shown = shown[:limit] if limit else shown
+        from fedloom.report import write_client_plots
 
-    shown = sorted(rows, key=lambda r: (-r["selected"], r["id"]))
-    shown = shown[:top] if top else shown
-    table = Table(title=f"clients of {run_dir} ({len(rows)} registered)")
-    for col in (
-        "id",
-        "tier",
-        "examples",
-        "selected",
-        "aggregated",
-        "reliability",
-        "time s",
-        "loss",
-        "hold-out acc",
-        "contribution",
-        "reputation",
-        "flags",
-    ):
-        table.add_column(col, justify="right" if col != "flags" else "left")
-    for r in shown:
-        table.add_row(
-            str(r["id"]),
-            str(r["tier"]),
-            str(r["data_size"]),
-            str(r["selected"]),
-            str(r["completed"]),
-            f"{r['reliability']:.2f}",
-            _num(r["duration"], 1),
-            _num(r["loss"], 3),
-            _num(r["last_accuracy"], 3),
-            _num(r["mean_contribution"], 3),
-            f"{r['reputation']:.2f}"
-            + (
-                f" held to {r['quarantined_until']}"
-                if r["quarantined"]
-                else f" probation {r['probation']}"
-                if r["probation"]
-                else ""
-            ),
-            ",".join(r["flags"]),
+        plots = write_client_plots(run, rows, reputation, quarantine_below)
+        if machine:
+            text = _clients_csv(shown, names) if csv else _clients_json(shown, names)
+            if out is None:
+                typer.echo(text, nl=False)
+            else:
+                from fedloom.atomic import atomic_write_text
+
+                atomic_write_text(out, text)
+            report = stderr_console()
+            if out is not None:
+                report.print(f"wrote {len(shown)} clients to {out}")
+            for png in plots:
+                report.print(f"plot: {png}")
+            return
+    table = Table(title=f"clients of {run_dir} ({len(rows)} registered)", box=None, pad_edge=False)
+    for name in names:
+        text = name in ("status", "flags")  # may wrap; the numbers and headers never do
+        table.add_column(
+            name, justify="left" if text else "right", min_width=len(name), no_wrap=not text
         )
+    for r in shown:
+        table.add_row(*(CLIENT_COLUMNS[name][1](r) for name in names))
     console.print(table)
-    for png in write_client_plots(run, rows, reputation, quarantine_below):
+    for png in plots:
         console.print(f"plot: {png}")
+
+
+def _client_columns(text: str | None, machine: bool) -> list[str]:
+    """``--columns``: known names in the order given (one line naming any unknown one)."""
+    if text is None:
+        return list(CLIENT_COLUMNS) if machine else list(DEFAULT_CLIENT_COLUMNS)
+    if text.strip() == "all":
+        return list(CLIENT_COLUMNS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CLIENT_COLUMNS]
+    if unknown or not names:
+        raise FedloomError(
+            f"--columns {text!r}: unknown column {unknown[0] if unknown else '(none)'!r}; "
+            f"valid: {', '.join(CLIENT_COLUMNS)} (or all)"
+        )
+    return names
+
+
+def _clients_csv(rows: list[dict], names: list[str]) -> str:
+    import csv as csv_module
+    import io
+
+    buf = io.StringIO()
+    writer = csv_module.writer(buf, lineterminator="\n")
+    writer.writerow(names)
+    for r in rows:
+        values = [CLIENT_COLUMNS[n][0](r) for n in names]
+        writer.writerow(
+            [
+                ";".join(v) if isinstance(v, list) else "" if v != v else v  # NaN -> empty
+                for v in values
+            ]
+        )
+    return buf.getvalue()
+
+
+def _clients_json(rows: list[dict], names: list[str]) -> str:
+    data = [{n: CLIENT_COLUMNS[n][0](r) for n in names} for r in rows]
+    return dumps(data) + "\n"
 
 
 privacy_app = typer.Typer(no_args_is_help=True, help="Differential privacy tools.")
