@@ -482,6 +482,12 @@ class SimulationConfig(_Section):
     memory_limit_mb: float | None = Field(
         None, gt=0, description="refuse a run estimated to need more (none: available memory)"
     )
+    server_chain: Literal["auto", "device", "host"] = Field(
+        "auto",
+        description="where a round's updates are validated, clipped and reduced: auto keeps "
+        "them on the device the vectorized executor trains on when it is an accelerator, "
+        "device also on the CPU, host always copies them to the host",
+    )
 
 
 class DistributedConfig(_Section):

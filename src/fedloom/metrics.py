@@ -221,6 +221,9 @@ class RoundRecord(_Evaluated, _Record):
     round_virtual_s: float | None = None
     events: int | None = None
     partial: int | None = None
+    # where the server chain reduced the round's updates: the device they stayed on, or
+    # "host: <reason>" (simulation.server_chain; absent when they went to the host as set)
+    server_chain: str | None = None
     # progress monitoring: the delivering clients' sampled batch losses, averaged at
     # each evenly spaced point of their local training (first to last step)
     local_loss: list[float] | None = None

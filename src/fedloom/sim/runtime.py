@@ -44,10 +44,11 @@ from fedloom.server.local_work import at_least, unfit_reason
 from fedloom.server.privacy_plan import PrivacyPlan
 from fedloom.server.registry import ClientRegistry
 from fedloom.server.sync import SyncServer
-from fedloom.sim import recovery
+from fedloom.sim import device_round, recovery
 from fedloom.sim.executor import Executor, run_dispatches
 from fedloom.sim.shard import Shard
 from fedloom.sim.timeline import RoundOutcome, VirtualTime
+from fedloom.sim.vectorized import VectorizedExecutor
 from fedloom.transforms.base import Context
 
 log = logging.getLogger("fedloom")
@@ -225,7 +226,14 @@ class Simulation:
         todo = [d for d in dispatches if d.client_id in delivered]
         shard = self.shard
         mine = todo if shard is None else shard.mine(todo)
-        updates = run_dispatches(self.executor, self.server.start_params, mine)
+        on_device, chain_note = device_round.keeps_updates_on_device(self)
+        rows = None  # the cohort's updates, kept on the training device
+        if on_device:
+            assert isinstance(self.executor, VectorizedExecutor)
+            rows = device_round.train_rows(self.executor, self.server.start_params, mine)
+            updates: list[Update] = []
+        else:
+            updates = run_dispatches(self.executor, self.server.start_params, mine)
         if self.adversary is not None:  # malicious clients replace what they trained
             updates = self.adversary.act(updates, self.server.round + 1)
         if self.server.client_states is not None:  # the clients' own transform chain
@@ -263,6 +271,11 @@ class Simulation:
             secure = self._aggregate_securely(cohort, updates, todo, outcome)
             rejected = secure.rejected
         else:
+            if rows is not None:
+                for cid, err in self.server.receive_cohort(rows).items():
+                    rejected[cid] = err
+                    kinds[err.kind] = kinds.get(err.kind, 0) + 1
+                    log.warning("%s", err)
             for update in updates:
                 try:
                     self.server.receive(update)
@@ -289,8 +302,11 @@ class Simulation:
             "dropped": count_reasons(outcome.failed),
             "surplus": len(outcome.surplus),
             "partial": sum(d.max_steps is not None for d in todo),
-            "local_loss": mean_curve([u.metrics.loss_samples for u in updates]),
-            "bytes_up": sum(self._upload_bytes(u) for u in updates),
+            "local_loss": mean_curve([u.metrics.loss_samples for u in updates])
+            if rows is None
+            else device_round.local_loss(rows),
+            "bytes_up": sum(self._upload_bytes(u) for u in updates)
+            + (0 if rows is None else len(rows.client_ids) * self._upload_bytes()),
             "bytes_down": int(down.sum()),
         }
         if compress or self.server.broadcast is not None:
@@ -299,6 +315,10 @@ class Simulation:
             )
         if kinds:
             extra["rejections"] = kinds
+        if on_device or chain_note is not None:
+            extra["server_chain"] = (
+                self.server.last_chain or chain_note or str(getattr(self.executor, "device", ""))
+            )
         # every delivered update refused (e.g. training diverged): see finish_round
         refused_all = bool(rejected) and not result.completed and result.status != "retry"
         engine.refused_rounds = engine.refused_rounds + 1 if refused_all else 0
