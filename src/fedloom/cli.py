@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -13,7 +14,9 @@ from rich.table import Table
 
 from fedloom.cli_audit import audit as audit_command
 from fedloom.cli_certs import certs_app
+from fedloom.cli_compare import compare as compare_command
 from fedloom.cli_export import export as export_command
+from fedloom.cli_sweep import sweep as sweep_command
 from fedloom.console import (
     JsonSummary,
     LogFile,
@@ -379,6 +382,8 @@ def client(
 app.add_typer(certs_app, name="certs")
 app.command("export")(export_command)
 app.command("audit")(audit_command)
+app.command("compare")(compare_command)
+app.command("sweep")(sweep_command)
 
 data_app = typer.Typer(no_args_is_help=True, help="Prepare client data.")
 app.add_typer(data_app, name="data")
@@ -398,18 +403,36 @@ def data_export(
             "--eval", help="also write the test split here (.npz) for `fedloom server --eval-data`"
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="replace an earlier export in OUT: its client folders are removed first "
+            "(refused if OUT holds anything an export did not write)"
+        ),
+    ] = False,
 ) -> None:
-    """Write a config's client partition as per-client folders (for real client processes)."""
+    """Write a config's client partition as per-client folders (for real client processes).
+
+    OUT must be new or empty: an earlier export there is replaced only with --force, and
+    only when OUT holds nothing but that export (manifest.json and client-NNNNNN folders of
+    train.npz / holdout.npz), so no stale client folder survives and nothing else is lost."""
     from fedloom.config import load_config
 
     with user_errors():
         if out.exists() and not out.is_dir():
             raise DataError(f"OUT = {str(out)!r} is an existing file, expected a folder to write")
         cfg = load_config(config, set_)
+        stale = _previous_export(out, force)
         from fedloom.data.federated import build_federated_data
         from fedloom.data.storage import write_eval_set, write_partition
 
         data = build_federated_data(cfg.data, cfg.partition, cfg.seed)
+        if stale:
+            import shutil
+
+            for folder in stale:
+                shutil.rmtree(folder)
+            console.print(f"removed {len(stale)} client folders of the earlier export")
         write_partition(out, data.train, data.holdout)
         if eval_out is not None:
             write_eval_set(eval_out, data.test)
@@ -450,6 +473,40 @@ DEFAULT_CLIENT_COLUMNS = (
     "status",
     "flags",
 )
+
+
+_EXPORTED = re.compile(r"^client-\d{6,}$")
+
+
+def _previous_export(out: Path, force: bool) -> list[Path]:
+    """The client folders of an earlier export in ``out`` that ``--force`` removes (none
+    when ``out`` is new or empty). Refused: a non-empty ``out`` without ``--force``, and
+    with it any file an export does not write (named, so nothing is deleted unseen)."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return []
+    if not force:
+        raise DataError(
+            f"OUT = {str(out)!r} is not empty; choose a new folder, or add --force to replace "
+            "the earlier export there"
+        )
+    folders, foreign = [], []
+    for entry in sorted(out.iterdir()):
+        if entry.name == "manifest.json" and entry.is_file():
+            continue
+        if entry.is_dir() and _EXPORTED.match(entry.name) and not entry.is_symlink():
+            extra = [p for p in entry.iterdir() if p.name not in ("train.npz", "holdout.npz")]
+            foreign += extra
+            folders.append(entry)
+        else:
+            foreign.append(entry)
+    if foreign:
+        shown = ", ".join(str(p) for p in foreign[:3])
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise DataError(
+            f"OUT = {str(out)!r} holds files an export did not write ({shown}{more}); "
+            "--force replaces only an earlier export: move them away or choose a new folder"
+        )
+    return folders
 
 
 @app.command()
@@ -593,46 +650,70 @@ def privacy_sweep(
     set_: Annotated[list[str], typer.Option("--set", help="override one setting")] = [],  # noqa: B006
 ) -> None:
     """Run the experiment at each privacy budget (noise calibrated for each) and plot
-    accuracy against epsilon: the privacy-utility trade-off (``fedloom.privacy.sweep``)."""
-    import json
+    accuracy against epsilon: the privacy-utility trade-off. A sweep (``fedloom sweep``)
+    whose points are the epsilons: a new folder <output_dir>/sweeps/NAME-privacy each
+    time, one run per epsilon, sweep.json (strict JSON: inf as "inf"), the comparison
+    plots and accuracy_vs_epsilon.png."""
+    import math
 
-    from fedloom.assemble import trial_runner
-    from fedloom.atomic import atomic_write_text
+    from fedloom.assemble import trial_config
     from fedloom.config import load_config
-    from fedloom.privacy import sweep
+    from fedloom.privacy.tradeoff import epsilon_trial
     from fedloom.report import write_sweep_plot
+    from fedloom.sweep import SweepPoint, run_sweep, sweep_root
+
+    def columns(point: SweepPoint, sim: Any) -> dict[str, Any]:
+        return {
+            "epsilon": point.settings["privacy.target_epsilon"],
+            "noise_multiplier": sim.privacy.noise_multiplier if sim.privacy.enabled else 0.0,
+            "spent_epsilon": sim.ledger.epsilon() if sim.ledger else math.inf,
+        }
+
+    def progress(row: dict[str, Any]) -> None:
+        eps = row["settings"]["privacy.target_epsilon"]
+        if row["error"]:
+            console.print(f"epsilon {eps:g}: [bold red]refused:[/] {escape(row['error'])}")
+        else:
+            console.print(f"epsilon {eps:g}: run directory {row['run']}")
 
     with user_errors():
         targets = _epsilons(epsilons)
         if any(not (e > 0) for e in targets):
             raise FedloomError(f"--epsilons {epsilons!r}: every epsilon must be > 0 (or inf)")
         base = load_config(config, set_)
-        result = sweep(
-            targets,
-            trial_runner(base),
-            on_trial=lambda row: console.print(
-                f"epsilon {row.epsilon:g}: run directory {row.outcome.run}"
-            ),
+        points = [
+            SweepPoint(i, {"privacy.target_epsilon": e}, trial_config(base, epsilon_trial(e)))
+            for i, e in enumerate(targets, start=1)
+        ]
+        result = run_sweep(
+            points,
+            sweep_root(base),
+            f"{base.name}-privacy",
+            description={"config": None if config is None else str(config), "epsilons": targets},
+            extra=columns,
+            on_point=progress,
         )
-    rows = result.to_json()["rows"]
-    out = Path(base.output_dir) / f"{base.name}-sweep"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sweep.json", json.dumps(result.to_json(), indent=2, default=str))
+    done = [r for r in result.rows if not r["error"]]
     table = Table(title="privacy-utility trade-off")
-    for col in ("target epsilon", "noise multiplier", "spent epsilon", "final accuracy", "best"):
+    for col in ("target epsilon", "noise multiplier", "spent epsilon", "final", "best"):
         table.add_column(col, justify="right")
-    for r in result.rows:
-        o = r.outcome
+    for r in done:
         table.add_row(
-            f"{r.epsilon:g}",
-            f"{o.noise_multiplier:.4g}",
-            f"{o.spent_epsilon:.4g}",
-            f"{o.accuracy:.4f}",
-            f"{o.best_accuracy:.4f}",
+            f"{r['epsilon']:g}",
+            f"{r['noise_multiplier']:.4g}",
+            f"{r['spent_epsilon']:.4g}",
+            f"{r['metric']} {r['final']:.4f}",
+            f"{r['best']:.4f}",
         )
     console.print(table)
-    console.print(f"table: {out / 'sweep.json'}")
-    console.print(f"plot: {write_sweep_plot(out, rows)}")
+    console.print(f"table: {result.table}")
+    for png in result.plots:
+        console.print(f"plot: {png}")
+    accuracy = [
+        {"epsilon": r["epsilon"], "accuracy": r["final"]} for r in done if r["metric"] == "accuracy"
+    ]
+    if accuracy:
+        console.print(f"plot: {write_sweep_plot(result.folder, accuracy)}")
 
 
 @privacy_app.command("plan")
