@@ -121,6 +121,13 @@ class PlanResult:
         }
 
 
+def epsilon_trial(eps: float) -> Trial:
+    """The trial of one target epsilon: central DP calibrated to it (``inf``: no DP)."""
+    if math.isinf(eps):
+        return Trial(f"eps{eps:g}", "off")
+    return Trial(f"eps{eps:g}", "central", target_epsilon=float(eps))
+
+
 def sweep(
     epsilons: Sequence[float],
     runner: TrialRunner,
@@ -135,11 +142,7 @@ def sweep(
             raise ConfigError(f"epsilons: {eps!r}; every epsilon must be > 0 (or inf)")
     rows = []
     for eps in epsilons:
-        if math.isinf(eps):
-            trial = Trial(f"eps{eps:g}", "off")
-        else:
-            trial = Trial(f"eps{eps:g}", "central", target_epsilon=float(eps))
-        row = SweepRow(float(eps), runner(trial))
+        row = SweepRow(float(eps), runner(epsilon_trial(eps)))
         rows.append(row)
         if on_trial is not None:
             on_trial(row)

@@ -1,0 +1,71 @@
+"""``fedloom compare RUN_DIR...``: several runs in one figure and one table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fedloom.console import console, user_errors
+
+
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories to compare")],
+    out: Annotated[
+        Optional[Path],  # noqa: UP045 - typer needs Optional here
+        typer.Option(
+            help="folder to write (DIR-2, DIR-3 ... if it exists; default: "
+            "comparisons/NAME next to the first run)"
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option(help="the comparison's folder name")] = "comparison",
+) -> None:
+    """Plot the runs' metric and loss against rounds, virtual time and bytes moved, one
+    line per run labelled by the config keys that differ, and tabulate their outcome
+    (plots and comparison.json in a new folder: an earlier comparison is never
+    overwritten)."""
+    from fedloom.compare import fresh_folder, load_runs, write_comparison
+
+    with user_errors():
+        runs = load_runs(run_dirs)
+        if out is None:
+            folder = fresh_folder(runs[0].path.parent / "comparisons", name)
+        else:
+            folder = fresh_folder(out.parent, out.name)
+        result = write_comparison(runs, folder, f"{len(runs)} runs")
+    console.print(outcome_table("comparison", result.rows))
+    if result.keys:
+        console.print(f"differing settings: {escape(', '.join(result.keys))}")
+    else:
+        console.print("the runs' configs are the same (legend: their directories)")
+    console.print(f"table: {result.table}")
+    for png in result.plots:
+        console.print(f"plot: {png}")
+
+
+def outcome_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    """Runs (or sweep points) as a table: label, final and best metric, rounds, bytes,
+    virtual time, stop reason."""
+    from fedloom.console import fmt
+    from fedloom.report import _bytes, _duration
+
+    table = Table(title=title)
+    for col in ("run", "final", "best (round)", "rounds", "bytes", "virtual time", "stop"):
+        table.add_column(col, justify="left" if col in ("run", "stop") else "right")
+    for r in rows:
+        if r.get("error"):
+            table.add_row(escape(r["label"]), "-", "-", "-", "-", "-", escape(r["error"]))
+            continue
+        table.add_row(
+            escape(r["label"]),
+            f"{r['metric']} {fmt(r['final'])}",
+            f"{fmt(r['best'])} ({r['best_round']})",
+            str(r["rounds"]),
+            "-" if r["bytes_total"] is None else _bytes(r["bytes_total"]),
+            "-" if r["virtual_time"] is None else _duration(r["virtual_time"]),
+            r["stop_reason"],
+        )
+    return table
