@@ -66,6 +66,8 @@ def run_with_progress(
 
     if quiet or not (console.is_terminal or console.is_jupyter):
         out = stream or sys.stdout
+        if sim.server.round and not quiet:  # a resumed run: where it goes on from
+            print(f"round {sim.server.round}/{total}  resumed from its checkpoint", file=out)
 
         def plain(report: RoundReport) -> None:
             line = logged(report)
