@@ -1,13 +1,25 @@
-"""Seconds per round and peak memory as registered clients and cohorts grow.
+"""Seconds per round and memory per registered client as registered clients and
+cohorts grow, with the growth fitted.
 
 Each (registered, cohort) pair runs in its own process (so peak RSS is its own): a
 full ``Simulation`` with a tiered device population and diurnal availability in
-virtual time, the vectorized executor, FedAvg, one torch thread. Every registered
-client holds 20 samples x 64 features (10 classes) in the compact client pool; an MLP
-64-32-10 trains 1 local epoch with batch 32. Rounds 2-4 are timed (round 1 warms up);
-evaluation runs only at the end, outside the timing.
+virtual time, the vectorized executor, FedAvg with uniform selection, one torch
+thread. Every registered client holds 4 samples x 64 features (10 classes) in the
+compact client pool (4, not more, so that 1,000,000 clients fit a 24 GiB machine);
+an MLP 64-32-10 trains 1 local epoch with batch 32. Round 1 warms up; the median of
+the next ``--rounds`` rounds is reported. Evaluation runs only at the end.
 
-Usage: ``uv run python benchmarks/scale.py [--json PATH] [--quick]``
+Memory per registered client is measured two ways: the registry's own working state
+(``ClientRegistry.nbytes`` over its clients, plus ``clients.sqlite`` on disk), and
+the difference in peak RSS between the largest and the smallest registry at equal
+cohort, over the difference in clients (data pool included: 4 x 64 float32 features,
+an int64 label and an int64 offset = 1,040 bytes a client).
+
+Growth: ``numpy.polyfit`` of log(s/round) on log(registered) at each cohort (the
+exponent; 1 = linear in registered clients) and a straight line s/round = a + b N
+(b: the marginal cost of one more registered client per round).
+
+Usage: ``uv run python benchmarks/scale.py [--json PATH] [--plot PATH] [--quick]``
 """
 
 from __future__ import annotations
@@ -21,21 +33,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-PAIRS = [
-    (1_000, 100),
-    (1_000, 1_000),
-    (10_000, 100),
-    (10_000, 1_000),
-    (10_000, 10_000),
-    (100_000, 100),
-    (100_000, 1_000),
-    (100_000, 10_000),
-]
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from targets import finish  # noqa: E402
+
+REGISTERED = [10_000, 100_000, 1_000_000]
+COHORTS = [100, 1_000, 10_000]
+QUICK_REGISTERED = [2_000, 8_000]
+QUICK_COHORTS = [50]
+SAMPLES = 4  # per client
+FEATURES = 64
+DATA_BYTES_PER_CLIENT = SAMPLES * FEATURES * 4 + 8 + 8  # features, label, offset
+PLOT = Path(__file__).resolve().parent / "results" / "scale_s_per_round.png"
 
 
-def one(registered: int, cohort: int, rounds: int) -> dict:
-    import numpy as np
+def one(registered: int, cohort: int, rounds: int) -> dict[str, Any]:
+    """One (registered, cohort) pair in this process: setup, a warm-up round, then
+    ``rounds`` timed rounds."""
     import torch
 
     from fedloom.assemble import start_simulation
@@ -45,10 +63,10 @@ def one(registered: int, cohort: int, rounds: int) -> dict:
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    n = registered * 20
-    x = rng.standard_normal(size=(n, 64), dtype=np.float32)
+    n = registered * SAMPLES
+    x = rng.standard_normal(size=(n, FEATURES), dtype=np.float32)
     y = rng.integers(0, 10, size=n).astype(np.int64)
-    train = ClientPartition(x, y, np.arange(0, n + 1, 20, dtype=np.int64), 10)
+    train = ClientPartition(x, y, np.arange(0, n + 1, SAMPLES, dtype=np.int64), 10)
     test = ArrayDataset(x[:1000].copy(), y[:1000].copy(), 10)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(
@@ -67,61 +85,193 @@ def one(registered: int, cohort: int, rounds: int) -> dict:
                 'simulation.executor="vectorized"',
             ],
         )
+        t0 = time.perf_counter()
         sim = start_simulation(cfg, data=FederatedData(train, None, test))
+        setup_s = time.perf_counter() - t0
+        rss_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         sim.step()  # warm-up
         times = []
         for _ in range(rounds):
             t0 = time.perf_counter()
             rec = sim.step()
             times.append(time.perf_counter() - t0)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        registry = sim.registry
+        registry_bytes = registry.nbytes
+        sqlite_bytes = sum(p.stat().st_size for p in registry.path.parent.glob("clients.sqlite*"))
     return {
         "registered": registered,
         "cohort": cohort,
-        "s_per_round": round(statistics.median(times), 4),
-        "peak_rss_mb": round(peak_mb, 1),
+        "s_per_round": round(statistics.median(times), 5),
+        "s_per_round_all": [round(t, 5) for t in times],
+        "setup_s": round(setup_s, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_after_setup_mb": round(rss_setup, 1),
+        "registry_bytes_per_client": round(registry_bytes / registered, 1),
+        "sqlite_bytes_per_client": round(sqlite_bytes / registered, 1),
         "completed_last_round": rec["completed"],
     }
+
+
+def fit(rows: list[dict[str, Any]], cohort: int) -> dict[str, Any] | None:
+    """The growth of s/round in registered clients at one cohort: the log-log slope
+    (exponent) and the linear slope (seconds per round per registered client)."""
+    pts = sorted((r["registered"], r["s_per_round"]) for r in rows if r["cohort"] == cohort)
+    if len(pts) < 2:
+        return None
+    n = np.array([p[0] for p in pts], dtype=np.float64)
+    s = np.array([p[1] for p in pts], dtype=np.float64)
+    exponent, log_c = np.polyfit(np.log(n), np.log(s), 1)
+    b, a = np.polyfit(n, s, 1)
+    return {
+        "cohort": cohort,
+        "registered": n.astype(int).tolist(),
+        "exponent": round(float(exponent), 3),
+        "loglog_intercept": round(float(log_c), 4),
+        "linear_intercept_s": round(float(a), 5),
+        "linear_us_per_registered_client": round(float(b) * 1e6, 5),
+        "ms_per_round_per_100k_registered": round(float(b) * 1e8, 3),
+    }
+
+
+def memory(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bytes per registered client: the registry's own state, and the difference in peak
+    RSS between the largest and the smallest registry at each cohort."""
+    per_cohort = {}
+    for c in sorted({r["cohort"] for r in rows}):
+        at = sorted((r for r in rows if r["cohort"] == c), key=lambda r: r["registered"])
+        if len(at) >= 2 and at[-1]["registered"] > at[0]["registered"]:
+            d_rss = (at[-1]["peak_rss_mb"] - at[0]["peak_rss_mb"]) * 2**20
+            d_n = at[-1]["registered"] - at[0]["registered"]
+            per_cohort[str(c)] = round(d_rss / d_n, 1)
+    largest = max(rows, key=lambda r: r["registered"])
+    return {
+        "registry_bytes_per_client": largest["registry_bytes_per_client"],
+        "sqlite_bytes_per_client": largest["sqlite_bytes_per_client"],
+        "data_pool_bytes_per_client": DATA_BYTES_PER_CLIENT,
+        "peak_rss_bytes_per_client_by_cohort": per_cohort,
+    }
+
+
+def plot(path: Path, rows: list[dict[str, Any]], fits: list[dict[str, Any]]) -> Path:
+    """s/round against registered clients (log-log), one colour per cohort, with the
+    fitted power law dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for k, f in enumerate(fits):
+        pts = sorted(
+            (r["registered"], r["s_per_round"]) for r in rows if r["cohort"] == f["cohort"]
+        )
+        n, s = zip(*pts, strict=True)
+        ax.plot(n, s, "o-", color=f"C{k}", label=f"cohort {f['cohort']:,}")
+        grid = np.geomspace(min(n), max(n), 20)
+        ax.plot(
+            grid,
+            np.exp(f["loglog_intercept"]) * grid ** f["exponent"],
+            "--",
+            color=f"C{k}",
+            lw=0.8,
+            label=f"fit: N^{f['exponent']:.2f}",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("registered clients N")
+    ax.set_ylabel("seconds per round")
+    ax.set_title("Round cost against registered clients")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def targets(fits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-round cost sub-linear in registered clients at the smallest cohort."""
+    if not fits:
+        return [
+            {
+                "name": "per-round cost growth exponent in registered clients",
+                "value": "not run (fewer than two registry sizes)",
+                "goal": "< 1",
+                "met": False,
+            }
+        ]
+    f = min(fits, key=lambda f: f["cohort"])
+    lo, hi = f["registered"][0], f["registered"][-1]
+    return [
+        {
+            "name": (
+                f"per-round cost growth exponent in registered clients at cohort "
+                f"{f['cohort']} ({lo:,} to {hi:,} registered)"
+            ),
+            "value": f["exponent"],
+            "goal": "< 1 (sub-linear)",
+            "met": f["exponent"] < 1.0,
+        }
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--quick", action="store_true", help="only the 1k and 10k rows, 1 round")
+    parser.add_argument("--plot", type=Path, default=PLOT)
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 2k and 8k registered, cohort 50, inline"
+    )
     parser.add_argument("--one", nargs=2, type=int, metavar=("REGISTERED", "COHORT"))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(*args.one, args.rounds)))
         return
-    pairs = [p for p in PAIRS if p[0] <= 10_000] if args.quick else PAIRS
-    rounds = 1 if args.quick else args.rounds
+    registered = QUICK_REGISTERED if args.quick else REGISTERED
+    cohorts = QUICK_COHORTS if args.quick else COHORTS
+    rounds = 2 if args.quick else args.rounds
+    pairs = [(n, c) for n in registered for c in cohorts if c < n]
+    start = time.perf_counter()
     rows = []
     print(f"{'registered':>10} {'cohort':>7} {'s/round':>9} {'peak RSS MB':>12} {'completed':>10}")
-    for registered, cohort in pairs:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--one",
-                str(registered),
-                str(cohort),
-                "--rounds",
-                str(rounds),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        row = json.loads(out.stdout.strip().splitlines()[-1])
+    for n, c in pairs:
+        if args.quick:  # a smoke run: in this process (its peak RSS is then shared)
+            row = one(n, c, rounds)
+        else:
+            cmd = [sys.executable, __file__, "--one", str(n), str(c), "--rounds", str(rounds)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"scale: --one {n} {c} failed:\n{out.stderr[-3000:]}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(
-            f"{registered:>10} {cohort:>7} {row['s_per_round']:>9.3f} "
+            f"{n:>10} {c:>7} {row['s_per_round']:>9.4f} "
             f"{row['peak_rss_mb']:>12.0f} {row['completed_last_round']:>10}"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"threads": 1, "rows": rows}, indent=2))
+    fits = [f for c in cohorts if (f := fit(rows, c)) is not None]
+    for f in fits:
+        print(
+            f"cohort {f['cohort']}: s/round ~ N^{f['exponent']}, "
+            f"+{f['ms_per_round_per_100k_registered']} ms per round per 100k registered"
+        )
+    mem = memory(rows)
+    print(f"memory per registered client: {json.dumps(mem)}")
+    result: dict[str, Any] = {
+        "quick": args.quick,
+        "threads": 1,
+        "samples_per_client": SAMPLES,
+        "timed_rounds": rounds,
+        "rows": rows,
+        "fits": fits,
+        "memory_per_client": mem,
+    }
+    if fits:
+        result["plot"] = str(plot(args.plot, rows, fits))
+    result["total_s"] = round(time.perf_counter() - start, 1)
+    result["targets"] = targets(fits)
+    finish(result, args.json)
 
 
 if __name__ == "__main__":
