@@ -148,48 +148,90 @@ def _column_index(header: list[str], column: str | int, role: str, path: Path) -
 def _read_csv(
     path: Path, label_column: str | int, group_column: str | int | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
-    """Return (features as text, label text, group text or None, feature column names)."""
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read CSV: {exc}") from exc
-    rows = [r for r in rows if r]  # blank lines
-    if not rows:
-        raise DataError(f"{path}: empty file, expected a header row")
-    header, body = rows[0], rows[1:]
-    if not body:
-        raise DataError(f"{path}: no data rows below the header")
-    lengths = np.fromiter(map(len, body), dtype=np.int64, count=len(body))
-    ragged = np.flatnonzero(lengths != len(header))
-    if ragged.size:
-        r = ragged[0]
-        raise DataError(
-            f"{path}: data row {r + 1} has {lengths[r]} fields but the header has {len(header)}"
-        )
-    table = np.array(body, dtype=str)
+    """Return (float64 features, label text, group text or None, feature column names).
+
+    pandas' C parser reads the features straight into float64 (a large file never passes
+    through Python lists); a file it cannot read cleanly is scanned again row by row to
+    name the first bad row, field count or cell."""
+    header = _csv_header(path)
     label_at = _column_index(header, label_column, "label", path)
     group_at = None if group_column is None else _column_index(header, group_column, "group", path)
     if group_at == label_at:
         raise DataError(f"{path}: label and group columns are the same ({header[label_at]!r})")
     feature_at = [i for i in range(len(header)) if i not in (label_at, group_at)]
-    groups = None if group_at is None else table[:, group_at]
+    text_at = [label_at] if group_at is None else [label_at, group_at]
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(
+            path,
+            header=0,
+            names=list(range(len(header))),  # positions: header names may repeat
+            dtype={**dict.fromkeys(feature_at, np.float64), **dict.fromkeys(text_at, str)},
+            keep_default_na=False,  # a label "NA" is a label; an empty feature is refused
+            na_values={i: [""] for i in feature_at},  # short rows are diagnosed below
+            skip_blank_lines=True,
+            encoding="utf-8",
+            engine="c",
+        )
+    except (ValueError, pd.errors.ParserError) as exc:  # a non-numeric cell, a long row
+        _diagnose_csv(path, header, feature_at)
+        raise DataError(f"{path}: cannot read CSV: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read CSV: {exc}") from exc
+    if len(frame) == 0:
+        raise DataError(f"{path}: no data rows below the header")
+    x = frame[feature_at].to_numpy(dtype=np.float64)
+    # a short row's missing fields read as NaN features or empty text: scan for them (an
+    # empty label in a whole row is a label, and the scan passes it)
+    if not np.isfinite(x).all() or (frame[text_at] == "").to_numpy().any():
+        _diagnose_csv(path, header, feature_at)
     names = [header[i] for i in feature_at]
-    return table[:, feature_at], table[:, label_at], groups, names
+    groups = None if group_at is None else frame[group_at].to_numpy(dtype=str)
+    return x, frame[label_at].to_numpy(dtype=str), groups, names
 
 
-def _parse_features(text: np.ndarray, names: list[str], path: Path) -> np.ndarray:
-    """Parse CSV feature text to float, naming the first non-numeric or non-finite column."""
-    x = np.empty(text.shape, dtype=np.float64)
-    for j, name in enumerate(names):
-        try:
-            x[:, j] = text[:, j].astype(np.float64)
-        except ValueError as exc:
-            raise DataError(f"{path}: feature column {name!r} is not numeric ({exc})") from exc
-        bad = np.flatnonzero(~np.isfinite(x[:, j]))
-        if bad.size:
-            raise DataError(f"{path}: feature column {name!r} has NaN/inf in data row {bad[0] + 1}")
-    return x
+def _csv_header(path: Path) -> list[str]:
+    """The first non-blank row of the file (its column names)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            header = next((row for row in csv.reader(fh) if row), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read CSV: {exc}") from exc
+    if header is None:
+        raise DataError(f"{path}: empty file, expected a header row")
+    return header
+
+
+def _diagnose_csv(path: Path, header: list[str], feature_at: list[int]) -> None:
+    """Raise naming the first problem of a CSV the fast reader refused or read with gaps:
+    a row whose field count differs from the header, a non-numeric feature cell, or a
+    NaN/inf feature (data rows numbered from 1, blank lines not counted). Streams the
+    file, so only the problem's row is ever held."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = (row for row in csv.reader(fh) if row)
+            next(rows)  # the header
+            for r, row in enumerate(rows, start=1):
+                if len(row) != len(header):
+                    raise DataError(
+                        f"{path}: data row {r} has {len(row)} fields but the header has "
+                        f"{len(header)}"
+                    )
+                for j in feature_at:
+                    try:
+                        value = float(row[j])
+                    except ValueError as exc:
+                        raise DataError(
+                            f"{path}: feature column {header[j]!r} is not numeric in data row "
+                            f"{r} ({exc})"
+                        ) from exc
+                    if not np.isfinite(value):
+                        raise DataError(
+                            f"{path}: feature column {header[j]!r} has NaN/inf in data row {r}"
+                        )
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read CSV: {exc}") from exc
 
 
 def _read_npz(
@@ -237,8 +279,7 @@ def load_arrays(
         raise DataError(f"data path {path} is not a file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        text, labels, groups, names = _read_csv(path, label_column, group_column)
-        x = _parse_features(text, names, path)
+        x, labels, groups, names = _read_csv(path, label_column, group_column)
         if x.shape[1] == 0:
             raise DataError(f"{path}: no feature columns besides the label/group columns")
     elif suffix == ".npz":
