@@ -1025,8 +1025,8 @@ def extend_run(path: Path, overrides: list[str]) -> dict[str, list[Any]]:
     run = RunDirectory.open(path)
     before = run.load_config()
     after = load_run_config(run.config_path, overrides)
-    for item in overrides:
-        key = item.partition("=")[0].strip()
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    for key in keys:
         if key not in EXTENDABLE and not key.startswith("checkpoint."):
             raise ConfigError(
                 f"--set {key}: a resumed run keeps the settings it computed with; only "
@@ -1035,7 +1035,7 @@ def extend_run(path: Path, overrides: list[str]) -> dict[str, list[Any]]:
             )
     changes = recovery.config_changes(recovery.config_text(before), after, run.config_path)
     found = run.latest_checkpoint()
-    if "rounds" in changes and found is not None:
+    if "rounds" in keys and found is not None:
         meta = found[1]["meta"]
         done = int(meta["round"])
         if "clock" not in meta:
