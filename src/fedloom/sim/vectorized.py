@@ -83,30 +83,44 @@ def vmap_grad_fns(
     from torch.func import functional_call, grad, vmap
 
     specs = [(s.name, s.offset, s.numel, s.shape) for s in ParamLayout.from_module(model)]
+    names = [name for name, *_ in specs]
     loss_fn, loss_each = task.loss.fn, task.loss_each()
     forward = FakeQuantForward(model) if qat else partial(functional_call, model)
     device = next(model.parameters()).device
 
-    def views(flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {n: flat[o : o + k].view(shape) for n, o, k, shape in specs}
+    def pieces(flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each parameter of ``flat`` (``[..., d]``) as a view ``[..., *shape]``: the
+        gradient is taken per parameter, not of the flat rows, whose slices' backward
+        would write a zero-filled ``[K, d]`` matrix per parameter and add them up."""
+        lead = flat.shape[:-1]
+        return tuple(flat[..., o : o + k].view(*lead, *shape) for _, o, k, shape in specs)
 
-    def loss(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor):
+    def joined(grads: tuple[torch.Tensor, ...], lead: int) -> torch.Tensor:
+        """Per-parameter gradients ``[*lead dims, *shape]`` as one ``[*lead dims, d]``."""
+        return torch.cat([g.flatten(lead) for g in grads], dim=lead)
+
+    def loss(params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor, m: torch.Tensor):
         with autocast(precision, device):
-            outputs = forward(views(flat), x)
+            outputs = forward(dict(zip(names, params, strict=True)), x)
             each = loss_each(outputs, y).float()
         value = (each * m).sum() / m.sum().clamp(min=1.0)
         return value, value.detach()
 
-    def loss_one(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_one(params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor):
         with autocast(precision, device):
-            outputs = forward(views(flat), x.unsqueeze(0))
+            outputs = forward(dict(zip(names, params, strict=True)), x.unsqueeze(0))
             return loss_fn(outputs, y.unsqueeze(0)).float()
 
-    batched = vmap(grad(loss, has_aux=True))
+    per_client = vmap(grad(loss, has_aux=True))
     per_sample = vmap(vmap(grad(loss_one), in_dims=(None, 0, 0)))
 
+    def batched(params, x, y, mask):  # noqa: ANN001, ANN202
+        grads, value = per_client(pieces(params), x, y, mask)
+        return joined(grads, 1), value
+
     def dp_grad(params, x, y, mask, clip):  # noqa: ANN001, ANN202
-        clipped = per_sample_clip(per_sample(params, x, y), clip) * mask.unsqueeze(2)
+        each = joined(per_sample(pieces(params), x, y), 2)
+        clipped = per_sample_clip(each, clip) * mask.unsqueeze(2)
         return clipped.sum(1), batched(params, x, y, mask)[1]
 
     return batched, dp_grad
