@@ -123,10 +123,10 @@ def differing(configs: list[dict[str, Any]]) -> list[str]:
     from some counts as differing), sorted; the run's name and output folder left out."""
     keys = sorted({k for c in configs for k in c if k not in _IGNORED})
     missing = object()
-    return [k for k in keys if len({_show(c.get(k, missing)) for c in configs}) > 1]
+    return [k for k in keys if len({show_value(c.get(k, missing)) for c in configs}) > 1]
 
 
-def _show(value: object) -> str:
+def show_value(value: object) -> str:
     """A config value as ``--set`` would write it; ``-`` for a key the run lacks."""
     if isinstance(value, str):
         return value
@@ -145,7 +145,7 @@ def label_runs(runs: list[LoadedRun]) -> list[str]:
     keys = differing([r.config for r in runs])
     for run in runs:
         run.settings = {k: run.config.get(k, "-") for k in keys}
-        parts = [f"{k}={_show(v)}" for k, v in run.settings.items()]
+        parts = [f"{k}={show_value(v)}" for k, v in run.settings.items()]
         if len(parts) > _MAX_LABEL_KEYS:
             parts = [*parts[:_MAX_LABEL_KEYS], f"+{len(parts) - _MAX_LABEL_KEYS} more"]
         run.label = ", ".join(parts) or run.path.name
@@ -208,6 +208,10 @@ def _curve(records: list[dict[str, Any]], x: str, y: str) -> list[tuple[float, f
     """(x, y) at each record evaluating ``y``: x = round, virtual time or cumulative bytes
     (uploads + downloads of every round attempt so far)."""
     out, moved = [], 0
+    if x == "time" and not any(
+        r.get("event") == "round" and _number(r.get("virtual_time")) for r in records
+    ):
+        return []  # a deployment: wall-clock rounds, no virtual timeline
     for r in records:
         if r.get("event") == "round":
             moved += int(r.get("bytes_up") or 0) + int(r.get("bytes_down") or 0)
