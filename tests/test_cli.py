@@ -116,11 +116,22 @@ def test_privacy_sweep_writes_table_and_plot(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    sweep = tmp_path / "digits-fedavg-sweep"
-    rows = __import__("json").loads((sweep / "sweep.json").read_text())["rows"]
-    assert [r["epsilon"] for r in rows] == [2.0, float("inf")]
+    sweep = tmp_path / "sweeps" / "digits-fedavg-privacy"  # a new folder for every sweep
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"sweep.json is not strict JSON: {constant}")
+
+    table = __import__("json").loads((sweep / "sweep.json").read_text(), parse_constant=refuse)
+    rows = table["points"]
+    assert [r["epsilon"] for r in rows] == [2.0, "inf"]  # infinity written as a string
     assert rows[0]["spent_epsilon"] <= 2.0 and rows[0]["noise_multiplier"] > 0
+    assert rows[1]["spent_epsilon"] == "inf" and rows[1]["noise_multiplier"] == 0
+    assert [r["run"] for r in rows] == [
+        str(sweep / "digits-fedavg-eps2"),
+        str(sweep / "digits-fedavg-epsinf"),
+    ]
     assert (sweep / "accuracy_vs_epsilon.png").stat().st_size > 1000
+    assert (sweep / "compare_rounds.png").stat().st_size > 1000
 
 
 def test_privacy_sweep_rejects_bad_epsilons():
