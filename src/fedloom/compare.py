@@ -79,6 +79,18 @@ def summarize(records: list[dict[str, Any]]) -> RunFacts:
     )
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"section.key": value}`` (lists kept as values)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out |= flatten(value, f"{name}.")
+        elif not isinstance(value, dict):
+            out[name] = value
+    return out
+
+
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -98,8 +110,6 @@ class LoadedRun:
 def load_runs(paths: list[Path]) -> list[LoadedRun]:
     """Each run directory in ``paths`` (``CheckpointError`` for one that is not a run;
     ``FedloomError`` for one that recorded nothing yet)."""
-    from fedloom.tracking.base import flatten
-
     if not paths:
         raise ConfigError("give at least one run directory to compare")
     seen: set[Path] = set()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedloom.atomic import atomic_write_text
+from fedloom.compare import flatten, summarize
 from fedloom.config import RunConfig, to_toml
 from fedloom.runs import RunDirectory
 
@@ -56,18 +57,6 @@ class Backend(Protocol):
     def finish(self, status: str) -> None:
         """``status``: FINISHED (the run ended), KILLED (interrupted) or FAILED."""
         ...
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config as ``{"section.key": value}`` (lists kept as values)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out |= flatten(value, f"{name}.")
-        elif not isinstance(value, dict):
-            out[name] = value
-    return out
 
 
 def _finite(value: object) -> bool:
@@ -165,8 +154,6 @@ class Tracker:
         self.finished = False
 
     def _finish(self, stop: dict[str, Any]) -> None:
-        from fedloom.compare import summarize
-
         s = summarize(self.run.records())
         values = {
             f"summary/final_{s.metric}": s.final,
