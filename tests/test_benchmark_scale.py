@@ -32,7 +32,8 @@ def test_quick_run_writes_rows_fit_memory_plot_and_targets(tmp_path: Path) -> No
     rows = result["rows"]
     assert [(r["registered"], r["cohort"]) for r in rows] == [(2000, 50), (8000, 50)]
     for r in rows:
-        assert len(r["s_per_round_all"]) == result["timed_rounds"] == 2
+        assert len(r["s_per_round_all"]) == result["timed_rounds"] == 2 and result["passes"] == 1
+        assert r["s_per_round_passes"] == [r["s_per_round"]]
         assert abs(r["s_per_round"] - np.median(r["s_per_round_all"])) <= 1e-5
         assert 0 < r["completed_last_round"] <= r["cohort"] * 2  # over-selection at most 2x
         assert r["registry_bytes_per_client"] > 0 and r["peak_rss_mb"] > 0
