@@ -50,10 +50,14 @@ def recorded(run: Path, key: str) -> list[tuple[int, float]]:
     return [(r["round"], r[key]) for r in lines if r["event"] in ("start", "round") and key in r]
 
 
-def test_a_run_writes_tensorboard_events_and_an_mlflow_run(tmp_path: Path, store: str) -> None:
+def test_a_run_writes_tensorboard_events_and_an_mlflow_run(
+    tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     cfg = load_config(None, tiny(tmp_path, store, "client.lr=0.07"))
     summary = fedloom.simulate(cfg, progress=False)
     run = summary.path
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run.name], "nothing outside the run"
     expected = recorded(run, "accuracy")
     assert [s for s, _ in expected] == [0, 1, 2]
 

@@ -2,7 +2,8 @@
 directory (``sqlite:///<run>/mlflow.db``; ``mlflow ui --backend-store-uri`` that URI), or
 on any tracking server (``tracking.mlflow_uri``).
 
-The resolved config is logged as params, each round's scalars as metrics with step =
+The resolved config is logged as params (no artifacts: nothing is written outside the
+run directory or the tracking server), each round's scalars as metrics with step =
 round, the summary as metrics and tags. A resumed run continues the same MLflow run (its
 id is kept in ``tracking.json``) and skips the steps it had already logged.
 """
@@ -61,7 +62,6 @@ class MlflowBackend:
         items = [Param(k, str(v)[:_VALUE_CHARS]) for k, v in params.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
-        self.client.log_text(self.run_id, config_text, "config.toml")
         return {"uri": self.uri, "run_id": self.run_id}
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
