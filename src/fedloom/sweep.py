@@ -225,10 +225,3 @@ def sweep_root(config: RunConfig) -> Path:
 
 def describe_axes(axes: list[Axis]) -> dict[str, list[Any]]:
     return {a.key: a.values for a in axes}
-
-
-def points_count(axes: list[Axis]) -> int:
-    n = 1
-    for a in axes:
-        n *= len(a.texts)
-    return n
