@@ -13,6 +13,7 @@ from fedloom.assemble import start_simulation
 from fedloom.cli import app
 from fedloom.config import RunConfig
 from fedloom.errors import ConfigError, FedloomError
+from fedloom.runs import RunDirectory
 from fedloom.sweep import grid, parse_axes, run_sweep, split_values
 
 runner = CliRunner()
@@ -109,7 +110,13 @@ def test_sweep_writes_runs_table_and_plots_and_never_overwrites(tmp_path: Path) 
 
 def test_a_refused_point_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     axes = parse_axes(
-        [f'output_dir="{tmp_path}"', "rounds=1", "partition.num_clients=10", "seed=1,2"]
+        [
+            f'output_dir="{tmp_path}"',
+            "rounds=1",
+            "partition.num_clients=10",
+            "seed=1,2",
+            'tracking.backends=["tensorboard"]',
+        ]
     )
     points = grid(None, axes)
 
@@ -122,6 +129,8 @@ def test_a_refused_point_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> No
     assert [r["error"] for r in result.rows] == ["over the privacy budget", None]
     table = strict_loads(result.table.read_text())
     assert table["points"][0]["run"] is None and table["points"][1]["rounds"] == 1
+    tracked = RunDirectory.open(Path(table["points"][1]["run"])).load_config().tracking
+    assert tracked.mlflow_experiment == "s" and tracked.wandb_project == "s"  # the sweep's
     assert [p.name for p in result.plots] == [
         "compare_rounds.png",
         "compare_time.png",

@@ -10,7 +10,9 @@ plain override of every point.
 Every sweep gets a new folder, ``<output_dir>/sweeps/<name>`` (``<name>-2``, ``-3`` ...
 when taken: an earlier sweep is never overwritten), holding one normal run directory per
 point, ``sweep.json`` (the table: each point's settings, run directory and outcome) and
-the comparison plots of :mod:`fedloom.compare`. ``sweep.json`` is strict JSON: an
+the comparison plots of :mod:`fedloom.compare`. A tracked sweep's points share one
+MLflow experiment (W&B project) named after the sweep's folder, unless the config names
+one. ``sweep.json`` is strict JSON: an
 infinite value is written as the string ``"inf"`` (or ``"-inf"``), NaN (a metric never
 evaluated) as ``null``. The privacy sweep (``fedloom privacy sweep``) is a sweep whose
 points are target epsilons.
@@ -174,7 +176,17 @@ def run_sweep(
         run_name = (
             point.config.name if distinct else f"{point.config.name}-p{point.index:0{width}d}"
         )
-        cfg = point.config.model_copy(update={"output_dir": folder, "name": run_name})
+        tracking = point.config.tracking  # one experiment (project) per sweep, if unnamed
+        if tracking.backends:
+            tracking = tracking.model_copy(
+                update={
+                    "mlflow_experiment": tracking.mlflow_experiment or folder.name,
+                    "wandb_project": tracking.wandb_project or folder.name,
+                }
+            )
+        cfg = point.config.model_copy(
+            update={"output_dir": folder, "name": run_name, "tracking": tracking}
+        )
         row: dict[str, Any] = {"point": point.index, "settings": point.settings}
         try:
             sim = runner(cfg)
