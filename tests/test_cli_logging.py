@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -127,3 +131,27 @@ def test_interrupt_prints_the_resume_hint_on_stderr(tmp_path, monkeypatch, mode)
 def test_dumps_writes_strict_json():
     text = dumps({"a": float("nan"), "b": [float("inf"), 0.123456789], "c": 1})
     assert strict_json(text) == {"a": None, "b": [None, 0.123457], "c": 1}
+
+
+def test_a_piped_run_shows_each_round_as_it_ends_and_the_hint_on_sigterm(tmp_path):
+    """A real process whose stdout is a pipe (no PYTHONUNBUFFERED): the first round's line
+    arrives while the run is still going; SIGTERM then ends it with the resume hint."""
+    args = [sys.executable, "-m", "fedloom", "run", "--set", f'output_dir="{tmp_path}"']
+    for item in [*TINY[1:], "rounds=400"]:
+        args += ["--set", item]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        first = proc.stdout.readline().decode()
+        while not first.startswith("round "):
+            assert first, proc.stderr.read().decode()
+            first = proc.stdout.readline().decode()
+        assert first.startswith("round 1/400  accuracy ")
+        assert proc.poll() is None, "the line came only at the end"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err.decode()
+    assert f"resume with: uv run fedloom run --resume {tmp_path / 'digits-fedavg'}" in err.decode()
