@@ -59,6 +59,10 @@ class Backend(Protocol):
         ...
 
 
+def _moved(record: dict[str, Any]) -> int:
+    return int(record.get("bytes_up") or 0) + int(record.get("bytes_down") or 0)
+
+
 def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -84,8 +88,10 @@ class Tracker:
             self._log(0, self._evaluation(record))
         elif event == "resume":
             self._begin(record, resumed_at=int(record["round"]))
-        elif event == "round" and record.get("status") != "retry":
-            self._log(int(record["round"]), self.round_metrics(record))
+        elif event == "round":  # a retried attempt moved bytes but is no step
+            self.bytes_total += _moved(record)
+            if record.get("status") != "retry":
+                self._log(int(record["round"]), self.round_metrics(record))
         elif event == "audit":
             self._log(
                 int(record["round"]), {"privacy/audit_epsilon_lower": record["epsilon_lower"]}
@@ -97,10 +103,9 @@ class Tracker:
             self.finished = True
 
     def round_metrics(self, record: dict[str, Any]) -> dict[str, float]:
-        """A round record's scalars: evaluation, training, communication (per round and
-        cumulative), time, privacy and the cohort's outcome."""
+        """A round record's scalars: evaluation, training, communication (this round's,
+        and every attempt's since the start), time, privacy and the cohort's outcome."""
         up, down = record.get("bytes_up"), record.get("bytes_down")
-        self.bytes_total += int(up or 0) + int(down or 0)
         values: dict[str, Any] = self._evaluation(record) | {
             "train/loss": record.get("train_loss"),
             "train/update_norm": record.get("update_norm"),
@@ -132,12 +137,9 @@ class Tracker:
         start = next((r for r in records if r.get("event") == "start"), record)
         self.metric_names = list((start.get("task") or {"metrics": ["accuracy"]})["metrics"])
         self.bytes_total = sum(
-            int(r.get("bytes_up") or 0) + int(r.get("bytes_down") or 0)
+            _moved(r)
             for r in records
-            if r.get("event") == "round"
-            and r.get("status") != "retry"
-            and resumed_at is not None
-            and r["round"] <= resumed_at
+            if r.get("event") == "round" and resumed_at is not None and r["round"] <= resumed_at
         )
         params = flatten(self.config.model_dump(mode="json", exclude_none=True))
         params["metrics"] = ",".join(self.metric_names)

@@ -10,12 +10,14 @@ id is kept in ``tracking.json``) and skips the steps it had already logged.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 _BATCH = 100  # MLflow takes at most this many params in one call
 _VALUE_CHARS = 6000  # and values this long
+_CHATTY = ("mlflow.store.db.utils", "alembic.runtime.migration")
 
 
 class MlflowBackend:
@@ -38,6 +40,8 @@ class MlflowBackend:
         from mlflow.tracking import MlflowClient
 
         self._done = False
+        for name in _CHATTY:  # a new store announces its table migrations at INFO
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=state.get("uri", self.uri))
         self.uri = state.get("uri", self.uri)
         if resumed_at is not None and state.get("run_id"):
