@@ -155,3 +155,9 @@ def test_a_piped_run_shows_each_round_as_it_ends_and_the_hint_on_sigterm(tmp_pat
             proc.kill()
     assert proc.returncode == 143, err.decode()
     assert f"resume with: uv run fedloom run --resume {tmp_path / 'digits-fedavg'}" in err.decode()
+
+
+def test_unwritable_log_file_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    one_line_error(run_args(tmp_path, "--log-file", str(blocker / "run.log")), "--log-file")

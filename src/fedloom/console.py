@@ -119,8 +119,16 @@ def reporting_options(quiet: bool, verbose: bool, log_file: Path | None, json_: 
     """Check the reporting options together (one line naming the conflict)."""
     if quiet and verbose:
         raise FedloomError("--quiet and --verbose contradict each other: choose one")
-    if log_file is not None and log_file.is_dir():
-        raise FedloomError(f"--log-file {str(log_file)!r} is a folder, expected a file")
+    if log_file is not None:
+        if log_file.is_dir():
+            raise FedloomError(f"--log-file {str(log_file)!r} is a folder, expected a file")
+        try:  # here, where the error is one line, not when the handler opens it
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.open("a", encoding="utf-8").close()
+        except OSError as err:
+            raise FedloomError(
+                f"--log-file {str(log_file)!r} cannot be written: {err.strerror or err}"
+            ) from None
     return Output(quiet, verbose, log_file, json_)
 
 
@@ -151,14 +159,7 @@ def reporting(out: Output, default_level: int = logging.INFO) -> Iterator[Output
     screen.addFilter(_NotProgress())
     handlers: list[logging.Handler] = [screen]
     if out.log_file is not None:
-        try:
-            out.log_file.parent.mkdir(parents=True, exist_ok=True)
-            to_file = logging.FileHandler(out.log_file, mode="a", encoding="utf-8")
-        except OSError as err:
-            console.stderr = False
-            raise FedloomError(
-                f"--log-file {str(out.log_file)!r} cannot be written: {err.strerror or err}"
-            ) from None
+        to_file = logging.FileHandler(out.log_file, mode="a", encoding="utf-8")
         to_file.setFormatter(logging.Formatter(_PLAIN))
         to_file.setLevel(logging.DEBUG)
         handlers.append(to_file)
