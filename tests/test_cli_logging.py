@@ -95,6 +95,9 @@ def test_log_file_gets_every_round_appended(tmp_path):
     assert text.startswith("earlier line\n")  # appended
     assert re.search(r"INFO fedloom.progress: round 1/2  accuracy", text)
     assert "round 2/2" in text and "\x1b[" not in text
+    assert "INFO fedloom.cli: run directory: " in text  # --quiet hides it, the log keeps it
+    summary = re.search(r"INFO fedloom.cli: summary: (.*)", text)
+    assert summary and strict_json(summary.group(1))["rounds"] == 2
 
 
 def test_quiet_and_verbose_together_is_a_clear_error(tmp_path):

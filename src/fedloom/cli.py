@@ -830,8 +830,8 @@ def _finish_run(path: Path, plots: list[Path], out: Output) -> None:
     from fedloom.report import summary_rows
     from fedloom.runs import RunDirectory
 
+    out.finish(path, run_summary(path, plots))  # --json, --quiet, and --log-file
     if out.json or out.quiet:
-        out.finish(path, run_summary(path, plots))
         return
     table = Table(title="summary", show_header=False)
     for key, value in summary_rows(RunDirectory(path)):

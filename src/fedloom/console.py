@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from rich.text import Text
 
 from fedloom.errors import FedloomError
 
@@ -79,7 +80,11 @@ JsonSummary = Annotated[
 ]
 
 LOGGER = "fedloom"
-PROGRESS_LOGGER = "fedloom.progress"  # one record per round: for --log-file, not the screen
+# what the screen shows by itself (rounds as a bar or plain lines, the command's messages):
+# these loggers carry it to --log-file only
+PROGRESS_LOGGER = "fedloom.progress"
+CLI_LOGGER = "fedloom.cli"
+_cli_log = logging.getLogger(CLI_LOGGER)
 _PLAIN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -98,17 +103,21 @@ class Output:
         return sys.stderr if self.json else sys.stdout
 
     def say(self, text: str) -> None:
+        """A message (rich markup) for the screen, unless --quiet; always for --log-file."""
+        _cli_log.info(Text.from_markup(text).plain)
         if not self.quiet:
             console.print(text)
 
     def note(self, text: str) -> None:
         """A line that must reach the user in every mode (stderr: never mixed into --json),
         such as how to resume an interrupted run."""
+        _cli_log.warning(text)
         print(text, file=sys.stderr, flush=True)
 
     def finish(self, run_dir: Path, summary: dict[str, Any]) -> None:
         """The end of a run: the JSON summary (--json), else the run directory alone
         (--quiet); the normal mode shows its summary table itself."""
+        _cli_log.info("summary: %s", dumps(summary))
         if self.json:
             print(dumps(summary), file=sys.stdout, flush=True)
         elif self.quiet:
@@ -132,11 +141,11 @@ def reporting_options(quiet: bool, verbose: bool, log_file: Path | None, json_: 
     return Output(quiet, verbose, log_file, json_)
 
 
-class _NotProgress(logging.Filter):
-    """The screen shows rounds as a bar or as its own plain lines, never twice."""
+class _NotShownTwice(logging.Filter):
+    """The screen shows rounds and the command's messages by itself, never twice."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith(PROGRESS_LOGGER)
+        return record.name not in (PROGRESS_LOGGER, CLI_LOGGER)
 
 
 @contextmanager
@@ -156,7 +165,7 @@ def reporting(out: Output, default_level: int = logging.INFO) -> Iterator[Output
         screen = logging.StreamHandler(sys.stderr)
         screen.setFormatter(logging.Formatter(_PLAIN))
     screen.setLevel(level)
-    screen.addFilter(_NotProgress())
+    screen.addFilter(_NotShownTwice())
     handlers: list[logging.Handler] = [screen]
     if out.log_file is not None:
         to_file = logging.FileHandler(out.log_file, mode="a", encoding="utf-8")
