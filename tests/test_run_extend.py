@@ -112,3 +112,21 @@ def test_config_with_resume_is_refused(tmp_path, three_rounds):
     one_line_error(
         ["run", "examples/digits_iid.toml", "--resume", str(three_rounds)], "--resume", "CONFIG"
     )
+
+
+def test_config_is_put_back_when_the_extended_run_cannot_be_built(
+    tmp_path, three_rounds, monkeypatch
+):
+    """E.g. a privacy budget that the longer run would exceed: refused when the run is
+    built, and config.toml keeps the rounds the run has (a later resume still works)."""
+    import fedloom.assemble
+    from fedloom.errors import ConfigError
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise ConfigError("privacy.budget_epsilon = 1: the planned rounds would exceed it")
+
+    path = copy_of(three_rounds, tmp_path)
+    before = (path / "config.toml").read_text()
+    monkeypatch.setattr(fedloom.assemble, "resume_simulation", refuse)
+    one_line_error(["run", "--resume", str(path), "--set", "rounds=5"], "budget_epsilon")
+    assert (path / "config.toml").read_text() == before

@@ -99,10 +99,12 @@ def run(
             from fedloom.assemble import extend_run
             from fedloom.runs import RunDirectory
 
+            run_dir = RunDirectory.open(resume)
             if set_:
+                before = run_dir.config_path.read_text(encoding="utf-8")
                 for key, (was, now) in extend_run(resume, set_).items():
                     out.say(f"{key}: {was} -> {now}")
-            cfg = RunDirectory.open(resume).load_config()
+            cfg = run_dir.load_config()
         else:
             cfg = load_config(config, set_)
         from fedloom.assemble import resume_simulation, start_simulation
@@ -111,7 +113,17 @@ def run(
         shard = shard_from_env(cfg.shard_mode)
         sim = None
         try:
-            sim = resume_simulation(resume, shard) if resume else start_simulation(cfg, shard)
+            if resume is None:
+                sim = start_simulation(cfg, shard)
+            else:
+                try:
+                    sim = resume_simulation(resume, shard)
+                except FedloomError:
+                    if set_:  # e.g. more rounds than the privacy budget allows: as it was
+                        from fedloom.atomic import atomic_write_text
+
+                        atomic_write_text(run_dir.config_path, before)
+                    raise
             if shard is None or shard.is_writer:
                 _run_with_progress(sim, out)
             else:
