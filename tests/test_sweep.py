@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from fedloom.assemble import start_simulation
 from fedloom.cli import app
 from fedloom.config import RunConfig
-from fedloom.errors import ConfigError, FedloomError
+from fedloom.errors import ConfigError, FedloomError, RunInterrupted
 from fedloom.runs import RunDirectory
 from fedloom.sweep import grid, parse_axes, run_sweep, split_values
 
@@ -48,6 +48,7 @@ def test_values_split_at_top_level_commas(text: str, parts: list[str]) -> None:
         (["client.lr=0.1,0.10"], "a value is given twice"),
         (["client.lr=0.1", "client.lr=0.2"], "the key is given twice"),
         (["model.hidden=[64,32"], "unclosed"),
+        (['output_dir="a","b"'], "output_dir cannot be swept"),
     ],
 )
 def test_bad_axes_are_refused(items: list[str], expected: str) -> None:
@@ -101,6 +102,11 @@ def test_sweep_writes_runs_table_and_plots_and_never_overwrites(tmp_path: Path) 
         assert (folder / png).stat().st_size > 5000
     assert "client.lr=0.05" in first.output
 
+    compared = runner.invoke(app, ["compare", str(folder)])  # a sweep's folder: its runs
+    assert compared.exit_code == 0, compared.output
+    rows = strict_loads((folder / "comparisons" / "comparison" / "comparison.json").read_text())
+    assert [r["run"] for r in rows["runs"]] == [p["run"] for p in table["points"]]
+
     second = runner.invoke(app, ["sweep", *common, "--set", "client.lr=0.1"])
     assert second.exit_code == 0, second.output
     assert (folder / "sweep.json").read_text() == text, "the first sweep is left as it was"
@@ -136,3 +142,15 @@ def test_a_refused_point_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> No
         "compare_time.png",
         "compare_bytes.png",
     ]
+
+
+def test_an_interrupted_point_stops_the_sweep(tmp_path: Path) -> None:
+    points = grid(None, parse_axes([f'output_dir="{tmp_path}"', "seed=1,2"]))
+
+    def interrupted(config: RunConfig):  # noqa: ANN202 - a Simulation
+        raise RunInterrupted("SIGINT", 3, tmp_path)
+
+    with pytest.raises(RunInterrupted):
+        run_sweep(points, tmp_path / "sweeps", "s", runner=interrupted)
+    table = strict_loads((tmp_path / "sweeps" / "s" / "sweep.json").read_text())
+    assert table["complete"] is False and table["points"] == []

@@ -13,7 +13,9 @@ from fedloom.console import console, user_errors
 
 
 def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="run directories to compare")],
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="run directories to compare (a sweep's folder: its runs)")
+    ],
     out: Annotated[
         Optional[Path],  # noqa: UP045 - typer needs Optional here
         typer.Option(

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from fedloom.console import console, user_errors
 
@@ -34,6 +35,7 @@ def sweep(
     <output_dir>/sweeps/NAME (NAME-2 ... when taken), then write sweep.json (strict JSON:
     infinity as "inf", NaN as null) and the comparison plots."""
     from fedloom.cli_compare import outcome_table
+    from fedloom.errors import RunInterrupted
     from fedloom.sweep import describe_axes, grid, parse_axes, run_sweep, sweep_root
 
     with user_errors():
@@ -42,16 +44,23 @@ def sweep(
         base = points[0].config
         swept = [a.key for a in axes if len(a.texts) > 1]
         console.print(f"{len(points)} runs: {', '.join(swept) or 'one point (nothing swept)'}")
-        result = run_sweep(
-            points,
-            sweep_root(base),
-            name or base.name,
-            description={
-                "config": None if config is None else str(config),
-                "axes": describe_axes(axes),
-            },
-            on_point=lambda row: console.print(_line(row)),
-        )
+        try:
+            result = run_sweep(
+                points,
+                sweep_root(base),
+                name or base.name,
+                description={
+                    "config": None if config is None else str(config),
+                    "axes": describe_axes(axes),
+                },
+                on_point=lambda row: console.print(_line(row)),
+            )
+        except RunInterrupted as err:
+            console.print(
+                f"[bold yellow]stopped:[/] {escape(str(err))}; the sweep's sweep.json "
+                "lists the points done"
+            )
+            raise typer.Exit(143 if err.signal_name == "SIGTERM" else 130) from None
     for row in result.rows:
         row["label"] = _settings(row["settings"]) or f"point {row['point']}"
     console.print(outcome_table(f"sweep {result.folder.name}", result.rows))
@@ -67,8 +76,6 @@ def _settings(settings: dict[str, Any]) -> str:
 
 
 def _line(row: dict[str, Any]) -> str:
-    from rich.markup import escape
-
     what = escape(_settings(row["settings"]))
     if row["error"]:
         return f"point {row['point']} ({what}): [bold red]refused:[/] {escape(row['error'])}"

@@ -108,13 +108,14 @@ class LoadedRun:
 
 
 def load_runs(paths: list[Path]) -> list[LoadedRun]:
-    """Each run directory in ``paths`` (``CheckpointError`` for one that is not a run;
-    ``FedloomError`` for one that recorded nothing yet)."""
+    """Each run directory in ``paths``, a sweep's folder standing for the runs of its
+    points (``CheckpointError`` for a path that is neither; ``FedloomError`` for a run
+    that recorded nothing yet)."""
     if not paths:
         raise ConfigError("give at least one run directory to compare")
     seen: set[Path] = set()
     runs = []
-    for path in paths:
+    for path in [p for given in paths for p in _expand(Path(given))]:
         run = RunDirectory.open(Path(path))
         if run.path.resolve() in seen:
             raise ConfigError(f"run directory {str(path)!r} is given twice")
@@ -126,6 +127,18 @@ def load_runs(paths: list[Path]) -> list[LoadedRun]:
         runs.append(LoadedRun(run.path, records, config, summarize(records)))
     label_runs(runs)
     return runs
+
+
+def _expand(path: Path) -> list[Path]:
+    """``path``, or the run directories of the sweep whose folder it is (sweep.json)."""
+    table = path / "sweep.json"
+    if (path / "config.toml").is_file() or not table.is_file():
+        return [path]
+    try:
+        points = json.loads(table.read_text(encoding="utf-8"))["points"]
+        return [Path(p["run"]) for p in points if p.get("run")]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise FedloomError(f"{str(table)!r} is not a sweep's table: {err}") from None
 
 
 def differing(configs: list[dict[str, Any]]) -> list[str]:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedloom.compare import dump_json, fresh_folder, label_runs, load_runs, write_plots
 from fedloom.config import RunConfig, load_config
-from fedloom.errors import ConfigError, FedloomError
+from fedloom.errors import ConfigError, FedloomError, RunInterrupted, StorageError
 
 if TYPE_CHECKING:
     from fedloom.sim.runtime import Simulation
@@ -98,6 +98,11 @@ def parse_axes(items: list[str]) -> list[Axis]:
         shown = [repr(parse_value(t)) for t in texts]
         if len(set(shown)) != len(shown):
             raise ConfigError(f"--set {item!r}: a value is given twice")
+        if key == "output_dir" and len(texts) > 1:
+            raise ConfigError(
+                f"--set {item!r}: output_dir cannot be swept (every point runs in the "
+                "sweep's folder)"
+            )
         if any(a.key == key for a in axes):
             raise ConfigError(f"--set {key}=...: the key is given twice; list its values in one")
         axes.append(Axis(key, tuple(texts)))
@@ -160,7 +165,10 @@ def run_sweep(
     """Run every point in a new folder ``root/name`` (never an earlier one) and write the
     table and plots. ``description``: what ``sweep.json`` says of the sweep (axes, base
     config); ``extra(point, sim)``: more columns per point; ``on_point`` sees each row as
-    it finishes; ``runner``: builds a point's simulation (default: a new run)."""
+    it finishes; ``runner``: builds a point's simulation (default: a new run). A point
+    refused at run time is recorded with its error and the sweep goes on; an interrupted
+    run (Ctrl-C, SIGTERM) or a full disk stops the sweep, ``sweep.json`` holding the
+    points done (``"complete": false``)."""
     from fedloom.compare import summarize
 
     if not points:
@@ -172,6 +180,7 @@ def run_sweep(
     width = len(str(len(points)))
     distinct = len({p.config.name for p in points}) == len(points)  # else: -p1, -p2 ...
     rows: list[dict[str, Any]] = []
+    _write(folder, head, rows, complete=False)
     for point in points:
         run_name = (
             point.config.name if distinct else f"{point.config.name}-p{point.index:0{width}d}"
@@ -191,6 +200,8 @@ def run_sweep(
         try:
             sim = runner(cfg)
             sim.run()
+        except (RunInterrupted, StorageError):  # the user stopped it, or the disk is full
+            raise
         except FedloomError as err:  # refused at run time (e.g. over a privacy budget)
             row |= {"run": None, "error": str(err)}
         else:
