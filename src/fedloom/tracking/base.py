@@ -142,7 +142,7 @@ class Tracker:
             if r.get("event") == "round" and resumed_at is not None and r["round"] <= resumed_at
         )
         params = flatten(self.config.model_dump(mode="json", exclude_none=True))
-        params["metrics"] = ",".join(self.metric_names)
+        params["task.metrics"] = ",".join(self.metric_names)  # what eval/* will hold
         text = to_toml(self.config)
         saved = self._state()
         for backend in list(self.backends):

@@ -38,7 +38,7 @@ class TensorBoardBackend:
         values = {
             k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in params.items()
         }
-        metrics = {f"eval/{m}": 0.0 for m in ("loss", *str(params["metrics"]).split(","))}
+        metrics = {f"eval/{m}": 0.0 for m in ("loss", *str(params["task.metrics"]).split(","))}
         for summary in hparams(values, metrics):
             writer.file_writer.add_summary(summary)
         writer.add_text("config", "```toml\n" + config_text + "\n```", 0)
