@@ -90,15 +90,24 @@ def one(registered: int, cohort: int, rounds: int) -> dict[str, Any]:
         sim = start_simulation(cfg, data=FederatedData(train, None, test))
         setup_s = time.perf_counter() - t0
         rss_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        spent = _time_components(sim)
         sim.step()  # warm-up
         times = []
+        parts: dict[str, list[float]] = {name: [] for name in spent}
         for _ in range(rounds):
+            for name in spent:
+                spent[name] = 0.0
             t0 = time.perf_counter()
             rec = sim.step()
             times.append(time.perf_counter() - t0)
+            for name, s in spent.items():
+                parts[name].append(s)
         registry = sim.registry
         registry_bytes = registry.nbytes
         sqlite_bytes = sum(p.stat().st_size for p in registry.path.parent.glob("clients.sqlite*"))
+        t0 = time.perf_counter()
+        registry.snapshot(sim.engine.attempts)  # what every checkpoint adds
+        snapshot_s = time.perf_counter() - t0
     return {
         "registered": registered,
         "cohort": cohort,
@@ -110,7 +119,42 @@ def one(registered: int, cohort: int, rounds: int) -> dict[str, Any]:
         "registry_bytes_per_client": round(registry_bytes / registered, 1),
         "sqlite_bytes_per_client": round(sqlite_bytes / registered, 1),
         "completed_last_round": rec["completed"],
+        "components_ms": {k: round(statistics.median(v) * 1e3, 3) for k, v in parts.items()},
+        "registry_snapshot_ms": round(snapshot_s * 1e3, 1),
     }
+
+
+# The per-round steps timed on their own: (label, object path from the Simulation, method).
+COMPONENTS = [
+    ("availability sweep", "virtual_time", "available"),
+    ("registry check-in sweep", "registry", "observe_availability"),
+    ("admission", "engine", "admit"),
+    ("registry stats", "registry", "stats"),
+    ("selection", "engine.server", "begin_round"),
+    ("registry record", "registry", "record_round"),
+    ("round record", "engine", "append"),
+]
+
+
+def _time_components(sim: Any) -> dict[str, float]:
+    """Wrap each of ``COMPONENTS``' methods on its instance so that the seconds spent in
+    it add up in the returned dict (reset it before each round)."""
+    spent = dict.fromkeys((label for label, _, _ in COMPONENTS), 0.0)
+    for label, path, method in COMPONENTS:
+        obj = sim
+        for attr in path.split("."):
+            obj = getattr(obj, attr)
+        inner = getattr(obj, method)
+
+        def timed(*args: Any, _inner: Any = inner, _label: str = label, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _inner(*args, **kw)
+            finally:
+                spent[_label] += time.perf_counter() - t0
+
+        setattr(obj, method, timed)
+    return spent
 
 
 def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -147,6 +191,23 @@ def fit(rows: list[dict[str, Any]], cohort: int) -> dict[str, Any] | None:
         "linear_us_per_registered_client": round(float(b) * 1e6, 5),
         "ms_per_round_per_100k_registered": round(float(b) * 1e8, 3),
     }
+
+
+def component_fits(rows: list[dict[str, Any]], cohort: int) -> dict[str, Any]:
+    """Each timed step's milliseconds per round against registered clients at one
+    cohort, and its log-log growth exponent."""
+    at = sorted((r for r in rows if r["cohort"] == cohort), key=lambda r: r["registered"])
+    n = np.log([r["registered"] for r in at])
+    out: dict[str, Any] = {"cohort": cohort, "registered": [r["registered"] for r in at]}
+    for label, _, _ in COMPONENTS:
+        ms = [max(r["components_ms"][label], 1e-3) for r in at]
+        out[label] = {"ms": ms, "exponent": round(float(np.polyfit(n, np.log(ms), 1)[0]), 3)}
+    ms = [r["registry_snapshot_ms"] for r in at]
+    out["registry snapshot (per checkpoint)"] = {
+        "ms": ms,
+        "exponent": round(float(np.polyfit(n, np.log(ms), 1)[0]), 3),
+    }
+    return out
 
 
 def memory(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -276,6 +337,12 @@ def main() -> None:
             f"(N^{f['exponent_largest_step']} over the last step), "
             f"+{f['ms_per_round_per_100k_registered']} ms per round per 100k registered"
         )
+    parts = component_fits(rows, min(cohorts)) if fits else None
+    if parts is not None:
+        print(f"cohort {parts['cohort']}, ms per round at {parts['registered']} registered:")
+        for label, v in parts.items():
+            if isinstance(v, dict):
+                print(f"  {label:<36} {v['ms']}  ~N^{v['exponent']}")
     mem = memory(rows)
     print(f"memory per registered client: {json.dumps(mem)}")
     result: dict[str, Any] = {
@@ -286,6 +353,7 @@ def main() -> None:
         "passes": passes,
         "rows": rows,
         "fits": fits,
+        "components": parts,
         "memory_per_client": mem,
     }
     if fits:
