@@ -10,7 +10,8 @@ fedloom's behaviour behind the README's back):
   ``PATH``): the program ``uv run`` starts once the environment is synced, without a
   lock check per command;
 - experiments are cut to 2 rounds with ``--set rounds=2`` (appended, so it wins over the
-  README's own ``rounds``), the privacy sweep to 2 of its epsilons;
+  README's own ``rounds``), the privacy sweep to 2 of its epsilons, the privacy plan to
+  2 candidates of 2 rounds (each candidate is a whole experiment);
 - the walkthrough starts 2 clients instead of 5 (``N=2``: still every client of the
   partition, started by the README's loop) on a free port instead of 50051.
 
@@ -43,36 +44,51 @@ TWO_ROUNDS = " --set rounds=2"
 REWRITES: list[tuple[str, str]] = [
     ("uv run ", ""),
     ("--epsilons 0.5,1,2,4,8,inf", f"--epsilons 4,inf{TWO_ROUNDS}"),
+    ("--clients-per-round 10,20,50 --clip-norms 0.1,0.5,1", "--clients-per-round 10,20 --rounds 2"),
     ("N=5 ", "N=2 "),
 ]
 
 # every Quickstart command (as in the README, comments dropped) -> (its group, whether
 # --set rounds=2 is appended); a group's commands run in the README's order in one folder
+# (a group: commands that read another's run directory), each group in its own test
 QUICKSTART: dict[str, tuple[str, bool]] = {
-    "uv run fedloom run": ("digits", True),
-    "uv run fedloom run --resume runs/digits-fedavg": ("digits", False),
-    "uv run fedloom run --set server.clients_per_round=20 --set rounds=100": ("digits", True),
-    "uv run fedloom run examples/digits_iid.toml": ("examples", True),
+    "uv run fedloom run": ("resume", True),
+    "uv run fedloom run --resume runs/digits-fedavg": ("resume", False),
+    "uv run fedloom run --set server.clients_per_round=20 --set rounds=100": ("set", True),
+    "uv run fedloom run examples/digits_iid.toml": ("iid", True),
     "uv run fedloom run examples/synthetic_fedprox.toml --set client.prox_mu=0.1": (
-        "examples",
+        "fedprox",
         True,
     ),
     "uv run fedloom data export exports/digits --config examples/digits_fedavg.toml": (
-        "examples",
+        "export",
         False,
     ),
     "uv run fedloom run examples/devices_trace.toml": ("devices", True),
     "uv run fedloom clients runs/devices-trace": ("devices", False),
     "uv run torchrun --nproc_per_node=2 -m fedloom run": ("torchrun", True),
     """uv run fedloom run --set privacy.mode='"central"' --set privacy.target_epsilon=4""": (
-        "privacy",
+        "central",
         True,
     ),
-    "uv run fedloom privacy sweep --epsilons 0.5,1,2,4,8,inf": ("privacy", False),
+    "uv run fedloom privacy sweep --epsilons 0.5,1,2,4,8,inf": ("sweep", False),
     "uv run fedloom privacy plan --epsilon 4 --clients-per-round 10,20,50 --clip-norms 0.1,0.5,1": (
-        "privacy",
+        "plan",
         False,
     ),
+}
+# what each group leaves behind (relative to its folder)
+WRITES: dict[str, str] = {
+    "resume": "runs/digits-fedavg/config.toml",
+    "set": "runs/digits-fedavg/config.toml",
+    "iid": "runs/digits-iid/metrics.jsonl",
+    "fedprox": "runs/synthetic-fedprox/metrics.jsonl",
+    "export": "exports/digits/client-000099",
+    "devices": "runs/devices-trace/metrics.jsonl",
+    "torchrun": "runs/digits-fedavg/metrics.jsonl",
+    "central": "runs/digits-fedavg/privacy.json",
+    "sweep": "runs/sweeps/digits-fedavg-privacy/sweep.json",
+    "plan": "runs/digits-fedavg-plan/plan.json",
 }
 SKIPPED = {"uv run pytest": "the test suite itself"}
 
@@ -149,22 +165,16 @@ def test_the_quickstart_table_matches_the_readme() -> None:
 @pytest.mark.parametrize("group", sorted({g for g, _ in QUICKSTART.values()}))
 def test_quickstart_commands_run(group: str, tmp_path: Path) -> None:
     cwd = workdir(tmp_path)
+    assert set(WRITES) == {g for g, _ in QUICKSTART.values()}
     outputs = {}
     (block,) = bash_blocks("Quickstart")
     for command in commands(block):  # in the README's order
         where, short = QUICKSTART[command]
         if where == group:
             outputs[command] = sh(rewrite(command) + (TWO_ROUNDS if short else ""), cwd)
-    runs = cwd / "runs"
-    if group == "digits":
-        assert (runs / "digits-fedavg" / "config.toml").is_file()
-        assert (runs / "digits-fedavg-2" / "config.toml").is_file()  # the 20-client run
-    elif group == "examples":
-        assert len(list((cwd / "exports" / "digits").glob("client-*"))) == 100  # one each
-    elif group == "devices":
-        assert (runs / "devices-trace" / "metrics.jsonl").is_file()
-    elif group == "privacy":
-        assert any("epsilon" in out for out in outputs.values())
+    assert (cwd / WRITES[group]).exists(), sorted(str(p) for p in cwd.rglob("*"))[:50]
+    if group == "resume":
+        assert "resume" in outputs["uv run fedloom run --resume runs/digits-fedavg"].lower()
 
 
 def free_port() -> int:
