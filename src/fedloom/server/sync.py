@@ -211,6 +211,19 @@ def _metrics_error(cohort: CohortRows, i: int) -> UpdateRejected:
     return _raised(check, int(cohort.client_ids[i]))
 
 
+@dataclass(frozen=True)
+class CohortDispatch:
+    """A round's dispatches as arrays (:meth:`SyncServer.begin_cohort`): every client of
+    ``client_ids`` trains ``version`` under ``plan`` with its seed of ``seeds``."""
+
+    round: int
+    version: int
+    plan: TrainPlan
+    client_ids: np.ndarray  # int64 [K], in selection order
+    seeds: np.ndarray  # int64 [K]
+    deadline: float | None = None
+
+
 @dataclass
 class _OpenRound:
     round: int
@@ -400,6 +413,23 @@ class SyncServer:
         the round needs); ``stats`` and ``now`` inform the selector; ``deadline`` is copied
         into each dispatch.
         """
+        c = self.begin_cohort(available, stats, now, k, deadline)
+        return [
+            Dispatch(cid, c.round, c.version, c.plan, seed, deadline)
+            for cid, seed in zip(c.client_ids.tolist(), c.seeds.tolist(), strict=True)
+        ]
+
+    def begin_cohort(
+        self,
+        available: np.ndarray | None = None,
+        stats: ClientStats | None = None,
+        now: float = 0.0,
+        k: int | None = None,
+        deadline: float | None = None,
+    ) -> CohortDispatch:
+        """:meth:`begin_round` as one record of arrays instead of a dispatch per client:
+        for a runtime that trains the whole cohort at once (with :meth:`receive_cohort`),
+        where an object per client would cost more than the training."""
         if self._open is not None:
             raise FedloomError(f"round {self._open.round} is still open")
         ids = np.arange(self.num_clients) if available is None else np.asarray(available)
@@ -408,14 +438,11 @@ class SyncServer:
         rng = self.rng
         if self.os_selection:  # unpredictable from the seed (see __init__)
             rng = np.random.default_rng(secrets.randbits(256))
-        cohort = self.selector.select(ids, k, rnd, rng, stats, now)
-        selected = tuple(int(c) for c in cohort)
+        cohort = np.asarray(self.selector.select(ids, k, rnd, rng, stats, now), dtype=np.int64)
+        selected = tuple(cohort.tolist())
         self._open = _OpenRound(rnd, selected, np.empty((len(selected), self.dim), np.float32))
-        seeds = client_seeds(self.seed, rnd, np.asarray(selected, dtype=np.int64))
-        return [
-            Dispatch(c, rnd, self.version, self.plan, int(seed), deadline)
-            for c, seed in zip(selected, seeds, strict=True)
-        ]
+        seeds = client_seeds(self.seed, rnd, cohort)
+        return CohortDispatch(rnd, self.version, self.plan, cohort, seeds, deadline)
 
     def receive(self, update: Update) -> None:
         """Accept one client's update, or raise ``UpdateRejected`` and change nothing.
@@ -554,7 +581,8 @@ class SyncServer:
                 | (counted.sum(axis=1) > MAX_LOSS_SAMPLES)
             )
         refuse(odd, lambda i: _metrics_error(cohort, i))
-        bound = np.array([self._steps_bound.get(c, -1) for c in ids.tolist()], dtype=np.int64)
+        known = self._steps_bound
+        bound = np.array([known.get(c, -1) for c in ids.tolist()] if known else [-1] * len(ids))
         refuse(
             (bound >= 0) & (steps > bound),
             lambda i: UpdateRejected(
@@ -910,8 +938,8 @@ class SyncServer:
         return RoundResult(
             round=rnd.round,
             selected=rnd.selected,
-            completed=tuple(int(c) for c in sel[done]),
-            failed=tuple(sorted(set(rnd.selected) - {int(c) for c in sel[done]})),
+            completed=tuple(sel[done].tolist()),
+            failed=tuple(np.setdiff1d(sel, sel[done]).tolist()),
             rejected=int(packed[-1]),
             num_examples=int(total),
             train_loss=loss,
@@ -920,7 +948,7 @@ class SyncServer:
             clients=clients,
             skip_reason=rnd.skip,
             clamped=tuple((c, n, m) for c, (n, m) in sorted(rnd.clamped.items())),
-            excluded=_exclusions(rnd, {int(c) for c in sel[done]}),
+            excluded=_exclusions(rnd, set(sel[done].tolist())),
         )
 
     def _host_reason(self, combine: Combine | None) -> str | None:

@@ -27,6 +27,7 @@ from fedloom.client.schedule import NO_CAP, examples_seen
 from fedloom.records import Dispatch, TrainPlan
 from fedloom.server import device_chain
 from fedloom.server.device_chain import CohortRows
+from fedloom.server.sync import CohortDispatch
 from fedloom.sim.vectorized import VectorizedExecutor
 
 if TYPE_CHECKING:
@@ -71,9 +72,15 @@ def train_rows(
 ) -> CohortRows:
     """Train every dispatched client (grouped by plan) and keep their deltas on the
     executor's device; the per-client statistics come to the host (``[K, 2 + J]``)."""
+    if not dispatches:
+        return _empty(executor, 0, 0)
+    first = dispatches[0]
     groups: dict[TrainPlan, list[Dispatch]] = defaultdict(list)
-    for d in dispatches:
-        groups[d.plan].append(d)
+    if all(d.plan is first.plan for d in dispatches):  # one plan: no hashing per client
+        groups[first.plan] = list(dispatches)
+    else:
+        for d in dispatches:
+            groups[d.plan].append(d)
     parts = []
     for plan, group in groups.items():
         ids = np.array([d.client_id for d in group], dtype=np.int64)
@@ -84,34 +91,53 @@ def train_rows(
             if all(c is None for c in caps)
             else np.array([NO_CAP if c is None else c for c in caps], dtype=np.int64)
         )
-        deltas, losses, steps = executor.train_cohort_tensors(
-            global_params, ids, seeds, plan, max_steps
-        )
-        n = executor.sizes[ids].astype(np.int64)
-        epochs = examples_seen(n, plan, max_steps) / np.maximum(n, 1)
-        parts.append((ids, deltas, device_chain.to_host(losses), steps, n, epochs))
-    first = dispatches[0] if dispatches else None
-    if not parts:
-        empty = np.zeros(0)
-        return CohortRows(
-            0 if first is None else first.round,
-            0 if first is None else first.version,
-            np.zeros(0, dtype=np.int64),
-            torch.zeros((0, executor.dim), dtype=torch.float32, device=executor.device),
-            np.zeros(0, dtype=np.int64),
-            empty,
-            empty,
-            np.zeros(0, dtype=np.int64),
-            empty,
-            np.zeros((0, executor.loss_samples)),
-        )
-    assert first is not None
+        parts.append(_train(executor, global_params, ids, seeds, plan, max_steps))
     ids, deltas, losses, steps, n, epochs = (
         parts[0] if len(parts) == 1 else _concat(parts)  # type: ignore[assignment]
     )
+    return _rows(first.round, first.version, ids, deltas, losses, steps, n, epochs)
+
+
+def train_cohort(
+    executor: VectorizedExecutor, global_params: np.ndarray, cohort: CohortDispatch
+) -> CohortRows:
+    """:func:`train_rows` for a cohort dispatched as arrays (``SyncServer.begin_cohort``):
+    no object per client on the way."""
+    if not len(cohort.client_ids):
+        return _empty(executor, cohort.round, cohort.version)
+    part = _train(executor, global_params, cohort.client_ids, cohort.seeds, cohort.plan, None)
+    return _rows(cohort.round, cohort.version, *part)
+
+
+def _train(
+    executor: VectorizedExecutor,
+    global_params: np.ndarray,
+    ids: np.ndarray,
+    seeds: np.ndarray,
+    plan: TrainPlan,
+    max_steps: np.ndarray | None,
+) -> tuple:
+    deltas, losses, steps = executor.train_cohort_tensors(
+        global_params, ids, seeds, plan, max_steps
+    )
+    n = executor.sizes[ids].astype(np.int64)
+    epochs = examples_seen(n, plan, max_steps) / np.maximum(n, 1)
+    return ids, deltas, device_chain.to_host(losses), steps, n, epochs
+
+
+def _rows(
+    round: int,
+    version: int,
+    ids: np.ndarray,
+    deltas: torch.Tensor,
+    losses: np.ndarray,
+    steps: np.ndarray,
+    n: np.ndarray,
+    epochs: np.ndarray,
+) -> CohortRows:
     return CohortRows(
-        first.round,
-        first.version,
+        round,
+        version,
         ids,
         deltas,
         n,
@@ -120,6 +146,22 @@ def train_rows(
         np.asarray(steps, dtype=np.int64),
         epochs,
         losses[:, 2:],
+    )
+
+
+def _empty(executor: VectorizedExecutor, round: int, version: int) -> CohortRows:
+    empty = np.zeros(0)
+    return CohortRows(
+        round,
+        version,
+        np.zeros(0, dtype=np.int64),
+        torch.zeros((0, executor.dim), dtype=torch.float32, device=executor.device),
+        np.zeros(0, dtype=np.int64),
+        empty,
+        empty,
+        np.zeros(0, dtype=np.int64),
+        empty,
+        np.zeros((0, executor.loss_samples)),
     )
 
 
