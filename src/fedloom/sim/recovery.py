@@ -36,6 +36,7 @@ MAY_CHANGE = (
     "simulation.device",
     "simulation.memory_budget_mb",
     "simulation.memory_limit_mb",
+    "simulation.server_chain",
 )
 
 
