@@ -45,7 +45,8 @@ def test_quick_run_rows_agreement_and_targets(tmp_path: Path) -> None:
     for key, row in rows.items():
         rates = row["updates_per_s"]
         assert set(rates) == {"fedloom", "plain"} and min(rates.values()) > 0, key
-        assert row["ratio"] == round(rates["fedloom"] / rates["plain"], 3), key
+        seconds = row["round_s"]
+        assert abs(row["ratio"] - seconds["plain"] / seconds["fedloom"]) <= 0.01, key
         assert row["max_abs_aggregate_diff"] <= 1e-4, key  # the same math
         assert row["threads"] == 1 and row["clients"] >= 1
     assert rows["mlp_digits tiny, 1 thread"]["backend"] == "bmm"
