@@ -105,3 +105,35 @@ def test_a_client_side_host_stage_keeps_the_whole_round_on_the_host(tmp_path) ->
 def test_auto_keeps_a_cpu_run_on_the_host(tmp_path) -> None:
     sim = run(tmp_path, "auto")
     assert all("server_chain" not in r for r in rounds(sim))
+
+
+def test_a_resumed_device_run_equals_the_uninterrupted_one(tmp_path) -> None:
+    from fedloom.assemble import resume_simulation
+
+    extra = (
+        "rounds=3",
+        "checkpoint.every=1",
+        'privacy.mode="central"',
+        "privacy.noise_multiplier=1.0",
+    )
+    full = run(tmp_path / "a", "device", *extra)
+    config = load_config(
+        None,
+        [
+            f'output_dir="{tmp_path / "b"}"',
+            "partition.num_clients=24",
+            "server.clients_per_round=8",
+            "client.local_epochs=1",
+            'data.source="synthetic"',
+            'simulation.executor="vectorized"',
+            'simulation.server_chain="device"',
+            *extra,
+        ],
+    )
+    crashed = start_simulation(config)
+    crashed.step()
+    crashed.step()
+    resumed = resume_simulation(crashed.run_dir.path)
+    resumed.run()
+    assert resumed.server.round == full.server.round == 3
+    np.testing.assert_array_equal(resumed.server.params, full.server.params)
