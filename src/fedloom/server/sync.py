@@ -594,9 +594,9 @@ class SyncServer:
         for i, err in errors.items():
             rnd.rejected += 1
             rnd.refusals[cid(i)] = err
-        keep = np.array(sorted(set(range(len(ids))) - errors.keys()), dtype=np.int64)
-        if len(keep) == len(ids):
-            keep = np.arange(len(ids), dtype=np.int64)
+        ok = np.ones(len(ids), dtype=bool)
+        ok[list(errors)] = False
+        keep = np.flatnonzero(ok)
         keep = keep[np.argsort(pos[keep], kind="stable")]  # selection order
         if len(keep):
             taken = cohort.take(keep)
