@@ -16,6 +16,7 @@ Decentralized Data", AISTATS 2017 (FedAvg weighted by example counts); Bonawitz 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import secrets
 from collections.abc import Callable
@@ -77,15 +78,20 @@ def client_seed(run_seed: int, round: int, client_id: int) -> int:
     return int(client_seeds(run_seed, round, np.array([client_id]))[0])
 
 
-def _exclusions(rnd: _OpenRound, done: set[int]) -> tuple[Exclusion, ...]:
+def _exclusions(rnd: _OpenRound, done: np.ndarray) -> tuple[Exclusion, ...]:
     """Who is not in the round's aggregate and why, by client id: refused updates (from
     inside or outside the cohort; not one a client made good by a later update), then
-    selected clients that failed or never answered."""
+    selected clients that failed or never answered. ``done``: whether each selected
+    client is in the aggregate (bool, selection order)."""
+    held: set[int] = set()  # refused, then made good by a later update
+    if rnd.refusals:
+        held = set(np.asarray(rnd.selected, dtype=np.int64)[done].tolist()) & rnd.refusals.keys()
     out = {
-        cid: Exclusion.rejected(cid, err) for cid, err in rnd.refusals.items() if cid not in done
+        cid: Exclusion.rejected(cid, err) for cid, err in rnd.refusals.items() if cid not in held
     }
-    for cid in rnd.selected:
-        if cid not in done and cid not in out:
+    missing = np.asarray(rnd.selected, dtype=np.int64)[~done]
+    for cid in missing.tolist():  # the cohort minus the aggregated: usually few
+        if cid not in out:
             out[cid] = Exclusion.failed(cid, rnd.failed.get(cid, "no update"))
     return tuple(out[cid] for cid in sorted(out))
 
@@ -243,8 +249,11 @@ class _OpenRound:
     device: CohortRows | None = None
     device_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
-    def __post_init__(self) -> None:
-        self.row = {c: i for i, c in enumerate(self.selected)}
+    @functools.cached_property
+    def row(self) -> dict[int, int]:
+        """Each selected client's row of ``matrix`` (built on first use: a device
+        cohort's round never needs it)."""
+        return {c: i for i, c in enumerate(self.selected)}
 
     @property
     def answered(self) -> set[int]:
@@ -514,10 +523,13 @@ class SyncServer:
             return int(ids[i])
 
         sel = np.asarray(rnd.selected, dtype=np.int64)
-        order = np.argsort(sel, kind="stable")
-        at = np.minimum(np.searchsorted(sel[order], ids), max(len(sel) - 1, 0))
-        pos = order[at] if len(sel) else np.zeros(len(ids), dtype=np.int64)
-        chosen = sel[pos] == ids if len(sel) else np.zeros(len(ids), dtype=bool)
+        if np.array_equal(ids, sel):  # the whole cohort in selection order (distinct ids)
+            pos, chosen = np.arange(len(ids)), np.ones(len(ids), dtype=bool)
+        else:
+            order = np.argsort(sel, kind="stable")
+            at = np.minimum(np.searchsorted(sel[order], ids), max(len(sel) - 1, 0))
+            pos = order[at] if len(sel) else np.zeros(len(ids), dtype=np.int64)
+            chosen = sel[pos] == ids if len(sel) else np.zeros(len(ids), dtype=bool)
         r = rnd.round
         refuse(
             ~chosen,
@@ -525,8 +537,10 @@ class SyncServer:
                 cid(i), f"client was not selected for round {r}", _K.UNSELECTED
             ),
         )
-        first = np.zeros(len(ids), dtype=bool)
-        first[np.unique(ids, return_index=True)[1]] = True
+        first = np.ones(len(ids), dtype=bool)
+        if not np.array_equal(pos, np.arange(len(ids))):  # else distinct, as the selection
+            first[:] = False
+            first[np.unique(ids, return_index=True)[1]] = True
         refuse(
             ~first,
             lambda i: UpdateRejected(cid(i), f"duplicate update for round {r}", _K.DUPLICATE),
@@ -597,7 +611,8 @@ class SyncServer:
         ok = np.ones(len(ids), dtype=bool)
         ok[list(errors)] = False
         keep = np.flatnonzero(ok)
-        keep = keep[np.argsort(pos[keep], kind="stable")]  # selection order
+        if np.any(np.diff(pos[keep]) < 0):
+            keep = keep[np.argsort(pos[keep], kind="stable")]  # selection order
         if len(keep):
             taken = cohort.take(keep)
             limit = self._example_bound[taken.client_ids]
@@ -857,7 +872,8 @@ class SyncServer:
             packed[:d] += self._canary_sum
             self._canary_sum = None
         counts, loss_w, loss_sq_w, steps = packed[d : d + 4 * k].reshape(4, k)
-        done = np.flatnonzero(counts > 0)
+        aggregated = counts > 0
+        done = np.flatnonzero(aggregated)
         total = float(counts.sum())
         status = "aggregated"
         central = self.dp is not None and not self.dp.noise_on_clients
@@ -914,12 +930,10 @@ class SyncServer:
                 contribution[rows] = w * along / (total * norm)
             if combine is not None:
                 contribution = np.asarray(combine(contribution), dtype=np.float64)
-        held = rnd.updates.keys() | rnd.device_ids
-        if secure is not None:
-            held = set(secure.total.included.tolist())
         for states in (self.client_states, self.upload_states):
             if states is not None:  # the simulated clients whose updates it holds
-                states.commit(held)
+                held = rnd.updates.keys() | rnd.device_ids
+                states.commit(held if secure is None else secure.total.included.tolist())
         if status == "retry":
             self.retries += 1
         else:
@@ -939,7 +953,7 @@ class SyncServer:
             round=rnd.round,
             selected=rnd.selected,
             completed=tuple(sel[done].tolist()),
-            failed=tuple(np.setdiff1d(sel, sel[done]).tolist()),
+            failed=tuple(np.sort(sel[~aggregated]).tolist()),
             rejected=int(packed[-1]),
             num_examples=int(total),
             train_loss=loss,
@@ -948,7 +962,7 @@ class SyncServer:
             clients=clients,
             skip_reason=rnd.skip,
             clamped=tuple((c, n, m) for c, (n, m) in sorted(rnd.clamped.items())),
-            excluded=_exclusions(rnd, set(sel[done].tolist())),
+            excluded=_exclusions(rnd, aggregated),
         )
 
     def _host_reason(self, combine: Combine | None) -> str | None:
