@@ -142,3 +142,28 @@ def test_differing_keys_and_strict_json() -> None:
     }
     empty = summarize([{"event": "start", "round": 0}])
     assert math.isnan(empty.final) and empty.rounds == 0
+
+
+def test_the_table_fits_80_columns_with_a_column_per_differing_setting(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from fedloom.cli_compare import outcome_table
+
+    runs = [
+        fake_run(
+            tmp_path,
+            f"r{i}",
+            [f"client.lr={lr}", f"server.clients_per_round={k}"],
+            "accuracy",
+            [0.1, v],
+        )
+        for i, (lr, k, v) in enumerate([(0.03, 10, 0.5), (0.1, 20, 0.75)])
+    ]
+    result = write_comparison(load_runs(runs), tmp_path / "c", "two")
+    console = Console(width=80, record=True)
+    console.print(outcome_table("two", result.rows))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    lines = [line.split() for line in text.splitlines()]
+    assert ["0.03", "10", "0.5", "0.5", "(1)"] == lines[-3][:5]  # lr, clients, final, best
+    assert "max_rounds" in text and "accuracy" in text

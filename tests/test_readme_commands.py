@@ -46,6 +46,7 @@ REWRITES: list[tuple[str, str]] = [
     ("--epsilons 0.5,1,2,4,8,inf", f"--epsilons 4,inf{TWO_ROUNDS}"),
     ("--clients-per-round 10,20,50 --clip-norms 0.1,0.5,1", "--clients-per-round 10,20 --rounds 2"),
     ("N=5 ", "N=2 "),
+    ("--resume runs/digits-fedavg --set rounds=100", "--resume runs/digits-fedavg --set rounds=3"),
 ]
 
 # every Quickstart command (as in the README, comments dropped) -> (its group, whether
@@ -64,6 +65,14 @@ QUICKSTART: dict[str, tuple[str, bool]] = {
         "export",
         False,
     ),
+    "uv run fedloom run --resume runs/digits-fedavg --set rounds=100": ("resume", False),
+    "uv run fedloom clients runs/devices-trace --csv > clients.csv": ("devices", False),
+    """uv run fedloom run --set tracking.backends='["tensorboard"]'""": ("tracking", True),
+    "uv run fedloom sweep --set client.lr=0.03,0.1 --set server.clients_per_round=10,20": (
+        "sweep_grid",
+        True,
+    ),
+    "uv run fedloom compare runs/sweeps/digits-fedavg": ("sweep_grid", False),
     "uv run fedloom run examples/devices_trace.toml": ("devices", True),
     "uv run fedloom clients runs/devices-trace": ("devices", False),
     "uv run torchrun --nproc_per_node=2 -m fedloom run": ("torchrun", True),
@@ -89,6 +98,8 @@ WRITES: dict[str, str] = {
     "central": "runs/digits-fedavg/privacy.json",
     "sweep": "runs/sweeps/digits-fedavg-privacy/sweep.json",
     "plan": "runs/digits-fedavg-plan/plan.json",
+    "tracking": "runs/digits-fedavg/tensorboard",
+    "sweep_grid": "runs/sweeps/digits-fedavg/comparisons/comparison/comparison.json",
 }
 SKIPPED = {"uv run pytest": "the test suite itself"}
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -49,23 +50,39 @@ def compare(
 
 
 def outcome_table(title: str, rows: list[dict[str, Any]]) -> Table:
-    """Runs (or sweep points) as a table: label, final and best metric, rounds, bytes,
-    virtual time, stop reason."""
+    """Runs (or sweep points) as a table that fits 80 columns: one column per differing
+    setting (headed by the key's last part, unless two keys share it), then the final and
+    best metric, bytes, virtual time and stop reason (the rounds run are in the JSON)."""
+    from fedloom.compare import show_value
     from fedloom.console import fmt
     from fedloom.report import _bytes, _duration
 
-    table = Table(title=title)
-    for col in ("run", "final", "best (round)", "rounds", "bytes", "virtual time", "stop"):
-        table.add_column(col, justify="left" if col in ("run", "stop") else "right")
+    keys = list(dict.fromkeys(k for r in rows for k in r.get("settings", {})))
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    heads = [s if short.count(s) == 1 else k for k, s in zip(keys, short, strict=True)]
+    metric = next((r["metric"] for r in rows if not r.get("error")), "final")
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    if not keys:
+        table.add_column("run", overflow="fold")
+    for head in heads:
+        table.add_column(head, overflow="fold")
+    for col in (metric, "best (round)", "bytes"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("virtual time", justify="right")  # the header may wrap, not values
+    table.add_column("stop", no_wrap=True)
     for r in rows:
+        first = (
+            [escape(show_value(r["settings"].get(k, "-"))) for k in keys]
+            if keys
+            else [escape(r["label"])]
+        )
         if r.get("error"):
-            table.add_row(escape(r["label"]), "-", "-", "-", "-", "-", escape(r["error"]))
+            table.add_row(*first, "-", "-", "-", "-", escape(r["error"]))
             continue
         table.add_row(
-            escape(r["label"]),
-            f"{r['metric']} {fmt(r['final'])}",
+            *first,
+            fmt(r["final"]),
             f"{fmt(r['best'])} ({r['best_round']})",
-            str(r["rounds"]),
             "-" if r["bytes_total"] is None else _bytes(r["bytes_total"]),
             "-" if r["virtual_time"] is None else _duration(r["virtual_time"]),
             r["stop_reason"],
