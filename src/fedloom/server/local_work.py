@@ -104,15 +104,21 @@ class LocalWorkPlanner:
         never declared: unlimited). Computed once for every declared client and kept
         until the next declaration, since ``admit`` asks for everyone online each round."""
         ids = np.asarray(ids, dtype=np.int64)
-        cached = self._batches
-        if cached is None or cached[0] != self.memory or cached[1] != self.reduced_precision:
-            every = self._compute_batches(np.arange(len(self.memory_mb), dtype=np.int64))
-            cached = self._batches = (self.memory, self.reduced_precision, every)
-        every = cached[2]
+        every = self._every_batch()
+        if len(ids) and 0 <= ids.min() and ids.max() < len(every):  # all declared
+            return every[ids]
         known = ids < len(every)
         out = np.full(len(ids), UNLIMITED, dtype=np.int64)
         out[known] = every[ids[known]]
         return out
+
+    def _every_batch(self) -> np.ndarray:
+        """The largest batch of every declared client, kept until the next declaration."""
+        cached = self._batches
+        if cached is None or cached[0] != self.memory or cached[1] != self.reduced_precision:
+            every = self._compute_batches(np.arange(len(self.memory_mb), dtype=np.int64))
+            cached = self._batches = (self.memory, self.reduced_precision, every)
+        return cached[2]
 
     def _compute_batches(self, ids: np.ndarray) -> np.ndarray:
         memory = self._column(self.memory_mb, ids, math.inf)

@@ -478,6 +478,7 @@ class ClientRegistry:
                 "UPDATE clients SET data_size = ?, label_entropy = ? WHERE id = ?",
                 (size, entropy, c),
             )
+        self._settle_snapshots()
         self._static["data_size"][c] = size
         self._static["label_entropy"][c] = entropy
 
@@ -502,31 +503,33 @@ class ClientRegistry:
     def stats(self) -> ClientStats:
         """A snapshot of the registry (copies), for selectors.
 
-        Its ``online_prob`` (N x 24) is computed on first read, since most selectors never
-        read it; the registry computes it for every snapshot still alive before the
-        hourly counts change, so a snapshot never sees a later check-in.
+        Each column is copied (``online_prob``, N x 24, computed) on first read, since a
+        selector reads few of them; before a column changes in place the registry copies
+        it for every snapshot still alive that has not read it, so a snapshot never sees
+        a later change.
         """
-        s = self._state
+        s, st = self._state, self._static
+        a, b = s["a"], s["b"]
         stats = _Stats(
             online_prob=partial(_online_prob, s["online"], s["seen"]),
-            data_size=self._static["data_size"].copy(),
-            label_entropy=self._static["label_entropy"].copy(),
-            selected=s["selected"].copy(),
-            completed=s["completed"].copy(),
-            reliability=(s["a"] + 1.0) / (s["a"] + s["b"] + 2.0),
-            last_round=s["last_round"].copy(),
-            loss=s["loss"].copy(),
-            loss_sq=s["loss_sq"].copy(),
-            duration=s["duration"].copy(),
-            flags=s["flags"].copy(),
+            data_size=st["data_size"].copy,
+            label_entropy=st["label_entropy"].copy,
+            selected=s["selected"].copy,
+            completed=s["completed"].copy,
+            reliability=lambda: (a + 1.0) / (a + b + 2.0),
+            last_round=s["last_round"].copy,
+            loss=s["loss"].copy,
+            loss_sq=s["loss_sq"].copy,
+            duration=s["duration"].copy,
+            flags=s["flags"].copy,
         )
         self._lazy = [ref for ref in self._lazy if ref() is not None]
         self._lazy.append(weakref.ref(stats))
         return stats
 
     def _settle_snapshots(self) -> None:
-        """Compute ``online_prob`` of every snapshot still alive: call before the hourly
-        counts change in place."""
+        """Copy every column of every snapshot still alive: call before a column that
+        ``stats()`` reads changes in place."""
         for ref in self._lazy:
             if (stats := ref()) is not None:
                 stats.settle()
@@ -680,6 +683,7 @@ class ClientRegistry:
                 "should follow before recording it again"
             ) from exc
 
+        self._settle_snapshots()
         s, d = self._state, self.decay
         s["selected"][sel] += 1
         s["last_round"][sel] = r
@@ -1077,31 +1081,31 @@ def _kind_flags(kind: RejectionKind) -> int:
 
 
 class _Stats(ClientStats):
-    """``ClientStats`` whose ``online_prob`` is computed from the registry's hourly counts
-    on first read (``ClientRegistry.stats``), then kept."""
+    """``ClientStats`` whose columns are given as arrays or as functions that make them,
+    called on first read (``ClientRegistry.stats``), then kept."""
 
-    def __init__(
-        self, online_prob: np.ndarray | Callable[[], np.ndarray], **columns: np.ndarray
-    ) -> None:
-        want = {f.name for f in fields(ClientStats)} - {"online_prob"}
+    def __init__(self, **columns: np.ndarray | Callable[[], np.ndarray]) -> None:
+        want = {f.name for f in fields(ClientStats)}
         if set(columns) != want:
             raise TypeError(f"ClientStats fields: got {sorted(columns)}, expected {sorted(want)}")
-        for name, value in columns.items():
-            object.__setattr__(self, name, value)
-        lazy = callable(online_prob)
-        object.__setattr__(self, "_compute", online_prob if lazy else None)
-        object.__setattr__(self, "_online_prob", None if lazy else online_prob)
+        pending = {name: make for name, make in columns.items() if callable(make)}
+        object.__setattr__(self, "_pending", pending)
+        object.__setattr__(self, "_columns", {n: v for n, v in columns.items() if n not in pending})
+
+    def column(self, name: str) -> np.ndarray:
+        """Column ``name``, made now if it was not read before."""
+        if name not in self._columns:
+            self._columns[name] = self._pending.pop(name)()
+        return self._columns[name]
 
     def settle(self) -> None:
-        """Compute ``online_prob`` now, from the counts as they are."""
-        if self._compute is not None:
-            object.__setattr__(self, "_online_prob", self._compute())
-            object.__setattr__(self, "_compute", None)
+        """Make every column not read yet, from the registry as it is now."""
+        for name in list(self._pending):
+            self.column(name)
 
-    @property
-    def online_prob(self) -> np.ndarray:  # type: ignore[override]
-        self.settle()
-        return self._online_prob
+
+for _field in fields(ClientStats):
+    setattr(_Stats, _field.name, property(partial(_Stats.column, name=_field.name)))
 
 
 def _online_prob(online: np.ndarray, seen: np.ndarray) -> np.ndarray:
