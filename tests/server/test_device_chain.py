@@ -158,6 +158,7 @@ CASES = {
     "clip_l2 transform": {"transforms": chain(ClipL2(1.0))},
     "central dp": {"dp": dp_fixed, "optimizer": FedAdam()},
     "central dp, adaptive clip, quorum": {"dp": dp_adaptive, "quorum": 2},
+    "clip_l2 transform, then central dp": {"dp": dp_fixed, "transforms": chain(ClipL2(0.8))},
     "max_examples": {"max_examples": 10},
 }
 

@@ -129,14 +129,19 @@ def weighted_sum(deltas: torch.Tensor, weights: np.ndarray) -> np.ndarray:
     return to_host(wt @ deltas).astype(np.float64) * np.float64(scale)
 
 
-def clipped_sum(deltas: torch.Tensor, clip_norm: float) -> tuple[np.ndarray, int]:
+def clipped_sum(
+    deltas: torch.Tensor, clip_norm: float, norms: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """Central DP's stage over the rows: each clipped to ``clip_norm`` (as
     :func:`~fedloom.privacy.mechanisms.clip_rows`: rows within it unchanged, the rest
     exactly within it), summed in float64; with the number of rows that were within the
-    norm already. One ``d + 1`` copy to the host."""
-    norms = torch.linalg.vector_norm(deltas, dim=1, dtype=torch.float64)
+    norm already, counted from ``norms`` (the rows' float64 norms, e.g. from
+    :func:`row_checks`) when given. One ``d + 1`` copy to the host."""
     total = per_sample_clip(deltas, clip_norm).sum(dim=0, dtype=torch.float64)
-    unclipped = (norms <= clip_norm).sum().to(torch.float64).reshape(1)
+    if norms is not None:
+        return to_host(total), int(np.count_nonzero(norms <= clip_norm))
+    row_norms = torch.linalg.vector_norm(deltas, dim=1, dtype=torch.float64)
+    unclipped = (row_norms <= clip_norm).sum().to(torch.float64).reshape(1)
     out = to_host(torch.cat([total, unclipped]))
     return out[:-1], int(out[-1])
 

@@ -248,6 +248,7 @@ class _OpenRound:
     # rows in selection order and their rows of the cohort matrix
     device: CohortRows | None = None
     device_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    device_norms: np.ndarray | None = None  # their float64 L2 norms, from validation
 
     @functools.cached_property
     def row(self) -> dict[int, int]:
@@ -561,7 +562,7 @@ class SyncServer:
                 np.ones(len(ids), dtype=bool),
                 lambda i: UpdateRejected(cid(i), stale, _K.STALE_VERSION),
             )
-        deltas = cohort.deltas
+        deltas, norms = cohort.deltas, None
         if deltas.shape[1] != self.dim or str(deltas.dtype) != "torch.float32":
             shape = f"rows of shape {tuple(deltas.shape)} and dtype {deltas.dtype}"
             refuse(
@@ -624,6 +625,7 @@ class SyncServer:
             if len(over):
                 taken = replace(taken, num_examples=np.minimum(taken.num_examples, limit))
             rnd.device, rnd.device_rows = taken, pos[keep]
+            rnd.device_norms = None if norms is None else norms[keep]
         return {cid(i): err for i, err in sorted(errors.items())}
 
     @property
@@ -831,12 +833,14 @@ class SyncServer:
             from fedloom.server import device_chain
 
             rows, w, deltas = rnd.device_rows, dev.num_examples.astype(np.float64), dev.deltas
+            norms = rnd.device_norms
             if self.transforms is not None:  # stateless stages with a device form only
                 stages = device_chain.device_transform(self.transforms)
                 assert stages is not None
-                deltas = stages(deltas)
+                deltas, norms = stages(deltas), None
             if self.dp is not None:  # DP-FedAvg: equal weights of clipped updates
-                packed[:d], packed[-2] = device_chain.clipped_sum(deltas, self.dp.clip_norm)
+                clip = self.dp.clip_norm
+                packed[:d], packed[-2] = device_chain.clipped_sum(deltas, clip, norms)
             elif (too_few := self.reduction.too_few(len(rows))) is None:
                 packed[:d] = device_chain.weighted_sum(deltas, w)
             per_client[0, rows] = w
@@ -1004,7 +1008,7 @@ class SyncServer:
             update = Update(cid, dev.round, dev.version, matrix[i], n, metrics)
             rnd.matrix[rnd.row[cid]] = matrix[i]
             rnd.updates[cid] = update
-        rnd.device, rnd.device_rows = None, np.zeros(0, dtype=np.int64)
+        rnd.device, rnd.device_rows, rnd.device_norms = None, np.zeros(0, dtype=np.int64), None
 
     def _screen(
         self,
