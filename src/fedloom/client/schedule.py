@@ -104,8 +104,16 @@ def _each(
 ) -> np.ndarray:
     sizes = np.asarray(sizes, dtype=np.int64)
     out = np.zeros(len(sizes), dtype=np.int64)
-    for plan in set(plans):
-        rows = np.array([p == plan for p in plans], dtype=bool)
+    # a cohort's dispatches share a few plan objects: group by object, then by value
+    # (hashing and comparing every client's plan cost milliseconds per 1,000 clients)
+    by_object: dict[int, list[int]] = {}
+    for i, p in enumerate(plans):
+        by_object.setdefault(id(p), []).append(i)
+    groups: dict[TrainPlan, list[int]] = {}
+    for members in by_object.values():
+        groups.setdefault(plans[members[0]], []).extend(members)
+    for plan, members in groups.items():
+        rows = np.array(members, dtype=np.int64)
         caps = None if max_steps is None else np.asarray(max_steps)[rows]
         out[rows] = fn(sizes[rows], plan, caps)
     return out
