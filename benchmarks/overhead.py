@@ -1,11 +1,11 @@
 """fedloom's simulation overhead against hand-written PyTorch FedAvg loops.
 
 Configurations (SGD, batch 32, lr 0.05, FedAvg, one torch thread):
-- tiny (1 local epoch over 1-14 samples (a: about 115) per client: one or a few SGD
-  steps, which mostly measures per-client setup): digits standardized, 80/20 split
-  (seed 0), Dirichlet(0.5) label split, MLP 64-32-10; ``a`` 10 clients, all per round,
-  20 rounds; ``b`` 100 clients, 10 per round, 30 rounds; ``c`` 1,000 clients, 100 per
-  round, 10 rounds;
+- tiny (1 local epoch over 1-14 samples per client in b and c; in a, 10 clients share
+  the training set: one or a few SGD steps, which mostly measures per-client setup):
+  digits standardized, 80/20 split (seed 0), Dirichlet(0.5) label split, MLP 64-32-10;
+  ``a`` 10 clients, all per round, 20 rounds; ``b`` 100 clients, 10 per round, 30
+  rounds; ``c`` 1,000 clients, 100 per round, 10 rounds;
 - realistic (5 local epochs over 500 samples per client: 80 steps each): Gaussian
   features labelled by a noisy random linear teacher (a ``.npz`` file, 80/20 split, IID
   clients); ``d`` the MLP, 20 clients, 10 per round, 5 rounds; ``e`` the built-in CNN
