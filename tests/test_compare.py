@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from fedloom.cli import app
-from fedloom.compare import differing, load_runs, strict, summarize, write_comparison
+from fedloom.compare import differing, load_runs, summarize, write_comparison
 from fedloom.config import load_config
+from fedloom.console import strict
 from fedloom.errors import ConfigError
 from fedloom.runs import RunDirectory
 

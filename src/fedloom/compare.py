@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.atomic import atomic_write_text
+from fedloom.console import strict
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.runs import RunDirectory
 
@@ -194,23 +195,6 @@ def fresh_folder(root: Path, name: str) -> Path:
         except FileExistsError:
             n += 1
             path = root / f"{name}-{n}"
-
-
-def strict(value: Any) -> Any:
-    """``value`` made strictly valid JSON: +/-infinity as the strings ``"inf"`` /
-    ``"-inf"`` (an epsilon of inf means no DP, worth keeping), NaN as null, paths as
-    strings."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {str(k): strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def dump_json(path: Path, data: Any) -> Path:

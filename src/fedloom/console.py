@@ -200,23 +200,30 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def finite(value: Any) -> Any:
-    """``value`` for strict JSON: every NaN or infinity replaced by None, every float
-    rounded to 6 significant digits (the tables show 4)."""
+def strict(value: Any, digits: int | None = None) -> Any:
+    """``value`` made strictly valid JSON, the one convention of every JSON fedloom writes
+    for people (summaries, sweeps, comparisons): +/-infinity as the strings ``"inf"`` /
+    ``"-inf"`` (an epsilon of inf means no DP, worth keeping), NaN as null, paths as
+    strings; floats rounded to ``digits`` significant digits when given."""
     if isinstance(value, float):
-        return float(f"{value:.6g}") if math.isfinite(value) else None
+        if math.isnan(value):
+            return None
+        if not math.isfinite(value):
+            return "inf" if value > 0 else "-inf"
+        return value if digits is None else float(f"{value:.{digits}g}")
     if isinstance(value, dict):
-        return {str(k): finite(v) for k, v in value.items()}
+        return {str(k): strict(v, digits) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
+        return [strict(v, digits) for v in value]
     if isinstance(value, Path):
         return str(value)
     return value
 
 
 def dumps(data: Any) -> str:
-    """Strictly valid JSON (no NaN, no Infinity)."""
-    return json.dumps(finite(data), allow_nan=False)
+    """Strictly valid JSON (:func:`strict`), floats to 6 significant digits (the tables
+    show 4)."""
+    return json.dumps(strict(data, 6), allow_nan=False)
 
 
 def run_summary(run_dir: Path, plots: list[Path]) -> dict[str, Any]:

@@ -23,7 +23,9 @@ def test_a_large_file_reads_exactly(tmp_path: Path) -> None:
     x = rng.normal(size=(20_000, 6))
     y = rng.integers(0, 4, size=20_000)
     lines = ["f0,f1,f2,f3,f4,f5,label"]
-    lines += [",".join([*(repr(float(v)) for v in row), str(c)]) for row, c in zip(x, y, strict=True)]
+    lines += [
+        ",".join([*(repr(float(v)) for v in row), str(c)]) for row, c in zip(x, y, strict=True)
+    ]
     data = load_arrays(write(tmp_path, "\n".join(lines) + "\n"), label_column="label")
     assert np.array_equal(data.x, x.astype(data.x.dtype)) and np.array_equal(data.y, y)
 

@@ -73,4 +73,3 @@ def test_plan_refuses_bad_input_and_a_plan_where_nothing_runs() -> None:
         privacy.plan(1.0, fake_runner(log), [5], [], [1.0])
     with pytest.raises(FedloomError, match="no candidate"):
         privacy.plan(1.0, fake_runner(log), [99], [3], [1.0])
-

@@ -192,9 +192,7 @@ def test_a_majority_client_refuses_a_minority_threshold(threshold: int, refused:
     client that insists on a majority refuses before sharing anything; t = 3 is fine."""
     fixed = FixedPoint(1.0, 4, 32)
     server = SecAggServer(4, threshold, None, 3, fixed, seed=0)
-    clients = [
-        SecAggClient(i, np.zeros(3, np.uint32), threshold, majority=True) for i in range(4)
-    ]
+    clients = [SecAggClient(i, np.zeros(3, np.uint32), threshold, majority=True) for i in range(4)]
     requests = server.advertise_keys()
     adverts = [c.advertise_keys(requests[c.index]) for c in clients]
     keys = server.share_keys(adverts)

@@ -19,9 +19,9 @@ from fedloom.server.stats import ClientStats
 TABLES = ("clients", "participation", "evaluations", "checkins", "snapshots")
 
 
-
 def refusal(reason: str, kind: K) -> UpdateRejected:
     return UpdateRejected(0, reason, kind)
+
 
 def make(tmp_path: Path, n: int = 5, **kwargs: float) -> ClientRegistry:
     reg = ClientRegistry(tmp_path / "clients.sqlite", **kwargs)

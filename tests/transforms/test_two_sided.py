@@ -94,7 +94,13 @@ def test_an_update_that_cannot_be_decoded_is_refused_as_malformed() -> None:
             raise ValueError("not a code word")
 
     srv = SyncServer(
-        np.zeros(4, np.float32), 2, 2, TrainPlan(), FedAvg(lr=1.0), ConvergenceMonitor(), 0,
+        np.zeros(4, np.float32),
+        2,
+        2,
+        TrainPlan(),
+        FedAvg(lr=1.0),
+        ConvergenceMonitor(),
+        0,
         decoders=chain(Fails()),
     )
     d = srv.begin_round()[0]

@@ -167,9 +167,7 @@ def test_signed_keys_need_mtls(tmp_path: Path) -> None:
         None, ["secagg.enabled=true", "secagg.signed=true", f"output_dir={tmp_path}"]
     )
     with pytest.raises(ConfigError, match="needs mTLS"):
-        deployment_server(
-            open_deployment(config, None), ServerOptions(port=0, insecure=True)
-        )
+        deployment_server(open_deployment(config, None), ServerOptions(port=0, insecure=True))
 
 
 def test_a_malformed_secure_sum_is_refused_and_the_server_goes_on(tmp_path: Path) -> None:

@@ -106,7 +106,8 @@ class CentralRelease:
             raise FedloomError(f"the central release takes one summed row, got {updates.shape}")
         self.dp.load_state_dict(state)
         out = self.release(
-            updates[0].astype(np.float64), float(ctx.stats.get("unclipped", 0.0)),
+            updates[0].astype(np.float64),
+            float(ctx.stats.get("unclipped", 0.0)),
             len(ctx.client_ids),
         )
         rows = np.zeros((0, updates.shape[1]), np.float32) if out.delta is None else out.delta[None]

@@ -53,9 +53,7 @@ class SecureEncode(_SecureHalf):
         return self.encode(records, n, ctx.attempt), state
 
     def encode(self, updates: list[Update], num_clients: int, attempt: int) -> np.ndarray:
-        return self.aggregator.encode(
-            updates, num_clients, attempt, self.dp_clip, self.distributed
-        )
+        return self.aggregator.encode(updates, num_clients, attempt, self.dp_clip, self.distributed)
 
 
 class SecureDecode(_SecureHalf):
