@@ -16,18 +16,18 @@ torch), ``host`` never.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from fedloom.client.schedule import NO_CAP, examples_seen
+from fedloom.client.schedule import examples_seen
 from fedloom.records import Dispatch, TrainPlan
 from fedloom.server import device_chain
 from fedloom.server.device_chain import CohortRows
 from fedloom.server.sync import CohortDispatch
+from fedloom.sim.executor import plan_groups
 from fedloom.sim.vectorized import VectorizedExecutor
 
 if TYPE_CHECKING:
@@ -75,23 +75,10 @@ def train_rows(
     if not dispatches:
         return _empty(executor, 0, 0)
     first = dispatches[0]
-    groups: dict[TrainPlan, list[Dispatch]] = defaultdict(list)
-    if all(d.plan is first.plan for d in dispatches):  # one plan: no hashing per client
-        groups[first.plan] = list(dispatches)
-    else:
-        for d in dispatches:
-            groups[d.plan].append(d)
-    parts = []
-    for plan, group in groups.items():
-        ids = np.array([d.client_id for d in group], dtype=np.int64)
-        seeds = np.array([d.seed for d in group], dtype=np.int64)
-        caps = [d.max_steps for d in group]
-        max_steps = (
-            None
-            if all(c is None for c in caps)
-            else np.array([NO_CAP if c is None else c for c in caps], dtype=np.int64)
-        )
-        parts.append(_train(executor, global_params, ids, seeds, plan, max_steps))
+    parts = [
+        _train(executor, global_params, g.client_ids, g.seeds, g.plan, g.max_steps)
+        for g in plan_groups(dispatches)
+    ]
     ids, deltas, losses, steps, n, epochs = (
         parts[0] if len(parts) == 1 else _concat(parts)  # type: ignore[assignment]
     )

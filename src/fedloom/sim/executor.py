@@ -50,24 +50,49 @@ class Executor(Protocol):
     ) -> CohortResult: ...
 
 
-def run_dispatches(
-    executor: Executor, global_params: np.ndarray, dispatches: Sequence[Dispatch]
-) -> list[Update]:
-    """Train every dispatched client and wrap the results as ``Update`` records."""
+@dataclass(frozen=True)
+class PlanGroup:
+    """The dispatches of one round that share a plan, as the arrays an executor takes."""
+
+    plan: TrainPlan
+    dispatches: list[Dispatch]
+    client_ids: np.ndarray  # int64 [K]
+    seeds: np.ndarray  # int64 [K]
+    max_steps: np.ndarray | None  # int64 [K] (NO_CAP: uncapped); None when none is capped
+
+
+def plan_groups(dispatches: Sequence[Dispatch]) -> list[PlanGroup]:
+    """``dispatches`` grouped by plan, in order of first appearance (an executor trains
+    one plan at a time)."""
     groups: dict[TrainPlan, list[Dispatch]] = defaultdict(list)
-    for d in dispatches:
-        groups[d.plan].append(d)
-    updates: list[Update] = []
+    first = dispatches[0] if dispatches else None
+    if first is not None and all(d.plan is first.plan for d in dispatches):
+        groups[first.plan] = list(dispatches)  # one plan: no hashing per client
+    else:
+        for d in dispatches:
+            groups[d.plan].append(d)
+    out = []
     for plan, group in groups.items():
-        ids = np.array([d.client_id for d in group], dtype=np.int64)
-        seeds = np.array([d.seed for d in group], dtype=np.int64)
         caps = [d.max_steps for d in group]
         max_steps = (
             None
             if all(c is None for c in caps)
             else np.array([NO_CAP if c is None else c for c in caps], dtype=np.int64)
         )
-        res = executor.train_cohort(global_params, ids, seeds, plan, max_steps)
+        ids = np.array([d.client_id for d in group], dtype=np.int64)
+        seeds = np.array([d.seed for d in group], dtype=np.int64)
+        out.append(PlanGroup(plan, group, ids, seeds, max_steps))
+    return out
+
+
+def run_dispatches(
+    executor: Executor, global_params: np.ndarray, dispatches: Sequence[Dispatch]
+) -> list[Update]:
+    """Train every dispatched client and wrap the results as ``Update`` records."""
+    updates: list[Update] = []
+    for g in plan_groups(dispatches):
+        plan, group, max_steps = g.plan, g.dispatches, g.max_steps
+        res = executor.train_cohort(global_params, g.client_ids, g.seeds, plan, max_steps)
         seen = examples_seen(res.num_examples, plan, max_steps)
         for k, d in enumerate(group):
             n = int(res.num_examples[k])
