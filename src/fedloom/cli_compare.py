@@ -55,7 +55,7 @@ def outcome_table(title: str, rows: list[dict[str, Any]]) -> Table:
     best metric, bytes, virtual time and stop reason (the rounds run are in the JSON)."""
     from fedloom.compare import show_value
     from fedloom.console import fmt
-    from fedloom.report import _bytes, _duration
+    from fedloom.report import human_bytes, human_duration
 
     keys = list(dict.fromkeys(k for r in rows for k in r.get("settings", {})))
     short = [k.rsplit(".", 1)[-1] for k in keys]
@@ -83,8 +83,8 @@ def outcome_table(title: str, rows: list[dict[str, Any]]) -> Table:
             *first,
             fmt(r["final"]),
             f"{fmt(r['best'])} ({r['best_round']})",
-            "-" if r["bytes_total"] is None else _bytes(r["bytes_total"]),
-            "-" if r["virtual_time"] is None else _duration(r["virtual_time"]),
+            "-" if r["bytes_total"] is None else human_bytes(r["bytes_total"]),
+            "-" if r["virtual_time"] is None else human_duration(r["virtual_time"]),
             r["stop_reason"],
         )
     return table

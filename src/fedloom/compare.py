@@ -251,7 +251,7 @@ def write_plots(runs: list[LoadedRun], folder: Path, title: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedloom.report import _save
+    from fedloom.report import save_figure
 
     metrics = list(dict.fromkeys(r.facts.metric for r in runs if r.facts.metric != "loss"))
     panels = [*metrics, "loss"]
@@ -283,7 +283,7 @@ def write_plots(runs: list[LoadedRun], folder: Path, title: str) -> list[Path]:
             handles, labels = axes[0][-1].get_legend_handles_labels()
         fig.suptitle(title)
         fig.legend(handles, labels, loc="outside lower center", fontsize=8, frameon=False)
-        written.append(_save(fig, folder / f"compare_{suffix}.png"))
+        written.append(save_figure(fig, folder / f"compare_{suffix}.png"))
     return written
 
 

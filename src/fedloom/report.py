@@ -69,7 +69,7 @@ def write_plots(run: RunDirectory) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        written.append(_save(fig, run.report_dir / f"{metric}.png"))
+        written.append(save_figure(fig, run.report_dir / f"{metric}.png"))
     timed = [r for r in records if "virtual_time" in r]
     if timed:
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -86,7 +86,7 @@ def write_plots(run: RunDirectory) -> list[Path]:
         ax.set_title(f"{run.path.name}: {primary} against virtual time")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        written.append(_save(fig, run.report_dir / f"{primary}_vs_time.png"))
+        written.append(save_figure(fig, run.report_dir / f"{primary}_vs_time.png"))
     sent = [(b, v) for b, v in _bytes_up_curve(all_records, primary) if b > 0]  # log axis
     if sent:
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -97,7 +97,7 @@ def write_plots(run: RunDirectory) -> list[Path]:
         ax.set_title(f"{run.path.name}: {primary} against uploaded bytes")
         ax.grid(alpha=0.3, which="both")
         fig.tight_layout()
-        written.append(_save(fig, run.report_dir / f"{primary}_vs_bytes.png"))
+        written.append(save_figure(fig, run.report_dir / f"{primary}_vs_bytes.png"))
     if asynchronous:
         written.append(_staleness_plot(run, all_records))
     return written
@@ -119,10 +119,11 @@ def _staleness_plot(run: RunDirectory, records: list[dict[str, Any]]) -> Path:
     ax.set_title(f"{run.path.name}: staleness ({dropped} dropped as too stale)")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    return _save(fig, run.report_dir / "staleness.png")
+    return save_figure(fig, run.report_dir / "staleness.png")
 
 
-def _save(fig, path: Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+def save_figure(fig, path: Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+    """Write ``fig`` as a PNG atomically and close it (also used by ``fedloom.compare``)."""
     import matplotlib.pyplot as plt
 
     atomic_write(path, lambda fh: fig.savefig(fh, format="png"), fsync=False)
@@ -163,7 +164,7 @@ def write_client_plots(
     ax.set_title(f"{run.path.name}: participation")
     ax.legend()
     fig.tight_layout()
-    written.append(_save(fig, run.report_dir / "clients_participation.png"))
+    written.append(save_figure(fig, run.report_dir / "clients_participation.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     seen = selected > 0
@@ -173,7 +174,7 @@ def write_client_plots(
     ax.set_title(f"{run.path.name}: reliability")
     fig.colorbar(points, ax=ax, label="device tier")
     fig.tight_layout()
-    written.append(_save(fig, run.report_dir / "clients_reliability.png"))
+    written.append(save_figure(fig, run.report_dir / "clients_reliability.png"))
 
     known = np.isfinite(duration)
     if known.any():
@@ -183,7 +184,7 @@ def write_client_plots(
         ax.set_ylabel("clients")
         ax.set_title(f"{run.path.name}: client speed")
         fig.tight_layout()
-        written.append(_save(fig, run.report_dir / "clients_speed.png"))
+        written.append(save_figure(fig, run.report_dir / "clients_speed.png"))
     if reputation:
         written.append(_reputation_plot(run, reputation, quarantine_below))
     return written
@@ -249,7 +250,7 @@ def _reputation_plot(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     fig.tight_layout()
-    return _save(fig, run.report_dir / "clients_reputation.png")
+    return save_figure(fig, run.report_dir / "clients_reputation.png")
 
 
 def write_sweep_plot(folder: Path, rows: list[dict[str, Any]]) -> Path:
@@ -278,7 +279,7 @@ def write_sweep_plot(folder: Path, rows: list[dict[str, Any]]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, folder / "accuracy_vs_epsilon.png")
+    return save_figure(fig, folder / "accuracy_vs_epsilon.png")
 
 
 def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
@@ -308,13 +309,13 @@ def summary_rows(run: RunDirectory) -> list[tuple[str, str]]:
                     value = last[f"fed_{primary}_{pct}"]
                     rows.append((f"  {label} percentile client", f"{value:.4f}"))
     if rounds and "virtual_time" in rounds[-1]:
-        rows.append(("virtual time", _duration(rounds[-1]["virtual_time"])))
+        rows.append(("virtual time", human_duration(rounds[-1]["virtual_time"])))
         stopping = run.load_config().stopping
         target = stopping.target
         metric = stopping.metric or primary
         if target is not None and metric in names:
             tta = time_to_target(records, metric, target, metric in maximize)
-            shown = _duration(tta) if tta is not None else "not reached"
+            shown = human_duration(tta) if tta is not None else "not reached"
             rows.append((f"virtual time to {metric} {target}", shown))
         dropped: dict[str, int] = {}
         for r in rounds:
@@ -465,10 +466,10 @@ def _bytes_rows(
     """Summary rows of a run whose rounds count their bytes: totals up and down, the
     codec and overall compression ratio (when uploads were compressed) and the bytes
     uploaded until the stopping target (when one is set)."""
-    rows = [("bytes uploaded", _bytes(sum(int(r.get("bytes_up") or 0) for r in rounds)))]
+    rows = [("bytes uploaded", human_bytes(sum(int(r.get("bytes_up") or 0) for r in rounds)))]
     if any(r.get("bytes_down") is not None for r in rounds):
         down = sum(int(r.get("bytes_down") or 0) for r in rounds)
-        rows.append(("bytes downloaded", _bytes(down)))
+        rows.append(("bytes downloaded", human_bytes(down)))
     compressed = [r["compression"] for r in rounds if isinstance(r.get("compression"), dict)]
     if compressed:
         codecs = sorted({c["codec"] for c in compressed})
@@ -479,7 +480,7 @@ def _bytes_rows(
             rows.append(
                 (
                     "compression ratio (float32 / payload bytes)",
-                    f"{raw / payload:.2f}x ({_bytes(raw)} as float32)",
+                    f"{raw / payload:.2f}x ({human_bytes(raw)} as float32)",
                 )
             )
     stopping = run.load_config().stopping if run.config_path.is_file() else None
@@ -487,12 +488,13 @@ def _bytes_rows(
         metric = stopping.metric or primary
         if metric in names:
             sent = bytes_to_target(records, metric, stopping.target, metric in maximize)
-            shown = _bytes(sent) if sent is not None else "not reached"
+            shown = human_bytes(sent) if sent is not None else "not reached"
             rows.append((f"bytes uploaded to {metric} {stopping.target}", shown))
     return rows
 
 
-def _bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
+    """Bytes for people (B, kB, MB, GB), shared by summaries and comparison tables."""
     if n < 1000:
         return f"{n} B"
     if n < 1_000_000:
@@ -502,7 +504,8 @@ def _bytes(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def _duration(seconds: float) -> str:
+def human_duration(seconds: float) -> str:
+    """Seconds for people (s, min, h), shared by summaries and comparison tables."""
     if seconds < 120:
         return f"{seconds:.1f} s"
     if seconds < 7200:
